@@ -1,0 +1,249 @@
+"""The contract between the converter (workstation) and the stage daemons (boards).
+
+`manifest.json` travels with the segment files. Everything a board needs to know about its
+segment -- which tensor it receives, which it emits, how stage 0 preprocesses a photo, how the
+last stage labels its output -- is read from here, never guessed from the model at run time.
+The format is documented in docs/manifest.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MANIFEST_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+#: dtypes a tensor may have on the wire; anything else is refused when read.
+SUPPORTED_DTYPES = frozenset({"uint8", "int8", "int16", "int32", "float16", "float32"})
+
+
+class ManifestError(ValueError):
+    """The manifest or a segment file does not match what the manifest promises."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, shape, dtype and (affine, per-tensor) quantization of one tensor."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    scale: float = 0.0
+    zero_point: int = 0
+
+    def __post_init__(self) -> None:
+        if self.dtype not in SUPPORTED_DTYPES:
+            raise ManifestError(f"tensor {self.name!r}: unsupported dtype {self.dtype!r}")
+        object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
+
+    @property
+    def quantized(self) -> bool:
+        return self.scale != 0.0
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+
+    def dequantize(self, values: np.ndarray) -> np.ndarray:
+        """Real values of a tensor of this spec (identity for float tensors)."""
+        if not self.quantized:
+            return values.astype(np.float32)
+        return (values.astype(np.float32) - self.zero_point) * np.float32(self.scale)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["shape"] = list(self.shape)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TensorSpec:
+        return cls(
+            name=str(data["name"]),
+            shape=tuple(data["shape"]),
+            dtype=str(data["dtype"]),
+            scale=float(data.get("scale", 0.0)),
+            zero_point=int(data.get("zero_point", 0)),
+        )
+
+    @classmethod
+    def from_tflite_detail(cls, detail: dict[str, Any]) -> TensorSpec:
+        """From an entry of `Interpreter.get_input_details()` / `get_output_details()`."""
+        scale, zero_point = detail.get("quantization", (0.0, 0))
+        return cls(
+            name=str(detail["name"]),
+            shape=tuple(int(d) for d in detail["shape"]),
+            dtype=np.dtype(detail["dtype"]).name,
+            scale=float(scale),
+            zero_point=int(zero_point),
+        )
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How stage 0 turns a photo into the model's input tensor.
+
+    Pixels (RGB, 0..255, resized to width x height with bilinear filtering) become real values
+    ``(pixel - mean) / std`` and are then quantized with the input's scale and zero point when
+    the input is an integer tensor. This is the convention of TFLite model metadata
+    (NormalizationOptions); for a uint8 model with mean = zero point and std = 1/scale it is the
+    identity, so raw pixels are fed unchanged.
+    """
+
+    width: int
+    height: int
+    mean: float = 127.5
+    std: float = 127.5
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One segment: which file, which tensors cross its two boundaries, what it costs."""
+
+    index: int
+    file: str
+    sha256: str
+    input: TensorSpec
+    output: TensorSpec
+    macs: int
+    first_op: int
+    last_op: int
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["input"] = self.input.to_dict()
+        out["output"] = self.output.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StageSpec:
+        return cls(
+            index=int(data["index"]),
+            file=str(data["file"]),
+            sha256=str(data["sha256"]),
+            input=TensorSpec.from_dict(data["input"]),
+            output=TensorSpec.from_dict(data["output"]),
+            macs=int(data["macs"]),
+            first_op=int(data["first_op"]),
+            last_op=int(data["last_op"]),
+        )
+
+
+@dataclass(frozen=True)
+class SourceModel:
+    file: str
+    sha256: str
+    input: TensorSpec
+    output: TensorSpec
+    macs: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    source: SourceModel
+    preprocessing: Preprocessing
+    stages: tuple[StageSpec, ...]
+    labels: tuple[str, ...] | None = None
+    format_version: int = MANIFEST_VERSION
+    #: directory the manifest was read from; segment files are resolved against it.
+    directory: Path = field(default=Path("."), compare=False)
+
+    def segment_path(self, index: int) -> Path:
+        return self.directory / self.stage(index).file
+
+    def stage(self, index: int) -> StageSpec:
+        if not 0 <= index < len(self.stages):
+            raise ManifestError(
+                f"stage index {index} is out of range: the manifest has {len(self.stages)} stages"
+            )
+        return self.stages[index]
+
+    def label(self, class_index: int) -> str:
+        if self.labels and 0 <= class_index < len(self.labels):
+            return self.labels[class_index]
+        return str(class_index)
+
+    def to_dict(self) -> dict[str, Any]:
+        source = asdict(self.source)
+        source["input"] = self.source.input.to_dict()
+        source["output"] = self.source.output.to_dict()
+        return {
+            "format_version": self.format_version,
+            "source": source,
+            "preprocessing": asdict(self.preprocessing),
+            "labels": list(self.labels) if self.labels is not None else None,
+            "stages": [stage.to_dict() for stage in self.stages],
+        }
+
+    def save(self, directory: Path) -> Path:
+        path = Path(directory) / MANIFEST_NAME
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], directory: Path) -> Manifest:
+        version = data.get("format_version")
+        if version != MANIFEST_VERSION:
+            raise ManifestError(
+                f"manifest format_version {version!r} is not supported "
+                f"(this aiotedge reads version {MANIFEST_VERSION})"
+            )
+        source = data["source"]
+        labels = data.get("labels")
+        return cls(
+            source=SourceModel(
+                file=str(source["file"]),
+                sha256=str(source["sha256"]),
+                input=TensorSpec.from_dict(source["input"]),
+                output=TensorSpec.from_dict(source["output"]),
+                macs=int(source["macs"]),
+            ),
+            preprocessing=Preprocessing(**data["preprocessing"]),
+            stages=tuple(StageSpec.from_dict(s) for s in data["stages"]),
+            labels=tuple(labels) if labels is not None else None,
+            format_version=version,
+            directory=directory,
+        )
+
+    @classmethod
+    def load(cls, path: Path | str) -> Manifest:
+        """Read a manifest from its file or from the directory that holds it."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / MANIFEST_NAME
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ManifestError(f"{path}: cannot read manifest: {exc}") from exc
+        try:
+            return cls.from_dict(data, path.parent)
+        except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, ManifestError):
+                raise ManifestError(f"{path}: {exc}") from exc
+            raise ManifestError(f"{path}: malformed manifest: {exc!r}") from exc
+
+    def check_segment(self, index: int) -> Path:
+        """Path of a stage's segment file after checking it is the one the manifest names."""
+        spec = self.stage(index)
+        path = self.segment_path(index)
+        if not path.is_file():
+            raise ManifestError(f"segment file {path} for stage {index} does not exist")
+        digest = sha256_file(path)
+        if digest != spec.sha256:
+            raise ManifestError(
+                f"segment file {path} has sha256 {digest}, the manifest expects {spec.sha256}"
+            )
+        return path
+
+
+def sha256_file(path: Path | str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

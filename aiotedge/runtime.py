@@ -1,0 +1,75 @@
+"""Loading a TFLite interpreter and invoking one segment.
+
+The board side never imports TensorFlow unless nothing lighter is installed: LiteRT
+(`ai-edge-litert`) first, then the older `tflite-runtime`, then `tensorflow.lite`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aiotedge.manifest import TensorSpec
+
+log = logging.getLogger(__name__)
+
+_INTERPRETER_MODULES = (
+    ("ai_edge_litert.interpreter", "Interpreter"),
+    ("tflite_runtime.interpreter", "Interpreter"),
+    ("tensorflow.lite", "Interpreter"),
+)
+
+
+class RuntimeUnavailable(ImportError):
+    """No TFLite interpreter package is installed."""
+
+
+def interpreter_class() -> type:
+    """The first TFLite `Interpreter` class that imports, in order of preference."""
+    tried = []
+    for module_name, attribute in _INTERPRETER_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            tried.append(f"{module_name} ({exc})")
+            continue
+        log.debug("TFLite interpreter from %s", module_name)
+        return getattr(module, attribute)
+    raise RuntimeUnavailable(
+        "no TFLite interpreter found; install ai-edge-litert (tried: " + "; ".join(tried) + ")"
+    )
+
+
+class Segment:
+    """One single-input, single-output TFLite model, ready to invoke.
+
+    Not thread-safe: a stage owns one Segment and calls it from its inference worker only.
+    """
+
+    def __init__(self, model_path: Path | str, num_threads: int | None = None) -> None:
+        self.path = Path(model_path)
+        self._interpreter: Any = interpreter_class()(
+            model_path=str(self.path), num_threads=num_threads
+        )
+        self._interpreter.allocate_tensors()
+        inputs = self._interpreter.get_input_details()
+        outputs = self._interpreter.get_output_details()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise ValueError(
+                f"{self.path}: a segment has exactly one input and one output, "
+                f"this model has {len(inputs)} and {len(outputs)}"
+            )
+        self.input_spec = TensorSpec.from_tflite_detail(inputs[0])
+        self.output_spec = TensorSpec.from_tflite_detail(outputs[0])
+        self._input_index = inputs[0]["index"]
+        self._output_index = outputs[0]["index"]
+
+    def run(self, tensor: np.ndarray) -> np.ndarray:
+        """Invoke the segment; the result is a copy, safe to keep after the next call."""
+        self._interpreter.set_tensor(self._input_index, tensor)
+        self._interpreter.invoke()
+        return self._interpreter.get_tensor(self._output_index)

@@ -1,0 +1,25 @@
+"""Shared fixtures: the real data in ../shared, models the tests build, a real mosquitto."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("AIOTEDGE_SHARED_DATA", REPO.parent / "shared" / "data"))
+SHARED_MODEL = SHARED_DATA / "models" / "mobilenet_v2_1.0_224_quant.tflite"
+SHARED_LABELS = SHARED_DATA / "models" / "imagenet_labels.txt"
+SHARED_IMAGES = SHARED_DATA / "images"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data (real ImageNet model and photos); skips the test when it is absent."""
+    if not SHARED_MODEL.is_file() or not SHARED_IMAGES.is_dir():
+        pytest.skip(
+            f"real model and photos not found at {SHARED_DATA} "
+            "(set AIOTEDGE_SHARED_DATA to the folder holding models/ and images/)"
+        )
+    return SHARED_DATA
