@@ -24,7 +24,7 @@ _INTERPRETER_MODULES = (
 )
 
 
-class RuntimeUnavailable(ImportError):
+class NoInterpreterError(ImportError):
     """No TFLite interpreter package is installed."""
 
 
@@ -39,7 +39,7 @@ def interpreter_class() -> type:
             continue
         log.debug("TFLite interpreter from %s", module_name)
         return getattr(module, attribute)
-    raise RuntimeUnavailable(
+    raise NoInterpreterError(
         "no TFLite interpreter found; install ai-edge-litert (tried: " + "; ".join(tried) + ")"
     )
 

@@ -1,0 +1,5 @@
+import sys
+
+from aiotedge.cli import main
+
+sys.exit(main())

@@ -1,0 +1,116 @@
+"""Node configuration: one TOML file per node, read into typed dataclasses.
+
+Every problem is reported with the file, the key and what is wrong, because the person reading
+it is looking at `journalctl` on a board, not at a traceback. Command-line flags override the
+file key by key. docs/config.md is the reference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiotedge.session import BrokerConfig
+from aiotedge.topics import DEFAULT_PREFIX
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    name: str = "default"
+    prefix: str = DEFAULT_PREFIX
+    qos: int = 1
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    manifest: str = ""
+    index: int = 0
+    node: str = ""
+    threads: int | None = None
+    queue_size: int = 4
+    top_k: int = 5
+    max_message_bytes: int = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class CameraConfig:
+    images: str = ""
+    source: str = "cam0"
+    fps: float = 0.0
+    in_flight: int = 1
+    loop: bool = False
+    frames: int | None = None
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    broker: BrokerConfig = field(default_factory=BrokerConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    stage: StageConfig = field(default_factory=StageConfig)
+    camera: CameraConfig = field(default_factory=CameraConfig)
+
+    @classmethod
+    def load(cls, path: Path | str | None) -> NodeConfig:
+        if path is None:
+            return cls()
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text())
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+        return _build(cls, data, str(path), "")
+
+    def override(self, section: str, **values: Any) -> NodeConfig:
+        """A copy with the given keys of one section replaced; None means 'not given'."""
+        given = {key: value for key, value in values.items() if value is not None}
+        if not given:
+            return self
+        current = getattr(self, section)
+        checked = _build(type(current), {**dataclasses.asdict(current), **given}, "flags", section)
+        return dataclasses.replace(self, **{section: checked})
+
+
+def _build(cls: type, data: Any, source: str, prefix: str) -> Any:
+    where = f"{source}: [{prefix}]" if prefix else f"{source}:"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a table")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in known:
+            raise ConfigError(f"{where} unknown key {key!r} (known: {', '.join(sorted(known))})")
+    values = {}
+    for key, value in data.items():
+        name = f"{prefix}.{key}" if prefix else key
+        expected = hints[key]
+        if dataclasses.is_dataclass(expected):
+            values[key] = _build(expected, value, source, name)
+        else:
+            values[key] = _check_type(value, expected, f"{source}: key {name!r}")
+    return cls(**values)
+
+
+def _check_type(value: Any, expected: Any, where: str) -> Any:
+    allowed = typing.get_args(expected) if isinstance(expected, types.UnionType) else (expected,)
+    for option in allowed:
+        if option is type(None) and value is None:
+            return value
+        if option is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if option is int and isinstance(value, bool):
+            continue
+        if isinstance(option, type) and option is not type(None) and isinstance(value, option):
+            return value
+    names = " or ".join(getattr(a, "__name__", str(a)) for a in allowed if a is not type(None))
+    raise ConfigError(f"{where} must be {names}, got {type(value).__name__} {value!r}")

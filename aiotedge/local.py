@@ -1,0 +1,192 @@
+"""A whole pipeline on one machine: a private broker, one process per stage, a camera.
+
+This is what `aiotedge run` and `make demo` use, and what a user runs before spreading the
+stages over boards: the processes talk through the broker exactly as the boards will.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+
+from aiotedge.broker import LocalBroker
+from aiotedge.camera import Camera, CameraOptions
+from aiotedge.manifest import Manifest
+from aiotedge.session import BrokerConfig, MqttSession
+from aiotedge.sink import Prediction
+from aiotedge.topics import ONLINE, Topics
+
+log = logging.getLogger(__name__)
+
+
+class PipelineError(RuntimeError):
+    pass
+
+
+class LocalPipeline:
+    def __init__(
+        self,
+        manifest: Manifest,
+        *,
+        pipeline: str = "local",
+        broker: BrokerConfig | None = None,
+        threads: int | None = None,
+        qos: int = 1,
+        ready_timeout: float = 60.0,
+    ) -> None:
+        self.manifest = manifest
+        self.topics = Topics(pipeline)
+        self.broker = broker
+        self.threads = threads
+        self.qos = qos
+        self.ready_timeout = ready_timeout
+        self._exit = ExitStack()
+        self._logdir = Path(tempfile.mkdtemp(prefix="aiotedge-run-"))
+        self._stages: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self._online: set[str] = set()
+        self._online_changed = threading.Condition()
+        self._predictions: queue.Queue[Prediction] = queue.Queue()
+
+    def __enter__(self) -> LocalPipeline:
+        try:
+            self._start()
+        except BaseException:
+            self._exit.close()
+            raise
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._exit.close()
+
+    def _start(self) -> None:
+        if self.broker is None:
+            local = self._exit.enter_context(LocalBroker())
+            self.broker = local.address
+        self.session = MqttSession(self.broker, f"run-{self.topics.pipeline}-{id(self):x}")
+        self.session.subscribe(self.topics.all_availability, self._on_availability, qos=1)
+        self.session.subscribe(self.topics.predictions, self._on_prediction, qos=1)
+        self.session.start()
+        self._exit.callback(self.session.stop)
+        if not self.session.wait_connected(timeout=10):
+            raise PipelineError(f"cannot connect to the broker at {self.broker}")
+        self._exit.callback(self._stop_stages)
+        for index in range(len(self.manifest.stages)):
+            self._spawn_stage(index)
+        self._wait_online()
+
+    def _spawn_stage(self, index: int) -> None:
+        node = f"{self.topics.pipeline}-stage{index}"
+        command = [
+            sys.executable, "-m", "aiotedge", "stage",
+            "--manifest", str(self.manifest.directory),
+            "--stage", str(index),
+            "--node", node,
+            "--broker", str(self.broker),
+            "--pipeline", self.topics.pipeline,
+            "--qos", str(self.qos),
+        ]
+        if self.threads:
+            command += ["--threads", str(self.threads)]
+        with open(self._logdir / f"{node}.log", "wb") as log_file:
+            process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
+        self._stages.append((node, process))
+
+    def _wait_online(self) -> None:
+        nodes = {node for node, _ in self._stages}
+        deadline = time.monotonic() + self.ready_timeout
+        with self._online_changed:
+            while not nodes <= self._online:
+                self._check_stages_alive()
+                if time.monotonic() > deadline:
+                    raise PipelineError(
+                        f"stages not online after {self.ready_timeout:.0f} s: "
+                        f"{sorted(nodes - self._online)}; logs in {self._logdir}"
+                    )
+                self._online_changed.wait(timeout=0.5)
+        log.info("%d stages online", len(nodes))
+
+    def _check_stages_alive(self) -> None:
+        for node, process in self._stages:
+            if process.poll() is not None:
+                tail = (self._logdir / f"{node}.log").read_text()[-2000:]
+                raise PipelineError(f"{node} exited with {process.returncode}:\n{tail}")
+
+    def _stop_stages(self) -> None:
+        for _, process in self._stages:
+            process.terminate()
+        for node, process in self._stages:
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop on SIGTERM; killing it", node)
+                process.kill()
+                process.wait()
+
+    def _on_availability(self, message: mqtt.MQTTMessage) -> None:
+        node = message.topic.rsplit("/", 1)[-1]
+        with self._online_changed:
+            if message.payload.decode(errors="replace") == ONLINE:
+                self._online.add(node)
+            else:
+                self._online.discard(node)
+            self._online_changed.notify_all()
+
+    def _on_prediction(self, message: mqtt.MQTTMessage) -> None:
+        self._predictions.put(Prediction.from_json(message.payload))
+
+    def predict(
+        self,
+        photos: list[tuple[str, bytes]],
+        frames: int | None = None,
+        stop: threading.Event | None = None,
+        timeout: float = 60.0,
+    ) -> Iterator[tuple[str, Prediction]]:
+        """Feed photos through the pipeline; yield (photo name, prediction) as they arrive.
+
+        Without `frames` every photo goes through once; with it, photos repeat until that many
+        predictions came back. One frame per stage is in flight, so every stage stays busy.
+        """
+        stop = stop or threading.Event()
+        wanted = frames if frames is not None else len(photos)
+        camera = Camera(
+            self.session,
+            self.topics,
+            CameraOptions(source="local", in_flight=len(self.manifest.stages),
+                          loop=frames is not None, qos=self.qos),
+        )
+        feeder = threading.Thread(
+            target=camera.run, args=(photos, wanted, stop), name="camera", daemon=True
+        )
+        feeder.start()
+        try:
+            for _ in range(wanted):
+                prediction = self._next_prediction(stop, timeout)
+                if prediction is None:
+                    return
+                yield photos[prediction.seq % len(photos)][0], prediction
+        finally:
+            stop.set()
+            feeder.join()
+
+    def _next_prediction(self, stop: threading.Event, timeout: float) -> Prediction | None:
+        deadline = time.monotonic() + timeout
+        while not stop.is_set():
+            try:
+                return self._predictions.get(timeout=0.5)
+            except queue.Empty:
+                self._check_stages_alive()
+                if time.monotonic() > deadline:
+                    raise PipelineError(
+                        f"no prediction within {timeout:.0f} s; logs in {self._logdir}"
+                    ) from None
+        return None

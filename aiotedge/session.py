@@ -1,0 +1,195 @@
+"""One MQTT v5 connection per node, with availability, resubscription and TCP_NODELAY.
+
+Follows the conventions IoT users know from Frigate and zigbee2mqtt: a retained
+`.../availability/<node>` topic that says `online` once the node is ready and `offline` when it
+stops, with a Last Will so the broker says `offline` for a node that died.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from aiotedge.topics import OFFLINE, ONLINE
+
+log = logging.getLogger(__name__)
+
+MessageHandler = Callable[[mqtt.MQTTMessage], None]
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    host: str = "127.0.0.1"
+    port: int = 1883
+    keepalive: int = 30
+
+    @classmethod
+    def parse(cls, address: str) -> BrokerConfig:
+        """From `HOST`, `HOST:PORT` or `[IPv6]:PORT`."""
+        host, sep, port = address.rpartition(":")
+        if not sep or not port.isdigit() or host.endswith(":"):
+            return cls(host=address.strip("[]"))
+        return cls(host=host.strip("[]"), port=int(port))
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+class MqttSession:
+    """A paho client running its network loop in its own thread.
+
+    `receive_maximum` caps how many unacknowledged QoS 1 messages the broker sends us at once,
+    which with manual acks is what keeps a slow stage from being flooded.
+    """
+
+    def __init__(
+        self,
+        broker: BrokerConfig,
+        client_id: str,
+        availability_topic: str | None = None,
+        *,
+        manual_ack: bool = False,
+        receive_maximum: int | None = None,
+    ) -> None:
+        self.broker = broker
+        self.client_id = client_id
+        self._availability_topic = availability_topic
+        self._subscriptions: dict[str, int] = {}
+        self._handlers: dict[str, list[MessageHandler]] = {}
+        self._connected = threading.Event()
+        self._online = False
+        self._client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=mqtt.MQTTv5,
+            manual_ack=manual_ack,
+        )
+        self._client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self._client.on_socket_open = _disable_nagle
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_publish = self._on_publish
+        self._pending_lock = threading.Lock()
+        self._pending_acks: dict[int, mqtt.MQTTMessage] = {}
+        self._connect_properties = Properties(PacketTypes.CONNECT)
+        if receive_maximum:
+            self._connect_properties.ReceiveMaximum = receive_maximum
+        if availability_topic:
+            self._client.will_set(availability_topic, OFFLINE, qos=1, retain=True)
+
+    @property
+    def client(self) -> mqtt.Client:
+        return self._client
+
+    def subscribe(self, topic: str, handler: MessageHandler, qos: int = 1) -> None:
+        """Route messages on `topic` to `handler` (called on the network thread).
+
+        Several handlers may share a topic; each sees every message.
+        """
+        handlers = self._handlers.setdefault(topic, [])
+        handlers.append(handler)
+        if len(handlers) > 1:
+            return
+        self._client.message_callback_add(
+            topic, lambda _client, _userdata, msg: [h(msg) for h in handlers]
+        )
+        self._subscriptions[topic] = qos
+        if self._connected.is_set():
+            self._client.subscribe(topic, qos)
+
+    def publish(
+        self, topic: str, payload: bytes | str, qos: int = 0, retain: bool = False
+    ) -> mqtt.MQTTMessageInfo:
+        return self._client.publish(topic, payload, qos=qos, retain=retain)
+
+    def ack(self, message: mqtt.MQTTMessage) -> None:
+        if message.qos > 0:
+            self._client.ack(message.mid, message.qos)
+
+    def forward(self, topic: str, payload: bytes | str, qos: int, source: mqtt.MQTTMessage) -> None:
+        """Publish a result, acknowledging the `source` message only once the broker holds it.
+
+        A node that dies between the two leaves its input unacknowledged, so the broker
+        delivers it again: nothing is lost, a downstream node may see a duplicate.
+        """
+        if qos == 0 or source.qos == 0:
+            self.publish(topic, payload, qos)
+            self.ack(source)
+            return
+        with self._pending_lock:
+            info = self.publish(topic, payload, qos)
+            self._pending_acks[info.mid] = source
+
+    @property
+    def unacknowledged(self) -> int:
+        with self._pending_lock:
+            return len(self._pending_acks)
+
+    def start(self) -> None:
+        """Connect in the background; paho keeps retrying until the broker answers."""
+        log.info("connecting to mqtt://%s as %s", self.broker, self.client_id)
+        self._client.connect_async(
+            self.broker.host,
+            self.broker.port,
+            keepalive=self.broker.keepalive,
+            properties=self._connect_properties,
+        )
+        self._client.loop_start()
+
+    def wait_connected(self, timeout: float | None = None) -> bool:
+        return self._connected.wait(timeout)
+
+    def set_online(self) -> None:
+        """Announce the node (retained); repeated after every reconnect from now on."""
+        self._online = True
+        if self._connected.is_set() and self._availability_topic:
+            self.publish(self._availability_topic, ONLINE, qos=1, retain=True)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Say `offline`, flush what is queued, disconnect."""
+        if self._availability_topic and self._connected.is_set():
+            info = self.publish(self._availability_topic, OFFLINE, qos=1, retain=True)
+            try:
+                info.wait_for_publish(timeout)
+            except (RuntimeError, ValueError) as exc:
+                log.warning("could not publish offline: %s", exc)
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def _on_connect(self, client, _userdata, _flags, reason_code, _properties) -> None:
+        if reason_code.is_failure:
+            log.error("broker %s refused the connection: %s", self.broker, reason_code)
+            return
+        log.info("connected to mqtt://%s", self.broker)
+        for topic, qos in self._subscriptions.items():
+            client.subscribe(topic, qos)
+        if self._online and self._availability_topic:
+            client.publish(self._availability_topic, ONLINE, qos=1, retain=True)
+        self._connected.set()
+
+    def _on_publish(self, _client, _userdata, mid, _reason_code, _properties) -> None:
+        with self._pending_lock:
+            source = self._pending_acks.pop(mid, None)
+        if source is not None:
+            self.ack(source)
+
+    def _on_disconnect(self, _client, _userdata, _flags, reason_code, _properties) -> None:
+        self._connected.clear()
+        if reason_code.value != 0:
+            log.warning("lost the broker connection (%s); reconnecting", reason_code)
+
+
+def _disable_nagle(_client, _userdata, sock: socket.socket) -> None:
+    """paho leaves Nagle's algorithm on: small QoS 1 messages then wait ~40 ms for delayed ACKs."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (OSError, AttributeError):  # unix sockets, websockets wrappers
+        log.debug("TCP_NODELAY not available on %r", sock)

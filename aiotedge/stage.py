@@ -1,0 +1,186 @@
+"""The stage loop: take a frame from the broker, run this board's segment, pass the result on.
+
+Two threads, so network I/O and inference never wait for each other: paho's network thread
+only measures and queues incoming messages (`_on_message`); the inference worker decodes,
+invokes the segment and publishes (`_handle`). The queue between them is bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import paho.mqtt.client as mqtt
+
+from aiotedge.image import ImageError, decode_image, preprocess
+from aiotedge.manifest import Manifest, ManifestError, TensorSpec
+from aiotedge.metrics import Counters
+from aiotedge.runtime import Segment
+from aiotedge.session import BrokerConfig, MqttSession
+from aiotedge.sink import build_prediction, top_k
+from aiotedge.topics import Topics
+from aiotedge.wire import Frame, Hop, WireError, decode_frame, encode_frame
+
+log = logging.getLogger(__name__)
+
+_QueuedMessage = tuple[mqtt.MQTTMessage, float]
+
+
+@dataclass(frozen=True)
+class StageOptions:
+    index: int
+    node: str
+    qos: int = 1
+    queue_size: int = 4
+    num_threads: int | None = None
+    top_k: int = 5
+    max_message_bytes: int = 8 * 1024 * 1024
+
+
+class StageNode:
+    """One segment of the pipeline, served over MQTT."""
+
+    def __init__(
+        self, manifest: Manifest, topics: Topics, broker: BrokerConfig, options: StageOptions
+    ) -> None:
+        self.manifest = manifest
+        self.topics = topics
+        self.options = options
+        self.spec = manifest.stage(options.index)
+        self.is_last = options.index == len(manifest.stages) - 1
+        self.segment = Segment(manifest.check_segment(options.index), options.num_threads)
+        _check_matches(self.segment.input_spec, self.spec.input, "input")
+        _check_matches(self.segment.output_spec, self.spec.output, "output")
+        # stage 0 takes photos from cameras, the others the previous stage's activation
+        self._expected = None if options.index == 0 else self.spec.input
+        self.input_topic = topics.stage_input(options.index)
+        self.output_topic = (
+            topics.predictions if self.is_last else topics.stage_input(options.index + 1)
+        )
+        self.counters = Counters()
+        self._queue: queue.Queue[_QueuedMessage | None] = queue.Queue(options.queue_size)
+        self.session = MqttSession(
+            broker,
+            client_id=options.node,
+            availability_topic=topics.availability(options.node),
+            manual_ack=options.qos > 0,
+            receive_maximum=options.queue_size,
+        )
+        self._worker = threading.Thread(target=self._run_worker, name="inference", daemon=True)
+
+    def start(self) -> None:
+        self._worker.start()
+        self.session.subscribe(self.input_topic, self._on_message, self.options.qos)
+        self.session.start()
+
+    def announce_online(self) -> None:
+        self.session.set_online()
+        log.info(
+            "stage %d ready: %s -> %s (%s)",
+            self.options.index, self.input_topic, self.output_topic, self.segment.path.name,
+        )
+
+    def stop(self) -> None:
+        """Stop taking frames, finish those already queued, say offline."""
+        self.session.client.unsubscribe(self.input_topic)
+        self._queue.put(None)
+        self._worker.join()
+        self.session.stop()
+        log.info("stage %d stopped: %s", self.options.index, self.counters.snapshot())
+
+    # -- network thread -------------------------------------------------------------------
+
+    def _on_message(self, message: mqtt.MQTTMessage) -> None:
+        received = time.time()
+        self.counters.add("frames_in")
+        self.counters.add("bytes_in", len(message.payload))
+        if len(message.payload) > self.options.max_message_bytes:
+            self._reject(
+                message,
+                f"message of {len(message.payload)} bytes exceeds the limit of "
+                f"{self.options.max_message_bytes}",
+            )
+            return
+        try:
+            self._queue.put_nowait((message, received))
+        except queue.Full:
+            self._drop_oldest()
+            self._queue.put_nowait((message, received))
+
+    def _drop_oldest(self) -> None:
+        """Live streams want the newest frame: the oldest waiting one gives way."""
+        try:
+            oldest = self._queue.get_nowait()
+        except queue.Empty:
+            return
+        if oldest is None:  # stopping: keep the sentinel last
+            self._queue.put_nowait(None)
+            return
+        message, _ = oldest
+        self.counters.add("dropped")
+        log.warning("queue full: dropped the oldest frame (%d dropped so far)",
+                    self.counters.get("dropped"))
+        self.session.ack(message)
+
+    # -- inference worker -----------------------------------------------------------------
+
+    def _run_worker(self) -> None:
+        while (item := self._queue.get()) is not None:
+            message, received = item
+            try:
+                self._handle(message, received)
+            except Exception as exc:  # the daemon outlives any single frame
+                log.exception("frame failed")
+                self._reject(message, f"internal error: {exc!r}")
+
+    def _handle(self, message: mqtt.MQTTMessage, received: float) -> None:
+        try:
+            frame = decode_frame(message.payload, self._expected)
+            tensor = self._input_tensor(frame)
+        except (WireError, ImageError) as exc:
+            self._reject(message, str(exc), getattr(exc, "frame_id", None))
+            return
+        output = self.segment.run(tensor)
+        hop = Hop(self.options.index, received, time.time())
+        if self.is_last:
+            top = top_k(output, self.spec.output, self.manifest, self.options.top_k)
+            payload: bytes | str = build_prediction(frame, top, hop).to_json()
+        else:
+            payload = encode_frame(frame.with_tensor(output, self.spec.output, hop))
+        self.session.forward(self.output_topic, payload, self.options.qos, message)
+        self.counters.add("frames_out")
+        self.counters.add("bytes_out", len(payload))
+
+    def _input_tensor(self, frame: Frame) -> np.ndarray:
+        if frame.image is not None:
+            return preprocess(
+                decode_image(frame.image), self.manifest.preprocessing, self.spec.input
+            )
+        assert frame.tensor is not None  # decode_frame returns one or the other
+        return frame.tensor
+
+    def _reject(self, message: mqtt.MQTTMessage, reason: str, frame_id: str | None = None) -> None:
+        """Count it, tell the errors topic, acknowledge it so it is not redelivered."""
+        self.counters.add("rejected")
+        log.warning("rejected a message on %s: %s", message.topic, reason)
+        event = {
+            "node": self.options.node,
+            "stage": self.options.index,
+            "topic": message.topic,
+            "frame_id": frame_id,
+            "reason": reason,
+            "timestamp": time.time(),
+        }
+        self.session.forward(self.topics.errors, json.dumps(event), self.options.qos, message)
+
+
+def _check_matches(actual: TensorSpec, promised: TensorSpec, which: str) -> None:
+    if (actual.shape, actual.dtype, actual.scale, actual.zero_point) != (
+        promised.shape, promised.dtype, promised.scale, promised.zero_point
+    ):
+        raise ManifestError(f"segment {which} is {actual}, the manifest promises {promised}")

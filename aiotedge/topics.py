@@ -1,0 +1,44 @@
+"""Topic names: everything a pipeline publishes lives under one prefix (docs/topics.md)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_PREFIX = "aiotedge"
+ONLINE = "online"
+OFFLINE = "offline"
+
+
+@dataclass(frozen=True)
+class Topics:
+    pipeline: str
+    prefix: str = DEFAULT_PREFIX
+
+    def __post_init__(self) -> None:
+        if not self.pipeline or any(c in self.pipeline for c in "/+#\0"):
+            raise ValueError(f"pipeline name {self.pipeline!r} must be one topic level")
+        if not self.prefix or any(c in self.prefix for c in "+#\0"):
+            raise ValueError(f"topic prefix {self.prefix!r} must not hold wildcards")
+
+    @property
+    def base(self) -> str:
+        return f"{self.prefix}/{self.pipeline}"
+
+    def stage_input(self, index: int) -> str:
+        """Where stage `index` takes its frames from (stage 0: photos from cameras)."""
+        return f"{self.base}/stage/{index}"
+
+    @property
+    def predictions(self) -> str:
+        return f"{self.base}/predictions"
+
+    @property
+    def errors(self) -> str:
+        return f"{self.base}/errors"
+
+    def availability(self, node: str) -> str:
+        return f"{self.base}/availability/{node}"
+
+    @property
+    def all_availability(self) -> str:
+        return f"{self.base}/availability/+"

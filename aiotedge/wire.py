@@ -1,0 +1,223 @@
+"""The wire format: one msgpack map per frame, as it travels between nodes.
+
+A frame carries either a photo (camera -> stage 0) or an activation tensor (stage k -> k+1),
+plus the identity and timing a downstream node needs. Every field is checked on the way in:
+the payload comes from the network, so anything that is not exactly what this stage expects
+is refused with a `WireError` whose message says why. docs/wire.md documents the format.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from aiotedge.manifest import TensorSpec
+
+WIRE_VERSION = 1
+MAX_ID_LENGTH = 128
+MAX_TRACE_HOPS = 64
+
+
+class WireError(ValueError):
+    """A message that cannot be accepted; `frame_id` is set when the header was readable."""
+
+    def __init__(self, reason: str, frame_id: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.frame_id = frame_id
+
+
+@dataclass(frozen=True)
+class Hop:
+    """When a stage received a frame and when it was done with it (Unix seconds)."""
+
+    stage: int
+    received: float
+    done: float
+
+
+@dataclass
+class Frame:
+    """One camera frame on its way through the pipeline."""
+
+    frame_id: str
+    source: str
+    seq: int
+    captured_at: float
+    image: bytes | None = None
+    tensor: np.ndarray | None = None
+    scale: float = 0.0
+    zero_point: int = 0
+    trace: list[Hop] = field(default_factory=list)
+
+    def with_tensor(self, tensor: np.ndarray, spec: TensorSpec, hop: Hop) -> Frame:
+        """The same frame carrying the next activation, one hop longer."""
+        return Frame(
+            frame_id=self.frame_id,
+            source=self.source,
+            seq=self.seq,
+            captured_at=self.captured_at,
+            tensor=tensor,
+            scale=spec.scale,
+            zero_point=spec.zero_point,
+            trace=[*self.trace, hop],
+        )
+
+
+def encode_frame(frame: Frame) -> bytes:
+    message: dict[str, Any] = {
+        "version": WIRE_VERSION,
+        "frame_id": frame.frame_id,
+        "source": frame.source,
+        "seq": frame.seq,
+        "captured_at": frame.captured_at,
+        "trace": [[hop.stage, hop.received, hop.done] for hop in frame.trace],
+    }
+    if frame.image is not None:
+        message["image"] = frame.image
+    elif frame.tensor is not None:
+        tensor = np.ascontiguousarray(frame.tensor)
+        message["tensor"] = {
+            "dtype": tensor.dtype.name,
+            "shape": list(tensor.shape),
+            "scale": frame.scale,
+            "zero_point": frame.zero_point,
+            "data": tensor.reshape(-1).view(np.uint8).data,
+        }
+    else:
+        raise ValueError(f"frame {frame.frame_id} has neither an image nor a tensor")
+    return msgpack.packb(message, use_bin_type=True)
+
+
+def decode_frame(payload: bytes, expected: TensorSpec | None) -> Frame:
+    """Parse and validate a message for a stage whose input is `expected`.
+
+    `expected=None` means the stage takes photos (stage 0); otherwise the tensor's dtype,
+    shape, quantization and byte count must match the spec exactly.
+    """
+    message = _unpack(payload)
+    frame_id = message.get("frame_id")
+    frame_id = frame_id if isinstance(frame_id, str) else None
+    try:
+        return _parse(message, expected)
+    except WireError as exc:
+        raise WireError(exc.reason, frame_id) from None
+
+
+def _unpack(payload: bytes) -> dict[str, Any]:
+    if not payload:
+        raise WireError("empty message")
+    try:
+        message = msgpack.unpackb(payload, raw=False, strict_map_key=True)
+    except msgpack.ExtraData:
+        raise WireError("trailing bytes after the msgpack map") from None
+    except (ValueError, msgpack.UnpackException) as exc:
+        # msgpack reports a cut-off message as "incomplete input"
+        if "incomplete" in str(exc):
+            raise WireError("truncated message") from None
+        raise WireError(f"not msgpack ({type(exc).__name__}: {exc})") from None
+    except TypeError as exc:
+        raise WireError(f"not a msgpack map with string keys: {exc}") from None
+    if not isinstance(message, dict):
+        raise WireError(f"expected a msgpack map, got {type(message).__name__}")
+    return message
+
+
+def _field(message: dict[str, Any], name: str, types: type | tuple[type, ...]) -> Any:
+    if name not in message:
+        raise WireError(f"missing field {name!r}")
+    value = message[name]
+    # bool is an int in Python; no field of the format is a bool
+    if isinstance(value, bool) or not isinstance(value, types):
+        allowed = types if isinstance(types, tuple) else (types,)
+        expected = "/".join(t.__name__ for t in allowed)
+        raise WireError(f"field {name!r} must be {expected}, got {type(value).__name__}")
+    return value
+
+
+def _parse(message: dict[str, Any], expected: TensorSpec | None) -> Frame:
+    version = message.get("version")
+    if version != WIRE_VERSION:
+        raise WireError(f"unsupported wire version {version!r} (this node speaks {WIRE_VERSION})")
+    frame_id = _field(message, "frame_id", str)
+    source = _field(message, "source", str)
+    for name, value in (("frame_id", frame_id), ("source", source)):
+        if not 0 < len(value) <= MAX_ID_LENGTH:
+            raise WireError(f"field {name!r} must be 1 to {MAX_ID_LENGTH} characters")
+    seq = _field(message, "seq", int)
+    if seq < 0:
+        raise WireError("field 'seq' must not be negative")
+    captured_at = float(_field(message, "captured_at", (int, float)))
+    if not math.isfinite(captured_at):
+        raise WireError("field 'captured_at' must be a finite timestamp")
+    frame = Frame(
+        frame_id=frame_id,
+        source=source,
+        seq=seq,
+        captured_at=captured_at,
+        trace=_parse_trace(_field(message, "trace", list)),
+    )
+    if expected is None:
+        frame.image = _parse_image(message)
+    else:
+        frame.tensor = _parse_tensor(message, expected)
+        frame.scale, frame.zero_point = expected.scale, expected.zero_point
+    return frame
+
+
+def _parse_trace(trace: list[Any]) -> list[Hop]:
+    if len(trace) > MAX_TRACE_HOPS:
+        raise WireError(f"trace has {len(trace)} hops, at most {MAX_TRACE_HOPS} are accepted")
+    hops = []
+    for entry in trace:
+        valid = (
+            isinstance(entry, list)
+            and len(entry) == 3
+            and type(entry[0]) is int
+            and all(type(t) in (int, float) and math.isfinite(t) for t in entry[1:])
+        )
+        if not valid:
+            raise WireError(f"trace entry {entry!r} is not [stage, received, done]")
+        hops.append(Hop(entry[0], float(entry[1]), float(entry[2])))
+    return hops
+
+
+def _parse_image(message: dict[str, Any]) -> bytes:
+    if "tensor" in message:
+        raise WireError("this stage takes photos ('image'), the message carries a tensor")
+    image = _field(message, "image", bytes)
+    if not image:
+        raise WireError("field 'image' is empty")
+    return image
+
+
+def _parse_tensor(message: dict[str, Any], expected: TensorSpec) -> np.ndarray:
+    if "image" in message:
+        raise WireError("this stage takes a tensor, the message carries an image")
+    tensor = _field(message, "tensor", dict)
+    dtype = _field(tensor, "dtype", str)
+    if dtype != expected.dtype:
+        raise WireError(f"tensor dtype {dtype!r} does not match the stage input {expected.dtype!r}")
+    shape = _field(tensor, "shape", list)
+    if tuple(shape) != expected.shape:
+        raise WireError(
+            f"tensor shape {shape} does not match the stage input {list(expected.shape)}"
+        )
+    scale = float(_field(tensor, "scale", (int, float)))
+    zero_point = _field(tensor, "zero_point", int)
+    if (scale, zero_point) != (expected.scale, expected.zero_point):
+        raise WireError(
+            f"tensor quantization (scale {scale}, zero point {zero_point}) does not match the "
+            f"stage input (scale {expected.scale}, zero point {expected.zero_point}): "
+            "were the stages split from different models?"
+        )
+    data = _field(tensor, "data", bytes)
+    if len(data) != expected.nbytes:
+        raise WireError(
+            f"tensor data has {len(data)} bytes, the stage input needs {expected.nbytes}"
+        )
+    return np.frombuffer(data, dtype=np.dtype(dtype)).reshape(expected.shape)
