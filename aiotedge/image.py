@@ -22,8 +22,10 @@ def decode_image(data: bytes) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
         image.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(f"not a JPEG, PNG or BMP image: {exc}") from exc
+    except UnidentifiedImageError:
+        raise ImageError("not a JPEG, PNG or BMP image") from None
+    except (OSError, SyntaxError, ValueError) as exc:  # a known format, but broken
+        raise ImageError(f"broken image: {exc}") from None
     return image
 
 

@@ -23,3 +23,16 @@ def shared_data() -> Path:
             "(set AIOTEDGE_SHARED_DATA to the folder holding models/ and images/)"
         )
     return SHARED_DATA
+
+
+@pytest.fixture
+def broker():
+    """A real mosquitto on a free loopback port; tests may `stop(kill=True)` and `start()` it."""
+    from aiotedge.broker import BrokerError, LocalBroker
+
+    try:
+        local = LocalBroker().start()
+    except BrokerError as exc:
+        pytest.fail(f"{exc} (`make test` installs it)")
+    yield local
+    local.close()

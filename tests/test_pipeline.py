@@ -1,0 +1,105 @@
+"""End to end: stage daemons as real processes, a real mosquitto, real segments and photos."""
+
+from __future__ import annotations
+
+import json
+import queue
+
+import msgpack
+import numpy as np
+import pytest
+
+from aiotedge.camera import list_images, read_photo
+from aiotedge.image import decode_image, preprocess
+from aiotedge.local import LocalPipeline
+from aiotedge.manifest import Manifest
+from aiotedge.runtime import Segment
+from aiotedge.session import MqttSession
+from aiotedge.sink import top_k
+from aiotedge.wire import Frame, encode_frame
+from converter.cli import main as convert
+from tests.conftest import SHARED_LABELS, SHARED_MODEL
+
+
+@pytest.fixture(scope="module")
+def three_stages(shared_data, tmp_path_factory) -> Manifest:
+    out = tmp_path_factory.mktemp("three-stages")
+    assert convert(["split", str(SHARED_MODEL), "--stages", "3", "--out", str(out),
+                    "--labels", str(SHARED_LABELS)]) == 0
+    return Manifest.load(out)
+
+
+@pytest.fixture(scope="module")
+def photos(shared_data) -> list[tuple[str, bytes]]:
+    return [(path.name, read_photo(path)) for path in list_images(shared_data / "images")]
+
+
+def whole_model_top(manifest: Manifest, photo: bytes, k: int = 5):
+    """What the unsplit source model says about a photo, in the prediction's own terms."""
+    whole = Segment(manifest.directory / manifest.source.file)
+    tensor = preprocess(decode_image(photo), manifest.preprocessing, whole.input_spec)
+    return top_k(whole.run(tensor), whole.output_spec, manifest, k)
+
+
+def test_three_stage_pipeline_equals_the_whole_model(broker, three_stages, photos):
+    expected = {name: whole_model_top(three_stages, data) for name, data in photos}
+    with LocalPipeline(three_stages, broker=broker.address) as pipeline:
+        results = dict(pipeline.predict(photos))
+    assert set(results) == set(expected)
+    for name, prediction in results.items():
+        assert prediction.top == expected[name], name
+        assert [t.stage for t in prediction.stages] == [0, 1, 2]
+        assert prediction.latency_ms > 0
+    labels = {name: p.top[0].label.split(",")[0] for name, p in results.items()}
+    assert labels["parrot.jpg"] == "macaw"
+    assert labels["cat.bmp"] == "Egyptian cat"
+    assert labels["hot_dog.jpg"] == "hotdog"
+
+
+def bad_messages(manifest: Manifest) -> list[tuple[int, bytes, str]]:
+    """(stage, payload, part of the reason) for messages a stage must refuse."""
+    activation = manifest.stages[0].output
+    wrong_shape = np.zeros((1, 3), dtype=activation.dtype)
+    good_tensor = np.zeros(activation.shape, dtype=activation.dtype)
+    return [
+        (0, b"\xc1 not msgpack", "not msgpack"),
+        (0, encode_frame(Frame("bad-img", "inject", 0, 1.0, image=b"GIF89a....")), "not a JPEG"),
+        (1, msgpack.packb({"version": 99}), "unsupported wire version 99"),
+        (1, encode_frame(Frame("bad-shape", "inject", 1, 1.0, tensor=wrong_shape,
+                               scale=activation.scale, zero_point=activation.zero_point)),
+         "does not match the stage input"),
+        (1, encode_frame(Frame("bad-quant", "inject", 2, 1.0, tensor=good_tensor,
+                               scale=activation.scale * 2, zero_point=activation.zero_point)),
+         "split from different models"),
+        (2, msgpack.packb([1, 2, 3]), "expected a msgpack map"),
+        (2, b"\x93\x01\x02", "truncated"),
+    ]
+
+
+def test_malformed_messages_are_rejected_and_good_frames_still_come_out(
+    broker, three_stages, photos
+):
+    errors: queue.Queue[dict] = queue.Queue()
+    injector = MqttSession(broker.address, "injector")
+    injector.subscribe("aiotedge/local/errors", lambda m: errors.put(json.loads(m.payload)))
+    injector.start()
+    assert injector.wait_connected(10)
+    injected = bad_messages(three_stages)
+    expected = {name: whole_model_top(three_stages, data) for name, data in photos}
+    results = {}
+    with LocalPipeline(three_stages, broker=broker.address) as pipeline:
+        for count, (name, prediction) in enumerate(pipeline.predict(photos), start=1):
+            results[name] = prediction
+            if count == 2:  # good frames are in flight on every side of the bad ones
+                for stage, payload, _ in injected:
+                    injector.publish(f"aiotedge/local/stage/{stage}", payload, qos=1)
+        events = [errors.get(timeout=30) for _ in injected]
+    injector.stop()
+    assert {name: p.top for name, p in results.items()} == expected
+    for stage, _, reason in injected:
+        matching = [e for e in events if e["stage"] == stage and reason in e["reason"]]
+        assert matching, f"no error event on stage {stage} saying {reason!r}: {events}"
+    by_reason = {e["reason"]: e for e in events}
+    assert any(e["frame_id"] == "bad-shape" for e in by_reason.values())
+    assert errors.empty()
+

@@ -1,0 +1,135 @@
+"""The wire format: round trips, and every malformed message refused with a clear reason."""
+
+from __future__ import annotations
+
+import msgpack
+import numpy as np
+import pytest
+
+from aiotedge.manifest import TensorSpec
+from aiotedge.wire import WIRE_VERSION, Frame, Hop, WireError, decode_frame, encode_frame
+
+SPEC = TensorSpec("act", (1, 7, 7, 16), "uint8", scale=0.0235, zero_point=3)
+
+
+def tensor_frame() -> Frame:
+    rng = np.random.default_rng(0)
+    tensor = rng.integers(0, 256, SPEC.shape, dtype=np.uint8)
+    return Frame(
+        frame_id="cam0-ab12-7",
+        source="cam0",
+        seq=7,
+        captured_at=1700000000.25,
+        tensor=tensor,
+        scale=SPEC.scale,
+        zero_point=SPEC.zero_point,
+        trace=[Hop(0, 1700000000.5, 1700000000.75)],
+    )
+
+
+def message(**changes) -> bytes:
+    """A valid tensor message with some fields replaced (None removes a field)."""
+    data = msgpack.unpackb(encode_frame(tensor_frame()), raw=False)
+    for key, value in changes.items():
+        target = data["tensor"] if key.startswith("tensor_") else data
+        key = key.removeprefix("tensor_")
+        if value is None:
+            del target[key]
+        else:
+            target[key] = value
+    return msgpack.packb(data, use_bin_type=True)
+
+
+def test_tensor_round_trip_keeps_everything():
+    frame = tensor_frame()
+    decoded = decode_frame(encode_frame(frame), SPEC)
+    assert decoded.frame_id == frame.frame_id
+    assert (decoded.source, decoded.seq, decoded.captured_at) == ("cam0", 7, 1700000000.25)
+    assert decoded.trace == frame.trace
+    assert decoded.tensor.dtype == np.uint8
+    np.testing.assert_array_equal(decoded.tensor, frame.tensor)
+    assert (decoded.scale, decoded.zero_point) == (SPEC.scale, SPEC.zero_point)
+
+
+def test_float_tensor_round_trip_is_exact():
+    spec = TensorSpec("f", (1, 3, 5), "float32")
+    values = np.random.default_rng(1).standard_normal(spec.shape).astype(np.float32)
+    frame = Frame("f-1", "cam", 1, 1.0, tensor=values)
+    np.testing.assert_array_equal(decode_frame(encode_frame(frame), spec).tensor, values)
+
+
+def test_image_round_trip():
+    frame = Frame("cam1-x-0", "cam1", 0, 5.0, image=b"\xff\xd8\xff\xe0jpeg bytes")
+    decoded = decode_frame(encode_frame(frame), None)
+    assert decoded.image == frame.image
+    assert decoded.tensor is None
+
+
+def test_with_tensor_appends_a_hop():
+    frame = tensor_frame()
+    nxt = frame.with_tensor(np.zeros((1, 4), np.int8), TensorSpec("o", (1, 4), "int8", 0.5, -1),
+                            Hop(1, 2.0, 3.0))
+    assert [hop.stage for hop in nxt.trace] == [0, 1]
+    assert (nxt.scale, nxt.zero_point) == (0.5, -1)
+    assert frame.trace == [Hop(0, 1700000000.5, 1700000000.75)]
+
+
+def test_activation_travels_as_one_byte_per_value():
+    assert len(encode_frame(tensor_frame())) < SPEC.nbytes + 200
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"", "empty message"),
+        (b"\xc1", "not msgpack"),
+        (b"hello, I am not msgpack at all", "trailing bytes"),
+        (message()[:-10], "truncated"),
+        (message() + b"\x00", "trailing bytes"),
+        (msgpack.packb([1, 2, 3]), "expected a msgpack map, got list"),
+        (msgpack.packb({1: 2}), "not msgpack"),
+        (message(version=None), "unsupported wire version None"),
+        (message(version=WIRE_VERSION + 1), f"unsupported wire version {WIRE_VERSION + 1}"),
+        (message(frame_id=None), "missing field 'frame_id'"),
+        (message(frame_id=17), "field 'frame_id' must be str, got int"),
+        (message(frame_id=""), "'frame_id' must be 1 to 128 characters"),
+        (message(source="x" * 129), "'source' must be 1 to 128 characters"),
+        (message(seq="7"), "field 'seq' must be int, got str"),
+        (message(seq=True), "field 'seq' must be int, got bool"),
+        (message(seq=-1), "'seq' must not be negative"),
+        (message(captured_at="now"), "field 'captured_at' must be int/float, got str"),
+        (message(captured_at=float("nan")), "finite timestamp"),
+        (message(trace=None), "missing field 'trace'"),
+        (message(trace=[[0, 1.0]]), "is not [stage, received, done]"),
+        (message(trace=[[0, 1.0, 2.0]] * 65), "at most 64"),
+        (message(tensor=None), "missing field 'tensor'"),
+        (message(tensor="raw"), "field 'tensor' must be dict, got str"),
+        (message(image=b"\xff\xd8"), "carries an image"),
+        (message(tensor_dtype="float32"), "dtype 'float32' does not match the stage input 'uint8'"),
+        (message(tensor_dtype=None), "missing field 'dtype'"),
+        (message(tensor_shape=[1, 7, 7, 8]), "shape [1, 7, 7, 8] does not match"),
+        (message(tensor_shape="1x7x7x16"), "field 'shape' must be list, got str"),
+        (message(tensor_scale=0.5), "quantization (scale 0.5, zero point 3) does not match"),
+        (message(tensor_zero_point=0), "were the stages split from different models?"),
+        (message(tensor_data=b"\x00" * 100), "tensor data has 100 bytes, the stage input needs 784"),
+        (message(tensor_data="text"), "field 'data' must be bytes, got str"),
+    ],
+)
+def test_malformed_messages_are_refused_with_a_reason(payload: bytes, reason: str):
+    with pytest.raises(WireError) as caught:
+        decode_frame(payload, SPEC)
+    assert reason in caught.value.reason
+
+
+def test_refusal_names_the_frame_when_the_header_was_readable():
+    with pytest.raises(WireError) as caught:
+        decode_frame(message(tensor_shape=[2]), SPEC)
+    assert caught.value.frame_id == "cam0-ab12-7"
+
+
+def test_stage_zero_refuses_tensors_and_empty_images():
+    with pytest.raises(WireError, match="takes photos"):
+        decode_frame(message(), None)
+    empty = Frame("a", "b", 0, 0.0, image=b"")
+    with pytest.raises(WireError, match="'image' is empty"):
+        decode_frame(encode_frame(empty), None)
