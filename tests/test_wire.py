@@ -32,11 +32,11 @@ def message(**changes) -> bytes:
     data = msgpack.unpackb(encode_frame(tensor_frame()), raw=False)
     for key, value in changes.items():
         target = data["tensor"] if key.startswith("tensor_") else data
-        key = key.removeprefix("tensor_")
+        name = key.removeprefix("tensor_")
         if value is None:
-            del target[key]
+            del target[name]
         else:
-            target[key] = value
+            target[name] = value
     return msgpack.packb(data, use_bin_type=True)
 
 
@@ -111,7 +111,7 @@ def test_activation_travels_as_one_byte_per_value():
         (message(tensor_shape="1x7x7x16"), "field 'shape' must be list, got str"),
         (message(tensor_scale=0.5), "quantization (scale 0.5, zero point 3) does not match"),
         (message(tensor_zero_point=0), "were the stages split from different models?"),
-        (message(tensor_data=b"\x00" * 100), "tensor data has 100 bytes, the stage input needs 784"),
+        (message(tensor_data=b"\x00" * 100), "has 100 bytes, the stage input needs 784"),
         (message(tensor_data="text"), "field 'data' must be bytes, got str"),
     ],
 )
