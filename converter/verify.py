@@ -1,0 +1,159 @@
+"""Checking a split on real photos: the chain of segments must compute the whole model.
+
+Each photo is preprocessed once, exactly as stage 0 will (aiotedge.image), then fed to the
+source model and to the chain of segments. Integer outputs must be identical; float outputs may
+differ by FLOAT_TOLERANCE (the interpreter may fuse or order float work differently across
+segment boundaries).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from itertools import pairwise
+from pathlib import Path
+
+import numpy as np
+
+from aiotedge.image import ImageError, decode_image, preprocess
+from aiotedge.manifest import Manifest, ManifestError, TensorSpec, sha256_file
+from aiotedge.runtime import Segment
+from converter.errors import ConverterError, open_segment
+
+log = logging.getLogger(__name__)
+
+FLOAT_TOLERANCE = 1e-5
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp"})
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    image: str
+    max_abs_diff: float
+    tolerance: float
+    top1: int
+    label: str
+
+    @property
+    def identical(self) -> bool:
+        return self.max_abs_diff == 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.max_abs_diff <= self.tolerance
+
+
+def find_source(manifest: Manifest, model: Path | None) -> Path:
+    """The source model named by the manifest, next to it or at `model`, sha256-checked."""
+    path = Path(model) if model is not None else manifest.directory / manifest.source.file
+    if not path.is_file():
+        raise ConverterError(
+            f"source model {path} not found; pass --model with {manifest.source.file}"
+        )
+    digest = sha256_file(path)
+    if digest != manifest.source.sha256:
+        raise ConverterError(
+            f"{path} has sha256 {digest}, but the manifest's source {manifest.source.file} "
+            f"has {manifest.source.sha256}: wrong source model"
+        )
+    return path
+
+
+def _same_tensor(actual: TensorSpec, promised: TensorSpec) -> bool:
+    """Shape, dtype and quantization must match; names may differ (they are informative)."""
+    return (actual.shape, actual.dtype, actual.scale, actual.zero_point) == (
+        promised.shape,
+        promised.dtype,
+        promised.scale,
+        promised.zero_point,
+    )
+
+
+def load_chain(manifest: Manifest, num_threads: int | None = None) -> list[Segment]:
+    """Every segment, sha256-checked, whose tensors are what the manifest promises."""
+    if not manifest.stages:
+        raise ConverterError(f"{manifest.directory}: the manifest lists no stages")
+    segments = []
+    for spec in manifest.stages:
+        try:
+            path = manifest.check_segment(spec.index)
+        except ManifestError as exc:
+            raise ConverterError(str(exc)) from exc
+        segment = open_segment(path, num_threads)
+        for side, actual, promised in (
+            ("input", segment.input_spec, spec.input),
+            ("output", segment.output_spec, spec.output),
+        ):
+            if not _same_tensor(actual, promised):
+                raise ConverterError(
+                    f"stage {spec.index} {side} is {actual}, the manifest promises {promised}"
+                )
+        segments.append(segment)
+    stages = manifest.stages
+    edges = [("the source input and stage 0 input", manifest.source.input, stages[0].input)]
+    edges += [
+        (f"stage {a.index} output and stage {b.index} input", a.output, b.input)
+        for a, b in pairwise(stages)
+    ]
+    edges.append(
+        ("the last stage output and the source output", stages[-1].output, manifest.source.output)
+    )
+    for what, left, right in edges:
+        if not _same_tensor(left, right):
+            raise ConverterError(f"{what} differ: {left} vs {right}")
+    return segments
+
+
+def list_images(directory: Path) -> list[Path]:
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ConverterError(f"{directory}: not a directory of images")
+    images = sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise ConverterError(f"{directory}: no .jpg, .jpeg, .png or .bmp files")
+    return images
+
+
+def run_chain(segments: Iterable[Segment], tensor: np.ndarray) -> np.ndarray:
+    for segment in segments:
+        tensor = segment.run(tensor)
+    return tensor
+
+
+def verify(
+    directory: Path,
+    images: Path,
+    model: Path | None = None,
+    num_threads: int | None = None,
+) -> list[ImageResult]:
+    """Compare the whole model with the chain of segments on every photo in `images`."""
+    try:
+        manifest = Manifest.load(directory)
+    except ManifestError as exc:
+        raise ConverterError(str(exc)) from exc
+    whole = open_segment(find_source(manifest, model), num_threads)
+    chain = load_chain(manifest, num_threads)
+    spec = manifest.source.output
+    tolerance = FLOAT_TOLERANCE if np.dtype(spec.dtype).kind == "f" else 0.0
+    results = []
+    for path in list_images(images):
+        try:
+            photo = decode_image(path.read_bytes())
+        except (OSError, ImageError) as exc:
+            raise ConverterError(f"{path}: {exc}") from exc
+        tensor = preprocess(photo, manifest.preprocessing, whole.input_spec)
+        expected = whole.run(tensor)
+        actual = run_chain(chain, tensor)
+        diff = np.abs(expected.astype(np.float64) - actual.astype(np.float64))
+        top1 = int(np.argmax(expected))
+        result = ImageResult(
+            image=path.name,
+            max_abs_diff=float(diff.max()) if diff.size else 0.0,
+            tolerance=tolerance,
+            top1=top1,
+            label=manifest.label(top1),
+        )
+        log.debug("%s: %s", path.name, result)
+        results.append(result)
+    return results
