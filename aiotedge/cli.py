@@ -90,7 +90,8 @@ def _add_node_flags(parser: argparse.ArgumentParser) -> None:
 def _node_config(args: argparse.Namespace, section: str, **flags: object) -> NodeConfig:
     config = NodeConfig.load(args.config)
     if args.broker:
-        config = config.override("broker", **vars(BrokerConfig.parse(args.broker)))
+        address = BrokerConfig.parse(args.broker)
+        config = config.override("broker", host=address.host, port=address.port)
     config = config.override("pipeline", name=args.pipeline, qos=args.qos)
     return config.override(section, **flags)
 

@@ -27,7 +27,10 @@ class ConfigError(ValueError):
 class PipelineConfig:
     name: str = "default"
     prefix: str = DEFAULT_PREFIX
+    #: 1: nothing lost across crashes and restarts; 0: live streams, oldest frame dropped first
     qos: int = 1
+    #: how long the broker keeps a QoS 1 node's frames while it is away (restarts, reboots)
+    session_expiry: int = 3600
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,24 @@ class StageConfig:
     queue_size: int = 4
     top_k: int = 5
     max_message_bytes: int = 8 * 1024 * 1024
+    #: replicas of a stage with the same group share its frames (MQTT v5 shared subscription)
+    share_group: str = ""
+
+
+@dataclass(frozen=True)
+class StatsConfig:
+    #: seconds between retained messages on .../stats/<node>; 0 turns them off
+    interval: float = 10.0
+    #: serve Prometheus text format on this port (0: off)
+    prometheus_port: int = 0
+    prometheus_address: str = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class HomeAssistantConfig:
+    #: announce the pipeline's prediction as a Home Assistant sensor (last stage only)
+    discovery: bool = False
+    prefix: str = "homeassistant"
 
 
 @dataclass(frozen=True)
@@ -57,6 +78,8 @@ class NodeConfig:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     stage: StageConfig = field(default_factory=StageConfig)
     camera: CameraConfig = field(default_factory=CameraConfig)
+    stats: StatsConfig = field(default_factory=StatsConfig)
+    homeassistant: HomeAssistantConfig = field(default_factory=HomeAssistantConfig)
 
     @classmethod
     def load(cls, path: Path | str | None) -> NodeConfig:

@@ -8,10 +8,12 @@ stops, with a Last Will so the broker says `offline` for a node that died.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -25,11 +27,41 @@ log = logging.getLogger(__name__)
 MessageHandler = Callable[[mqtt.MQTTMessage], None]
 
 
+class BrokerConfigError(ValueError):
+    pass
+
+
 @dataclass(frozen=True)
 class BrokerConfig:
+    """Where the broker is and how to log in. The password is never written inline."""
+
     host: str = "127.0.0.1"
     port: int = 1883
     keepalive: int = 30
+    username: str | None = None
+    #: file holding the password (e.g. a systemd credential), or an environment variable's name
+    password_file: str | None = None
+    password_env: str | None = None
+    tls: bool = False
+    #: CA bundle to trust (system CAs when empty), client certificate and key for mutual TLS
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+    def password(self) -> str | None:
+        if self.password_file:
+            try:
+                return Path(self.password_file).read_text().strip()
+            except OSError as exc:
+                raise BrokerConfigError(
+                    f"cannot read the broker password file {self.password_file}: {exc.strerror}"
+                ) from exc
+        if self.password_env:
+            value = os.environ.get(self.password_env)
+            if value is None:
+                raise BrokerConfigError(f"environment variable {self.password_env} is not set")
+            return value
+        return None
 
     @classmethod
     def parse(cls, address: str) -> BrokerConfig:
@@ -47,7 +79,9 @@ class MqttSession:
     """A paho client running its network loop in its own thread.
 
     `receive_maximum` caps how many unacknowledged QoS 1 messages the broker sends us at once,
-    which with manual acks is what keeps a slow stage from being flooded.
+    which with manual acks is what keeps a slow stage from being flooded. With
+    `session_expiry` > 0 the broker keeps the subscriptions and the unacknowledged messages of
+    this client id for that many seconds while it is away (MQTT v5 clean start off).
     """
 
     def __init__(
@@ -58,6 +92,7 @@ class MqttSession:
         *,
         manual_ack: bool = False,
         receive_maximum: int | None = None,
+        session_expiry: int = 0,
     ) -> None:
         self.broker = broker
         self.client_id = client_id
@@ -73,13 +108,22 @@ class MqttSession:
             manual_ack=manual_ack,
         )
         self._client.reconnect_delay_set(min_delay=1, max_delay=30)
+        if broker.username:
+            self._client.username_pw_set(broker.username, broker.password())
+        if broker.tls:
+            self._client.tls_set(
+                ca_certs=broker.ca_file, certfile=broker.cert_file, keyfile=broker.key_file
+            )
         self._client.on_socket_open = _disable_nagle
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_publish = self._on_publish
         self._pending_lock = threading.Lock()
         self._pending_acks: dict[int, mqtt.MQTTMessage] = {}
+        self._clean_start = session_expiry <= 0
         self._connect_properties = Properties(PacketTypes.CONNECT)
+        if session_expiry > 0:
+            self._connect_properties.SessionExpiryInterval = session_expiry
         if receive_maximum:
             self._connect_properties.ReceiveMaximum = receive_maximum
         if availability_topic:
@@ -89,10 +133,14 @@ class MqttSession:
     def client(self) -> mqtt.Client:
         return self._client
 
-    def subscribe(self, topic: str, handler: MessageHandler, qos: int = 1) -> None:
+    def subscribe(
+        self, topic: str, handler: MessageHandler, qos: int = 1, share_group: str | None = None
+    ) -> None:
         """Route messages on `topic` to `handler` (called on the network thread).
 
-        Several handlers may share a topic; each sees every message.
+        Several handlers may share a topic; each sees every message. With `share_group`, the
+        clients subscribed in that group share the messages (MQTT v5 `$share/<group>/<topic>`):
+        each message goes to one of them.
         """
         handlers = self._handlers.setdefault(topic, [])
         handlers.append(handler)
@@ -101,9 +149,10 @@ class MqttSession:
         self._client.message_callback_add(
             topic, lambda _client, _userdata, msg: [h(msg) for h in handlers]
         )
-        self._subscriptions[topic] = qos
+        subscription = f"$share/{share_group}/{topic}" if share_group else topic
+        self._subscriptions[subscription] = qos
         if self._connected.is_set():
-            self._client.subscribe(topic, qos)
+            self._client.subscribe(subscription, qos)
 
     def publish(
         self, topic: str, payload: bytes | str, qos: int = 0, retain: bool = False
@@ -140,6 +189,7 @@ class MqttSession:
             self.broker.host,
             self.broker.port,
             keepalive=self.broker.keepalive,
+            clean_start=self._clean_start,
             properties=self._connect_properties,
         )
         self._client.loop_start()
