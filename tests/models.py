@@ -1,0 +1,174 @@
+"""Small real test models, built without the shared data, so every test can always run.
+
+TensorFlow builds them, but never inside the pytest process: the board runtime must be shown to
+work without TensorFlow. `build_test_models` runs this file as a script in a subprocess, which
+imports TensorFlow, builds a small residual CNN with random (seeded) weights and converts it to
+
+* ``float``: float32 throughout;
+* ``int8``: full-integer quantization (int8 weights and activations) with uint8 input and
+  output, calibrated on random images, so the converter's raw-pixel default applies;
+* ``two_inputs``: a tiny float model with two inputs, which the converter must refuse.
+
+The CNN has a non-square input (HEIGHT x WIDTH) so a swapped width/height shows, and two
+residual blocks so that some positions are not cut points.
+
+    python tests/models.py OUT_DIR    # writes the MODEL_FILES
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+HEIGHT, WIDTH, CLASSES = 40, 32, 10
+#: Class names for the test models' outputs (CIFAR-10's, for something readable).
+LABELS = (
+    "airplane", "automobile", "bird", "cat", "deer",
+    "dog", "frog", "horse", "ship", "truck",
+)  # fmt: skip
+MODEL_FILES = {"float": "float.tflite", "int8": "int8.tflite", "two_inputs": "two_inputs.tflite"}
+BUILD_TIMEOUT_S = 300
+SEED = 7
+
+
+def build_test_models(out_dir: Path) -> dict[str, Path]:
+    """Build (in a subprocess) the test models into out_dir; skip the test if TF is absent."""
+    import pytest
+
+    if importlib.util.find_spec("tensorflow") is None:
+        pytest.skip(
+            "TensorFlow is not installed, so the small test models cannot be built "
+            "(pip install tensorflow-cpu, the converter extra)"
+        )
+    out_dir = Path(out_dir)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), str(out_dir)],
+        capture_output=True,
+        text=True,
+        timeout=BUILD_TIMEOUT_S,
+        env=env,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"building the test models failed:\n{done.stderr[-4000:]}")
+    return {key: out_dir / name for key, name in MODEL_FILES.items()}
+
+
+def write_labels(path: Path) -> Path:
+    """The test models' labels file, one class name a line, as `split --labels` reads it."""
+    path.write_text("\n".join(LABELS) + "\n")
+    return path
+
+
+def write_test_images(directory: Path) -> list[Path]:
+    """A few generated photos (JPEG, PNG, BMP; odd sizes and modes) to feed through stage 0."""
+    from PIL import Image
+
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(SEED)
+    y, x = np.mgrid[0:60, 0:80]
+    gradient = np.stack([x * 3, y * 4, (x + y) * 2], axis=-1).clip(0, 255).astype(np.uint8)
+    noise = rng.integers(0, 256, size=(50, 50, 3), dtype=np.uint8)
+    checker = (((x // 10 + y // 10) % 2) * 255).astype(np.uint8)
+    images = {
+        "gradient.png": Image.fromarray(gradient),
+        "noise.jpg": Image.fromarray(noise),
+        "checker.bmp": Image.fromarray(checker, mode="L"),
+        "tall.png": Image.fromarray(np.ascontiguousarray(np.rot90(gradient))).convert("RGBA"),
+    }
+    paths = []
+    for name, image in images.items():
+        path = directory / name
+        image.save(path)
+        paths.append(path)
+    return paths
+
+
+# --- below: runs in the subprocess only, with TensorFlow --------------------------------------
+
+
+def _keras_model():  # type: ignore[no-untyped-def]
+    import keras
+    from keras import layers
+
+    def conv_bn(x, filters, kernel, strides=1, relu=True):  # type: ignore[no-untyped-def]
+        x = layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=False)(x)
+        x = layers.BatchNormalization()(x)
+        return layers.ReLU(6.0)(x) if relu else x
+
+    keras.utils.set_random_seed(SEED)
+    inputs = keras.Input((HEIGHT, WIDTH, 3))
+    x = conv_bn(inputs, 16, 3, strides=2)
+    y = layers.DepthwiseConv2D(3, padding="same")(x)
+    y = layers.ReLU(6.0)(y)
+    y = conv_bn(y, 16, 1, relu=False)
+    x = layers.Add()([x, y])
+    x = conv_bn(x, 32, 3, strides=2)
+    y = conv_bn(x, 32, 3)
+    y = conv_bn(y, 32, 1, relu=False)
+    x = layers.Add()([x, y])
+    x = layers.GlobalAveragePooling2D()(x)
+    outputs = layers.Dense(CLASSES, activation="softmax")(x)
+    model = keras.Model(inputs, outputs)
+    # Random BatchNorm statistics, so the folded weights are not all near identity.
+    rng = np.random.default_rng(SEED)
+    for layer in model.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            gamma, beta, mean, var = layer.get_weights()
+            layer.set_weights(
+                [
+                    rng.uniform(0.5, 1.5, gamma.shape).astype(np.float32),
+                    rng.normal(0.0, 0.2, beta.shape).astype(np.float32),
+                    rng.normal(0.0, 0.2, mean.shape).astype(np.float32),
+                    rng.uniform(0.5, 1.5, var.shape).astype(np.float32),
+                ]
+            )
+    return model
+
+
+def _two_input_model():  # type: ignore[no-untyped-def]
+    import keras
+    from keras import layers
+
+    first, second = keras.Input((8, 8, 3)), keras.Input((8, 8, 3))
+    x = layers.Add()([first, second])
+    return keras.Model([first, second], layers.Conv2D(4, 3)(x))
+
+
+def _convert(model, quantize: bool) -> bytes:  # type: ignore[no-untyped-def]
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    if quantize:
+        rng = np.random.default_rng(SEED)
+
+        def representative():  # type: ignore[no-untyped-def]
+            # Images in [-1, 1], what (pixel - 127.5) / 127.5 gives.
+            for _ in range(32):
+                pixels = rng.integers(0, 256, size=(1, HEIGHT, WIDTH, 3))
+                yield [((pixels - 127.5) / 127.5).astype(np.float32)]
+
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.uint8
+        converter.inference_output_type = tf.uint8
+    return converter.convert()
+
+
+def _main(out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = _keras_model()
+    for key, quantize in (("float", False), ("int8", True)):
+        (out_dir / MODEL_FILES[key]).write_bytes(_convert(model, quantize))
+    (out_dir / MODEL_FILES["two_inputs"]).write_bytes(_convert(_two_input_model(), False))
+
+
+if __name__ == "__main__":
+    _main(Path(sys.argv[1]))
