@@ -158,7 +158,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Analyze a .tflite CNN's cut points, split it into stages, verify a split.",
+        epilog="Exit status: 0 ok, 1 verify found a difference, 2 error. See docs/manifest.md.",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
     parser.add_argument("--threads", type=int, default=None, help="interpreter threads")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -169,7 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     split = sub.add_parser("split", help="split a model into stages and write manifest.json")
     split.add_argument("model", type=Path, metavar="MODEL.tflite")
-    split.add_argument("--stages", type=int, metavar="N", help="number of stages")
+    split.add_argument(
+        "--stages", type=int, metavar="N", help="number of stages, cut to balance MACs"
+    )
     split.add_argument("--out", type=Path, required=True, metavar="DIR")
     split.add_argument(
         "--cuts",
@@ -178,8 +184,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="cut after these ops instead of planning (see analyze)",
     )
     split.add_argument("--labels", type=Path, metavar="FILE", help="class names, one a line")
-    split.add_argument("--mean", type=float, help="preprocessing mean (default: see docs)")
-    split.add_argument("--std", type=float, help="preprocessing std (default: see docs)")
+    split.add_argument(
+        "--mean",
+        type=float,
+        help="preprocessing mean (default: zero point if quantized, else 127.5)",
+    )
+    split.add_argument(
+        "--std", type=float, help="preprocessing std (default: 1/scale if quantized, else 127.5)"
+    )
     split.add_argument(
         "--no-copy-source",
         dest="copy_source",

@@ -91,7 +91,8 @@ def _shape(tensor: schema.TensorT) -> tuple[int, ...]:
     return tuple(int(d) for d in (tensor.shape if tensor.shape is not None else ()))
 
 
-def _decode(name: bytes | str | None) -> str:
+def decode_name(name: bytes | str | None) -> str:
+    """Names come back as bytes from the object API; reports and manifests want str."""
     if name is None:
         return ""
     return name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
@@ -173,7 +174,7 @@ class Graph:
         tensor = self.subgraph.tensors[tensor_index]
         return TensorInfo(
             index=tensor_index,
-            name=_decode(tensor.name),
+            name=decode_name(tensor.name),
             shape=_shape(tensor),
             dtype=_DTYPES.get(tensor.type, f"tflite_type_{tensor.type}"),
         )
@@ -184,7 +185,7 @@ class Graph:
         code = self.model.operatorCodes[op.opcodeIndex]
         builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
         if builtin == schema.BuiltinOperator.CUSTOM:
-            return f"CUSTOM:{_decode(code.customCode)}"
+            return f"CUSTOM:{decode_name(code.customCode)}"
         return _OP_NAMES.get(builtin, f"BUILTIN_{builtin}")
 
     @cached_property

@@ -28,7 +28,7 @@ from aiotedge.manifest import (
     sha256_file,
 )
 from converter.errors import ConverterError, open_segment
-from converter.graph import Graph, tensor_list
+from converter.graph import Graph, decode_name, tensor_list
 from converter.planner import Plan
 
 log = logging.getLogger(__name__)
@@ -55,12 +55,6 @@ class _AlignedBuffer(schema.BufferT):
         schema.BufferStart(builder)
         schema.BufferAddData(builder, data)
         return schema.BufferEnd(builder)
-
-
-def _name(value: bytes | str | None) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return value or ""
 
 
 def extract_segment(graph: Graph, first_op: int, last_op: int) -> schema.ModelT:
@@ -117,7 +111,7 @@ def extract_segment(graph: Graph, first_op: int, last_op: int) -> schema.ModelT:
 
     model = schema.ModelT()
     model.version = source.version
-    model.description = f"aiotedge segment: ops {first_op}..{last_op} of " + _name(
+    model.description = f"aiotedge segment: ops {first_op}..{last_op} of " + decode_name(
         source.description
     )
     model.operatorCodes = codes
@@ -125,7 +119,7 @@ def extract_segment(graph: Graph, first_op: int, last_op: int) -> schema.ModelT:
     model.buffers = buffers
     model.metadata = []
     for entry in source.metadata or []:
-        if _name(entry.name) in KEPT_METADATA:
+        if decode_name(entry.name) in KEPT_METADATA:
             kept = copy.copy(entry)
             kept.buffer = buffer_id(entry.buffer)
             model.metadata.append(kept)
