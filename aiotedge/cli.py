@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import socket
-import sys
 import threading
 from pathlib import Path
 
+from aiotedge import service
 from aiotedge.camera import Camera, CameraOptions, list_images, read_photo
 from aiotedge.config import ConfigError, NodeConfig
+from aiotedge.dedup import RecentIds
+from aiotedge.homeassistant import discovery_message
 from aiotedge.manifest import Manifest, ManifestError
-from aiotedge.session import BrokerConfig, MqttSession
+from aiotedge.metrics import serve_prometheus
+from aiotedge.session import BrokerConfig, BrokerConfigError, MqttSession
 from aiotedge.sink import Prediction
 from aiotedge.stage import StageNode, StageOptions
+from aiotedge.status import collect_status, format_status
 from aiotedge.topics import Topics
 
 log = logging.getLogger("aiotedge")
@@ -24,14 +29,10 @@ log = logging.getLogger("aiotedge")
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    service.setup_logging(args.verbose)
     try:
         return args.handler(args)
-    except (ConfigError, ManifestError, FileNotFoundError) as exc:
+    except (ConfigError, ManifestError, BrokerConfigError, FileNotFoundError) as exc:
         log.error("%s", exc)
         return 2
     except KeyboardInterrupt:
@@ -50,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     stage.add_argument("--node", help="node name (default: stage<K>-<hostname>)")
     stage.add_argument("--threads", type=int, help="interpreter threads")
     stage.add_argument("--queue-size", type=int, help="frames waiting for inference at most")
+    stage.add_argument("--share-group", help="replicas with the same group share frames")
+    stage.add_argument("--stats-interval", type=float, help="seconds between stats messages")
     stage.set_defaults(handler=_cmd_stage)
 
     camera = commands.add_parser("camera", help="publish photos from a folder into stage 0")
@@ -67,6 +70,11 @@ def _parser() -> argparse.ArgumentParser:
     watch.add_argument("--count", type=int, help="exit after this many predictions")
     watch.add_argument("--json", action="store_true", help="print the raw JSON")
     watch.set_defaults(handler=_cmd_watch)
+
+    status = commands.add_parser("status", help="availability and latest stats of every node")
+    _add_node_flags(status)
+    status.add_argument("--json", action="store_true", help="print the raw JSON per node")
+    status.set_defaults(handler=_cmd_status)
 
     run = commands.add_parser("run", help="run a whole pipeline on this machine")
     run.add_argument("--manifest", required=True, help="manifest.json or the folder holding it")
@@ -111,12 +119,10 @@ def _topics(config: NodeConfig) -> Topics:
 def _cmd_stage(args: argparse.Namespace) -> int:
     config = _node_config(
         args, "stage", manifest=args.manifest, index=args.index, node=args.node,
-        threads=args.threads, queue_size=args.queue_size,
-    )
+        threads=args.threads, queue_size=args.queue_size, share_group=args.share_group,
+    ).override("stats", interval=args.stats_interval)
     stage = config.stage
-    if not stage.manifest:
-        raise ConfigError("no manifest given (--manifest or [stage] manifest)")
-    manifest = Manifest.load(stage.manifest)
+    manifest = _load_manifest(config, args.config or "flags")
     options = StageOptions(
         index=stage.index,
         node=stage.node or f"stage{stage.index}-{socket.gethostname()}",
@@ -125,9 +131,13 @@ def _cmd_stage(args: argparse.Namespace) -> int:
         num_threads=stage.threads,
         top_k=stage.top_k,
         max_message_bytes=stage.max_message_bytes,
+        share_group=stage.share_group,
+        session_expiry=config.pipeline.session_expiry,
+        stats_interval=config.stats.interval,
     )
     stop = _stop_on_signals()
-    node = StageNode(manifest, _topics(config), config.broker, options)
+    topics = _topics(config)
+    node = StageNode(manifest, topics, config.broker, options)
     node.start()
     while not node.session.wait_connected(timeout=5.0):
         if stop.is_set():
@@ -135,9 +145,34 @@ def _cmd_stage(args: argparse.Namespace) -> int:
             return 0
         log.info("waiting for the broker at %s", config.broker)
     node.announce_online()
+    if config.homeassistant.discovery and node.is_last:
+        topic, payload = discovery_message(topics, manifest, options.node,
+                                           config.homeassistant.prefix)
+        node.session.publish(topic, payload, qos=1, retain=True)
+    if config.stats.prometheus_port:
+        serve_prometheus(options.node, node.stats_snapshot, config.stats.prometheus_port,
+                         config.stats.prometheus_address)
+    service.notify(f"READY=1\nSTATUS=stage {options.index} serving {node.input_topic}")
     stop.wait()
+    service.notify("STOPPING=1")
     node.stop()
     return 0
+
+
+def _load_manifest(config: NodeConfig, source: str) -> Manifest:
+    """The manifest a stage config names, with errors that point at the config key."""
+    path = config.stage.manifest
+    if not path:
+        raise ConfigError(f"{source}: no manifest given (--manifest or key 'stage.manifest')")
+    if not Path(path).exists():
+        raise ConfigError(f"{source}: key 'stage.manifest': {path} does not exist")
+    manifest = Manifest.load(path)
+    if not 0 <= config.stage.index < len(manifest.stages):
+        raise ConfigError(
+            f"{source}: key 'stage.index' is {config.stage.index}, but {path} has "
+            f"{len(manifest.stages)} stages (0 to {len(manifest.stages) - 1})"
+        )
+    return manifest
 
 
 def _cmd_camera(args: argparse.Namespace) -> int:
@@ -161,7 +196,9 @@ def _cmd_camera(args: argparse.Namespace) -> int:
     session.start()
     session.wait_connected()
     session.set_online()
+    service.notify(f"READY=1\nSTATUS=camera {cam.source} publishing {len(photos)} photos")
     sent = camera.run(photos, frames=cam.frames, stop=stop)
+    service.notify("STOPPING=1")
     log.info("published %d frames", sent)
     session.stop()
     return 0
@@ -172,12 +209,16 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     topics = _topics(config)
     session = MqttSession(config.broker, f"watch-{socket.gethostname()}-{id(args):x}")
     stop = _stop_on_signals()
+    recent = RecentIds()
     seen = 0
 
     def show(message) -> None:
         nonlocal seen
         text = message.payload.decode()
-        print(text if args.json else Prediction.from_json(text).summary(), flush=True)
+        prediction = Prediction.from_json(text)
+        if recent.seen(prediction.frame_id):
+            return
+        print(text if args.json else prediction.summary(), flush=True)
         seen += 1
         if args.count and seen >= args.count:
             stop.set()
@@ -187,6 +228,16 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     stop.wait()
     session.stop()
     return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    config = _node_config(args, "pipeline")
+    nodes = collect_status(config.broker, _topics(config))
+    if args.json:
+        print(json.dumps(nodes, indent=2, sort_keys=True))
+    else:
+        print(format_status(nodes))
+    return 0 if nodes else 1
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

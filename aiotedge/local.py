@@ -21,6 +21,7 @@ import paho.mqtt.client as mqtt
 
 from aiotedge.broker import LocalBroker
 from aiotedge.camera import Camera, CameraOptions
+from aiotedge.dedup import RecentIds
 from aiotedge.manifest import Manifest
 from aiotedge.session import BrokerConfig, MqttSession
 from aiotedge.sink import Prediction
@@ -56,6 +57,7 @@ class LocalPipeline:
         self._online: set[str] = set()
         self._online_changed = threading.Condition()
         self._predictions: queue.Queue[Prediction] = queue.Queue()
+        self._recent = RecentIds()
 
     def __enter__(self) -> LocalPipeline:
         try:
@@ -142,7 +144,9 @@ class LocalPipeline:
             self._online_changed.notify_all()
 
     def _on_prediction(self, message: mqtt.MQTTMessage) -> None:
-        self._predictions.put(Prediction.from_json(message.payload))
+        prediction = Prediction.from_json(message.payload)
+        if not self._recent.seen(prediction.frame_id):
+            self._predictions.put(prediction)
 
     def predict(
         self,

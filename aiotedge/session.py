@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,6 +120,7 @@ class MqttSession:
         self._client.on_disconnect = self._on_disconnect
         self._client.on_publish = self._on_publish
         self._pending_lock = threading.Lock()
+        self._acked = threading.Condition(self._pending_lock)
         self._pending_acks: dict[int, mqtt.MQTTMessage] = {}
         self._clean_start = session_expiry <= 0
         self._connect_properties = Properties(PacketTypes.CONNECT)
@@ -182,6 +184,17 @@ class MqttSession:
         with self._pending_lock:
             return len(self._pending_acks)
 
+    def wait_acknowledged(self, timeout: float) -> bool:
+        """Wait until the broker has acknowledged every forwarded result."""
+        deadline = time.monotonic() + timeout
+        with self._acked:
+            while self._pending_acks:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._acked.wait(remaining)
+        return True
+
     def start(self) -> None:
         """Connect in the background; paho keeps retrying until the broker answers."""
         log.info("connecting to mqtt://%s as %s", self.broker, self.client_id)
@@ -228,6 +241,7 @@ class MqttSession:
     def _on_publish(self, _client, _userdata, mid, _reason_code, _properties) -> None:
         with self._pending_lock:
             source = self._pending_acks.pop(mid, None)
+            self._acked.notify_all()
         if source is not None:
             self.ack(source)
 

@@ -17,9 +17,11 @@ from dataclasses import dataclass
 import numpy as np
 import paho.mqtt.client as mqtt
 
+from aiotedge import service
+from aiotedge.dedup import RecentIds
 from aiotedge.image import ImageError, decode_image, preprocess
 from aiotedge.manifest import Manifest, ManifestError, TensorSpec
-from aiotedge.metrics import Counters
+from aiotedge.metrics import NodeStats
 from aiotedge.runtime import Segment
 from aiotedge.session import BrokerConfig, MqttSession
 from aiotedge.sink import build_prediction, top_k
@@ -40,6 +42,10 @@ class StageOptions:
     num_threads: int | None = None
     top_k: int = 5
     max_message_bytes: int = 8 * 1024 * 1024
+    #: replicas with the same group share the stage's frames; default: one group per stage
+    share_group: str = ""
+    session_expiry: int = 3600
+    stats_interval: float = 10.0
 
 
 class StageNode:
@@ -62,7 +68,10 @@ class StageNode:
         self.output_topic = (
             topics.predictions if self.is_last else topics.stage_input(options.index + 1)
         )
-        self.counters = Counters()
+        self.stats = NodeStats()
+        self.counters = self.stats.counters
+        self._recent = RecentIds()
+        self._stopping = threading.Event()
         self._queue: queue.Queue[_QueuedMessage | None] = queue.Queue(options.queue_size)
         self.session = MqttSession(
             broker,
@@ -70,13 +79,22 @@ class StageNode:
             availability_topic=topics.availability(options.node),
             manual_ack=options.qos > 0,
             receive_maximum=options.queue_size,
+            session_expiry=options.session_expiry if options.qos > 0 else 0,
         )
         self._worker = threading.Thread(target=self._run_worker, name="inference", daemon=True)
+        self._reporter = threading.Thread(target=self._report_stats, name="stats", daemon=True)
 
     def start(self) -> None:
         self._worker.start()
-        self.session.subscribe(self.input_topic, self._on_message, self.options.qos)
+        self.session.subscribe(
+            self.input_topic,
+            self._on_message,
+            self.options.qos,
+            share_group=self.options.share_group or f"stage{self.options.index}",
+        )
         self.session.start()
+        if self.options.stats_interval > 0:
+            self._reporter.start()
 
     def announce_online(self) -> None:
         self.session.set_online()
@@ -85,17 +103,37 @@ class StageNode:
             self.options.index, self.input_topic, self.output_topic, self.segment.path.name,
         )
 
-    def stop(self) -> None:
-        """Stop taking frames, finish those already queued, say offline."""
-        self.session.client.unsubscribe(self.input_topic)
+    def stop(self, timeout: float = 20.0) -> None:
+        """Stop taking frames, finish those already queued, say offline.
+
+        Frames that arrive from now on are left unacknowledged: with QoS 1 the broker keeps
+        them for this node's next start (or, for a replica, its next connection).
+        """
+        self._stopping.set()
         self._queue.put(None)
-        self._worker.join()
+        self._worker.join(timeout)
+        if not self.session.wait_acknowledged(timeout):
+            log.warning("%d results not acknowledged by the broker", self.session.unacknowledged)
+        self.publish_stats()
         self.session.stop()
         log.info("stage %d stopped: %s", self.options.index, self.counters.snapshot())
+
+    def stats_snapshot(self) -> dict:
+        return self.stats.snapshot(queue_depth=self._queue.qsize(), stage=self.options.index)
+
+    def publish_stats(self) -> None:
+        payload = json.dumps(self.stats_snapshot())
+        self.session.publish(self.topics.stats(self.options.node), payload, qos=0, retain=True)
+
+    def _report_stats(self) -> None:
+        while not self._stopping.wait(self.options.stats_interval):
+            self.publish_stats()
 
     # -- network thread -------------------------------------------------------------------
 
     def _on_message(self, message: mqtt.MQTTMessage) -> None:
+        if self._stopping.is_set():
+            return  # unacknowledged: the broker delivers it again after the restart
         received = time.time()
         self.counters.add("frames_in")
         self.counters.add("bytes_in", len(message.payload))
@@ -130,7 +168,19 @@ class StageNode:
     # -- inference worker -----------------------------------------------------------------
 
     def _run_worker(self) -> None:
-        while (item := self._queue.get()) is not None:
+        """Pings the systemd watchdog between frames: a hung invoke stops the pings."""
+        ping_every = service.watchdog_interval()
+        next_ping = 0.0
+        while True:
+            if ping_every and time.monotonic() >= next_ping:
+                service.notify("WATCHDOG=1")
+                next_ping = time.monotonic() + ping_every
+            try:
+                item = self._queue.get(timeout=ping_every)
+            except queue.Empty:
+                continue
+            if item is None:
+                return
             message, received = item
             try:
                 self._handle(message, received)
@@ -145,8 +195,16 @@ class StageNode:
         except (WireError, ImageError) as exc:
             self._reject(message, str(exc), getattr(exc, "frame_id", None))
             return
+        if self._recent.seen(frame.frame_id):
+            self.counters.add("duplicates")
+            log.info("dropped a duplicate of %s", frame.frame_id)
+            self.session.ack(message)
+            return
+        started = time.perf_counter()
         output = self.segment.run(tensor)
+        self.stats.inference_ms.add((time.perf_counter() - started) * 1000)
         hop = Hop(self.options.index, received, time.time())
+        self.stats.latency_ms.add((hop.done - frame.captured_at) * 1000)
         if self.is_last:
             top = top_k(output, self.spec.output, self.manifest, self.options.top_k)
             payload: bytes | str = build_prediction(frame, top, hop).to_json()

@@ -42,3 +42,10 @@ class Topics:
     @property
     def all_availability(self) -> str:
         return f"{self.base}/availability/+"
+
+    def stats(self, node: str) -> str:
+        return f"{self.base}/stats/{node}"
+
+    @property
+    def all_stats(self) -> str:
+        return f"{self.base}/stats/+"

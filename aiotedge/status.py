@@ -1,0 +1,80 @@
+"""`aiotedge status`: every node's retained availability and stats, read from the broker."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+import time
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from aiotedge.session import BrokerConfig, MqttSession
+from aiotedge.topics import Topics
+
+
+def collect_status(broker: BrokerConfig, topics: Topics, timeout: float = 10.0) -> dict[str, Any]:
+    """Node name -> {"availability": ..., "stats": {...}} from the retained messages.
+
+    The broker sends retained messages in answer to a subscription, before anything published
+    after it: a probe message we publish once subscribed marks the end of them.
+    """
+    nodes: dict[str, dict[str, Any]] = {}
+    probe = f"{topics.base}/status-probe/{secrets.token_hex(4)}"
+    done = threading.Event()
+
+    def record(kind: str):
+        def handler(message: mqtt.MQTTMessage) -> None:
+            node = message.topic.rsplit("/", 1)[-1]
+            text = message.payload.decode(errors="replace")
+            nodes.setdefault(node, {})[kind] = json.loads(text) if kind == "stats" else text
+        return handler
+
+    session = MqttSession(broker, f"status-{secrets.token_hex(4)}")
+    session.subscribe(topics.all_availability, record("availability"), qos=1)
+    session.subscribe(topics.all_stats, record("stats"), qos=1)
+    session.subscribe(probe, lambda _message: done.set(), qos=1)
+    session.start()
+    try:
+        if not session.wait_connected(timeout):
+            raise ConnectionError(f"cannot reach the broker at {broker}")
+        session.publish(probe, b"", qos=1)
+        if not done.wait(timeout):
+            raise TimeoutError(f"the broker at {broker} did not answer within {timeout:.0f} s")
+    finally:
+        session.stop()
+    return nodes
+
+
+def format_status(nodes: dict[str, Any]) -> str:
+    if not nodes:
+        return "no nodes have reported on this pipeline"
+    header = ("node", "state", "stage", "in", "out", "rejected", "dropped", "queue",
+              "infer p50/p99 ms", "e2e p50/p99 ms", "cpu %", "rss MB", "stats age")
+    rows = [header]
+    now = time.time()
+    for name in sorted(nodes):
+        info = nodes[name]
+        stats = info.get("stats", {})
+        rows.append((
+            name,
+            info.get("availability", "?"),
+            str(stats.get("stage", "")),
+            *(str(stats.get(key, "")) for key in
+              ("frames_in", "frames_out", "rejected", "dropped", "queue_depth")),
+            _pair(stats.get("inference_ms")),
+            _pair(stats.get("latency_ms")),
+            str(stats.get("cpu_percent", "")),
+            str(stats.get("rss_mb", "")),
+            f"{now - stats['timestamp']:.0f} s" if "timestamp" in stats else "",
+        ))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
+                     for row in rows)
+
+
+def _pair(window: dict[str, float | None] | None) -> str:
+    if not window or window.get("p50") is None:
+        return ""
+    return f"{window['p50']:.1f}/{window['p99']:.1f}"
