@@ -42,6 +42,10 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
+
+
 def _shape(shape: Sequence[int]) -> str:
     return "x".join(str(d) for d in shape)
 
@@ -86,10 +90,10 @@ def plan_report(graph: Graph, plan: Plan) -> str:
             )
         )
     mean = sum(stage.cost for stage in plan.stages) / len(plan.stages)
-    cuts = ",".join(map(str, plan.cuts)) or "none"
+    cuts = f"cuts after ops {','.join(map(str, plan.cuts))}" if plan.cuts else "no cut"
     return "\n".join(
         [
-            f"{len(plan.stages)} stages, cuts after ops {cuts}",
+            f"{_count(len(plan.stages), 'stage')}, {cuts}",
             _table(("stage", "ops", "MACs", "share", "output", "bytes"), rows),
             f"bottleneck {human(plan.bottleneck)} MACs, mean {human(mean)} MACs, "
             f"balance (bottleneck/mean) {plan.balance:.3f}",
@@ -132,7 +136,7 @@ def cmd_split(args: argparse.Namespace) -> int:
     )
     split_model(graph, plan, args.out, options)
     print(plan_report(graph, plan))
-    print(f"wrote {len(plan.stages)} segments and {Path(args.out) / MANIFEST_NAME}")
+    print(f"wrote {_count(len(plan.stages), 'segment')} and {Path(args.out) / MANIFEST_NAME}")
     return 0
 
 
