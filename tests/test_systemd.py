@@ -1,0 +1,429 @@
+"""The systemd units in systemd/, and the daemons' side of their contract.
+
+`systemd-analyze verify` checks the unit files. The daemons are then run the way the units run
+them (the unit's own ExecStart, with the install paths pointed at this checkout) with a
+NOTIFY_SOCKET of the test's own: READY=1 once serving, WATCHDOG=1 every half WatchdogSec while
+idle, STOPPING=1 on SIGTERM, exit 0, and `offline` on the availability topic. Last, a stage
+serves a frame under the units' MemoryDenyWriteExecute= and SystemCallFilter=@system-service,
+enforced here with the kernel's PR_SET_MDWE and a seccomp filter built from systemd's own list.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from aiotedge.manifest import Manifest
+from aiotedge.session import MqttSession
+from aiotedge.topics import Topics
+from aiotedge.wire import Frame, decode_frame, encode_frame
+from converter.cli import main as convert
+from tests.conftest import REPO, SHARED_IMAGES, SHARED_LABELS, SHARED_MODEL
+
+UNITS = REPO / "systemd"
+UNIT_FILES = ("aiotedge-stage@.service", "aiotedge-camera@.service", "aiotedge.target")
+INSTALLED_BINARY = "/opt/aiotedge/venv/bin/aiotedge"
+#: upper bound for one awaited event; never a synchronisation
+TIMEOUT = 30.0
+#: WATCHDOG_USEC given to the daemons: pings every second
+WATCHDOG_USEC = 2_000_000
+
+
+# -- the unit files -----------------------------------------------------------------------------
+
+
+def systemd_analyze() -> str:
+    path = shutil.which("systemd-analyze")
+    if path is None:
+        pytest.skip("systemd-analyze is not installed (Debian package systemd)")
+    return path
+
+
+def verify(directory: Path, units: list[str]) -> list[str]:
+    """systemd-analyze verify on copies whose ExecStart runs an existing binary.
+
+    verify only warns (exit 0) about unknown keys and values it cannot parse: every line it
+    prints about our units counts as a problem.
+    """
+    result = subprocess.run(
+        [systemd_analyze(), "verify", "--man=no", *(str(directory / u) for u in units)],
+        capture_output=True, text=True, check=False,
+    )
+    problems = [line for line in (result.stdout + result.stderr).splitlines()
+                if "aiotedge" in line]
+    if result.returncode != 0:
+        problems.append(f"systemd-analyze verify exited with {result.returncode}")
+    return problems
+
+
+def copy_units(directory: Path, extra_line: str = "") -> None:
+    for name in UNIT_FILES:
+        text = (UNITS / name).read_text()
+        assert f"ExecStart={INSTALLED_BINARY} " in text or name.endswith(".target")
+        text = text.replace(f"ExecStart={INSTALLED_BINARY} ", "ExecStart=/bin/true ")
+        if extra_line and name.endswith(".service"):
+            text = text.replace("[Service]\n", f"[Service]\n{extra_line}\n")
+        (directory / name).write_text(text)
+
+
+# instances as the docs enable them: the instance name is the node config's name
+INSTANCES = ["aiotedge-stage@stage2.service", "aiotedge-camera@camera.service", "aiotedge.target"]
+
+
+def test_the_units_pass_systemd_analyze_verify(tmp_path):
+    copy_units(tmp_path)
+    assert verify(tmp_path, INSTANCES) == []
+
+
+def test_verify_would_catch_a_misspelt_key_or_a_bad_value(tmp_path):
+    """The check above is worth something: the same check on broken copies reports them."""
+    copy_units(tmp_path, "WatchdogSecs=30\nRestart=sometimes")
+    problems = "\n".join(verify(tmp_path, INSTANCES))
+    assert "Unknown key 'WatchdogSecs'" in problems
+    assert "sometimes" in problems
+
+
+def unit_settings(name: str) -> dict[str, str]:
+    settings = {}
+    for line in (UNITS / name).read_text().splitlines():
+        if "=" in line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            settings[key] = value
+    return settings
+
+
+def test_the_stage_unit_is_a_notify_service_with_a_watchdog():
+    stage = unit_settings("aiotedge-stage@.service")
+    assert (stage["Type"], stage["NotifyAccess"], stage["WatchdogSec"]) == ("notify", "main", "30")
+    assert (stage["Restart"], stage["User"]) == ("always", "aiotedge")
+    assert stage["ExecStart"] == f"{INSTALLED_BINARY} stage --config /etc/aiotedge/%i.toml"
+    camera = unit_settings("aiotedge-camera@.service")
+    assert camera["ExecStart"] == f"{INSTALLED_BINARY} camera --config /etc/aiotedge/%i.toml"
+    for unit in (stage, camera):
+        assert (unit["PartOf"], unit["WantedBy"]) == ("aiotedge.target", "aiotedge.target")
+
+
+# -- the daemons, run as the units run them ---------------------------------------------------
+
+
+def exec_start(unit: str, config: Path) -> list[str]:
+    """The unit's ExecStart for instance `config`, run from this checkout's interpreter."""
+    argv = shlex.split(unit_settings(unit)["ExecStart"])
+    assert argv[0] == INSTALLED_BINARY
+    return [sys.executable, "-m", "aiotedge",
+            *(str(config) if arg == "/etc/aiotedge/%i.toml" else arg for arg in argv[1:])]
+
+
+def toml_string(value: object) -> str:
+    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
+
+
+@pytest.fixture(scope="module")
+def two_stages(shared_data, tmp_path_factory) -> Manifest:
+    out = tmp_path_factory.mktemp("two-stages")
+    assert convert(["split", str(SHARED_MODEL), "--stages", "2", "--out", str(out),
+                    "--labels", str(SHARED_LABELS)]) == 0
+    return Manifest.load(out)
+
+
+def stage_config(path: Path, broker, manifest: Manifest, index: int, node: str) -> Path:
+    path.write_text(f"""
+[broker]
+host = "127.0.0.1"
+port = {broker.port}
+[pipeline]
+name = "systemd-test"
+[stage]
+manifest = {toml_string(manifest.directory)}
+index = {index}
+node = "{node}"
+threads = 1
+[stats]
+interval = 0
+""")
+    return path
+
+
+def needs_sd_notify() -> None:
+    try:
+        from systemd import daemon  # noqa: F401
+    except ImportError:
+        pytest.skip("systemd-python is not installed (pip install .[systemd]): "
+                    "without it the daemons send no notifications")
+
+
+class NotifySocket:
+    """What systemd listens on for a Type=notify service: an AF_UNIX datagram socket."""
+
+    def __init__(self, directory: Path) -> None:
+        path = directory / "notify"
+        if len(str(path)) > 100:  # sun_path holds 108 bytes
+            path = Path(tempfile.mkdtemp(prefix="aiotedge-notify-")) / "notify"
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(1.0)
+        self.received: list[str] = []
+
+    def expect(self, state: str, process: subprocess.Popen, log: Path) -> None:
+        """Wait for a datagram holding the line `state` (e.g. READY=1)."""
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                datagram = self.sock.recv(4096).decode()
+            except TimeoutError:
+                if process.poll() is not None:
+                    pytest.fail(f"the daemon exited with {process.returncode} before {state}:\n"
+                                f"{log.read_text()}")
+                continue
+            self.received.append(datagram)
+            if state in datagram.splitlines():
+                return
+        pytest.fail(f"no {state} within {TIMEOUT} s; got {self.received}:\n{log.read_text()}")
+
+    def close(self) -> None:
+        self.sock.close()
+        self.path.unlink(missing_ok=True)
+
+
+def daemon_env(notify: NotifySocket | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in {"INVOCATION_ID", "JOURNAL_STREAM", "WATCHDOG_PID", "WATCHDOG_USEC",
+                        "NOTIFY_SOCKET"}}
+    if notify is not None:
+        env["NOTIFY_SOCKET"] = str(notify.path)
+        env["WATCHDOG_USEC"] = str(WATCHDOG_USEC)
+    return env
+
+
+@contextlib.contextmanager
+def running(argv: list[str], env: dict[str, str], log: Path):
+    with open(log, "wb") as output:
+        process = subprocess.Popen(argv, env=env, stdout=output, stderr=subprocess.STDOUT,
+                                   cwd=REPO)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def subscribe(broker, topic: str) -> tuple[MqttSession, queue.Queue[str]]:
+    received: queue.Queue[str] = queue.Queue()
+    session = MqttSession(broker.address, f"test-{os.getpid()}-{time.monotonic_ns()}")
+    session.subscribe(topic, lambda message: received.put(message.payload), qos=1)
+    session.start()
+    assert session.wait_connected(TIMEOUT)
+    return session, received
+
+
+def test_the_stage_daemon_notifies_ready_watchdog_and_stopping(broker, two_stages, tmp_path):
+    needs_sd_notify()
+    config = stage_config(tmp_path / "stage1.toml", broker, two_stages, 1, "stage1-notify")
+    notify = NotifySocket(tmp_path)
+    log = tmp_path / "daemon.log"
+    availability = Topics("systemd-test").availability("stage1-notify")
+    with running(exec_start("aiotedge-stage@.service", config), daemon_env(notify), log) as daemon:
+        notify.expect("READY=1", daemon, log)
+        # ready means connected and announced: the retained availability says so
+        watcher, states = subscribe(broker, availability)
+        try:
+            assert states.get(timeout=TIMEOUT) == b"online"
+            # idle, and still pinging the watchdog (WatchdogSec/2 = 1 s here)
+            notify.received.clear()
+            notify.expect("WATCHDOG=1", daemon, log)
+            notify.expect("WATCHDOG=1", daemon, log)
+            daemon.send_signal(signal.SIGTERM)
+            notify.expect("STOPPING=1", daemon, log)
+            assert daemon.wait(timeout=TIMEOUT) == 0, log.read_text()
+            assert states.get(timeout=TIMEOUT) == b"offline"
+        finally:
+            watcher.stop()
+            notify.close()
+
+
+def test_the_camera_daemon_notifies_ready_and_stopping(broker, tmp_path):
+    needs_sd_notify()
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (64, 48), (30, 160, 60)).save(photos / "leaf.jpg")
+    config = tmp_path / "camera.toml"
+    config.write_text(f"""
+[broker]
+host = "127.0.0.1"
+port = {broker.port}
+[pipeline]
+name = "systemd-test"
+[camera]
+images = {toml_string(photos)}
+source = "cam-notify"
+fps = 20.0
+loop = true
+""")
+    frames = Topics("systemd-test").stage_input(0)
+    watcher, published = subscribe(broker, frames)
+    notify = NotifySocket(tmp_path)
+    log = tmp_path / "camera.log"
+    try:
+        with running(exec_start("aiotedge-camera@.service", config), daemon_env(notify),
+                     log) as camera:
+            notify.expect("READY=1", camera, log)
+            assert decode_frame(published.get(timeout=TIMEOUT), None).source == "cam-notify"
+            camera.send_signal(signal.SIGTERM)
+            notify.expect("STOPPING=1", camera, log)
+            assert camera.wait(timeout=TIMEOUT) == 0, log.read_text()
+    finally:
+        watcher.stop()
+        notify.close()
+
+
+# -- the units' sandbox: W^X memory and the @system-service system calls ------------------------
+
+#: Run by a Python that has libseccomp's bindings (Debian: python3-seccomp); then exec's the
+#: daemon. argv: mdwe(0/1) filter(0/1) program args...
+SANDBOX = r"""
+import ctypes, errno, os, subprocess, sys
+
+if sys.argv[1] == "1":
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(65, 1, 0, 0, 0) != 0:  # PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN
+        sys.exit(f"PR_SET_MDWE: errno {ctypes.get_errno()}")
+
+if sys.argv[2] == "1":
+    import seccomp
+
+    listing = subprocess.run(["systemd-analyze", "syscall-filter"], capture_output=True,
+                             text=True, check=True).stdout
+    groups, group = {}, None
+    for line in listing.splitlines():
+        item = line.strip()
+        if not item or item.startswith("#"):
+            continue
+        if line[0] != " ":
+            group = groups.setdefault(item, [])
+        else:
+            group.append(item)
+
+    def expand(name):
+        calls = set()
+        for item in groups[name]:
+            calls |= expand(item) if item.startswith("@") else {item}
+        return calls
+
+    # SystemCallFilter=@system-service (@default is always allowed); anything else kills, which
+    # is stricter than the units' SystemCallErrorNumber=EPERM.
+    rules = seccomp.SyscallFilter(defaction=seccomp.KILL_PROCESS)
+    for call in sorted(expand("@system-service") | expand("@default")):
+        if call == "socket":
+            continue
+        try:
+            rules.add_rule(seccomp.ALLOW, call)
+        except (RuntimeError, ValueError, OSError):
+            pass  # not a system call of this architecture
+    # RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX: other families fail with EAFNOSUPPORT
+    allowed = {1, 2, 10}  # AF_UNIX, AF_INET, AF_INET6
+    for family in range(0, 64):
+        action = seccomp.ALLOW if family in allowed else seccomp.ERRNO(errno.EAFNOSUPPORT)
+        rules.add_rule(action, "socket", seccomp.Arg(0, seccomp.EQ, family))
+    rules.load()
+
+os.execv(sys.argv[3], sys.argv[3:])
+"""
+
+
+def mdwe_supported() -> bool:
+    """PR_SET_MDWE exists since Linux 6.3; try it in a throwaway process."""
+    probe = ("import ctypes, sys; "
+             "sys.exit(0 if ctypes.CDLL(None).prctl(65, 1, 0, 0, 0) == 0 else 1)")
+    return subprocess.run([sys.executable, "-c", probe], check=False).returncode == 0
+
+
+def seccomp_python() -> str | None:
+    """An interpreter with libseccomp's Python bindings, if this machine has one."""
+    if shutil.which("systemd-analyze") is None:
+        return None
+    for candidate in (sys.executable, "/usr/bin/python3"):
+        if Path(candidate).is_file() and subprocess.run(
+            [candidate, "-c", "import seccomp"], capture_output=True, check=False
+        ).returncode == 0:
+            return candidate
+    return None
+
+
+def test_the_sandbox_is_enforced():
+    """What the stage passes below is worth something: the sandbox refuses what it should."""
+    checks = 0
+    if mdwe_supported():
+        writable_code = ("import mmap; "
+                         "mmap.mmap(-1, 4096, prot=mmap.PROT_READ|mmap.PROT_WRITE|mmap.PROT_EXEC)")
+        result = subprocess.run([sys.executable, "-c", SANDBOX, "1", "0",
+                                 sys.executable, "-c", writable_code],
+                                capture_output=True, text=True, check=False)
+        assert "PermissionError" in result.stderr
+        checks += 1
+    filter_python = seccomp_python()
+    if filter_python is not None:
+        swapon = "import ctypes; ctypes.CDLL(None).swapon(b'/nonexistent', 0)"  # @swap
+        result = subprocess.run([filter_python, "-c", SANDBOX, "0", "1",
+                                 sys.executable, "-c", swapon], check=False)
+        assert result.returncode == -signal.SIGSYS
+        checks += 1
+    if not checks:
+        pytest.skip("neither PR_SET_MDWE (Linux >= 6.3) nor libseccomp's Python bindings "
+                    "(sudo apt-get install python3-seccomp) are available")
+
+
+def test_a_stage_serves_frames_inside_the_units_sandbox(broker, two_stages, tmp_path):
+    mdwe = mdwe_supported()
+    filter_python = seccomp_python()
+    if not mdwe and filter_python is None:
+        pytest.skip("neither PR_SET_MDWE (Linux >= 6.3) nor libseccomp's Python bindings "
+                    "(sudo apt-get install python3-seccomp) are available")
+    config = stage_config(tmp_path / "stage0.toml", broker, two_stages, 0, "stage0-sandbox")
+    argv = exec_start("aiotedge-stage@.service", config)
+    sandbox = [filter_python or sys.executable, "-c", SANDBOX,
+               "1" if mdwe else "0", "1" if filter_python else "0", *argv]
+    topics = Topics("systemd-test")
+    availability, states = subscribe(broker, topics.availability("stage0-sandbox"))
+    output, activations = subscribe(broker, topics.stage_input(1))
+    notify = NotifySocket(tmp_path)  # the notify and watchdog code paths run inside it too
+    log = tmp_path / "sandboxed.log"
+    photo = next(p for p in sorted(SHARED_IMAGES.iterdir()) if p.suffix == ".jpg").read_bytes()
+    try:
+        with running(sandbox, daemon_env(notify), log) as daemon:
+            try:
+                assert states.get(timeout=TIMEOUT) == b"online"
+            except queue.Empty:
+                pytest.fail(f"the sandboxed stage did not come up:\n{log.read_text()}")
+            frame = Frame("sandbox-1", "test", 1, time.time(), image=photo)
+            availability.publish(topics.stage_input(0), encode_frame(frame), qos=1)
+            try:
+                payload = activations.get(timeout=TIMEOUT)
+            except queue.Empty:
+                pytest.fail(f"no activation from the sandboxed stage:\n{log.read_text()}")
+            result = decode_frame(payload, two_stages.stages[1].input)
+            assert result.frame_id == "sandbox-1"
+            assert result.tensor.shape == tuple(two_stages.stages[1].input.shape)
+            daemon.send_signal(signal.SIGTERM)
+            # a system call outside the filter would have been SIGSYS (-31), W^X a crash
+            assert daemon.wait(timeout=TIMEOUT) == 0, log.read_text()
+    finally:
+        availability.stop()
+        output.stop()
+        notify.close()
