@@ -43,6 +43,8 @@ class LocalPipeline:
         broker: BrokerConfig | None = None,
         threads: int | None = None,
         qos: int = 1,
+        replicas: dict[int, int] | None = None,
+        stage_flags: tuple[str, ...] = (),
         ready_timeout: float = 60.0,
     ) -> None:
         self.manifest = manifest
@@ -50,10 +52,13 @@ class LocalPipeline:
         self.broker = broker
         self.threads = threads
         self.qos = qos
+        self.replicas = replicas or {}
+        self.stage_flags = stage_flags
         self.ready_timeout = ready_timeout
         self._exit = ExitStack()
         self._logdir = Path(tempfile.mkdtemp(prefix="aiotedge-run-"))
-        self._stages: list[tuple[str, subprocess.Popen[bytes]]] = []
+        #: node name -> (stage index, process)
+        self._stages: dict[str, tuple[int, subprocess.Popen[bytes]]] = {}
         self._online: set[str] = set()
         self._online_changed = threading.Condition()
         self._predictions: queue.Queue[Prediction] = queue.Queue()
@@ -83,11 +88,30 @@ class LocalPipeline:
             raise PipelineError(f"cannot connect to the broker at {self.broker}")
         self._exit.callback(self._stop_stages)
         for index in range(len(self.manifest.stages)):
-            self._spawn_stage(index)
+            copies = self.replicas.get(index, 1)
+            for replica in range(copies):
+                suffix = f"-r{replica}" if copies > 1 else ""
+                self._spawn_stage(index, f"{self.topics.pipeline}-stage{index}{suffix}")
         self._wait_online()
 
-    def _spawn_stage(self, index: int) -> None:
-        node = f"{self.topics.pipeline}-stage{index}"
+    @property
+    def nodes(self) -> list[str]:
+        return list(self._stages)
+
+    def restart_stage(self, node: str, kill: bool = True) -> None:
+        """Stop a stage process (SIGKILL, or SIGTERM when `kill` is false) and start it again."""
+        index, process = self._stages[node]
+        if kill:
+            process.kill()
+        else:
+            process.terminate()
+        process.wait(timeout=30)
+        with self._online_changed:
+            self._online.discard(node)
+        self._spawn_stage(index, node)
+        self._wait_online()
+
+    def _spawn_stage(self, index: int, node: str) -> None:
         command = [
             sys.executable, "-m", "aiotedge", "stage",
             "--manifest", str(self.manifest.directory),
@@ -99,12 +123,13 @@ class LocalPipeline:
         ]
         if self.threads:
             command += ["--threads", str(self.threads)]
-        with open(self._logdir / f"{node}.log", "wb") as log_file:
+        command += self.stage_flags
+        with open(self._logdir / f"{node}.log", "ab") as log_file:
             process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
-        self._stages.append((node, process))
+        self._stages[node] = (index, process)
 
     def _wait_online(self) -> None:
-        nodes = {node for node, _ in self._stages}
+        nodes = set(self._stages)
         deadline = time.monotonic() + self.ready_timeout
         with self._online_changed:
             while not nodes <= self._online:
@@ -118,15 +143,15 @@ class LocalPipeline:
         log.info("%d stages online", len(nodes))
 
     def _check_stages_alive(self) -> None:
-        for node, process in self._stages:
+        for node, (_, process) in self._stages.items():
             if process.poll() is not None:
                 tail = (self._logdir / f"{node}.log").read_text()[-2000:]
                 raise PipelineError(f"{node} exited with {process.returncode}:\n{tail}")
 
     def _stop_stages(self) -> None:
-        for _, process in self._stages:
+        for _, process in self._stages.values():
             process.terminate()
-        for node, process in self._stages:
+        for node, (_, process) in self._stages.items():
             try:
                 process.wait(timeout=15)
             except subprocess.TimeoutExpired:
@@ -154,18 +179,20 @@ class LocalPipeline:
         frames: int | None = None,
         stop: threading.Event | None = None,
         timeout: float = 60.0,
+        in_flight: int | None = None,
     ) -> Iterator[tuple[str, Prediction]]:
         """Feed photos through the pipeline; yield (photo name, prediction) as they arrive.
 
         Without `frames` every photo goes through once; with it, photos repeat until that many
-        predictions came back. One frame per stage is in flight, so every stage stays busy.
+        predictions came back. By default one frame per stage is in flight, so every stage
+        stays busy.
         """
         stop = stop or threading.Event()
         wanted = frames if frames is not None else len(photos)
         camera = Camera(
             self.session,
             self.topics,
-            CameraOptions(source="local", in_flight=len(self.manifest.stages),
+            CameraOptions(source="local", in_flight=in_flight or len(self.manifest.stages),
                           loop=frames is not None, qos=self.qos),
         )
         feeder = threading.Thread(

@@ -122,6 +122,7 @@ class MqttSession:
         self._pending_lock = threading.Lock()
         self._acked = threading.Condition(self._pending_lock)
         self._pending_acks: dict[int, mqtt.MQTTMessage] = {}
+        self._published_early: set[int] = set()
         self._clean_start = session_expiry <= 0
         self._connect_properties = Properties(PacketTypes.CONNECT)
         if session_expiry > 0:
@@ -175,9 +176,16 @@ class MqttSession:
             self.publish(topic, payload, qos)
             self.ack(source)
             return
+        # Not under our lock: paho calls on_publish holding its own, which would deadlock.
+        info = self.publish(topic, payload, qos)
         with self._pending_lock:
-            info = self.publish(topic, payload, qos)
-            self._pending_acks[info.mid] = source
+            already_published = info.mid in self._published_early
+            if already_published:
+                self._published_early.discard(info.mid)
+            else:
+                self._pending_acks[info.mid] = source
+        if already_published:
+            self.ack(source)
 
     @property
     def unacknowledged(self) -> int:
@@ -241,6 +249,8 @@ class MqttSession:
     def _on_publish(self, _client, _userdata, mid, _reason_code, _properties) -> None:
         with self._pending_lock:
             source = self._pending_acks.pop(mid, None)
+            if source is None:  # the broker answered before forward() recorded the mid
+                self._published_early.add(mid)
             self._acked.notify_all()
         if source is not None:
             self.ack(source)

@@ -144,6 +144,11 @@ class StageNode:
                 f"{self.options.max_message_bytes}",
             )
             return
+        if message.qos > 0:
+            # Receive Maximum keeps the broker within the queue's size, but mosquitto 2.0
+            # overshoots it after acknowledgements: wait for room rather than lose a frame.
+            self._queue.put((message, received))
+            return
         try:
             self._queue.put_nowait((message, received))
         except queue.Full:

@@ -36,3 +36,28 @@ def broker():
         pytest.fail(f"{exc} (`make test` installs it)")
     yield local
     local.close()
+
+
+@pytest.fixture(scope="session")
+def test_models(tmp_path_factory) -> dict[str, Path]:
+    """Small float and int8 CNNs built with TensorFlow in a subprocess (skips without it)."""
+    from tests.models import build_test_models
+
+    return build_test_models(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="session")
+def generated_photos(tmp_path_factory) -> Path:
+    """A folder of generated JPEG/PNG/BMP photos, for tests that must run without ../shared."""
+    from tests.models import write_test_images
+
+    directory = tmp_path_factory.mktemp("photos")
+    write_test_images(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def test_labels(tmp_path_factory) -> Path:
+    from tests.models import write_labels
+
+    return write_labels(tmp_path_factory.mktemp("labels") / "labels.txt")

@@ -18,29 +18,11 @@ from aiotedge.runtime import Segment
 from converter.cli import main as convert
 from converter.graph import load_graph, load_model
 from converter.split import BUFFER_ALIGNMENT, pack_model
-from tests.models import LABELS, build_test_models, write_labels, write_test_images
+from tests.models import LABELS
 
 REPO = Path(__file__).resolve().parents[1]
 FLOAT_TOLERANCE = 1e-5
 KINDS = ("float", "int8")
-
-
-@pytest.fixture(scope="session")
-def converter_models(tmp_path_factory) -> dict[str, Path]:
-    """Stand-in for conftest's `test_models` until it exists there (same builder)."""
-    return build_test_models(tmp_path_factory.mktemp("models"))
-
-
-@pytest.fixture(scope="session")
-def photos(tmp_path_factory) -> Path:
-    directory = tmp_path_factory.mktemp("photos")
-    write_test_images(directory)
-    return directory
-
-
-@pytest.fixture(scope="session")
-def labels_file(tmp_path_factory) -> Path:
-    return write_labels(tmp_path_factory.mktemp("labels") / "labels.txt")
 
 
 def split(model: Path, out: Path, *args: str) -> Manifest:
@@ -48,12 +30,12 @@ def split(model: Path, out: Path, *args: str) -> Manifest:
     return Manifest.load(out)
 
 
-def inputs_for(manifest: Manifest, photos: Path) -> list[np.ndarray]:
-    """Stage-0 tensors of the test photos, plus one random tensor of the input's dtype."""
+def inputs_for(manifest: Manifest, generated_photos: Path) -> list[np.ndarray]:
+    """Stage-0 tensors of the test generated_photos, plus one random tensor of the input's dtype."""
     spec = manifest.source.input
     tensors = [
         preprocess(decode_image(path.read_bytes()), manifest.preprocessing, spec)
-        for path in sorted(photos.iterdir())
+        for path in sorted(generated_photos.iterdir())
     ]
     rng = np.random.default_rng(0)
     if np.dtype(spec.dtype).kind == "f":
@@ -63,10 +45,10 @@ def inputs_for(manifest: Manifest, photos: Path) -> list[np.ndarray]:
     return tensors
 
 
-def assert_chain_matches_whole(manifest: Manifest, photos: Path) -> None:
+def assert_chain_matches_whole(manifest: Manifest, generated_photos: Path) -> None:
     whole = Segment(manifest.directory / manifest.source.file)
     chain = [Segment(manifest.check_segment(i)) for i in range(len(manifest.stages))]
-    for tensor in inputs_for(manifest, photos):
+    for tensor in inputs_for(manifest, generated_photos):
         expected = whole.run(tensor)
         actual = tensor
         for segment in chain:
@@ -82,8 +64,8 @@ def assert_chain_matches_whole(manifest: Manifest, photos: Path) -> None:
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_cut_points_exclude_the_inside_of_residual_blocks(converter_models, kind):
-    graph = load_graph(converter_models[kind])
+def test_cut_points_exclude_the_inside_of_residual_blocks(test_models, kind):
+    graph = load_graph(test_models[kind])
     valid = {c.op_index for c in graph.cut_points}
     adds = [op.index for op in graph.ops if op.kind == "ADD"]
     assert len(adds) == 2
@@ -98,8 +80,8 @@ def test_cut_points_exclude_the_inside_of_residual_blocks(converter_models, kind
     assert shares == sorted(shares) and 0 < shares[-1] <= 1
 
 
-def test_macs_count_convolutions_and_dense_layers(converter_models):
-    graph = load_graph(converter_models["float"])
+def test_macs_count_convolutions_and_dense_layers(test_models):
+    graph = load_graph(test_models["float"])
     by_kind = {}
     for op in graph.ops:
         by_kind.setdefault(op.kind, []).append(op.macs)
@@ -109,34 +91,36 @@ def test_macs_count_convolutions_and_dense_layers(converter_models):
     assert by_kind["FULLY_CONNECTED"] == [32 * 10]
     assert all(m == 0 for m in by_kind["ADD"])
     # Quantization adds QUANTIZE ops that cost nothing; the MACs are the same.
-    assert load_graph(converter_models["int8"]).total_macs == graph.total_macs
+    assert load_graph(test_models["int8"]).total_macs == graph.total_macs
 
 
 # --- split: segments equal the whole model -------------------------------------------------
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_every_planned_split_computes_the_whole_model(converter_models, photos, tmp_path, kind):
-    graph = load_graph(converter_models[kind])
+def test_every_planned_split_computes_the_whole_model(
+    test_models, generated_photos, tmp_path, kind
+):
+    graph = load_graph(test_models[kind])
     for stages in range(2, len(graph.cut_points) + 2):
-        manifest = split(converter_models[kind], tmp_path / f"n{stages}", "--stages", str(stages))
+        manifest = split(test_models[kind], tmp_path / f"n{stages}", "--stages", str(stages))
         assert len(manifest.stages) == stages
-        assert_chain_matches_whole(manifest, photos)
+        assert_chain_matches_whole(manifest, generated_photos)
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_every_single_cut_point_splits_correctly(converter_models, photos, tmp_path, kind):
-    graph = load_graph(converter_models[kind])
+def test_every_single_cut_point_splits_correctly(test_models, generated_photos, tmp_path, kind):
+    graph = load_graph(test_models[kind])
     for point in graph.cut_points:
         out = tmp_path / f"cut{point.op_index}"
-        manifest = split(converter_models[kind], out, "--cuts", str(point.op_index))
+        manifest = split(test_models[kind], out, "--cuts", str(point.op_index))
         assert manifest.stages[0].output.shape == point.tensor.shape
         assert manifest.stages[0].output.dtype == point.tensor.dtype
-        assert_chain_matches_whole(manifest, photos)
+        assert_chain_matches_whole(manifest, generated_photos)
 
 
-def test_int8_activations_stay_one_byte_between_stages(converter_models, tmp_path):
-    manifest = split(converter_models["int8"], tmp_path, "--stages", "4")
+def test_int8_activations_stay_one_byte_between_stages(test_models, tmp_path):
+    manifest = split(test_models["int8"], tmp_path, "--stages", "4")
     for before, after in pairwise(manifest.stages):
         assert before.output == after.input
         assert before.output.dtype == "int8" and before.output.quantized
@@ -147,10 +131,10 @@ def test_int8_activations_stay_one_byte_between_stages(converter_models, tmp_pat
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_manifest_describes_the_split(converter_models, labels_file, tmp_path, kind):
-    model = converter_models[kind]
+def test_manifest_describes_the_split(test_models, test_labels, tmp_path, kind):
+    model = test_models[kind]
     graph = load_graph(model)
-    manifest = split(model, tmp_path, "--stages", "3", "--labels", str(labels_file))
+    manifest = split(model, tmp_path, "--stages", "3", "--labels", str(test_labels))
 
     assert Manifest.load(tmp_path / "manifest.json") == manifest
     assert Manifest.from_dict(json.loads(json.dumps(manifest.to_dict())), tmp_path) == manifest
@@ -187,15 +171,15 @@ def test_manifest_describes_the_split(converter_models, labels_file, tmp_path, k
             assert stage.first_op == manifest.stages[index - 1].last_op + 1
 
 
-def test_mean_and_std_can_be_overridden(converter_models, tmp_path):
+def test_mean_and_std_can_be_overridden(test_models, tmp_path):
     manifest = split(
-        converter_models["float"], tmp_path, "--stages", "2", "--mean", "0", "--std", "255"
+        test_models["float"], tmp_path, "--stages", "2", "--mean", "0", "--std", "255"
     )
     assert (manifest.preprocessing.mean, manifest.preprocessing.std) == (0.0, 255.0)
 
 
-def test_no_copy_source_leaves_only_segments_and_manifest(converter_models, tmp_path):
-    split(converter_models["float"], tmp_path, "--stages", "2", "--no-copy-source")
+def test_no_copy_source_leaves_only_segments_and_manifest(test_models, tmp_path):
+    split(test_models["float"], tmp_path, "--stages", "2", "--no-copy-source")
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "manifest.json",
         "stage0.tflite",
@@ -206,9 +190,9 @@ def test_no_copy_source_leaves_only_segments_and_manifest(converter_models, tmp_
 # --- segment files ------------------------------------------------------------------------
 
 
-def test_segment_files_hold_only_what_their_ops_use(converter_models, tmp_path):
-    source = load_model(converter_models["int8"])
-    manifest = split(converter_models["int8"], tmp_path, "--stages", "3")
+def test_segment_files_hold_only_what_their_ops_use(test_models, tmp_path):
+    source = load_model(test_models["int8"])
+    manifest = split(test_models["int8"], tmp_path, "--stages", "3")
     weight_bytes = 0
     for index in range(len(manifest.stages)):
         raw = manifest.segment_path(index).read_bytes()
@@ -237,11 +221,11 @@ def test_segment_files_hold_only_what_their_ops_use(converter_models, tmp_path):
     assert 0.9 * source_bytes <= weight_bytes <= source_bytes
 
 
-def test_repacking_the_whole_model_keeps_it_runnable(converter_models, tmp_path):
+def test_repacking_the_whole_model_keeps_it_runnable(test_models, tmp_path):
     """pack_model is the flatbuffer writer every segment goes through."""
     path = tmp_path / "repacked.tflite"
-    path.write_bytes(pack_model(load_model(converter_models["int8"])))
-    original, repacked = Segment(converter_models["int8"]), Segment(path)
+    path.write_bytes(pack_model(load_model(test_models["int8"])))
+    original, repacked = Segment(test_models["int8"]), Segment(path)
     tensor = np.arange(np.prod(original.input_spec.shape), dtype=np.uint8)
     tensor = tensor.reshape(original.input_spec.shape)
     np.testing.assert_array_equal(original.run(tensor), repacked.run(tensor))
@@ -256,9 +240,9 @@ def run_cli(capsys, *args: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-def test_analyze_prints_one_row_per_cut_point(converter_models, capsys):
-    code, out, _ = run_cli(capsys, "analyze", converter_models["int8"])
-    graph = load_graph(converter_models["int8"])
+def test_analyze_prints_one_row_per_cut_point(test_models, capsys):
+    code, out, _ = run_cli(capsys, "analyze", test_models["int8"])
+    graph = load_graph(test_models["int8"])
     assert code == 0
     assert f"{len(graph.cut_points)} valid cut points" in out
     rows = out.splitlines()[2:]
@@ -266,9 +250,9 @@ def test_analyze_prints_one_row_per_cut_point(converter_models, capsys):
     assert all(" int8 " in row for row in rows[1:])
 
 
-def test_split_prints_the_plan(converter_models, tmp_path, capsys):
+def test_split_prints_the_plan(test_models, tmp_path, capsys):
     code, out, _ = run_cli(
-        capsys, "split", converter_models["float"], "--stages", "3", "--out", tmp_path
+        capsys, "split", test_models["float"], "--stages", "3", "--out", tmp_path
     )
     assert code == 0
     manifest = Manifest.load(tmp_path)
@@ -287,12 +271,12 @@ def test_split_prints_the_plan(converter_models, tmp_path, capsys):
         ([], "give --stages N, --cuts"),
     ],
 )
-def test_split_refuses_bad_requests_in_one_line(converter_models, tmp_path, capsys, args, message):
-    graph = load_graph(converter_models["int8"])
+def test_split_refuses_bad_requests_in_one_line(test_models, tmp_path, capsys, args, message):
+    graph = load_graph(test_models["int8"])
     assert 1 in {c.op_index for c in graph.cut_points}
     assert 2 not in {c.op_index for c in graph.cut_points}
     try:
-        code, _, err = run_cli(capsys, "split", converter_models["int8"], "--out", tmp_path, *args)
+        code, _, err = run_cli(capsys, "split", test_models["int8"], "--out", tmp_path, *args)
     except SystemExit as exc:  # argparse's own type errors
         code, err = exc.code, capsys.readouterr().err
     assert code == 2
@@ -310,8 +294,8 @@ def test_split_refuses_bad_requests_in_one_line(converter_models, tmp_path, caps
         ("not_tflite", "not a TFLite flatbuffer"),
     ],
 )
-def test_split_refuses_unusable_models(converter_models, tmp_path, capsys, model, message):
-    paths = dict(converter_models, missing=tmp_path / "missing.tflite")
+def test_split_refuses_unusable_models(test_models, tmp_path, capsys, model, message):
+    paths = dict(test_models, missing=tmp_path / "missing.tflite")
     paths["not_tflite"] = tmp_path / "labels.tflite"
     paths["not_tflite"].write_text("\n".join(LABELS))
     code, out, err = run_cli(capsys, "split", paths[model], "--stages", "2", "--out", tmp_path)
@@ -320,9 +304,9 @@ def test_split_refuses_unusable_models(converter_models, tmp_path, capsys, model
     assert len(err.strip().splitlines()) == 1
 
 
-def test_console_entry_point_runs_as_a_module(converter_models):
+def test_console_entry_point_runs_as_a_module(test_models):
     done = subprocess.run(
-        [sys.executable, "-m", "converter", "analyze", str(converter_models["float"])],
+        [sys.executable, "-m", "converter", "analyze", str(test_models["float"])],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -337,13 +321,13 @@ def test_console_entry_point_runs_as_a_module(converter_models):
 
 
 @pytest.fixture
-def int8_split(converter_models, labels_file, tmp_path) -> Manifest:
+def int8_split(test_models, test_labels, tmp_path) -> Manifest:
     out = tmp_path / "split"
-    return split(converter_models["int8"], out, "--stages", "3", "--labels", str(labels_file))
+    return split(test_models["int8"], out, "--stages", "3", "--labels", str(test_labels))
 
 
-def test_verify_passes_a_good_split(int8_split, photos, capsys):
-    code, out, _ = run_cli(capsys, "verify", int8_split.directory, "--images", photos)
+def test_verify_passes_a_good_split(int8_split, generated_photos, capsys):
+    code, out, _ = run_cli(capsys, "verify", int8_split.directory, "--images", generated_photos)
     assert code == 0
     lines = out.splitlines()
     for name in ("gradient.png", "noise.jpg", "checker.bmp", "tall.png"):
@@ -353,13 +337,15 @@ def test_verify_passes_a_good_split(int8_split, photos, capsys):
     assert "all 4 images match (tolerance 0)" in out
 
 
-def test_verify_passes_a_float_split_within_tolerance(converter_models, photos, tmp_path, capsys):
-    split(converter_models["float"], tmp_path, "--stages", "4")
-    code, out, _ = run_cli(capsys, "verify", tmp_path, "--images", photos)
+def test_verify_passes_a_float_split_within_tolerance(
+    test_models, generated_photos, tmp_path, capsys
+):
+    split(test_models["float"], tmp_path, "--stages", "4")
+    code, out, _ = run_cli(capsys, "verify", tmp_path, "--images", generated_photos)
     assert code == 0 and "tolerance 1e-05" in out
 
 
-def test_verify_finds_a_segment_whose_weights_changed(int8_split, photos, capsys):
+def test_verify_finds_a_segment_whose_weights_changed(int8_split, generated_photos, capsys):
     path = int8_split.segment_path(1)
     model = load_model(path)
     weights = max((b for b in model.buffers if b.data is not None), key=lambda b: len(b.data))
@@ -370,40 +356,42 @@ def test_verify_finds_a_segment_whose_weights_changed(int8_split, photos, capsys
     data["stages"][1]["sha256"] = sha256_file(path)
     (int8_split.directory / "manifest.json").write_text(json.dumps(data))
 
-    code, out, _ = run_cli(capsys, "verify", int8_split.directory, "--images", photos)
+    code, out, _ = run_cli(capsys, "verify", int8_split.directory, "--images", generated_photos)
     assert code == 1
     assert "DIFFERENT" in out and "max abs diff" in out
     assert "differ beyond tolerance 0" in out
 
 
-def test_verify_refuses_a_segment_that_does_not_match_its_sha256(int8_split, photos, capsys):
+def test_verify_refuses_a_segment_that_does_not_match_its_sha256(
+    int8_split, generated_photos, capsys
+):
     path = int8_split.segment_path(2)
     path.write_bytes(path.read_bytes() + b"\0")
-    code, _, err = run_cli(capsys, "verify", int8_split.directory, "--images", photos)
+    code, _, err = run_cli(capsys, "verify", int8_split.directory, "--images", generated_photos)
     assert code == 2 and "the manifest expects" in err
 
 
-def test_verify_refuses_the_wrong_source_model(converter_models, int8_split, photos, capsys):
+def test_verify_refuses_the_wrong_source_model(test_models, int8_split, generated_photos, capsys):
     code, _, err = run_cli(
         capsys,
         "verify",
         int8_split.directory,
         "--images",
-        photos,
+        generated_photos,
         "--model",
-        converter_models["float"],
+        test_models["float"],
     )
     assert code == 2 and "wrong source model" in err
 
 
 def test_verify_finds_the_source_with_model_when_not_copied(
-    converter_models, photos, tmp_path, capsys
+    test_models, generated_photos, tmp_path, capsys
 ):
-    split(converter_models["int8"], tmp_path, "--stages", "2", "--no-copy-source")
-    code, _, err = run_cli(capsys, "verify", tmp_path, "--images", photos)
+    split(test_models["int8"], tmp_path, "--stages", "2", "--no-copy-source")
+    code, _, err = run_cli(capsys, "verify", tmp_path, "--images", generated_photos)
     assert code == 2 and "pass --model with int8.tflite" in err
     code, out, _ = run_cli(
-        capsys, "verify", tmp_path, "--images", photos, "--model", converter_models["int8"]
+        capsys, "verify", tmp_path, "--images", generated_photos, "--model", test_models["int8"]
     )
     assert code == 0 and "all 4 images match" in out
 
