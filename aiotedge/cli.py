@@ -17,6 +17,7 @@ from aiotedge.dedup import RecentIds
 from aiotedge.homeassistant import discovery_message
 from aiotedge.manifest import Manifest, ManifestError
 from aiotedge.metrics import serve_prometheus
+from aiotedge.profile import add_profile_arguments, run_profile
 from aiotedge.session import BrokerConfig, BrokerConfigError, MqttSession
 from aiotedge.sink import Prediction
 from aiotedge.stage import StageNode, StageOptions
@@ -75,6 +76,12 @@ def _parser() -> argparse.ArgumentParser:
     _add_node_flags(status)
     status.add_argument("--json", action="store_true", help="print the raw JSON per node")
     status.set_defaults(handler=_cmd_status)
+
+    profile = commands.add_parser(
+        "profile", help="measure on this board what each piece of a model costs, for the planner"
+    )
+    add_profile_arguments(profile)
+    profile.set_defaults(handler=run_profile)
 
     run = commands.add_parser("run", help="run a whole pipeline on this machine")
     run.add_argument("--manifest", required=True, help="manifest.json or the folder holding it")
