@@ -14,11 +14,13 @@ DEMO_DIR ?= demo-out
 PYTEST_ARGS ?=
 
 BIN := $(VENV)/bin
-APT_PACKAGES := mosquitto mosquitto-clients
+DEMO_APT := mosquitto
+# + what the systemd extra builds against, and the tools the security tests use
+TEST_APT := mosquitto mosquitto-clients openssl libsystemd-dev pkg-config gcc python3-dev
 
-.PHONY: demo test lint deps venv clean
+.PHONY: demo test lint deps-demo deps-test venv clean
 
-demo: $(VENV)/.demo-installed deps
+demo: deps-demo $(VENV)/.demo-installed
 	@if [ ! -f "$(MODEL)" ]; then \
 	  echo "No model at $(MODEL) (../shared is absent)."; \
 	  echo "Give your own: make demo MODEL=model.tflite LABELS=labels.txt IMAGES=photos/"; \
@@ -28,26 +30,19 @@ demo: $(VENV)/.demo-installed deps
 	$(BIN)/aiotedge-convert verify $(DEMO_DIR) --images "$(IMAGES)"
 	$(BIN)/aiotedge run --manifest $(DEMO_DIR) --images "$(IMAGES)"
 
-test: $(VENV)/.test-installed deps
+test: deps-test $(VENV)/.test-installed
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check .
 
-# Debian packages: installed when missing, with apt-get as root or via password-less sudo.
-deps:
-	@missing=""; \
-	command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$(APT_PACKAGES)"; \
-	if [ -z "$$missing" ]; then exit 0; fi; \
-	if [ "$$(id -u)" = 0 ]; then SUDO=""; \
-	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then SUDO="sudo"; \
-	else echo "Missing Debian packages: $$missing"; \
-	     echo "Run: sudo apt-get update && sudo apt-get install -y $$missing"; \
-	     echo "then run make again."; exit 1; fi; \
-	echo "Installing $$missing with apt-get"; \
-	$$SUDO apt-get update -qq && \
-	DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing
+# Debian packages, installed when missing (apt-get as root or via password-less sudo).
+deps-demo:
+	@scripts/apt-ensure.sh $(DEMO_APT)
+
+deps-test:
+	@scripts/apt-ensure.sh $(TEST_APT)
 
 venv: $(BIN)/python
 
@@ -62,7 +57,7 @@ $(VENV)/.demo-installed: $(BIN)/python setup.cfg pyproject.toml
 	touch $@
 
 $(VENV)/.test-installed: $(BIN)/python setup.cfg pyproject.toml
-	$(BIN)/python -m pip install -q -e ".[test,converter]"
+	$(BIN)/python -m pip install -q -e ".[test,converter,systemd,metrics]"
 	touch $@ $(VENV)/.demo-installed
 
 clean:
