@@ -41,7 +41,9 @@ NOT_AUTHORIZED = 0x87
 
 
 def load_cluster() -> dict[str, NodeConfig]:
-    return {path.stem: NodeConfig.load(path) for path in sorted(CLUSTER.glob("*.toml"))}
+    """The nodes' configs: stage0 .. stage4 and camera (not watcher.toml, for tools)."""
+    return {path.stem: NodeConfig.load(path) for path in sorted(CLUSTER.glob("*.toml"))
+            if path.stem != "watcher"}
 
 
 def is_camera(config: NodeConfig) -> bool:
@@ -249,11 +251,15 @@ def refused(code: ReasonCode | str) -> bool:
 def test_the_cluster_configs_are_five_stages_and_a_camera_of_one_pipeline():
     configs = load_cluster()
     assert set(configs) == {f"stage{k}" for k in range(STAGES)} | {"camera"}
-    for name, config in configs.items():
+    watcher = NodeConfig.load(CLUSTER / "watcher.toml")
+    assert watcher.broker.username == "watcher"
+    for name, config in {**configs, "watcher": watcher}.items():
         assert config.pipeline.name == "greenhouse", name
         broker = config.broker
         assert (broker.host, broker.port, broker.tls) == ("broker.lan", 8883, True), name
         assert broker.ca_file and broker.password_file and not broker.password_env, name
+        if name == "watcher":
+            continue
         # the ACL is written per user; a node's own topics are named after the node
         assert broker.username == node_name(config), name
         if not is_camera(config):
@@ -438,16 +444,19 @@ def next_message(probe: Probe, name: str) -> tuple[str, str]:
         pytest.fail(f"{name} received nothing more within {TIMEOUT} s")
 
 
-def test_aiotedge_status_works_for_the_watcher(secure_broker, pki, passwords):
+def test_aiotedge_status_works_with_the_watcher_config(secure_broker, pki, passwords):
     broker = secure_broker()
     stage2 = Probe(broker.tls_port, pki, "stage2", passwords["stage2"].read_text().strip())
     assert not refused(stage2.connect())
     topics = Topics("greenhouse")
     assert not stage2.publish(topics.availability("stage2"), "online", retain=True).is_failure
     stage2.close()
-    watcher = BrokerConfig("127.0.0.1", broker.tls_port, username="watcher", tls=True,
-                           ca_file=str(pki / "ca.crt"), password_file=str(passwords["watcher"]))
-    nodes = collect_status(watcher, topics, timeout=TIMEOUT)
+    tools = NodeConfig.load(CLUSTER / "watcher.toml")  # as `aiotedge status --config` reads it
+    watcher = dataclasses.replace(
+        tools.broker, host="127.0.0.1", port=broker.tls_port, ca_file=str(pki / "ca.crt"),
+        password_file=str(passwords[tools.broker.username]),
+    )
+    nodes = collect_status(watcher, Topics(tools.pipeline.name), timeout=TIMEOUT)
     assert nodes == {"stage2": {"availability": "online"}}
 
 

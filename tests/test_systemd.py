@@ -116,6 +116,44 @@ def test_the_stage_unit_is_a_notify_service_with_a_watchdog():
         assert (unit["PartOf"], unit["WantedBy"]) == ("aiotedge.target", "aiotedge.target")
 
 
+# -- scripts/install-board.sh ------------------------------------------------------------------
+
+INSTALL = REPO / "scripts" / "install-board.sh"
+
+
+def test_install_board_installs_every_unit_where_the_units_expect_things():
+    result = subprocess.run(["bash", str(INSTALL), "--dry-run", "--no-apt", "--node", "stage2"],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    commands = [" ".join(shlex.split(line[2:])) for line in result.stdout.splitlines()
+                if line.startswith("+ ")]  # the commands it would run, unquoted
+    assert sorted(p.name for p in UNITS.iterdir()) == sorted(UNIT_FILES)
+    for name in UNIT_FILES:
+        assert f"install -m 644 -o root -g root {UNITS / name} /etc/systemd/system/{name}" \
+            in commands
+    assert "systemctl enable aiotedge.target" in commands
+    # ExecStart's binary is the venv's entry point, with the systemd extra (sd_notify)
+    venv = str(Path(INSTALLED_BINARY).parents[1])
+    assert any(c.startswith(f"{venv}/bin/python -m pip install") and c.endswith("[systemd]")
+               for c in commands), commands
+    # the model folder the stage unit names, and the config folder readable by the service
+    assert "install -d -m 755 -o root -g root /opt/aiotedge /opt/aiotedge/models" in commands
+    assert "/opt/aiotedge/models" in unit_settings("aiotedge-stage@.service")["ReadOnlyPaths"]
+    assert "install -d -m 750 -o root -g aiotedge /etc/aiotedge" in commands
+    assert (f"install -m 644 -o root -g root {REPO}/configs/cluster/stage2.toml "
+            "/etc/aiotedge/stage2.toml") in commands or "keeping /etc/aiotedge/stage2.toml" \
+        in result.stdout
+
+
+def test_install_board_passes_shellcheck():
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck is None:
+        pytest.skip("shellcheck is not installed (sudo apt-get install shellcheck)")
+    result = subprocess.run([shellcheck, str(INSTALL)], capture_output=True, text=True,
+                            check=False)
+    assert result.returncode == 0, result.stdout
+
+
 # -- the daemons, run as the units run them ---------------------------------------------------
 
 
