@@ -119,6 +119,8 @@ class MqttSession:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_publish = self._on_publish
+        self._client.on_subscribe = self._on_subscribe
+        self._subscribing: dict[int, str] = {}
         self._pending_lock = threading.Lock()
         self._acked = threading.Condition(self._pending_lock)
         self._pending_acks: dict[int, mqtt.MQTTMessage] = {}
@@ -155,7 +157,7 @@ class MqttSession:
         subscription = f"$share/{share_group}/{topic}" if share_group else topic
         self._subscriptions[subscription] = qos
         if self._connected.is_set():
-            self._client.subscribe(subscription, qos)
+            self._subscribe(subscription, qos)
 
     def publish(
         self, topic: str, payload: bytes | str, qos: int = 0, retain: bool = False
@@ -241,10 +243,21 @@ class MqttSession:
             return
         log.info("connected to mqtt://%s", self.broker)
         for topic, qos in self._subscriptions.items():
-            client.subscribe(topic, qos)
+            self._subscribe(topic, qos)
         if self._online and self._availability_topic:
             client.publish(self._availability_topic, ONLINE, qos=1, retain=True)
         self._connected.set()
+
+    def _subscribe(self, topic: str, qos: int) -> None:
+        _, mid = self._client.subscribe(topic, qos)
+        self._subscribing[mid] = topic
+
+    def _on_subscribe(self, _client, _userdata, mid, reason_codes, _properties) -> None:
+        topic = self._subscribing.pop(mid, "?")
+        if any(code.is_failure for code in reason_codes):
+            log.error("broker refused the subscription to %s: %s", topic, reason_codes)
+        else:
+            log.info("subscribed to %s", topic)
 
     def _on_publish(self, _client, _userdata, mid, _reason_code, _properties) -> None:
         with self._pending_lock:

@@ -1,0 +1,69 @@
+"""The camera node and `aiotedge watch`, against a real broker."""
+
+from __future__ import annotations
+
+import queue
+import subprocess
+import sys
+
+from aiotedge.camera import Camera, CameraOptions, list_images, read_photo
+from aiotedge.session import MqttSession
+from aiotedge.sink import Prediction, Score, StageTiming
+from aiotedge.topics import Topics
+from aiotedge.wire import decode_frame
+
+
+def connected(broker, client_id: str) -> MqttSession:
+    session = MqttSession(broker.address, client_id)
+    session.start()
+    assert session.wait_connected(10)
+    return session
+
+
+def test_camera_at_a_frame_rate_publishes_every_photo_in_order_and_loops(
+    broker, generated_photos
+):
+    topics = Topics("cams")
+    frames: queue.Queue[bytes] = queue.Queue()
+    listener = MqttSession(broker.address, "listener")
+    listener.subscribe(topics.stage_input(0), lambda m: frames.put(m.payload))
+    listener.start()
+    assert listener.wait_connected(10)
+    photos = [(p.name, read_photo(p)) for p in list_images(generated_photos)]
+    session = connected(broker, "camera")
+    camera = Camera(session, topics, CameraOptions(source="porch", fps=200, loop=True))
+    count = len(photos) + 2
+    assert camera.run(photos, frames=count) == count
+    received = [decode_frame(frames.get(timeout=10), None) for _ in range(count)]
+    session.stop()
+    listener.stop()
+    assert [f.seq for f in received] == list(range(count))
+    assert {f.source for f in received} == {"porch"}
+    assert [f.image for f in received] == [data for _, data in photos] + [
+        photos[0][1], photos[1][1]
+    ]
+    assert len({f.frame_id for f in received}) == count
+
+
+def prediction(frame_id: str, seq: int) -> str:
+    return Prediction(frame_id, "cam0", seq, 1.0, [Score(3, "cat", 0.75)], 12.5,
+                      [StageTiming(0, 0.5, 10.0)]).to_json()
+
+
+def test_watch_prints_each_prediction_once(broker):
+    watch = subprocess.Popen(
+        [sys.executable, "-m", "aiotedge", "watch", "--broker", str(broker.address),
+         "--pipeline", "home", "--count", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    publisher = connected(broker, "last-stage")
+    topics = Topics("home")
+    for line in watch.stderr:  # wait for the broker's SUBACK
+        if "subscribed to aiotedge/home/predictions" in line:
+            break
+    for frame_id, seq in (("a", 0), ("a", 0), ("b", 1)):  # a duplicate of "a" after a crash
+        publisher.publish(topics.predictions, prediction(frame_id, seq), qos=1)
+    out, _ = watch.communicate(timeout=30)
+    publisher.stop()
+    assert watch.returncode == 0
+    assert out.splitlines() == ["cam0#0 cat 0.750 12.5 ms", "cam0#1 cat 0.750 12.5 ms"]
