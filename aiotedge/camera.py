@@ -19,7 +19,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-from aiotedge.image import IMAGE_FORMATS, ImageError, decode_image
+from aiotedge.image import ImageError, decode_image
 from aiotedge.session import MqttSession
 from aiotedge.topics import Topics
 from aiotedge.wire import Frame, encode_frame
@@ -51,9 +51,10 @@ def list_images(folder: Path) -> list[Path]:
 def read_photo(path: Path) -> bytes:
     """The file's bytes, after checking stage 0 will accept them."""
     data = path.read_bytes()
-    image = decode_image(data)
-    if image.format not in IMAGE_FORMATS:
-        raise ImageError(f"{path}: {image.format} images are not accepted")
+    try:
+        decode_image(data)
+    except ImageError as exc:
+        raise ImageError(f"{path}: {exc}") from None
     return data
 
 
