@@ -8,7 +8,8 @@
 #
 #   - Debian packages: python3-venv, and what building systemd-python needs
 #   - a system user and group `aiotedge` (no login, no home) that the daemons run as
-#   - /opt/aiotedge/venv        aiotedge with its `systemd` extra (sd_notify, journald logging)
+#   - /opt/aiotedge/venv        aiotedge with its `systemd` (sd_notify, journald) and `metrics`
+#                               (Prometheus) extras
 #   - /opt/aiotedge/models/     split folders (manifest.json + stage*.tflite), read-only for it
 #   - /etc/aiotedge/            node configs (NAME.toml) and broker passwords (NAME.password);
 #                               root:aiotedge, mode 750
@@ -110,9 +111,9 @@ if [ ! -x "$PREFIX/venv/bin/python" ]; then
 fi
 run "$PREFIX/venv/bin/python" -m pip install --quiet --upgrade pip
 if [ -d "$SOURCE" ]; then
-    run "$PREFIX/venv/bin/python" -m pip install --quiet --upgrade "${SOURCE}[systemd]"
+    run "$PREFIX/venv/bin/python" -m pip install --quiet --upgrade "${SOURCE}[systemd,metrics]"
 else
-    run "$PREFIX/venv/bin/python" -m pip install --quiet --upgrade "aiotedge[systemd] @ file://$(realpath "$SOURCE")"
+    run "$PREFIX/venv/bin/python" -m pip install --quiet --upgrade "aiotedge[systemd,metrics] @ file://$(realpath "$SOURCE")"
 fi
 
 for unit in "${UNITS[@]}"; do

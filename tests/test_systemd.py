@@ -134,7 +134,7 @@ def test_install_board_installs_every_unit_where_the_units_expect_things():
     assert "systemctl enable aiotedge.target" in commands
     # ExecStart's binary is the venv's entry point, with the systemd extra (sd_notify)
     venv = str(Path(INSTALLED_BINARY).parents[1])
-    assert any(c.startswith(f"{venv}/bin/python -m pip install") and c.endswith("[systemd]")
+    assert any(c.startswith(f"{venv}/bin/python -m pip install") and c.endswith("[systemd,metrics]")
                for c in commands), commands
     # the model folder the stage unit names, and the config folder readable by the service
     assert "install -d -m 755 -o root -g root /opt/aiotedge /opt/aiotedge/models" in commands
