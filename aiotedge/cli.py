@@ -53,6 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     stage.add_argument("--threads", type=int, help="interpreter threads")
     stage.add_argument("--queue-size", type=int, help="frames waiting for inference at most")
     stage.add_argument("--share-group", help="replicas with the same group share frames")
+    stage.add_argument("--max-message-bytes", type=int,
+                       help="refuse larger messages before decoding them")
     stage.add_argument("--stats-interval", type=float, help="seconds between stats messages")
     stage.set_defaults(handler=_cmd_stage)
 
@@ -127,6 +129,7 @@ def _cmd_stage(args: argparse.Namespace) -> int:
     config = _node_config(
         args, "stage", manifest=args.manifest, index=args.index, node=args.node,
         threads=args.threads, queue_size=args.queue_size, share_group=args.share_group,
+        max_message_bytes=args.max_message_bytes,
     ).override("stats", interval=args.stats_interval)
     stage = config.stage
     manifest = _load_manifest(config, args.config or "flags")

@@ -20,6 +20,9 @@ from aiotedge.wire import Frame, encode_frame
 from converter.cli import main as convert
 from tests.conftest import SHARED_LABELS, SHARED_MODEL
 
+#: above the largest photo (a 512x600 BMP, 900 KB) and activation; refused before decoding
+MAX_MESSAGE_BYTES = 1_000_000
+
 
 @pytest.fixture(scope="module")
 def three_stages(shared_data, tmp_path_factory) -> Manifest:
@@ -72,6 +75,7 @@ def bad_messages(manifest: Manifest) -> list[tuple[int, bytes, str]]:
                                scale=activation.scale * 2, zero_point=activation.zero_point)),
          "split from different models"),
         (2, msgpack.packb([1, 2, 3]), "expected a msgpack map"),
+        (1, b"\x00" * (MAX_MESSAGE_BYTES + 1), f"exceeds the limit of {MAX_MESSAGE_BYTES}"),
         (2, b"\x93\x01\x02", "truncated"),
     ]
 
@@ -87,7 +91,8 @@ def test_malformed_messages_are_rejected_and_good_frames_still_come_out(
     injected = bad_messages(three_stages)
     expected = {name: whole_model_top(three_stages, data) for name, data in photos}
     results = {}
-    with LocalPipeline(three_stages, broker=broker.address) as pipeline:
+    with LocalPipeline(three_stages, broker=broker.address,
+                       stage_flags=("--max-message-bytes", str(MAX_MESSAGE_BYTES))) as pipeline:
         for count, (name, prediction) in enumerate(pipeline.predict(photos), start=1):
             results[name] = prediction
             if count == 2:  # good frames are in flight on every side of the bad ones
