@@ -15,8 +15,9 @@ PYTEST_ARGS ?=
 
 BIN := $(VENV)/bin
 DEMO_APT := mosquitto
-# + what the systemd extra builds against, and the tools the security tests use
-TEST_APT := mosquitto mosquitto-clients openssl libsystemd-dev pkg-config gcc python3-dev
+# + what the systemd extra builds against, and what the security and systemd tests use
+TEST_APT := mosquitto mosquitto-clients openssl libsystemd-dev pkg-config gcc python3-dev \
+	systemd python3-seccomp shellcheck
 
 .PHONY: demo test lint deps-demo deps-test venv clean
 

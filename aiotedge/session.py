@@ -123,7 +123,9 @@ class MqttSession:
         self._subscribing: dict[int, str] = {}
         self._pending_lock = threading.Lock()
         self._acked = threading.Condition(self._pending_lock)
-        self._pending_acks: dict[int, mqtt.MQTTMessage] = {}
+        self._pending_acks: dict[int, tuple[mqtt.MQTTMessage, str]] = {}
+        #: publishes the broker answered with a failure (e.g. 0x87 Not authorized by its ACL)
+        self.refused = 0
         self._published_early: set[int] = set()
         self._clean_start = session_expiry <= 0
         self._connect_properties = Properties(PacketTypes.CONNECT)
@@ -185,7 +187,7 @@ class MqttSession:
             if already_published:
                 self._published_early.discard(info.mid)
             else:
-                self._pending_acks[info.mid] = source
+                self._pending_acks[info.mid] = (source, topic)
         if already_published:
             self.ack(source)
 
@@ -259,14 +261,20 @@ class MqttSession:
         else:
             log.info("subscribed to %s", topic)
 
-    def _on_publish(self, _client, _userdata, mid, _reason_code, _properties) -> None:
+    def _on_publish(self, _client, _userdata, mid, reason_code, _properties) -> None:
         with self._pending_lock:
-            source = self._pending_acks.pop(mid, None)
-            if source is None:  # the broker answered before forward() recorded the mid
+            pending = self._pending_acks.pop(mid, None)
+            if pending is None:  # the broker answered before forward() recorded the mid
                 self._published_early.add(mid)
+            if reason_code.is_failure:
+                self.refused += 1
             self._acked.notify_all()
-        if source is not None:
-            self.ack(source)
+        if reason_code.is_failure:
+            # Publishing again would be refused again: the input is acknowledged all the same.
+            topic = pending[1] if pending else f"message {mid}"
+            log.error("the broker refused the publish to %s: %s", topic, reason_code)
+        if pending is not None:
+            self.ack(pending[0])
 
     def _on_disconnect(self, _client, _userdata, _flags, reason_code, _properties) -> None:
         self._connected.clear()

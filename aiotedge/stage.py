@@ -119,7 +119,11 @@ class StageNode:
         log.info("stage %d stopped: %s", self.options.index, self.counters.snapshot())
 
     def stats_snapshot(self) -> dict:
-        return self.stats.snapshot(queue_depth=self._queue.qsize(), stage=self.options.index)
+        return self.stats.snapshot(
+            queue_depth=self._queue.qsize(),
+            stage=self.options.index,
+            refused_by_broker=self.session.refused,
+        )
 
     def publish_stats(self) -> None:
         payload = json.dumps(self.stats_snapshot())

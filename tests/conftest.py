@@ -61,3 +61,23 @@ def test_labels(tmp_path_factory) -> Path:
     from tests.models import write_labels
 
     return write_labels(tmp_path_factory.mktemp("labels") / "labels.txt")
+
+
+@pytest.fixture(scope="session")
+def split_into(tmp_path_factory):
+    """`split_into(model, stages, labels=None) -> Manifest`, split once per session."""
+    from aiotedge.manifest import Manifest
+    from converter.cli import main as convert
+
+    splits: dict[tuple[Path, int, Path | None], Manifest] = {}
+
+    def split(model: Path, stages: int, labels: Path | None = None) -> Manifest:
+        key = (model, stages, labels)
+        if key not in splits:
+            out = tmp_path_factory.mktemp(f"{model.stem}-{stages}-stages")
+            args = ["split", str(model), "--stages", str(stages), "--out", str(out)]
+            assert convert([*args, "--labels", str(labels)] if labels else args) == 0
+            splits[key] = Manifest.load(out)
+        return splits[key]
+
+    return split

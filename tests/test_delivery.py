@@ -12,18 +12,14 @@ from aiotedge.local import LocalPipeline
 from aiotedge.manifest import Manifest
 from aiotedge.session import MqttSession
 from aiotedge.status import collect_status
-from converter.cli import main as convert
 from tests.test_pipeline import whole_model_top
 
 FRAMES = 24
 
 
 @pytest.fixture(scope="module")
-def split3(test_models, test_labels, tmp_path_factory) -> Manifest:
-    out = tmp_path_factory.mktemp("int8-split")
-    assert convert(["split", str(test_models["int8"]), "--stages", "3", "--out", str(out),
-                    "--labels", str(test_labels)]) == 0
-    return Manifest.load(out)
+def split3(test_models, test_labels, split_into) -> Manifest:
+    return split_into(test_models["int8"], 3, test_labels)
 
 
 @pytest.fixture(scope="module")

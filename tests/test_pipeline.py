@@ -17,7 +17,6 @@ from aiotedge.runtime import Segment
 from aiotedge.session import MqttSession
 from aiotedge.sink import top_k
 from aiotedge.wire import Frame, encode_frame
-from converter.cli import main as convert
 from tests.conftest import SHARED_LABELS, SHARED_MODEL
 
 #: above the largest photo (a 512x600 BMP, 900 KB) and activation; refused before decoding
@@ -25,11 +24,8 @@ MAX_MESSAGE_BYTES = 1_000_000
 
 
 @pytest.fixture(scope="module")
-def three_stages(shared_data, tmp_path_factory) -> Manifest:
-    out = tmp_path_factory.mktemp("three-stages")
-    assert convert(["split", str(SHARED_MODEL), "--stages", "3", "--out", str(out),
-                    "--labels", str(SHARED_LABELS)]) == 0
-    return Manifest.load(out)
+def three_stages(shared_data, split_into) -> Manifest:
+    return split_into(SHARED_MODEL, 3, SHARED_LABELS)
 
 
 @pytest.fixture(scope="module")

@@ -492,3 +492,40 @@ def test_mutual_tls_needs_a_client_certificate_signed_by_the_ca(secure_broker, p
     finally:
         session.stop()
         watcher.close()
+
+
+def test_a_forwarded_result_the_acl_refuses_is_logged_counted_and_its_input_acknowledged(
+    secure_broker, pki, passwords, caplog
+):
+    """stage1 may not write to stage 3: the frame is not lost silently, nor redelivered forever."""
+    broker = secure_broker()
+    inputs: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
+
+    def stage1_session() -> MqttSession:
+        session = MqttSession(
+            BrokerConfig("127.0.0.1", broker.tls_port, username="stage1", tls=True,
+                         password_file=str(passwords["stage1"]), ca_file=str(pki / "ca.crt")),
+            "stage1-acl-test", manual_ack=True, session_expiry=60,
+        )
+        session.subscribe("aiotedge/greenhouse/stage/1", inputs.put)
+        session.start()
+        assert session.wait_connected(TIMEOUT)
+        return session
+
+    stage1 = stage1_session()
+    camera = Probe(broker.tls_port, pki, "stage0", passwords["stage0"].read_text().strip())
+    assert not refused(camera.connect())
+    assert not refused(camera.publish("aiotedge/greenhouse/stage/1", "frame"))
+    source = inputs.get(timeout=TIMEOUT)
+    stage1.forward("aiotedge/greenhouse/stage/3", b"result", qos=1, source=source)
+    assert stage1.wait_acknowledged(TIMEOUT)
+    stage1.stop()
+    assert stage1.refused == 1
+    assert "refused the publish to aiotedge/greenhouse/stage/3" in caplog.text
+    assert "Not authorized" in caplog.text
+    # Back with the same session: an unacknowledged input would be delivered before the marker.
+    stage1 = stage1_session()
+    assert not refused(camera.publish("aiotedge/greenhouse/stage/1", "marker"))
+    assert inputs.get(timeout=TIMEOUT).payload == b"marker"
+    stage1.stop()
+    camera.close()

@@ -30,7 +30,6 @@ from aiotedge.manifest import Manifest
 from aiotedge.session import MqttSession
 from aiotedge.topics import Topics
 from aiotedge.wire import Frame, decode_frame, encode_frame
-from converter.cli import main as convert
 from tests.conftest import REPO, SHARED_IMAGES, SHARED_LABELS, SHARED_MODEL
 
 UNITS = REPO / "systemd"
@@ -170,11 +169,8 @@ def toml_string(value: object) -> str:
 
 
 @pytest.fixture(scope="module")
-def two_stages(shared_data, tmp_path_factory) -> Manifest:
-    out = tmp_path_factory.mktemp("two-stages")
-    assert convert(["split", str(SHARED_MODEL), "--stages", "2", "--out", str(out),
-                    "--labels", str(SHARED_LABELS)]) == 0
-    return Manifest.load(out)
+def two_stages(shared_data, split_into) -> Manifest:
+    return split_into(SHARED_MODEL, 2, SHARED_LABELS)
 
 
 def stage_config(path: Path, broker, manifest: Manifest, index: int, node: str) -> Path:
