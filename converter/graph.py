@@ -170,6 +170,48 @@ class Graph:
         buffer_index = self.subgraph.tensors[tensor_index].buffer
         return buffer_index > 0 and _buffer_has_data(self.model.buffers[buffer_index])
 
+    @cached_property
+    def _weight_ops(self) -> tuple[frozenset[int], frozenset[int]]:
+        """(weight ops, the tensors they compute): ops that read only constants.
+
+        A float16 model dequantizes every weight with a DEQUANTIZE op placed before the first
+        real op. Such an output is a constant in all but storage; counting it as an activation
+        would make it cross every cut. So it is treated as a constant, and each segment carries
+        the weight ops its own operators need (see `weight_ops_for`).
+        """
+        ops: set[int] = set()
+        tensors: set[int] = set()
+        for index, op in enumerate(self.subgraph.operators):
+            inputs = [t for t in tensor_list(op.inputs) if t >= 0]
+            outputs = tensor_list(op.outputs)
+            if inputs and outputs and all(self.is_constant(t) or t in tensors for t in inputs):
+                ops.add(index)
+                tensors.update(outputs)
+        return frozenset(ops), frozenset(tensors)
+
+    @property
+    def weight_ops(self) -> frozenset[int]:
+        return self._weight_ops[0]
+
+    def is_static(self, tensor_index: int) -> bool:
+        """A constant, or a tensor computed from constants only (a dequantized weight)."""
+        return self.is_constant(tensor_index) or tensor_index in self._weight_ops[1]
+
+    def weight_ops_for(self, op_indices: Sequence[int]) -> list[int]:
+        """The weight ops that compute the static inputs of these ops, in execution order."""
+        weight_ops, computed = self._weight_ops
+        if not weight_ops:
+            return []
+        producer = {t: i for i in weight_ops for t in self.ops[i].outputs}
+        needed: set[int] = set()
+        pending = [t for i in op_indices for t in self.ops[i].inputs if t in computed]
+        while pending:
+            op_index = producer[pending.pop()]
+            if op_index not in needed:
+                needed.add(op_index)
+                pending.extend(t for t in self.ops[op_index].inputs if t in computed)
+        return sorted(needed)
+
     def tensor(self, tensor_index: int) -> TensorInfo:
         tensor = self.subgraph.tensors[tensor_index]
         return TensorInfo(
@@ -230,8 +272,10 @@ class Graph:
         defined: dict[int, int] = {self.input_index: -1}
         needed: dict[int, int] = {}
         for op in self.ops:
+            if op.index in self.weight_ops:
+                continue
             for t in op.inputs:
-                if t < 0 or self.is_constant(t):
+                if t < 0 or self.is_static(t):
                     continue
                 # A non-constant tensor nobody produced (state, stray input) is live from the
                 # start, so no cut may separate it from its users.
@@ -253,6 +297,8 @@ class Graph:
         cumulative = np.cumsum(self.op_macs, dtype=np.int64)
         points = []
         for p in range(len(self.ops) - 1):
+            if p in self.weight_ops:  # the same cut as before the weight op, and no work
+                continue
             crossing = self.crossing_tensors(p)
             if len(crossing) != 1 or crossing[0] == self.input_index:
                 continue

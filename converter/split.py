@@ -4,7 +4,8 @@ Each segment is a new flatbuffer model holding a consecutive run of the source's
 only the tensors, buffers and operator codes they use (renumbered), and the crossing tensors as
 its single input and output. Tensor quantization parameters are kept as they are, so a uint8 or
 int8 activation crosses the network as one byte per element and the chain of segments computes
-exactly what the whole model computes.
+exactly what the whole model computes. Weight ops (a float16 model's DEQUANTIZE of its
+weights, see `Graph.weight_ops`) go with the segments whose operators read their output.
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import flatbuffers
-import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
 from aiotedge.manifest import (
@@ -28,33 +27,16 @@ from aiotedge.manifest import (
     sha256_file,
 )
 from converter.errors import ConverterError, open_segment
+from converter.flatbuffer import AlignedBuffer, pack_model
 from converter.graph import Graph, decode_name, tensor_list
+from converter.metadata import read_import_info
 from converter.planner import Plan
 
 log = logging.getLogger(__name__)
 
-#: Buffer data alignment the TFLite converter uses (`force_align: 16` in the schema); the
-#: generated Python packer ignores it, so we apply it ourselves.
-BUFFER_ALIGNMENT = 16
 #: Model metadata entries that stay true for a segment. TFLITE_METADATA describes the whole
 #: model's input and output (normalisation, labels) and would be wrong for a segment.
 KEPT_METADATA = frozenset({"min_runtime_version"})
-
-
-class _AlignedBuffer(schema.BufferT):
-    """A BufferT that packs its data 16-byte aligned, as the TFLite converter does."""
-
-    def Pack(self, builder: flatbuffers.Builder) -> int:  # noqa: N802 (flatbuffers API name)
-        if self.data is None or len(self.data) == 0:
-            schema.BufferStart(builder)
-            return schema.BufferEnd(builder)
-        payload = np.asarray(self.data, dtype=np.uint8).ravel()
-        # Pad so the vector's data, written next, starts on the alignment boundary.
-        builder.Prep(BUFFER_ALIGNMENT, payload.size)
-        data = builder.CreateNumpyVector(payload)
-        schema.BufferStart(builder)
-        schema.BufferAddData(builder, data)
-        return schema.BufferEnd(builder)
 
 
 def extract_segment(graph: Graph, first_op: int, last_op: int) -> schema.ModelT:
@@ -69,13 +51,13 @@ def extract_segment(graph: Graph, first_op: int, last_op: int) -> schema.ModelT:
     buffer_map: dict[int, int] = {0: 0}
     code_map: dict[int, int] = {}
     tensors: list[schema.TensorT] = []
-    buffers: list[schema.BufferT] = [_AlignedBuffer()]  # buffer 0: the empty sentinel
+    buffers: list[schema.BufferT] = [AlignedBuffer()]  # buffer 0: the empty sentinel
     codes: list[schema.OperatorCodeT] = []
 
     def buffer_id(old: int) -> int:
         if old not in buffer_map:
             buffer_map[old] = len(buffers)
-            buffers.append(_AlignedBuffer(data=source.buffers[old].data))
+            buffers.append(AlignedBuffer(data=source.buffers[old].data))
         return buffer_map[old]
 
     def tensor_id(old: int) -> int:
@@ -88,9 +70,13 @@ def extract_segment(graph: Graph, first_op: int, last_op: int) -> schema.ModelT:
             tensors.append(tensor)
         return tensor_map[old]
 
+    body = [i for i in range(first_op, last_op + 1) if i not in graph.weight_ops]
+    if not body:
+        raise ConverterError(f"ops {first_op}..{last_op} only prepare weights")
     tensor_id(input_index)
     operators = []
-    for old_op in graph.subgraph.operators[first_op : last_op + 1]:
+    for old_index in [*graph.weight_ops_for(body), *body]:
+        old_op = graph.subgraph.operators[old_index]
         op = copy.copy(old_op)
         if op.opcodeIndex not in code_map:
             code_map[op.opcodeIndex] = len(codes)
@@ -128,13 +114,6 @@ def extract_segment(graph: Graph, first_op: int, last_op: int) -> schema.ModelT:
     return model
 
 
-def pack_model(model: schema.ModelT) -> bytes:
-    builder = flatbuffers.Builder(1 << 20)
-    root = model.Pack(builder)
-    builder.Finish(root, file_identifier=b"TFL3")
-    return bytes(builder.Output())
-
-
 @dataclass(frozen=True)
 class SplitOptions:
     """What the user may choose beyond the cuts; None means the documented default."""
@@ -147,7 +126,10 @@ class SplitOptions:
 
 
 def default_preprocessing(spec: TensorSpec, mean: float | None, std: float | None) -> Preprocessing:
-    """Raw pixels for a quantized input (mean = zero point, std = 1/scale); [-1, 1] for float."""
+    """Raw pixels for a quantized input (mean = zero point, std = 1/scale); [-1, 1] for float.
+
+    `split_model` passes the normalisation recorded by `import` instead, when there is one.
+    """
     if len(spec.shape) != 4 or spec.shape[3] != 3:
         raise ConverterError(
             f"input {spec.name!r} has shape {list(spec.shape)}; an NHWC RGB image input "
@@ -180,7 +162,12 @@ def split_model(graph: Graph, plan: Plan, out_dir: Path, options: SplitOptions) 
     out_dir.mkdir(parents=True, exist_ok=True)
     source_path = graph.path
     whole = open_segment(source_path, options.num_threads)
-    preprocessing = default_preprocessing(whole.input_spec, options.mean, options.std)
+    mean, std = options.mean, options.std
+    info = read_import_info(graph.model)
+    if info is not None:  # the normalisation the Keras model was trained with
+        mean = info.mean if mean is None else mean
+        std = info.std if std is None else std
+    preprocessing = default_preprocessing(whole.input_spec, mean, std)
     if options.copy_source:
         target = out_dir / source_path.name
         if not target.exists() or not target.samefile(source_path):

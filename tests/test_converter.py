@@ -16,8 +16,8 @@ from aiotedge.image import decode_image, preprocess
 from aiotedge.manifest import Manifest, sha256_file
 from aiotedge.runtime import Segment
 from converter.cli import main as convert
+from converter.flatbuffer import BUFFER_ALIGNMENT, pack_model
 from converter.graph import load_graph, load_model
-from converter.split import BUFFER_ALIGNMENT, pack_model
 from tests.models import LABELS
 
 REPO = Path(__file__).resolve().parents[1]
