@@ -1,4 +1,4 @@
-"""`aiotedge-convert`: analyze a model's cut points, split it into stages, verify a split.
+"""`aiotedge-convert`: import a Keras model, analyze its cut points, plan and split it, verify.
 
 Exit status: 0 on success, 1 when `verify` finds a difference beyond tolerance, 2 on an error
 (bad arguments, unreadable model, invalid cuts, ...), reported as one line on stderr.
@@ -13,92 +13,33 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from aiotedge.manifest import MANIFEST_NAME, ManifestError
+from aiotedge.profile import Profile, ProfileError
+from converter import keras_import
+from converter.costs import cost_basis
 from converter.errors import ConverterError
 from converter.graph import Graph, load_graph
-from converter.planner import CostModel, Plan, check_cuts, plan_stages
+from converter.keras_layers import cuts_for_layer_counts, layers_done, parse_layer_counts
+from converter.metadata import ImportInfo, read_import_info
+from converter.planner import Plan, check_cuts, evaluate_plan, plan_pipeline
+from converter.report import (
+    LayerView,
+    analyze_report,
+    compare_report,
+    human,
+    layer_cut_notes,
+    plan_report,
+    plural,
+    shape_text,
+    table,
+)
 from converter.split import SplitOptions, read_labels, split_model
-from converter.verify import verify
+from converter.verify import ImageResult, verify
 
 PROG = "aiotedge-convert"
 EXIT_DIFFERENT = 1
 EXIT_ERROR = 2
-
-
-def human(count: float) -> str:
-    """1234567 -> '1.23M': MAC counts span k to G between test models and real ones."""
-    for factor, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(count) >= factor:
-            return f"{count / factor:.2f}{unit}"
-    return f"{count:g}"
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Left-aligned columns; the last column is not padded (it may hold long names)."""
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
-    lines = []
-    for row in [header, *rows]:
-        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
-        lines.append("  ".join([*cells, row[-1]]).rstrip())
-    return "\n".join(lines)
-
-
-def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}" + ("" if number == 1 else "s")
-
-
-def _shape(shape: Sequence[int]) -> str:
-    return "x".join(str(d) for d in shape)
-
-
-def analyze_report(graph: Graph) -> str:
-    points = graph.cut_points
-    header = (
-        f"{graph.path.name if graph.path else 'model'}: {len(graph.ops)} operators, "
-        f"{human(graph.total_macs)} MACs, {len(points)} valid cut points "
-        "(cut after op; the tensor is all that crosses)"
-    )
-    rows = [
-        (
-            str(c.op_index),
-            graph.ops[c.op_index].kind,
-            _shape(c.tensor.shape),
-            c.tensor.dtype,
-            str(c.tensor.nbytes),
-            f"{100 * c.share:.1f}%",
-            c.tensor.name,
-        )
-        for c in points
-    ]
-    table = _table(("op", "kind", "shape", "dtype", "bytes", "MACs<=", "tensor"), rows)
-    return header + "\n" + table
-
-
-def plan_report(graph: Graph, plan: Plan) -> str:
-    total = graph.total_macs
-    rows = []
-    for index, stage in enumerate(plan.stages):
-        last = stage.last_op == len(graph.ops) - 1
-        tensor = graph.tensor(graph.boundary_tensor(stage.last_op))
-        rows.append(
-            (
-                str(index),
-                f"{stage.first_op}..{stage.last_op}",
-                human(stage.compute),
-                f"{100 * stage.compute / total:.1f}%" if total else "-",
-                f"{_shape(tensor.shape)} {tensor.dtype}",
-                str(tensor.nbytes) + (" (result)" if last else ""),
-            )
-        )
-    mean = sum(stage.cost for stage in plan.stages) / len(plan.stages)
-    cuts = f"cuts after ops {','.join(map(str, plan.cuts))}" if plan.cuts else "no cut"
-    return "\n".join(
-        [
-            f"{_count(len(plan.stages), 'stage')}, {cuts}",
-            _table(("stage", "ops", "MACs", "share", "output", "bytes"), rows),
-            f"bottleneck {human(plan.bottleneck)} MACs, mean {human(mean)} MACs, "
-            f"balance (bottleneck/mean) {plan.balance:.3f}",
-        ]
-    )
+BALANCED = "balanced"
+LAYERS_PREFIX = "layers:"
 
 
 def _parse_cuts(text: str) -> list[int]:
@@ -108,25 +49,141 @@ def _parse_cuts(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated op indices: {text!r}") from exc
 
 
+def _parse_paths(text: str) -> list[Path]:
+    return [Path(part) for part in text.split(",") if part.strip()]
+
+
+def _layer_view(graph: Graph, info: ImportInfo | None) -> LayerView | None:
+    if info is None or not info.layers:
+        return None
+    return LayerView(info.layers, tuple(layers_done(graph, info.layers)))
+
+
+# --- analyze ------------------------------------------------------------------------------
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
-    print(analyze_report(load_graph(args.model)))
+    graph = load_graph(args.model)
+    print(analyze_report(graph, _layer_view(graph, read_import_info(graph.model))))
     return 0
+
+
+# --- import -------------------------------------------------------------------------------
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    if (args.model is None) == (args.arch is None):
+        raise ConverterError("give a MODEL file or --arch, not both")
+    if args.arch is not None:
+        if args.input_size is None or args.classes is None:
+            raise ConverterError("--arch needs --input-size S and --classes K")
+        source: Path | keras_import.ArchSpec = keras_import.ArchSpec(
+            args.arch, args.input_size, args.alpha, args.classes, args.weights
+        )
+    else:
+        source = args.model
+    options = keras_import.ImportOptions(
+        quantize=args.quantize,
+        calibration=args.calibration,
+        calibration_count=args.calibration_count,
+        mean=args.mean,
+        std=args.std,
+        io_dtype=args.io_dtype,
+        progress=sys.stderr.isatty() or args.verbose,
+    )
+    info = keras_import.convert(source, args.out, options)
+    graph = load_graph(args.out)
+    tensor_in, tensor_out = graph.tensor(graph.input_index), graph.tensor(graph.output_index)
+    layers = f", {len(info.layers)} Keras layers" if info.layers else ""
+    calibration = (
+        f", calibrated on {plural(info.calibration_images, 'image')}"
+        if info.calibration_images
+        else ""
+    )
+    print(
+        f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB): {info.quantize} "
+        f"from {info.source}{layers}{calibration}"
+    )
+    print(
+        f"input {shape_text(tensor_in.shape)} {tensor_in.dtype} (real = (pixel - "
+        f"{info.mean:g}) / {info.std:g}), output {shape_text(tensor_out.shape)} "
+        f"{tensor_out.dtype}; {len(graph.ops)} operators, {len(graph.cut_points)} valid cut "
+        f"points, {human(graph.total_macs)} MACs"
+    )
+    print(f"next: {PROG} split {args.out} --stages N --out DIR")
+    return 0
+
+
+# --- split --------------------------------------------------------------------------------
+
+
+def _load_profiles(paths: Sequence[Path]) -> list[tuple[str, Profile]]:
+    try:
+        return [(path.name, Profile.load(path)) for path in paths]
+    except ProfileError as exc:
+        raise ConverterError(str(exc)) from exc
+
+
+def _stage_count(args: argparse.Namespace, counts: list[int] | None, profiles: int) -> int:
+    """The number of stages, which every option that implies one must agree on."""
+    if args.stages is not None and args.cuts is not None and args.stages != len(args.cuts) + 1:
+        raise ConverterError(
+            f"--stages {args.stages} needs {args.stages - 1} cuts, --cuts gives {len(args.cuts)}"
+        )
+    implied = {}
+    if args.stages is not None:
+        implied["--stages"] = args.stages
+    if args.cuts is not None:
+        implied["--cuts"] = len(args.cuts) + 1
+    if counts is not None:
+        implied["--strategy"] = len(counts)
+    if profiles > 1:
+        implied["--profile"] = profiles
+    if len(set(implied.values())) > 1:
+        said = ", ".join(f"{option} {count}" for option, count in implied.items())
+        raise ConverterError(f"the options disagree on the number of stages: {said}")
+    if not implied:
+        raise ConverterError(
+            "give --stages N, --cuts i,j,..., --strategy layers:a,b,... or one --profile per "
+            "stage"
+        )
+    return next(iter(implied.values()))
 
 
 def cmd_split(args: argparse.Namespace) -> int:
     graph = load_graph(args.model)
+    info = read_import_info(graph.model)
+    counts = None
+    if args.strategy.startswith(LAYERS_PREFIX):
+        counts = parse_layer_counts(args.strategy[len(LAYERS_PREFIX) :])
+        if args.cuts is not None:
+            raise ConverterError("--cuts and --strategy layers: both choose the cuts; give one")
+    elif args.strategy != BALANCED:
+        raise ConverterError(
+            f"unknown --strategy {args.strategy!r} (balanced, or layers:a,b,... )"
+        )
+    profiles = _load_profiles(args.profile or [])
+    stages = _stage_count(args, counts, len(profiles))
+    basis = cost_basis(graph, stages, profiles, args.link_mbps)
     valid = [c.op_index for c in graph.cut_points]
+    layers = _layer_view(graph, info)
+
+    notes = ""
     if args.cuts is not None:
-        cuts = check_cuts(args.cuts, valid)
-        if args.stages is not None and args.stages != len(cuts) + 1:
-            raise ConverterError(
-                f"--stages {args.stages} needs {args.stages - 1} cuts, --cuts gives {len(cuts)}"
-            )
-        plan = CostModel(graph.op_macs).plan(cuts)
-    elif args.stages is not None:
-        plan = plan_stages(graph.op_macs, valid, args.stages)
+        chosen: str | None = "--cuts " + ",".join(map(str, args.cuts))
+        cuts = list(check_cuts(args.cuts, valid))
+    elif counts is not None:
+        layer_cuts = cuts_for_layer_counts(graph, info.layers if info else (), counts)
+        chosen = args.strategy
+        cuts = [cut.op_index for cut in layer_cuts]
+        assert layers is not None  # cuts_for_layer_counts refused a model without layers
+        notes = layer_cut_notes(layer_cuts, layers)
     else:
-        raise ConverterError("give --stages N, --cuts i,j,... or both")
+        chosen = None
+    balanced = plan_pipeline(basis.boards, valid)
+    plan: Plan = evaluate_plan(basis.boards, cuts) if chosen else balanced
+    plans = [(chosen, plan), (BALANCED, balanced)] if chosen else [(BALANCED, plan)]
+
     options = SplitOptions(
         labels=read_labels(args.labels) if args.labels else None,
         mean=args.mean,
@@ -135,23 +192,51 @@ def cmd_split(args: argparse.Namespace) -> int:
         num_threads=args.threads,
     )
     split_model(graph, plan, args.out, options)
-    print(plan_report(graph, plan))
-    print(f"wrote {_count(len(plan.stages), 'segment')} and {Path(args.out) / MANIFEST_NAME}")
+    if notes:
+        print(notes)
+    print(plan_report(graph, plan, basis, layers))
+    if chosen:
+        print(f"\n{chosen} beside the balanced plan for the same {plural(stages, 'stage')}:")
+        print(compare_report(graph, basis, plans))
+    if args.plot:
+        from converter.plot import plot_plans
+
+        print(f"plot: {plot_plans(graph, basis, plans, args.plot)}")
+    print(f"wrote {plural(len(plan.stages), 'segment')} and {Path(args.out) / MANIFEST_NAME}")
     return 0
 
 
-def cmd_verify(args: argparse.Namespace) -> int:
-    results = verify(args.dir, args.images, args.model, args.threads)
-    rows = [
-        (
-            r.image,
-            "identical" if r.identical else f"max abs diff {r.max_abs_diff:g}",
-            "ok" if r.ok else "DIFFERENT",
-            f"top-1 {r.top1}: {r.label}",
-        )
-        for r in results
+# --- verify -------------------------------------------------------------------------------
+
+
+def _verify_row(result: ImageResult) -> list[str]:
+    row = [
+        result.image,
+        "identical" if result.identical else f"max abs diff {result.max_abs_diff:g}",
+        "ok" if result.ok else "DIFFERENT",
     ]
-    print(_table(("image", "chain vs whole", "", "whole model"), rows))
+    if result.reference is not None:
+        ref = result.reference
+        row += [
+            "agrees" if ref.agrees else f"reference top-1 {ref.top1}: {ref.label}",
+            f"{ref.probability_diff:.4f}",
+        ]
+    return [*row, f"top-1 {result.top1}: {result.label}"]
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    results = verify(args.dir, args.images, args.model, args.threads, args.reference)
+    header = ["image", "chain vs whole", ""]
+    if args.reference:
+        header += ["vs reference", "max prob diff"]
+    print(table([*header, "whole model"], [_verify_row(r) for r in results]))
+    if args.reference:
+        agree = sum(r.reference.agrees for r in results if r.reference)
+        worst = max(r.reference.probability_diff for r in results if r.reference)
+        print(
+            f"top-1 agreement with {args.reference.name}: {agree}/{len(results)} "
+            f"({100 * agree / len(results):.0f}%), max probability difference {worst:.4f}"
+        )
     bad = sum(not r.ok for r in results)
     tolerance = results[0].tolerance
     if bad:
@@ -161,40 +246,96 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="Analyze a .tflite CNN's cut points, split it into stages, verify a split.",
-        epilog="Exit status: 0 ok, 1 verify found a difference, 2 error. See docs/manifest.md.",
+# --- parser -------------------------------------------------------------------------------
+
+
+def _add_import_parser(sub: argparse._SubParsersAction) -> None:
+    imp = sub.add_parser(
+        "import",
+        help="convert a Keras model (.keras, .h5, SavedModel) or a built-in one to .tflite",
+        description="Needs TensorFlow (the converter extra). The result is split like any "
+        ".tflite; a Keras source's layer list is kept in it for --strategy layers:.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
-    parser.add_argument("--threads", type=int, default=None, help="interpreter threads")
-    sub = parser.add_subparsers(dest="command", required=True)
+    imp.add_argument(
+        "model", type=Path, nargs="?", metavar="MODEL", help=".keras, .h5 or SavedModel dir"
+    )
+    imp.add_argument("--out", type=Path, required=True, metavar="MODEL.tflite")
+    imp.add_argument("--quantize", choices=keras_import.QUANTIZATIONS, default="float32")
+    imp.add_argument(
+        "--calibration", type=Path, metavar="DIR", help="photos for int8 calibration"
+    )
+    imp.add_argument(
+        "--calibration-count",
+        type=int,
+        default=keras_import.DEFAULT_CALIBRATION_COUNT,
+        metavar="N",
+        help=f"use at most N calibration photos ({keras_import.DEFAULT_CALIBRATION_COUNT})",
+    )
+    imp.add_argument(
+        "--mean", type=float, default=127.5, help="input = (pixel - mean) / std (127.5)"
+    )
+    imp.add_argument("--std", type=float, default=127.5, help="see --mean (127.5)")
+    imp.add_argument(
+        "--io-dtype",
+        choices=keras_import.IO_DTYPES,
+        default="uint8",
+        help="input/output dtype of an int8 model (uint8)",
+    )
+    arch = imp.add_argument_group("built-in architecture (instead of MODEL)")
+    arch.add_argument("--arch", choices=keras_import.ARCHITECTURES)
+    arch.add_argument("--input-size", type=int, metavar="S", help="input S x S x 3")
+    arch.add_argument("--alpha", type=float, default=1.0, metavar="A", help="width (1.0)")
+    arch.add_argument("--classes", type=int, metavar="K")
+    arch.add_argument(
+        "--weights", type=Path, metavar="FILE", help=".weights.h5 (default: random, seeded)"
+    )
+    imp.set_defaults(func=cmd_import)
 
-    analyze = sub.add_parser("analyze", help="print the valid cut points of a model")
-    analyze.add_argument("model", type=Path, metavar="MODEL.tflite")
-    analyze.set_defaults(func=cmd_analyze)
 
-    split = sub.add_parser("split", help="split a model into stages and write manifest.json")
+def _add_split_parser(sub: argparse._SubParsersAction) -> None:
+    split = sub.add_parser("split", help="plan the stages, write segments and manifest.json")
     split.add_argument("model", type=Path, metavar="MODEL.tflite")
-    split.add_argument(
-        "--stages", type=int, metavar="N", help="number of stages, cut to balance MACs"
-    )
     split.add_argument("--out", type=Path, required=True, metavar="DIR")
+    split.add_argument("--stages", type=int, metavar="N", help="number of stages")
+    split.add_argument(
+        "--strategy",
+        default=BALANCED,
+        metavar="S",
+        help="balanced (default): minimise the slowest stage; layers:a,b,...: Keras layer "
+        "counts per stage (an imported Keras model)",
+    )
     split.add_argument(
         "--cuts",
         type=_parse_cuts,
         metavar="i,j,...",
         help="cut after these ops instead of planning (see analyze)",
     )
+    split.add_argument(
+        "--profile",
+        type=_parse_paths,
+        metavar="P0.json,...",
+        help="measured costs from `aiotedge profile`: one for identical boards, or one per "
+        "stage in pipeline order",
+    )
+    split.add_argument(
+        "--link-mbps",
+        type=float,
+        metavar="M",
+        help="network speed; a stage costs max(compute, output bytes * 8 / M) (needs --profile)",
+    )
+    split.add_argument("--plot", type=Path, metavar="PLAN.png", help="draw the plan")
     split.add_argument("--labels", type=Path, metavar="FILE", help="class names, one a line")
     split.add_argument(
         "--mean",
         type=float,
-        help="preprocessing mean (default: zero point if quantized, else 127.5)",
+        help="preprocessing mean (default: recorded by import, else zero point if quantized, "
+        "else 127.5)",
     )
     split.add_argument(
-        "--std", type=float, help="preprocessing std (default: 1/scale if quantized, else 127.5)"
+        "--std",
+        type=float,
+        help="preprocessing std (default: recorded by import, else 1/scale if quantized, "
+        "else 127.5)",
     )
     split.add_argument(
         "--no-copy-source",
@@ -204,6 +345,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     split.set_defaults(func=cmd_split)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Import a Keras CNN, analyze its cut points, split it into stages, "
+        "verify a split.",
+        epilog="Exit status: 0 ok, 1 verify found a difference, 2 error. "
+        "See docs/converter.md and docs/manifest.md.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    parser.add_argument("--threads", type=int, default=None, help="interpreter threads")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    analyze = sub.add_parser("analyze", help="print the valid cut points of a model")
+    analyze.add_argument("model", type=Path, metavar="MODEL.tflite")
+    analyze.set_defaults(func=cmd_analyze)
+
+    _add_import_parser(sub)
+    _add_split_parser(sub)
+
     check = sub.add_parser("verify", help="run the chain of stages against the whole model")
     check.add_argument("dir", type=Path, metavar="DIR", help="directory holding manifest.json")
     check.add_argument("--images", type=Path, required=True, metavar="DIR")
@@ -212,6 +373,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="SOURCE.tflite",
         help="the source model when it is not next to the manifest",
+    )
+    check.add_argument(
+        "--reference",
+        type=Path,
+        metavar="FLOAT.tflite",
+        help="also compare with this model (e.g. the float32 import of a quantized split)",
     )
     check.set_defaults(func=cmd_verify)
     return parser

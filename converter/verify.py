@@ -4,6 +4,12 @@ Each photo is preprocessed once, exactly as stage 0 will (aiotedge.image), then 
 source model and to the chain of segments. Integer outputs must be identical; float outputs may
 differ by FLOAT_TOLERANCE (the interpreter may fuse or order float work differently across
 segment boundaries).
+
+With a reference model (typically the float32 import of the model whose quantized version was
+split), each photo also goes through the reference, preprocessed to the same real values, and
+the two results are compared as probabilities: does the top-1 class agree, and by how much do
+the dequantized outputs differ at most. Quantization changes results legitimately, so this is
+reported, not judged.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from aiotedge.image import ImageError, decode_image, preprocess
 from aiotedge.manifest import Manifest, ManifestError, TensorSpec, sha256_file
@@ -28,12 +35,23 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp"})
 
 
 @dataclass(frozen=True)
+class ReferenceResult:
+    """The reference model's answer for one photo, next to the chain's."""
+
+    top1: int
+    label: str
+    agrees: bool
+    probability_diff: float
+
+
+@dataclass(frozen=True)
 class ImageResult:
     image: str
     max_abs_diff: float
     tolerance: float
     top1: int
     label: str
+    reference: ReferenceResult | None = None
 
     @property
     def identical(self) -> bool:
@@ -121,11 +139,45 @@ def run_chain(segments: Iterable[Segment], tensor: np.ndarray) -> np.ndarray:
     return tensor
 
 
+def open_reference(manifest: Manifest, path: Path, num_threads: int | None) -> Segment:
+    """The reference model, checked to take the same photo size and give as many classes."""
+    reference = open_segment(Path(path), num_threads)
+    prep, source = manifest.preprocessing, manifest.source
+    if tuple(reference.input_spec.shape[1:3]) != (prep.height, prep.width):
+        raise ConverterError(
+            f"reference {path} takes {list(reference.input_spec.shape)}, the split "
+            f"{prep.height}x{prep.width} photos"
+        )
+    if reference.output_spec.shape != source.output.shape:
+        raise ConverterError(
+            f"reference {path} outputs {list(reference.output_spec.shape)}, the split "
+            f"{list(source.output.shape)}"
+        )
+    return reference
+
+
+def compare_reference(
+    manifest: Manifest, reference: Segment, photo: Image.Image, chain_output: np.ndarray
+) -> ReferenceResult:
+    """Top-1 agreement and largest probability difference between reference and chain."""
+    tensor = preprocess(photo, manifest.preprocessing, reference.input_spec)
+    expected = reference.output_spec.dequantize(reference.run(tensor))
+    actual = manifest.source.output.dequantize(chain_output)
+    top1 = int(np.argmax(expected))
+    return ReferenceResult(
+        top1=top1,
+        label=manifest.label(top1),
+        agrees=top1 == int(np.argmax(actual)),
+        probability_diff=float(np.abs(expected - actual).max()),
+    )
+
+
 def verify(
     directory: Path,
     images: Path,
     model: Path | None = None,
     num_threads: int | None = None,
+    reference: Path | None = None,
 ) -> list[ImageResult]:
     """Compare the whole model with the chain of segments on every photo in `images`."""
     try:
@@ -134,6 +186,7 @@ def verify(
         raise ConverterError(str(exc)) from exc
     whole = open_segment(find_source(manifest, model), num_threads)
     chain = load_chain(manifest, num_threads)
+    baseline = open_reference(manifest, reference, num_threads) if reference else None
     spec = manifest.source.output
     tolerance = FLOAT_TOLERANCE if np.dtype(spec.dtype).kind == "f" else 0.0
     results = []
@@ -153,6 +206,9 @@ def verify(
             tolerance=tolerance,
             top1=top1,
             label=manifest.label(top1),
+            reference=(
+                compare_reference(manifest, baseline, photo, actual) if baseline else None
+            ),
         )
         log.debug("%s: %s", path.name, result)
         results.append(result)

@@ -1,0 +1,94 @@
+"""`split --plot`: per-operator cost with the cuts marked and each stage's share (matplotlib).
+
+One panel per plan (the chosen one, and the balanced one when it is shown for comparison).
+With MACs, each operator is a bar. With a profile, only pieces between cut points were
+timed, so each piece is one bar as wide as its operators, costed on the board of its stage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from converter.costs import CostBasis
+from converter.errors import ConverterError
+from converter.graph import Graph
+from converter.planner import Plan
+
+STAGE_COLOURS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3")
+
+
+def _bars(graph: Graph, plan: Plan, basis: CostBasis) -> list[tuple[float, float, float]]:
+    """(left edge, width, height) of each bar, in operator units."""
+    if not basis.measured:
+        return [(op.index - 0.4, 0.8, op.macs / 1e6) for op in graph.ops]
+    bars = []
+    for stage, profile in zip(plan.stages, basis.profiles, strict=True):
+        for piece in profile.pieces:
+            if stage.first_op <= piece.first_op and piece.last_op <= stage.last_op:
+                width = piece.last_op - piece.first_op + 1
+                bars.append((piece.first_op - 0.4, width - 0.2, piece.invoke_ms))
+    return bars
+
+
+def plot_plans(
+    graph: Graph, basis: CostBasis, plans: Sequence[tuple[str, Plan]], out: Path
+) -> Path:
+    """Draw each plan in its own panel and save a PNG."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise ConverterError(
+            f"--plot needs matplotlib ({exc}): pip install 'aiotedge[converter]'"
+        ) from exc
+
+    figure, axes = plt.subplots(
+        len(plans), 1, figsize=(10, 2.9 * len(plans)), sharex=True, squeeze=False
+    )
+    unit = "measured ms per piece" if basis.measured else "MMACs per op"
+    for axis, (name, plan) in zip(axes[:, 0], plans, strict=True):
+        bars = _bars(graph, plan, basis)
+        top = max((height for _, _, height in bars), default=1.0) or 1.0
+        total = sum(stage.cost for stage in plan.stages) or 1
+        for index, stage in enumerate(plan.stages):
+            colour = STAGE_COLOURS[index % len(STAGE_COLOURS)]
+            axis.axvspan(stage.first_op - 0.5, stage.last_op + 0.5, color=colour, alpha=0.12)
+            inside = [b for b in bars if stage.first_op - 0.5 <= b[0] <= stage.last_op]
+            axis.bar(
+                [b[0] for b in inside],
+                [b[2] for b in inside],
+                width=[b[1] for b in inside],
+                align="edge",
+                color=colour,
+            )
+            axis.text(
+                (stage.first_op + stage.last_op) / 2,
+                top * 1.33,
+                f"stage {index}\n{100 * stage.cost / total:.0f}%",
+                ha="center",
+                va="top",
+                fontsize=8,
+            )
+        for cut in plan.cuts:
+            axis.axvline(cut + 0.5, color="black", linestyle="--", linewidth=0.9)
+        axis.set_ylim(0, top * 1.36)
+        axis.set_xlim(-0.5, len(graph.ops) - 0.5)
+        axis.set_ylabel(unit, fontsize=8)
+        axis.set_title(
+            f"{name}: bottleneck/mean {plan.balance:.2f}, cuts after ops "
+            f"{','.join(map(str, plan.cuts)) or '-'}",
+            fontsize=9,
+            loc="left",
+        )
+        axis.tick_params(labelsize=8)
+    axes[-1, 0].set_xlabel("operator (execution order); dashed: cuts; shares of the stage cost")
+    model = graph.path.name if graph.path else "model"
+    figure.suptitle(f"{model}: {basis.describe()}", fontsize=10)
+    figure.tight_layout()
+    out = Path(out)
+    figure.savefig(out, dpi=90)
+    plt.close(figure)
+    return out
