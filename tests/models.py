@@ -12,7 +12,13 @@ imports TensorFlow, builds a small residual CNN with random (seeded) weights and
 The CNN has a non-square input (HEIGHT x WIDTH) so a swapped width/height shows, and two
 residual blocks so that some positions are not cut points.
 
-    python tests/models.py OUT_DIR    # writes the MODEL_FILES
+The same Keras model is also saved as the sources `aiotedge-convert import` reads (``.keras``,
+legacy ``.h5`` and a SavedModel directory), with Keras's own outputs for given inputs, so an
+import can be checked against Keras without TensorFlow in the test process.
+
+    python tests/models.py OUT_DIR                        # writes the MODEL_FILES
+    python tests/models.py --keras-sources OUT_DIR IN.npy # KERAS_FILES and keras_outputs.npy
+    python tests/models.py --keras-predict MODEL IN.npy OUT.npy
 """
 
 from __future__ import annotations
@@ -32,32 +38,68 @@ LABELS = (
     "dog", "frog", "horse", "ship", "truck",
 )  # fmt: skip
 MODEL_FILES = {"float": "float.tflite", "int8": "int8.tflite", "two_inputs": "two_inputs.tflite"}
+KERAS_FILES = {"keras": "model.keras", "h5": "model.h5", "saved_model": "saved_model"}
+KERAS_OUTPUTS = "keras_outputs.npy"
+#: Keras layers of the small CNN: input, 3 conv/bn/relu blocks of 3 and 2 more, ... (counted)
+KERAS_LAYER_COUNT = 25
 BUILD_TIMEOUT_S = 300
 SEED = 7
 
 
-def build_test_models(out_dir: Path) -> dict[str, Path]:
-    """Build (in a subprocess) the test models into out_dir; skip the test if TF is absent."""
+def run_with_tensorflow(args: list[str], what: str) -> subprocess.CompletedProcess[str]:
+    """Run a command that imports TensorFlow in its own process; skip when TF is absent."""
     import pytest
 
     if importlib.util.find_spec("tensorflow") is None:
         pytest.skip(
-            "TensorFlow is not installed, so the small test models cannot be built "
+            f"TensorFlow is not installed, so {what} cannot run "
             "(pip install tensorflow-cpu, the converter extra)"
         )
-    out_dir = Path(out_dir)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
     done = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), str(out_dir)],
-        capture_output=True,
-        text=True,
-        timeout=BUILD_TIMEOUT_S,
-        env=env,
-        check=False,
+        args, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S, env=env, check=False
     )
     if done.returncode != 0:
-        raise RuntimeError(f"building the test models failed:\n{done.stderr[-4000:]}")
+        raise RuntimeError(f"{what} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
+    return done
+
+
+def build_test_models(out_dir: Path) -> dict[str, Path]:
+    """Build (in a subprocess) the test models into out_dir; skip the test if TF is absent."""
+    out_dir = Path(out_dir)
+    run_with_tensorflow([sys.executable, __file__, str(out_dir)], "building the test models")
     return {key: out_dir / name for key, name in MODEL_FILES.items()}
+
+
+def build_keras_sources(out_dir: Path, inputs: np.ndarray) -> dict[str, Path]:
+    """The float test CNN as .keras, .h5 and SavedModel, plus Keras's outputs for `inputs`."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    np.save(out_dir / "inputs.npy", inputs)
+    run_with_tensorflow(
+        [sys.executable, __file__, "--keras-sources", str(out_dir), str(out_dir / "inputs.npy")],
+        "saving the Keras test sources",
+    )
+    paths = {key: out_dir / name for key, name in KERAS_FILES.items()}
+    paths["outputs"] = out_dir / KERAS_OUTPUTS
+    return paths
+
+
+def keras_predict(model: Path, inputs: np.ndarray, scratch: Path) -> np.ndarray:
+    """Keras's own outputs of a .keras/.h5 model for a batch of inputs (in a subprocess)."""
+    np.save(scratch / "predict_in.npy", inputs)
+    run_with_tensorflow(
+        [
+            sys.executable,
+            __file__,
+            "--keras-predict",
+            str(model),
+            str(scratch / "predict_in.npy"),
+            str(scratch / "predict_out.npy"),
+        ],
+        f"Keras prediction with {model.name}",
+    )
+    return np.load(scratch / "predict_out.npy")
 
 
 def write_labels(path: Path) -> Path:
@@ -170,5 +212,30 @@ def _main(out_dir: Path) -> None:
     (out_dir / MODEL_FILES["two_inputs"]).write_bytes(_convert(_two_input_model(), False))
 
 
+def _predict(model, inputs: np.ndarray) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """One input at a time (batch 1), as the TFLite model and the pipeline run."""
+    return np.concatenate([np.asarray(model(x[None], training=False)) for x in inputs])
+
+
+def _keras_sources(out_dir: Path, inputs: Path) -> None:
+    model = _keras_model()
+    model.save(out_dir / KERAS_FILES["keras"])
+    model.save(out_dir / KERAS_FILES["h5"])
+    model.export(str(out_dir / KERAS_FILES["saved_model"]), verbose=False)
+    np.save(out_dir / KERAS_OUTPUTS, _predict(model, np.load(inputs)))
+
+
+def _keras_predict(model_path: Path, inputs: Path, out: Path) -> None:
+    import keras
+
+    model = keras.models.load_model(model_path, compile=False)
+    np.save(out, _predict(model, np.load(inputs)))
+
+
 if __name__ == "__main__":
-    _main(Path(sys.argv[1]))
+    if sys.argv[1] == "--keras-sources":
+        _keras_sources(Path(sys.argv[2]), Path(sys.argv[3]))
+    elif sys.argv[1] == "--keras-predict":
+        _keras_predict(Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]))
+    else:
+        _main(Path(sys.argv[1]))

@@ -1,0 +1,210 @@
+"""`aiotedge-convert import`: Keras files and SavedModels to .tflite, then the one splitter.
+
+Every import runs `python -m converter import ...` in a subprocess (TensorFlow never enters the
+test process). Each source is converted once per session.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from aiotedge.image import decode_image, preprocess
+from aiotedge.manifest import Manifest, Preprocessing, TensorSpec
+from aiotedge.runtime import Segment
+from converter.cli import main as convert
+from converter.graph import load_graph
+from converter.metadata import read_import_info
+from converter.verify import list_images, load_chain, run_chain
+from tests.models import HEIGHT, WIDTH, build_keras_sources, run_with_tensorflow
+
+FLOAT_TOLERANCE = 1e-5
+REPO = Path(__file__).resolve().parents[1]
+#: The small CNN's flattened Keras layers (input, conv/bn/relu ..., add, pooling, dense).
+SMALL_LAYERS = 20
+
+
+def photo_inputs(photos: Path, height: int, width: int) -> np.ndarray:
+    """The photos as float inputs in [-1, 1], exactly as stage 0 preprocesses them."""
+    prep = Preprocessing(width=width, height=height, mean=127.5, std=127.5)
+    spec = TensorSpec("input", (1, height, width, 3), "float32")
+    tensors = [preprocess(decode_image(p.read_bytes()), prep, spec) for p in list_images(photos)]
+    return np.concatenate(tensors)
+
+
+def import_model(source: Path | None, out: Path, *args: str) -> str:
+    """Run `aiotedge-convert import` in its own process; its stdout."""
+    command = [sys.executable, "-m", "converter", "import"]
+    command += [str(source)] if source is not None else []
+    done = run_with_tensorflow(
+        [*command, "--out", str(out), *args], f"importing {source or args[:2]}"
+    )
+    return done.stdout
+
+
+def split(model: Path, out: Path, *args: str) -> Manifest:
+    assert convert(["split", str(model), "--out", str(out), *args]) == 0
+    return Manifest.load(out)
+
+
+@pytest.fixture(scope="session")
+def keras_sources(tmp_path_factory, generated_photos) -> dict[str, Path]:
+    inputs = photo_inputs(generated_photos, HEIGHT, WIDTH)
+    return build_keras_sources(tmp_path_factory.mktemp("keras"), inputs)
+
+
+@pytest.fixture(scope="session")
+def imported(tmp_path_factory, keras_sources, generated_photos) -> dict[str, Path]:
+    """Each source kind through `import`, with each quantization once."""
+    out = tmp_path_factory.mktemp("imported")
+    jobs = {
+        "float32": (keras_sources["keras"], ()),
+        "int8": (
+            keras_sources["h5"],
+            ("--quantize", "int8", "--calibration", str(generated_photos)),
+        ),
+        "float16": (keras_sources["saved_model"], ("--quantize", "float16")),
+        "dynamic": (keras_sources["keras"], ("--quantize", "dynamic")),
+    }
+    paths = {}
+    for name, (source, args) in jobs.items():
+        paths[name] = out / f"{name}.tflite"
+        stdout = import_model(source, paths[name], *args)
+        assert f"wrote {paths[name]}" in stdout
+    return paths
+
+
+def test_float32_import_records_its_source_and_the_keras_layers(imported):
+    graph = load_graph(imported["float32"])
+    info = read_import_info(graph.model)
+    assert info is not None
+    assert (info.source, info.quantize, info.mean, info.std) == (
+        "model.keras",
+        "float32",
+        127.5,
+        127.5,
+    )
+    assert len(info.layers) == SMALL_LAYERS
+    assert info.layers[0].kind == "InputLayer" and info.layers[-1].kind == "Dense"
+    assert graph.tensor(graph.input_index).shape == (1, HEIGHT, WIDTH, 3)
+
+
+def test_float32_chain_matches_keras(imported, keras_sources, generated_photos, tmp_path):
+    manifest = split(imported["float32"], tmp_path, "--stages", "4")
+    expected = np.load(keras_sources["outputs"])
+    chain = load_chain(manifest)
+    for index, path in enumerate(list_images(generated_photos)):
+        tensor = preprocess(
+            decode_image(path.read_bytes()), manifest.preprocessing, manifest.source.input
+        )
+        actual = run_chain(chain, tensor)
+        np.testing.assert_allclose(actual[0], expected[index], rtol=0, atol=FLOAT_TOLERANCE)
+
+
+def test_int8_import_is_calibrated_and_verified_against_the_float_one(
+    imported, generated_photos, tmp_path, capsys
+):
+    graph = load_graph(imported["int8"])
+    info = read_import_info(graph.model)
+    assert info is not None and info.calibration_images == 4 and len(info.layers) == SMALL_LAYERS
+    assert graph.tensor(graph.input_index).dtype == "uint8"
+    assert {c.tensor.dtype for c in graph.cut_points} == {"int8"}
+    manifest = split(imported["int8"], tmp_path, "--stages", "3")
+    # The recorded normalisation, not the raw-pixel default of a quantized input.
+    assert (manifest.preprocessing.mean, manifest.preprocessing.std) == (127.5, 127.5)
+    capsys.readouterr()
+    code = convert(
+        [
+            "verify",
+            str(tmp_path),
+            "--images",
+            str(generated_photos),
+            "--reference",
+            str(imported["float32"]),
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0 and "all 4 images match (tolerance 0)" in out
+    summary = next(line for line in out.splitlines() if line.startswith("top-1 agreement"))
+    agree = sum(" agrees " in line for line in out.splitlines())
+    assert f"with float32.tflite: {agree}/4" in summary
+    assert "max probability difference" in summary
+
+
+@pytest.mark.parametrize("kind", ["float16", "dynamic"])
+def test_float16_and_dynamic_imports_split_and_match_their_whole_model(
+    imported, generated_photos, tmp_path, kind
+):
+    graph = load_graph(imported[kind])
+    if kind == "float16":
+        # Every weight is dequantized up front; those ops must not block the cuts.
+        assert len(graph.weight_ops) > 5
+        assert len(graph.cut_points) == len(load_graph(imported["float32"]).cut_points)
+    manifest = split(imported[kind], tmp_path, "--stages", str(len(graph.cut_points) + 1))
+    whole = Segment(imported[kind])
+    chain = load_chain(manifest)
+    for path in list_images(generated_photos):
+        tensor = preprocess(
+            decode_image(path.read_bytes()), manifest.preprocessing, whole.input_spec
+        )
+        np.testing.assert_allclose(
+            run_chain(chain, tensor), whole.run(tensor), rtol=0, atol=FLOAT_TOLERANCE
+        )
+
+
+def test_layers_strategy_maps_counts_to_cuts_and_reports_unclean_ones(
+    imported, tmp_path, capsys
+):
+    # 9 layers end with the first Add (a clean cut); 5 layers end inside a conv/bn/relu group.
+    code = convert(
+        [
+            "split",
+            str(imported["float32"]),
+            "--out",
+            str(tmp_path),
+            "--strategy",
+            f"layers:9,5,{SMALL_LAYERS - 14}",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "Keras layer 9 (add): clean cut after op" in out
+    assert "Keras layer 14 " in out and "not a clean cut; using the next one" in out
+    assert "beside the balanced plan for the same 3 stages" in out
+    assert len(Manifest.load(tmp_path).stages) == 3
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        ("float32", ["--strategy", "layers:5,5"], "add up to 10, the Keras model has 20"),
+        ("float16", ["--strategy", "layers:10,10"], "needs the Keras layer list"),
+        ("float32", ["--strategy", "layers:9,11", "--cuts", "2"], "both choose the cuts"),
+        ("float32", ["--strategy", "fastest"], "unknown --strategy 'fastest'"),
+    ],
+)
+def test_layers_strategy_errors(imported, tmp_path, capsys, case):
+    model, args, message = case
+    code = convert(["split", str(imported[model]), "--out", str(tmp_path), *args])
+    assert code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["MODEL", "--quantize", "int8"], "--quantize int8 needs --calibration DIR"),
+        (["MODEL", "--arch", "mobilenet_v2", "--input-size", "96", "--classes", "3"], "not both"),
+        (["--arch", "mobilenet_v2"], "--arch needs --input-size S and --classes K"),
+        (["MODEL"], "no such model file or directory"),
+    ],
+)
+def test_import_refuses_bad_requests_before_loading_tensorflow(tmp_path, capsys, args, message):
+    model = str(tmp_path / "missing.keras")
+    args = [model if arg == "MODEL" else arg for arg in args]
+    code = convert(["import", *args, "--out", str(tmp_path / "x.tflite")])
+    assert code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "x.tflite").exists()
+    assert "tensorflow" not in sys.modules
