@@ -38,7 +38,7 @@ class CostBasis:
         if not self.profiles:
             return "costs: MACs (multiply-accumulates counted from tensor shapes)"
         labels = list(dict.fromkeys(profile.label for profile in self.profiles))
-        link = f"; link {self.link_mbps:g} Mbit/s" if self.link_mbps else ""
+        link = f"; link {self.link_mbps:g} Mbit/s" if self.link_mbps is not None else ""
         return "costs: ms measured on " + " / ".join(labels) + link
 
 
@@ -77,7 +77,7 @@ def profile_cost_model(
         op_costs[piece.last_op] = piece.invoke_ms
         input_costs[piece.first_op] = piece.set_input_ms
         output_costs[piece.last_op] = piece.get_output_ms
-    transfer = transfer_ms(graph, link_mbps) if link_mbps else None
+    transfer = transfer_ms(graph, link_mbps) if link_mbps is not None else None
     return CostModel(op_costs, transfer, input_costs, output_costs)
 
 
@@ -89,7 +89,7 @@ def cost_basis(
 ) -> CostBasis:
     """Stage costs for `stages` stages: MACs, one profile for all boards, or one per stage."""
     if not profiles:
-        if link_mbps:
+        if link_mbps is not None:
             raise ConverterError(
                 "--link-mbps needs measured stage times (--profile): MACs and milliseconds "
                 "cannot be compared"

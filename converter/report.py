@@ -120,7 +120,7 @@ def plan_report(
     header += ["MACs", "MACs %"]
     if basis.measured:
         header += ["predicted", "time %"]
-        header += ["send"] if basis.link_mbps else []
+        header += ["send"] if basis.link_mbps is not None else []
         header += ["board"] if heterogeneous else []
     header += ["output", "bytes"]
     rows = []
@@ -131,7 +131,7 @@ def plan_report(
         row += [human(macs), f"{100 * macs / total_macs:.1f}%" if total_macs else "-"]
         if basis.measured:
             row += [f"{stage.compute:.2f} ms", f"{100 * stage.compute / total_cost:.1f}%"]
-            row += [f"{stage.transfer:.2f} ms"] if basis.link_mbps else []
+            row += [f"{stage.transfer:.2f} ms"] if basis.link_mbps is not None else []
             row += [basis.profiles[index].label] if heterogeneous else []
         last = stage.last_op == len(graph.ops) - 1
         tensor = graph.tensor(graph.boundary_tensor(stage.last_op))

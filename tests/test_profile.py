@@ -1,0 +1,161 @@
+"""`aiotedge profile` on the small models, and the planner fed with its measurements."""
+
+from __future__ import annotations
+
+import json
+from itertools import pairwise
+from pathlib import Path
+
+import pytest
+
+from aiotedge.cli import main as aiotedge
+from aiotedge.manifest import Manifest, sha256_file
+from aiotedge.profile import Profile
+from converter.cli import main as convert
+from converter.costs import cost_basis
+from converter.graph import load_graph
+from converter.planner import plan_pipeline
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def profiles(test_models, tmp_path_factory) -> dict[str, Path]:
+    """A measured profile of each small model (few runs: only the structure is tested)."""
+    out = tmp_path_factory.mktemp("profiles")
+    paths = {}
+    for kind in ("float", "int8"):
+        paths[kind] = out / f"{kind}.json"
+        args = ["profile", str(test_models[kind]), "--out", str(paths[kind])]
+        assert aiotedge([*args, "--runs", "3", "--warmup", "1", "--threads", "1"]) == 0
+    return paths
+
+
+def slower_copy(path: Path, factor: float, machine: str) -> Path:
+    """The same profile as if measured on a board `factor` times slower."""
+    data = json.loads(path.read_text())
+    data["machine"] = machine
+    for piece in data["pieces"]:
+        piece["invoke_ms"] *= factor
+    target = path.with_name(f"{machine}.json")
+    target.write_text(json.dumps(data))
+    return target
+
+
+@pytest.mark.parametrize("kind", ["float", "int8"])
+def test_profile_has_one_piece_per_span_between_cut_points(test_models, profiles, kind):
+    graph = load_graph(test_models[kind])
+    profile = Profile.load(profiles[kind])
+    assert Profile.from_dict(profile.to_dict()) == profile
+    assert profile.model_sha256 == sha256_file(test_models[kind])
+    assert (profile.threads, profile.runs, profile.warmup) == (1, 3, 1)
+    assert profile.op_count == len(graph.ops)
+    assert profile.cut_points == tuple(c.op_index for c in graph.cut_points)
+    bounds = [-1, *profile.cut_points, len(graph.ops) - 1]
+    assert [(p.first_op, p.last_op) for p in profile.pieces] == [
+        (a + 1, b) for a, b in pairwise(bounds)
+    ]
+    for piece, point in zip(profile.pieces, graph.cut_points, strict=False):
+        assert piece.output_bytes == point.tensor.nbytes
+    for before, after in pairwise(profile.pieces):
+        assert after.input_bytes == before.output_bytes
+    for piece in profile.pieces:
+        assert min(piece.invoke_ms, piece.set_input_ms, piece.get_output_ms) >= 0
+    assert profile.whole_ms > 0
+
+
+def test_planner_stage_costs_are_the_profile_stage_times(test_models, profiles):
+    graph = load_graph(test_models["int8"])
+    profile = Profile.load(profiles["int8"])
+    basis = cost_basis(graph, 3, [("int8.json", profile)])
+    plan = plan_pipeline(basis.boards, [c.op_index for c in graph.cut_points])
+    for stage in plan.stages:
+        assert stage.compute == pytest.approx(profile.stage_ms(stage.first_op, stage.last_op))
+
+
+def test_split_with_a_profile_reports_predicted_times(test_models, profiles, tmp_path, capsys):
+    code = convert(
+        [
+            "split",
+            str(test_models["int8"]),
+            "--stages",
+            "3",
+            "--profile",
+            str(profiles["int8"]),
+            "--out",
+            str(tmp_path / "split"),
+            "--plot",
+            str(tmp_path / "plan.png"),
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "predicted" in out and "costs: ms measured on" in out and "bottleneck" in out
+    assert len(Manifest.load(tmp_path / "split").stages) == 3
+    assert (tmp_path / "plan.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_heterogeneous_boards_get_the_exact_optimum(test_models, profiles, tmp_path, capsys):
+    fast = profiles["int8"]
+    slow = slower_copy(fast, 3.0, "pi3")
+    graph = load_graph(test_models["int8"])
+    last = len(graph.ops) - 1
+    fast_profile, slow_profile = Profile.load(fast), Profile.load(slow)
+    best = min(
+        max(fast_profile.stage_ms(0, c), slow_profile.stage_ms(c + 1, last))
+        for c in fast_profile.cut_points
+    )
+    code = convert(
+        ["split", str(test_models["int8"]), "--profile", f"{fast},{slow}", "--out", str(tmp_path)]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "board" in out and "pi3, 1 threads" in out
+    basis = cost_basis(graph, 2, [("fast", fast_profile), ("slow", slow_profile)])
+    plan = plan_pipeline(basis.boards, fast_profile.cut_points)
+    assert plan.bottleneck == pytest.approx(best)
+    manifest = Manifest.load(tmp_path)
+    assert [s.last_op for s in manifest.stages[:-1]] == list(plan.cuts)
+
+
+def test_a_slow_link_moves_the_cut_to_the_smallest_tensor(
+    test_models, profiles, tmp_path, capsys
+):
+    graph = load_graph(test_models["int8"])
+    args = ["split", str(test_models["int8"]), "--stages", "2", "--profile", str(profiles["int8"])]
+    assert convert([*args, "--out", str(tmp_path), "--link-mbps", "0.001"]) == 0
+    out = capsys.readouterr().out
+    assert "send" in out and "link 0.001 Mbit/s" in out
+    cut = Manifest.load(tmp_path).stages[0].last_op
+    smallest = min(c.tensor.nbytes for c in graph.cut_points)
+    assert graph.cut_point(cut).tensor.nbytes == smallest
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        (["--profile", "FLOAT", "--stages", "2"], "was measured on float.tflite"),
+        (["--stages", "2", "--link-mbps", "100"], "--link-mbps needs measured stage times"),
+        (["--profile", "INT8,INT8,INT8", "--stages", "2"], "disagree on the number of stages"),
+        (["--profile", "MISSING", "--stages", "2"], "cannot read profile"),
+        (["--profile", "INT8", "--stages", "2", "--link-mbps", "0"], "must be positive"),
+    ],
+)
+def test_split_refuses_unusable_profiles(test_models, profiles, tmp_path, capsys, case):
+    args, message = case
+    names = {
+        "FLOAT": str(profiles["float"]),
+        "INT8": str(profiles["int8"]),
+        "MISSING": str(tmp_path / "none.json"),
+    }
+    args = [",".join(names.get(p, p) for p in arg.split(",")) for arg in args]
+    code = convert(["split", str(test_models["int8"]), "--out", str(tmp_path / "o"), *args])
+    assert code == 2 and message in capsys.readouterr().err
+
+
+def test_profile_refuses_what_is_not_a_model(tmp_path, capsys):
+    path = tmp_path / "labels.tflite"
+    path.write_text("cat\ndog\n")
+    assert aiotedge(["profile", str(path), "--out", str(tmp_path / "p.json")]) == 2
+    assert "not a TFLite flatbuffer" in capsys.readouterr().err
+    assert not (tmp_path / "p.json").exists()
