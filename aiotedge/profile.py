@@ -10,7 +10,9 @@ place, so summing whole piece runs would count one copy per inner boundary too m
 Each piece is cut out with the converter's segment writer (flatbuffers only: no TensorFlow on
 a board), fed the real activation the previous piece produces, and invoked many times in a row
 in its own interpreter, as a stage daemon runs its segment: warm caches, its own thread pool.
-The median is kept, robust to the odd scheduling hiccup.
+Each piece runs in several rounds (all pieces in turn) of many runs; a round's median is
+robust to the odd scheduling hiccup, and the quietest round is kept, as background load only
+ever slows a run down.
 """
 
 from __future__ import annotations
@@ -37,8 +39,9 @@ from aiotedge.runtime import interpreter_class
 log = logging.getLogger(__name__)
 
 PROFILE_VERSION = 1
-DEFAULT_RUNS = 50
+DEFAULT_RUNS = 30
 DEFAULT_WARMUP = 5
+DEFAULT_ROUNDS = 3
 SEED = 0
 
 
@@ -61,7 +64,8 @@ class Piece:
 
 @dataclass(frozen=True)
 class Profile:
-    """Median piece times of one model on one machine with a given thread count."""
+    """Piece times of one model on one machine with a given thread count (ms, the quietest
+    round's median)."""
 
     model_file: str
     model_sha256: str
@@ -72,6 +76,7 @@ class Profile:
     threads: int | None
     runs: int
     warmup: int
+    rounds: int
     #: median time of the whole model (set + invoke + get), for comparison with the pieces
     whole_ms: float
     pieces: tuple[Piece, ...]
@@ -134,31 +139,44 @@ class _Timing:
     set_ms: float
     invoke_ms: float
     get_ms: float
-    output: np.ndarray
 
 
-def _time_model(
-    model_path: Path, tensor: np.ndarray, threads: int | None, runs: int, warmup: int
-) -> _Timing:
-    """Median set_tensor / invoke / get_tensor times of one model fed `tensor`."""
-    interpreter = interpreter_class()(model_path=str(model_path), num_threads=threads)
-    interpreter.allocate_tensors()
-    input_index = interpreter.get_input_details()[0]["index"]
-    output_index = interpreter.get_output_details()[0]["index"]
-    samples = np.zeros((runs, 3), dtype=np.int64)
-    output = tensor
-    for run in range(warmup + runs):
-        t0 = time.perf_counter_ns()
-        interpreter.set_tensor(input_index, tensor)
-        t1 = time.perf_counter_ns()
-        interpreter.invoke()
-        t2 = time.perf_counter_ns()
-        output = interpreter.get_tensor(output_index)
-        t3 = time.perf_counter_ns()
-        if run >= warmup:
-            samples[run - warmup] = (t1 - t0, t2 - t1, t3 - t2)
-    set_ns, invoke_ns, get_ns = np.median(samples, axis=0)
-    return _Timing(set_ns / 1e6, invoke_ns / 1e6, get_ns / 1e6, output)
+class _Timer:
+    """One model in its own interpreter, fed one tensor, timed in rounds of many runs."""
+
+    def __init__(self, model_path: Path, tensor: np.ndarray, threads: int | None) -> None:
+        self.interpreter = interpreter_class()(model_path=str(model_path), num_threads=threads)
+        self.interpreter.allocate_tensors()
+        self.input_index = self.interpreter.get_input_details()[0]["index"]
+        self.output_index = self.interpreter.get_output_details()[0]["index"]
+        self.tensor = tensor
+        self.rounds: list[_Timing] = []
+
+    def output(self) -> np.ndarray:
+        self.interpreter.set_tensor(self.input_index, self.tensor)
+        self.interpreter.invoke()
+        return self.interpreter.get_tensor(self.output_index)
+
+    def run_round(self, runs: int, warmup: int) -> None:
+        """Median set_tensor / invoke / get_tensor times of `runs` runs in a row."""
+        samples = np.zeros((runs, 3), dtype=np.int64)
+        for run in range(warmup + runs):
+            t0 = time.perf_counter_ns()
+            self.interpreter.set_tensor(self.input_index, self.tensor)
+            t1 = time.perf_counter_ns()
+            self.interpreter.invoke()
+            t2 = time.perf_counter_ns()
+            self.interpreter.get_tensor(self.output_index)
+            t3 = time.perf_counter_ns()
+            if run >= warmup:
+                samples[run - warmup] = (t1 - t0, t2 - t1, t3 - t2)
+        set_ns, invoke_ns, get_ns = np.median(samples, axis=0)
+        self.rounds.append(_Timing(set_ns / 1e6, invoke_ns / 1e6, get_ns / 1e6))
+
+    @property
+    def best(self) -> _Timing:
+        """The quietest round: other load only ever slows a run down."""
+        return min(self.rounds, key=lambda t: t.set_ms + t.invoke_ms + t.get_ms)
 
 
 def sample_input(shape: Sequence[int], dtype: str) -> np.ndarray:
@@ -181,10 +199,12 @@ def _interpreter_name() -> str:
 
 def measure_profile(
     model_path: Path | str,
+    *,
     threads: int | None = None,
     runs: int = DEFAULT_RUNS,
     warmup: int = DEFAULT_WARMUP,
-    on_piece: Callable[[int, int], None] | None = None,
+    rounds: int = DEFAULT_ROUNDS,
+    on_round: Callable[[int, int], None] | None = None,
 ) -> Profile:
     """Time every piece of the model between neighbouring cut points on this machine."""
     # The converter's graph reader and segment writer need only the flatbuffer schema that
@@ -193,37 +213,45 @@ def measure_profile(
     from converter.graph import load_graph
     from converter.split import extract_segment
 
-    if runs < 1 or warmup < 0:
-        raise ProfileError("--runs must be at least 1 and --warmup at least 0")
+    if runs < 1 or warmup < 0 or rounds < 1:
+        raise ProfileError("--runs and --rounds must be at least 1, --warmup at least 0")
     model_path = Path(model_path)
     graph = load_graph(model_path)
     bounds = [-1, *(c.op_index for c in graph.cut_points), len(graph.ops) - 1]
+    spans = [(before + 1, last) for before, last in pairwise(bounds)]
     whole_input = graph.tensor(graph.input_index)
     tensor = sample_input(whole_input.shape, whole_input.dtype)
-    whole = _time_model(model_path, tensor, threads, runs, warmup)
-    pieces = []
+    whole = _Timer(model_path, tensor, threads)
+    timers = []
     with tempfile.TemporaryDirectory(prefix="aiotedge-profile-") as scratch:
-        spans = list(pairwise(bounds))
-        for index, (before, last) in enumerate(spans):
+        for index, (first, last) in enumerate(spans):
             path = Path(scratch) / f"piece{index}.tflite"
-            path.write_bytes(pack_model(extract_segment(graph, before + 1, last)))
-            timing = _time_model(path, tensor, threads, runs, warmup)
-            pieces.append(
-                Piece(
-                    first_op=before + 1,
-                    last_op=last,
-                    invoke_ms=timing.invoke_ms,
-                    set_input_ms=timing.set_ms,
-                    get_output_ms=timing.get_ms,
-                    input_bytes=int(tensor.nbytes),
-                    output_bytes=int(timing.output.nbytes),
-                )
+            path.write_bytes(pack_model(extract_segment(graph, first, last)))
+            timers.append(_Timer(path, tensor, threads))
+            tensor = timers[-1].output()  # the real activation feeds the next piece
+        # Rounds over all pieces, so a burst of background load spoils one round of a piece,
+        # not its every run; within a round a piece runs many times in a row, as in a stage.
+        for done in range(rounds):
+            for timer in [whole, *timers]:
+                timer.run_round(runs, warmup)
+            if on_round is not None:
+                on_round(done + 1, rounds)
+    pieces = []
+    for (first, last), timer in zip(spans, timers, strict=True):
+        best = timer.best
+        log.debug("ops %d..%d: %.3f ms", first, last, best.invoke_ms)
+        pieces.append(
+            Piece(
+                first_op=first,
+                last_op=last,
+                invoke_ms=best.invoke_ms,
+                set_input_ms=best.set_ms,
+                get_output_ms=best.get_ms,
+                input_bytes=int(timer.tensor.nbytes),
+                output_bytes=int(timer.output().nbytes),
             )
-            log.debug("piece %d ops %d..%d: %.3f ms", index, before + 1, last, timing.invoke_ms)
-            tensor = timing.output
-            path.unlink()
-            if on_piece is not None:
-                on_piece(index + 1, len(spans))
+        )
+    best = whole.best
     return Profile(
         model_file=model_path.name,
         model_sha256=sha256_file(model_path),
@@ -234,7 +262,8 @@ def measure_profile(
         threads=threads,
         runs=runs,
         warmup=warmup,
-        whole_ms=whole.set_ms + whole.invoke_ms + whole.get_ms,
+        rounds=rounds,
+        whole_ms=best.set_ms + best.invoke_ms + best.get_ms,
         pieces=tuple(pieces),
     )
 
@@ -243,7 +272,7 @@ def profile_report(profile: Profile) -> str:
     """The table `aiotedge profile` prints: one row per piece, then the totals."""
     lines = [
         f"{profile.model_file} on {profile.label} ({profile.interpreter}), "
-        f"median of {profile.runs} runs",
+        f"best of {profile.rounds} rounds of {profile.runs} runs (median)",
         f"{'piece':>5}  {'ops':>9}  {'invoke ms':>9}  {'set ms':>7}  {'get ms':>7}  "
         f"{'out bytes':>9}",
     ]
@@ -270,6 +299,12 @@ def add_profile_arguments(parser: argparse.ArgumentParser) -> None:
         "--runs", type=int, default=DEFAULT_RUNS, help=f"timed runs per piece ({DEFAULT_RUNS})"
     )
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=DEFAULT_ROUNDS,
+        help=f"rounds over all pieces; the quietest counts ({DEFAULT_ROUNDS})",
+    )
+    parser.add_argument(
         "--warmup",
         type=int,
         default=DEFAULT_WARMUP,
@@ -282,10 +317,17 @@ def run_profile(args: argparse.Namespace) -> int:
     from converter.errors import ConverterError
 
     def progress(done: int, total: int) -> None:
-        log.info("profiled %d of %d pieces", done, total)
+        log.info("round %d of %d done", done, total)
 
     try:
-        profile = measure_profile(args.model, args.threads, args.runs, args.warmup, progress)
+        profile = measure_profile(
+            args.model,
+            threads=args.threads,
+            runs=args.runs,
+            warmup=args.warmup,
+            rounds=args.rounds,
+            on_round=progress,
+        )
     except (ConverterError, ProfileError) as exc:
         log.error("%s", exc)
         return 2

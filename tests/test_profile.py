@@ -27,7 +27,7 @@ def profiles(test_models, tmp_path_factory) -> dict[str, Path]:
     for kind in ("float", "int8"):
         paths[kind] = out / f"{kind}.json"
         args = ["profile", str(test_models[kind]), "--out", str(paths[kind])]
-        assert aiotedge([*args, "--runs", "3", "--warmup", "1", "--threads", "1"]) == 0
+        assert aiotedge([*args, "--runs", "3", "--warmup", "1", "--rounds", "2", "--threads", "1"]) == 0
     return paths
 
 
@@ -48,7 +48,7 @@ def test_profile_has_one_piece_per_span_between_cut_points(test_models, profiles
     profile = Profile.load(profiles[kind])
     assert Profile.from_dict(profile.to_dict()) == profile
     assert profile.model_sha256 == sha256_file(test_models[kind])
-    assert (profile.threads, profile.runs, profile.warmup) == (1, 3, 1)
+    assert (profile.threads, profile.runs, profile.warmup, profile.rounds) == (1, 3, 1, 2)
     assert profile.op_count == len(graph.ops)
     assert profile.cut_points == tuple(c.op_index for c in graph.cut_points)
     bounds = [-1, *profile.cut_points, len(graph.ops) - 1]
