@@ -26,8 +26,8 @@ def profiles(test_models, tmp_path_factory) -> dict[str, Path]:
     paths = {}
     for kind in ("float", "int8"):
         paths[kind] = out / f"{kind}.json"
-        args = ["profile", str(test_models[kind]), "--out", str(paths[kind])]
-        assert aiotedge([*args, "--runs", "3", "--warmup", "1", "--rounds", "2", "--threads", "1"]) == 0
+        args = ["profile", str(test_models[kind]), "--out", str(paths[kind]), "--threads", "1"]
+        assert aiotedge([*args, "--runs", "3", "--warmup", "1", "--rounds", "2"]) == 0
     return paths
 
 
