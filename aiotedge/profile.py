@@ -87,7 +87,10 @@ class Profile:
 
     @property
     def label(self) -> str:
-        threads = "default threads" if self.threads is None else f"{self.threads} threads"
+        if self.threads is None:
+            threads = "default threads"
+        else:
+            threads = f"{self.threads} thread" + ("" if self.threads == 1 else "s")
         return f"{self.machine}, {threads}"
 
     def stage_ms(self, first_op: int, last_op: int) -> float:

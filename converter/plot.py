@@ -2,7 +2,8 @@
 
 One panel per plan (the chosen one, and the balanced one when it is shown for comparison).
 With MACs, each operator is a bar. With a profile, only pieces between cut points were
-timed, so each piece is one bar as wide as its operators, costed on the board of its stage.
+timed, so each piece is one bar as wide as its operators, its time spread evenly over them (the
+bar's area is the piece's time), costed on the board of its stage.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def _bars(graph: Graph, plan: Plan, basis: CostBasis) -> list[tuple[float, float
         for piece in profile.pieces:
             if stage.first_op <= piece.first_op and piece.last_op <= stage.last_op:
                 width = piece.last_op - piece.first_op + 1
-                bars.append((piece.first_op - 0.4, width - 0.2, piece.invoke_ms))
+                bars.append((piece.first_op - 0.4, width - 0.2, piece.invoke_ms / width))
     return bars
 
 
@@ -48,7 +49,9 @@ def plot_plans(
     figure, axes = plt.subplots(
         len(plans), 1, figsize=(10, 2.9 * len(plans)), sharex=True, squeeze=False
     )
-    unit = "measured ms per piece" if basis.measured else "MMACs per op"
+    unit = "measured ms per op" if basis.measured else "MMACs per op"
+    boards = [p.label.split(",")[0] for p in basis.profiles]
+    named = len(set(boards)) > 1
     for axis, (name, plan) in zip(axes[:, 0], plans, strict=True):
         bars = _bars(graph, plan, basis)
         top = max((height for _, _, height in bars), default=1.0) or 1.0
@@ -67,7 +70,8 @@ def plot_plans(
             axis.text(
                 (stage.first_op + stage.last_op) / 2,
                 top * 1.33,
-                f"stage {index}\n{100 * stage.cost / total:.0f}%",
+                f"stage {index}" + (f" ({boards[index]})" if named else "")
+                + f"\n{100 * stage.cost / total:.0f}%",
                 ha="center",
                 va="top",
                 fontsize=8,

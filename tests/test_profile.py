@@ -110,7 +110,7 @@ def test_heterogeneous_boards_get_the_exact_optimum(test_models, profiles, tmp_p
     )
     out = capsys.readouterr().out
     assert code == 0
-    assert "board" in out and "pi3, 1 threads" in out
+    assert "board" in out and "pi3, 1 thread" in out
     basis = cost_basis(graph, 2, [("fast", fast_profile), ("slow", slow_profile)])
     plan = plan_pipeline(basis.boards, fast_profile.cut_points)
     assert plan.bottleneck == pytest.approx(best)
