@@ -2,21 +2,31 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import subprocess
+import sys
 from itertools import pairwise
 from pathlib import Path
 
 import pytest
 
-from aiotedge.cli import main as aiotedge
 from aiotedge.manifest import Manifest, sha256_file
-from aiotedge.profile import Profile
+from aiotedge.profile import Profile, add_profile_arguments, run_profile
 from converter.cli import main as convert
 from converter.costs import cost_basis
 from converter.graph import load_graph
 from converter.planner import plan_pipeline
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def profile_command(*args: str) -> int:
+    """`aiotedge profile ARGS` through its own parser, without the CLI's logging setup."""
+    parser = argparse.ArgumentParser()
+    add_profile_arguments(parser)
+    return run_profile(parser.parse_args(args))
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +37,7 @@ def profiles(test_models, tmp_path_factory) -> dict[str, Path]:
     for kind in ("float", "int8"):
         paths[kind] = out / f"{kind}.json"
         args = ["profile", str(test_models[kind]), "--out", str(paths[kind]), "--threads", "1"]
-        assert aiotedge([*args, "--runs", "3", "--warmup", "1", "--rounds", "2"]) == 0
+        assert profile_command(*args[1:], "--runs", "3", "--warmup", "1", "--rounds", "2") == 0
     return paths
 
 
@@ -153,9 +163,17 @@ def test_split_refuses_unusable_profiles(test_models, profiles, tmp_path, capsys
     assert code == 2 and message in capsys.readouterr().err
 
 
-def test_profile_refuses_what_is_not_a_model(tmp_path, capsys):
+def test_profile_command_refuses_what_is_not_a_model(tmp_path):
     path = tmp_path / "labels.tflite"
     path.write_text("cat\ndog\n")
-    assert aiotedge(["profile", str(path), "--out", str(tmp_path / "p.json")]) == 2
-    assert "not a TFLite flatbuffer" in capsys.readouterr().err
+    done = subprocess.run(
+        [sys.executable, "-m", "aiotedge", "profile", str(path), "--out", str(tmp_path / "p.json")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "not a TFLite flatbuffer" in done.stderr
     assert not (tmp_path / "p.json").exists()
