@@ -77,6 +77,8 @@ def layers_done(graph: Graph, layers: Sequence[KerasLayer]) -> list[int]:
     last_op = [-1] * len(layers)
     owner = 0
     for op in graph.ops:
+        if op.index in graph.weight_ops:  # a weight's DEQUANTIZE runs early, named after its user
+            continue
         names = [graph.tensor(t).name for t in op.outputs]
         mentioned = set().union(*(_mentioned(n, index_of) for n in names))
         if mentioned:

@@ -14,10 +14,11 @@ residual blocks so that some positions are not cut points.
 
 The same Keras model is also saved as the sources `aiotedge-convert import` reads (``.keras``,
 legacy ``.h5`` and a SavedModel directory), with Keras's own outputs for given inputs, so an
-import can be checked against Keras without TensorFlow in the test process.
+import can be checked against Keras without TensorFlow in the test process; and so is a
+weights file for a small instance of the converter's built-in MobileNetV2 (``ARCH``).
 
     python tests/models.py OUT_DIR                        # writes the MODEL_FILES
-    python tests/models.py --keras-sources OUT_DIR IN.npy # KERAS_FILES and keras_outputs.npy
+    python tests/models.py --keras-sources OUT_DIR IN.npy # KERAS_FILES and Keras's outputs
     python tests/models.py --keras-predict MODEL IN.npy OUT.npy
 """
 
@@ -38,10 +39,15 @@ LABELS = (
     "dog", "frog", "horse", "ship", "truck",
 )  # fmt: skip
 MODEL_FILES = {"float": "float.tflite", "int8": "int8.tflite", "two_inputs": "two_inputs.tflite"}
-KERAS_FILES = {"keras": "model.keras", "h5": "model.h5", "saved_model": "saved_model"}
+KERAS_FILES = {
+    "keras": "model.keras",
+    "h5": "model.h5",
+    "saved_model": "saved_model",
+    "arch_weights": "arch.weights.h5",
+}
 KERAS_OUTPUTS = "keras_outputs.npy"
-#: Keras layers of the small CNN: input, 3 conv/bn/relu blocks of 3 and 2 more, ... (counted)
-KERAS_LAYER_COUNT = 25
+#: The built-in architecture whose weights file the sources include (small, quick to convert).
+ARCH = {"input_size": 32, "alpha": 0.35, "classes": 3}
 BUILD_TIMEOUT_S = 300
 SEED = 7
 
@@ -82,6 +88,8 @@ def build_keras_sources(out_dir: Path, inputs: np.ndarray) -> dict[str, Path]:
     )
     paths = {key: out_dir / name for key, name in KERAS_FILES.items()}
     paths["outputs"] = out_dir / KERAS_OUTPUTS
+    paths["arch_inputs"] = out_dir / "arch_inputs.npy"
+    paths["arch_outputs"] = out_dir / "arch_outputs.npy"
     return paths
 
 
@@ -218,11 +226,24 @@ def _predict(model, inputs: np.ndarray) -> np.ndarray:  # type: ignore[no-untype
 
 
 def _keras_sources(out_dir: Path, inputs: Path) -> None:
+    from converter.keras_import import ArchSpec, build_architecture
+
     model = _keras_model()
     model.save(out_dir / KERAS_FILES["keras"])
     model.save(out_dir / KERAS_FILES["h5"])
     model.export(str(out_dir / KERAS_FILES["saved_model"]), verbose=False)
     np.save(out_dir / KERAS_OUTPUTS, _predict(model, np.load(inputs)))
+    # The built-in architecture with weights unlike its seeded random ones, as a trained
+    # model's weights file would be.
+    arch = build_architecture(ArchSpec("mobilenet_v2", **ARCH))
+    rng = np.random.default_rng(SEED)
+    weights = arch.get_weights()
+    arch.set_weights([w * rng.uniform(0.8, 1.2, w.shape).astype(w.dtype) for w in weights])
+    arch.save_weights(out_dir / KERAS_FILES["arch_weights"])
+    size = ARCH["input_size"]
+    arch_inputs = rng.uniform(-1, 1, (3, size, size, 3)).astype(np.float32)
+    np.save(out_dir / "arch_inputs.npy", arch_inputs)
+    np.save(out_dir / "arch_outputs.npy", _predict(arch, arch_inputs))
 
 
 def _keras_predict(model_path: Path, inputs: Path, out: Path) -> None:

@@ -177,3 +177,18 @@ def test_profile_command_refuses_what_is_not_a_model(tmp_path):
     assert done.returncode == 2
     assert "not a TFLite flatbuffer" in done.stderr
     assert not (tmp_path / "p.json").exists()
+
+
+def test_profiling_never_loads_tensorflow(test_models):
+    """The board side: interpreter and flatbuffers only, even with TensorFlow installed."""
+    code = (
+        "import sys\n"
+        "from aiotedge.profile import measure_profile\n"
+        f"measure_profile({str(test_models['int8'])!r}, runs=1, warmup=0, rounds=1)\n"
+        "loaded = [m for m in ('tensorflow', 'keras', 'matplotlib') if m in sys.modules]\n"
+        "sys.exit(f'loaded {loaded}' if loaded else 0)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
