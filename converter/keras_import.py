@@ -152,9 +152,11 @@ def is_saved_model(path: Path) -> bool:
 
 
 def calibration_tensors(
-    directory: Path, shape: Sequence[int], options: ImportOptions
+    directory: Path, shape: Sequence[int | None], options: ImportOptions
 ) -> list[np.ndarray]:
     """The calibration photos as float inputs, normalised as the model was trained."""
+    if shape[1] is None or shape[2] is None:
+        raise ConverterError(f"int8 calibration needs a fixed input size, not {tuple(shape)}")
     height, width = int(shape[1]), int(shape[2])
     prep = Preprocessing(width=width, height=height, mean=options.mean, std=options.std)
     spec = TensorSpec("calibration", (1, height, width, 3), "float32")
@@ -179,7 +181,9 @@ def _representative(
     return dataset
 
 
-def _configure(converter: Any, tf: Any, options: ImportOptions, calibration: list) -> None:
+def _configure(
+    converter: Any, tf: Any, options: ImportOptions, calibration: list[np.ndarray]
+) -> None:
     """Set the converter's optimisation for the requested quantization."""
     if options.quantize == "float32":
         return
@@ -194,34 +198,20 @@ def _configure(converter: Any, tf: Any, options: ImportOptions, calibration: lis
         converter.inference_output_type = io
 
 
-def convert(
-    source: Path | ArchSpec, out: Path, options: ImportOptions
-) -> ImportInfo:
-    """Convert a Keras file, a SavedModel or a built-in architecture into `out` (.tflite)."""
-    if options.quantize not in QUANTIZATIONS:
-        raise ConverterError(f"unknown --quantize {options.quantize!r}")
-    if options.quantize == "int8" and options.calibration is None:
-        raise ConverterError("--quantize int8 needs --calibration DIR (a folder of photos)")
-    if options.io_dtype not in IO_DTYPES:
-        raise ConverterError(f"unknown --io-dtype {options.io_dtype!r}")
-    if not isinstance(source, ArchSpec) and not Path(source).exists():
-        raise ConverterError(f"{source}: no such model file or directory")
-    tf = _tensorflow()
-    layers: list[KerasLayer] = []
+@dataclass
+class _Source:
+    """A TFLite converter for the source, with what the import record needs from it."""
+
+    name: str
+    converter: Any
+    input_shape: tuple[int | None, ...]
+    layers: list[KerasLayer]
+
+
+def _open_source(tf: Any, source: Path | ArchSpec) -> _Source:
     if isinstance(source, ArchSpec):
-        model = build_architecture(source)
-        name = source.describe()
-    else:
-        source = Path(source)
-        name = source.name
-        model = None if is_saved_model(source) else load_keras(source)
-    if model is not None:
-        if len(model.inputs) != 1 or len(model.outputs) != 1:
-            raise ConverterError(f"{name}: only single-input single-output models can be split")
-        layers = flatten_layers(model)
-        shape = tuple(model.inputs[0].shape)
-        converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    else:
+        model, name = build_architecture(source), source.describe()
+    elif is_saved_model(source):
         loaded = tf.saved_model.load(str(source))
         signature = loaded.signatures.get("serving_default")
         if signature is None:
@@ -229,32 +219,56 @@ def convert(
         specs = list(signature.structured_input_signature[1].values())
         if len(specs) != 1:
             raise ConverterError(f"{source}: only single-input models can be split")
-        shape = tuple(specs[0].shape)
         converter = tf.lite.TFLiteConverter.from_saved_model(str(source))
-    calibration = []
-    if options.quantize == "int8":
-        assert options.calibration is not None
+        return _Source(source.name, converter, tuple(specs[0].shape), [])
+    else:
+        model, name = load_keras(source), source.name
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise ConverterError(f"{name}: only single-input single-output models can be split")
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    return _Source(name, converter, tuple(model.inputs[0].shape), flatten_layers(model))
+
+
+def convert(source: Path | ArchSpec, out: Path, options: ImportOptions) -> ImportInfo:
+    """Convert a Keras file, a SavedModel or a built-in architecture into `out` (.tflite)."""
+    if options.quantize not in QUANTIZATIONS:
+        raise ConverterError(f"unknown --quantize {options.quantize!r}")
+    if options.quantize == "int8" and options.calibration is None:
+        raise ConverterError("--quantize int8 needs --calibration DIR (a folder of photos)")
+    if options.io_dtype not in IO_DTYPES:
+        raise ConverterError(f"unknown --io-dtype {options.io_dtype!r}")
+    if not isinstance(source, ArchSpec):
+        source = Path(source)
+        if not source.exists():
+            raise ConverterError(f"{source}: no such model file or directory")
+    tf = _tensorflow()
+    opened = _open_source(tf, source)
+    calibration: list[np.ndarray] = []
+    if options.calibration is not None and options.quantize == "int8":
+        shape = opened.input_shape
         if len(shape) != 4 or shape[3] != 3:
-            raise ConverterError(f"{name}: int8 calibration needs an NHWC RGB input, not {shape}")
+            raise ConverterError(
+                f"{opened.name}: int8 calibration needs an NHWC RGB input, not {shape}"
+            )
         calibration = calibration_tensors(options.calibration, shape, options)
         log.info("calibrating on %d images from %s", len(calibration), options.calibration)
-    _configure(converter, tf, options, calibration)
+    _configure(opened.converter, tf, options, calibration)
     chatter = io.StringIO()  # Keras prints the temporary SavedModel's signature to stdout
     try:
         with contextlib.redirect_stdout(chatter), warnings.catch_warnings():
             # int8 I/O is calibrated from the dataset: TF's "no input statistics" is moot.
             warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
-            tflite = converter.convert()
+            tflite = opened.converter.convert()
     except Exception as exc:  # the converter raises many types, all meaning "cannot convert"
-        raise ConverterError(f"{name}: TFLite conversion failed: {exc}") from exc
+        raise ConverterError(f"{opened.name}: TFLite conversion failed: {exc}") from exc
     finally:
         log.debug("TFLite converter said: %s", chatter.getvalue())
     info = ImportInfo(
-        source=name,
+        source=opened.name,
         quantize=options.quantize,
         mean=options.mean,
         std=options.std,
-        layers=tuple(layers),
+        layers=tuple(opened.layers),
         calibration_images=len(calibration),
     )
     out.parent.mkdir(parents=True, exist_ok=True)
