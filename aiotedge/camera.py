@@ -26,9 +26,6 @@ from aiotedge.wire import Frame, encode_frame
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
-
-
 @dataclass(frozen=True)
 class CameraOptions:
     source: str = "cam0"
@@ -39,13 +36,6 @@ class CameraOptions:
     #: how long to wait for one frame's prediction before giving its slot to the next
     frame_timeout: float = 30.0
     qos: int = 1
-
-
-def list_images(folder: Path) -> list[Path]:
-    images = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not images:
-        raise FileNotFoundError(f"no {'/'.join(IMAGE_SUFFIXES)} files in {folder}")
-    return images
 
 
 def read_photo(path: Path) -> bytes:

@@ -11,10 +11,11 @@ import threading
 from pathlib import Path
 
 from aiotedge import service
-from aiotedge.camera import Camera, CameraOptions, list_images, read_photo
+from aiotedge.camera import Camera, CameraOptions, read_photo
 from aiotedge.config import ConfigError, NodeConfig
 from aiotedge.dedup import RecentIds
 from aiotedge.homeassistant import discovery_message
+from aiotedge.image import list_images
 from aiotedge.manifest import Manifest, ManifestError
 from aiotedge.metrics import serve_prometheus
 from aiotedge.profile import add_profile_arguments, run_profile

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -12,10 +13,22 @@ from aiotedge.manifest import Preprocessing, TensorSpec
 #: Formats a camera may send. Pillow can open many more, but a daemon on the network should
 #: only parse the few a camera produces.
 IMAGE_FORMATS = ("JPEG", "PNG", "BMP")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 
 class ImageError(ValueError):
     """The bytes are not a photo stage 0 accepts."""
+
+
+def list_images(folder: Path | str) -> list[Path]:
+    """The photos in a folder, by name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: not a folder of images")
+    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise FileNotFoundError(f"{folder}: no {', '.join(IMAGE_SUFFIXES)} files")
+    return images
 
 
 def decode_image(data: bytes) -> Image.Image:

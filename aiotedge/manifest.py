@@ -46,6 +46,12 @@ class TensorSpec:
     def quantized(self) -> bool:
         return self.scale != 0.0
 
+    def matches(self, other: TensorSpec) -> bool:
+        """Same shape, dtype and quantization; names may differ (they are informative)."""
+        return (self.shape, self.dtype, self.scale, self.zero_point) == (
+            other.shape, other.dtype, other.scale, other.zero_point
+        )
+
     @property
     def nbytes(self) -> int:
         return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize

@@ -20,7 +20,7 @@ import paho.mqtt.client as mqtt
 from aiotedge import service
 from aiotedge.dedup import RecentIds
 from aiotedge.image import ImageError, decode_image, preprocess
-from aiotedge.manifest import Manifest, ManifestError, TensorSpec
+from aiotedge.manifest import Manifest, ManifestError
 from aiotedge.metrics import NodeStats
 from aiotedge.runtime import Segment
 from aiotedge.session import BrokerConfig, MqttSession
@@ -60,8 +60,14 @@ class StageNode:
         self.spec = manifest.stage(options.index)
         self.is_last = options.index == len(manifest.stages) - 1
         self.segment = Segment(manifest.check_segment(options.index), options.num_threads)
-        _check_matches(self.segment.input_spec, self.spec.input, "input")
-        _check_matches(self.segment.output_spec, self.spec.output, "output")
+        for which, actual, promised in (
+            ("input", self.segment.input_spec, self.spec.input),
+            ("output", self.segment.output_spec, self.spec.output),
+        ):
+            if not actual.matches(promised):
+                raise ManifestError(
+                    f"segment {which} is {actual}, the manifest promises {promised}"
+                )
         # stage 0 takes photos from cameras, the others the previous stage's activation
         self._expected = None if options.index == 0 else self.spec.input
         self.input_topic = topics.stage_input(options.index)
@@ -245,9 +251,3 @@ class StageNode:
         }
         self.session.forward(self.topics.errors, json.dumps(event), self.options.qos, message)
 
-
-def _check_matches(actual: TensorSpec, promised: TensorSpec, which: str) -> None:
-    if (actual.shape, actual.dtype, actual.scale, actual.zero_point) != (
-        promised.shape, promised.dtype, promised.scale, promised.zero_point
-    ):
-        raise ManifestError(f"segment {which} is {actual}, the manifest promises {promised}")

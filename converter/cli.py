@@ -392,7 +392,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args.func(args))
-    except (ConverterError, ManifestError, ImportError) as exc:  # ImportError: no interpreter
+    # ImportError: no interpreter; FileNotFoundError: a folder of images that is not one
+    except (ConverterError, ManifestError, ImportError, FileNotFoundError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
 

@@ -24,11 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from aiotedge.image import ImageError, decode_image, preprocess
+from aiotedge.image import ImageError, decode_image, list_images, preprocess
 from aiotedge.manifest import Preprocessing, TensorSpec
 from converter.errors import ConverterError
 from converter.metadata import ImportInfo, KerasLayer, embed_import_info
-from converter.verify import list_images
 
 log = logging.getLogger(__name__)
 

@@ -23,15 +23,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from aiotedge.image import ImageError, decode_image, preprocess
-from aiotedge.manifest import Manifest, ManifestError, TensorSpec, sha256_file
+from aiotedge.image import ImageError, decode_image, list_images, preprocess
+from aiotedge.manifest import Manifest, ManifestError, sha256_file
 from aiotedge.runtime import Segment
 from converter.errors import ConverterError, open_segment
 
 log = logging.getLogger(__name__)
 
 FLOAT_TOLERANCE = 1e-5
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp"})
 
 
 @dataclass(frozen=True)
@@ -78,16 +77,6 @@ def find_source(manifest: Manifest, model: Path | None) -> Path:
     return path
 
 
-def _same_tensor(actual: TensorSpec, promised: TensorSpec) -> bool:
-    """Shape, dtype and quantization must match; names may differ (they are informative)."""
-    return (actual.shape, actual.dtype, actual.scale, actual.zero_point) == (
-        promised.shape,
-        promised.dtype,
-        promised.scale,
-        promised.zero_point,
-    )
-
-
 def load_chain(manifest: Manifest, num_threads: int | None = None) -> list[Segment]:
     """Every segment, sha256-checked, whose tensors are what the manifest promises."""
     if not manifest.stages:
@@ -103,7 +92,7 @@ def load_chain(manifest: Manifest, num_threads: int | None = None) -> list[Segme
             ("input", segment.input_spec, spec.input),
             ("output", segment.output_spec, spec.output),
         ):
-            if not _same_tensor(actual, promised):
+            if not actual.matches(promised):
                 raise ConverterError(
                     f"stage {spec.index} {side} is {actual}, the manifest promises {promised}"
                 )
@@ -118,19 +107,9 @@ def load_chain(manifest: Manifest, num_threads: int | None = None) -> list[Segme
         ("the last stage output and the source output", stages[-1].output, manifest.source.output)
     )
     for what, left, right in edges:
-        if not _same_tensor(left, right):
+        if not left.matches(right):
             raise ConverterError(f"{what} differ: {left} vs {right}")
     return segments
-
-
-def list_images(directory: Path) -> list[Path]:
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise ConverterError(f"{directory}: not a directory of images")
-    images = sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not images:
-        raise ConverterError(f"{directory}: no .jpg, .jpeg, .png or .bmp files")
-    return images
 
 
 def run_chain(segments: Iterable[Segment], tensor: np.ndarray) -> np.ndarray:

@@ -6,7 +6,8 @@ import queue
 import subprocess
 import sys
 
-from aiotedge.camera import Camera, CameraOptions, list_images, read_photo
+from aiotedge.camera import Camera, CameraOptions, read_photo
+from aiotedge.image import list_images
 from aiotedge.session import MqttSession
 from aiotedge.sink import Prediction, Score, StageTiming
 from aiotedge.topics import Topics

@@ -398,4 +398,4 @@ def test_verify_finds_the_source_with_model_when_not_copied(
 
 def test_verify_needs_images(int8_split, tmp_path, capsys):
     code, _, err = run_cli(capsys, "verify", int8_split.directory, "--images", tmp_path / "none")
-    assert code == 2 and "not a directory of images" in err
+    assert code == 2 and "not a folder of images" in err

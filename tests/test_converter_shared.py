@@ -5,13 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aiotedge.image import decode_image, preprocess
+from aiotedge.image import decode_image, list_images, preprocess
 from aiotedge.manifest import Manifest
 from aiotedge.runtime import Segment
 from converter.cli import main as convert
 from converter.graph import load_graph
 from converter.split import default_preprocessing
-from converter.verify import list_images
 from tests.conftest import SHARED_IMAGES, SHARED_LABELS, SHARED_MODEL
 
 pytestmark = pytest.mark.shared_data

@@ -7,7 +7,8 @@ import threading
 
 import pytest
 
-from aiotedge.camera import list_images, read_photo
+from aiotedge.camera import read_photo
+from aiotedge.image import list_images
 from aiotedge.local import LocalPipeline
 from aiotedge.manifest import Manifest
 from aiotedge.session import MqttSession

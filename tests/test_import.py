@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aiotedge.image import decode_image, preprocess
+from aiotedge.image import decode_image, list_images, preprocess
 from aiotedge.manifest import Manifest, Preprocessing, TensorSpec
 from aiotedge.runtime import Segment
 from converter.cli import main as convert
 from converter.graph import load_graph
 from converter.metadata import read_import_info
-from converter.verify import list_images, load_chain, run_chain
+from converter.verify import load_chain, run_chain
 from tests.models import ARCH, HEIGHT, WIDTH, build_keras_sources, run_with_tensorflow
 
 FLOAT_TOLERANCE = 1e-5

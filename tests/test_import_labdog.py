@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aiotedge.image import decode_image, preprocess
+from aiotedge.image import decode_image, list_images, preprocess
 from aiotedge.manifest import Manifest
 from converter.cli import main as convert
-from converter.verify import list_images, load_chain, run_chain
+from converter.verify import load_chain, run_chain
 from tests.conftest import SHARED_IMAGES
 from tests.models import keras_predict
 from tests.test_import import import_model, photo_inputs

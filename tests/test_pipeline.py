@@ -9,8 +9,8 @@ import msgpack
 import numpy as np
 import pytest
 
-from aiotedge.camera import list_images, read_photo
-from aiotedge.image import decode_image, preprocess
+from aiotedge.camera import read_photo
+from aiotedge.image import decode_image, list_images, preprocess
 from aiotedge.local import LocalPipeline
 from aiotedge.manifest import Manifest
 from aiotedge.runtime import Segment
