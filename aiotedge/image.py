@@ -14,6 +14,9 @@ from aiotedge.manifest import Preprocessing, TensorSpec
 #: only parse the few a camera produces.
 IMAGE_FORMATS = ("JPEG", "PNG", "BMP")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+#: A camera frame larger than this is refused before its pixels are decoded: a few KB of PNG
+#: can otherwise expand to hundreds of MB on a board with 1 GB.
+MAX_PIXELS = 4096 * 4096
 
 
 class ImageError(ValueError):
@@ -34,11 +37,16 @@ def list_images(folder: Path | str) -> list[Path]:
 def decode_image(data: bytes) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+        width, height = image.size
+        if width * height > MAX_PIXELS:
+            raise ImageError(
+                f"image of {width}x{height} pixels is larger than {MAX_PIXELS} pixels"
+            )
         image.load()
     except UnidentifiedImageError:
         raise ImageError("not a JPEG, PNG or BMP image") from None
-    except (OSError, SyntaxError, ValueError) as exc:  # a known format, but broken
-        raise ImageError(f"broken image: {exc}") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise ImageError(f"broken image: {exc}") from None  # a known format, but broken
     return image
 
 

@@ -12,6 +12,7 @@ import os
 import socket
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from aiotedge.topics import OFFLINE, ONLINE
 log = logging.getLogger(__name__)
 
 MessageHandler = Callable[[mqtt.MQTTMessage], None]
+_EARLY_MIDS_KEPT = 1024
 
 
 class BrokerConfigError(ValueError):
@@ -126,7 +128,9 @@ class MqttSession:
         self._pending_acks: dict[int, tuple[mqtt.MQTTMessage, str]] = {}
         #: publishes the broker answered with a failure (e.g. 0x87 Not authorized by its ACL)
         self.refused = 0
-        self._published_early: set[int] = set()
+        #: mid -> when on_publish saw it with no forward waiting for it (bounded: most are
+        #: QoS 0 publishes nobody waits for; a forward trusts only entries newer than itself)
+        self._published_early: OrderedDict[int, float] = OrderedDict()
         self._clean_start = session_expiry <= 0
         self._connect_properties = Properties(PacketTypes.CONNECT)
         if session_expiry > 0:
@@ -154,7 +158,7 @@ class MqttSession:
         if len(handlers) > 1:
             return
         self._client.message_callback_add(
-            topic, lambda _client, _userdata, msg: [h(msg) for h in handlers]
+            topic, lambda _client, _userdata, msg: _dispatch(handlers, msg)
         )
         subscription = f"$share/{share_group}/{topic}" if share_group else topic
         self._subscriptions[subscription] = qos
@@ -181,12 +185,12 @@ class MqttSession:
             self.ack(source)
             return
         # Not under our lock: paho calls on_publish holding its own, which would deadlock.
+        started = time.monotonic()
         info = self.publish(topic, payload, qos)
         with self._pending_lock:
-            already_published = info.mid in self._published_early
-            if already_published:
-                self._published_early.discard(info.mid)
-            else:
+            seen_at = self._published_early.pop(info.mid, None)
+            already_published = seen_at is not None and seen_at >= started
+            if not already_published:
                 self._pending_acks[info.mid] = (source, topic)
         if already_published:
             self.ack(source)
@@ -265,7 +269,10 @@ class MqttSession:
         with self._pending_lock:
             pending = self._pending_acks.pop(mid, None)
             if pending is None:  # the broker answered before forward() recorded the mid
-                self._published_early.add(mid)
+                self._published_early[mid] = time.monotonic()
+                self._published_early.move_to_end(mid)
+                if len(self._published_early) > _EARLY_MIDS_KEPT:
+                    self._published_early.popitem(last=False)
             if reason_code.is_failure:
                 self.refused += 1
             self._acked.notify_all()
@@ -280,6 +287,15 @@ class MqttSession:
         self._connected.clear()
         if reason_code.value != 0:
             log.warning("lost the broker connection (%s); reconnecting", reason_code)
+
+
+def _dispatch(handlers: list[MessageHandler], message: mqtt.MQTTMessage) -> None:
+    """An exception in a handler would end paho's network loop, and with it the node."""
+    for handler in handlers:
+        try:
+            handler(message)
+        except Exception:
+            log.exception("handler for %s failed on a message", message.topic)
 
 
 def _disable_nagle(_client, _userdata, sock: socket.socket) -> None:

@@ -116,7 +116,10 @@ class StageNode:
         them for this node's next start (or, for a replica, its next connection).
         """
         self._stopping.set()
-        self._queue.put(None)
+        try:
+            self._queue.put(None, timeout=timeout)
+        except queue.Full:
+            log.error("the inference worker is stuck; stopping without it")
         self._worker.join(timeout)
         if not self.session.wait_acknowledged(timeout):
             log.warning("%d results not acknowledged by the broker", self.session.unacknowledged)
@@ -157,13 +160,21 @@ class StageNode:
         if message.qos > 0:
             # Receive Maximum keeps the broker within the queue's size, but mosquitto 2.0
             # overshoots it after acknowledgements: wait for room rather than lose a frame.
-            self._queue.put((message, received))
-            return
+            while not self._stopping.is_set():
+                try:
+                    self._queue.put((message, received), timeout=1.0)
+                    return
+                except queue.Full:
+                    continue
+            return  # stopping: left unacknowledged, delivered again after the restart
         try:
             self._queue.put_nowait((message, received))
         except queue.Full:
             self._drop_oldest()
-            self._queue.put_nowait((message, received))
+            try:
+                self._queue.put_nowait((message, received))
+            except queue.Full:  # stop() queued its sentinel meanwhile
+                return
 
     def _drop_oldest(self) -> None:
         """Live streams want the newest frame: the oldest waiting one gives way."""
@@ -197,24 +208,26 @@ class StageNode:
             if item is None:
                 return
             message, received = item
+            frame_id = None
             try:
-                self._handle(message, received)
+                frame = decode_frame(message.payload, self._expected)
+                frame_id = frame.frame_id
+                if self._recent.seen(frame_id):
+                    self.counters.add("duplicates")
+                    log.info("dropped a duplicate of %s", frame_id)
+                    self.session.ack(message)
+                    continue
+                self._handle(message, frame, received)
+            except WireError as exc:
+                self._reject(message, exc.reason, exc.frame_id)
+            except ImageError as exc:
+                self._reject(message, str(exc), frame_id)
             except Exception as exc:  # the daemon outlives any single frame
-                log.exception("frame failed")
-                self._reject(message, f"internal error: {exc!r}")
+                log.exception("frame %s failed", frame_id)
+                self._reject(message, f"internal error: {exc!r}", frame_id)
 
-    def _handle(self, message: mqtt.MQTTMessage, received: float) -> None:
-        try:
-            frame = decode_frame(message.payload, self._expected)
-            tensor = self._input_tensor(frame)
-        except (WireError, ImageError) as exc:
-            self._reject(message, str(exc), getattr(exc, "frame_id", None))
-            return
-        if self._recent.seen(frame.frame_id):
-            self.counters.add("duplicates")
-            log.info("dropped a duplicate of %s", frame.frame_id)
-            self.session.ack(message)
-            return
+    def _handle(self, message: mqtt.MQTTMessage, frame: Frame, received: float) -> None:
+        tensor = self._input_tensor(frame)
         started = time.perf_counter()
         output = self.segment.run(tensor)
         self.stats.inference_ms.add((time.perf_counter() - started) * 1000)
@@ -222,7 +235,7 @@ class StageNode:
         self.stats.latency_ms.add((hop.done - frame.captured_at) * 1000)
         if self.is_last:
             top = top_k(output, self.spec.output, self.manifest, self.options.top_k)
-            payload: bytes | str = build_prediction(frame, top, hop).to_json()
+            payload = build_prediction(frame, top, hop).to_json().encode()
         else:
             payload = encode_frame(frame.with_tensor(output, self.spec.output, hop))
         self.session.forward(self.output_topic, payload, self.options.qos, message)

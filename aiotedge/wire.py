@@ -20,6 +20,9 @@ from aiotedge.manifest import TensorSpec
 WIRE_VERSION = 1
 MAX_ID_LENGTH = 128
 MAX_TRACE_HOPS = 64
+#: timestamps are Unix seconds; beyond this (year 5138) a sender is broken, and latencies
+#: computed from it would not even be valid JSON numbers
+MAX_TIMESTAMP = 1e11
 
 
 class WireError(ValueError):
@@ -141,7 +144,7 @@ def _field(message: dict[str, Any], name: str, types: type | tuple[type, ...]) -
 
 def _parse(message: dict[str, Any], expected: TensorSpec | None) -> Frame:
     version = message.get("version")
-    if version != WIRE_VERSION:
+    if type(version) is not int or version != WIRE_VERSION:
         raise WireError(f"unsupported wire version {version!r} (this node speaks {WIRE_VERSION})")
     frame_id = _field(message, "frame_id", str)
     source = _field(message, "source", str)
@@ -152,8 +155,8 @@ def _parse(message: dict[str, Any], expected: TensorSpec | None) -> Frame:
     if seq < 0:
         raise WireError("field 'seq' must not be negative")
     captured_at = float(_field(message, "captured_at", (int, float)))
-    if not math.isfinite(captured_at):
-        raise WireError("field 'captured_at' must be a finite timestamp")
+    if not _is_timestamp(captured_at):
+        raise WireError("field 'captured_at' must be a timestamp in Unix seconds")
     frame = Frame(
         frame_id=frame_id,
         source=source,
@@ -169,6 +172,10 @@ def _parse(message: dict[str, Any], expected: TensorSpec | None) -> Frame:
     return frame
 
 
+def _is_timestamp(value: float) -> bool:
+    return math.isfinite(value) and abs(value) < MAX_TIMESTAMP
+
+
 def _parse_trace(trace: list[Any]) -> list[Hop]:
     if len(trace) > MAX_TRACE_HOPS:
         raise WireError(f"trace has {len(trace)} hops, at most {MAX_TRACE_HOPS} are accepted")
@@ -178,7 +185,7 @@ def _parse_trace(trace: list[Any]) -> list[Hop]:
             isinstance(entry, list)
             and len(entry) == 3
             and type(entry[0]) is int
-            and all(type(t) in (int, float) and math.isfinite(t) for t in entry[1:])
+            and all(type(t) in (int, float) and _is_timestamp(t) for t in entry[1:])
         )
         if not valid:
             raise WireError(f"trace entry {entry!r} is not [stage, received, done]")

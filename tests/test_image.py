@@ -20,6 +20,13 @@ def png(width: int = 40, height: int = 30) -> bytes:
     return out.getvalue()
 
 
+def bomb() -> bytes:
+    """A 9000x9000 black PNG: tens of KB on the wire, 243 MB once decoded."""
+    out = io.BytesIO()
+    Image.new("RGB", (9000, 9000)).save(out, format="PNG")
+    return out.getvalue()
+
+
 def resized(data: bytes, size: int) -> np.ndarray:
     image = Image.open(io.BytesIO(data)).convert("RGB")
     return np.asarray(image.resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32)
@@ -56,7 +63,7 @@ def test_grey_and_rgba_photos_become_rgb():
 @pytest.mark.parametrize(
     ("data", "reason"),
     [(b"GIF89a\x01\x00\x01\x00", "not a JPEG, PNG or BMP"), (b"plain text", "not a JPEG"),
-     (png()[:200], "broken image")],
+     (png()[:200], "broken image"), (bomb(), "larger than 16777216 pixels")],
 )
 def test_what_is_not_a_photo_is_refused(data, reason):
     with pytest.raises(ImageError, match=reason):
