@@ -68,8 +68,14 @@ class Camera:
 
     def run(self, photos: list[tuple[str, bytes]], frames: int | None = None,
             stop: threading.Event | None = None) -> int:
-        """Publish photos (looping if asked) until `frames` are sent or `stop` is set."""
+        """Publish photos (looping if asked) until `frames` are sent or `stop` is set.
+
+        Each run numbers its frames from 0 under a new run id, so frame ids never repeat.
+        """
         stop = stop or threading.Event()
+        self._run_id = secrets.token_hex(3)
+        with self._slot_freed:
+            self._outstanding.clear()
         sequence: Iterator[tuple[str, bytes]] = (
             itertools.cycle(photos) if self.options.loop else iter(photos)
         )
@@ -127,7 +133,9 @@ class Camera:
     def _on_result(self, message: mqtt.MQTTMessage) -> None:
         try:
             frame_id = json.loads(message.payload).get("frame_id")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
+            return  # not one of ours: predictions and error events are JSON objects
+        if not isinstance(frame_id, str):
             return
         with self._slot_freed:
             if self._outstanding.pop(frame_id, None) is not None:

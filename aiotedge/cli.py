@@ -16,10 +16,10 @@ from aiotedge.config import ConfigError, NodeConfig
 from aiotedge.dedup import RecentIds
 from aiotedge.homeassistant import discovery_message
 from aiotedge.image import list_images
-from aiotedge.manifest import Manifest, ManifestError
+from aiotedge.manifest import Manifest
 from aiotedge.metrics import serve_prometheus
 from aiotedge.profile import add_profile_arguments, run_profile
-from aiotedge.session import BrokerConfig, BrokerConfigError, MqttSession
+from aiotedge.session import BrokerConfig, MqttSession
 from aiotedge.sink import Prediction
 from aiotedge.stage import StageNode, StageOptions
 from aiotedge.status import collect_status, format_status
@@ -34,8 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     service.setup_logging(args.verbose)
     try:
         return args.handler(args)
-    except (ConfigError, ManifestError, BrokerConfigError, FileNotFoundError) as exc:
+    # ConfigError, ManifestError, BrokerConfigError and bad names (a pipeline "a/b") are all
+    # ValueErrors: one line for the journal, the traceback only with -v
+    except (ValueError, FileNotFoundError) as exc:
         log.error("%s", exc)
+        log.debug("details", exc_info=True)
         return 2
     except KeyboardInterrupt:
         return 130
@@ -122,6 +125,15 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
+def _wait_for_broker(session: MqttSession, stop: threading.Event) -> bool:
+    """True once connected; False if told to stop first (the broker may be down for long)."""
+    while not session.wait_connected(timeout=5.0):
+        if stop.is_set():
+            return False
+        log.info("waiting for the broker at %s", session.broker)
+    return True
+
+
 def _topics(config: NodeConfig) -> Topics:
     return Topics(config.pipeline.name, config.pipeline.prefix)
 
@@ -150,11 +162,9 @@ def _cmd_stage(args: argparse.Namespace) -> int:
     topics = _topics(config)
     node = StageNode(manifest, topics, config.broker, options)
     node.start()
-    while not node.session.wait_connected(timeout=5.0):
-        if stop.is_set():
-            node.stop()
-            return 0
-        log.info("waiting for the broker at %s", config.broker)
+    if not _wait_for_broker(node.session, stop):
+        node.stop()
+        return 0
     node.announce_online()
     if config.homeassistant.discovery and node.is_last:
         topic, payload = discovery_message(topics, manifest, options.node,
@@ -205,7 +215,9 @@ def _cmd_camera(args: argparse.Namespace) -> int:
     )
     stop = _stop_on_signals()
     session.start()
-    session.wait_connected()
+    if not _wait_for_broker(session, stop):
+        session.stop()
+        return 0
     session.set_online()
     service.notify(f"READY=1\nSTATUS=camera {cam.source} publishing {len(photos)} photos")
     sent = camera.run(photos, frames=cam.frames, stop=stop)
@@ -225,11 +237,10 @@ def _cmd_watch(args: argparse.Namespace) -> int:
 
     def show(message) -> None:
         nonlocal seen
-        text = message.payload.decode()
-        prediction = Prediction.from_json(text)
-        if recent.seen(prediction.frame_id):
+        prediction = Prediction.parse(message.payload)
+        if prediction is None or recent.seen(prediction.frame_id):
             return
-        print(text if args.json else prediction.summary(), flush=True)
+        print(message.payload.decode() if args.json else prediction.summary(), flush=True)
         seen += 1
         if args.count and seen >= args.count:
             stop.set()

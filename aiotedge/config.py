@@ -23,6 +23,19 @@ class ConfigError(ValueError):
     pass
 
 
+def _require(**checks: bool) -> None:
+    """Raise ValueError naming the first key whose check failed (`_build` adds the file)."""
+    for description, ok in checks.items():
+        if not ok:
+            key, _, rule = description.partition("__")
+            raise ValueError(f"key {key!r} must be {rule.replace('_', ' ')}")
+
+
+def _topic_level(value: str) -> bool:
+    """Usable as one MQTT topic level (node names, camera ids, share groups)."""
+    return not any(c in value for c in "/+#\0")
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     name: str = "default"
@@ -31,6 +44,13 @@ class PipelineConfig:
     qos: int = 1
     #: how long the broker keeps a QoS 1 node's frames while it is away (restarts, reboots)
     session_expiry: int = 3600
+
+    def __post_init__(self) -> None:
+        _require(
+            name__one_topic_level_without_wildcards=bool(self.name) and _topic_level(self.name),
+            qos__0_or_1=self.qos in (0, 1),
+            session_expiry__0_or_more=self.session_expiry >= 0,
+        )
 
 
 @dataclass(frozen=True)
@@ -45,6 +65,17 @@ class StageConfig:
     #: replicas of a stage with the same group share its frames (MQTT v5 shared subscription)
     share_group: str = ""
 
+    def __post_init__(self) -> None:
+        _require(
+            index__0_or_more=self.index >= 0,
+            node__a_topic_level_without_wildcards=_topic_level(self.node),
+            threads__1_or_more=self.threads is None or self.threads >= 1,
+            queue_size__1_or_more=self.queue_size >= 1,
+            top_k__1_or_more=self.top_k >= 1,
+            max_message_bytes__1_or_more=self.max_message_bytes >= 1,
+            share_group__a_topic_level_without_wildcards=_topic_level(self.share_group),
+        )
+
 
 @dataclass(frozen=True)
 class StatsConfig:
@@ -53,6 +84,12 @@ class StatsConfig:
     #: serve Prometheus text format on this port (0: off)
     prometheus_port: int = 0
     prometheus_address: str = "127.0.0.1"
+
+    def __post_init__(self) -> None:
+        _require(
+            interval__0_or_more=self.interval >= 0,
+            prometheus_port__a_port_number_or_0=0 <= self.prometheus_port <= 65535,
+        )
 
 
 @dataclass(frozen=True)
@@ -70,6 +107,15 @@ class CameraConfig:
     in_flight: int = 1
     loop: bool = False
     frames: int | None = None
+
+    def __post_init__(self) -> None:
+        _require(
+            source__one_topic_level_without_wildcards=bool(self.source)
+            and _topic_level(self.source),
+            fps__0_or_more=self.fps >= 0,
+            in_flight__1_or_more=self.in_flight >= 1,
+            frames__1_or_more=self.frames is None or self.frames >= 1,
+        )
 
 
 @dataclass(frozen=True)
@@ -121,7 +167,13 @@ def _build(cls: type, data: Any, source: str, prefix: str) -> Any:
             values[key] = _build(expected, value, source, name)
         else:
             values[key] = _check_type(value, expected, f"{source}: key {name!r}")
-    return cls(**values)
+    try:
+        return cls(**values)
+    except ValueError as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        section = f"[{prefix}] " if prefix else ""
+        raise ConfigError(f"{source}: {section}{exc}") from None
 
 
 def _check_type(value: Any, expected: Any, where: str) -> Any:

@@ -6,6 +6,7 @@ stages over boards: the processes talk through the broker exactly as the boards 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import subprocess
@@ -28,6 +29,10 @@ from aiotedge.sink import Prediction
 from aiotedge.topics import ONLINE, Topics
 
 log = logging.getLogger(__name__)
+
+
+#: the source id of the frames `predict` publishes; other cameras' predictions are ignored
+CAMERA_SOURCE = "local"
 
 
 class PipelineError(RuntimeError):
@@ -82,6 +87,9 @@ class LocalPipeline:
         self.session = MqttSession(self.broker, f"run-{self.topics.pipeline}-{id(self):x}")
         self.session.subscribe(self.topics.all_availability, self._on_availability, qos=1)
         self.session.subscribe(self.topics.predictions, self._on_prediction, qos=1)
+        self._camera = Camera(
+            self.session, self.topics, CameraOptions(source=CAMERA_SOURCE, qos=self.qos)
+        )
         self.session.start()
         self._exit.callback(self.session.stop)
         if not self.session.wait_connected(timeout=10):
@@ -169,8 +177,9 @@ class LocalPipeline:
             self._online_changed.notify_all()
 
     def _on_prediction(self, message: mqtt.MQTTMessage) -> None:
-        prediction = Prediction.from_json(message.payload)
-        if not self._recent.seen(prediction.frame_id):
+        prediction = Prediction.parse(message.payload)
+        if (prediction is not None and prediction.source == CAMERA_SOURCE
+                and not self._recent.seen(prediction.frame_id)):
             self._predictions.put(prediction)
 
     def predict(
@@ -189,14 +198,13 @@ class LocalPipeline:
         """
         stop = stop or threading.Event()
         wanted = frames if frames is not None else len(photos)
-        camera = Camera(
-            self.session,
-            self.topics,
-            CameraOptions(source="local", in_flight=in_flight or len(self.manifest.stages),
-                          loop=frames is not None, qos=self.qos),
+        self._camera.options = dataclasses.replace(
+            self._camera.options,
+            in_flight=in_flight or len(self.manifest.stages),
+            loop=frames is not None,
         )
         feeder = threading.Thread(
-            target=camera.run, args=(photos, wanted, stop), name="camera", daemon=True
+            target=self._camera.run, args=(photos, wanted, stop), name="camera", daemon=True
         )
         feeder.start()
         try:

@@ -20,11 +20,6 @@ except ImportError:  # not on a board, or installed without the `systemd` extra
     _sd_journal = None
 
 
-def under_systemd() -> bool:
-    """systemd sets INVOCATION_ID for every unit it starts (and NOTIFY_SOCKET for Type=notify)."""
-    return bool(os.environ.get("INVOCATION_ID") or os.environ.get("NOTIFY_SOCKET"))
-
-
 def setup_logging(verbose: bool = False) -> None:
     """Journal fields (priority, logger, thread) under systemd; timestamped lines on stderr else."""
     level = logging.DEBUG if verbose else logging.INFO

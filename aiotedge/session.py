@@ -51,6 +51,12 @@ class BrokerConfig:
     cert_file: str | None = None
     key_file: str | None = None
 
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ValueError(f"key 'port' must be a port number, not {self.port}")
+        if self.keepalive < 0:
+            raise ValueError("key 'keepalive' must be 0 or more")
+
     def password(self) -> str | None:
         if self.password_file:
             try:

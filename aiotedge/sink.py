@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from aiotedge.manifest import Manifest, TensorSpec
 from aiotedge.wire import Frame, Hop
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,15 @@ class Prediction:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def parse(cls, payload: bytes) -> Prediction | None:
+        """A prediction from a message, or None (logged) when someone sent something else."""
+        try:
+            return cls.from_json(payload)
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+            log.warning("ignored a message that is not a prediction: %r", exc)
+            return None
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Prediction:

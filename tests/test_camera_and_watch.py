@@ -51,7 +51,7 @@ def prediction(frame_id: str, seq: int) -> str:
                       [StageTiming(0, 0.5, 10.0)]).to_json()
 
 
-def test_watch_prints_each_prediction_once(broker):
+def test_watch_prints_each_prediction_once_and_survives_junk(broker):
     watch = subprocess.Popen(
         [sys.executable, "-m", "aiotedge", "watch", "--broker", str(broker.address),
          "--pipeline", "home", "--count", "2"],
@@ -62,6 +62,8 @@ def test_watch_prints_each_prediction_once(broker):
     for line in watch.stderr:  # wait for the broker's SUBACK
         if "subscribed to aiotedge/home/predictions" in line:
             break
+    for junk in (b"{}", b"[" * 100_000, b"\xff"):  # someone else's messages: ignored
+        publisher.publish(topics.predictions, junk, qos=1)
     for frame_id, seq in (("a", 0), ("a", 0), ("b", 1)):  # a duplicate of "a" after a crash
         publisher.publish(topics.predictions, prediction(frame_id, seq), qos=1)
     out, _ = watch.communicate(timeout=30)
