@@ -52,13 +52,22 @@ def test_an_int_is_accepted_where_a_float_is_expected(tmp_path):
         ("[broker]\nport = 1883.5\n", "key 'broker.port' must be int"),
         ("stage = 3\n", "[stage] must be a table"),
         ("[stage\n", "not valid TOML"),
+        # values out of range
+        ("[stage]\nqueue_size = 0\n", "[stage] key 'queue_size' must be 1 or more"),
+        ("[pipeline]\nqos = 2\n", "[pipeline] key 'qos' must be 0 or 1"),
+        ("[camera]\nin_flight = 0\n", "[camera] key 'in_flight' must be 1 or more"),
+        ("[stage]\ntop_k = 0\n", "[stage] key 'top_k' must be 1 or more"),
+        ('[stage]\nnode = "pi/3"\n', "key 'node' must be a topic level without wildcards"),
+        ('[pipeline]\nname = "a#"\n', "key 'name' must be one topic level without wildcards"),
+        ("[broker]\nport = 70000\n", "[broker] key 'port' must be a port number"),
+        ("[stats]\nprometheus_port = -1\n", "key 'prometheus_port' must be a port number or 0"),
     ],
 )
 def test_mistakes_are_reported_with_file_and_key(tmp_path, text, message):
     with pytest.raises(ConfigError) as caught:
         NodeConfig.load(write(tmp_path, text))
     assert message in str(caught.value)
-    assert "node.toml" in str(caught.value)
+    assert str(caught.value).startswith(str(tmp_path / "node.toml"))
 
 
 def test_a_missing_file_is_a_config_error(tmp_path):
@@ -77,22 +86,3 @@ def test_a_missing_file_is_a_config_error(tmp_path):
 def test_broker_addresses(address, expected):
     assert BrokerConfig.parse(address) == expected
 
-
-@pytest.mark.parametrize(
-    ("text", "message"),
-    [
-        ("[stage]\nqueue_size = 0\n", "[stage] key 'queue_size' must be 1 or more"),
-        ("[pipeline]\nqos = 2\n", "[pipeline] key 'qos' must be 0 or 1"),
-        ("[camera]\nin_flight = 0\n", "[camera] key 'in_flight' must be 1 or more"),
-        ("[stage]\ntop_k = 0\n", "[stage] key 'top_k' must be 1 or more"),
-        ('[stage]\nnode = "pi/3"\n', "key 'node' must be a topic level without wildcards"),
-        ('[pipeline]\nname = "a#"\n', "key 'name' must be one topic level without wildcards"),
-        ("[broker]\nport = 70000\n", "[broker] key 'port' must be a port number"),
-        ("[stats]\nprometheus_port = -1\n", "key 'prometheus_port' must be a port number or 0"),
-    ],
-)
-def test_values_out_of_range_are_reported_with_file_and_key(tmp_path, text, message):
-    with pytest.raises(ConfigError) as caught:
-        NodeConfig.load(write(tmp_path, text))
-    assert message in str(caught.value)
-    assert str(caught.value).startswith(str(tmp_path / "node.toml"))
