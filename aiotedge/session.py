@@ -273,7 +273,7 @@ class MqttSession:
 
     def _on_publish(self, _client, _userdata, mid, reason_code, _properties) -> None:
         with self._pending_lock:
-            pending = self._pending_acks.pop(mid, None)
+            pending = self._pending_acks.get(mid)
             if pending is None:  # the broker answered before forward() recorded the mid
                 self._published_early[mid] = time.monotonic()
                 self._published_early.move_to_end(mid)
@@ -281,13 +281,16 @@ class MqttSession:
                     self._published_early.popitem(last=False)
             if reason_code.is_failure:
                 self.refused += 1
-            self._acked.notify_all()
         if reason_code.is_failure:
             # Publishing again would be refused again: the input is acknowledged all the same.
             topic = pending[1] if pending else f"message {mid}"
             log.error("the broker refused the publish to %s: %s", topic, reason_code)
         if pending is not None:
             self.ack(pending[0])
+            # only now is it done: wait_acknowledged() must not return before the ack is out
+            with self._pending_lock:
+                del self._pending_acks[mid]
+                self._acked.notify_all()
 
     def _on_disconnect(self, _client, _userdata, _flags, reason_code, _properties) -> None:
         self._connected.clear()
