@@ -9,7 +9,7 @@ is refused with a `WireError` whose message says why. docs/wire.md documents the
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import msgpack
@@ -59,11 +59,9 @@ class Frame:
 
     def with_tensor(self, tensor: np.ndarray, spec: TensorSpec, hop: Hop) -> Frame:
         """The same frame carrying the next activation, one hop longer."""
-        return Frame(
-            frame_id=self.frame_id,
-            source=self.source,
-            seq=self.seq,
-            captured_at=self.captured_at,
+        return replace(
+            self,
+            image=None,
             tensor=tensor,
             scale=spec.scale,
             zero_point=spec.zero_point,
