@@ -18,12 +18,13 @@ from aiotedge.homeassistant import discovery_message
 from aiotedge.image import list_images
 from aiotedge.manifest import Manifest
 from aiotedge.metrics import serve_prometheus
+from aiotedge.nodeinfo import NodeInfo, chain_problems
 from aiotedge.profile import add_profile_arguments, run_profile
-from aiotedge.session import BrokerConfig, MqttSession
+from aiotedge.session import BrokerConfig, MqttSession, read_retained
 from aiotedge.sink import Prediction
 from aiotedge.stage import StageNode, StageOptions
 from aiotedge.status import collect_status, format_status
-from aiotedge.topics import Topics
+from aiotedge.topics import ONLINE, Topics
 
 log = logging.getLogger("aiotedge")
 
@@ -130,8 +131,35 @@ def _wait_for_broker(session: MqttSession, stop: threading.Event) -> bool:
     while not session.wait_connected(timeout=5.0):
         if stop.is_set():
             return False
-        log.info("waiting for the broker at %s", session.broker)
+        problem = session.connection_problem
+        log.info("waiting for the broker at %s%s", session.broker,
+                 f": {problem}" if problem else "")
     return True
+
+
+def _chain_fits(broker: BrokerConfig, topics: Topics, me: NodeInfo,
+                stop: threading.Event) -> bool | None:
+    """Whether this stage fits between the stages online now (None: told to stop first)."""
+    session = MqttSession(broker, f"{me.node}-check")
+    session.start()
+    try:
+        if not _wait_for_broker(session, stop):
+            return None
+        retained = read_retained(session, [topics.all_info, topics.all_availability],
+                                 topics.probe(session.client_id))
+    finally:
+        session.stop()
+    online = {topic.rsplit("/", 1)[1] for topic, payload in retained.items()
+              if topic.startswith(topics.availability("")) and payload.decode() == ONLINE}
+    neighbours = [info for topic, payload in retained.items()
+                  if topic.startswith(topics.info("")) and (info := NodeInfo.parse(payload))
+                  and info.node in online]
+    errors, warnings = chain_problems(me, neighbours)
+    for warning in warnings:
+        log.warning("%s", warning)
+    for error in errors:
+        log.error("not starting: %s", error)
+    return not errors
 
 
 def _topics(config: NodeConfig) -> Topics:
@@ -161,6 +189,11 @@ def _cmd_stage(args: argparse.Namespace) -> int:
     stop = _stop_on_signals()
     topics = _topics(config)
     node = StageNode(manifest, topics, config.broker, options)
+    fits = _chain_fits(config.broker, topics, node.info, stop)
+    if fits is None:
+        return 0
+    if not fits:
+        return 2
     node.start()
     if not _wait_for_broker(node.session, stop):
         node.stop()

@@ -64,6 +64,7 @@ class LocalPipeline:
         self._logdir = Path(tempfile.mkdtemp(prefix="aiotedge-run-"))
         #: node name -> (stage index, process)
         self._stages: dict[str, tuple[int, subprocess.Popen[bytes]]] = {}
+        self._replicated: set[int] = set()
         self._online: set[str] = set()
         self._online_changed = threading.Condition()
         self._predictions: queue.Queue[Prediction] = queue.Queue()
@@ -97,6 +98,8 @@ class LocalPipeline:
         self._exit.callback(self._stop_stages)
         for index in range(len(self.manifest.stages)):
             copies = self.replicas.get(index, 1)
+            if copies > 1:
+                self._replicated.add(index)
             for replica in range(copies):
                 suffix = f"-r{replica}" if copies > 1 else ""
                 self._spawn_stage(index, f"{self.topics.pipeline}-stage{index}{suffix}")
@@ -131,6 +134,8 @@ class LocalPipeline:
         ]
         if self.threads:
             command += ["--threads", str(self.threads)]
+        if index in self._replicated:
+            command += ["--share-group", f"stage{index}"]
         command += self.stage_flags
         with open(self._logdir / f"{node}.log", "ab") as log_file:
             process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)

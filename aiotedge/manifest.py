@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,12 @@ class TensorSpec:
         if self.dtype not in SUPPORTED_DTYPES:
             raise ManifestError(f"tensor {self.name!r}: unsupported dtype {self.dtype!r}")
         object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
+
+    def __str__(self) -> str:
+        text = f"{self.dtype}{list(self.shape)}"
+        if self.quantized:
+            text += f" (scale {self.scale:g}, zero point {self.zero_point})"
+        return text
 
     @property
     def quantized(self) -> bool:
@@ -158,6 +165,20 @@ class Manifest:
     format_version: int = MANIFEST_VERSION
     #: directory the manifest was read from; segment files are resolved against it.
     directory: Path = field(default=Path("."), compare=False)
+
+    def __post_init__(self) -> None:
+        for before, after in pairwise(self.stages):
+            if not before.output.matches(after.input):
+                raise ManifestError(
+                    f"stage {after.index} takes {after.input}, but stage {before.index} "
+                    f"sends {before.output}: the stages do not form one chain"
+                )
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of the manifest's content: equal on every board of one split."""
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
 
     def segment_path(self, index: int) -> Path:
         return self.directory / self.stage(index).file

@@ -10,10 +10,12 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import ssl
+import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,7 +111,8 @@ class MqttSession:
         self._subscriptions: dict[str, int] = {}
         self._handlers: dict[str, list[MessageHandler]] = {}
         self._connected = threading.Event()
-        self._online = False
+        #: retained messages (availability, info, discovery) said again after every reconnect
+        self._announcements: dict[str, str] = {}
         self._client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=client_id,
@@ -125,15 +128,22 @@ class MqttSession:
             )
         self._client.on_socket_open = _disable_nagle
         self._client.on_connect = self._on_connect
+        self._client.on_connect_fail = self._on_connect_fail
         self._client.on_disconnect = self._on_disconnect
         self._client.on_publish = self._on_publish
         self._client.on_subscribe = self._on_subscribe
         self._subscribing: dict[int, str] = {}
         self._pending_lock = threading.Lock()
         self._acked = threading.Condition(self._pending_lock)
-        self._pending_acks: dict[int, tuple[mqtt.MQTTMessage, str]] = {}
+        #: our publish's mid -> the input it answers, acknowledged once the broker has the
+        #: publish; only the input's packet id and QoS, never its payload (a photo is 0.5 MB)
+        self._pending_acks: dict[int, _InputAck] = {}
         #: publishes the broker answered with a failure (e.g. 0x87 Not authorized by its ACL)
         self.refused = 0
+        #: why the last attempt to reach the broker failed (None while connected)
+        self.connection_problem: str | None = None
+        self._attempt_done = threading.Condition()
+        self._attempts = 0
         #: mid -> when on_publish saw it with no forward waiting for it (bounded: most are
         #: QoS 0 publishes nobody waits for; a forward trusts only entries newer than itself)
         self._published_early: OrderedDict[int, float] = OrderedDict()
@@ -176,9 +186,22 @@ class MqttSession:
     ) -> mqtt.MQTTMessageInfo:
         return self._client.publish(topic, payload, qos=qos, retain=retain)
 
+    def announce(self, topic: str, payload: str) -> None:
+        """Publish a retained state now and again after every reconnect.
+
+        A broker restarted without persistence forgets retained messages; saying them again
+        on reconnect keeps `online`, node info and discovery true.
+        """
+        self._announcements[topic] = payload
+        if self._connected.is_set():
+            self.publish(topic, payload, qos=1, retain=True)
+
     def ack(self, message: mqtt.MQTTMessage) -> None:
-        if message.qos > 0:
-            self._client.ack(message.mid, message.qos)
+        self._ack(_InputAck(message.mid, message.qos))
+
+    def _ack(self, source: _InputAck) -> None:
+        if source.qos > 0:
+            self._client.ack(source.mid, source.qos)
 
     def forward(self, topic: str, payload: bytes | str, qos: int, source: mqtt.MQTTMessage) -> None:
         """Publish a result, acknowledging the `source` message only once the broker holds it.
@@ -197,7 +220,7 @@ class MqttSession:
             seen_at = self._published_early.pop(info.mid, None)
             already_published = seen_at is not None and seen_at >= started
             if not already_published:
-                self._pending_acks[info.mid] = (source, topic)
+                self._pending_acks[info.mid] = _InputAck(source.mid, source.qos, topic)
         if already_published:
             self.ack(source)
 
@@ -206,13 +229,13 @@ class MqttSession:
         with self._pending_lock:
             return len(self._pending_acks)
 
-    def wait_acknowledged(self, timeout: float) -> bool:
-        """Wait until the broker has acknowledged every forwarded result."""
-        deadline = time.monotonic() + timeout
+    def wait_acknowledged(self, timeout: float | None, at_most: int = 0) -> bool:
+        """Wait until at most `at_most` forwarded results await the broker's acknowledgement."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._acked:
-            while self._pending_acks:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
+            while len(self._pending_acks) > at_most:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
                     return False
                 self._acked.wait(remaining)
         return True
@@ -232,11 +255,22 @@ class MqttSession:
     def wait_connected(self, timeout: float | None = None) -> bool:
         return self._connected.wait(timeout)
 
+    def first_attempt(self, timeout: float | None = None) -> str | None:
+        """How the first connection attempt ended: None once connected, else the problem.
+
+        For one-shot commands, which should say at once why the broker cannot be used rather
+        than retry like a daemon. Raises TimeoutError when no attempt ended in time.
+        """
+        with self._attempt_done:
+            if not self._attempt_done.wait_for(lambda: self._attempts > 0, timeout):
+                raise TimeoutError(f"no answer from the broker at {self.broker} "
+                                   f"within {timeout:.0f} s")
+        return None if self._connected.is_set() else self.connection_problem
+
     def set_online(self) -> None:
         """Announce the node (retained); repeated after every reconnect from now on."""
-        self._online = True
-        if self._connected.is_set() and self._availability_topic:
-            self.publish(self._availability_topic, ONLINE, qos=1, retain=True)
+        if self._availability_topic:
+            self.announce(self._availability_topic, ONLINE)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Say `offline`, flush what is queued, disconnect."""
@@ -249,16 +283,38 @@ class MqttSession:
         self._client.disconnect()
         self._client.loop_stop()
 
+    def _connection_failed(self, problem: str) -> None:
+        """Log why the broker cannot be reached, once per change of reason, not every retry."""
+        if problem != self.connection_problem:
+            log.warning("cannot connect to mqtt://%s: %s", self.broker, problem)
+        self.connection_problem = problem
+        self._attempt_ended()
+
+    def _attempt_ended(self) -> None:
+        with self._attempt_done:
+            self._attempts += 1
+            self._attempt_done.notify_all()
+
     def _on_connect(self, client, _userdata, _flags, reason_code, _properties) -> None:
         if reason_code.is_failure:
-            log.error("broker %s refused the connection: %s", self.broker, reason_code)
+            self._connection_failed(f"the broker refused the connection: {reason_code}"
+                                    + _REFUSAL_HINTS.get(reason_code.value, ""))
             return
-        log.info("connected to mqtt://%s", self.broker)
+        if self.connection_problem:
+            log.info("connected to mqtt://%s (after: %s)", self.broker, self.connection_problem)
+        else:
+            log.info("connected to mqtt://%s", self.broker)
+        self.connection_problem = None
         for topic, qos in self._subscriptions.items():
             self._subscribe(topic, qos)
-        if self._online and self._availability_topic:
-            client.publish(self._availability_topic, ONLINE, qos=1, retain=True)
+        for topic, payload in self._announcements.items():
+            client.publish(topic, payload, qos=1, retain=True)
         self._connected.set()
+        self._attempt_ended()
+
+    def _on_connect_fail(self, _client, _userdata) -> None:
+        # paho calls this from inside its `except OSError` around the connection attempt
+        self._connection_failed(describe_connection_error(sys.exc_info()[1], self.broker))
 
     def _subscribe(self, topic: str, qos: int) -> None:
         _, mid = self._client.subscribe(topic, qos)
@@ -283,19 +339,90 @@ class MqttSession:
                 self.refused += 1
         if reason_code.is_failure:
             # Publishing again would be refused again: the input is acknowledged all the same.
-            topic = pending[1] if pending else f"message {mid}"
+            topic = pending.topic if pending else f"message {mid}"
             log.error("the broker refused the publish to %s: %s", topic, reason_code)
         if pending is not None:
-            self.ack(pending[0])
+            self._ack(pending)
             # only now is it done: wait_acknowledged() must not return before the ack is out
             with self._pending_lock:
                 del self._pending_acks[mid]
                 self._acked.notify_all()
 
-    def _on_disconnect(self, _client, _userdata, _flags, reason_code, _properties) -> None:
+    def _on_disconnect(self, _client, _userdata, flags, reason_code, _properties) -> None:
+        was_connected = self._connected.is_set()
         self._connected.clear()
-        if reason_code.value != 0:
+        if reason_code.value == 0:
+            return
+        if was_connected:
             log.warning("lost the broker connection (%s); reconnecting", reason_code)
+        elif not flags.is_disconnect_packet_from_server:
+            # closed before any CONNACK: typically plain MQTT spoken to a TLS listener
+            self._connection_failed(
+                "the broker closed the connection without answering"
+                + ("" if self.broker.tls else " (a TLS port? then set tls = true)")
+            )
+
+
+def read_retained(
+    session: MqttSession, filters: Sequence[str], probe_topic: str, timeout: float = 10.0
+) -> dict[str, bytes]:
+    """Topic -> payload of the retained messages on `filters`, from a connected session.
+
+    The broker sends the retained messages in answer to a subscription, before anything
+    published after it: a probe message we send ourselves once subscribed marks their end.
+    The session must be one nothing else blocks (its network thread delivers the messages).
+    """
+    retained: dict[str, bytes] = {}
+    done = threading.Event()
+
+    def record(message: mqtt.MQTTMessage) -> None:
+        if message.payload:  # an empty retained message is a deleted one
+            retained[message.topic] = message.payload
+
+    for topic_filter in filters:
+        session.subscribe(topic_filter, record, qos=1)
+    session.subscribe(probe_topic, lambda _message: done.set(), qos=1)
+    session.publish(probe_topic, b"", qos=1)
+    if not done.wait(timeout):
+        raise TimeoutError(
+            f"the broker at {session.broker} did not answer within {timeout:.0f} s"
+        )
+    return retained
+
+
+@dataclass(frozen=True)
+class _InputAck:
+    """What acknowledging an input needs, so the input's payload can be freed at once."""
+
+    mid: int
+    qos: int
+    topic: str = ""
+
+
+#: CONNACK reason codes whose cause a user can fix in the node's config
+_REFUSAL_HINTS = {
+    0x86: " (check [broker] username and password_file)",
+    0x87: " (the broker's ACL or allow_anonymous refuses this client)",
+    0x85: " (another client id? check the node name)",
+}
+
+
+def describe_connection_error(error: BaseException | None, broker: BrokerConfig) -> str:
+    """One line saying why a connection attempt failed, in terms of the node's config."""
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return f"TLS certificate check failed: {error.verify_message} (check [broker] ca_file)"
+    if isinstance(error, ssl.SSLError):
+        hint = " (a plain MQTT port? then set tls = false)" if "WRONG_VERSION" in str(error) else ""
+        return f"TLS handshake failed: {error.reason or error}{hint}"
+    if isinstance(error, ConnectionRefusedError):
+        return f"connection refused: nothing listens on {broker}"
+    if isinstance(error, socket.gaierror):
+        return f"cannot resolve the host name {broker.host!r}: {error.strerror}"
+    if isinstance(error, TimeoutError):
+        return f"no answer from {broker} (timed out)"
+    if isinstance(error, OSError):
+        return error.strerror or str(error) or type(error).__name__
+    return "connection failed"
 
 
 def _dispatch(handlers: list[MessageHandler], message: mqtt.MQTTMessage) -> None:

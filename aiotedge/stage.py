@@ -19,9 +19,11 @@ import paho.mqtt.client as mqtt
 
 from aiotedge import service
 from aiotedge.dedup import RecentIds
+from aiotedge.events import ErrorEvent
 from aiotedge.image import ImageError, decode_image, preprocess
 from aiotedge.manifest import Manifest, ManifestError
 from aiotedge.metrics import NodeStats
+from aiotedge.nodeinfo import NodeInfo
 from aiotedge.runtime import Segment
 from aiotedge.session import BrokerConfig, MqttSession
 from aiotedge.sink import build_prediction, top_k
@@ -42,7 +44,8 @@ class StageOptions:
     num_threads: int | None = None
     top_k: int = 5
     max_message_bytes: int = 8 * 1024 * 1024
-    #: replicas with the same group share the stage's frames; default: one group per stage
+    #: replicas with the same group share the stage's frames (MQTT v5 shared subscription);
+    #: empty: a plain subscription, which mosquitto keeps across its own restarts
     share_group: str = ""
     session_expiry: int = 3600
     stats_interval: float = 10.0
@@ -74,6 +77,7 @@ class StageNode:
         self.output_topic = (
             topics.predictions if self.is_last else topics.stage_input(options.index + 1)
         )
+        self.info = NodeInfo.for_stage(manifest, options.index, options.node, options.share_group)
         self.stats = NodeStats()
         self.counters = self.stats.counters
         self._recent = RecentIds()
@@ -96,13 +100,14 @@ class StageNode:
             self.input_topic,
             self._on_message,
             self.options.qos,
-            share_group=self.options.share_group or f"stage{self.options.index}",
+            share_group=self.options.share_group or None,
         )
         self.session.start()
         if self.options.stats_interval > 0:
             self._reporter.start()
 
     def announce_online(self) -> None:
+        self.session.announce(self.topics.info(self.options.node), self.info.to_json())
         self.session.set_online()
         log.info(
             "stage %d ready: %s -> %s (%s)",
@@ -251,16 +256,14 @@ class StageNode:
         return frame.tensor
 
     def _reject(self, message: mqtt.MQTTMessage, reason: str, frame_id: str | None = None) -> None:
-        """Count it, tell the errors topic, acknowledge it so it is not redelivered."""
-        self.counters.add("rejected")
-        log.warning("rejected a message on %s: %s", message.topic, reason)
-        event = {
-            "node": self.options.node,
-            "stage": self.options.index,
-            "topic": message.topic,
-            "frame_id": frame_id,
-            "reason": reason,
-            "timestamp": time.time(),
-        }
-        self.session.forward(self.topics.errors, json.dumps(event), self.options.qos, message)
+        """Count it, tell the errors topic, acknowledge it so it is not redelivered.
 
+        The input is acknowledged at once, not when the broker has the event: an event that
+        cannot be delivered must never hold its input, and with it the stage, hostage.
+        """
+        self.counters.add("rejected")
+        event = ErrorEvent(node=self.options.node, reason=reason, stage=self.options.index,
+                           topic=message.topic, frame_id=frame_id)
+        log.warning("rejected a message on %s: %s", event.topic, event.reason)
+        self.session.publish(self.topics.errors, event.to_json(), qos=self.options.qos)
+        self.session.ack(message)

@@ -4,46 +4,31 @@ from __future__ import annotations
 
 import json
 import secrets
-import threading
 import time
 from typing import Any
 
-import paho.mqtt.client as mqtt
-
-from aiotedge.session import BrokerConfig, MqttSession
+from aiotedge.session import BrokerConfig, MqttSession, read_retained
 from aiotedge.topics import Topics
 
 
 def collect_status(broker: BrokerConfig, topics: Topics, timeout: float = 10.0) -> dict[str, Any]:
-    """Node name -> {"availability": ..., "stats": {...}} from the retained messages.
-
-    The broker sends retained messages in answer to a subscription, before anything published
-    after it: a probe message we publish once subscribed marks the end of them.
-    """
-    nodes: dict[str, dict[str, Any]] = {}
-    probe = f"{topics.base}/status-probe/{secrets.token_hex(4)}"
-    done = threading.Event()
-
-    def record(kind: str):
-        def handler(message: mqtt.MQTTMessage) -> None:
-            node = message.topic.rsplit("/", 1)[-1]
-            text = message.payload.decode(errors="replace")
-            nodes.setdefault(node, {})[kind] = json.loads(text) if kind == "stats" else text
-        return handler
-
+    """Node name -> {"availability": ..., "stats": {...}} from the retained messages."""
     session = MqttSession(broker, f"status-{secrets.token_hex(4)}")
-    session.subscribe(topics.all_availability, record("availability"), qos=1)
-    session.subscribe(topics.all_stats, record("stats"), qos=1)
-    session.subscribe(probe, lambda _message: done.set(), qos=1)
     session.start()
     try:
         if not session.wait_connected(timeout):
             raise ConnectionError(f"cannot reach the broker at {broker}")
-        session.publish(probe, b"", qos=1)
-        if not done.wait(timeout):
-            raise TimeoutError(f"the broker at {broker} did not answer within {timeout:.0f} s")
+        retained = read_retained(
+            session, [topics.all_availability, topics.all_stats], topics.probe(session.client_id),
+            timeout,
+        )
     finally:
         session.stop()
+    nodes: dict[str, dict[str, Any]] = {}
+    for topic, payload in retained.items():
+        kind, node = topic.rsplit("/", 2)[-2:]
+        text = payload.decode(errors="replace")
+        nodes.setdefault(node, {})[kind] = json.loads(text) if kind == "stats" else text
     return nodes
 
 

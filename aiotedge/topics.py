@@ -43,6 +43,18 @@ class Topics:
     def all_availability(self) -> str:
         return f"{self.base}/availability/+"
 
+    def info(self, node: str) -> str:
+        """Retained: what the node runs (version, stage, manifest), for checks and `status`."""
+        return f"{self.base}/info/{node}"
+
+    @property
+    def all_info(self) -> str:
+        return f"{self.base}/info/+"
+
+    def probe(self, client_id: str) -> str:
+        """A client's own topic, to learn that the retained messages it asked for are all in."""
+        return f"{self.base}/probe/{client_id}"
+
     def stats(self, node: str) -> str:
         return f"{self.base}/stats/{node}"
 

@@ -81,3 +81,29 @@ def split_into(tmp_path_factory):
         return splits[key]
 
     return split
+
+
+@pytest.fixture(scope="session")
+def split3(test_models, test_labels, split_into):
+    """The test int8 CNN split into 3 stages, with labels: runs without ../shared."""
+    return split_into(test_models["int8"], 3, test_labels)
+
+
+@pytest.fixture(scope="session")
+def generated_frames(generated_photos) -> list[tuple[str, bytes]]:
+    """(name, bytes) of the generated photos, as a camera sends them."""
+    from aiotedge.camera import read_photo
+    from aiotedge.image import list_images
+
+    return [(path.name, read_photo(path)) for path in list_images(generated_photos)]
+
+
+def whole_model_top(manifest, photo: bytes, k: int = 5):
+    """What the unsplit source model says about a photo, in the prediction's own terms."""
+    from aiotedge.image import decode_image, preprocess
+    from aiotedge.runtime import Segment
+    from aiotedge.sink import top_k
+
+    whole = Segment(manifest.directory / manifest.source.file)
+    tensor = preprocess(decode_image(photo), manifest.preprocessing, whole.input_spec)
+    return top_k(whole.run(tensor), whole.output_spec, manifest, k)

@@ -7,25 +7,17 @@ import threading
 
 import pytest
 
-from aiotedge.camera import read_photo
-from aiotedge.image import list_images
 from aiotedge.local import LocalPipeline
-from aiotedge.manifest import Manifest
 from aiotedge.session import MqttSession
 from aiotedge.status import collect_status
-from tests.test_pipeline import whole_model_top
+from tests.conftest import whole_model_top
 
 FRAMES = 24
 
 
 @pytest.fixture(scope="module")
-def split3(test_models, test_labels, split_into) -> Manifest:
-    return split_into(test_models["int8"], 3, test_labels)
-
-
-@pytest.fixture(scope="module")
-def photos(generated_photos) -> list[tuple[str, bytes]]:
-    return [(path.name, read_photo(path)) for path in list_images(generated_photos)]
+def photos(generated_frames) -> list[tuple[str, bytes]]:
+    return generated_frames
 
 
 @pytest.fixture(scope="module")

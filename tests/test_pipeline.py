@@ -10,14 +10,12 @@ import numpy as np
 import pytest
 
 from aiotedge.camera import read_photo
-from aiotedge.image import decode_image, list_images, preprocess
+from aiotedge.image import list_images
 from aiotedge.local import LocalPipeline
 from aiotedge.manifest import Manifest
-from aiotedge.runtime import Segment
 from aiotedge.session import MqttSession
-from aiotedge.sink import top_k
 from aiotedge.wire import Frame, encode_frame
-from tests.conftest import SHARED_LABELS, SHARED_MODEL
+from tests.conftest import SHARED_LABELS, SHARED_MODEL, whole_model_top
 
 #: above the largest photo (a 512x600 BMP, 900 KB) and activation; refused before decoding
 MAX_MESSAGE_BYTES = 1_000_000
@@ -31,13 +29,6 @@ def three_stages(shared_data, split_into) -> Manifest:
 @pytest.fixture(scope="module")
 def photos(shared_data) -> list[tuple[str, bytes]]:
     return [(path.name, read_photo(path)) for path in list_images(shared_data / "images")]
-
-
-def whole_model_top(manifest: Manifest, photo: bytes, k: int = 5):
-    """What the unsplit source model says about a photo, in the prediction's own terms."""
-    whole = Segment(manifest.directory / manifest.source.file)
-    tensor = preprocess(decode_image(photo), manifest.preprocessing, whole.input_spec)
-    return top_k(whole.run(tensor), whole.output_spec, manifest, k)
 
 
 def test_three_stage_pipeline_equals_the_whole_model(broker, three_stages, photos):

@@ -347,7 +347,7 @@ def allowed_writes(config: NodeConfig) -> set[str]:
     """What the brief of each node says it publishes: nothing more."""
     topics = Topics(config.pipeline.name, config.pipeline.prefix)
     name = node_name(config)
-    own = {topics.errors, topics.availability(name), topics.stats(name)}
+    own = {topics.errors, topics.availability(name), topics.info(name), topics.stats(name)}
     if is_camera(config):
         return own | {topics.stage_input(0)}
     index = config.stage.index
@@ -360,11 +360,13 @@ def allowed_writes(config: NodeConfig) -> set[str]:
     return own
 
 
-def allowed_reads(config: NodeConfig) -> set[str]:
+def allowed_reads(config: NodeConfig, published: list[str]) -> set[str]:
+    """Its own inputs, and who is online and what they run (every node, for its checks)."""
     topics = Topics(config.pipeline.name, config.pipeline.prefix)
+    shared = {t for t in published if t.startswith((topics.availability(""), topics.info("")))}
     if is_camera(config):
-        return {topics.predictions, topics.errors}
-    return {topics.stage_input(config.stage.index)}
+        return shared | {topics.predictions, topics.errors}
+    return shared | {topics.stage_input(config.stage.index)}
 
 
 def candidate_topics(configs: dict[str, NodeConfig]) -> list[str]:
@@ -372,11 +374,11 @@ def candidate_topics(configs: dict[str, NodeConfig]) -> list[str]:
     topics = Topics("greenhouse")
     names = [node_name(c) for c in configs.values()] + ["watcher"]
     candidates = {topics.stage_input(k) for k in range(STAGES)}
-    candidates |= {topics.predictions, topics.errors, f"{topics.base}/status-probe/x",
+    candidates |= {topics.predictions, topics.errors, topics.probe("someone-else"),
                    "aiotedge/orchard/stage/1", "aiotedge/orchard/predictions",
                    "homeassistant/sensor/other/config", "$SYS/broker/uptime"}
     for name in names:
-        candidates |= {topics.availability(name), topics.stats(name)}
+        candidates |= {topics.availability(name), topics.info(name), topics.stats(name)}
     for config in configs.values():
         candidates |= allowed_writes(config)
     return sorted(candidates)
@@ -411,7 +413,7 @@ def test_a_node_receives_only_its_own_input_whatever_it_subscribes_to(probes):
     topics = Topics("greenhouse")
     published = [topics.stage_input(k) for k in range(STAGES)]
     published += [topics.predictions, topics.errors, topics.availability("stage1"),
-                  topics.stats("stage1")]
+                  topics.info("stage1"), topics.stats("stage1")]
     writers = {}
     for topic in published:  # the node whose job it is to publish it
         writers[topic] = next(c.broker.username for c in configs.values()
@@ -428,7 +430,8 @@ def test_a_node_receives_only_its_own_input_whatever_it_subscribes_to(probes):
                 clients[user] = probes(user)
             assert not clients[user].publish(topic, f"{round_number}").is_failure
     for name, reader in readers.items():
-        expected = set(published) if name == "watcher" else allowed_reads(configs[name])
+        expected = (set(published) if name == "watcher"
+                    else allowed_reads(configs[name], published))
         first_round = []
         # messages reach a subscriber in the order the broker took them: round 1 is complete
         # when the first message of round 2 arrives

@@ -1,0 +1,125 @@
+"""Faults that once lost frames or stopped a stage for good, against real daemons and mosquitto."""
+
+from __future__ import annotations
+
+import queue
+import subprocess
+import sys
+import threading
+
+import msgpack
+import pytest
+
+from aiotedge.events import ErrorEvent
+from aiotedge.local import LocalPipeline
+from aiotedge.manifest import Manifest
+from aiotedge.session import MqttSession
+from aiotedge.topics import Topics
+from converter.cli import main as convert
+from tests.conftest import whole_model_top
+
+#: bound for one awaited event (a message, a line of log); never a synchronisation
+TIMEOUT = 60.0
+
+
+def connected(broker, client_id: str) -> MqttSession:
+    session = MqttSession(broker.address, client_id)
+    session.start()
+    assert session.wait_connected(TIMEOUT)
+    return session
+
+
+def test_a_huge_field_gives_a_short_error_event_and_the_stage_keeps_serving(
+    broker, split3, generated_frames
+):
+    """A 7 MB field once made a 40 MB error event: refused by the broker, re-sent forever."""
+    topics = Topics("local")
+    events: queue.Queue[bytes] = queue.Queue()
+    injector = connected(broker, "injector")
+    injector.subscribe(topics.errors, lambda message: events.put(message.payload))
+    hostile = msgpack.packb({"version": "v" * 7_000_000, "frame_id": "f" * 1_000_000})
+    expected = {name: whole_model_top(split3, data) for name, data in generated_frames}
+    with LocalPipeline(split3, broker=broker.address) as pipeline:
+        injector.publish(topics.stage_input(1), hostile, qos=1)
+        payload = events.get(timeout=TIMEOUT)
+        results = dict(pipeline.predict(generated_frames))
+    injector.stop()
+    assert len(payload) < 2048
+    event = ErrorEvent.parse(payload)
+    assert event is not None and event.stage == 1
+    assert "unsupported wire version" in event.reason
+    assert {name: p.top for name, p in results.items()} == expected
+
+
+# -- a stage checks at start that it fits between the stages that are online ---------------
+
+
+@pytest.fixture(scope="module")
+def other_split(test_models, tmp_path_factory) -> Manifest:
+    """The int8 test model cut elsewhere (after ops 4 and 8, the default split after 5 and 8)."""
+    out = tmp_path_factory.mktemp("other-split")
+    assert convert(["split", str(test_models["int8"]), "--cuts", "4,8", "--out", str(out)]) == 0
+    return Manifest.load(out)
+
+
+class StageProcess:
+    """`aiotedge stage` as a board runs it; its log lines are read as they come."""
+
+    def __init__(self, broker, manifest: Manifest, index: int, node: str, *flags: str) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "aiotedge", "stage", "--manifest", str(manifest.directory),
+             "--stage", str(index), "--node", node, "--broker", str(broker.address),
+             "--pipeline", "chain", *flags],
+            stderr=subprocess.PIPE, text=True,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.process.stderr:
+            self.lines.put(line)
+
+    def wait_for_line(self, text: str) -> str:
+        seen = []
+        while text not in (line := self.lines.get(timeout=TIMEOUT)):
+            seen.append(line)
+        return line
+
+    def stop(self) -> int:
+        self.process.terminate()
+        return self.process.wait(timeout=TIMEOUT)
+
+
+def test_a_stage_of_another_split_refuses_to_start(broker, split3, other_split):
+    first = StageProcess(broker, split3, 0, "stage0")
+    first.wait_for_line("stage 0 ready")
+    second = StageProcess(broker, other_split, 1, "stage1")
+    line = second.wait_for_line("not starting")
+    assert second.process.wait(timeout=TIMEOUT) == 2
+    assert first.stop() == 0
+    assert "node stage0 (stage 0" in line
+    assert "different splits" in line
+
+
+def test_a_second_copy_of_a_stage_needs_the_same_share_group(broker, split3):
+    first = StageProcess(broker, split3, 1, "stage1-a", "--share-group", "s1")
+    first.wait_for_line("stage 1 ready")
+    stray = StageProcess(broker, split3, 1, "stage1-b")
+    line = stray.wait_for_line("not starting")
+    assert stray.process.wait(timeout=TIMEOUT) == 2
+    assert "node stage1-a (stage 1" in line and "share_group" in line
+    replica = StageProcess(broker, split3, 1, "stage1-c", "--share-group", "s1")
+    replica.wait_for_line("stage 1 ready")
+    assert replica.stop() == 0
+    assert first.stop() == 0
+
+
+def test_a_stage_says_why_the_broker_cannot_be_reached(broker):
+    session = MqttSession(broker.address, "unreachable")
+    broker.stop()
+    session.start()
+    try:
+        problem = session.first_attempt(TIMEOUT)
+    finally:
+        session.stop()
+    assert problem == f"connection refused: nothing listens on {broker.address}"
