@@ -1,40 +1,51 @@
-"""A camera node: publishes photos from a folder into stage 0, paced so the broker never drops.
+"""A camera node: publishes photos into stage 0 and follows each frame until its result.
 
-Mosquitto silently discards messages beyond `max_queued_messages` even at QoS 1, so a camera
-must not outrun the pipeline. Two ways to pace: a fixed frame rate, or (fps = 0) a window of
-frames in flight, where each prediction or error event for one of ours lets the next go.
+Mosquitto silently discards messages beyond `max_queued_messages`, even at QoS 1, so a camera
+must never outrun the pipeline: it keeps at most `in_flight` frames without a result (a
+prediction or an error event) whatever its frame rate. Following every frame to its result is
+also what makes a loss visible wherever it happened, and, at QoS 1, repairable: a frame with
+no result in time is sent again under the same id (stages and sinks drop duplicates), which
+covers what the broker cannot keep, such as frames for replicas while a broker restarts.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
+from aiotedge.events import ErrorEvent
 from aiotedge.image import ImageError, decode_image
+from aiotedge.metrics import Counters
 from aiotedge.session import MqttSession
+from aiotedge.sink import Prediction
 from aiotedge.topics import Topics
 from aiotedge.wire import Frame, encode_frame
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class CameraOptions:
     source: str = "cam0"
+    #: frames per second; 0: as fast as results come back
     fps: float = 0.0
-    #: frames awaiting their prediction when fps = 0 (one per stage keeps every stage busy)
-    in_flight: int = 1
+    #: frames awaiting their result at most: with fps = 0 the window that paces the camera
+    #: (one per stage keeps every stage busy); with fps > 0 what keeps the broker's queues
+    #: and the camera's memory bounded when the pipeline falls behind
+    in_flight: int = 8
     loop: bool = False
-    #: how long to wait for one frame's prediction before giving its slot to the next
+    #: how long a frame may wait for its result before it is sent again or given up
     frame_timeout: float = 30.0
+    #: QoS 1: how many times a frame with no result in time is sent again
+    resends: int = 1
     qos: int = 1
 
 
@@ -48,34 +59,51 @@ def read_photo(path: Path) -> bytes:
     return data
 
 
+@dataclass
+class _InFlight:
+    seq: int
+    name: str
+    #: kept only at QoS 1, to send the frame again
+    image: bytes | None
+    captured_at: float
+    sent_at: float
+    attempts: int = 1
+
+
 class Camera:
-    """Publishes frames; in window mode it listens for its own frames' results."""
+    """Publishes frames and listens for their results on the pipeline's topics."""
 
     def __init__(self, session: MqttSession, topics: Topics, options: CameraOptions) -> None:
         self.session = session
         self.topics = topics
         self.options = options
         self._run_id = secrets.token_hex(3)
-        self._outstanding: dict[str, float] = {}
-        self._slot_freed = threading.Condition()
-        self.published = 0
-        if options.fps <= 0:
-            session.subscribe(topics.predictions, self._on_result, qos=1)
-            session.subscribe(topics.errors, self._on_result, qos=1)
+        self._in_flight: dict[str, _InFlight] = {}
+        self._changed = threading.Condition()
+        #: published, answered (a prediction), rejected (an error event from a stage),
+        #: unanswered (no result after every attempt), resent, refused_by_broker
+        self.counters = Counters()
+        session.subscribe(topics.predictions, self._on_prediction, qos=1)
+        session.subscribe(topics.errors, self._on_error, qos=1)
+
+    @property
+    def published(self) -> int:
+        return self.counters.get("published")
 
     def frame_id(self, seq: int) -> str:
         return f"{self.options.source}-{self._run_id}-{seq}"
 
     def run(self, photos: list[tuple[str, bytes]], frames: int | None = None,
             stop: threading.Event | None = None) -> int:
-        """Publish photos (looping if asked) until `frames` are sent or `stop` is set.
+        """Publish photos (looping if asked) until `frames` are sent or `stop` is set, then
+        wait for the results of those still in flight. Returns how many were published.
 
         Each run numbers its frames from 0 under a new run id, so frame ids never repeat.
         """
         stop = stop or threading.Event()
         self._run_id = secrets.token_hex(3)
-        with self._slot_freed:
-            self._outstanding.clear()
+        with self._changed:
+            self._in_flight.clear()
         sequence: Iterator[tuple[str, bytes]] = (
             itertools.cycle(photos) if self.options.loop else iter(photos)
         )
@@ -83,60 +111,102 @@ class Camera:
             sequence = itertools.islice(sequence, frames)
         period = 1.0 / self.options.fps if self.options.fps > 0 else 0.0
         next_at = time.monotonic()
+        published = 0
         for seq, (name, data) in enumerate(sequence):
-            if stop.is_set():
-                break
             if period:
                 if stop.wait(max(0.0, next_at - time.monotonic())):
                     break
                 next_at += period
-            elif not self._wait_for_slot(stop):
+            if not self._wait_until(lambda: len(self._in_flight) < self.options.in_flight,
+                                    stop):
                 break
             self.publish(seq, name, data)
-        return self.published
+            published += 1
+        self._wait_until(lambda: not self._in_flight, stop)
+        return published
 
     def publish(self, seq: int, name: str, data: bytes) -> str:
-        frame = Frame(
-            frame_id=self.frame_id(seq),
-            source=self.options.source,
-            seq=seq,
-            captured_at=time.time(),
-            image=data,
-        )
-        if self.options.fps <= 0:
-            with self._slot_freed:
-                self._outstanding[frame.frame_id] = time.monotonic()
-        self.session.publish(
-            self.topics.stage_input(0), encode_frame(frame), qos=self.options.qos
-        )
-        self.published += 1
-        log.debug("published %s (%s)", frame.frame_id, name)
-        return frame.frame_id
+        frame_id = self.frame_id(seq)
+        entry = _InFlight(seq, name, data if self.options.qos > 0 else None,
+                          captured_at=time.time(), sent_at=time.monotonic())
+        with self._changed:
+            self._in_flight[frame_id] = entry
+        self._send(frame_id, entry, data)
+        self.counters.add("published")
+        log.debug("published %s (%s)", frame_id, name)
+        return frame_id
 
-    def _wait_for_slot(self, stop: threading.Event) -> bool:
-        with self._slot_freed:
-            while len(self._outstanding) >= self.options.in_flight:
-                if stop.is_set():
-                    return False
-                self._expire_overdue()
-                self._slot_freed.wait(timeout=0.5)
-        return not stop.is_set()
+    def _send(self, frame_id: str, entry: _InFlight, data: bytes) -> None:
+        frame = Frame(frame_id=frame_id, source=self.options.source, seq=entry.seq,
+                      captured_at=entry.captured_at, image=data)
+        self.session.publish_confirmed(
+            self.topics.stage_input(0), encode_frame(frame), self.options.qos,
+            lambda refused: self._on_confirmed(frame_id, refused),
+        )
 
-    def _expire_overdue(self) -> None:
-        now = time.monotonic()
-        for frame_id, sent in list(self._outstanding.items()):
-            if now - sent > self.options.frame_timeout:
-                log.warning("no result for %s after %.0f s; moving on",
+    def _wait_until(self, condition: Callable[[], bool], stop: threading.Event) -> bool:
+        """Wait for `condition` (checked under the lock), following up overdue frames.
+
+        Publishing happens outside the lock: paho calls back into `_settle` holding its own.
+        """
+        while True:
+            with self._changed:
+                if condition() or stop.is_set():
+                    return not stop.is_set()
+                resend, given_up = self._take_overdue()
+                if not (resend or given_up):
+                    self._changed.wait(timeout=min(1.0, self.options.frame_timeout))
+                    continue
+            for frame_id, entry in resend:
+                log.warning("no result for %s after %.0f s; sending it again",
                             frame_id, self.options.frame_timeout)
-                del self._outstanding[frame_id]
+                self._send(frame_id, entry, entry.image)
+            for frame_id, entry in given_up:
+                self._give_up(frame_id, entry)
 
-    def _on_result(self, message: mqtt.MQTTMessage) -> None:
-        try:
-            frame_id = json.loads(message.payload).get("frame_id")
-        except (ValueError, AttributeError, RecursionError):
-            return  # not one of ours: predictions and error events are JSON objects
-        if not isinstance(frame_id, str):
-            return
-        with self._slot_freed:
-            if self._outstanding.pop(frame_id, None) is not None:
-                self._slot_freed.notify_all()
+    def _take_overdue(self) -> tuple[list[tuple[str, _InFlight]], list[tuple[str, _InFlight]]]:
+        """(to send again, to give up): frames whose result is overdue (called under the lock)."""
+        now = time.monotonic()
+        resend, given_up = [], []
+        for frame_id, entry in list(self._in_flight.items()):
+            if now - entry.sent_at < self.options.frame_timeout:
+                continue
+            if entry.image is not None and entry.attempts <= self.options.resends:
+                entry.attempts += 1
+                entry.sent_at = now
+                self.counters.add("resent")
+                resend.append((frame_id, entry))
+            else:
+                del self._in_flight[frame_id]
+                self.counters.add("unanswered")
+                given_up.append((frame_id, entry))
+        return resend, given_up
+
+    def _give_up(self, frame_id: str, entry: _InFlight) -> None:
+        """Say so on the errors topic: a loss is never silent, wherever it happened."""
+        reason = (f"no result within {self.options.frame_timeout:.0f} s after "
+                  f"{entry.attempts} attempt(s): lost, or late behind a stage that is away")
+        log.warning("%s: %s", frame_id, reason)
+        event = ErrorEvent(node=self.options.source, reason=reason,
+                           topic=self.topics.stage_input(0), frame_id=frame_id)
+        self.session.publish(self.topics.errors, event.to_json(), qos=1)
+
+    def _settle(self, frame_id: str | None, counter: str) -> None:
+        with self._changed:
+            if frame_id is None or self._in_flight.pop(frame_id, None) is None:
+                return  # not ours, or settled already (a duplicate result)
+            self.counters.add(counter)
+            self._changed.notify_all()
+
+    def _on_confirmed(self, frame_id: str, refused: bool) -> None:
+        if refused:  # sending it again would be refused again
+            self._settle(frame_id, "refused_by_broker")
+
+    def _on_prediction(self, message: mqtt.MQTTMessage) -> None:
+        prediction = Prediction.parse(message.payload)
+        self._settle(prediction.frame_id if prediction else None, "answered")
+
+    def _on_error(self, message: mqtt.MQTTMessage) -> None:
+        event = ErrorEvent.parse(message.payload)
+        if event is not None and event.node != self.options.source:
+            self._settle(event.frame_id, "rejected")

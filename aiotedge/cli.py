@@ -17,7 +17,7 @@ from aiotedge.dedup import RecentIds
 from aiotedge.homeassistant import discovery_message
 from aiotedge.image import list_images
 from aiotedge.manifest import Manifest
-from aiotedge.metrics import serve_prometheus
+from aiotedge.metrics import Counters, serve_prometheus
 from aiotedge.nodeinfo import NodeInfo, chain_problems
 from aiotedge.profile import add_profile_arguments, run_profile
 from aiotedge.session import BrokerConfig, MqttSession, read_retained
@@ -255,8 +255,23 @@ def _cmd_camera(args: argparse.Namespace) -> int:
     service.notify(f"READY=1\nSTATUS=camera {cam.source} publishing {len(photos)} photos")
     sent = camera.run(photos, frames=cam.frames, stop=stop)
     service.notify("STOPPING=1")
-    log.info("published %d frames", sent)
     session.stop()
+    return _camera_outcome(camera.counters, sent, topics)
+
+
+def _camera_outcome(counters: Counters, sent: int, topics: Topics) -> int:
+    """Log what became of the frames; 1 when none could get through (a config to fix)."""
+    answered, rejected, unanswered, refused = (counters.get(name) for name in (
+        "answered", "rejected", "unanswered", "refused_by_broker"))
+    log.info("published %d frames: %d answered, %d rejected by the pipeline, %d unanswered, "
+             "%d refused by the broker", sent, answered, rejected, unanswered, refused)
+    if sent and refused == sent:
+        log.error("the broker refused every frame: is this camera's user allowed to publish "
+                  "to %s (the broker's ACL)?", topics.stage_input(0))
+        return 1
+    if sent and rejected == sent:
+        log.error("the pipeline rejected every frame (see %s for why)", topics.errors)
+        return 1
     return 0
 
 

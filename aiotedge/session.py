@@ -29,6 +29,8 @@ from aiotedge.topics import OFFLINE, ONLINE
 log = logging.getLogger(__name__)
 
 MessageHandler = Callable[[mqtt.MQTTMessage], None]
+#: called with `refused` once the broker answered a QoS 1 publish
+PublishCallback = Callable[[bool], None]
 _EARLY_MIDS_KEPT = 1024
 
 
@@ -126,7 +128,7 @@ class MqttSession:
             self._client.tls_set(
                 ca_certs=broker.ca_file, certfile=broker.cert_file, keyfile=broker.key_file
             )
-        self._client.on_socket_open = _disable_nagle
+        self._client.on_socket_open = self._on_socket_open
         self._client.on_connect = self._on_connect
         self._client.on_connect_fail = self._on_connect_fail
         self._client.on_disconnect = self._on_disconnect
@@ -135,18 +137,20 @@ class MqttSession:
         self._subscribing: dict[int, str] = {}
         self._pending_lock = threading.Lock()
         self._acked = threading.Condition(self._pending_lock)
-        #: our publish's mid -> the input it answers, acknowledged once the broker has the
-        #: publish; only the input's packet id and QoS, never its payload (a photo is 0.5 MB)
-        self._pending_acks: dict[int, _InputAck] = {}
+        #: our QoS 1 publish's mid -> what to do once the broker has it, and its topic
+        self._pending: dict[int, tuple[PublishCallback, str]] = {}
         #: publishes the broker answered with a failure (e.g. 0x87 Not authorized by its ACL)
         self.refused = 0
         #: why the last attempt to reach the broker failed (None while connected)
         self.connection_problem: str | None = None
         self._attempt_done = threading.Condition()
         self._attempts = 0
-        #: mid -> when on_publish saw it with no forward waiting for it (bounded: most are
-        #: QoS 0 publishes nobody waits for; a forward trusts only entries newer than itself)
-        self._published_early: OrderedDict[int, float] = OrderedDict()
+        #: whether the broker answered (CONNACK) on the current socket
+        self._answered = False
+        #: mid -> (when, refused) for answers on_publish saw before the publisher recorded
+        #: the mid (bounded: most are publishes nobody waits for; a publisher trusts only
+        #: entries newer than its own publish, as mids are reused)
+        self._published_early: OrderedDict[int, tuple[float, bool]] = OrderedDict()
         self._clean_start = session_expiry <= 0
         self._connect_properties = Properties(PacketTypes.CONNECT)
         if session_expiry > 0:
@@ -197,43 +201,55 @@ class MqttSession:
             self.publish(topic, payload, qos=1, retain=True)
 
     def ack(self, message: mqtt.MQTTMessage) -> None:
-        self._ack(_InputAck(message.mid, message.qos))
+        if message.qos > 0:
+            self._client.ack(message.mid, message.qos)
 
-    def _ack(self, source: _InputAck) -> None:
-        if source.qos > 0:
-            self._client.ack(source.mid, source.qos)
+    def publish_confirmed(
+        self, topic: str, payload: bytes | str, qos: int, on_confirmed: PublishCallback
+    ) -> None:
+        """Publish; call `on_confirmed(refused)` once the broker has answered (at QoS 0: now).
 
-    def forward(self, topic: str, payload: bytes | str, qos: int, source: mqtt.MQTTMessage) -> None:
-        """Publish a result, acknowledging the `source` message only once the broker holds it.
-
-        A node that dies between the two leaves its input unacknowledged, so the broker
-        delivers it again: nothing is lost, a downstream node may see a duplicate.
+        `refused` is true when the broker answered with a failure (its ACL, typically).
+        `on_confirmed` runs on the network thread, or on this one if the answer was quick.
         """
-        if qos == 0 or source.qos == 0:
-            self.publish(topic, payload, qos)
-            self.ack(source)
+        if qos == 0:
+            self.publish(topic, payload, 0)
+            on_confirmed(False)
             return
         # Not under our lock: paho calls on_publish holding its own, which would deadlock.
         started = time.monotonic()
         info = self.publish(topic, payload, qos)
         with self._pending_lock:
-            seen_at = self._published_early.pop(info.mid, None)
-            already_published = seen_at is not None and seen_at >= started
-            if not already_published:
-                self._pending_acks[info.mid] = _InputAck(source.mid, source.qos, topic)
-        if already_published:
-            self.ack(source)
+            early = self._published_early.pop(info.mid, None)
+            if early is None or early[0] < started:
+                self._pending[info.mid] = (on_confirmed, topic)
+                return
+        on_confirmed(early[1])
+
+    def forward(self, topic: str, payload: bytes | str, qos: int, source: mqtt.MQTTMessage) -> None:
+        """Publish a result, acknowledging the `source` message only once the broker holds it.
+
+        A node that dies between the two leaves its input unacknowledged, so the broker
+        delivers it again: nothing is lost, a downstream node may see a duplicate. Only the
+        input's packet id is kept meanwhile, never its payload (a photo is 0.5 MB).
+        """
+        if source.qos == 0:
+            self.publish(topic, payload, qos)
+            return
+        mid, input_qos = source.mid, source.qos
+        self.publish_confirmed(topic, payload, qos,
+                               lambda _refused: self._client.ack(mid, input_qos))
 
     @property
     def unacknowledged(self) -> int:
         with self._pending_lock:
-            return len(self._pending_acks)
+            return len(self._pending)
 
     def wait_acknowledged(self, timeout: float | None, at_most: int = 0) -> bool:
         """Wait until at most `at_most` forwarded results await the broker's acknowledgement."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._acked:
-            while len(self._pending_acks) > at_most:
+            while len(self._pending) > at_most:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
@@ -295,7 +311,12 @@ class MqttSession:
             self._attempts += 1
             self._attempt_done.notify_all()
 
+    def _on_socket_open(self, _client, _userdata, sock: socket.socket) -> None:
+        self._answered = False
+        _disable_nagle(sock)
+
     def _on_connect(self, client, _userdata, _flags, reason_code, _properties) -> None:
+        self._answered = True
         if reason_code.is_failure:
             self._connection_failed(f"the broker refused the connection: {reason_code}"
                                     + _REFUSAL_HINTS.get(reason_code.value, ""))
@@ -328,24 +349,25 @@ class MqttSession:
             log.info("subscribed to %s", topic)
 
     def _on_publish(self, _client, _userdata, mid, reason_code, _properties) -> None:
+        refused = reason_code.is_failure
         with self._pending_lock:
-            pending = self._pending_acks.get(mid)
-            if pending is None:  # the broker answered before forward() recorded the mid
-                self._published_early[mid] = time.monotonic()
+            pending = self._pending.get(mid)
+            if pending is None:  # the broker answered before the publisher recorded the mid
+                self._published_early[mid] = (time.monotonic(), refused)
                 self._published_early.move_to_end(mid)
                 if len(self._published_early) > _EARLY_MIDS_KEPT:
                     self._published_early.popitem(last=False)
-            if reason_code.is_failure:
+            if refused:
                 self.refused += 1
-        if reason_code.is_failure:
+        if refused:
             # Publishing again would be refused again: the input is acknowledged all the same.
-            topic = pending.topic if pending else f"message {mid}"
+            topic = pending[1] if pending else f"message {mid}"
             log.error("the broker refused the publish to %s: %s", topic, reason_code)
         if pending is not None:
-            self._ack(pending)
+            pending[0](refused)
             # only now is it done: wait_acknowledged() must not return before the ack is out
             with self._pending_lock:
-                del self._pending_acks[mid]
+                del self._pending[mid]
                 self._acked.notify_all()
 
     def _on_disconnect(self, _client, _userdata, flags, reason_code, _properties) -> None:
@@ -355,7 +377,7 @@ class MqttSession:
             return
         if was_connected:
             log.warning("lost the broker connection (%s); reconnecting", reason_code)
-        elif not flags.is_disconnect_packet_from_server:
+        elif not (self._answered or flags.is_disconnect_packet_from_server):
             # closed before any CONNACK: typically plain MQTT spoken to a TLS listener
             self._connection_failed(
                 "the broker closed the connection without answering"
@@ -390,19 +412,11 @@ def read_retained(
     return retained
 
 
-@dataclass(frozen=True)
-class _InputAck:
-    """What acknowledging an input needs, so the input's payload can be freed at once."""
-
-    mid: int
-    qos: int
-    topic: str = ""
-
-
 #: CONNACK reason codes whose cause a user can fix in the node's config
 _REFUSAL_HINTS = {
     0x86: " (check [broker] username and password_file)",
-    0x87: " (the broker's ACL or allow_anonymous refuses this client)",
+    # mosquitto answers a wrong password with this one too
+    0x87: " (check [broker] username and password_file; the broker may refuse this client)",
     0x85: " (another client id? check the node name)",
 }
 
@@ -414,6 +428,9 @@ def describe_connection_error(error: BaseException | None, broker: BrokerConfig)
     if isinstance(error, ssl.SSLError):
         hint = " (a plain MQTT port? then set tls = false)" if "WRONG_VERSION" in str(error) else ""
         return f"TLS handshake failed: {error.reason or error}{hint}"
+    if isinstance(error, ConnectionResetError) and broker.tls:
+        return "the broker reset the connection in the TLS handshake (a plain MQTT port? " \
+            "then set tls = false)"
     if isinstance(error, ConnectionRefusedError):
         return f"connection refused: nothing listens on {broker}"
     if isinstance(error, socket.gaierror):
@@ -434,7 +451,7 @@ def _dispatch(handlers: list[MessageHandler], message: mqtt.MQTTMessage) -> None
             log.exception("handler for %s failed on a message", message.topic)
 
 
-def _disable_nagle(_client, _userdata, sock: socket.socket) -> None:
+def _disable_nagle(sock: socket.socket) -> None:
     """paho leaves Nagle's algorithm on: small QoS 1 messages then wait ~40 ms for delayed ACKs."""
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

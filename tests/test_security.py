@@ -532,3 +532,55 @@ def test_a_forwarded_result_the_acl_refuses_is_logged_counted_and_its_input_ackn
     assert inputs.get(timeout=TIMEOUT).payload == b"marker"
     stage1.stop()
     camera.close()
+
+
+# -- why a connection fails, in the node's own log ----------------------------------------------
+
+
+def connection_problem(settings: BrokerConfig) -> str | None:
+    session = MqttSession(settings, f"diagnosed-{secrets.token_hex(3)}")
+    session.start()
+    try:
+        return session.first_attempt(TIMEOUT)
+    finally:
+        session.stop()
+
+
+@pytest.fixture
+def misnamed_pki(pki) -> Path:
+    """A broker certificate from the right CA for another name (elsewhere.lan only)."""
+    _issue(pki, "elsewhere", "basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"
+           "subjectAltName=DNS:elsewhere.lan\n")
+    return pki
+
+
+def test_each_connection_failure_is_named(secure_broker, pki, passwords, misnamed_pki, tmp_path):
+    broker = secure_broker()
+    stage1 = BrokerConfig("127.0.0.1", broker.tls_port, username="stage1", tls=True,
+                          password_file=str(passwords["stage1"]), ca_file=str(pki / "ca.crt"))
+    assert connection_problem(stage1) is None
+    other_ca = tmp_path / "other-ca.crt"
+    other_ca.write_text((pki / "client.crt").read_text())  # a certificate, but not the CA's
+    wrong_password = tmp_path / "wrong.password"
+    wrong_password.write_text("not-the-password\n")
+    problems = {
+        "tls to plain port": connection_problem(dataclasses.replace(stage1, port=broker.port)),
+        "plain to tls port": connection_problem(dataclasses.replace(stage1, tls=False)),
+        "other CA": connection_problem(dataclasses.replace(stage1, ca_file=str(other_ca))),
+        "password": connection_problem(
+            dataclasses.replace(stage1, password_file=str(wrong_password))),
+    }
+    assert problems["tls to plain port"].endswith("(a plain MQTT port? then set tls = false)")
+    assert problems["plain to tls port"] == (
+        "the broker closed the connection without answering (a TLS port? then set tls = true)")
+    assert problems["other CA"].startswith("TLS certificate check failed: ")
+    assert problems["other CA"].endswith("(check [broker] ca_file)")
+    assert problems["password"].startswith("the broker refused the connection: ")
+    assert "check [broker] username and password_file" in problems["password"]
+
+    misnamed = LocalBroker(extra_config=secure_conf(
+        misnamed_pki, passwords[""], tls_port := free_port(), tmp_path).replace(
+            str(pki / "broker."), str(pki / "elsewhere.")))
+    with misnamed:
+        problem = connection_problem(dataclasses.replace(stage1, port=tls_port))
+    assert "Hostname mismatch" in problem or "IP address mismatch" in problem, problem
