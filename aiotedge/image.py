@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import io
+import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from aiotedge.manifest import Preprocessing, TensorSpec
 
@@ -34,19 +37,31 @@ def list_images(folder: Path | str) -> list[Path]:
     return images
 
 
-def decode_image(data: bytes) -> Image.Image:
+@contextmanager
+def _refused_as(problem: str) -> Iterator[None]:
+    """Pillow's many exceptions for a bad file as one ImageError line: what is wrong, and why."""
     try:
-        image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
-        width, height = image.size
-        if width * height > MAX_PIXELS:
-            raise ImageError(
-                f"image of {width}x{height} pixels is larger than {MAX_PIXELS} pixels"
-            )
-        image.load()
+        yield
     except UnidentifiedImageError:
         raise ImageError("not a JPEG, PNG or BMP image") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise ImageError(f"broken image: {exc}") from None  # a known format, but broken
+    except (OSError, SyntaxError, ValueError, struct.error, Image.DecompressionBombError) as exc:
+        raise ImageError(f"{problem}: {exc}") from None
+
+
+def decode_image(data: bytes) -> Image.Image:
+    """The photo as its camera meant it to be seen, so the model sees what a person would.
+
+    Cameras store the sensor's rows as read and record in EXIF how to turn them upright.
+    """
+    with _refused_as("broken image"):
+        image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+    width, height = image.size
+    if width * height > MAX_PIXELS:  # turning it upright swaps the sides, not their product
+        raise ImageError(f"image of {width}x{height} pixels is larger than {MAX_PIXELS} pixels")
+    with _refused_as("broken image"):  # a known format, but broken
+        image.load()
+    with _refused_as("broken EXIF"):  # which way is up is unknown
+        ImageOps.exif_transpose(image, in_place=True)
     return image
 
 
