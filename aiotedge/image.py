@@ -20,6 +20,12 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 #: A camera frame larger than this is refused before its pixels are decoded: a few KB of PNG
 #: can otherwise expand to hundreds of MB on a board with 1 GB.
 MAX_PIXELS = 4096 * 4096
+#: Modes with 8-bit channels, which `convert("RGB")` maps without clipping. Pillow opens 16-bit
+#: RGB(A) and grey+alpha PNGs in these already, keeping the high byte of each value.
+EIGHT_BIT_MODES = frozenset({"1", "L", "LA", "P", "RGB", "RGBA", "CMYK"})
+#: 16-bit grey PNGs as Pillow opens them ("I" in older versions): converting them to RGB
+#: would clip every value above 255 to white instead of scaling it.
+SIXTEEN_BIT_GREY_MODES = frozenset({"I;16", "I;16B", "I;16L", "I"})
 
 
 class ImageError(ValueError):
@@ -62,7 +68,23 @@ def decode_image(data: bytes) -> Image.Image:
         image.load()
     with _refused_as("broken EXIF"):  # which way is up is unknown
         ImageOps.exif_transpose(image, in_place=True)
-    return image
+    return eight_bit(image)
+
+
+def eight_bit(image: Image.Image) -> Image.Image:
+    """The image in a mode `preprocess` converts to RGB exactly, or an ImageError saying why not.
+
+    16-bit grey keeps the high byte, as Pillow does for 16-bit colour, so a grey photo decodes
+    alike whichever way it was saved.
+    """
+    if image.mode in EIGHT_BIT_MODES:
+        return image
+    if image.mode not in SIXTEEN_BIT_GREY_MODES:
+        raise ImageError(f"{image.mode} pixels have no exact 8-bit RGB form")
+    values = np.asarray(image)
+    if values.min() < 0 or values.max() > 0xFFFF:
+        raise ImageError("16-bit grey image with values outside 0..65535")
+    return Image.fromarray((values >> 8).astype(np.uint8))
 
 
 def preprocess(image: Image.Image, prep: Preprocessing, spec: TensorSpec) -> np.ndarray:

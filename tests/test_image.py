@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from aiotedge.image import MAX_PIXELS, ImageError, decode_image, list_images, preprocess
+from aiotedge.image import (
+    MAX_PIXELS,
+    ImageError,
+    decode_image,
+    eight_bit,
+    list_images,
+    preprocess,
+)
 from aiotedge.manifest import Preprocessing, TensorSpec
 from aiotedge.runtime import Segment
 from tests.conftest import SHARED_IMAGES, SHARED_MODEL
@@ -150,3 +159,41 @@ def test_real_photos_taken_sideways_keep_their_class(mobilenet, orientation):
     }
     classes = {name: top1(mobilenet, photo) for name, photo in photos.items()}
     assert {name: top1(mobilenet, photo) for name, photo in turned.items()} == classes
+
+
+def png16(samples: np.ndarray) -> bytes:
+    """A 16-bit PNG (grey, grey+alpha, RGB or RGBA by the last axis), written by hand: Pillow
+    writes 16-bit grey only."""
+    height, width, channels = samples.shape
+    colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body)
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    rows = b"".join(b"\x00" + row.tobytes() for row in samples.astype(">u2").reshape(height, -1))
+    header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+            + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 4], ids=["grey", "grey+alpha", "rgb", "rgba"])
+def test_a_16_bit_png_decodes_like_its_8_bit_counterpart(channels):
+    ramp = np.linspace(0, 65535, 256).round()
+    wide = np.stack([np.tile(np.roll(ramp, 50 * c), (4, 1)) for c in range(channels)], axis=-1)
+    narrow = np.rint(wide / 257).astype(np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(narrow[..., 0] if channels == 1 else narrow).save(out, format="PNG")
+    from_16_bit = np.asarray(decode_image(png16(wide)).convert("RGB"), dtype=int)
+    from_8_bit = np.asarray(decode_image(out.getvalue()).convert("RGB"), dtype=int)
+    np.testing.assert_allclose(from_16_bit, from_8_bit, atol=1)
+
+
+def test_wide_grey_is_scaled_and_what_has_no_8_bit_form_is_refused():
+    grey = Image.fromarray(np.array([[0, 256, 32768, 65535]], dtype=np.int32))
+    assert grey.mode == "I"  # how older Pillow versions open a 16-bit grey PNG
+    assert np.asarray(eight_bit(grey)).tolist() == [[0, 1, 128, 255]]
+    with pytest.raises(ImageError, match=r"outside 0\.\.65535"):
+        eight_bit(Image.fromarray(np.array([[-1, 70000]], dtype=np.int32)))
+    with pytest.raises(ImageError, match="F pixels"):
+        eight_bit(Image.fromarray(np.zeros((2, 2), dtype=np.float32)))
