@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import logging
+import stat
 import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,6 +14,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from aiotedge.manifest import Preprocessing, TensorSpec
+
+log = logging.getLogger(__name__)
 
 #: Formats a camera may send. Pillow can open many more, but a daemon on the network should
 #: only parse the few a camera produces.
@@ -33,14 +37,40 @@ class ImageError(ValueError):
 
 
 def list_images(folder: Path | str) -> list[Path]:
-    """The photos in a folder, by name."""
+    """The photos in a folder that stage 0 accepts, by name.
+
+    Anything else named like a photo (a folder, a looping or broken symlink, an unreadable or
+    broken file) is skipped with a warning: one bad entry must not hide the good photos, nor
+    stop a camera daemon that systemd would then restart forever.
+    """
     folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: not a folder of images")
-    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not images:
-        raise FileNotFoundError(f"{folder}: no {', '.join(IMAGE_SUFFIXES)} files")
-    return images
+    try:
+        candidates = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    except OSError as exc:
+        raise FileNotFoundError(f"{folder}: not a folder of images ({exc.strerror})") from None
+    photos = []
+    for path in candidates:
+        problem = _unusable(path)
+        if problem:
+            log.warning("skipped %s: %s", path, problem)
+        else:
+            photos.append(path)
+    if not photos:
+        raise FileNotFoundError(f"{folder}: no usable photo ({', '.join(IMAGE_SUFFIXES)})")
+    return photos
+
+
+def _unusable(path: Path) -> str | None:
+    """Why stage 0 could not use the file, if it could not."""
+    try:
+        if not stat.S_ISREG(path.stat().st_mode):  # a pipe would block the read below forever
+            return "not a regular file"
+        decode_image(path.read_bytes())
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    except ImageError as exc:
+        return str(exc)
+    return None
 
 
 @contextmanager
