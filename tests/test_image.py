@@ -1,4 +1,5 @@
-"""Stage 0 preprocessing: the manifest's rule, exactly, and refusal of what is not a photo."""
+"""Stage 0 decoding and preprocessing: photos upright and in 8 bits, the manifest's rule exactly,
+and refusal of what is not a photo."""
 
 from __future__ import annotations
 
