@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import io
+import logging
+import stat
+import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from aiotedge.manifest import Preprocessing, TensorSpec
+
+log = logging.getLogger(__name__)
 
 #: Formats a camera may send. Pillow can open many more, but a daemon on the network should
 #: only parse the few a camera produces.
@@ -17,6 +24,12 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 #: A camera frame larger than this is refused before its pixels are decoded: a few KB of PNG
 #: can otherwise expand to hundreds of MB on a board with 1 GB.
 MAX_PIXELS = 4096 * 4096
+#: Modes with 8-bit channels, which `convert("RGB")` maps without clipping. Pillow opens 16-bit
+#: RGB(A) and grey+alpha PNGs in these already, keeping the high byte of each value.
+EIGHT_BIT_MODES = frozenset({"1", "L", "LA", "P", "RGB", "RGBA", "CMYK"})
+#: 16-bit grey PNGs as Pillow opens them ("I" in older versions): converting them to RGB
+#: would clip every value above 255 to white instead of scaling it.
+SIXTEEN_BIT_GREY_MODES = frozenset({"I;16", "I;16B", "I;16L", "I"})
 
 
 class ImageError(ValueError):
@@ -24,30 +37,84 @@ class ImageError(ValueError):
 
 
 def list_images(folder: Path | str) -> list[Path]:
-    """The photos in a folder, by name."""
+    """The photos in a folder that stage 0 accepts, by name.
+
+    Anything else named like a photo (a folder, a looping or broken symlink, an unreadable or
+    broken file) is skipped with a warning: one bad entry must not hide the good photos, nor
+    stop a camera daemon that systemd would then restart forever.
+    """
     folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: not a folder of images")
-    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not images:
-        raise FileNotFoundError(f"{folder}: no {', '.join(IMAGE_SUFFIXES)} files")
-    return images
+    try:
+        candidates = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    except OSError as exc:
+        raise FileNotFoundError(f"{folder}: not a folder of images ({exc.strerror})") from None
+    photos = []
+    for path in candidates:
+        problem = _unusable(path)
+        if problem:
+            log.warning("skipped %s: %s", path, problem)
+        else:
+            photos.append(path)
+    if not photos:
+        raise FileNotFoundError(f"{folder}: no usable photo ({', '.join(IMAGE_SUFFIXES)})")
+    return photos
+
+
+def _unusable(path: Path) -> str | None:
+    """Why stage 0 could not use the file, if it could not."""
+    try:
+        if not stat.S_ISREG(path.stat().st_mode):  # a pipe would block the read below forever
+            return "not a regular file"
+        decode_image(path.read_bytes())
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    except ImageError as exc:
+        return str(exc)
+    return None
+
+
+@contextmanager
+def _refused_as(problem: str) -> Iterator[None]:
+    """Pillow's many exceptions for a bad file as one ImageError line: what is wrong, and why."""
+    try:
+        yield
+    except UnidentifiedImageError:
+        raise ImageError("not a JPEG, PNG or BMP image") from None
+    except (OSError, SyntaxError, ValueError, struct.error, Image.DecompressionBombError) as exc:
+        raise ImageError(f"{problem}: {exc}") from None
 
 
 def decode_image(data: bytes) -> Image.Image:
-    try:
+    """The photo as its camera meant it to be seen, so the model sees what a person would.
+
+    Cameras store the sensor's rows as read and record in EXIF how to turn them upright.
+    """
+    with _refused_as("broken image"):
         image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
-        width, height = image.size
-        if width * height > MAX_PIXELS:
-            raise ImageError(
-                f"image of {width}x{height} pixels is larger than {MAX_PIXELS} pixels"
-            )
+    width, height = image.size
+    if width * height > MAX_PIXELS:  # turning it upright swaps the sides, not their product
+        raise ImageError(f"image of {width}x{height} pixels is larger than {MAX_PIXELS} pixels")
+    with _refused_as("broken image"):  # a known format, but broken
         image.load()
-    except UnidentifiedImageError:
-        raise ImageError("not a JPEG, PNG or BMP image") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise ImageError(f"broken image: {exc}") from None  # a known format, but broken
-    return image
+    with _refused_as("broken EXIF"):  # which way is up is unknown
+        ImageOps.exif_transpose(image, in_place=True)
+    return eight_bit(image)
+
+
+def eight_bit(image: Image.Image) -> Image.Image:
+    """The image in a mode `preprocess` converts to RGB exactly, or an ImageError saying why not.
+
+    16-bit grey keeps the high byte, as Pillow does for 16-bit colour, so a grey photo decodes
+    alike whichever way it was saved.
+    """
+    if image.mode in EIGHT_BIT_MODES:
+        return image
+    if image.mode not in SIXTEEN_BIT_GREY_MODES:
+        raise ImageError(f"{image.mode} pixels have no exact 8-bit RGB form")
+    values = np.asarray(image)
+    if values.min() < 0 or values.max() > 0xFFFF:
+        raise ImageError("16-bit grey image with values outside 0..65535")
+    return Image.fromarray((values >> 8).astype(np.uint8))
 
 
 def preprocess(image: Image.Image, prep: Preprocessing, spec: TensorSpec) -> np.ndarray:

@@ -1,15 +1,40 @@
-"""Stage 0 preprocessing: the manifest's rule, exactly, and refusal of what is not a photo."""
+"""Stage 0 decoding and preprocessing: photos upright and in 8 bits, the manifest's rule exactly,
+and refusal of what is not a photo."""
 
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from aiotedge.image import ImageError, decode_image, preprocess
+from aiotedge.image import (
+    MAX_PIXELS,
+    ImageError,
+    decode_image,
+    eight_bit,
+    list_images,
+    preprocess,
+)
 from aiotedge.manifest import Preprocessing, TensorSpec
+from aiotedge.runtime import Segment
+from tests.conftest import SHARED_IMAGES, SHARED_MODEL
+
+#: EXIF orientation -> how a camera stores the upright picture under that tag, from the EXIF
+#: definition (where the stored first row and column belong in the upright picture); numpy
+#: only, so that the tests do not repeat Pillow's own table.
+STORED_AS = {
+    2: np.fliplr,                             # first row on top, first column on the right
+    3: lambda up: np.rot90(up, 2),            # bottom, right
+    4: np.flipud,                             # bottom, left
+    5: lambda up: up.swapaxes(0, 1),          # left, top
+    6: lambda up: np.rot90(up, 1),            # right, top: shown turned 90 degrees clockwise
+    7: lambda up: np.rot90(up, 2).swapaxes(0, 1),  # right, bottom
+    8: lambda up: np.rot90(up, -1),           # left, bottom: shown turned counter-clockwise
+}
 
 
 def png(width: int = 40, height: int = 30) -> bytes:
@@ -68,3 +93,108 @@ def test_grey_and_rgba_photos_become_rgb():
 def test_what_is_not_a_photo_is_refused(data, reason):
     with pytest.raises(ImageError, match=reason):
         decode_image(data)
+
+
+def gradient(width: int = 48, height: int = 32) -> np.ndarray:
+    """An RGB picture whose every flip and turn looks different."""
+    y, x = np.mgrid[0:height, 0:width]
+    return np.stack([x * 5, y * 7, (x + y) * 3], axis=-1).clip(0, 255).astype(np.uint8)
+
+
+def tagged(upright: np.ndarray, orientation: int, image_format: str) -> bytes:
+    """The photo a camera writes: pixels as its sensor read them, EXIF saying how to turn them."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    out = io.BytesIO()
+    stored = Image.fromarray(np.ascontiguousarray(STORED_AS[orientation](upright)))
+    stored.save(out, format=image_format, exif=exif, quality=100, subsampling=0)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("orientation", sorted(STORED_AS))
+def test_a_lossless_photo_is_turned_upright_exactly(orientation):
+    decoded = decode_image(tagged(gradient(), orientation, "PNG"))
+    np.testing.assert_array_equal(np.asarray(decoded.convert("RGB")), gradient())
+
+
+@pytest.mark.parametrize("orientation", sorted(STORED_AS))
+def test_a_jpeg_is_turned_upright(orientation):
+    decoded = np.asarray(decode_image(tagged(gradient(), orientation, "JPEG")).convert("RGB"))
+    assert decoded.shape == gradient().shape
+    np.testing.assert_allclose(decoded, gradient(), atol=8)  # JPEG at quality 100: near
+
+
+def test_a_turned_photo_too_large_upright_is_refused_before_decoding():
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    out = io.BytesIO()
+    Image.new("L", (MAX_PIXELS // 4096 + 1, 4096)).save(out, format="PNG", exif=exif)
+    with pytest.raises(ImageError, match="4097x4096 pixels is larger"):
+        decode_image(out.getvalue())
+
+
+def test_unreadable_exif_is_refused_with_a_reason():
+    out = io.BytesIO()
+    Image.fromarray(gradient()).save(out, format="PNG", exif=b"Exif\x00\x00XX not TIFF")
+    with pytest.raises(ImageError, match="EXIF"):
+        decode_image(out.getvalue())
+
+
+@pytest.fixture(scope="module")
+def mobilenet(shared_data) -> Segment:
+    return Segment(SHARED_MODEL)
+
+
+def top1(model: Segment, photo: bytes) -> int:
+    prep = Preprocessing(224, 224, mean=127.5, std=127.5)  # as a manifest states it
+    return int(np.argmax(model.run(preprocess(decode_image(photo), prep, model.input_spec))))
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize("orientation", [3, 6, 8])  # the turns a camera held sideways records
+def test_real_photos_taken_sideways_keep_their_class(mobilenet, orientation):
+    photos = {path.name: path.read_bytes() for path in list_images(SHARED_IMAGES)}
+    turned = {
+        name: tagged(np.asarray(decode_image(photo).convert("RGB")), orientation, "PNG")
+        for name, photo in photos.items()
+    }
+    classes = {name: top1(mobilenet, photo) for name, photo in photos.items()}
+    assert {name: top1(mobilenet, photo) for name, photo in turned.items()} == classes
+
+
+def png16(samples: np.ndarray) -> bytes:
+    """A 16-bit PNG (grey, grey+alpha, RGB or RGBA by the last axis), written by hand: Pillow
+    writes 16-bit grey only."""
+    height, width, channels = samples.shape
+    colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body)
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    rows = b"".join(b"\x00" + row.tobytes() for row in samples.astype(">u2").reshape(height, -1))
+    header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+            + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 4], ids=["grey", "grey+alpha", "rgb", "rgba"])
+def test_a_16_bit_png_decodes_like_its_8_bit_counterpart(channels):
+    ramp = np.linspace(0, 65535, 256).round()
+    wide = np.stack([np.tile(np.roll(ramp, 50 * c), (4, 1)) for c in range(channels)], axis=-1)
+    narrow = np.rint(wide / 257).astype(np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(narrow[..., 0] if channels == 1 else narrow).save(out, format="PNG")
+    from_16_bit = np.asarray(decode_image(png16(wide)).convert("RGB"), dtype=int)
+    from_8_bit = np.asarray(decode_image(out.getvalue()).convert("RGB"), dtype=int)
+    np.testing.assert_allclose(from_16_bit, from_8_bit, atol=1)
+
+
+def test_wide_grey_is_scaled_and_what_has_no_8_bit_form_is_refused():
+    grey = Image.fromarray(np.array([[0, 256, 32768, 65535]], dtype=np.int32))
+    assert grey.mode == "I"  # how older Pillow versions open a 16-bit grey PNG
+    assert np.asarray(eight_bit(grey)).tolist() == [[0, 1, 128, 255]]
+    with pytest.raises(ImageError, match=r"outside 0\.\.65535"):
+        eight_bit(Image.fromarray(np.array([[-1, 70000]], dtype=np.int32)))
+    with pytest.raises(ImageError, match="F pixels"):
+        eight_bit(Image.fromarray(np.zeros((2, 2), dtype=np.float32)))
