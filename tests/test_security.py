@@ -14,6 +14,7 @@ import secrets
 import shutil
 import ssl
 import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -584,3 +585,24 @@ def test_each_connection_failure_is_named(secure_broker, pki, passwords, misname
     with misnamed:
         problem = connection_problem(dataclasses.replace(stage1, port=tls_port))
     assert "Hostname mismatch" in problem or "IP address mismatch" in problem, problem
+
+
+def test_a_camera_whose_every_frame_the_acl_refuses_exits_1(
+    secure_broker, pki, passwords, generated_photos, tmp_path
+):
+    broker = secure_broker()
+    config = tmp_path / "camera.toml"
+    config.write_text(  # stage1's login: the ACL does not let it publish into stage 0
+        f'[broker]\nhost = "127.0.0.1"\nport = {broker.tls_port}\nusername = "stage1"\n'
+        f'password_file = "{passwords["stage1"]}"\ntls = true\nca_file = "{pki / "ca.crt"}"\n'
+        f'[pipeline]\nname = "greenhouse"\n'
+        f'[camera]\nimages = "{generated_photos}"\nsource = "stage1"\nfps = 50.0\n'
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "aiotedge", "camera", "--config", str(config), "--frames", "3"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "published 3 frames: 0 answered, 0 rejected by the pipeline, 0 unanswered, " \
+        "3 refused by the broker" in result.stderr
+    assert "the broker refused every frame" in result.stderr
