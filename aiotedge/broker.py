@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import socket
 import subprocess
@@ -50,8 +51,12 @@ class LocalBroker:
         self._workdir = Path(tempfile.mkdtemp(prefix="aiotedge-broker-"))
         self.config_path = self._workdir / "mosquitto.conf"
         self.log_path = self._workdir / "mosquitto.log"
+        # Started as root, mosquitto would become the `mosquitto` user, who cannot write its
+        # persistence file into this private folder: a private broker runs as whoever runs it.
+        own_user = "user root\n" if os.geteuid() == 0 else ""
         self.config_path.write_text(
-            f"{default_config()}\n{extra_config}\nlistener {self.port} 127.0.0.1\n"
+            f"{default_config()}\npersistence_location {self._workdir}/\n{own_user}"
+            f"{extra_config}\nlistener {self.port} 127.0.0.1\n"
         )
         self._process: subprocess.Popen[bytes] | None = None
 

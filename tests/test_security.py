@@ -7,7 +7,6 @@ the listener's port are pointed at throwaway ones made here.
 from __future__ import annotations
 
 import dataclasses
-import os
 import queue
 import re
 import secrets
@@ -112,7 +111,7 @@ def passwords(tmp_path_factory) -> dict[str, Path]:
     return files
 
 
-def secure_conf(pki: Path, broker_passwords: Path, tls_port: int, workdir: Path,
+def secure_conf(pki: Path, broker_passwords: Path, tls_port: int,
                 require_certificate: bool = False) -> str:
     """secure.conf with its paths pointed at the throwaway files; everything else as shipped."""
     text = SECURE_CONF.read_text()
@@ -129,12 +128,7 @@ def secure_conf(pki: Path, broker_passwords: Path, tls_port: int, workdir: Path,
     for old, new in replacements.items():
         assert old in text, f"secure.conf no longer says {old!r}: update this test"
         text = text.replace(old, new)
-    # Debian's mosquitto.conf sets where persistence goes; started as root, mosquitto would
-    # become the `mosquitto` user, who cannot read the test's private files.
-    text += f"\npersistence_location {workdir}/\n"
-    if os.geteuid() == 0:
-        text += "user root\n"
-    return text
+    return text  # LocalBroker adds where persistence goes, as Debian's mosquitto.conf does
 
 
 @pytest.fixture
@@ -147,10 +141,8 @@ def secure_broker(pki, passwords, tmp_path):
 
     def start(require_certificate: bool = False) -> LocalBroker:
         tls_port = free_port()
-        workdir = tmp_path / f"broker{len(started)}"
-        workdir.mkdir()
         local = LocalBroker(extra_config=secure_conf(
-            pki, passwords[""], tls_port, workdir, require_certificate))
+            pki, passwords[""], tls_port, require_certificate))
         try:
             local.start()
         except BrokerError as exc:
@@ -580,7 +572,7 @@ def test_each_connection_failure_is_named(secure_broker, pki, passwords, misname
     assert "check [broker] username and password_file" in problems["password"]
 
     misnamed = LocalBroker(extra_config=secure_conf(
-        misnamed_pki, passwords[""], tls_port := free_port(), tmp_path).replace(
+        misnamed_pki, passwords[""], tls_port := free_port()).replace(
             str(pki / "broker."), str(pki / "elsewhere.")))
     with misnamed:
         problem = connection_problem(dataclasses.replace(stage1, port=tls_port))
