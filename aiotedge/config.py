@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import ssl
 import tomllib
 import types
 import typing
@@ -157,6 +158,21 @@ class NodeConfig:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
         return _build(cls, data, str(path), "")
 
+    def check_files(self, source: str) -> None:
+        """Open the files the broker settings name, before the node connects.
+
+        A missing or unusable one is then named with its key: ssl's own errors name neither
+        the file nor the key, or end in a traceback. Not part of load(): the example configs
+        name files that exist only on the boards they are for.
+        """
+        broker = self.broker
+        for key in ("password_file", "ca_file", "cert_file", "key_file"):
+            filename = getattr(broker, key)
+            if filename is not None:
+                _check_readable(filename, f"{source}: key 'broker.{key}'")
+        if broker.tls:
+            _check_certificates(broker, source)
+
     def override(self, section: str, **values: Any) -> NodeConfig:
         """A copy with the given keys of one section replaced; None means 'not given'."""
         given = {key: value for key, value in values.items() if value is not None}
@@ -230,3 +246,54 @@ def _utf8(raw: bytes, path: Path) -> str:
             f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at line {line}, column {column})"
         ) from None
 
+
+def _check_readable(filename: str, where: str) -> None:
+    """Opening is the test: permissions, ACLs and the service's sandbox all count."""
+    try:
+        with open(filename, "rb"):
+            pass
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: {filename} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read {filename}: {exc.strerror}") from None
+
+
+class _EncryptedKeyError(Exception):
+    pass
+
+
+def _refuse_passphrase() -> bytes:
+    """Stands in for OpenSSL's passphrase prompt, which a daemon cannot answer."""
+    raise _EncryptedKeyError
+
+
+def _check_certificates(broker: BrokerConfig, source: str) -> None:
+    """Load the CA, the client certificate and its key as paho's tls_set() will."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    # a certificate (chain) file loads as CA certificates: the check that it holds one
+    for key in ("ca_file", "cert_file"):
+        filename = getattr(broker, key)
+        if filename is not None:
+            try:
+                context.load_verify_locations(filename)
+            except ssl.SSLError:
+                raise ConfigError(
+                    f"{source}: key 'broker.{key}': {filename} holds no PEM certificate"
+                ) from None
+    if broker.cert_file is None:
+        return
+    # without key_file the key is read from cert_file (ssl's rule, which paho follows)
+    key = "key_file" if broker.key_file else "cert_file"
+    filename = getattr(broker, key)
+    where = f"{source}: key 'broker.{key}': {filename}"
+    try:
+        context.load_cert_chain(broker.cert_file, broker.key_file, password=_refuse_passphrase)
+    except _EncryptedKeyError:
+        raise ConfigError(
+            f"{where} is encrypted; give the key without a passphrase, readable by the node only"
+        ) from None
+    except ssl.SSLError as exc:
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            raise ConfigError(f"{where} is not the key of {broker.cert_file}") from None
+        hint = "" if broker.key_file else " (set key_file)"
+        raise ConfigError(f"{where} holds no PEM private key{hint}") from None

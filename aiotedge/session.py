@@ -91,19 +91,25 @@ class BrokerConfig:
                 )
 
     def password(self) -> str | None:
+        """From password_file, else password_env; at most what MQTT carries (paho would die)."""
         if self.password_file:
+            where = f"the broker password file {self.password_file}"
             try:
-                return Path(self.password_file).read_text().strip()
+                value = Path(self.password_file).read_text().strip()
             except OSError as exc:
-                raise BrokerConfigError(
-                    f"cannot read the broker password file {self.password_file}: {exc.strerror}"
-                ) from exc
-        if self.password_env:
+                raise BrokerConfigError(f"cannot read {where}: {exc.strerror}") from exc
+            except UnicodeDecodeError as exc:
+                raise BrokerConfigError(f"{where} is not UTF-8 text") from exc
+        elif self.password_env:
+            where = f"environment variable {self.password_env}"
             value = os.environ.get(self.password_env)
             if value is None:
-                raise BrokerConfigError(f"environment variable {self.password_env} is not set")
-            return value
-        return None
+                raise BrokerConfigError(f"{where} is not set")
+        else:
+            return None
+        if len(value.encode(errors="surrogateescape")) > MQTT_STRING_BYTES:
+            raise BrokerConfigError(f"the password in {where} is over {MQTT_STRING_BYTES} bytes")
+        return value
 
     @classmethod
     def parse(cls, address: str) -> BrokerConfig:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+from pathlib import Path
+
 import pytest
 
 from aiotedge.config import ConfigError, NodeConfig
-from aiotedge.session import BrokerConfig
+from aiotedge.session import BrokerConfig, BrokerConfigError
 
 
 def write(tmp_path, text: str):
@@ -197,3 +201,98 @@ def test_broker_addresses(address, expected):
 
 
 
+
+def test_a_password_longer_than_mqtt_carries_is_refused(tmp_path):
+    secret = tmp_path / "node.password"
+    secret.write_text("x" * 65536 + "\n")
+    broker = BrokerConfig(username="u", password_file=str(secret))
+    with pytest.raises(BrokerConfigError) as caught:
+        broker.password()
+    assert str(caught.value) == (
+        f"the password in the broker password file {secret} is over 65535 bytes"
+    )
+
+
+def test_a_password_file_that_is_not_utf8_is_named(tmp_path):
+    secret = tmp_path / "node.password"
+    secret.write_bytes(b"caf\xe9\n")
+    broker = BrokerConfig(username="u", password_file=str(secret))
+    with pytest.raises(BrokerConfigError) as caught:
+        broker.password()
+    assert str(caught.value) == f"the broker password file {secret} is not UTF-8 text"
+
+# -- files the broker settings name, checked when a node starts ------------------------------
+
+
+def _openssl(directory: Path, *args: str) -> None:
+    subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def pem(tmp_path_factory) -> Path:
+    """Two self-signed certificates with their keys, a passphrase-protected key, some junk."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed (sudo apt-get install openssl)")
+    directory = tmp_path_factory.mktemp("pem")
+    for name in ("a", "b"):
+        _openssl(directory, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                 "-nodes", "-days", "2", "-subj", f"/CN={name}", "-keyout", f"{name}.key",
+                 "-out", f"{name}.crt")
+    _openssl(directory, "pkey", "-in", "a.key", "-aes256", "-passout", "pass:secret",
+             "-out", "encrypted.key")
+    (directory / "a.pem").write_text((directory / "a.crt").read_text()
+                                     + (directory / "a.key").read_text())
+    (directory / "junk.txt").write_text("not a certificate\n")
+    return directory
+
+
+def check_files(tmp_path, broker_keys: str) -> None:
+    config = NodeConfig.load(write(tmp_path, "[broker]\ntls = true\n" + broker_keys))
+    config.check_files("node.toml")
+
+
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        ('ca_file = "{d}/absent.crt"',
+         "node.toml: key 'broker.ca_file': {d}/absent.crt does not exist"),
+        ('ca_file = "{d}"', "node.toml: key 'broker.ca_file': cannot read {d}: Is a directory"),
+        ('cert_file = "{d}/absent.crt"\nkey_file = "{d}/a.key"',
+         "node.toml: key 'broker.cert_file': {d}/absent.crt does not exist"),
+        ('cert_file = "{d}/a.crt"\nkey_file = "{d}/absent.key"',
+         "node.toml: key 'broker.key_file': {d}/absent.key does not exist"),
+        ('username = "u"\npassword_file = "{d}/absent.password"',
+         "node.toml: key 'broker.password_file': {d}/absent.password does not exist"),
+        ('ca_file = "{d}/junk.txt"',
+         "node.toml: key 'broker.ca_file': {d}/junk.txt holds no PEM certificate"),
+        ('cert_file = "{d}/a.key"\nkey_file = "{d}/a.key"',
+         "node.toml: key 'broker.cert_file': {d}/a.key holds no PEM certificate"),
+        ('cert_file = "{d}/a.crt"',
+         "node.toml: key 'broker.cert_file': {d}/a.crt holds no PEM private key (set key_file)"),
+        ('cert_file = "{d}/a.crt"\nkey_file = "{d}/junk.txt"',
+         "node.toml: key 'broker.key_file': {d}/junk.txt holds no PEM private key"),
+        ('cert_file = "{d}/a.crt"\nkey_file = "{d}/b.key"',
+         "node.toml: key 'broker.key_file': {d}/b.key is not the key of {d}/a.crt"),
+        ('cert_file = "{d}/a.crt"\nkey_file = "{d}/encrypted.key"',
+         "node.toml: key 'broker.key_file': {d}/encrypted.key is encrypted"),
+    ],
+)
+def test_missing_or_unusable_broker_files_are_named_with_their_key(tmp_path, pem, keys, message):
+    with pytest.raises(ConfigError) as caught:
+        check_files(tmp_path, keys.format(d=pem))
+    assert str(caught.value).startswith(message.format(d=pem))
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "keys",
+    ['ca_file = "{d}/a.crt"', 'cert_file = "{d}/a.pem"',
+     'ca_file = "{d}/b.crt"\ncert_file = "{d}/a.crt"\nkey_file = "{d}/a.key"'],
+)
+def test_usable_broker_files_pass(tmp_path, pem, keys):
+    check_files(tmp_path, keys.format(d=pem))
+
+
+def test_load_does_not_need_the_files_of_the_board_a_config_is_for(tmp_path):
+    config = NodeConfig.load(write(tmp_path, '[broker]\ntls = true\nca_file = "/nowhere/ca.crt"\n'))
+    assert config.broker.ca_file == "/nowhere/ca.crt"
