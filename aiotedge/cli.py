@@ -8,11 +8,13 @@ import logging
 import signal
 import socket
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from aiotedge import service
 from aiotedge.camera import Camera, CameraOptions, read_photo
-from aiotedge.config import ConfigError, NodeConfig
+from aiotedge.config import ConfigError, NodeConfig, StatsConfig
 from aiotedge.dedup import RecentIds
 from aiotedge.homeassistant import discovery_message
 from aiotedge.image import list_images
@@ -112,10 +114,15 @@ def _add_node_flags(parser: argparse.ArgumentParser) -> None:
 def _node_config(args: argparse.Namespace, section: str, **flags: object) -> NodeConfig:
     config = NodeConfig.load(args.config)
     if args.broker:
-        address = BrokerConfig.parse(args.broker)
+        try:
+            address = BrokerConfig.parse(args.broker)
+        except ValueError as exc:
+            raise ConfigError(f"flags: --broker {args.broker!r}: {exc}") from exc
         config = config.override("broker", host=address.host, port=address.port)
     config = config.override("pipeline", name=args.pipeline, qos=args.qos)
-    return config.override(section, **flags)
+    config = config.override(section, **flags)
+    config.check_files(args.config or "flags")
+    return config
 
 
 def _stop_on_signals() -> threading.Event:
@@ -173,7 +180,8 @@ def _cmd_stage(args: argparse.Namespace) -> int:
         max_message_bytes=args.max_message_bytes,
     ).override("stats", interval=args.stats_interval)
     stage = config.stage
-    manifest = _load_manifest(config, args.config or "flags")
+    source = args.config or "flags"
+    manifest = _load_manifest(config, source)
     options = StageOptions(
         index=stage.index,
         node=stage.node or f"stage{stage.index}-{socket.gethostname()}",
@@ -189,6 +197,8 @@ def _cmd_stage(args: argparse.Namespace) -> int:
     stop = _stop_on_signals()
     topics = _topics(config)
     node = StageNode(manifest, topics, config.broker, options)
+    if config.stats.prometheus_port:
+        _serve_prometheus(config.stats, options.node, node.stats_snapshot, source)
     fits = _chain_fits(config.broker, topics, node.info, stop)
     if fits is None:
         return 0
@@ -203,14 +213,25 @@ def _cmd_stage(args: argparse.Namespace) -> int:
         topic, payload = discovery_message(topics, manifest, options.node,
                                            config.homeassistant.prefix)
         node.session.publish(topic, payload, qos=1, retain=True)
-    if config.stats.prometheus_port:
-        serve_prometheus(options.node, node.stats_snapshot, config.stats.prometheus_port,
-                         config.stats.prometheus_address)
     service.notify(f"READY=1\nSTATUS=stage {options.index} serving {node.input_topic}")
     stop.wait()
     service.notify("STOPPING=1")
     node.stop()
     return 0
+
+
+def _serve_prometheus(
+    stats: StatsConfig, node: str, snapshot: Callable[[], dict[str, Any]], source: str
+) -> None:
+    """Before connecting, so that a port in use stops the node with the keys to fix."""
+    address, port = stats.prometheus_address, stats.prometheus_port
+    try:
+        serve_prometheus(node, snapshot, port, address)
+    except OSError as exc:
+        raise ConfigError(
+            f"{source}: keys 'stats.prometheus_address' and 'stats.prometheus_port': "
+            f"cannot listen on {address}:{port}: {exc.strerror}"
+        ) from exc
 
 
 def _load_manifest(config: NodeConfig, source: str) -> Manifest:
@@ -235,9 +256,14 @@ def _cmd_camera(args: argparse.Namespace) -> int:
         in_flight=args.in_flight, loop=args.loop, frames=args.frames,
     )
     cam = config.camera
+    source = args.config or "flags"
     if not cam.images:
-        raise ConfigError("no image folder given (--images or [camera] images)")
-    photos = [(path.name, read_photo(path)) for path in list_images(Path(cam.images))]
+        raise ConfigError(f"{source}: no image folder given (--images or key 'camera.images')")
+    try:
+        images = list_images(cam.images)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{source}: key 'camera.images': {exc}") from exc
+    photos = [(path.name, read_photo(path)) for path in images]
     topics = _topics(config)
     session = MqttSession(config.broker, f"camera-{cam.source}", topics.availability(cam.source))
     camera = Camera(

@@ -8,6 +8,8 @@ file key by key. docs/config.md is the reference.
 from __future__ import annotations
 
 import dataclasses
+import math
+import ssl
 import tomllib
 import types
 import typing
@@ -15,6 +17,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aiotedge.checks import (
+    HOST,
+    PATH,
+    TOPIC_LEVEL,
+    TOPIC_PREFIX,
+    host_name,
+    require,
+    require_range,
+    topic_level,
+    topic_prefix,
+    usable_path,
+)
 from aiotedge.session import BrokerConfig
 from aiotedge.topics import DEFAULT_PREFIX
 
@@ -23,17 +37,8 @@ class ConfigError(ValueError):
     pass
 
 
-def _require(**checks: bool) -> None:
-    """Raise ValueError naming the first key whose check failed (`_build` adds the file)."""
-    for description, ok in checks.items():
-        if not ok:
-            key, _, rule = description.partition("__")
-            raise ValueError(f"key {key!r} must be {rule.replace('_', ' ')}")
-
-
-def _topic_level(value: str) -> bool:
-    """Usable as one MQTT topic level (node names, camera ids, share groups)."""
-    return not any(c in value for c in "/+#\0")
+#: the longest wait the node takes (stats interval, camera frame period): a day
+_MAX_PERIOD = 86400
 
 
 @dataclass(frozen=True)
@@ -46,11 +51,11 @@ class PipelineConfig:
     session_expiry: int = 3600
 
     def __post_init__(self) -> None:
-        _require(
-            name__one_topic_level_without_wildcards=bool(self.name) and _topic_level(self.name),
-            qos__0_or_1=self.qos in (0, 1),
-            session_expiry__0_or_more=self.session_expiry >= 0,
-        )
+        require("name", topic_level(self.name), TOPIC_LEVEL)
+        require("prefix", topic_prefix(self.prefix), TOPIC_PREFIX)
+        require("qos", self.qos in (0, 1), f"0 or 1, got {self.qos}")
+        # a four-byte interval (MQTT 5 §3.1.2.11.2); 4294967295: never expires
+        require_range("session_expiry", self.session_expiry, 0, 2**32 - 1)
 
 
 @dataclass(frozen=True)
@@ -66,15 +71,21 @@ class StageConfig:
     share_group: str = ""
 
     def __post_init__(self) -> None:
-        _require(
-            index__0_or_more=self.index >= 0,
-            node__a_topic_level_without_wildcards=_topic_level(self.node),
-            threads__1_or_more=self.threads is None or self.threads >= 1,
-            queue_size__1_or_more=self.queue_size >= 1,
-            top_k__1_or_more=self.top_k >= 1,
-            max_message_bytes__1_or_more=self.max_message_bytes >= 1,
-            share_group__a_topic_level_without_wildcards=_topic_level(self.share_group),
-        )
+        if self.manifest:
+            require("manifest", usable_path(self.manifest), PATH)
+        require_range("index", self.index, 0)
+        if self.node:
+            require("node", topic_level(self.node), TOPIC_LEVEL)
+        if self.threads is not None:
+            # more threads than cores only slow TFLite down; LiteRT fails from 2**31 on
+            require_range("threads", self.threads, 1, 256)
+        # the broker's Receive Maximum: two bytes, 0 is a protocol error (MQTT 5 §3.1.2.11.3)
+        require_range("queue_size", self.queue_size, 1, 65535)
+        require_range("top_k", self.top_k, 1)
+        # no MQTT packet is larger (MQTT 5 §1.5.5, Remaining Length)
+        require_range("max_message_bytes", self.max_message_bytes, 1, 268435455)
+        if self.share_group:
+            require("share_group", topic_level(self.share_group), TOPIC_LEVEL)
 
 
 @dataclass(frozen=True)
@@ -86,10 +97,9 @@ class StatsConfig:
     prometheus_address: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
-        _require(
-            interval__0_or_more=self.interval >= 0,
-            prometheus_port__a_port_number_or_0=0 <= self.prometheus_port <= 65535,
-        )
+        require_range("interval", self.interval, 0, _MAX_PERIOD)
+        require_range("prometheus_port", self.prometheus_port, 0, 65535)
+        require("prometheus_address", host_name(self.prometheus_address), HOST)
 
 
 @dataclass(frozen=True)
@@ -97,6 +107,9 @@ class HomeAssistantConfig:
     #: announce the pipeline's prediction as a Home Assistant sensor (last stage only)
     discovery: bool = False
     prefix: str = "homeassistant"
+
+    def __post_init__(self) -> None:
+        require("prefix", topic_prefix(self.prefix), TOPIC_PREFIX)
 
 
 @dataclass(frozen=True)
@@ -109,13 +122,14 @@ class CameraConfig:
     frames: int | None = None
 
     def __post_init__(self) -> None:
-        _require(
-            source__one_topic_level_without_wildcards=bool(self.source)
-            and _topic_level(self.source),
-            fps__0_or_more=self.fps >= 0,
-            in_flight__1_or_more=self.in_flight >= 1,
-            frames__1_or_more=self.frames is None or self.frames >= 1,
-        )
+        if self.images:
+            require("images", usable_path(self.images), PATH)
+        require("source", topic_level(self.source), TOPIC_LEVEL)
+        require("fps", self.fps == 0 or self.fps >= 1 / _MAX_PERIOD,
+                f"0 or at least 1/{_MAX_PERIOD} (one frame a day), got {self.fps}")
+        require_range("in_flight", self.in_flight, 1)
+        if self.frames is not None:
+            require_range("frames", self.frames, 1)
 
 
 @dataclass(frozen=True)
@@ -133,12 +147,31 @@ class NodeConfig:
             return cls()
         path = Path(path)
         try:
-            data = tomllib.loads(path.read_text())
+            raw = path.read_bytes()
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
-        except tomllib.TOMLDecodeError as exc:
+        text = _utf8(raw, path)
+        try:
+            data = tomllib.loads(text)
+        # TOMLDecodeError, or an integer over Python's 4300 digits (a plain ValueError)
+        except ValueError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
         return _build(cls, data, str(path), "")
+
+    def check_files(self, source: str) -> None:
+        """Open the files the broker settings name, before the node connects.
+
+        A missing or unusable one is then named with its key: ssl's own errors name neither
+        the file nor the key, or end in a traceback. Not part of load(): the example configs
+        name files that exist only on the boards they are for.
+        """
+        broker = self.broker
+        for key in ("password_file", "ca_file", "cert_file", "key_file"):
+            filename = getattr(broker, key)
+            if filename is not None:
+                _check_readable(filename, f"{source}: key 'broker.{key}'")
+        if broker.tls:
+            _check_certificates(broker, source)
 
     def override(self, section: str, **values: Any) -> NodeConfig:
         """A copy with the given keys of one section replaced; None means 'not given'."""
@@ -181,11 +214,86 @@ def _check_type(value: Any, expected: Any, where: str) -> Any:
     for option in allowed:
         if option is type(None) and value is None:
             return value
-        if option is float and isinstance(value, int) and not isinstance(value, bool):
-            return float(value)
+        if option is float and isinstance(value, int | float) and not isinstance(value, bool):
+            return _finite(value, where)
         if option is int and isinstance(value, bool):
             continue
         if isinstance(option, type) and option is not type(None) and isinstance(value, option):
             return value
     names = " or ".join(getattr(a, "__name__", str(a)) for a in allowed if a is not type(None))
     raise ConfigError(f"{where} must be {names}, got {type(value).__name__} {value!r}")
+
+
+def _finite(value: float, where: str) -> float:
+    """TOML (and argparse) take inf and nan, and integers no float holds: no setting wants one."""
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise ConfigError(f"{where} must be a finite number, got {value}")
+    return number
+
+
+def _utf8(raw: bytes, path: Path) -> str:
+    """TOML files are UTF-8; the error says where one is not (an editor's Latin-1, a binary)."""
+    try:
+        return raw.decode()
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at line {line}, column {column})"
+        ) from None
+
+
+def _check_readable(filename: str, where: str) -> None:
+    """Opening is the test: permissions, ACLs and the service's sandbox all count."""
+    try:
+        with open(filename, "rb"):
+            pass
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: {filename} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read {filename}: {exc.strerror}") from None
+
+
+class _EncryptedKeyError(Exception):
+    pass
+
+
+def _refuse_passphrase() -> bytes:
+    """Stands in for OpenSSL's passphrase prompt, which a daemon cannot answer."""
+    raise _EncryptedKeyError
+
+
+def _check_certificates(broker: BrokerConfig, source: str) -> None:
+    """Load the CA, the client certificate and its key as paho's tls_set() will."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    # a certificate (chain) file loads as CA certificates: the check that it holds one
+    for key in ("ca_file", "cert_file"):
+        filename = getattr(broker, key)
+        if filename is not None:
+            try:
+                context.load_verify_locations(filename)
+            except ssl.SSLError:
+                raise ConfigError(
+                    f"{source}: key 'broker.{key}': {filename} holds no PEM certificate"
+                ) from None
+    if broker.cert_file is None:
+        return
+    # without key_file the key is read from cert_file (ssl's rule, which paho follows)
+    key = "key_file" if broker.key_file else "cert_file"
+    filename = getattr(broker, key)
+    where = f"{source}: key 'broker.{key}': {filename}"
+    try:
+        context.load_cert_chain(broker.cert_file, broker.key_file, password=_refuse_passphrase)
+    except _EncryptedKeyError:
+        raise ConfigError(
+            f"{where} is encrypted; give the key without a passphrase, readable by the node only"
+        ) from None
+    except ssl.SSLError as exc:
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            raise ConfigError(f"{where} is not the key of {broker.cert_file}") from None
+        hint = "" if broker.key_file else " (set key_file)"
+        raise ConfigError(f"{where} holds no PEM private key{hint}") from None

@@ -24,6 +24,16 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from aiotedge.checks import (
+    HOST,
+    MQTT_STRING_BYTES,
+    PATH,
+    host_name,
+    mqtt_text,
+    require,
+    require_range,
+    usable_path,
+)
 from aiotedge.topics import OFFLINE, ONLINE
 
 log = logging.getLogger(__name__)
@@ -56,25 +66,54 @@ class BrokerConfig:
     key_file: str | None = None
 
     def __post_init__(self) -> None:
-        if not 0 < self.port < 65536:
-            raise ValueError(f"key 'port' must be a port number, not {self.port}")
-        if self.keepalive < 0:
-            raise ValueError("key 'keepalive' must be 0 or more")
+        require("host", host_name(self.host), HOST)
+        require_range("port", self.port, 1, 65535)
+        # a two-byte field (MQTT 5 §3.1.2.10); paho refuses only negative values
+        require_range("keepalive", self.keepalive, 0, 65535)
+        if self.username is not None:
+            require("username", mqtt_text(self.username),
+                    f"text of 1 to {MQTT_STRING_BYTES} bytes without control characters")
+        for key in ("password_file", "ca_file", "cert_file", "key_file"):
+            value = getattr(self, key)
+            if value is not None:
+                require(key, usable_path(value), PATH)
+        if self.password_env is not None:
+            require("password_env", usable_path(self.password_env) and "=" not in self.password_env,
+                    "an environment variable name")
+        # Settings that would be ignored without a word: paho sends a password only with a
+        # user name and uses a key only with its certificate; without tls the TLS files are
+        # not read at all (and the password goes in clear).
+        for key in ("password_file", "password_env"):
+            if getattr(self, key) is not None and self.username is None:
+                raise ValueError(f"key {key!r} is set without 'username'")
+        if self.key_file is not None and self.cert_file is None:
+            raise ValueError("key 'key_file' is set without 'cert_file'")
+        for key in ("ca_file", "cert_file", "key_file"):
+            if getattr(self, key) is not None and not self.tls:
+                raise ValueError(
+                    f"key {key!r} is set but 'tls' is false: set tls = true or remove {key}"
+                )
 
     def password(self) -> str | None:
+        """From password_file, else password_env; at most what MQTT carries (paho would die)."""
         if self.password_file:
+            where = f"the broker password file {self.password_file}"
             try:
-                return Path(self.password_file).read_text().strip()
+                value = Path(self.password_file).read_text().strip()
             except OSError as exc:
-                raise BrokerConfigError(
-                    f"cannot read the broker password file {self.password_file}: {exc.strerror}"
-                ) from exc
-        if self.password_env:
+                raise BrokerConfigError(f"cannot read {where}: {exc.strerror}") from exc
+            except UnicodeDecodeError as exc:
+                raise BrokerConfigError(f"{where} is not UTF-8 text") from exc
+        elif self.password_env:
+            where = f"environment variable {self.password_env}"
             value = os.environ.get(self.password_env)
             if value is None:
-                raise BrokerConfigError(f"environment variable {self.password_env} is not set")
-            return value
-        return None
+                raise BrokerConfigError(f"{where} is not set")
+        else:
+            return None
+        if len(value.encode(errors="surrogateescape")) > MQTT_STRING_BYTES:
+            raise BrokerConfigError(f"the password in {where} is over {MQTT_STRING_BYTES} bytes")
+        return value
 
     @classmethod
     def parse(cls, address: str) -> BrokerConfig:

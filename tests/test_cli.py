@@ -2,19 +2,35 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 
 import pytest
 
 
-def run_stage(config_text: str, tmp_path) -> subprocess.CompletedProcess[str]:
-    config = tmp_path / "stage7.toml"
-    config.write_text(config_text)
+def run_node(command: str, config: str | bytes, tmp_path) -> subprocess.CompletedProcess[str]:
+    path = tmp_path / "stage7.toml"
+    if isinstance(config, bytes):
+        path.write_bytes(config)
+    else:
+        path.write_text(config)
     return subprocess.run(
-        [sys.executable, "-m", "aiotedge", "stage", "--config", str(config)],
+        [sys.executable, "-m", "aiotedge", command, "--config", str(path)],
         capture_output=True, text=True, timeout=60, check=False,
     )
+
+
+def run_stage(config: str | bytes, tmp_path) -> subprocess.CompletedProcess[str]:
+    return run_node("stage", config, tmp_path)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], message: str) -> None:
+    """Exit status 2, and the message as the only line on stderr (no traceback)."""
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert message in lines[0]
 
 
 def test_a_missing_manifest_is_named_with_its_key(tmp_path):
@@ -37,13 +53,61 @@ def test_a_stage_index_beyond_the_split_is_named_with_its_key(tmp_path, test_mod
         ("[stage]\nqueue = 4\n", "[stage] unknown key 'queue'"),
         ("[broker]\npassword = \"hunter2\"\n", "[broker] unknown key 'password'"),
         ("[pipeline]\nqos = \"1\"\n", "key 'pipeline.qos' must be int, got str"),
+        # values paho refuses only once connected, in its network thread
+        ("[pipeline]\nsession_expiry = 4294967296\n",
+         "stage7.toml: [pipeline] key 'session_expiry' must be 0 to 4294967295, got 4294967296"),
+        ("[broker]\nkeepalive = 65536\n",
+         "stage7.toml: [broker] key 'keepalive' must be 0 to 65535, got 65536"),
+        ("[stage]\nqueue_size = 65536\n",
+         "stage7.toml: [stage] key 'queue_size' must be 1 to 65535, got 65536"),
+        ("[stage]\nthreads = 2147483648\n", "stage7.toml: [stage] key 'threads' must be 1 to 256"),
+        ("[camera]\nfps = inf\n", "stage7.toml: key 'camera.fps' must be a finite number, got inf"),
+        ('[broker]\nhost = ""\n', "stage7.toml: [broker] key 'host' must be a host name or an IP"),
+        (b'[broker]\nhost = "br\xf6ker"\n',
+         "stage7.toml: not UTF-8 text (byte 0xf6 at line 2, column 11)"),
     ],
 )
 def test_config_mistakes_stop_the_daemon_with_exit_2(tmp_path, text, message):
-    result = run_stage(text, tmp_path)
+    assert_one_line_error(run_stage(text, tmp_path), message)
+
+
+def test_a_missing_ca_file_is_named_with_its_key_before_connecting(
+    tmp_path, test_models, split_into
+):
+    manifest = split_into(test_models["int8"], 3)
+    result = run_stage(
+        f'[broker]\ntls = true\nca_file = "{tmp_path}/ca.crt"\n'
+        f'[stage]\nmanifest = "{manifest.directory}"\n',
+        tmp_path,
+    )
+    assert_one_line_error(
+        result, f"stage7.toml: key 'broker.ca_file': {tmp_path}/ca.crt does not exist"
+    )
+
+
+def test_a_prometheus_port_in_use_is_named_before_connecting(tmp_path, test_models, split_into):
+    manifest = split_into(test_models["int8"], 3)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_stage(
+            f'[stage]\nmanifest = "{manifest.directory}"\n[stats]\nprometheus_port = {port}\n',
+            tmp_path,
+        )
     assert result.returncode == 2
-    assert message in result.stderr
+    assert (
+        f"stage7.toml: keys 'stats.prometheus_address' and 'stats.prometheus_port': "
+        f"cannot listen on 127.0.0.1:{port}: Address already in use"
+    ) in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_missing_image_folder_is_named_with_its_key(tmp_path):
+    result = run_node("camera", '[camera]\nimages = "/nowhere/photos"\n', tmp_path)
+    assert_one_line_error(
+        result, "stage7.toml: key 'camera.images': /nowhere/photos: not a folder of images"
+    )
 
 
 def test_an_unreadable_password_file_is_reported(tmp_path, test_models, split_into):
@@ -53,5 +117,15 @@ def test_an_unreadable_password_file_is_reported(tmp_path, test_models, split_in
         f'[stage]\nmanifest = "{manifest.directory}"\n',
         tmp_path,
     )
-    assert result.returncode == 2
-    assert "cannot read the broker password file" in result.stderr
+    assert_one_line_error(result, f"stage7.toml: key 'broker.password_file': {tmp_path}/"
+                                  "absent.password does not exist")
+
+
+def test_a_bad_broker_flag_is_named():
+    result = subprocess.run(
+        [sys.executable, "-m", "aiotedge", "status", "--broker", "broker lan:1883"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert_one_line_error(
+        result, "flags: --broker 'broker lan:1883': key 'host' must be a host name or an IP address"
+    )

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+from pathlib import Path
+
 import pytest
 
 from aiotedge.config import ConfigError, NodeConfig
-from aiotedge.session import BrokerConfig
+from aiotedge.session import BrokerConfig, BrokerConfigError
 
 
 def write(tmp_path, text: str):
@@ -52,15 +56,76 @@ def test_an_int_is_accepted_where_a_float_is_expected(tmp_path):
         ("[broker]\nport = 1883.5\n", "key 'broker.port' must be int"),
         ("stage = 3\n", "[stage] must be a table"),
         ("[stage\n", "not valid TOML"),
-        # values out of range
-        ("[stage]\nqueue_size = 0\n", "[stage] key 'queue_size' must be 1 or more"),
-        ("[pipeline]\nqos = 2\n", "[pipeline] key 'qos' must be 0 or 1"),
-        ("[camera]\nin_flight = 0\n", "[camera] key 'in_flight' must be 1 or more"),
-        ("[stage]\ntop_k = 0\n", "[stage] key 'top_k' must be 1 or more"),
-        ('[stage]\nnode = "pi/3"\n', "key 'node' must be a topic level without wildcards"),
-        ('[pipeline]\nname = "a#"\n', "key 'name' must be one topic level without wildcards"),
-        ("[broker]\nport = 70000\n", "[broker] key 'port' must be a port number"),
-        ("[stats]\nprometheus_port = -1\n", "key 'prometheus_port' must be a port number or 0"),
+        ("[stage]\nindex = " + "9" * 5000 + "\n", "not valid TOML: Exceeds the limit"),
+        # floats: finite only (TOML has inf and nan)
+        ("[camera]\nfps = inf\n", "key 'camera.fps' must be a finite number, got inf"),
+        ("[camera]\nfps = nan\n", "key 'camera.fps' must be a finite number, got nan"),
+        ("[camera]\nfps = 1" + "0" * 400 + "\n", "key 'camera.fps' must be a finite number"),
+        ("[stats]\ninterval = -inf\n", "key 'stats.interval' must be a finite number, got -inf"),
+        # [broker]
+        ('[broker]\nhost = ""\n', "[broker] key 'host' must be a host name or an IP address"),
+        ('[broker]\nhost = "broker lan"\n', "[broker] key 'host' must be a host name or an IP"),
+        ('[broker]\nhost = "broker.lan:1883"\n', "[broker] key 'host' must be a host name or an"),
+        ('[broker]\nhost = "[::1]"\n', "[broker] key 'host' must be a host name or an IP address"),
+        ('[broker]\nhost = "' + "b" * 64 + '.lan"\n', "[broker] key 'host' must be a host name"),
+        ("[broker]\nport = 0\n", "[broker] key 'port' must be 1 to 65535, got 0"),
+        ("[broker]\nport = 70000\n", "[broker] key 'port' must be 1 to 65535, got 70000"),
+        ("[broker]\nport = 9223372036854775807\n", "[broker] key 'port' must be 1 to 65535"),
+        ("[broker]\nkeepalive = -1\n", "[broker] key 'keepalive' must be 0 to 65535, got -1"),
+        ("[broker]\nkeepalive = 65536\n", "[broker] key 'keepalive' must be 0 to 65535, got 65536"),
+        ('[broker]\nusername = ""\n', "[broker] key 'username' must be text of 1 to 65535 bytes"),
+        ('[broker]\nusername = "a\\tb"\n', "[broker] key 'username' must be text of 1 to 65535"),
+        ('[broker]\npassword_file = "/etc/pw"\n',
+         "[broker] key 'password_file' is set without 'username'"),
+        ('[broker]\nusername = "u"\npassword_env = ""\n',
+         "[broker] key 'password_env' must be an environment variable name"),
+        ('[broker]\nusername = "u"\npassword_file = ""\n',
+         "[broker] key 'password_file' must be a path (not empty, no NUL character)"),
+        ('[broker]\nca_file = "/etc/ca.crt"\n',
+         "[broker] key 'ca_file' is set but 'tls' is false: set tls = true or remove ca_file"),
+        ('[broker]\ntls = true\nkey_file = "/etc/node.key"\n',
+         "[broker] key 'key_file' is set without 'cert_file'"),
+        # [pipeline]
+        ('[pipeline]\nname = "a#"\n', "[pipeline] key 'name' must be one topic level: no /, +"),
+        ('[pipeline]\nname = "a\\u0007b"\n', "[pipeline] key 'name' must be one topic level"),
+        ('[pipeline]\nname = "' + "n" * 257 + '"\n', "[pipeline] key 'name' must be one topic"),
+        ('[pipeline]\nprefix = "home/+/ai"\n', "[pipeline] key 'prefix' must be topic levels"),
+        ('[pipeline]\nprefix = ""\n', "[pipeline] key 'prefix' must be topic levels joined by /"),
+        ('[pipeline]\nprefix = "aiotedge/"\n', "[pipeline] key 'prefix' must be topic levels"),
+        ('[pipeline]\nprefix = "$SYS"\n', "[pipeline] key 'prefix' must be topic levels"),
+        ("[pipeline]\nqos = 2\n", "[pipeline] key 'qos' must be 0 or 1, got 2"),
+        ("[pipeline]\nsession_expiry = -1\n",
+         "[pipeline] key 'session_expiry' must be 0 to 4294967295, got -1"),
+        ("[pipeline]\nsession_expiry = 4294967296\n",
+         "[pipeline] key 'session_expiry' must be 0 to 4294967295, got 4294967296"),
+        # [stage]
+        ('[stage]\nmanifest = "a\\u0000b"\n', "[stage] key 'manifest' must be a path"),
+        ("[stage]\nindex = -1\n", "[stage] key 'index' must be 0 or more, got -1"),
+        ('[stage]\nnode = "pi/3"\n', "[stage] key 'node' must be one topic level: no /, + or #"),
+        ("[stage]\nthreads = 0\n", "[stage] key 'threads' must be 1 to 256, got 0"),
+        ("[stage]\nthreads = 2147483648\n", "[stage] key 'threads' must be 1 to 256"),
+        ("[stage]\nqueue_size = 0\n", "[stage] key 'queue_size' must be 1 to 65535, got 0"),
+        ("[stage]\nqueue_size = 65536\n", "[stage] key 'queue_size' must be 1 to 65535, got 65536"),
+        ("[stage]\ntop_k = 0\n", "[stage] key 'top_k' must be 1 or more, got 0"),
+        ("[stage]\nmax_message_bytes = 0\n", "key 'max_message_bytes' must be 1 to 268435455"),
+        ("[stage]\nmax_message_bytes = 268435456\n",
+         "[stage] key 'max_message_bytes' must be 1 to 268435455, got 268435456"),
+        ('[stage]\nshare_group = "g+"\n', "[stage] key 'share_group' must be one topic level"),
+        # [camera]
+        ('[camera]\nsource = ""\n', "[camera] key 'source' must be one topic level"),
+        ("[camera]\nfps = -1\n", "key 'fps' must be 0 or at least 1/86400 (one frame a day)"),
+        ("[camera]\nfps = 1e-9\n", "[camera] key 'fps' must be 0 or at least 1/86400"),
+        ("[camera]\nin_flight = 0\n", "[camera] key 'in_flight' must be 1 or more, got 0"),
+        ("[camera]\nframes = 0\n", "[camera] key 'frames' must be 1 or more, got 0"),
+        # [stats]
+        ("[stats]\ninterval = -1\n", "[stats] key 'interval' must be 0 to 86400, got -1.0"),
+        ("[stats]\ninterval = 1e10\n", "key 'interval' must be 0 to 86400, got 10000000000.0"),
+        ("[stats]\nprometheus_port = -1\n", "[stats] key 'prometheus_port' must be 0 to 65535"),
+        ("[stats]\nprometheus_port = 65536\n", "[stats] key 'prometheus_port' must be 0 to 65535"),
+        ('[stats]\nprometheus_address = ""\n',
+         "[stats] key 'prometheus_address' must be a host name or an IP address"),
+        # [homeassistant]
+        ('[homeassistant]\nprefix = "ha/#"\n', "[homeassistant] key 'prefix' must be topic levels"),
     ],
 )
 def test_mistakes_are_reported_with_file_and_key(tmp_path, text, message):
@@ -68,6 +133,54 @@ def test_mistakes_are_reported_with_file_and_key(tmp_path, text, message):
         NodeConfig.load(write(tmp_path, text))
     assert message in str(caught.value)
     assert str(caught.value).startswith(str(tmp_path / "node.toml"))
+    assert "\n" not in str(caught.value)
+
+
+def test_the_limits_themselves_are_accepted(tmp_path):
+    config = NodeConfig.load(write(tmp_path, """
+[broker]
+host = "::1"
+port = 65535
+keepalive = 65535
+[pipeline]
+prefix = "home/ai"
+session_expiry = 4294967295
+[stage]
+threads = 256
+queue_size = 65535
+max_message_bytes = 268435455
+[camera]
+fps = 1.1574074074074073e-05
+[stats]
+interval = 86400
+prometheus_port = 65535
+"""))
+    assert (config.broker.keepalive, config.pipeline.session_expiry) == (65535, 4294967295)
+    assert (config.stage.queue_size, config.stage.max_message_bytes) == (65535, 268435455)
+    assert config.camera.fps == pytest.approx(1 / 86400)
+
+
+@pytest.mark.parametrize(
+    "host", ["broker.lan", "broker.lan.", "pi_4", "10.0.0.5", "fe80::1%eth0", "bröker.lan"]
+)
+def test_host_names_and_addresses_are_accepted(host):
+    assert BrokerConfig(host).host == host
+
+
+def test_flags_are_checked_like_keys(tmp_path):
+    config = NodeConfig.load(write(tmp_path, "[camera]\nfps = 2\n"))
+    with pytest.raises(ConfigError, match=r"^flags: key 'camera.fps' must be a finite number"):
+        config.override("camera", fps=float("inf"))
+    with pytest.raises(ConfigError, match=r"^flags: \[stage\] key 'queue_size' must be 1 to 65535"):
+        config.override("stage", queue_size=70000)
+
+
+def test_a_file_that_is_not_utf8_is_named(tmp_path):
+    path = tmp_path / "node.toml"
+    path.write_bytes(b'[stage]\nnode = "caf\xe9"\n')
+    with pytest.raises(ConfigError) as caught:
+        NodeConfig.load(path)
+    assert str(caught.value) == f"{path}: not UTF-8 text (byte 0xe9 at line 2, column 12)"
 
 
 def test_a_missing_file_is_a_config_error(tmp_path):
@@ -86,3 +199,100 @@ def test_a_missing_file_is_a_config_error(tmp_path):
 def test_broker_addresses(address, expected):
     assert BrokerConfig.parse(address) == expected
 
+
+
+
+def test_a_password_longer_than_mqtt_carries_is_refused(tmp_path):
+    secret = tmp_path / "node.password"
+    secret.write_text("x" * 65536 + "\n")
+    broker = BrokerConfig(username="u", password_file=str(secret))
+    with pytest.raises(BrokerConfigError) as caught:
+        broker.password()
+    assert str(caught.value) == (
+        f"the password in the broker password file {secret} is over 65535 bytes"
+    )
+
+
+def test_a_password_file_that_is_not_utf8_is_named(tmp_path):
+    secret = tmp_path / "node.password"
+    secret.write_bytes(b"caf\xe9\n")
+    broker = BrokerConfig(username="u", password_file=str(secret))
+    with pytest.raises(BrokerConfigError) as caught:
+        broker.password()
+    assert str(caught.value) == f"the broker password file {secret} is not UTF-8 text"
+
+# -- files the broker settings name, checked when a node starts ------------------------------
+
+
+def _openssl(directory: Path, *args: str) -> None:
+    subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def pem(tmp_path_factory) -> Path:
+    """Two self-signed certificates with their keys, a passphrase-protected key, some junk."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed (sudo apt-get install openssl)")
+    directory = tmp_path_factory.mktemp("pem")
+    for name in ("a", "b"):
+        _openssl(directory, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                 "-nodes", "-days", "2", "-subj", f"/CN={name}", "-keyout", f"{name}.key",
+                 "-out", f"{name}.crt")
+    _openssl(directory, "pkey", "-in", "a.key", "-aes256", "-passout", "pass:secret",
+             "-out", "encrypted.key")
+    (directory / "a.pem").write_text((directory / "a.crt").read_text()
+                                     + (directory / "a.key").read_text())
+    (directory / "junk.txt").write_text("not a certificate\n")
+    return directory
+
+
+def check_files(tmp_path, broker_keys: str) -> None:
+    config = NodeConfig.load(write(tmp_path, "[broker]\ntls = true\n" + broker_keys))
+    config.check_files("node.toml")
+
+
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        ('ca_file = "{d}/absent.crt"',
+         "node.toml: key 'broker.ca_file': {d}/absent.crt does not exist"),
+        ('ca_file = "{d}"', "node.toml: key 'broker.ca_file': cannot read {d}: Is a directory"),
+        ('cert_file = "{d}/absent.crt"\nkey_file = "{d}/a.key"',
+         "node.toml: key 'broker.cert_file': {d}/absent.crt does not exist"),
+        ('cert_file = "{d}/a.crt"\nkey_file = "{d}/absent.key"',
+         "node.toml: key 'broker.key_file': {d}/absent.key does not exist"),
+        ('username = "u"\npassword_file = "{d}/absent.password"',
+         "node.toml: key 'broker.password_file': {d}/absent.password does not exist"),
+        ('ca_file = "{d}/junk.txt"',
+         "node.toml: key 'broker.ca_file': {d}/junk.txt holds no PEM certificate"),
+        ('cert_file = "{d}/a.key"\nkey_file = "{d}/a.key"',
+         "node.toml: key 'broker.cert_file': {d}/a.key holds no PEM certificate"),
+        ('cert_file = "{d}/a.crt"',
+         "node.toml: key 'broker.cert_file': {d}/a.crt holds no PEM private key (set key_file)"),
+        ('cert_file = "{d}/a.crt"\nkey_file = "{d}/junk.txt"',
+         "node.toml: key 'broker.key_file': {d}/junk.txt holds no PEM private key"),
+        ('cert_file = "{d}/a.crt"\nkey_file = "{d}/b.key"',
+         "node.toml: key 'broker.key_file': {d}/b.key is not the key of {d}/a.crt"),
+        ('cert_file = "{d}/a.crt"\nkey_file = "{d}/encrypted.key"',
+         "node.toml: key 'broker.key_file': {d}/encrypted.key is encrypted"),
+    ],
+)
+def test_missing_or_unusable_broker_files_are_named_with_their_key(tmp_path, pem, keys, message):
+    with pytest.raises(ConfigError) as caught:
+        check_files(tmp_path, keys.format(d=pem))
+    assert str(caught.value).startswith(message.format(d=pem))
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "keys",
+    ['ca_file = "{d}/a.crt"', 'cert_file = "{d}/a.pem"',
+     'ca_file = "{d}/b.crt"\ncert_file = "{d}/a.crt"\nkey_file = "{d}/a.key"'],
+)
+def test_usable_broker_files_pass(tmp_path, pem, keys):
+    check_files(tmp_path, keys.format(d=pem))
+
+
+def test_load_does_not_need_the_files_of_the_board_a_config_is_for(tmp_path):
+    config = NodeConfig.load(write(tmp_path, '[broker]\ntls = true\nca_file = "/nowhere/ca.crt"\n'))
+    assert config.broker.ca_file == "/nowhere/ca.crt"
