@@ -277,10 +277,10 @@ def test_secure_conf_restates_the_pipeline_settings_of_aiotedge_conf():
         return found
 
     plain, secure = settings(PLAIN_CONF), settings(SECURE_CONF)
-    # deliberate differences, explained in secure.conf: logins, persistence, and log_dest, which
+    # deliberate differences, explained in secure.conf: logins, and log_dest, which
     # Debian's own mosquitto.conf sets
     for key, values in plain.items():
-        if key not in {"allow_anonymous", "persistence", "log_dest"}:
+        if key not in {"allow_anonymous", "log_dest"}:
             assert secure.get(key) == values, key
     assert secure["allow_anonymous"] == ["false"]
 
@@ -558,7 +558,8 @@ def test_each_connection_failure_is_named(secure_broker, pki, passwords, misname
     wrong_password.write_text("not-the-password\n")
     problems = {
         "tls to plain port": connection_problem(dataclasses.replace(stage1, port=broker.port)),
-        "plain to tls port": connection_problem(dataclasses.replace(stage1, tls=False)),
+        "plain to tls port": connection_problem(
+            dataclasses.replace(stage1, tls=False, ca_file=None)),
         "other CA": connection_problem(dataclasses.replace(stage1, ca_file=str(other_ca))),
         "password": connection_problem(
             dataclasses.replace(stage1, password_file=str(wrong_password))),
