@@ -65,6 +65,8 @@ class LocalPipeline:
         #: node name -> (stage index, process)
         self._stages: dict[str, tuple[int, subprocess.Popen[bytes]]] = {}
         self._replicated: set[int] = set()
+        #: stages stopped on purpose (stop_stage), not to be taken for dead ones
+        self._stopped: set[str] = set()
         self._online: set[str] = set()
         self._online_changed = threading.Condition()
         self._predictions: queue.Queue[Prediction] = queue.Queue()
@@ -111,15 +113,25 @@ class LocalPipeline:
 
     def restart_stage(self, node: str, kill: bool = True) -> None:
         """Stop a stage process (SIGKILL, or SIGTERM when `kill` is false) and start it again."""
-        index, process = self._stages[node]
+        self.stop_stage(node, kill)
+        self.start_stage(node)
+
+    def stop_stage(self, node: str, kill: bool = False) -> None:
+        """Stop one stage process (SIGTERM: it finishes its frames; SIGKILL: it just dies)."""
+        process = self._stages[node][1]
         if kill:
             process.kill()
         else:
             process.terminate()
         process.wait(timeout=30)
+        self._stopped.add(node)
         with self._online_changed:
             self._online.discard(node)
-        self._spawn_stage(index, node)
+
+    def start_stage(self, node: str) -> None:
+        """Start a stopped stage again, under its name, and wait until it is online."""
+        self._spawn_stage(self._stages[node][0], node)
+        self._stopped.discard(node)
         self._wait_online()
 
     def _spawn_stage(self, index: int, node: str) -> None:
@@ -157,6 +169,8 @@ class LocalPipeline:
 
     def _check_stages_alive(self) -> None:
         for node, (_, process) in self._stages.items():
+            if node in self._stopped:
+                continue
             if process.poll() is not None:
                 tail = (self._logdir / f"{node}.log").read_text()[-2000:]
                 raise PipelineError(f"{node} exited with {process.returncode}:\n{tail}")

@@ -180,6 +180,8 @@ class MqttSession:
         self._pending: dict[int, tuple[PublishCallback, str]] = {}
         #: publishes the broker answered with a failure (e.g. 0x87 Not authorized by its ACL)
         self.refused = 0
+        #: QoS 1 publishes nobody was subscribed to (0x10): gone, unless someone sends them again
+        self.unrouted = 0
         #: why the last attempt to reach the broker failed (None while connected)
         self.connection_problem: str | None = None
         self._attempt_done = threading.Condition()
@@ -398,6 +400,11 @@ class MqttSession:
                     self._published_early.popitem(last=False)
             if refused:
                 self.refused += 1
+            elif reason_code.value == _NO_MATCHING_SUBSCRIBERS:
+                self.unrouted += 1
+                if self.unrouted == 1 or self.unrouted % 100 == 0:
+                    log.warning("nobody subscribes to %s: %d publishes went nowhere so far",
+                                pending[1] if pending else f"message {mid}", self.unrouted)
         if refused:
             # Publishing again would be refused again: the input is acknowledged all the same.
             topic = pending[1] if pending else f"message {mid}"
@@ -450,6 +457,8 @@ def read_retained(
         )
     return retained
 
+
+_NO_MATCHING_SUBSCRIBERS = 0x10
 
 #: CONNACK reason codes whose cause a user can fix in the node's config
 _REFUSAL_HINTS = {

@@ -137,6 +137,7 @@ class StageNode:
             queue_depth=self._queue.qsize(),
             stage=self.options.index,
             refused_by_broker=self.session.refused,
+            unrouted=self.session.unrouted,
         )
 
     def publish_stats(self) -> None:

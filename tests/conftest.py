@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -107,3 +108,26 @@ def whole_model_top(manifest, photo: bytes, k: int = 5):
     whole = Segment(manifest.directory / manifest.source.file)
     tensor = preprocess(decode_image(photo), manifest.preprocessing, whole.input_spec)
     return top_k(whole.run(tensor), whole.output_spec, manifest, k)
+
+
+def wait_all_online(broker, nodes: list[str], timeout: float = 60.0) -> None:
+    """Block until every node has said `online` (they do so again after reconnecting)."""
+    online: set[str] = set()
+    changed = threading.Condition()
+
+    def record(message) -> None:
+        with changed:
+            node = message.topic.rsplit("/", 1)[-1]
+            (online.add if message.payload == b"online" else online.discard)(node)
+            changed.notify_all()
+
+    from aiotedge.session import MqttSession
+
+    watcher = MqttSession(broker.address, "availability-watcher")
+    watcher.subscribe("aiotedge/local/availability/+", record)
+    watcher.start()
+    try:
+        with changed:
+            assert changed.wait_for(lambda: set(nodes) <= online, timeout), online
+    finally:
+        watcher.stop()

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import threading
 
 import pytest
 
 from aiotedge.local import LocalPipeline
-from aiotedge.session import MqttSession
 from aiotedge.status import collect_status
-from tests.conftest import whole_model_top
+from tests.conftest import wait_all_online, whole_model_top
 
 FRAMES = 24
 
@@ -65,27 +63,6 @@ def test_stages_reconnect_after_the_broker_restarts(broker, split3, photos, expe
         after = dict(pipeline.predict(photos))
     assert {n: p.top for n, p in before.items()} == expected
     assert {n: p.top for n, p in after.items()} == expected
-
-
-def wait_all_online(broker, nodes: list[str], timeout: float = 60.0) -> None:
-    """Block until every node has said `online` (they do so again after reconnecting)."""
-    online: set[str] = set()
-    changed = threading.Condition()
-
-    def record(message) -> None:
-        with changed:
-            node = message.topic.rsplit("/", 1)[-1]
-            (online.add if message.payload == b"online" else online.discard)(node)
-            changed.notify_all()
-
-    watcher = MqttSession(broker.address, "availability-watcher")
-    watcher.subscribe("aiotedge/local/availability/+", record)
-    watcher.start()
-    try:
-        with changed:
-            assert changed.wait_for(lambda: set(nodes) <= online, timeout), online
-    finally:
-        watcher.stop()
 
 
 def test_stats_are_retained_per_node(broker, split3, photos):
