@@ -265,7 +265,9 @@ def _cmd_camera(args: argparse.Namespace) -> int:
         raise ConfigError(f"{source}: key 'camera.images': {exc}") from exc
     photos = [(path.name, read_photo(path)) for path in images]
     topics = _topics(config)
-    session = MqttSession(config.broker, f"camera-{cam.source}", topics.availability(cam.source))
+    # a session the broker keeps while the camera reconnects: results published meanwhile wait
+    session = MqttSession(config.broker, f"camera-{cam.source}", topics.availability(cam.source),
+                          session_expiry=config.pipeline.session_expiry)
     camera = Camera(
         session,
         topics,

@@ -51,6 +51,7 @@ class LocalPipeline:
         replicas: dict[int, int] | None = None,
         stage_flags: tuple[str, ...] = (),
         ready_timeout: float = 60.0,
+        frame_timeout: float = CameraOptions.frame_timeout,
     ) -> None:
         self.manifest = manifest
         self.topics = Topics(pipeline)
@@ -60,6 +61,7 @@ class LocalPipeline:
         self.replicas = replicas or {}
         self.stage_flags = stage_flags
         self.ready_timeout = ready_timeout
+        self.frame_timeout = frame_timeout
         self._exit = ExitStack()
         self._logdir = Path(tempfile.mkdtemp(prefix="aiotedge-run-"))
         #: node name -> (stage index, process)
@@ -87,11 +89,14 @@ class LocalPipeline:
         if self.broker is None:
             local = self._exit.enter_context(LocalBroker())
             self.broker = local.address
-        self.session = MqttSession(self.broker, f"run-{self.topics.pipeline}-{id(self):x}")
+        # kept by the broker for a minute: predictions published while it reconnects wait
+        self.session = MqttSession(self.broker, f"run-{self.topics.pipeline}-{id(self):x}",
+                                   session_expiry=60)
         self.session.subscribe(self.topics.all_availability, self._on_availability, qos=1)
         self.session.subscribe(self.topics.predictions, self._on_prediction, qos=1)
         self._camera = Camera(
-            self.session, self.topics, CameraOptions(source=CAMERA_SOURCE, qos=self.qos)
+            self.session, self.topics,
+            CameraOptions(source=CAMERA_SOURCE, qos=self.qos, frame_timeout=self.frame_timeout),
         )
         self.session.start()
         self._exit.callback(self.session.stop)
