@@ -13,6 +13,7 @@ import json
 import stat
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,7 @@ def broker_users() -> list[str]:
 
 @pytest.fixture(scope="module")
 def dynsec_file(passwords, tmp_path_factory) -> Path:
+    """The plugin's file for the cluster and the replica, from the test password file."""
     out = tmp_path_factory.mktemp("dynsec") / "aiotedge-dynsec.json"
     result = write_dynsec_file(passwords, out, "--replica", f"{REPLICA}:2")
     assert result.returncode == 0, result.stderr
@@ -70,7 +72,7 @@ def dynsec_file(passwords, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def secure_config(pki, dynsec_file):
+def secure_config(pki, dynsec_file) -> Callable[..., str]:
     """Every broker of this module runs secure-dynsec.conf instead of secure.conf."""
     return lambda tls_port, require_certificate=False: dynsec_conf(
         pki, dynsec_file, tls_port, require_certificate)
