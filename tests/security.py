@@ -1,0 +1,446 @@
+"""What the broker security tests share: the example cluster, throwaway certificates, a bare MQTT
+probe, each node's rights, and the checks run against both shipped broker setups
+(configs/mosquitto/secure.conf with its ACL, and secure-dynsec.conf with the dynamic-security
+plugin). Fixtures built on these are in conftest.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import queue
+import re
+import secrets
+import ssl
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+from typing import TypeVar
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
+
+from aiotedge.broker import LocalBroker
+from aiotedge.config import NodeConfig
+from aiotedge.homeassistant import discovery_message
+from aiotedge.session import BrokerConfig, MqttSession
+from aiotedge.status import collect_status
+from aiotedge.topics import Topics
+from tests.conftest import REPO
+
+MOSQUITTO_CONFIGS = REPO / "configs" / "mosquitto"
+SECURE_CONF = MOSQUITTO_CONFIGS / "secure.conf"
+DYNSEC_CONF = MOSQUITTO_CONFIGS / "secure-dynsec.conf"
+PLAIN_CONF = MOSQUITTO_CONFIGS / "aiotedge.conf"
+ACL = MOSQUITTO_CONFIGS / "aiotedge.acl"
+CLUSTER = REPO / "configs" / "cluster"
+STAGES = 5
+#: upper bound for one awaited event (a CONNACK, a PUBACK, a message); never a synchronisation
+TIMEOUT = 15.0
+NOT_AUTHORIZED = 0x87
+T = TypeVar("T")
+
+
+def load_cluster() -> dict[str, NodeConfig]:
+    """The nodes' configs: stage0 .. stage4 and camera (not watcher.toml, for tools)."""
+    return {path.stem: NodeConfig.load(path) for path in sorted(CLUSTER.glob("*.toml"))
+            if path.stem != "watcher"}
+
+
+def is_camera(config: NodeConfig) -> bool:
+    return bool(config.camera.images)
+
+
+def node_name(config: NodeConfig) -> str:
+    """The name a node's availability and stats topics carry."""
+    return config.camera.source if is_camera(config) else config.stage.node
+
+
+def acl_users() -> list[str]:
+    return re.findall(r"^user\s+(\S+)\s*$", ACL.read_text(), flags=re.MULTILINE)
+
+
+def conf_settings(path: Path) -> dict[str, list[str]]:
+    """A mosquitto config's settings: key -> its values, in order."""
+    found: dict[str, list[str]] = {}
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.strip().partition(" ")
+            found.setdefault(key, []).append(value.strip())
+    return found
+
+
+# -- throwaway certificates, and the shipped configs pointed at them ----------------------------
+
+
+def openssl(directory: Path, *args: str) -> None:
+    subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+
+def issue(directory: Path, name: str, extensions: str) -> None:
+    """`name`.crt and .key, signed by the CA in `directory`."""
+    (directory / f"{name}.ext").write_text(extensions)
+    openssl(directory, "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-subj", f"/CN={name}", "-keyout", f"{name}.key", "-out", f"{name}.csr")
+    openssl(directory, "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.crt")
+
+
+def shipped_conf(path: Path, pki: Path, tls_port: int, require_certificate: bool,
+                 files: dict[str, str]) -> str:
+    """A shipped config with its listener, certificates and `files` pointed at throwaway ones;
+    everything else as shipped (LocalBroker adds where persistence goes, as Debian's
+    mosquitto.conf does)."""
+    text = path.read_text()
+    replacements = {
+        "listener 8883": f"listener {tls_port} 127.0.0.1",
+        "/etc/mosquitto/certs/broker.crt": str(pki / "broker.crt"),
+        "/etc/mosquitto/certs/broker.key": str(pki / "broker.key"),
+        "/etc/mosquitto/certs/ca.crt": str(pki / "ca.crt"),
+        **files,
+    }
+    if require_certificate:
+        replacements["require_certificate false"] = "require_certificate true"
+    for old, new in replacements.items():
+        assert old in text, f"{path.name} no longer says {old!r}: update this test"
+        text = text.replace(old, new)
+    return text
+
+
+def secure_conf(pki: Path, broker_passwords: Path, tls_port: int,
+                require_certificate: bool = False) -> str:
+    """secure.conf, with the shipped ACL and a throwaway password file."""
+    return shipped_conf(SECURE_CONF, pki, tls_port, require_certificate, {
+        "/etc/mosquitto/aiotedge.passwd": str(broker_passwords),
+        "/etc/mosquitto/aiotedge.acl": str(ACL),
+    })
+
+
+def dynsec_conf(pki: Path, dynsec_file: Path, tls_port: int,
+                require_certificate: bool = False) -> str:
+    """secure-dynsec.conf, with a dynamic-security file written by scripts/dynsec-json.py."""
+    return shipped_conf(DYNSEC_CONF, pki, tls_port, require_certificate, {
+        "/etc/mosquitto/aiotedge-dynsec.json": str(dynsec_file),
+    })
+
+
+# -- a bare MQTT v5 client ----------------------------------------------------------------------
+
+
+class Probe:
+    """A bare MQTT v5 client that reports every CONNACK, SUBACK, PUBACK and message.
+
+    TLS trusting the test CA, unless `pki` is None (then plain MQTT).
+    """
+
+    def __init__(self, port: int, pki: Path | None, user: str | None = None,
+                 password: str | None = None, client_cert: bool = False) -> None:
+        self.events: queue.Queue[tuple] = queue.Queue()
+        self.messages: queue.Queue[tuple[str, str]] = queue.Queue()
+        self.port = port
+        self.client_id = f"probe-{user}-{secrets.token_hex(3)}"
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5,
+                                  client_id=self.client_id)
+        if user:
+            self.client.username_pw_set(user, password)
+        if pki is not None:
+            self.client.tls_set(
+                ca_certs=str(pki / "ca.crt"),
+                certfile=str(pki / "client.crt") if client_cert else None,
+                keyfile=str(pki / "client.key") if client_cert else None,
+            )
+        self.client.on_connect = lambda _c, _u, _f, rc, _p: self.events.put(("connack", rc))
+        self.client.on_disconnect = lambda _c, _u, _f, rc, _p: self.events.put(("disconnect", rc))
+        self.client.on_subscribe = (
+            lambda _c, _u, mid, codes, _p: self.events.put(("suback", mid, codes))
+        )
+        self.client.on_publish = lambda _c, _u, mid, rc, _p: self.events.put(("puback", mid, rc))
+        self.client.on_message = lambda _c, _u, m: self.messages.put((m.topic, m.payload.decode()))
+
+    def connect(self) -> ReasonCode | str:
+        """The CONNACK's reason code, or why there was none (TLS refused, connection closed)."""
+        try:
+            self.client.connect("127.0.0.1", self.port)
+        except (ssl.SSLError, OSError) as exc:
+            return f"refused: {exc!r}"
+        self.client.loop_start()
+        event = self.events.get(timeout=TIMEOUT)
+        if event[0] == "disconnect":
+            return f"closed before CONNACK: {event[1]}"
+        assert event[0] == "connack", event
+        return event[1]
+
+    def suback(self, topic: str) -> ReasonCode:
+        """Subscribe at QoS 1: the SUBACK's reason code."""
+        _, mid = self.client.subscribe(topic, qos=1)
+        kind, acked, codes = self.events.get(timeout=TIMEOUT)
+        assert (kind, acked) == ("suback", mid)
+        return codes[0]
+
+    def subscribe(self, topic: str) -> None:
+        code = self.suback(topic)
+        assert not code.is_failure, f"SUBACK {code} for {topic}"
+
+    def publish(self, topic: str, payload: str, retain: bool = False) -> ReasonCode:
+        """QoS 1: returns the PUBACK's reason code."""
+        info = self.client.publish(topic, payload, qos=1, retain=retain)
+        kind, acked, code = self.events.get(timeout=TIMEOUT)
+        assert (kind, acked) == ("puback", info.mid)
+        return code
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def refused(code: ReasonCode | str) -> bool:
+    return isinstance(code, str) or code.is_failure
+
+
+def next_item(inbox: queue.Queue[T], name: str) -> T:
+    """The next message `name` receives; the test fails if none comes within TIMEOUT."""
+    try:
+        return inbox.get(timeout=TIMEOUT)
+    except queue.Empty:
+        pytest.fail(f"{name} received nothing more within {TIMEOUT} s")
+
+
+# -- who may write and read what ----------------------------------------------------------------
+
+
+def allowed_writes(config: NodeConfig) -> set[str]:
+    """What the brief of each node says it publishes: nothing more."""
+    topics = Topics(config.pipeline.name, config.pipeline.prefix)
+    name = node_name(config)
+    own = {topics.errors, topics.availability(name), topics.info(name), topics.stats(name)}
+    if is_camera(config):
+        return own | {topics.stage_input(0)}
+    index = config.stage.index
+    if index < STAGES - 1:
+        return own | {topics.stage_input(index + 1)}
+    own.add(topics.predictions)
+    if config.homeassistant.discovery:
+        manifest = SimpleNamespace(source=SimpleNamespace(file="model.tflite"))
+        own.add(discovery_message(topics, manifest, name, config.homeassistant.prefix)[0])
+    return own
+
+
+def allowed_reads(config: NodeConfig, published: list[str]) -> set[str]:
+    """Its own inputs, and who is online and what they run (every node, for its checks)."""
+    topics = Topics(config.pipeline.name, config.pipeline.prefix)
+    shared = {t for t in published if t.startswith((topics.availability(""), topics.info("")))}
+    if is_camera(config):
+        return shared | {topics.predictions, topics.errors}
+    return shared | {topics.stage_input(config.stage.index)}
+
+
+def candidate_topics(configs: dict[str, NodeConfig]) -> list[str]:
+    """Every topic some node writes, and some nobody should."""
+    topics = Topics("greenhouse")
+    names = [node_name(c) for c in configs.values()] + ["watcher"]
+    candidates = {topics.stage_input(k) for k in range(STAGES)}
+    candidates |= {topics.predictions, topics.errors, topics.probe("someone-else"),
+                   "aiotedge/orchard/stage/1", "aiotedge/orchard/predictions",
+                   "homeassistant/sensor/other/config", "$SYS/broker/uptime"}
+    for name in names:
+        candidates |= {topics.availability(name), topics.info(name), topics.stats(name)}
+    for config in configs.values():
+        candidates |= allowed_writes(config)
+    return sorted(candidates)
+
+
+# -- checks run against both broker setups ------------------------------------------------------
+
+
+def check_logins(broker: LocalBroker, pki: Path) -> None:
+    """No anonymous client on either listener, no wrong password."""
+    for port in (broker.tls_port, broker.port):  # the TLS listener, and the plain loopback one
+        anonymous = Probe(port, pki if port == broker.tls_port else None)
+        code = anonymous.connect()
+        anonymous.close()
+        assert refused(code), code
+    wrong = Probe(broker.tls_port, pki, "stage1", "not-the-password")
+    code = wrong.connect()
+    wrong.close()
+    assert refused(code), code
+    if isinstance(code, ReasonCode):
+        assert code.value in (0x86, NOT_AUTHORIZED)  # bad user name or password / not authorized
+
+
+def check_cluster_logins(broker: LocalBroker, pki: Path, passwords: dict[str, Path]) -> None:
+    """Every example node config logs in with its password file and says it is online."""
+    watcher = Probe(broker.tls_port, pki, "watcher", passwords["watcher"].read_text().strip())
+    assert not refused(watcher.connect())
+    watcher.subscribe("aiotedge/greenhouse/availability/+")
+    sessions = []
+    try:
+        for name, config in load_cluster().items():
+            topics = Topics(config.pipeline.name, config.pipeline.prefix)
+            user = config.broker.username
+            settings = dataclasses.replace(
+                config.broker, host="127.0.0.1", port=broker.tls_port,
+                ca_file=str(pki / "ca.crt"), password_file=str(passwords[user]),
+            )
+            session = MqttSession(settings, f"{name}-test", topics.availability(node_name(config)))
+            sessions.append(session)
+            session.start()
+            assert session.wait_connected(TIMEOUT), f"{name} did not connect"
+            session.set_online()
+            assert watcher.messages.get(timeout=TIMEOUT) == (
+                topics.availability(node_name(config)), "online"
+            ), name
+    finally:
+        for session in sessions:
+            session.stop()
+        watcher.close()
+
+
+def check_status_tool(broker: LocalBroker, pki: Path, passwords: dict[str, Path]) -> None:
+    """`aiotedge status` with watcher.toml (retained messages read up to its probe message)."""
+    stage2 = Probe(broker.tls_port, pki, "stage2", passwords["stage2"].read_text().strip())
+    assert not refused(stage2.connect())
+    topics = Topics("greenhouse")
+    assert not stage2.publish(topics.availability("stage2"), "online", retain=True).is_failure
+    stage2.close()
+    tools = NodeConfig.load(CLUSTER / "watcher.toml")  # as `aiotedge status --config` reads it
+    watcher = dataclasses.replace(
+        tools.broker, host="127.0.0.1", port=broker.tls_port, ca_file=str(pki / "ca.crt"),
+        password_file=str(passwords[tools.broker.username]),
+    )
+    nodes = collect_status(watcher, Topics(tools.pipeline.name), timeout=TIMEOUT)
+    assert nodes == {"stage2": {"availability": "online"}}
+
+
+def check_publish_rights(probes: Callable[[str], Probe], config: NodeConfig,
+                         watcher_filter: str, also_granted: frozenset[str] = frozenset()) -> None:
+    """The node may publish its own topics (and `also_granted`), nothing else; a watcher
+    subscribed to `watcher_filter` sees exactly what went through."""
+    node = node_name(config)
+    allowed = allowed_writes(config) | also_granted
+    watcher = probes("watcher")
+    watcher.subscribe(watcher_filter)
+    publisher = probes(config.broker.username)
+    candidates = sorted(set(candidate_topics(load_cluster())) | allowed)
+    codes = {topic: publisher.publish(topic, f"from {node}") for topic in candidates}
+    granted = {topic for topic, code in codes.items() if not code.is_failure}
+    assert granted == allowed
+    for topic, code in codes.items():
+        if topic not in allowed:
+            assert code.value == NOT_AUTHORIZED, (topic, code)
+    # The broker handles one client's messages in order: once the watcher has this marker, it
+    # has every message of that node it was ever going to get.
+    marker = Topics("greenhouse").availability(node)
+    assert not publisher.publish(marker, "marker").is_failure
+    seen = []
+    while (message := next_item(watcher.messages, "the watcher")) != (marker, "marker"):
+        seen.append(message[0])
+    assert set(seen) == {t for t in allowed if t.startswith("aiotedge/")}
+
+
+def check_deliveries(probes: Callable[[str], Probe],
+                     filters: Callable[[str], list[str]]) -> None:
+    """Every node receives its own inputs and nothing else, the watcher everything, each
+    subscribed to `filters(its name)`."""
+    configs = load_cluster()
+    topics = Topics("greenhouse")
+    published = [topics.stage_input(k) for k in range(STAGES)]
+    published += [topics.predictions, topics.errors, topics.availability("stage1"),
+                  topics.info("stage1"), topics.stats("stage1")]
+    writers = {}
+    for topic in published:  # the node whose job it is to publish it
+        writers[topic] = next(c.broker.username for c in configs.values()
+                              if topic in allowed_writes(c))
+    readers = {name: probes(config.broker.username) for name, config in configs.items()}
+    readers["watcher"] = probes("watcher")
+    for name, reader in readers.items():
+        for topic_filter in filters(name):
+            reader.subscribe(topic_filter)
+    clients = {}
+    for round_number in (1, 2):
+        for topic in published:
+            user = writers[topic]
+            if user not in clients:
+                clients[user] = probes(user)
+            assert not clients[user].publish(topic, f"{round_number}").is_failure
+    for name, reader in readers.items():
+        expected = (set(published) if name == "watcher"
+                    else allowed_reads(configs[name], published))
+        first_round = []
+        # messages reach a subscriber in the order the broker took them: round 1 is complete
+        # when the first message of round 2 arrives
+        while (message := next_item(reader.messages, name))[1] == "1":
+            first_round.append(message[0])
+        assert sorted(first_round) == sorted(expected), name
+
+
+# -- frame theft: a user without read rights on a stage's input joins its share group -----------
+
+FRAMES = 20
+THEFT_STAGE = 2
+STAGE_USER = f"stage{THEFT_STAGE}"
+#: who publishes the frames, and whose login the thief uses (as in the incident: stage 1's
+#: credentials), which may write stage 2's input but not read it
+UPSTREAM = THIEF = f"stage{THEFT_STAGE - 1}"
+
+
+@dataclasses.dataclass
+class Theft:
+    #: distinct frames the stage's replicas received, of FRAMES
+    received: int
+    #: the thief's subscriptions, and those the broker granted
+    thief_tried: list[str]
+    thief_granted: list[str]
+
+
+def theft(broker: LocalBroker, pki: Path, passwords: dict[str, Path], replicas: int) -> Theft:
+    """Stage 2 served by `replicas` real sessions of its user (in share group `stage2` when
+    more than one, else plainly subscribed); a thief, logged in as stage1, subscribes to stage
+    2's input plainly and in share groups, its replicas' included; stage1 publishes FRAMES
+    frames into stage 2 (as stage 1 does)."""
+    topics = Topics("greenhouse")
+    stage_input = topics.stage_input(THEFT_STAGE)
+    group = STAGE_USER if replicas > 1 else None
+    settings = BrokerConfig("127.0.0.1", broker.tls_port, username=STAGE_USER,
+                            password_file=str(passwords[STAGE_USER]), tls=True,
+                            ca_file=str(pki / "ca.crt"))
+    inboxes: list[queue.Queue[bytes]] = [queue.Queue() for _ in range(replicas)]
+    sessions = [MqttSession(settings, f"{STAGE_USER}-replica{n}") for n in range(replicas)]
+    thief = Probe(broker.tls_port, pki, THIEF, passwords[THIEF].read_text().strip())
+    upstream = Probe(broker.tls_port, pki, UPSTREAM, passwords[UPSTREAM].read_text().strip())
+    try:
+        for session, inbox in zip(sessions, inboxes, strict=True):
+            session.subscribe(stage_input, lambda message, inbox=inbox: inbox.put(message.payload),
+                              share_group=group)
+            session.start()
+            assert session.wait_connected(TIMEOUT)
+            # a session subscribes as it connects; the broker handles its packets in order,
+            # so once this is acknowledged the subscription is in place
+            info = session.publish(topics.availability(STAGE_USER), "online", qos=1)
+            info.wait_for_publish(TIMEOUT)
+            assert info.is_published()
+        assert not refused(thief.connect()) and not refused(upstream.connect())
+        filters = [stage_input, f"$share/{STAGE_USER}/{stage_input}",
+                   f"$share/x/{stage_input}"]
+        granted = [f for f in filters if not thief.suback(f).is_failure]
+        for number in range(FRAMES):
+            assert not upstream.publish(stage_input, f"frame {number}").is_failure
+        # mosquitto hands a share group's messages round robin: with one marker per member (the
+        # thief included, if it joined) every replica gets one. A replica receives its messages
+        # in the order they were published: once it has a marker, it has every frame it was
+        # ever going to get.
+        for _ in range(replicas + 1):
+            assert not upstream.publish(stage_input, "marker").is_failure
+        frames = []
+        for n, inbox in enumerate(inboxes):
+            while (payload := next_item(inbox, f"replica {n}")) != b"marker":
+                frames.append(payload)
+        assert len(frames) == len(set(frames)), "a frame reached two replicas"
+        return Theft(len(frames), filters, granted)
+    finally:
+        for session in sessions:
+            session.stop()
+        thief.close()
+        upstream.close()
+
