@@ -145,8 +145,9 @@ def _wait_for_broker(session: MqttSession, stop: threading.Event) -> bool:
 
 
 def _chain_fits(broker: BrokerConfig, topics: Topics, me: NodeInfo,
-                stop: threading.Event) -> bool | None:
-    """Whether this stage fits between the stages online now (None: told to stop first)."""
+                stop: threading.Event) -> tuple[bool, NodeInfo | None] | None:
+    """Whether this stage fits between the stages online now, and what it said about itself
+    when it last ran (None: told to stop first)."""
     session = MqttSession(broker, f"{me.node}-check")
     session.start()
     try:
@@ -166,7 +167,8 @@ def _chain_fits(broker: BrokerConfig, topics: Topics, me: NodeInfo,
         log.warning("%s", warning)
     for error in errors:
         log.error("not starting: %s", error)
-    return not errors
+    previous = NodeInfo.parse(retained.get(topics.info(me.node), b""))
+    return not errors, previous
 
 
 def _topics(config: NodeConfig) -> Topics:
@@ -199,11 +201,14 @@ def _cmd_stage(args: argparse.Namespace) -> int:
     node = StageNode(manifest, topics, config.broker, options)
     if config.stats.prometheus_port:
         _serve_prometheus(config.stats, options.node, node.stats_snapshot, source)
-    fits = _chain_fits(config.broker, topics, node.info, stop)
-    if fits is None:
+    checked = _chain_fits(config.broker, topics, node.info, stop)
+    if checked is None:
         return 0
+    fits, previous = checked
     if not fits:
         return 2
+    if previous is not None and previous.share_group != options.share_group:
+        node.forget_subscription(previous.share_group)
     node.start()
     if not _wait_for_broker(node.session, stop):
         node.stop()

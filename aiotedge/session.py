@@ -150,6 +150,7 @@ class MqttSession:
         self.client_id = client_id
         self._availability_topic = availability_topic
         self._subscriptions: dict[str, int] = {}
+        self._stale_subscriptions: list[str] = []
         self._handlers: dict[str, list[MessageHandler]] = {}
         self._connected = threading.Event()
         #: retained messages (availability, info, discovery) said again after every reconnect
@@ -225,6 +226,12 @@ class MqttSession:
         self._subscriptions[subscription] = qos
         if self._connected.is_set():
             self._subscribe(subscription, qos)
+
+    def unsubscribe_on_connect(self, topic_filter: str) -> None:
+        """Remove a subscription the broker may hold from an earlier run (no handler here)."""
+        self._stale_subscriptions.append(topic_filter)
+        if self._connected.is_set():
+            self._client.unsubscribe(topic_filter)
 
     def publish(
         self, topic: str, payload: bytes | str, qos: int = 0, retain: bool = False
@@ -367,6 +374,8 @@ class MqttSession:
         else:
             log.info("connected to mqtt://%s", self.broker)
         self.connection_problem = None
+        for topic in self._stale_subscriptions:
+            client.unsubscribe(topic)
         for topic, qos in self._subscriptions.items():
             self._subscribe(topic, qos)
         for topic, payload in self._announcements.items():

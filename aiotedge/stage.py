@@ -94,6 +94,16 @@ class StageNode:
         self._worker = threading.Thread(target=self._run_worker, name="inference", daemon=True)
         self._reporter = threading.Thread(target=self._report_stats, name="stats", daemon=True)
 
+    def forget_subscription(self, share_group: str) -> None:
+        """Drop the input subscription of an earlier run with another share group.
+
+        The broker keeps a stage's subscriptions in its session: one left from before a change
+        of `share_group` would deliver every frame a second time.
+        """
+        old = f"$share/{share_group}/{self.input_topic}" if share_group else self.input_topic
+        log.info("share group changed: dropping the earlier subscription %s", old)
+        self.session.unsubscribe_on_connect(old)
+
     def start(self) -> None:
         self._worker.start()
         self.session.subscribe(

@@ -16,6 +16,7 @@ from aiotedge.events import ErrorEvent
 from aiotedge.local import LocalPipeline
 from aiotedge.manifest import Manifest
 from aiotedge.session import MqttSession
+from aiotedge.status import collect_status
 from aiotedge.topics import Topics
 from converter.cli import main as convert
 from tests.conftest import wait_all_online, whole_model_top
@@ -186,3 +187,25 @@ def test_a_broker_restart_mid_stream_loses_no_frame(broker, split3, generated_fr
                 broker.stop(kill=kill)
                 broker.start()
     assert sorted(seqs) == list(range(frames))
+
+
+def test_a_stage_given_a_share_group_drops_its_earlier_plain_subscription(
+    broker, split3, generated_frames
+):
+    """The broker keeps a stage's subscriptions: the old one would deliver every frame twice."""
+    stages = [StageProcess(broker, split3, k, f"stage{k}") for k in range(3)]
+    for index, stage in enumerate(stages):
+        stage.wait_for_line(f"stage {index} ready")
+    assert stages[1].stop() == 0
+    stages[1] = StageProcess(broker, split3, 1, "stage1", "--share-group", "replicas")
+    stages[1].wait_for_line("stage 1 ready")
+    topics = Topics("chain")
+    session = connected(broker, "camera")
+    camera = Camera(session, topics, CameraOptions(source="cam"))
+    assert camera.run(generated_frames) == len(generated_frames)
+    session.stop()
+    assert camera.counters.get("answered") == len(generated_frames)
+    assert all(stage.stop() == 0 for stage in stages)
+    stats = collect_status(broker.address, topics)["stage1"]["stats"]
+    assert stats["frames_in"] == len(generated_frames)
+    assert stats["duplicates"] == 0
