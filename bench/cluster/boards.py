@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import astuple, dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -295,7 +296,7 @@ class Board:
         netns = ["ip", "netns", "exec", self.netns] if self.netns else []
         return _enter_argv(self._cgroups.procs_files(self.cgroup), [*netns, *argv])
 
-    def popen(self, argv: Sequence[str], **kwargs) -> subprocess.Popen:
+    def popen(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen:
         """Start argv inside this board (subprocess.Popen's keywords apply); it is killed when
         the board closes if it has not ended by then."""
         proc = subprocess.Popen(self.command(argv), **kwargs)
@@ -389,9 +390,11 @@ def _cgroup_mounts() -> list[tuple[str, Path, set[str]]]:
     return mounts
 
 
-def _detect_cgroups(mounts: list[tuple[str, Path, set[str]]]) -> tuple[Cgroups | None, dict]:
+def _detect_cgroups(
+    mounts: list[tuple[str, Path, set[str]]],
+) -> tuple[Cgroups | None, dict[str, str]]:
     """cgroup v2 when its cpu controller can be used, else v1; reasons for what is not."""
-    reasons = {}
+    reasons: dict[str, str] = {}
     unified = next((path for fstype, path, _ in mounts if fstype == "cgroup2"), None)
     if unified is None:
         reasons["cgroup v2"] = "no cgroup2 file system is mounted"
@@ -456,7 +459,7 @@ def _probe_cgroups(cgroups: Cgroups) -> str:
 def _probe_network() -> dict[str, str]:
     if not shutil.which("ip"):
         return dict.fromkeys(NET_FEATURES, "`ip` is not installed (Debian package iproute2)")
-    missing = {}
+    missing: dict[str, str] = {}
     if not shutil.which("tc"):
         missing["tbf"] = "`tc` is not installed (Debian package iproute2)"
     if not shutil.which("ethtool"):
