@@ -197,3 +197,13 @@ def test_without_cgroup_mounts_the_reason_says_so():
     assert cgroups is None
     assert reasons["cpu"] == ("cgroup v2: no cgroup2 file system is mounted; cgroup v1: no cgroup "
                               "v1 hierarchy with the cpu and cpuacct controllers is mounted")
+
+
+def test_a_second_board_of_the_same_name_is_refused_and_the_first_kept():
+    cgroups = need("cpu")
+    with boards.Board("t-twin", 0.3) as first:
+        with pytest.raises(boards.BoardError, match="of that name already"), \
+                boards.Board("t-twin", 0.4):
+            pass
+        assert first.quota() == (round(0.3 * first.period_us), first.period_us)
+    assert not (cgroups.cpu_root / first.cgroup).exists()

@@ -242,6 +242,8 @@ class Board:
         reason = support.why_not("cpu", *(NET_FEATURES if self.link else ()))
         if reason:
             raise BoardError(f"board {self.name}: this machine does not permit {reason}")
+        if (support.cgroups.cpu_root / self.cgroup).exists():
+            raise BoardError(f"board {self.name}: this run has a board of that name already")
         try:
             with _interrupts_deferred():
                 self._cgroups = support.cgroups
@@ -291,10 +293,8 @@ class Board:
         the cgroup, then execs `ip netns exec NETNS argv` (or argv). The cgroup comes first as
         `ip netns exec` remounts /sys, which hides the cgroup files; a wrapper rather than
         Popen's preexec_fn, which is unsafe in a process with threads (a bench's MQTT clients)."""
-        if self._cgroups is None:
-            raise BoardError(f"board {self.name} is not set up: use it in a with block")
         netns = ["ip", "netns", "exec", self.netns] if self.netns else []
-        return _enter_argv(self._cgroups.procs_files(self.cgroup), [*netns, *argv])
+        return _enter_argv(self._set_up().procs_files(self.cgroup), [*netns, *argv])
 
     def popen(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen:
         """Start argv inside this board (subprocess.Popen's keywords apply); it is killed when
