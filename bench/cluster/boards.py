@@ -1,0 +1,803 @@
+"""Emulated boards on one machine: a CPU quota per stage daemon and, optionally, its own network.
+
+A cluster bench runs each stage daemon as if on its own Raspberry-Pi-class board: in a cgroup
+whose CPU quota is a fraction of one core and, optionally, in a network namespace joined to the
+broker's (root) namespace by a veth pair shaped with tbf on both ends. `detect()` says what this
+machine permits and, for what it does not, why; `Board` creates all that and removes it again;
+`cleanup_leftovers()` removes what a crashed run left; `calibrate()` finds the quota at which a
+command takes a target time per frame.
+
+    python -m bench.cluster.boards --selftest    # show quotas and link rates as measured
+    python -m bench.cluster.boards --cleanup     # remove what crashed runs left behind
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import fcntl
+import functools
+import itertools
+import logging
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import astuple, dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+PREFIX = "aiotedge-bench"  # run cgroups and netns: aiotedge-bench-<pid>[-<board>]
+VETH_PREFIX = "aeb"  # interface names hold 15 characters at most: aeb<pid>-<serial>
+SUBNET = "10.213"  # board link N: SUBNET.N.1 on the root (broker) side, SUBNET.N.2 in its netns
+# 10 ms rather than the kernel's 100 ms: a stage's frame takes a few ms of CPU, and with a long
+# period it would run at full speed on a fresh budget, then stall, unlike a slower board.
+DEFAULT_PERIOD_US = 10_000
+MIN_QUOTA_US = 1_000  # the kernel refuses shorter quotas
+NET_FEATURES = ("netns", "veth", "tbf", "ethtool")
+NET_DEVICES = Path("/sys/class/net")
+
+_RUN_NAME = re.compile(rf"^{PREFIX}-(\d+)(?:-.+)?$")
+_VETH_NAME = re.compile(rf"^{VETH_PREFIX}(\d+)-")
+# The wrapper that puts a process in its cgroup: `sh -c _ENTER sh N FILE... ARGV...` writes the
+# shell's own pid into the N cgroup.procs files, then execs ARGV under the same pid.
+_ENTER = (
+    'n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 125; shift; n=$((n - 1)); done; '
+    'exec "$@"'
+)
+_serials = itertools.count(1)
+
+
+class BoardError(RuntimeError):
+    """A board could not be set up or removed; the message holds the failing step's error."""
+
+
+@dataclass(frozen=True)
+class CpuStats:
+    """A cgroup's CPU counters since it was made; subtract two snapshots for a window's."""
+
+    usage_usec: int
+    nr_periods: int
+    nr_throttled: int
+    throttled_usec: int
+
+    def __sub__(self, other: CpuStats) -> CpuStats:
+        return CpuStats(*(a - b for a, b in zip(astuple(self), astuple(other), strict=True)))
+
+
+@dataclass(frozen=True)
+class LinkBytes:
+    """Bytes through a board's veth as counted on the root side, headers included."""
+
+    to_board: int
+    from_board: int
+
+    def __sub__(self, other: LinkBytes) -> LinkBytes:
+        return LinkBytes(self.to_board - other.to_board, self.from_board - other.from_board)
+
+
+@dataclass(frozen=True)
+class Cgroups:
+    """Where CPU cgroups are made: one unified hierarchy (v2), or v1's cpu and cpuacct ones
+    (the same directory when they are mounted together). Paths given are relative to them."""
+
+    version: int
+    cpu_root: Path
+    acct_root: Path
+
+    def dirs(self, rel: str) -> list[Path]:
+        return list(dict.fromkeys([self.cpu_root / rel, self.acct_root / rel]))
+
+    def procs_files(self, rel: str) -> list[Path]:
+        return [directory / "cgroup.procs" for directory in self.dirs(rel)]
+
+    def make_run(self, run: str) -> None:
+        """The run's parent cgroup; on v2 it must hand the cpu controller down to its boards."""
+        for directory in self.dirs(run):
+            directory.mkdir(exist_ok=True)
+        if self.version == 2:
+            (self.cpu_root / run / "cgroup.subtree_control").write_text("+cpu")
+
+    def make(self, rel: str, quota_us: int, period_us: int) -> None:
+        for directory in self.dirs(rel):
+            directory.mkdir()
+        cpu = self.cpu_root / rel
+        if self.version == 2:
+            (cpu / "cpu.max").write_text(f"{quota_us} {period_us}")
+        else:
+            (cpu / "cpu.cfs_period_us").write_text(str(period_us))
+            (cpu / "cpu.cfs_quota_us").write_text(str(quota_us))
+
+    def quota(self, rel: str) -> tuple[int | None, int]:
+        """(quota µs or None for no limit, period µs) as the kernel holds them."""
+        cpu = self.cpu_root / rel
+        if self.version == 2:
+            quota, period = (cpu / "cpu.max").read_text().split()
+            return (None if quota == "max" else int(quota)), int(period)
+        quota_us = int((cpu / "cpu.cfs_quota_us").read_text())
+        return (None if quota_us < 0 else quota_us), int((cpu / "cpu.cfs_period_us").read_text())
+
+    def stats(self, rel: str) -> CpuStats:
+        stat = (self.cpu_root / rel / "cpu.stat").read_text()
+        cpu = dict(line.split() for line in stat.splitlines())
+        if self.version == 2:
+            return CpuStats(int(cpu["usage_usec"]), int(cpu["nr_periods"]),
+                            int(cpu["nr_throttled"]), int(cpu["throttled_usec"]))
+        usage_ns = int((self.acct_root / rel / "cpuacct.usage").read_text())
+        return CpuStats(usage_ns // 1000, int(cpu["nr_periods"]), int(cpu["nr_throttled"]),
+                        int(cpu["throttled_time"]) // 1000)
+
+    def pids(self, rel: str) -> set[int]:
+        return set().union(*(_read_pids(directory) for directory in self.dirs(rel)))
+
+    def remove(self, rel: str) -> None:
+        for directory in self.dirs(rel):
+            with contextlib.suppress(FileNotFoundError):
+                directory.rmdir()
+
+    def remove_run(self, run: str) -> None:
+        """The run's parent goes with its last board; while others remain, rmdir says busy."""
+        for directory in self.dirs(run):
+            try:
+                directory.rmdir()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                if exc.errno not in (errno.EBUSY, errno.ENOTEMPTY):
+                    raise
+
+
+@dataclass(frozen=True)
+class Support:
+    """What this machine permits: the cgroups for CPU quotas, and for each feature it does not
+    permit ("cpu", "cgroup v2", "netns", "veth", "tbf", "ethtool") the reason."""
+
+    cgroups: Cgroups | None
+    missing: dict[str, str] = field(default_factory=dict)
+
+    def why_not(self, *features: str) -> str | None:
+        """None when every feature given is permitted, else the reasons (a bench's skip message)."""
+        reasons = [f"{feature}: {self.missing[feature]}" for feature in features
+                   if feature in self.missing]
+        return "; ".join(reasons) or None
+
+
+@dataclass(frozen=True)
+class Link:
+    """A board's network link: tbf at rate_mbit on both veth ends, so each direction gets it."""
+
+    rate_mbit: float
+    latency_ms: float = 50.0  # how long a packet may wait in tbf's queue before it is dropped
+
+    def tbf_args(self) -> list[str]:
+        # A bucket of 1 ms at the rate (at least two full frames): enough for the kernel's timer
+        # to keep the rate, small enough that short bursts do not outrun it.
+        burst = max(round(self.rate_mbit * 1e6 / 8 / 1000), 2 * 1514)
+        return ["tbf", "rate", f"{self.rate_mbit:g}mbit", "burst", str(burst),
+                "latency", f"{self.latency_ms:g}ms"]
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """A run cgroup, netns or veth this module names, and the pid of the run that made it."""
+
+    kind: str
+    name: str
+    pid: int
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The quota at which a command takes the target time per frame, and the runs that found it."""
+
+    fraction: float
+    target_seconds: float
+    probe_fraction: float
+    probe_seconds: float
+    check_seconds: float
+
+
+class Board:
+    """One emulated board: a cgroup with a CPU quota and, given a link, its own network namespace.
+
+    Use it as a context manager: leaving it kills the board's processes and removes its veth,
+    netns and cgroup, also on an exception or Ctrl-C. Make boards from one thread.
+    """
+
+    def __init__(self, name: str, cpu: float, link: Link | None = None, *,
+                 period_us: int = DEFAULT_PERIOD_US) -> None:
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,31}", name):
+            raise ValueError(f"board name {name!r}: use up to 32 of a-z 0-9 _ -")
+        self.name = name
+        self.cpu = cpu
+        self.link = link
+        self.period_us = period_us
+        self.quota_us = round(cpu * period_us)
+        if self.quota_us < MIN_QUOTA_US:
+            raise ValueError(f"{cpu} core over {period_us} µs is a quota under the kernel's "
+                             f"{MIN_QUOTA_US} µs: give a longer period_us")
+        self.run = run_name()
+        self.cgroup = f"{self.run}/{name}"
+        self.netns: str | None = None
+        self.veth: str | None = None
+        self.address: str | None = None  # the board's own, inside its netns
+        self.broker_address: str | None = None  # root side of its link: where to find the broker
+        self._cgroups: Cgroups | None = None
+        self._procs: list[subprocess.Popen] = []
+
+    def __enter__(self) -> Board:
+        support = detect()
+        reason = support.why_not("cpu", *(NET_FEATURES if self.link else ()))
+        if reason:
+            raise BoardError(f"board {self.name}: this machine does not permit {reason}")
+        if (support.cgroups.cpu_root / self.cgroup).exists():
+            raise BoardError(f"board {self.name}: this run has a board of that name already")
+        try:
+            with _interrupts_deferred():
+                self._cgroups = support.cgroups
+                self._cgroups.make_run(self.run)
+                self._cgroups.make(self.cgroup, self.quota_us, self.period_us)
+                if self.link:
+                    self._make_link(self.link)
+        except BaseException:
+            with contextlib.suppress(BoardError):  # close logged it; the setup error tells more
+                self.close()
+            raise
+        log.info("board %s: %g core%s", self.name, self.cpu,
+                 f", {self.link.rate_mbit:g} Mbit/s at {self.address}" if self.link else "")
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        try:
+            self.close()
+        except BoardError:
+            if exc_type is None:
+                raise
+
+    def _make_link(self, link: Link) -> None:
+        netns = f"{self.run}-{self.name}"
+        _run(["ip", "netns", "add", netns])
+        self.netns = netns
+        veth = f"{VETH_PREFIX}{os.getpid()}-{next(_serials)}"
+        _run(["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", netns])
+        self.veth = veth
+        number = _claim_subnet(veth)
+        self.broker_address, self.address = f"{SUBNET}.{number}.1", f"{SUBNET}.{number}.2"
+        for argv in (
+            ["ethtool", "-K", veth, "tso", "off", "gso", "off"],
+            ["ip", "netns", "exec", netns, "ethtool", "-K", "eth0", "tso", "off", "gso", "off"],
+            ["ip", "-n", netns, "addr", "add", f"{self.address}/30", "dev", "eth0"],
+            ["ip", "-n", netns, "link", "set", "lo", "up"],
+            ["ip", "-n", netns, "link", "set", "eth0", "up"],
+            ["ip", "link", "set", veth, "up"],
+            ["tc", "qdisc", "add", "dev", veth, "root", *link.tbf_args()],
+            ["tc", "-n", netns, "qdisc", "add", "dev", "eth0", "root", *link.tbf_args()],
+        ):
+            _run(argv)
+
+    def command(self, argv: Sequence[str]) -> list[str]:
+        """argv wrapped to run inside this board under one pid: a shell writes its own pid into
+        the cgroup, then execs `ip netns exec NETNS argv` (or argv). The cgroup comes first as
+        `ip netns exec` remounts /sys, which hides the cgroup files; a wrapper rather than
+        Popen's preexec_fn, which is unsafe in a process with threads (a bench's MQTT clients)."""
+        netns = ["ip", "netns", "exec", self.netns] if self.netns else []
+        return _enter_argv(self._set_up().procs_files(self.cgroup), [*netns, *argv])
+
+    def popen(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen:
+        """Start argv inside this board (subprocess.Popen's keywords apply); it is killed when
+        the board closes if it has not ended by then."""
+        proc = subprocess.Popen(self.command(argv), **kwargs)
+        self._procs.append(proc)
+        return proc
+
+    def cpu_stats(self) -> CpuStats:
+        return self._set_up().stats(self.cgroup)
+
+    def quota(self) -> tuple[int | None, int]:
+        return self._set_up().quota(self.cgroup)
+
+    def link_bytes(self) -> LinkBytes:
+        if self.veth is None:
+            raise BoardError(f"board {self.name} has no link")
+        counters = NET_DEVICES / self.veth / "statistics"
+        return LinkBytes(int((counters / "tx_bytes").read_text()),
+                         int((counters / "rx_bytes").read_text()))
+
+    def close(self) -> None:
+        """Kill the board's processes, remove its veth, netns and cgroup. Every step is tried;
+        BoardError names those that failed (`cleanup_leftovers` can finish them later)."""
+        failures: list[str] = []
+
+        def attempt(what: str, step: Callable[[], object]) -> None:
+            try:
+                step()
+            except (OSError, BoardError, subprocess.SubprocessError) as exc:
+                failures.append(f"{what}: {exc}")
+
+        cgroups, netns, veth = self._cgroups, self.netns, self.veth
+        with _interrupts_deferred():
+            if cgroups:
+                attempt("kill its processes",
+                        lambda: _kill_all(lambda: cgroups.pids(self.cgroup), self._reap))
+            if netns:
+                attempt("kill processes in its netns",
+                        lambda: _kill_all(lambda: _netns_pids(netns), self._reap))
+            for proc in self._procs:
+                attempt(f"reap pid {proc.pid}", lambda proc=proc: proc.wait(timeout=10))
+            if veth and (NET_DEVICES / veth).exists():
+                attempt("remove veth", lambda: _run(["ip", "link", "del", veth]))
+            if netns:
+                attempt("remove netns", lambda: _run(["ip", "netns", "del", netns]))
+            if cgroups:
+                attempt("remove cgroup", lambda: cgroups.remove(self.cgroup))
+                attempt("remove run cgroup", lambda: cgroups.remove_run(self.run))
+        self._cgroups = self.netns = self.veth = None
+        self._procs.clear()
+        if failures:
+            message = f"board {self.name}: " + "; ".join(failures)
+            log.error("%s", message)
+            raise BoardError(message)
+
+    def _reap(self) -> None:
+        for proc in self._procs:
+            proc.poll()
+
+    def _set_up(self) -> Cgroups:
+        if self._cgroups is None:
+            raise BoardError(f"board {self.name} is not set up: use it in a with block")
+        return self._cgroups
+
+
+def run_name(pid: int | None = None) -> str:
+    """The run's parent cgroup, also the start of its netns names."""
+    return f"{PREFIX}-{os.getpid() if pid is None else pid}"
+
+
+@functools.cache
+def detect() -> Support:
+    """Probe this machine once: a scratch cgroup with a quota and a process put in it, a scratch
+    netns with a veth pair, tbf and TSO/GSO off. Each failure is kept as its reason."""
+    missing: dict[str, str] = {}
+    cgroups, reasons = _detect_cgroups(_cgroup_mounts())
+    missing.update(reasons)
+    missing.update(_probe_network())
+    for feature, reason in missing.items():
+        log.debug("not permitted: %s: %s", feature, reason)
+    return Support(cgroups, missing)
+
+
+def _cgroup_mounts() -> list[tuple[str, Path, set[str]]]:
+    """(file system type, mount point, super options) of every cgroup mount we can see."""
+    mounts = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        before, after = line.split(" - ", 1)
+        fstype, _source, options = after.split()[:3]
+        if fstype in ("cgroup", "cgroup2"):
+            mounts.append((fstype, Path(before.split()[4]), set(options.split(","))))
+    return mounts
+
+
+def _detect_cgroups(
+    mounts: list[tuple[str, Path, set[str]]],
+) -> tuple[Cgroups | None, dict[str, str]]:
+    """cgroup v2 when its cpu controller can be used, else v1; reasons for what is not."""
+    reasons: dict[str, str] = {}
+    unified = next((path for fstype, path, _ in mounts if fstype == "cgroup2"), None)
+    if unified is None:
+        reasons["cgroup v2"] = "no cgroup2 file system is mounted"
+    else:
+        cgroups = Cgroups(2, unified, unified)
+        why = _check_unified(unified) or _probe_cgroups(cgroups)
+        if not why:
+            return cgroups, reasons
+        reasons["cgroup v2"] = why
+    cpu, acct = (next((path for fstype, path, opts in mounts
+                       if fstype == "cgroup" and controller in opts), None)
+                 for controller in ("cpu", "cpuacct"))
+    if cpu is None or acct is None:
+        why = "no cgroup v1 hierarchy with the cpu and cpuacct controllers is mounted"
+    else:
+        cgroups = Cgroups(1, cpu, acct)
+        why = _probe_cgroups(cgroups)
+        if not why:
+            return cgroups, reasons
+    reasons["cpu"] = f"cgroup v2: {reasons['cgroup v2']}; cgroup v1: {why}"
+    return None, reasons
+
+
+def _check_unified(root: Path) -> str:
+    controllers = (root / "cgroup.controllers").read_text().split()
+    if "cpu" not in controllers:
+        return (f"{root} offers no cpu controller (its cgroup.controllers: "
+                f"{' '.join(controllers) or 'none'})")
+    control = root / "cgroup.subtree_control"
+    if "cpu" not in control.read_text().split():
+        try:
+            control.write_text("+cpu")
+        except OSError as exc:
+            return f"writing +cpu to {control} failed: {exc.strerror}"
+    return ""
+
+
+def _probe_cgroups(cgroups: Cgroups) -> str:
+    """Make a scratch board cgroup with a quota, read it back, put a process in it."""
+    run = f"{run_name()}-probe"
+    rel = f"{run}/board"
+    try:
+        cgroups.make_run(run)
+        cgroups.make(rel, 20_000, 100_000)
+        if cgroups.quota(rel) != (20_000, 100_000):
+            return f"a quota of 20000/100000 µs reads back as {cgroups.quota(rel)}"
+        cgroups.stats(rel)
+        done = subprocess.run(_enter_argv(cgroups.procs_files(rel), ["true"]),
+                              capture_output=True, text=True, check=False)
+        if done.returncode:
+            return f"putting a process in {cgroups.cpu_root / rel} failed: {done.stderr.strip()}"
+        return ""
+    except OSError as exc:
+        return f"{exc.filename}: {exc.strerror}"
+    except KeyError as exc:
+        return f"its cpu.stat has no {exc}"
+    finally:
+        cgroups.remove(rel)
+        cgroups.remove_run(run)
+
+
+def _probe_network() -> dict[str, str]:
+    if not shutil.which("ip"):
+        return dict.fromkeys(NET_FEATURES, "`ip` is not installed (Debian package iproute2)")
+    missing: dict[str, str] = {}
+    if not shutil.which("tc"):
+        missing["tbf"] = "`tc` is not installed (Debian package iproute2)"
+    if not shutil.which("ethtool"):
+        missing["ethtool"] = ("`ethtool` is not installed (Debian package ethtool); it turns "
+                              "TSO/GSO off on the veths")
+    netns, veth = f"{run_name()}-probe", f"{VETH_PREFIX}{os.getpid()}-p"
+    steps = [
+        ("netns", ["ip", "netns", "add", netns]),
+        ("veth", ["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0",
+                  "netns", netns]),
+        ("tbf", ["tc", "qdisc", "add", "dev", veth, "root", *Link(100).tbf_args()]),
+        ("ethtool", ["ethtool", "-K", veth, "tso", "off", "gso", "off"]),
+    ]
+    try:
+        for position, (feature, argv) in enumerate(steps):
+            if feature in missing:
+                continue
+            try:
+                _run(argv)
+            except BoardError as exc:
+                missing[feature] = str(exc)
+                if feature in ("netns", "veth"):
+                    for later, _ in steps[position + 1:]:
+                        missing.setdefault(later, f"needs {feature}, not permitted")
+                    break
+    finally:
+        with contextlib.suppress(BoardError):  # a leftover then, for cleanup_leftovers
+            if (NET_DEVICES / veth).exists():
+                _run(["ip", "link", "del", veth])
+            if "netns" not in missing:
+                _run(["ip", "netns", "del", netns])
+    return missing
+
+
+def _run(argv: Sequence[str]) -> str:
+    """Run a setup command; BoardError with the command's own error message when it fails."""
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode:
+        error = done.stderr.strip() or f"exit status {done.returncode}"
+        raise BoardError(f"`{shlex.join(argv)}` failed: {error}")
+    return done.stdout
+
+
+def _enter_argv(procs_files: Sequence[Path], argv: Sequence[str]) -> list[str]:
+    return ["sh", "-c", _ENTER, "sh", str(len(procs_files)), *map(str, procs_files), *argv]
+
+
+def _claim_subnet(veth: str) -> int:
+    """The lowest SUBNET.N.0/30 free in the root namespace, its .1 given to veth's root end; a
+    lock file keeps two runs starting together from taking the same N."""
+    with open(Path(tempfile.gettempdir()) / f"{PREFIX}-subnets.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        listing = _run(["ip", "-o", "-4", "addr", "show"])
+        used = {int(n) for n in re.findall(rf"inet {re.escape(SUBNET)}\.(\d+)\.", listing)}
+        number = next((n for n in range(1, 255) if n not in used), None)
+        if number is None:
+            raise BoardError(f"every {SUBNET}.N.0/30 (N 1-254) is in use")
+        _run(["ip", "addr", "add", f"{SUBNET}.{number}.1/30", "dev", veth])
+        return number
+
+
+def _read_pids(cgroup_dir: Path) -> set[int]:
+    try:
+        return {int(pid) for pid in (cgroup_dir / "cgroup.procs").read_text().split()}
+    except FileNotFoundError:
+        return set()
+
+
+def _netns_pids(netns: str) -> set[int]:
+    return {int(pid) for pid in _run(["ip", "netns", "pids", netns]).split()}
+
+
+def _kill_all(pids: Callable[[], set[int]], reap: Callable[[], None] = lambda: None) -> None:
+    """SIGKILL every pid listed until none is left (a fork may race a pass); reap lets our own
+    children's zombies go."""
+    deadline = time.monotonic() + 10
+    while remaining := pids():
+        for pid in remaining:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        reap()
+        if time.monotonic() > deadline:
+            raise BoardError(f"pids {sorted(remaining)} outlived SIGKILL for 10 s")
+        time.sleep(0.02)
+
+
+@contextlib.contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C until a board's setup or teardown is through, so nothing is left half made."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught:
+            raise KeyboardInterrupt
+
+
+def find_leftovers() -> list[Leftover]:
+    """Every run cgroup, netns and veth named by this module, of any run, ours included."""
+    found = []
+    roots = dict.fromkeys(path for fstype, path, opts in _cgroup_mounts()
+                          if fstype == "cgroup2" or opts & {"cpu", "cpuacct"})
+    for root in roots:
+        for path in sorted(root.iterdir()):
+            if path.is_dir() and (match := _RUN_NAME.match(path.name)):
+                found.append(Leftover("cgroup", str(path), int(match[1])))
+    if shutil.which("ip"):
+        for line in _run(["ip", "netns", "list"]).splitlines():
+            name = line.split()[0]
+            if match := _RUN_NAME.match(name):
+                found.append(Leftover("netns", name, int(match[1])))
+        for device in sorted(NET_DEVICES.iterdir()):
+            if match := _VETH_NAME.match(device.name):
+                found.append(Leftover("veth", device.name, int(match[1])))
+    return found
+
+
+def cleanup_leftovers() -> list[Leftover]:
+    """Remove what runs no longer alive left behind (a crash, SIGKILL); live runs are spared,
+    so a bench running beside this one keeps its boards."""
+    removed = []
+    for item in find_leftovers():
+        if _alive(item.pid):
+            continue
+        try:
+            _remove_leftover(item)
+        except (OSError, BoardError) as exc:
+            log.warning("could not remove leftover %s %s: %s", item.kind, item.name, exc)
+        else:
+            log.info("removed leftover %s %s", item.kind, item.name)
+            removed.append(item)
+    return removed
+
+
+def _remove_leftover(item: Leftover) -> None:
+    if item.kind == "cgroup":
+        run = Path(item.name)
+        for board in [path for path in run.iterdir() if path.is_dir()]:
+            _kill_all(lambda board=board: _read_pids(board))
+            board.rmdir()
+        run.rmdir()
+    elif item.kind == "netns":
+        _kill_all(lambda: _netns_pids(item.name))
+        _run(["ip", "netns", "del", item.name])
+    elif (NET_DEVICES / item.name).exists():  # gone already if its peer's netns was removed
+        _run(["ip", "link", "del", item.name])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def calibrate(argv: Sequence[str], target_seconds: float, *, probe_fraction: float = 0.5,
+              period_us: int = DEFAULT_PERIOD_US, timeout: float = 600.0) -> Calibration:
+    """The quota at which argv takes target_seconds per frame. argv prints its seconds per frame
+    as the last word of its output. CPU-bound work slows in proportion to the quota, so one run
+    at probe_fraction gives the fraction; a second run at that fraction checks it."""
+    probe = seconds_per_frame(argv, probe_fraction, period_us=period_us, timeout=timeout)
+    fraction = probe_fraction * probe / target_seconds
+    check = seconds_per_frame(argv, fraction, period_us=period_us, timeout=timeout)
+    return Calibration(fraction, target_seconds, probe_fraction, probe, check)
+
+
+def seconds_per_frame(argv: Sequence[str], fraction: float, *,
+                      period_us: int = DEFAULT_PERIOD_US, timeout: float = 600.0) -> float:
+    """Run argv on a board of `fraction` core; the last word it prints, as seconds per frame."""
+    with Board("calibrate", fraction, period_us=period_us) as board:
+        proc = board.popen(argv, stdout=subprocess.PIPE, text=True)
+        output, _ = proc.communicate(timeout=timeout)
+    if proc.returncode:
+        raise BoardError(f"`{shlex.join(argv)}` exited with status {proc.returncode}")
+    return float(output.split()[-1])
+
+
+# The self-test's workloads, run by the board's Python (`python -c CODE ARGS`).
+_SPIN = "while True: pass"
+_FRAMES = """import sys, time
+def frame():
+    total = 0
+    for i in range(400_000):
+        total += i
+frame()
+frames = int(sys.argv[1])
+started = time.perf_counter()
+for _ in range(frames):
+    frame()
+print((time.perf_counter() - started) / frames)
+"""
+_SEND = """import socket, sys, time
+with socket.create_connection((sys.argv[1], int(sys.argv[2]))) as sock:
+    chunk, end = bytes(1 << 16), time.monotonic() + float(sys.argv[3])
+    while time.monotonic() < end:
+        sock.sendall(chunk)
+"""
+_RECEIVE = """import socket, sys, time
+with socket.create_connection((sys.argv[1], int(sys.argv[2]))) as sock:
+    size, first = 0, None
+    while data := sock.recv(1 << 16):
+        first = first or time.monotonic()
+        size += len(data)
+print(size, time.monotonic() - first)
+"""
+_TARGET_SECONDS = 0.1  # the self-test's calibration target per frame
+
+
+def selftest(seconds: float = 3.0) -> int:
+    """Two boards (0.2 and 0.5 core, the second with a 100 Mbit/s link): CPU rate against the
+    quota, TCP rate against tbf's, the cgroup counters, a calibration; then nothing may be left."""
+    cleanup_leftovers()
+    support = detect()
+    cgroups = support.cgroups
+    print("What this machine permits:")
+    if cgroups:
+        roots = dict.fromkeys([str(cgroups.cpu_root), str(cgroups.acct_root)])
+        print(f"  cpu quotas: cgroup v{cgroups.version} ({', '.join(roots)})")
+    for feature in ("cpu", "cgroup v2", *NET_FEATURES):
+        if feature in support.missing:
+            print(f"  {feature}: NOT permitted: {support.missing[feature]}")
+        elif feature in NET_FEATURES:
+            print(f"  {feature}: yes")
+    if reason := support.why_not("cpu"):
+        print(f"No board can be emulated: {reason}")
+        return 1
+    link = None if support.why_not(*NET_FEATURES) else Link(100)
+    with Board("selftest-a", 0.2) as small, Board("selftest-b", 0.5, link) as large:
+        _show_cpu([small, large], seconds)
+        if large.netns:
+            _show_link(large, seconds)
+    found = calibrate([sys.executable, "-c", _FRAMES, "20"], _TARGET_SECONDS)
+    print(f"\nCalibration of a 20-frame loop to {_TARGET_SECONDS * 1000:g} ms per frame: "
+          f"{found.probe_seconds * 1000:.1f} ms at {found.probe_fraction:g} core -> "
+          f"{found.fraction:.3f} core, checked: {found.check_seconds * 1000:.1f} ms per frame "
+          f"({found.check_seconds / _TARGET_SECONDS:.2f} of the target)")
+    left = [item for item in find_leftovers() if item.pid == os.getpid()]
+    print("\nAfter the boards closed:",
+          "nothing left" if not left else ", ".join(f"{i.kind} {i.name}" for i in left))
+    return 1 if left else 0
+
+
+def _show_cpu(boards: list[Board], seconds: float) -> None:
+    procs = [board.popen([sys.executable, "-c", _SPIN]) for board in boards]
+    time.sleep(0.5)  # past the interpreters' start
+    before = [board.cpu_stats() for board in boards]
+    started = time.monotonic()
+    time.sleep(seconds)
+    after = [board.cpu_stats() for board in boards]
+    wall = time.monotonic() - started
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+    load = os.getloadavg()[0]
+    print(f"\nA busy loop on each board for {wall:.1f} s (load average {load:.1f} on "
+          f"{os.cpu_count()} cores: a ratio under 1 with few throttled periods means other work "
+          f"took the CPU, not the quota):")
+    print(f"  {'board':<11} {'quota file':>12} {'core':>5} {'CPU s/s':>8} {'ratio':>6} "
+          f"{'periods':>8} {'throttled':>9} {'throttled s':>11}")
+    for board, first, last in zip(boards, before, after, strict=True):
+        delta = last - first
+        rate = delta.usage_usec / 1e6 / wall
+        quota, period = board.quota()
+        print(f"  {board.name:<11} {f'{quota} {period}':>12} {board.cpu:5.2f} {rate:8.3f} "
+              f"{rate / board.cpu:6.2f} {delta.nr_periods:8d} {delta.nr_throttled:9d} "
+              f"{delta.throttled_usec / 1e6:11.2f}")
+
+
+def _show_link(board: Board, seconds: float) -> None:
+    assert board.link and board.broker_address
+    rate = board.link.rate_mbit
+    print(f"\nTCP over {board.name}'s link ({board.address} <-> {board.broker_address}, "
+          f"tbf {rate:g} Mbit/s each way), {seconds:g} s each way:")
+    with socket.create_server((board.broker_address, 0)) as server:
+        server.settimeout(10)
+        for direction, transfer in (("board -> broker side", _upload),
+                                    ("broker side -> board", _download)):
+            before = board.link_bytes()
+            size, elapsed = transfer(board, server, seconds)
+            on_link = board.link_bytes() - before
+            on_veth = on_link.from_board if transfer is _upload else on_link.to_board
+            payload, frames = size * 8 / elapsed / 1e6, on_veth * 8 / elapsed / 1e6
+            print(f"  {direction}: {payload:6.1f} Mbit/s of TCP payload ({payload / rate:.2f} of "
+                  f"the rate), {frames:6.1f} Mbit/s of frames on the veth ({frames / rate:.2f})")
+
+
+def _upload(board: Board, server: socket.socket, seconds: float) -> tuple[int, float]:
+    """(bytes, seconds from the first to the last) the root side received from the board."""
+    address, port = server.getsockname()[:2]
+    sender = board.popen([sys.executable, "-c", _SEND, address, str(port), str(seconds)])
+    conn, _ = server.accept()
+    with conn:
+        size, first = 0, time.monotonic()
+        while data := conn.recv(1 << 16):
+            first = first if size else time.monotonic()
+            size += len(data)
+        elapsed = time.monotonic() - first
+    sender.wait(timeout=30)
+    return size, elapsed
+
+
+def _download(board: Board, server: socket.socket, seconds: float) -> tuple[int, float]:
+    """(bytes, seconds from the first to the last) the board received from the root side."""
+    address, port = server.getsockname()[:2]
+    receiver = board.popen([sys.executable, "-c", _RECEIVE, address, str(port)],
+                           stdout=subprocess.PIPE, text=True)
+    conn, _ = server.accept()
+    with conn:
+        chunk, end = bytes(1 << 16), time.monotonic() + seconds
+        while time.monotonic() < end:
+            conn.sendall(chunk)
+    output, _ = receiver.communicate(timeout=30)
+    size, elapsed = output.split()
+    return int(size), float(elapsed)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    action = parser.add_mutually_exclusive_group(required=True)
+    action.add_argument("--selftest", action="store_true",
+                        help="measure two boards' CPU rate and link rate, then clean up")
+    action.add_argument("--cleanup", action="store_true",
+                        help="remove cgroups, netns and veths that crashed runs left")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.cleanup:
+        cleanup_leftovers()
+        return 0
+    return selftest()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
