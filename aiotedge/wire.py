@@ -23,6 +23,11 @@ MAX_TRACE_HOPS = 64
 #: timestamps are Unix seconds; beyond this (year 5138) a sender is broken, and latencies
 #: computed from it would not even be valid JSON numbers
 MAX_TIMESTAMP = 1e11
+#: how much of a value from the network a refusal quotes: the sender chooses how large it is,
+#: and the reason travels in an error event and a log line
+MAX_QUOTE_LENGTH = 80
+
+_LENGTH_UNITS: dict[type, str] = {str: "characters", bytes: "bytes", list: "items", dict: "entries"}
 
 
 class WireError(ValueError):
@@ -102,11 +107,46 @@ def decode_frame(payload: bytes, expected: TensorSpec | None) -> Frame:
     """
     message = _unpack(payload)
     frame_id = message.get("frame_id")
-    frame_id = frame_id if isinstance(frame_id, str) else None
     try:
         return _parse(message, expected)
     except WireError as exc:
-        raise WireError(exc.reason, frame_id) from None
+        raise WireError(exc.reason, frame_id if _is_id(frame_id) else None) from None
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= MAX_ID_LENGTH
+
+
+def _quote(value: Any) -> str:
+    """repr(value), cut to MAX_QUOTE_LENGTH characters and then followed by the value's length."""
+    text = _repr_head(value, MAX_QUOTE_LENGTH + 1)
+    if len(text) <= MAX_QUOTE_LENGTH:
+        return text
+    unit = _LENGTH_UNITS.get(type(value))
+    length = f" ({len(value)} {unit})" if unit else ""
+    return f"{text[:MAX_QUOTE_LENGTH - 3]}...{length}"
+
+
+def _repr_head(value: Any, length: int) -> str:
+    """repr(value) if it is shorter than `length`, else a text at least `length` long that
+    starts like it: a large value is never rendered whole."""
+    if isinstance(value, (str, bytes)):
+        return repr(value[:length])
+    if not isinstance(value, (list, dict)):
+        return repr(value)
+    is_dict = isinstance(value, dict)
+    text = "{" if is_dict else "["
+    for item in value.items() if is_dict else value:
+        if len(text) >= length:
+            return text
+        if len(text) > 1:
+            text += ", "
+        if is_dict:
+            text += _repr_head(item[0], length - len(text))
+            text += ": " + _repr_head(item[1], length - len(text))
+        else:
+            text += _repr_head(item, length - len(text))
+    return text + ("}" if is_dict else "]")
 
 
 def _unpack(payload: bytes) -> dict[str, Any]:
@@ -143,11 +183,13 @@ def _field(message: dict[str, Any], name: str, types: type | tuple[type, ...]) -
 def _parse(message: dict[str, Any], expected: TensorSpec | None) -> Frame:
     version = message.get("version")
     if type(version) is not int or version != WIRE_VERSION:
-        raise WireError(f"unsupported wire version {version!r} (this node speaks {WIRE_VERSION})")
+        raise WireError(
+            f"unsupported wire version {_quote(version)} (this node speaks {WIRE_VERSION})"
+        )
     frame_id = _field(message, "frame_id", str)
     source = _field(message, "source", str)
     for name, value in (("frame_id", frame_id), ("source", source)):
-        if not 0 < len(value) <= MAX_ID_LENGTH:
+        if not _is_id(value):
             raise WireError(f"field {name!r} must be 1 to {MAX_ID_LENGTH} characters")
     seq = _field(message, "seq", int)
     if seq < 0:
@@ -186,7 +228,7 @@ def _parse_trace(trace: list[Any]) -> list[Hop]:
             and all(type(t) in (int, float) and _is_timestamp(t) for t in entry[1:])
         )
         if not valid:
-            raise WireError(f"trace entry {entry!r} is not [stage, received, done]")
+            raise WireError(f"trace entry {_quote(entry)} is not [stage, received, done]")
         hops.append(Hop(entry[0], float(entry[1]), float(entry[2])))
     return hops
 
@@ -206,11 +248,13 @@ def _parse_tensor(message: dict[str, Any], expected: TensorSpec) -> np.ndarray:
     tensor = _field(message, "tensor", dict)
     dtype = _field(tensor, "dtype", str)
     if dtype != expected.dtype:
-        raise WireError(f"tensor dtype {dtype!r} does not match the stage input {expected.dtype!r}")
+        raise WireError(
+            f"tensor dtype {_quote(dtype)} does not match the stage input {expected.dtype!r}"
+        )
     shape = _field(tensor, "shape", list)
     if tuple(shape) != expected.shape:
         raise WireError(
-            f"tensor shape {shape} does not match the stage input {list(expected.shape)}"
+            f"tensor shape {_quote(shape)} does not match the stage input {list(expected.shape)}"
         )
     scale = float(_field(tensor, "scale", (int, float)))
     zero_point = _field(tensor, "zero_point", int)

@@ -7,7 +7,15 @@ import numpy as np
 import pytest
 
 from aiotedge.manifest import TensorSpec
-from aiotedge.wire import WIRE_VERSION, Frame, Hop, WireError, decode_frame, encode_frame
+from aiotedge.wire import (
+    MAX_ID_LENGTH,
+    WIRE_VERSION,
+    Frame,
+    Hop,
+    WireError,
+    decode_frame,
+    encode_frame,
+)
 
 SPEC = TensorSpec("act", (1, 7, 7, 16), "uint8", scale=0.0235, zero_point=3)
 
@@ -136,3 +144,42 @@ def test_stage_zero_refuses_tensors_and_empty_images():
     empty = Frame("a", "b", 0, 0.0, image=b"")
     with pytest.raises(WireError, match="'image' is empty"):
         decode_frame(encode_frame(empty), None)
+
+
+
+HUGE = 7 * 1024 * 1024
+#: the longest reason decode_frame gives: a template with a few short quotes and numbers
+REASON_LIMIT = 300
+
+
+@pytest.mark.parametrize(
+    ("make_payload", "original_length"),
+    [
+        pytest.param(lambda: message(version=b"v" * HUGE), f"{HUGE} bytes", id="bin version"),
+        pytest.param(lambda: message(trace=[[0, 1.0, b"t" * HUGE]]), "3 items", id="bin in trace"),
+        pytest.param(lambda: message(trace=[["s" * 200, 1.0, 2.0]]), "3 items", id="str in trace"),
+        pytest.param(lambda: message(tensor_dtype="f" * 400), "400 characters", id="dtype"),
+    ],
+)
+def test_a_huge_value_is_quoted_short_with_its_length(make_payload, original_length: str):
+    with pytest.raises(WireError) as caught:
+        decode_frame(make_payload(), SPEC)
+    assert len(caught.value.reason) <= REASON_LIMIT
+    assert f"({original_length})" in caught.value.reason
+    assert caught.value.frame_id == "cam0-ab12-7"
+
+
+def test_a_huge_string_is_refused_with_a_short_reason():
+    with pytest.raises(WireError) as caught:
+        decode_frame(message(version="v" * HUGE), SPEC)
+    assert len(caught.value.reason) <= REASON_LIMIT
+
+
+@pytest.mark.parametrize(
+    "frame_id", ["f" * 1024 * 1024, "f" * (MAX_ID_LENGTH + 1), "", b"cam0-ab12-7", 17]
+)
+def test_a_refusal_names_the_frame_only_by_a_valid_id(frame_id):
+    with pytest.raises(WireError) as caught:
+        decode_frame(message(frame_id=frame_id), SPEC)
+    assert len(caught.value.reason) <= REASON_LIMIT
+    assert caught.value.frame_id is None
