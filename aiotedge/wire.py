@@ -29,6 +29,25 @@ MAX_QUOTE_LENGTH = 80
 
 _LENGTH_UNITS: dict[type, str] = {str: "characters", bytes: "bytes", list: "items", dict: "entries"}
 
+_MESSAGE_FIELDS = frozenset(
+    {"version", "frame_id", "source", "seq", "captured_at", "trace", "image", "tensor"}
+)
+_TENSOR_FIELDS = frozenset({"dtype", "shape", "scale", "zero_point", "data"})
+#: msgpack applies each limit to every container and string at every depth, so each is what the
+#: largest one of a valid frame needs: `trace` is the longest array, the message (6 fields and
+#: `image` or `tensor`) the largest map, an id the longest string (128 characters of up to 4
+#: bytes in UTF-8); no field is an extension type. Nothing is allocated for a longer one.
+_UNPACK_LIMITS = {
+    "max_array_len": MAX_TRACE_HOPS,
+    "max_map_len": len(_MESSAGE_FIELDS) - 1,
+    "max_str_len": 4 * MAX_ID_LENGTH,
+    "max_ext_len": 0,
+}
+#: the arrays and maps of a valid frame: the message, `trace` and its entries, `tensor` and its
+#: `shape`. The length limits bound each container, not how many a message nests: 8 MB of
+#: empty maps in arrays of 64 would still be 8 million dicts.
+MAX_CONTAINERS = MAX_TRACE_HOPS + 4
+
 
 class WireError(ValueError):
     """A message that cannot be accepted; `frame_id` is set when the header was readable."""
@@ -149,17 +168,50 @@ def _repr_head(value: Any, length: int) -> str:
     return text + ("}" if is_dict else "]")
 
 
+class _TooManyContainersError(Exception):
+    pass
+
+
+class _ContainerBudget:
+    """Stops msgpack once it has built MAX_CONTAINERS arrays and maps (it calls `take` with
+    each one it completes), before a message of many small ones can take much memory."""
+
+    def __init__(self) -> None:
+        self.left = MAX_CONTAINERS
+
+    def take(self, container: Any) -> Any:
+        self.left -= 1
+        if self.left < 0:
+            raise _TooManyContainersError
+        return container
+
+
 def _unpack(payload: bytes) -> dict[str, Any]:
     if not payload:
         raise WireError("empty message")
+    budget = _ContainerBudget()
     try:
-        message = msgpack.unpackb(payload, raw=False, strict_map_key=True)
+        message = msgpack.unpackb(
+            payload,
+            raw=False,
+            strict_map_key=True,
+            max_bin_len=len(payload),
+            list_hook=budget.take,
+            object_hook=budget.take,
+            **_UNPACK_LIMITS,
+        )
+    except _TooManyContainersError:
+        raise WireError(f"more than {MAX_CONTAINERS} arrays and maps in the message") from None
     except msgpack.ExtraData:
         raise WireError("trailing bytes after the msgpack map") from None
+    except msgpack.StackError:
+        raise WireError("arrays and maps nested too deeply") from None
     except (ValueError, msgpack.UnpackException) as exc:
-        # msgpack reports a cut-off message as "incomplete input"
+        # msgpack reports a cut-off message as "incomplete input", a limit as "N exceeds max_..."
         if "incomplete" in str(exc):
             raise WireError("truncated message") from None
+        if "exceeds max_" in str(exc):
+            raise WireError(f"larger than the wire format allows: {exc}") from None
         raise WireError(f"not msgpack ({type(exc).__name__}: {exc})") from None
     except TypeError as exc:
         raise WireError(f"not a msgpack map with string keys: {exc}") from None
@@ -180,12 +232,20 @@ def _field(message: dict[str, Any], name: str, types: type | tuple[type, ...]) -
     return value
 
 
+def _refuse_unknown_fields(fields: dict[Any, Any], known: frozenset[str], where: str) -> None:
+    """A field this node does not know would be dropped on the way to the next stage."""
+    for name in fields:
+        if name not in known:
+            raise WireError(f"unknown field {_quote(name)} in {where}")
+
+
 def _parse(message: dict[str, Any], expected: TensorSpec | None) -> Frame:
     version = message.get("version")
     if type(version) is not int or version != WIRE_VERSION:
         raise WireError(
             f"unsupported wire version {_quote(version)} (this node speaks {WIRE_VERSION})"
         )
+    _refuse_unknown_fields(message, _MESSAGE_FIELDS, "the message")
     frame_id = _field(message, "frame_id", str)
     source = _field(message, "source", str)
     for name, value in (("frame_id", frame_id), ("source", source)):
@@ -217,8 +277,6 @@ def _is_timestamp(value: float) -> bool:
 
 
 def _parse_trace(trace: list[Any]) -> list[Hop]:
-    if len(trace) > MAX_TRACE_HOPS:
-        raise WireError(f"trace has {len(trace)} hops, at most {MAX_TRACE_HOPS} are accepted")
     hops = []
     for entry in trace:
         valid = (
@@ -246,6 +304,7 @@ def _parse_tensor(message: dict[str, Any], expected: TensorSpec) -> np.ndarray:
     if "image" in message:
         raise WireError("this stage takes a tensor, the message carries an image")
     tensor = _field(message, "tensor", dict)
+    _refuse_unknown_fields(tensor, _TENSOR_FIELDS, "the tensor")
     dtype = _field(tensor, "dtype", str)
     if dtype != expected.dtype:
         raise WireError(

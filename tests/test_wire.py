@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import msgpack
 import numpy as np
 import pytest
 
 from aiotedge.manifest import TensorSpec
 from aiotedge.wire import (
+    MAX_CONTAINERS,
     MAX_ID_LENGTH,
+    MAX_TRACE_HOPS,
     WIRE_VERSION,
     Frame,
     Hop,
@@ -112,10 +116,17 @@ def test_activation_travels_as_one_byte_per_value():
         (message(version=True), "unsupported wire version True"),
         (message(trace=None), "missing field 'trace'"),
         (message(trace=[[0, 1.0]]), "is not [stage, received, done]"),
-        (message(trace=[[0, 1.0, 2.0]] * 65), "at most 64"),
+        (message(trace=[[0, 1.0, 2.0]] * 65), "65 exceeds max_array_len(64)"),
+        (message(tensor_shape=[1] * 65), "65 exceeds max_array_len(64)"),
+        (message(frame_id="f" * 513), "513 exceeds max_str_len(512)"),
+        (message(unknown=1), "8 exceeds max_map_len(7)"),
+        (message(tensor_unknown=1), "unknown field 'unknown' in the tensor"),
+        (message(tensor=None, colour=1), "unknown field 'colour' in the message"),
+        (message(seq=msgpack.ExtType(1, b"\x07")), "exceeds max_ext_len(0)"),
+        (b"\x91" * 2000 + b"\xc0", "arrays and maps nested too deeply"),
         (message(tensor=None), "missing field 'tensor'"),
         (message(tensor="raw"), "field 'tensor' must be dict, got str"),
-        (message(image=b"\xff\xd8"), "carries an image"),
+        (message(tensor=None, image=b"\xff\xd8"), "carries an image"),
         (message(tensor_dtype="float32"), "dtype 'float32' does not match the stage input 'uint8'"),
         (message(tensor_dtype=None), "missing field 'dtype'"),
         (message(tensor_shape=[1, 7, 7, 8]), "shape [1, 7, 7, 8] does not match"),
@@ -183,3 +194,48 @@ def test_a_refusal_names_the_frame_only_by_a_valid_id(frame_id):
         decode_frame(message(frame_id=frame_id), SPEC)
     assert len(caught.value.reason) <= REASON_LIMIT
     assert caught.value.frame_id is None
+
+
+def array_header(length: int) -> bytes:
+    return b"\xdd" + length.to_bytes(4, "big")
+
+
+def flat_bomb() -> bytes:
+    """7.9 MB: one array of 7.9 million empty maps (measured: 624 MB in a stage)."""
+    return array_header(7_900_000) + b"\x80" * 7_900_000
+
+
+def nested_bomb() -> bytes:
+    """8.2 MB of empty maps in arrays of 64: no container is long, there are just many."""
+    arrays_of_maps = array_header(64) + (array_header(64) + b"\x80" * 64) * 64
+    return array_header(29) + (array_header(64) + arrays_of_maps * 64) * 29
+
+
+@pytest.mark.parametrize(
+    ("make_payload", "reason"),
+    [
+        pytest.param(flat_bomb, "7900000 exceeds max_array_len(64)", id="flat"),
+        pytest.param(nested_bomb, f"more than {MAX_CONTAINERS} arrays and maps", id="nested"),
+    ],
+)
+def test_a_message_of_many_small_objects_is_refused_in_little_memory(make_payload, reason: str):
+    payload = make_payload()
+    tracemalloc.start()
+    try:
+        with pytest.raises(WireError) as caught:
+            decode_frame(payload, SPEC)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert reason in caught.value.reason
+    assert peak < len(payload) // 8
+
+
+def test_the_largest_frame_the_format_allows_is_accepted():
+    """Longest ids and trace: the unpacker's limits are not below what the format allows."""
+    longest_id = "\U0001f4f7" * MAX_ID_LENGTH  # 4 bytes a character in UTF-8
+    hops = [Hop(stage, 1.0, 2.0) for stage in range(MAX_TRACE_HOPS)]
+    frame = Frame(longest_id, longest_id, 2**64 - 1, 1.0, tensor=tensor_frame().tensor,
+                  scale=SPEC.scale, zero_point=SPEC.zero_point, trace=hops)
+    decoded = decode_frame(encode_frame(frame), SPEC)
+    assert (decoded.frame_id, decoded.source, decoded.trace) == (longest_id, longest_id, hops)
