@@ -328,4 +328,8 @@ def _parse_tensor(message: dict[str, Any], expected: TensorSpec) -> np.ndarray:
         raise WireError(
             f"tensor data has {len(data)} bytes, the stage input needs {expected.nbytes}"
         )
-    return np.frombuffer(data, dtype=np.dtype(dtype)).reshape(expected.shape)
+    values = np.frombuffer(data, dtype=np.dtype(dtype)).reshape(expected.shape)
+    # a non-finite activation only spreads: the prediction's scores would be NaN, not JSON
+    if values.dtype.kind == "f" and not np.isfinite(values).all():
+        raise WireError("tensor data holds NaN or infinite values")
+    return values

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from aiotedge.manifest import TensorSpec
+from aiotedge.sink import Prediction, Score
 from aiotedge.wire import (
     MAX_CONTAINERS,
     MAX_ID_LENGTH,
@@ -239,3 +240,20 @@ def test_the_largest_frame_the_format_allows_is_accepted():
                   scale=SPEC.scale, zero_point=SPEC.zero_point, trace=hops)
     decoded = decode_frame(encode_frame(frame), SPEC)
     assert (decoded.frame_id, decoded.source, decoded.trace) == (longest_id, longest_id, hops)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_a_float_activation_must_be_finite(dtype: str, value: float):
+    spec = TensorSpec("f", (1, 3, 5), dtype)
+    values = np.ones(spec.shape, dtype)
+    values[0, 1, 2] = value
+    with pytest.raises(WireError, match="NaN or infinite"):
+        decode_frame(encode_frame(Frame("f-1", "cam", 1, 1.0, tensor=values)), spec)
+
+
+@pytest.mark.parametrize("score", [float("nan"), float("inf")])
+def test_a_prediction_is_never_invalid_json(score: float):
+    prediction = Prediction("f-1", "cam", 1, 1.0, [Score(0, "cat", score)], 2.0, [])
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        prediction.to_json()
