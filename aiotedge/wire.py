@@ -283,6 +283,7 @@ def _parse_trace(trace: list[Any]) -> list[Hop]:
             isinstance(entry, list)
             and len(entry) == 3
             and type(entry[0]) is int
+            and entry[0] >= 0
             and all(type(t) in (int, float) and _is_timestamp(t) for t in entry[1:])
         )
         if not valid:
@@ -311,6 +312,9 @@ def _parse_tensor(message: dict[str, Any], expected: TensorSpec) -> np.ndarray:
             f"tensor dtype {_quote(dtype)} does not match the stage input {expected.dtype!r}"
         )
     shape = _field(tensor, "shape", list)
+    # 1.0 and True compare equal to 1: the type is checked on its own
+    if not all(type(dimension) is int for dimension in shape):
+        raise WireError(f"tensor shape {_quote(shape)} must be a list of int")
     if tuple(shape) != expected.shape:
         raise WireError(
             f"tensor shape {_quote(shape)} does not match the stage input {list(expected.shape)}"

@@ -257,3 +257,25 @@ def test_a_prediction_is_never_invalid_json(score: float):
     prediction = Prediction("f-1", "cam", 1, 1.0, [Score(0, "cat", score)], 2.0, [])
     with pytest.raises(ValueError, match="not JSON compliant"):
         prediction.to_json()
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (message(tensor_shape=[1.0, 7, 7, 16]), "shape [1.0, 7, 7, 16] must be a list of int"),
+        (message(tensor_shape=[True, 7, 7, 16]), "shape [True, 7, 7, 16] must be a list of int"),
+        (message(tensor_shape=[1, 7, 7, 16.0]), "shape [1, 7, 7, 16.0] must be a list of int"),
+        (message(trace=[[0.0, 1.0, 2.0]]), "is not [stage, received, done]"),
+        (message(trace=[[False, 1.0, 2.0]]), "is not [stage, received, done]"),
+        (message(trace=[[-1, 1.0, 2.0]]), "is not [stage, received, done]"),
+        (message(seq=7.0), "field 'seq' must be int, got float"),
+        (message(tensor_zero_point=3.0), "field 'zero_point' must be int, got float"),
+        (message(tensor_zero_point=False), "field 'zero_point' must be int, got bool"),
+        (message(version=1.0), "unsupported wire version 1.0"),
+    ],
+)
+def test_an_integer_field_takes_only_an_int(payload: bytes, reason: str):
+    """A float or bool compares equal to an int (1.0 == True == 1), it is still the wrong type."""
+    with pytest.raises(WireError) as caught:
+        decode_frame(payload, SPEC)
+    assert reason in caught.value.reason
