@@ -50,7 +50,7 @@ MAX_CONTAINERS = MAX_TRACE_HOPS + 4
 
 
 class WireError(ValueError):
-    """A message that cannot be accepted; `frame_id` is set when the header was readable."""
+    """A message that cannot be accepted; `frame_id` is set when it carried a valid one."""
 
     def __init__(self, reason: str, frame_id: str | None = None) -> None:
         super().__init__(reason)
@@ -213,8 +213,6 @@ def _unpack(payload: bytes) -> dict[str, Any]:
         if "exceeds max_" in str(exc):
             raise WireError(f"larger than the wire format allows: {exc}") from None
         raise WireError(f"not msgpack ({type(exc).__name__}: {exc})") from None
-    except TypeError as exc:
-        raise WireError(f"not a msgpack map with string keys: {exc}") from None
     if not isinstance(message, dict):
         raise WireError(f"expected a msgpack map, got {type(message).__name__}")
     return message
