@@ -21,6 +21,7 @@ from aiotedge.wire import (
     decode_frame,
     encode_frame,
 )
+from tests.wire_strategies import REASON_LIMIT
 
 SPEC = TensorSpec("act", (1, 7, 7, 16), "uint8", scale=0.0235, zero_point=3)
 
@@ -158,10 +159,7 @@ def test_stage_zero_refuses_tensors_and_empty_images():
         decode_frame(encode_frame(empty), None)
 
 
-
 HUGE = 7 * 1024 * 1024
-#: the longest reason decode_frame gives: a template with a few short quotes and numbers
-REASON_LIMIT = 300
 
 
 @pytest.mark.parametrize(
