@@ -41,7 +41,9 @@ class Prediction:
     stages: list[StageTiming]
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
+        """Raises ValueError on a NaN or infinite number: JSON has none, and subscribers'
+        parsers would refuse the whole message."""
+        return json.dumps(asdict(self), separators=(",", ":"), allow_nan=False)
 
     @classmethod
     def parse(cls, payload: bytes) -> Prediction | None:

@@ -23,10 +23,34 @@ MAX_TRACE_HOPS = 64
 #: timestamps are Unix seconds; beyond this (year 5138) a sender is broken, and latencies
 #: computed from it would not even be valid JSON numbers
 MAX_TIMESTAMP = 1e11
+#: how much of a value from the network a refusal quotes: the sender chooses how large it is,
+#: and the reason travels in an error event and a log line
+MAX_QUOTE_LENGTH = 80
+
+_LENGTH_UNITS: dict[type, str] = {str: "characters", bytes: "bytes", list: "items", dict: "entries"}
+
+_MESSAGE_FIELDS = frozenset(
+    {"version", "frame_id", "source", "seq", "captured_at", "trace", "image", "tensor"}
+)
+_TENSOR_FIELDS = frozenset({"dtype", "shape", "scale", "zero_point", "data"})
+#: msgpack applies each limit to every container and string at every depth, so each is what the
+#: largest one of a valid frame needs: `trace` is the longest array, the message (6 fields and
+#: `image` or `tensor`) the largest map, an id the longest string (128 characters of up to 4
+#: bytes in UTF-8); no field is an extension type. Nothing is allocated for a longer one.
+_UNPACK_LIMITS = {
+    "max_array_len": MAX_TRACE_HOPS,
+    "max_map_len": len(_MESSAGE_FIELDS) - 1,
+    "max_str_len": 4 * MAX_ID_LENGTH,
+    "max_ext_len": 0,
+}
+#: the arrays and maps of a valid frame: the message, `trace` and its entries, `tensor` and its
+#: `shape`. The length limits bound each container, not how many a message nests: 8 MB of
+#: empty maps in arrays of 64 would still be 8 million dicts.
+MAX_CONTAINERS = MAX_TRACE_HOPS + 4
 
 
 class WireError(ValueError):
-    """A message that cannot be accepted; `frame_id` is set when the header was readable."""
+    """A message that cannot be accepted; `frame_id` is set when it carried a valid one."""
 
     def __init__(self, reason: str, frame_id: str | None = None) -> None:
         super().__init__(reason)
@@ -102,27 +126,93 @@ def decode_frame(payload: bytes, expected: TensorSpec | None) -> Frame:
     """
     message = _unpack(payload)
     frame_id = message.get("frame_id")
-    frame_id = frame_id if isinstance(frame_id, str) else None
     try:
         return _parse(message, expected)
     except WireError as exc:
-        raise WireError(exc.reason, frame_id) from None
+        raise WireError(exc.reason, frame_id if _is_id(frame_id) else None) from None
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= MAX_ID_LENGTH
+
+
+def _quote(value: Any) -> str:
+    """repr(value), cut to MAX_QUOTE_LENGTH characters and then followed by the value's length."""
+    text = _repr_head(value, MAX_QUOTE_LENGTH + 1)
+    if len(text) <= MAX_QUOTE_LENGTH:
+        return text
+    unit = _LENGTH_UNITS.get(type(value))
+    length = f" ({len(value)} {unit})" if unit else ""
+    return f"{text[:MAX_QUOTE_LENGTH - 3]}...{length}"
+
+
+def _repr_head(value: Any, length: int) -> str:
+    """repr(value) if it is shorter than `length`, else a text at least `length` long that
+    starts like it: a large value is never rendered whole."""
+    if isinstance(value, (str, bytes)):
+        return repr(value[:length])
+    if not isinstance(value, (list, dict)):
+        return repr(value)
+    is_dict = isinstance(value, dict)
+    text = "{" if is_dict else "["
+    for item in value.items() if is_dict else value:
+        if len(text) >= length:
+            return text
+        if len(text) > 1:
+            text += ", "
+        if is_dict:
+            text += _repr_head(item[0], length - len(text))
+            text += ": " + _repr_head(item[1], length - len(text))
+        else:
+            text += _repr_head(item, length - len(text))
+    return text + ("}" if is_dict else "]")
+
+
+class _TooManyContainersError(Exception):
+    pass
+
+
+class _ContainerBudget:
+    """Stops msgpack once it has built MAX_CONTAINERS arrays and maps (it calls `take` with
+    each one it completes), before a message of many small ones can take much memory."""
+
+    def __init__(self) -> None:
+        self.left = MAX_CONTAINERS
+
+    def take(self, container: Any) -> Any:
+        self.left -= 1
+        if self.left < 0:
+            raise _TooManyContainersError
+        return container
 
 
 def _unpack(payload: bytes) -> dict[str, Any]:
     if not payload:
         raise WireError("empty message")
+    budget = _ContainerBudget()
     try:
-        message = msgpack.unpackb(payload, raw=False, strict_map_key=True)
+        message = msgpack.unpackb(
+            payload,
+            raw=False,
+            strict_map_key=True,
+            max_bin_len=len(payload),
+            list_hook=budget.take,
+            object_hook=budget.take,
+            **_UNPACK_LIMITS,
+        )
+    except _TooManyContainersError:
+        raise WireError(f"more than {MAX_CONTAINERS} arrays and maps in the message") from None
     except msgpack.ExtraData:
         raise WireError("trailing bytes after the msgpack map") from None
+    except msgpack.StackError:
+        raise WireError("arrays and maps nested too deeply") from None
     except (ValueError, msgpack.UnpackException) as exc:
-        # msgpack reports a cut-off message as "incomplete input"
+        # msgpack reports a cut-off message as "incomplete input", a limit as "N exceeds max_..."
         if "incomplete" in str(exc):
             raise WireError("truncated message") from None
+        if "exceeds max_" in str(exc):
+            raise WireError(f"larger than the wire format allows: {exc}") from None
         raise WireError(f"not msgpack ({type(exc).__name__}: {exc})") from None
-    except TypeError as exc:
-        raise WireError(f"not a msgpack map with string keys: {exc}") from None
     if not isinstance(message, dict):
         raise WireError(f"expected a msgpack map, got {type(message).__name__}")
     return message
@@ -140,14 +230,24 @@ def _field(message: dict[str, Any], name: str, types: type | tuple[type, ...]) -
     return value
 
 
+def _refuse_unknown_fields(fields: dict[Any, Any], known: frozenset[str], where: str) -> None:
+    """A field this node does not know would be dropped on the way to the next stage."""
+    for name in fields:
+        if name not in known:
+            raise WireError(f"unknown field {_quote(name)} in {where}")
+
+
 def _parse(message: dict[str, Any], expected: TensorSpec | None) -> Frame:
     version = message.get("version")
     if type(version) is not int or version != WIRE_VERSION:
-        raise WireError(f"unsupported wire version {version!r} (this node speaks {WIRE_VERSION})")
+        raise WireError(
+            f"unsupported wire version {_quote(version)} (this node speaks {WIRE_VERSION})"
+        )
+    _refuse_unknown_fields(message, _MESSAGE_FIELDS, "the message")
     frame_id = _field(message, "frame_id", str)
     source = _field(message, "source", str)
     for name, value in (("frame_id", frame_id), ("source", source)):
-        if not 0 < len(value) <= MAX_ID_LENGTH:
+        if not _is_id(value):
             raise WireError(f"field {name!r} must be 1 to {MAX_ID_LENGTH} characters")
     seq = _field(message, "seq", int)
     if seq < 0:
@@ -175,18 +275,17 @@ def _is_timestamp(value: float) -> bool:
 
 
 def _parse_trace(trace: list[Any]) -> list[Hop]:
-    if len(trace) > MAX_TRACE_HOPS:
-        raise WireError(f"trace has {len(trace)} hops, at most {MAX_TRACE_HOPS} are accepted")
     hops = []
     for entry in trace:
         valid = (
             isinstance(entry, list)
             and len(entry) == 3
             and type(entry[0]) is int
+            and entry[0] >= 0
             and all(type(t) in (int, float) and _is_timestamp(t) for t in entry[1:])
         )
         if not valid:
-            raise WireError(f"trace entry {entry!r} is not [stage, received, done]")
+            raise WireError(f"trace entry {_quote(entry)} is not [stage, received, done]")
         hops.append(Hop(entry[0], float(entry[1]), float(entry[2])))
     return hops
 
@@ -204,13 +303,19 @@ def _parse_tensor(message: dict[str, Any], expected: TensorSpec) -> np.ndarray:
     if "image" in message:
         raise WireError("this stage takes a tensor, the message carries an image")
     tensor = _field(message, "tensor", dict)
+    _refuse_unknown_fields(tensor, _TENSOR_FIELDS, "the tensor")
     dtype = _field(tensor, "dtype", str)
     if dtype != expected.dtype:
-        raise WireError(f"tensor dtype {dtype!r} does not match the stage input {expected.dtype!r}")
+        raise WireError(
+            f"tensor dtype {_quote(dtype)} does not match the stage input {expected.dtype!r}"
+        )
     shape = _field(tensor, "shape", list)
+    # 1.0 and True compare equal to 1: the type is checked on its own
+    if not all(type(dimension) is int for dimension in shape):
+        raise WireError(f"tensor shape {_quote(shape)} must be a list of int")
     if tuple(shape) != expected.shape:
         raise WireError(
-            f"tensor shape {shape} does not match the stage input {list(expected.shape)}"
+            f"tensor shape {_quote(shape)} does not match the stage input {list(expected.shape)}"
         )
     scale = float(_field(tensor, "scale", (int, float)))
     zero_point = _field(tensor, "zero_point", int)
@@ -225,4 +330,8 @@ def _parse_tensor(message: dict[str, Any], expected: TensorSpec) -> np.ndarray:
         raise WireError(
             f"tensor data has {len(data)} bytes, the stage input needs {expected.nbytes}"
         )
-    return np.frombuffer(data, dtype=np.dtype(dtype)).reshape(expected.shape)
+    values = np.frombuffer(data, dtype=np.dtype(dtype)).reshape(expected.shape)
+    # a non-finite activation only spreads: the prediction's scores would be NaN, not JSON
+    if values.dtype.kind == "f" and not np.isfinite(values).all():
+        raise WireError("tensor data holds NaN or infinite values")
+    return values

@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import msgpack
 import numpy as np
 import pytest
 
 from aiotedge.manifest import TensorSpec
-from aiotedge.wire import WIRE_VERSION, Frame, Hop, WireError, decode_frame, encode_frame
+from aiotedge.sink import Prediction, Score
+from aiotedge.wire import (
+    MAX_CONTAINERS,
+    MAX_ID_LENGTH,
+    MAX_TRACE_HOPS,
+    WIRE_VERSION,
+    Frame,
+    Hop,
+    WireError,
+    decode_frame,
+    encode_frame,
+)
+from tests.wire_strategies import REASON_LIMIT
 
 SPEC = TensorSpec("act", (1, 7, 7, 16), "uint8", scale=0.0235, zero_point=3)
 
@@ -104,10 +118,17 @@ def test_activation_travels_as_one_byte_per_value():
         (message(version=True), "unsupported wire version True"),
         (message(trace=None), "missing field 'trace'"),
         (message(trace=[[0, 1.0]]), "is not [stage, received, done]"),
-        (message(trace=[[0, 1.0, 2.0]] * 65), "at most 64"),
+        (message(trace=[[0, 1.0, 2.0]] * 65), "65 exceeds max_array_len(64)"),
+        (message(tensor_shape=[1] * 65), "65 exceeds max_array_len(64)"),
+        (message(frame_id="f" * 513), "513 exceeds max_str_len(512)"),
+        (message(unknown=1), "8 exceeds max_map_len(7)"),
+        (message(tensor_unknown=1), "unknown field 'unknown' in the tensor"),
+        (message(tensor=None, colour=1), "unknown field 'colour' in the message"),
+        (message(seq=msgpack.ExtType(1, b"\x07")), "exceeds max_ext_len(0)"),
+        (b"\x91" * 2000 + b"\xc0", "arrays and maps nested too deeply"),
         (message(tensor=None), "missing field 'tensor'"),
         (message(tensor="raw"), "field 'tensor' must be dict, got str"),
-        (message(image=b"\xff\xd8"), "carries an image"),
+        (message(tensor=None, image=b"\xff\xd8"), "carries an image"),
         (message(tensor_dtype="float32"), "dtype 'float32' does not match the stage input 'uint8'"),
         (message(tensor_dtype=None), "missing field 'dtype'"),
         (message(tensor_shape=[1, 7, 7, 8]), "shape [1, 7, 7, 8] does not match"),
@@ -136,3 +157,123 @@ def test_stage_zero_refuses_tensors_and_empty_images():
     empty = Frame("a", "b", 0, 0.0, image=b"")
     with pytest.raises(WireError, match="'image' is empty"):
         decode_frame(encode_frame(empty), None)
+
+
+HUGE = 7 * 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    ("make_payload", "original_length"),
+    [
+        pytest.param(lambda: message(version=b"v" * HUGE), f"{HUGE} bytes", id="bin version"),
+        pytest.param(lambda: message(trace=[[0, 1.0, b"t" * HUGE]]), "3 items", id="bin in trace"),
+        pytest.param(lambda: message(trace=[["s" * 200, 1.0, 2.0]]), "3 items", id="str in trace"),
+        pytest.param(lambda: message(tensor_dtype="f" * 400), "400 characters", id="dtype"),
+    ],
+)
+def test_a_huge_value_is_quoted_short_with_its_length(make_payload, original_length: str):
+    with pytest.raises(WireError) as caught:
+        decode_frame(make_payload(), SPEC)
+    assert len(caught.value.reason) <= REASON_LIMIT
+    assert f"({original_length})" in caught.value.reason
+    assert caught.value.frame_id == "cam0-ab12-7"
+
+
+def test_a_huge_string_is_refused_with_a_short_reason():
+    with pytest.raises(WireError) as caught:
+        decode_frame(message(version="v" * HUGE), SPEC)
+    assert len(caught.value.reason) <= REASON_LIMIT
+
+
+@pytest.mark.parametrize(
+    "frame_id", ["f" * 1024 * 1024, "f" * (MAX_ID_LENGTH + 1), "", b"cam0-ab12-7", 17]
+)
+def test_a_refusal_names_the_frame_only_by_a_valid_id(frame_id):
+    with pytest.raises(WireError) as caught:
+        decode_frame(message(frame_id=frame_id), SPEC)
+    assert len(caught.value.reason) <= REASON_LIMIT
+    assert caught.value.frame_id is None
+
+
+def array_header(length: int) -> bytes:
+    return b"\xdd" + length.to_bytes(4, "big")
+
+
+def flat_bomb() -> bytes:
+    """7.9 MB: one array of 7.9 million empty maps (measured: 624 MB in a stage)."""
+    return array_header(7_900_000) + b"\x80" * 7_900_000
+
+
+def nested_bomb() -> bytes:
+    """8.2 MB of empty maps in arrays of 64: no container is long, there are just many."""
+    arrays_of_maps = array_header(64) + (array_header(64) + b"\x80" * 64) * 64
+    return array_header(29) + (array_header(64) + arrays_of_maps * 64) * 29
+
+
+@pytest.mark.parametrize(
+    ("make_payload", "reason"),
+    [
+        pytest.param(flat_bomb, "7900000 exceeds max_array_len(64)", id="flat"),
+        pytest.param(nested_bomb, f"more than {MAX_CONTAINERS} arrays and maps", id="nested"),
+    ],
+)
+def test_a_message_of_many_small_objects_is_refused_in_little_memory(make_payload, reason: str):
+    payload = make_payload()
+    tracemalloc.start()
+    try:
+        with pytest.raises(WireError) as caught:
+            decode_frame(payload, SPEC)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert reason in caught.value.reason
+    assert peak < len(payload) // 8
+
+
+def test_the_largest_frame_the_format_allows_is_accepted():
+    """Longest ids and trace: the unpacker's limits are not below what the format allows."""
+    longest_id = "\U0001f4f7" * MAX_ID_LENGTH  # 4 bytes a character in UTF-8
+    hops = [Hop(stage, 1.0, 2.0) for stage in range(MAX_TRACE_HOPS)]
+    frame = Frame(longest_id, longest_id, 2**64 - 1, 1.0, tensor=tensor_frame().tensor,
+                  scale=SPEC.scale, zero_point=SPEC.zero_point, trace=hops)
+    decoded = decode_frame(encode_frame(frame), SPEC)
+    assert (decoded.frame_id, decoded.source, decoded.trace) == (longest_id, longest_id, hops)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_a_float_activation_must_be_finite(dtype: str, value: float):
+    spec = TensorSpec("f", (1, 3, 5), dtype)
+    values = np.ones(spec.shape, dtype)
+    values[0, 1, 2] = value
+    with pytest.raises(WireError, match="NaN or infinite"):
+        decode_frame(encode_frame(Frame("f-1", "cam", 1, 1.0, tensor=values)), spec)
+
+
+@pytest.mark.parametrize("score", [float("nan"), float("inf")])
+def test_a_prediction_is_never_invalid_json(score: float):
+    prediction = Prediction("f-1", "cam", 1, 1.0, [Score(0, "cat", score)], 2.0, [])
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        prediction.to_json()
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (message(tensor_shape=[1.0, 7, 7, 16]), "shape [1.0, 7, 7, 16] must be a list of int"),
+        (message(tensor_shape=[True, 7, 7, 16]), "shape [True, 7, 7, 16] must be a list of int"),
+        (message(tensor_shape=[1, 7, 7, 16.0]), "shape [1, 7, 7, 16.0] must be a list of int"),
+        (message(trace=[[0.0, 1.0, 2.0]]), "is not [stage, received, done]"),
+        (message(trace=[[False, 1.0, 2.0]]), "is not [stage, received, done]"),
+        (message(trace=[[-1, 1.0, 2.0]]), "is not [stage, received, done]"),
+        (message(seq=7.0), "field 'seq' must be int, got float"),
+        (message(tensor_zero_point=3.0), "field 'zero_point' must be int, got float"),
+        (message(tensor_zero_point=False), "field 'zero_point' must be int, got bool"),
+        (message(version=1.0), "unsupported wire version 1.0"),
+    ],
+)
+def test_an_integer_field_takes_only_an_int(payload: bytes, reason: str):
+    """A float or bool compares equal to an int (1.0 == True == 1), it is still the wrong type."""
+    with pytest.raises(WireError) as caught:
+        decode_frame(payload, SPEC)
+    assert reason in caught.value.reason
