@@ -136,7 +136,7 @@ class Camera:
 
     def _send(self, frame_id: str, entry: _InFlight, data: bytes) -> None:
         frame = Frame(frame_id=frame_id, source=self.options.source, seq=entry.seq,
-                      captured_at=entry.captured_at, image=data)
+                      captured_at=entry.captured_at, attempt=entry.attempts, image=data)
         self.session.publish_confirmed(
             self.topics.stage_input(0), encode_frame(frame), self.options.qos,
             lambda refused: self._on_confirmed(frame_id, refused),

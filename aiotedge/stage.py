@@ -228,7 +228,7 @@ class StageNode:
             try:
                 frame = decode_frame(message.payload, self._expected)
                 frame_id = frame.frame_id
-                if self._recent.seen(frame_id):
+                if self._recent.seen(f"{frame_id}#{frame.attempt}"):
                     self.counters.add("duplicates")
                     log.info("dropped a duplicate of %s", frame_id)
                     self.session.ack(message)

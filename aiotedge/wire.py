@@ -30,8 +30,10 @@ MAX_QUOTE_LENGTH = 80
 _LENGTH_UNITS: dict[type, str] = {str: "characters", bytes: "bytes", list: "items", dict: "entries"}
 
 _MESSAGE_FIELDS = frozenset(
-    {"version", "frame_id", "source", "seq", "captured_at", "trace", "image", "tensor"}
+    {"version", "frame_id", "source", "seq", "attempt", "captured_at", "trace", "image", "tensor"}
 )
+#: a camera sends a frame again when its result is overdue; more than this is a broken sender
+MAX_ATTEMPTS = 100
 _TENSOR_FIELDS = frozenset({"dtype", "shape", "scale", "zero_point", "data"})
 #: msgpack applies each limit to every container and string at every depth, so each is what the
 #: largest one of a valid frame needs: `trace` is the longest array, the message (6 fields and
@@ -75,6 +77,9 @@ class Frame:
     source: str
     seq: int
     captured_at: float
+    #: 1, then 2, 3... when the camera sends the frame again for want of a result: stages
+    #: drop a repeat of the same attempt (a redelivery) but work on a new one
+    attempt: int = 1
     image: bytes | None = None
     tensor: np.ndarray | None = None
     scale: float = 0.0
@@ -99,6 +104,7 @@ def encode_frame(frame: Frame) -> bytes:
         "frame_id": frame.frame_id,
         "source": frame.source,
         "seq": frame.seq,
+        "attempt": frame.attempt,
         "captured_at": frame.captured_at,
         "trace": [[hop.stage, hop.received, hop.done] for hop in frame.trace],
     }
@@ -252,6 +258,9 @@ def _parse(message: dict[str, Any], expected: TensorSpec | None) -> Frame:
     seq = _field(message, "seq", int)
     if seq < 0:
         raise WireError("field 'seq' must not be negative")
+    attempt = _field(message, "attempt", int) if "attempt" in message else 1
+    if not 1 <= attempt <= MAX_ATTEMPTS:
+        raise WireError(f"field 'attempt' must be 1 to {MAX_ATTEMPTS}")
     captured_at = float(_field(message, "captured_at", (int, float)))
     if not _is_timestamp(captured_at):
         raise WireError("field 'captured_at' must be a timestamp in Unix seconds")
@@ -260,6 +269,7 @@ def _parse(message: dict[str, Any], expected: TensorSpec | None) -> Frame:
         source=source,
         seq=seq,
         captured_at=captured_at,
+        attempt=attempt,
         trace=_parse_trace(_field(message, "trace", list)),
     )
     if expected is None:

@@ -121,7 +121,9 @@ def test_activation_travels_as_one_byte_per_value():
         (message(trace=[[0, 1.0, 2.0]] * 65), "65 exceeds max_array_len(64)"),
         (message(tensor_shape=[1] * 65), "65 exceeds max_array_len(64)"),
         (message(frame_id="f" * 513), "513 exceeds max_str_len(512)"),
-        (message(unknown=1), "8 exceeds max_map_len(7)"),
+        (message(unknown=1), "9 exceeds max_map_len(8)"),
+        (message(attempt=0), "field 'attempt' must be 1 to 100"),
+        (message(attempt=2.0), "field 'attempt' must be int, got float"),
         (message(tensor_unknown=1), "unknown field 'unknown' in the tensor"),
         (message(tensor=None, colour=1), "unknown field 'colour' in the message"),
         (message(seq=msgpack.ExtType(1, b"\x07")), "exceeds max_ext_len(0)"),
@@ -277,3 +279,8 @@ def test_an_integer_field_takes_only_an_int(payload: bytes, reason: str):
     with pytest.raises(WireError) as caught:
         decode_frame(payload, SPEC)
     assert reason in caught.value.reason
+
+
+def test_a_frame_without_attempt_is_a_first_attempt():
+    assert decode_frame(message(attempt=None), SPEC).attempt == 1
+    assert decode_frame(message(attempt=3), SPEC).attempt == 3
