@@ -70,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     camera.add_argument("--images", help="folder of .jpg/.png/.bmp photos")
     camera.add_argument("--source", help="camera id carried by every frame (default cam0)")
     camera.add_argument("--fps", type=float, help="frame rate; 0 = as fast as results come back")
-    camera.add_argument("--in-flight", type=int, help="with --fps 0: frames awaiting results")
+    camera.add_argument("--in-flight", type=int, help="frames awaiting their result at most")
     camera.add_argument("--loop", action="store_true", default=None, help="repeat the folder")
     camera.add_argument("--frames", type=int, help="stop after this many frames")
     camera.set_defaults(handler=_cmd_camera)
@@ -277,6 +277,7 @@ def _cmd_camera(args: argparse.Namespace) -> int:
         session,
         topics,
         CameraOptions(source=cam.source, fps=cam.fps, in_flight=cam.in_flight, loop=cam.loop,
+                      frame_timeout=cam.frame_timeout, resends=cam.resends,
                       qos=config.pipeline.qos),
     )
     stop = _stop_on_signals()

@@ -31,6 +31,7 @@ from aiotedge.checks import (
 )
 from aiotedge.session import BrokerConfig
 from aiotedge.topics import DEFAULT_PREFIX
+from aiotedge.wire import MAX_ATTEMPTS
 
 
 class ConfigError(ValueError):
@@ -117,9 +118,14 @@ class CameraConfig:
     images: str = ""
     source: str = "cam0"
     fps: float = 0.0
-    in_flight: int = 1
+    #: frames without a result at most (the pacing window with fps = 0, a bound above it)
+    in_flight: int = 8
     loop: bool = False
     frames: int | None = None
+    #: seconds a frame may wait for its result before it is sent again or given up
+    frame_timeout: float = 30.0
+    #: QoS 1: times a frame without a result is sent again
+    resends: int = 1
 
     def __post_init__(self) -> None:
         if self.images:
@@ -130,6 +136,8 @@ class CameraConfig:
         require_range("in_flight", self.in_flight, 1)
         if self.frames is not None:
             require_range("frames", self.frames, 1)
+        require_range("frame_timeout", self.frame_timeout, 0.1, _MAX_PERIOD)
+        require_range("resends", self.resends, 0, MAX_ATTEMPTS - 1)
 
 
 @dataclass(frozen=True)

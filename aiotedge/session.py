@@ -23,6 +23,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from aiotedge.checks import (
     HOST,
@@ -189,10 +190,10 @@ class MqttSession:
         self._attempts = 0
         #: whether the broker answered (CONNACK) on the current socket
         self._answered = False
-        #: mid -> (when, refused) for answers on_publish saw before the publisher recorded
+        #: mid -> (when, reason) for answers on_publish saw before the publisher recorded
         #: the mid (bounded: most are publishes nobody waits for; a publisher trusts only
         #: entries newer than its own publish, as mids are reused)
-        self._published_early: OrderedDict[int, tuple[float, bool]] = OrderedDict()
+        self._published_early: OrderedDict[int, tuple[float, ReasonCode]] = OrderedDict()
         self._clean_start = session_expiry <= 0
         self._connect_properties = Properties(PacketTypes.CONNECT)
         if session_expiry > 0:
@@ -272,7 +273,7 @@ class MqttSession:
             if early is None or early[0] < started:
                 self._pending[info.mid] = (on_confirmed, topic)
                 return
-        on_confirmed(early[1])
+        self._confirmed(topic, early[1], on_confirmed)
 
     def forward(self, topic: str, payload: bytes | str, qos: int, source: mqtt.MQTTMessage) -> None:
         """Publish a result, acknowledging the `source` message only once the broker holds it.
@@ -399,31 +400,39 @@ class MqttSession:
             log.info("subscribed to %s", topic)
 
     def _on_publish(self, _client, _userdata, mid, reason_code, _properties) -> None:
-        refused = reason_code.is_failure
         with self._pending_lock:
             pending = self._pending.get(mid)
             if pending is None:  # the broker answered before the publisher recorded the mid
-                self._published_early[mid] = (time.monotonic(), refused)
+                self._published_early[mid] = (time.monotonic(), reason_code)
                 self._published_early.move_to_end(mid)
                 if len(self._published_early) > _EARLY_MIDS_KEPT:
                     self._published_early.popitem(last=False)
+                return
+        self._confirmed(pending[1], reason_code, pending[0])
+        # only now is it done: wait_acknowledged() must not return before the ack is out
+        with self._pending_lock:
+            del self._pending[mid]
+            self._acked.notify_all()
+
+    def _confirmed(
+        self, topic: str, reason_code: ReasonCode, on_confirmed: PublishCallback
+    ) -> None:
+        """Count and log what the broker said of a tracked publish, then tell the publisher."""
+        refused = reason_code.is_failure
+        with self._pending_lock:
             if refused:
                 self.refused += 1
             elif reason_code.value == _NO_MATCHING_SUBSCRIBERS:
                 self.unrouted += 1
-                if self.unrouted == 1 or self.unrouted % 100 == 0:
-                    log.warning("nobody subscribes to %s: %d publishes went nowhere so far",
-                                pending[1] if pending else f"message {mid}", self.unrouted)
         if refused:
             # Publishing again would be refused again: the input is acknowledged all the same.
-            topic = pending[1] if pending else f"message {mid}"
             log.error("the broker refused the publish to %s: %s", topic, reason_code)
-        if pending is not None:
-            pending[0](refused)
-            # only now is it done: wait_acknowledged() must not return before the ack is out
-            with self._pending_lock:
-                del self._pending[mid]
-                self._acked.notify_all()
+        elif reason_code.value == _NO_MATCHING_SUBSCRIBERS and (
+            self.unrouted == 1 or self.unrouted % 100 == 0
+        ):
+            log.warning("nobody subscribes to %s: %d publishes went nowhere so far",
+                        topic, self.unrouted)
+        on_confirmed(refused)
 
     def _on_disconnect(self, _client, _userdata, flags, reason_code, _properties) -> None:
         was_connected = self._connected.is_set()

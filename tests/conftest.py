@@ -247,3 +247,33 @@ def probes(secure_broker, pki, passwords) -> Iterator[Callable[[str], Probe]]:
     yield login
     for probe in opened:
         probe.close()
+
+
+class AnsweringStage:
+    """A stand-in for a whole pipeline: answers every frame sent to stage 0 with a prediction,
+    for camera tests that are about what the camera sends (it waits for its frames' results).
+    `frames` holds the payloads it took, in order."""
+
+    def __init__(self, broker, pipeline: str) -> None:
+        from aiotedge.session import MqttSession
+        from aiotedge.topics import Topics
+
+        self.topics = Topics(pipeline)
+        self.frames: list[bytes] = []
+        self.session = MqttSession(broker.address, f"answering-{pipeline}")
+        self.session.subscribe(self.topics.stage_input(0), self._answer)
+        self.session.start()
+        assert self.session.wait_connected(10)
+
+    def _answer(self, message) -> None:
+        from aiotedge.sink import Prediction, Score
+        from aiotedge.wire import decode_frame
+
+        self.frames.append(message.payload)
+        frame = decode_frame(message.payload, None)
+        prediction = Prediction(frame.frame_id, frame.source, frame.seq, frame.captured_at,
+                                [Score(0, "answer", 1.0)], 1.0, [])
+        self.session.publish(self.topics.predictions, prediction.to_json(), qos=1)
+
+    def stop(self) -> None:
+        self.session.stop()

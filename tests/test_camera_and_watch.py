@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import queue
 import subprocess
 import sys
 
-from aiotedge.camera import Camera, CameraOptions, read_photo
-from aiotedge.image import list_images
+from aiotedge.camera import Camera, CameraOptions
 from aiotedge.session import MqttSession
 from aiotedge.sink import Prediction, Score, StageTiming
 from aiotedge.topics import Topics
 from aiotedge.wire import decode_frame
+from tests.conftest import AnsweringStage
 
 
 def connected(broker, client_id: str) -> MqttSession:
@@ -22,28 +21,23 @@ def connected(broker, client_id: str) -> MqttSession:
 
 
 def test_camera_at_a_frame_rate_publishes_every_photo_in_order_and_loops(
-    broker, generated_photos
+    broker, generated_frames
 ):
-    topics = Topics("cams")
-    frames: queue.Queue[bytes] = queue.Queue()
-    listener = MqttSession(broker.address, "listener")
-    listener.subscribe(topics.stage_input(0), lambda m: frames.put(m.payload))
-    listener.start()
-    assert listener.wait_connected(10)
-    photos = [(p.name, read_photo(p)) for p in list_images(generated_photos)]
+    pipeline = AnsweringStage(broker, "cams")
     session = connected(broker, "camera")
-    camera = Camera(session, topics, CameraOptions(source="porch", fps=200, loop=True))
-    count = len(photos) + 2
-    assert camera.run(photos, frames=count) == count
-    received = [decode_frame(frames.get(timeout=10), None) for _ in range(count)]
+    camera = Camera(session, pipeline.topics, CameraOptions(source="porch", fps=200, loop=True))
+    count = len(generated_frames) + 2
+    assert camera.run(generated_frames, frames=count) == count  # and got every result
     session.stop()
-    listener.stop()
+    pipeline.stop()
+    received = [decode_frame(payload, None) for payload in pipeline.frames]
     assert [f.seq for f in received] == list(range(count))
     assert {f.source for f in received} == {"porch"}
-    assert [f.image for f in received] == [data for _, data in photos] + [
-        photos[0][1], photos[1][1]
+    assert [f.image for f in received] == [data for _, data in generated_frames] + [
+        generated_frames[0][1], generated_frames[1][1]
     ]
     assert len({f.frame_id for f in received}) == count
+    assert camera.counters.get("answered") == count
 
 
 def prediction(frame_id: str, seq: int) -> str:

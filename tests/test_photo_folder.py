@@ -6,7 +6,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import queue
 import subprocess
 import sys
 from pathlib import Path
@@ -14,9 +13,8 @@ from pathlib import Path
 import pytest
 
 from aiotedge.image import list_images
-from aiotedge.session import MqttSession
-from aiotedge.topics import Topics
 from aiotedge.wire import decode_frame
+from tests.conftest import AnsweringStage
 from tests.models import write_test_images
 
 #: what write_test_images writes, in the order a folder lists it
@@ -88,19 +86,10 @@ def test_the_camera_publishes_the_good_photos_and_warns_about_each_other_entry(
     broker, tmp_path
 ):
     folder = mixed_folder(tmp_path)
-    topic = Topics("photos").stage_input(0)
-    received: queue.Queue[bytes] = queue.Queue()
-    listener = MqttSession(broker.address, "listener")
-    listener.subscribe(topic, lambda message: received.put(message.payload))
-    listener.start()
-    assert listener.wait_connected(10)
-    listener.publish(topic, b"subscribed", qos=1)
-    assert received.get(timeout=10) == b"subscribed"  # the broker routes the topic to us
-
+    pipeline = AnsweringStage(broker, "photos")
     camera = run_camera(folder, broker, "--frames", "6", "--loop")
-    listener.publish(topic, b"done", qos=1)  # the broker holds every frame before this
-    payloads = list(iter(lambda: received.get(timeout=10), b"done"))
-    listener.stop()
+    payloads = pipeline.frames  # the camera waited for the result of each
+    pipeline.stop()
 
     assert camera.returncode == 0, camera.stderr
     assert "Traceback" not in camera.stderr
