@@ -7,6 +7,7 @@ from typing import Any
 
 import msgpack
 import numpy as np
+import pytest
 from hypothesis import given, settings
 
 from aiotedge.manifest import TensorSpec
@@ -21,6 +22,9 @@ from tests.wire_strategies import (
 )
 
 fuzz = settings.get_profile(FUZZ_PROFILE)
+# the suite's 300 s guard against a hang, stretched for a long run (AIOTEDGE_FUZZ_EXAMPLES):
+# 20,000 examples of a test take 5 to 10 minutes
+pytestmark = pytest.mark.timeout(300 + fuzz.max_examples // 10)
 
 
 def decode_or_refuse(payload: bytes, spec: TensorSpec | None) -> Frame | None:
