@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import queue
 import threading
 import time
@@ -33,6 +34,10 @@ from aiotedge.wire import Frame, Hop, WireError, decode_frame, encode_frame
 log = logging.getLogger(__name__)
 
 _QueuedMessage = tuple[mqtt.MQTTMessage, float]
+
+
+class UnusableOutputError(ValueError):
+    """The segment ran but its output cannot be passed on (JSON has no NaN)."""
 
 
 @dataclass(frozen=True)
@@ -236,7 +241,7 @@ class StageNode:
                 self._handle(message, frame, received)
             except WireError as exc:
                 self._reject(message, exc.reason, exc.frame_id)
-            except ImageError as exc:
+            except (ImageError, UnusableOutputError) as exc:
                 self._reject(message, str(exc), frame_id)
             except Exception as exc:  # the daemon outlives any single frame
                 log.exception("frame %s failed", frame_id)
@@ -251,6 +256,9 @@ class StageNode:
         self.stats.latency_ms.add((hop.done - frame.captured_at) * 1000)
         if self.is_last:
             top = top_k(output, self.spec.output, self.manifest, self.options.top_k)
+            if not all(math.isfinite(score.score) for score in top):
+                raise UnusableOutputError("the model's output is not finite (NaN or infinity): "
+                                     "no prediction can be made of it")
             payload = build_prediction(frame, top, hop).to_json().encode()
         else:
             payload = encode_frame(frame.with_tensor(output, self.spec.output, hop))
