@@ -149,6 +149,8 @@ class Observer:
         self.errors: list[dict] = []
         self.largest_error_bytes = 0
         self.online: set[str] = set()
+        #: node -> its latest stats (queue depth tells whether it still has work)
+        self.stats: dict[str, dict] = {}
         #: frame id -> (highest stage topic it was seen on, when: monotonic seconds)
         self.last_seen: dict[str, tuple[int, float]] = {}
         self.last_progress = time.monotonic()
@@ -161,6 +163,7 @@ class Observer:
         self.session.subscribe(topics.predictions, self._on_prediction, qos=1)
         self.session.subscribe(topics.errors, self._on_error, qos=1)
         self.session.subscribe(topics.all_availability, self._on_availability, qos=1)
+        self.session.subscribe(topics.all_stats, self._on_stats, qos=0)
         self.session.subscribe(f"{topics.base}/stage/+", self._on_frame, qos=0)
         self.session.subscribe("$SYS/broker/publish/messages/dropped", self._on_dropped, qos=0)
         self.session.subscribe("$SYS/broker/uptime", self._on_uptime, qos=0)
@@ -200,6 +203,15 @@ class Observer:
             else:
                 self.online.discard(node)
             self.changed.notify_all()
+
+    def _on_stats(self, message: mqtt.MQTTMessage) -> None:
+        try:
+            stats = json.loads(message.payload)
+        except ValueError:
+            return
+        if isinstance(stats, dict):
+            with self.changed:
+                self.stats[message.topic.rsplit("/", 1)[-1]] = stats
 
     def _on_frame(self, message: mqtt.MQTTMessage) -> None:
         frame_id = frame_id_of(message.payload)
@@ -555,7 +567,8 @@ class Run:
         """Wait for every feed to finish, then for every frame's prediction (and `until`).
 
         Also returns once nothing (no prediction, no error event) arrived for `self.quiet`
-        seconds: frames that will never come out must not hold the run until its deadline.
+        seconds while no running stage reports frames in its queue: frames that will never come
+        out must not hold the run until its deadline, a slow stage must not be cut short.
         """
         for feed in self.feeds:
             feed.join(self.deadline)
@@ -567,8 +580,17 @@ class Run:
             return wanted <= observer.predictions.keys() and (until is None or until())
 
         while not observer.wait(done, self.deadline, self.quiet, "predictions"):
-            if time.monotonic() - observer.last_progress >= self.quiet:
+            if time.monotonic() - observer.last_progress >= self.quiet and not self.busy():
                 return
+
+    def busy(self) -> bool:
+        """Whether a running stage said, in its latest stats, that frames wait in its queue."""
+        observer = self.observer
+        assert observer is not None
+        running = [node for node, daemon in self.stages.items() if daemon.process is not None]
+        with observer.changed:
+            return any(int(observer.stats.get(node, {}).get("queue_depth", 0) or 0) > 0
+                       for node in running)
 
     def sent_ids(self) -> dict[str, str]:
         """Frame id -> photo name, over every feed of the run."""

@@ -42,6 +42,13 @@ class Row:
     defect: int | None = None
     seconds: float = 0.0
 
+    def conclude(self) -> None:
+        """Loss nobody counted on purpose, and duplicates, are problems too."""
+        if self.lost > self.by_design:
+            self.findings.insert(0, f"{self.lost - self.by_design} frames lost")
+        if self.duplicates:
+            self.findings.insert(0, f"{self.duplicates} duplicate predictions")
+
     @property
     def lost_cell(self) -> str:
         return f"{self.lost} ({self.by_design} counted drops)" if self.by_design else str(self.lost)
@@ -57,6 +64,7 @@ class Tally:
     wrong: list[str]
     crashes: list[str]
     peak_rss_mb: float
+    peak_node: str
     rss_growth: dict[str, tuple[float, float]]
     explained: Counter[str]
     dropped_by_stages: int
@@ -93,13 +101,15 @@ def tally(run: Run, sent: dict[str, str], expected: dict[str, list[Score]],
             explained["never seen on a stage topic"] += 1
     usage = run.usage()
     stages = {node: u for node, u in usage.items() if node != BROKER_NODE}
+    peak_node = max(stages, key=lambda node: stages[node].peak.rss_mb, default="")
     return Tally(
         sent=len(sent),
         lost=lost,
         duplicates=sum(count - 1 for count in counts.values() if count > 1),
         wrong=wrong,
         crashes=run.crashes(),
-        peak_rss_mb=max((u.peak.rss_mb for u in stages.values()), default=0.0),
+        peak_rss_mb=stages[peak_node].peak.rss_mb if peak_node else 0.0,
+        peak_node=peak_node,
         rss_growth={node: (u.start.rss_mb, u.peak.rss_mb) for node, u in stages.items()},
         explained=explained,
         dropped_by_stages=sum(int(s.get("dropped", 0)) for s in stats.values()),
@@ -123,8 +133,8 @@ def fill(row: Row, counted: Tally, note: str = "") -> Row:
         parts.append(f"stages counted {counted.dropped_by_stages} dropped")
     if counted.dropped_by_broker:
         parts.append(f"mosquitto dropped {counted.dropped_by_broker} messages ($SYS)")
-    if counted.duplicates:
-        parts.append(f"{counted.duplicates} duplicate predictions delivered")
+    if counted.peak_node:
+        parts.append(f"peak RSS in {counted.peak_node}")
     if counted.wrong:
         row.findings.append(f"{len(counted.wrong)} predictions differ from the whole model")
     row.findings += counted.crashes

@@ -81,6 +81,7 @@ def run_scenario(chosen: Scenario, mode: Mode, workload: Workload) -> Row:
     except Exception as exc:  # a scenario that breaks is reported, the suite goes on
         log.exception("scenario %s failed", chosen.name)
         row = Row(chosen.name, "", "", findings=[f"the scenario failed: {exc!r}"[:400]])
+    row.conclude()
     row.seconds = round(time.monotonic() - started, 1)
     log.info("%s: %s", chosen.name, row)
     return row
