@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -41,11 +43,14 @@ def main(argv: list[str] | None = None) -> int:
         for name in QUIET_LOGGERS:
             logging.getLogger(name).setLevel(logging.ERROR)
 
+    # SIGTERM unwinds like an exception, so every scenario stops what it started
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     mode = FAST if args.fast else FULL
     started = time.monotonic()
-    workload = Workload.build(shared=not args.no_shared and not args.fast)
     chosen = [scenario(name) for name in args.only] if args.only else list(SCENARIOS)
-    results = [(each, run_scenario(each, mode, workload)) for each in chosen]
+    with tempfile.TemporaryDirectory(prefix="aiotedge-rel-data-") as scratch:
+        workload = Workload.build(Path(scratch), shared=not args.no_shared and not args.fast)
+        results = [(each, run_scenario(each, mode, workload)) for each in chosen]
     seconds = time.monotonic() - started
     print(document.rows_table([row for _, row in results]))
     if not args.no_write:

@@ -393,7 +393,7 @@ TLS_MESSAGE = re.compile(r"\b(ssl|tls)\b|certificate|handshake", re.IGNORECASE)
 
 def tls_failure(ctx: Context) -> Row:
     """A stage configured for TLS (`[broker] tls = true`) pointed at the broker's plain MQTT
-    port, so every TLS handshake fails. Its log should say so within 10 s; today it only says
+    port, so every TLS handshake fails. Its log should say so within 6 s; today it only says
     it is waiting for the broker."""
     row = Row("invisible TLS failure", "a stage with tls = true against a plain listener",
               "none (the config)", defect=10)

@@ -8,7 +8,6 @@ main pipeline of the full run when present. `fast` and `full` only change counts
 from __future__ import annotations
 
 import logging
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,9 +102,9 @@ class Workload:
         return self.main is not self.int8
 
     @classmethod
-    def build(cls, scratch: Path | None = None, shared: bool = True) -> Workload:
-        """Build the test models (TensorFlow, in a subprocess) and split everything."""
-        scratch = scratch or Path(tempfile.mkdtemp(prefix="aiotedge-rel-data-"))
+    def build(cls, scratch: Path, shared: bool = True) -> Workload:
+        """Build the test models (TensorFlow, in a subprocess) and split everything into
+        `scratch`."""
         models = build_test_models(scratch / "models")
         labels = write_labels(scratch / "labels.txt")
         test_photos = load_photos(write_test_images(scratch / "photos")[0].parent)
