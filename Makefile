@@ -35,6 +35,11 @@ test: deps-test $(VENV)/.test-installed
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The reliability suite: real daemons and a real mosquitto under faults (up to ~30 min);
+# writes docs/reliability.md. `make test` runs its fast variant (tests/test_reliability.py).
+reliability: deps-test $(VENV)/.test-installed
+	$(BIN)/python -m bench.reliability
+
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check .
 

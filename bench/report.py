@@ -26,8 +26,10 @@ def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
-def command_line() -> str:
-    return " ".join(shlex.quote(a) for a in [f"python {sys.argv[0]}", *sys.argv[1:]])
+def command_line(program: str | None = None) -> str:
+    """How this run was started; `program` names it when sys.argv[0] would be a full path
+    (`python -m package`)."""
+    return " ".join(shlex.quote(a) for a in [program or f"python {sys.argv[0]}", *sys.argv[1:]])
 
 
 def write_section(heading: str, body: str) -> None:

@@ -1,0 +1,160 @@
+"""The wire decoder's fuzzer against real daemons: the strategies of tests/wire_strategies.py.
+
+Each public function of that module that returns a hypothesis strategy (called with a stage's
+input spec, with None for stage 0's photos, or with nothing) is drawn AIOTEDGE_FUZZ_EXAMPLES
+times; every example goes into the stage's input topic. The oracle is the decoder itself, run
+here in-process: an example it refuses must give one error event and one `rejected` count;
+one it accepts must not crash the daemon. An exception other than WireError or ImageError in
+the decoder is a finding of its own (the daemon reports it as an internal error).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import logging
+import os
+from collections import Counter
+from typing import Any
+
+import msgpack
+
+from aiotedge.image import ImageError, decode_image
+from aiotedge.manifest import TensorSpec
+from aiotedge.wire import Frame, WireError, decode_frame, encode_frame
+from bench.reliability.context import Context
+from bench.reliability.harness import Injector
+from bench.reliability.results import Row, fill, tally
+
+log = logging.getLogger(__name__)
+
+MODULE = "tests.wire_strategies"
+EXAMPLES_VARIABLE = "AIOTEDGE_FUZZ_EXAMPLES"
+DEFAULT_EXAMPLES = {"fast": 100, "full": 2000}
+#: the stages' limit on message size (refused before decoding)
+MAX_MESSAGE_BYTES = 2_000_000
+
+
+def strategies(module: Any, spec: TensorSpec | None) -> dict[str, Any]:
+    """Name -> strategy, for every public function of `module` giving one for this stage."""
+    from hypothesis.strategies import SearchStrategy
+
+    found = {}
+    for name, function in vars(module).items():
+        if name.startswith("_") or not inspect.isfunction(function) \
+                or function.__module__ != module.__name__:
+            continue
+        for args in ((spec,), ()):
+            try:
+                strategy = function(*args)
+            except TypeError:
+                continue
+            if isinstance(strategy, SearchStrategy):
+                found[name] = strategy
+            break
+    return found
+
+
+def draw(strategy: Any, count: int) -> list[Any]:
+    """`count` examples, reproducibly (derandomized), without hypothesis's example database."""
+    from hypothesis import HealthCheck, Phase, given, settings
+
+    examples: list[Any] = []
+
+    @settings(max_examples=count, database=None, derandomize=True, deadline=None,
+              phases=[Phase.generate], suppress_health_check=list(HealthCheck))
+    @given(strategy)
+    def collect(value: Any) -> None:
+        examples.append(value)
+
+    collect()
+    return examples
+
+
+def as_payload(example: Any) -> bytes | None:
+    """Bytes to publish: payloads as they are, frames encoded, maps and lists packed."""
+    if isinstance(example, bytes | bytearray):
+        return bytes(example)
+    if isinstance(example, Frame):
+        try:
+            return encode_frame(example)
+        except (ValueError, TypeError):
+            return None
+    try:
+        return msgpack.packb(example, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def verdict(payload: bytes, spec: TensorSpec | None) -> str:
+    """What a stage should do with it: 'accept', 'refuse', or 'internal: ...' (a finding)."""
+    if len(payload) > MAX_MESSAGE_BYTES:
+        return "refuse"
+    try:
+        frame = decode_frame(payload, spec)
+        if frame.image is not None:
+            decode_image(frame.image)
+    except (WireError, ImageError):
+        return "refuse"
+    except Exception as exc:  # the oracle must survive what it is testing
+        return f"internal: {type(exc).__name__}"
+    return "accept"
+
+
+def wire_fuzzer(ctx: Context) -> Row:
+    """Examples of tests/wire_strategies.py's hypothesis strategies into every stage of the
+    int8 test CNN, with good frames from a camera alongside. Refused examples must each give
+    one error event and one `rejected` count; no daemon may die; good frames must come out."""
+    row = Row("wire-decoder fuzzer", "", "fuzzed messages into every stage")
+    if importlib.util.find_spec(MODULE) is None:
+        row.skipped = "strategies not present (tests/wire_strategies.py)"
+        return row
+    if importlib.util.find_spec("hypothesis") is None:
+        row.skipped = "hypothesis is not installed"
+        return row
+    module = importlib.import_module(MODULE)
+    count = int(os.environ.get(EXAMPLES_VARIABLE, DEFAULT_EXAMPLES[ctx.mode.name]))
+    manifest = ctx.workload.int8
+    specs = [None, *(stage.input for stage in manifest.stages[1:])]
+    plan: list[tuple[int, bytes, str]] = []
+    names: set[str] = set()
+    for stage, spec in enumerate(specs):
+        for name, strategy in strategies(module, spec).items():
+            names.add(name)
+            for example in draw(strategy, count):
+                payload = as_payload(example)
+                if payload is not None:
+                    plan.append((stage, payload, verdict(payload, spec)))
+    if not plan:
+        row.skipped = f"{MODULE} has no function returning a strategy of payloads"
+        return row
+    refused = Counter(stage for stage, _, v in plan if v != "accept")
+    internal = Counter(v for _, _, v in plan if v.startswith("internal"))
+    row.inputs = (f"{len(plan):,} examples of {len(names)} strategies "
+                  f"({', '.join(sorted(names))}), {count} each per stage")
+    with ctx.run("fuzz", manifest,
+                 stage_flags=("--max-message-bytes", str(MAX_MESSAGE_BYTES))) as run:
+        run.start_stages()
+        run.feed(ctx.workload.test_photos, max(10, len(plan) // 10))
+        injector = Injector(run)
+        for stage, payload, _ in plan:
+            injector.publish(stage, payload)
+        observer = run.observer
+        assert observer is not None
+        run.settle(until=lambda: len(observer.errors) >= sum(refused.values()))
+        run.stop_all_stages()
+        stats = run.status()
+        fill(row, tally(run, run.sent_ids(),
+                        ctx.workload.expected(manifest, ctx.workload.test_photos), stats))
+        with observer.changed:
+            events = Counter(e.get("stage") for e in observer.errors)
+    rejected = {s.get("stage"): int(s.get("rejected", 0)) for s in stats.values()}
+    for stage in range(len(specs)):
+        if events[stage] != refused[stage] or rejected.get(stage) != refused[stage]:
+            row.findings.append(f"stage {stage}: {refused[stage]} examples to refuse, "
+                                f"{events[stage]} error events, {rejected.get(stage)} rejected")
+    for name, count_ in internal.items():
+        row.findings.append(f"decoder raised {name.removeprefix('internal: ')} {count_} times")
+    return row
+
