@@ -31,6 +31,9 @@ from aiotedge.wire import Frame, encode_frame
 
 log = logging.getLogger(__name__)
 
+#: with no result at all for this many frame timeouts, the frames in flight count as lost
+STALLED = 4
+
 
 @dataclass(frozen=True)
 class CameraOptions:
@@ -77,6 +80,8 @@ class Camera:
         self.options = options
         self._run_id = secrets.token_hex(3)
         self._in_flight: dict[str, _InFlight] = {}
+        #: when the most recently sent of the frames that got a result was sent
+        self._newest_answered_sent_at = 0.0
         self._changed = threading.Condition()
         #: published, answered (a prediction), rejected (an error event from a stage),
         #: unanswered (no result after every attempt), resent, refused_by_broker
@@ -163,11 +168,21 @@ class Camera:
                 self._give_up(frame_id, entry)
 
     def _take_overdue(self) -> tuple[list[tuple[str, _InFlight]], list[tuple[str, _InFlight]]]:
-        """(to send again, to give up): frames whose result is overdue (called under the lock)."""
+        """(to send again, to give up): frames whose result is overdue (called under the lock).
+
+        A late result is not a lost frame: a frame waiting at the broker for a stage that is
+        away comes out when the stage is back, and sending it again would only make a
+        duplicate. So a frame counts as lost once a frame sent after it got its result first
+        (stages work in order), or when no result at all came for `STALLED` times the timeout.
+        """
         now = time.monotonic()
         resend, given_up = [], []
         for frame_id, entry in list(self._in_flight.items()):
-            if now - entry.sent_at < self.options.frame_timeout:
+            waited = now - entry.sent_at
+            overtaken = self._newest_answered_sent_at > entry.sent_at
+            if waited < self.options.frame_timeout or (
+                not overtaken and waited < STALLED * self.options.frame_timeout
+            ):
                 continue
             if entry.image is not None and entry.attempts <= self.options.resends:
                 entry.attempts += 1
@@ -191,8 +206,10 @@ class Camera:
 
     def _settle(self, frame_id: str | None, counter: str) -> None:
         with self._changed:
-            if frame_id is None or self._in_flight.pop(frame_id, None) is None:
+            entry = self._in_flight.pop(frame_id, None) if frame_id is not None else None
+            if entry is None:
                 return  # not ours, or settled already (a duplicate result)
+            self._newest_answered_sent_at = max(self._newest_answered_sent_at, entry.sent_at)
             self.counters.add(counter)
             self._changed.notify_all()
 

@@ -1,8 +1,8 @@
 """The wire decoder's fuzzer against real daemons: the strategies of tests/wire_strategies.py.
 
-Each public function of that module that returns a hypothesis strategy (called with a stage's
-input spec, with None for stage 0's photos, or with nothing) is drawn AIOTEDGE_FUZZ_EXAMPLES
-times; every example goes into the stage's input topic. The oracle is the decoder itself, run
+Two of that module's strategies, frames made for a stage and what may arrive on any stage's
+topic, are drawn AIOTEDGE_FUZZ_EXAMPLES times each per stage; every example goes into the
+stage's input topic. The oracle is the decoder itself, run
 here in-process: an example it refuses must give one error event and one `rejected` count;
 one it accepts must not crash the daemon. An exception other than WireError or ImageError in
 the decoder is a finding of its own (the daemon reports it as an internal error).
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import inspect
 import logging
 import os
 from collections import Counter
@@ -37,23 +36,12 @@ MAX_MESSAGE_BYTES = 2_000_000
 
 
 def strategies(module: Any, spec: TensorSpec | None) -> dict[str, Any]:
-    """Name -> strategy, for every public function of `module` giving one for this stage."""
-    from hypothesis.strategies import SearchStrategy
-
-    found = {}
-    for name, function in vars(module).items():
-        if name.startswith("_") or not inspect.isfunction(function) \
-                or function.__module__ != module.__name__:
-            continue
-        for args in ((spec,), ()):
-            try:
-                strategy = function(*args)
-            except TypeError:
-                continue
-            if isinstance(strategy, SearchStrategy):
-                found[name] = strategy
-            break
-    return found
+    """Name -> strategy of what to send a stage taking `spec`: frames made for it, and
+    whatever may arrive on a stage's topic (noise, mutated and corrupted frames of any spec)."""
+    return {
+        "frames": module.frames(spec),
+        "received_payloads": module.received_payloads().map(lambda case: case[1]),
+    }
 
 
 def draw(strategy: Any, count: int) -> list[Any]:
@@ -87,12 +75,18 @@ def as_payload(example: Any) -> bytes | None:
         return None
 
 
-def verdict(payload: bytes, spec: TensorSpec | None) -> str:
-    """What a stage should do with it: 'accept', 'refuse', or 'internal: ...' (a finding)."""
+def verdict(payload: bytes, spec: TensorSpec | None, seen: set[str]) -> str:
+    """What a stage should do with it: 'accept', 'refuse', 'duplicate' (a frame id and attempt
+    it has had: dropped before its image is looked at) or 'internal: ...' (a finding).
+    `seen` holds the frame ids and attempts the stage has had so far."""
     if len(payload) > MAX_MESSAGE_BYTES:
         return "refuse"
     try:
         frame = decode_frame(payload, spec)
+        key = f"{frame.frame_id}#{frame.attempt}"
+        if key in seen:
+            return "duplicate"
+        seen.add(key)
         if frame.image is not None:
             decode_image(frame.image)
     except (WireError, ImageError):
@@ -120,16 +114,17 @@ def wire_fuzzer(ctx: Context) -> Row:
     plan: list[tuple[int, bytes, str]] = []
     names: set[str] = set()
     for stage, spec in enumerate(specs):
+        seen: set[str] = set()
         for name, strategy in strategies(module, spec).items():
             names.add(name)
             for example in draw(strategy, count):
                 payload = as_payload(example)
                 if payload is not None:
-                    plan.append((stage, payload, verdict(payload, spec)))
+                    plan.append((stage, payload, verdict(payload, spec, seen)))
     if not plan:
         row.skipped = f"{MODULE} has no function returning a strategy of payloads"
         return row
-    refused = Counter(stage for stage, _, v in plan if v != "accept")
+    refused = Counter(stage for stage, _, v in plan if v not in ("accept", "duplicate"))
     internal = Counter(v for _, _, v in plan if v.startswith("internal"))
     row.inputs = (f"{len(plan):,} examples of {len(names)} strategies "
                   f"({', '.join(sorted(names))}), {count} each per stage")

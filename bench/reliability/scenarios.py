@@ -202,7 +202,7 @@ def broker_restarts(ctx: Context, kill: bool) -> Row:
     mode = ctx.mode
     signal = "SIGKILL" if kill else "SIGTERM"
     restarts = mode.broker_restarts
-    with ctx.run(f"broker-{signal}", persistence=True) as run:
+    with ctx.run(f"broker-{signal}") as run:
         run.start_stages()
         feed = run.feed(ctx.workload.photos, mode.frames, fps=STEADY_FPS)
         kills: list[tuple[float, set[str]]] = []
@@ -257,6 +257,10 @@ def _published_until(run: Run, feed: Feed, count: int, timeout: float = 120.0) -
                   f"{count} frames published")
 
 
+#: longer than stage 1 is away, so the camera sees late results, not lost frames
+AWAY_FRAME_TIMEOUT = 120.0
+
+
 def stage_away(ctx: Context) -> Row:
     """Persistence on, a camera at a steady rate. Stage 1 is stopped (SIGTERM: its session and
     the frames queued for it stay with the broker), the broker is stopped cleanly (it saves
@@ -264,10 +268,13 @@ def stage_away(ctx: Context) -> Row:
     starts again. Every frame must come out: those queued before the restart and those
     published after it."""
     mode = ctx.mode
-    with ctx.run("away", persistence=True) as run:
+    with ctx.run("away") as run:
         run.start_stages()
         away = run.node_name(1)
-        feed = run.feed(ctx.workload.photos, mode.frames, fps=STEADY_FPS)
+        # a window as large as the run: the camera goes on publishing while stage 1 is away
+        # (the broker queues the frames for it), and waits for late results, not resending
+        feed = run.feed(ctx.workload.photos, mode.frames, fps=STEADY_FPS,
+                        in_flight=mode.frames, frame_timeout=AWAY_FRAME_TIMEOUT)
         _frames_until(run, mode.frames // 4)
         run.stop_stage(away)
         _published_until(run, feed, mode.frames // 2)
