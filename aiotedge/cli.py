@@ -1,54 +1,46 @@
-"""`aiotedge` command line: stage, camera, watch, run."""
+"""`aiotedge` command line: stage, camera, watch, status, profile, run.
+
+Only flags and config files are read here; each daemon's life is in its `run_*` function in
+aiotedge.nodes.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
-import signal
-import socket
-import threading
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from aiotedge import service
-from aiotedge.camera import Camera, CameraOptions, read_photo
-from aiotedge.config import ConfigError, NodeConfig, StatsConfig
-from aiotedge.dedup import RecentIds
-from aiotedge.homeassistant import discovery_message
-from aiotedge.image import list_images
-from aiotedge.manifest import Manifest
-from aiotedge.metrics import Counters, serve_prometheus
-from aiotedge.nodeinfo import NodeInfo, chain_problems
-from aiotedge.profile import add_profile_arguments, run_profile
-from aiotedge.session import BrokerConfig, MqttSession, read_retained
-from aiotedge.sink import Prediction
-from aiotedge.stage import StageNode, StageOptions
-from aiotedge.status import collect_status, format_status
-from aiotedge.topics import ONLINE, Topics
+from aiotedge.config.schema import BrokerConfig, NodeConfig, PipelineConfig, StageConfig
+from aiotedge.contracts.errors import ConfigError
+from aiotedge.contracts.manifest import Manifest
+from aiotedge.media.image import list_images
+from aiotedge.nodes import systemd
+from aiotedge.nodes.camera import read_photo, run_camera
+from aiotedge.nodes.lifecycle import exit_status, stop_on_signals
+from aiotedge.nodes.stage import run_stage
+from aiotedge.nodes.status import collect_status, format_status
+from aiotedge.nodes.watcher import run_watch
+from aiotedge.tflite.profiling import (
+    DEFAULT_ROUNDS,
+    DEFAULT_RUNS,
+    DEFAULT_WARMUP,
+    measure_profile,
+    profile_report,
+)
 
 log = logging.getLogger("aiotedge")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
+    parser = build_parser()
     args = parser.parse_args(argv)
-    service.setup_logging(args.verbose)
-    try:
-        return args.handler(args)
-    # ConfigError, ManifestError, BrokerConfigError and bad names (a pipeline "a/b") are all
-    # ValueErrors: one line for the journal, the traceback only with -v
-    except (ValueError, FileNotFoundError) as exc:
-        log.error("%s", exc)
-        log.debug("details", exc_info=True)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    systemd.setup_logging(args.verbose)
+    return exit_status(lambda: args.handler(args))
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="aiotedge", description=__doc__)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aiotedge", description=__doc__.split("\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -89,8 +81,18 @@ def _parser() -> argparse.ArgumentParser:
     profile = commands.add_parser(
         "profile", help="measure on this board what each piece of a model costs, for the planner"
     )
-    add_profile_arguments(profile)
-    profile.set_defaults(handler=run_profile)
+    profile.add_argument("model", type=Path, metavar="MODEL.tflite", help="the whole model")
+    profile.add_argument("--out", type=Path, required=True, metavar="PROFILE.json",
+                         help="where to write it")
+    profile.add_argument("--threads", type=int,
+                         help="interpreter threads (as the stage will use)")
+    profile.add_argument("--runs", type=int, default=DEFAULT_RUNS,
+                         help=f"timed runs per piece ({DEFAULT_RUNS})")
+    profile.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS,
+                         help=f"rounds over all pieces; the quietest counts ({DEFAULT_ROUNDS})")
+    profile.add_argument("--warmup", type=int, default=DEFAULT_WARMUP,
+                         help=f"untimed runs first ({DEFAULT_WARMUP})")
+    profile.set_defaults(handler=_cmd_profile)
 
     run = commands.add_parser("run", help="run a whole pipeline on this machine")
     run.add_argument("--manifest", required=True, help="manifest.json or the folder holding it")
@@ -111,68 +113,23 @@ def _add_node_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--qos", type=int, choices=(0, 1), help="MQTT QoS for frames")
 
 
+def _broker_flag(address: str) -> BrokerConfig:
+    try:
+        return BrokerConfig.parse(address)
+    except ConfigError as exc:
+        raise ConfigError(f"flags: --broker {address!r}: {exc}") from exc
+
+
 def _node_config(args: argparse.Namespace, section: str, **flags: object) -> NodeConfig:
+    """The node's config file with the flags given on top, its files checked."""
     config = NodeConfig.load(args.config)
     if args.broker:
-        try:
-            address = BrokerConfig.parse(args.broker)
-        except ValueError as exc:
-            raise ConfigError(f"flags: --broker {args.broker!r}: {exc}") from exc
+        address = _broker_flag(args.broker)
         config = config.override("broker", host=address.host, port=address.port)
     config = config.override("pipeline", name=args.pipeline, qos=args.qos)
     config = config.override(section, **flags)
-    config.check_files(args.config or "flags")
+    config.check_files()
     return config
-
-
-def _stop_on_signals() -> threading.Event:
-    """SIGTERM (systemctl stop) and SIGINT (Ctrl-C) both mean: finish up and exit."""
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    return stop
-
-
-def _wait_for_broker(session: MqttSession, stop: threading.Event) -> bool:
-    """True once connected; False if told to stop first (the broker may be down for long)."""
-    while not session.wait_connected(timeout=5.0):
-        if stop.is_set():
-            return False
-        problem = session.connection_problem
-        log.info("waiting for the broker at %s%s", session.broker,
-                 f": {problem}" if problem else "")
-    return True
-
-
-def _chain_fits(broker: BrokerConfig, topics: Topics, me: NodeInfo,
-                stop: threading.Event) -> tuple[bool, NodeInfo | None] | None:
-    """Whether this stage fits between the stages online now, and what it said about itself
-    when it last ran (None: told to stop first)."""
-    session = MqttSession(broker, f"{me.node}-check")
-    session.start()
-    try:
-        if not _wait_for_broker(session, stop):
-            return None
-        retained = read_retained(session, [topics.all_info, topics.all_availability],
-                                 topics.probe(session.client_id))
-    finally:
-        session.stop()
-    online = {topic.rsplit("/", 1)[1] for topic, payload in retained.items()
-              if topic.startswith(topics.availability("")) and payload.decode() == ONLINE}
-    neighbours = [info for topic, payload in retained.items()
-                  if topic.startswith(topics.info("")) and (info := NodeInfo.parse(payload))
-                  and info.node in online]
-    errors, warnings = chain_problems(me, neighbours)
-    for warning in warnings:
-        log.warning("%s", warning)
-    for error in errors:
-        log.error("not starting: %s", error)
-    previous = NodeInfo.parse(retained.get(topics.info(me.node), b""))
-    return not errors, previous
-
-
-def _topics(config: NodeConfig) -> Topics:
-    return Topics(config.pipeline.name, config.pipeline.prefix)
 
 
 def _cmd_stage(args: argparse.Namespace) -> int:
@@ -181,162 +138,24 @@ def _cmd_stage(args: argparse.Namespace) -> int:
         threads=args.threads, queue_size=args.queue_size, share_group=args.share_group,
         max_message_bytes=args.max_message_bytes,
     ).override("stats", interval=args.stats_interval)
-    stage = config.stage
-    source = args.config or "flags"
-    manifest = _load_manifest(config, source)
-    options = StageOptions(
-        index=stage.index,
-        node=stage.node or f"stage{stage.index}-{socket.gethostname()}",
-        qos=config.pipeline.qos,
-        queue_size=stage.queue_size,
-        num_threads=stage.threads,
-        top_k=stage.top_k,
-        max_message_bytes=stage.max_message_bytes,
-        share_group=stage.share_group,
-        session_expiry=config.pipeline.session_expiry,
-        stats_interval=config.stats.interval,
-    )
-    stop = _stop_on_signals()
-    topics = _topics(config)
-    node = StageNode(manifest, topics, config.broker, options)
-    if config.stats.prometheus_port:
-        _serve_prometheus(config.stats, options.node, node.stats_snapshot, source)
-    checked = _chain_fits(config.broker, topics, node.info, stop)
-    if checked is None:
-        return 0
-    fits, previous = checked
-    if not fits:
-        return 2
-    if previous is not None and previous.share_group != options.share_group:
-        node.forget_subscription(previous.share_group)
-    node.start()
-    if not _wait_for_broker(node.session, stop):
-        node.stop()
-        return 0
-    node.announce_online()
-    if config.homeassistant.discovery and node.is_last:
-        topic, payload = discovery_message(topics, manifest, options.node,
-                                           config.homeassistant.prefix)
-        node.session.publish(topic, payload, qos=1, retain=True)
-    service.notify(f"READY=1\nSTATUS=stage {options.index} serving {node.input_topic}")
-    stop.wait()
-    service.notify("STOPPING=1")
-    node.stop()
-    return 0
-
-
-def _serve_prometheus(
-    stats: StatsConfig, node: str, snapshot: Callable[[], dict[str, Any]], source: str
-) -> None:
-    """Before connecting, so that a port in use stops the node with the keys to fix."""
-    address, port = stats.prometheus_address, stats.prometheus_port
-    try:
-        serve_prometheus(node, snapshot, port, address)
-    except OSError as exc:
-        raise ConfigError(
-            f"{source}: keys 'stats.prometheus_address' and 'stats.prometheus_port': "
-            f"cannot listen on {address}:{port}: {exc.strerror}"
-        ) from exc
-
-
-def _load_manifest(config: NodeConfig, source: str) -> Manifest:
-    """The manifest a stage config names, with errors that point at the config key."""
-    path = config.stage.manifest
-    if not path:
-        raise ConfigError(f"{source}: no manifest given (--manifest or key 'stage.manifest')")
-    if not Path(path).exists():
-        raise ConfigError(f"{source}: key 'stage.manifest': {path} does not exist")
-    manifest = Manifest.load(path)
-    if not 0 <= config.stage.index < len(manifest.stages):
-        raise ConfigError(
-            f"{source}: key 'stage.index' is {config.stage.index}, but {path} has "
-            f"{len(manifest.stages)} stages (0 to {len(manifest.stages) - 1})"
-        )
-    return manifest
+    return run_stage(config)
 
 
 def _cmd_camera(args: argparse.Namespace) -> int:
-    config = _node_config(
+    return run_camera(_node_config(
         args, "camera", images=args.images, source=args.source, fps=args.fps,
         in_flight=args.in_flight, loop=args.loop, frames=args.frames,
-    )
-    cam = config.camera
-    source = args.config or "flags"
-    if not cam.images:
-        raise ConfigError(f"{source}: no image folder given (--images or key 'camera.images')")
-    try:
-        images = list_images(cam.images)
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{source}: key 'camera.images': {exc}") from exc
-    photos = [(path.name, read_photo(path)) for path in images]
-    topics = _topics(config)
-    # a session the broker keeps while the camera reconnects: results published meanwhile wait
-    session = MqttSession(config.broker, f"camera-{cam.source}", topics.availability(cam.source),
-                          session_expiry=config.pipeline.session_expiry)
-    camera = Camera(
-        session,
-        topics,
-        CameraOptions(source=cam.source, fps=cam.fps, in_flight=cam.in_flight, loop=cam.loop,
-                      frame_timeout=cam.frame_timeout, resends=cam.resends,
-                      qos=config.pipeline.qos),
-    )
-    stop = _stop_on_signals()
-    session.start()
-    if not _wait_for_broker(session, stop):
-        session.stop()
-        return 0
-    session.set_online()
-    service.notify(f"READY=1\nSTATUS=camera {cam.source} publishing {len(photos)} photos")
-    sent = camera.run(photos, frames=cam.frames, stop=stop)
-    service.notify("STOPPING=1")
-    session.stop()
-    return _camera_outcome(camera.counters, sent, topics)
-
-
-def _camera_outcome(counters: Counters, sent: int, topics: Topics) -> int:
-    """Log what became of the frames; 1 when none could get through (a config to fix)."""
-    answered, rejected, unanswered, refused = (counters.get(name) for name in (
-        "answered", "rejected", "unanswered", "refused_by_broker"))
-    log.info("published %d frames: %d answered, %d rejected by the pipeline, %d unanswered, "
-             "%d refused by the broker", sent, answered, rejected, unanswered, refused)
-    if sent and refused == sent:
-        log.error("the broker refused every frame: is this camera's user allowed to publish "
-                  "to %s (the broker's ACL)?", topics.stage_input(0))
-        return 1
-    if sent and rejected == sent:
-        log.error("the pipeline rejected every frame (see %s for why)", topics.errors)
-        return 1
-    return 0
+    ))
 
 
 def _cmd_watch(args: argparse.Namespace) -> int:
-    config = _node_config(args, "pipeline")
-    topics = _topics(config)
-    session = MqttSession(config.broker, f"watch-{socket.gethostname()}-{id(args):x}")
-    stop = _stop_on_signals()
-    recent = RecentIds()
-    seen = 0
-
-    def show(message) -> None:
-        nonlocal seen
-        prediction = Prediction.parse(message.payload)
-        if prediction is None or recent.seen(prediction.frame_id):
-            return
-        print(message.payload.decode() if args.json else prediction.summary(), flush=True)
-        seen += 1
-        if args.count and seen >= args.count:
-            stop.set()
-
-    session.subscribe(topics.predictions, show, qos=1)
-    session.start()
-    stop.wait()
-    session.stop()
-    return 0
+    return run_watch(_node_config(args, "pipeline"), lambda line: print(line, flush=True),
+                     count=args.count, as_json=args.json)
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
     config = _node_config(args, "pipeline")
-    nodes = collect_status(config.broker, _topics(config))
+    nodes = collect_status(config.broker, config.topics)
     if args.json:
         print(json.dumps(nodes, indent=2, sort_keys=True))
     else:
@@ -344,17 +163,30 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0 if nodes else 1
 
 
+def _cmd_profile(args: argparse.Namespace) -> int:
+    """Measure, write PROFILE.json and print the table."""
+    profile = measure_profile(
+        args.model, threads=args.threads, runs=args.runs, warmup=args.warmup,
+        rounds=args.rounds,
+        on_round=lambda done, total: log.info("round %d of %d done", done, total),
+    )
+    profile.save(args.out)
+    print(profile_report(profile))
+    print(f"wrote {args.out}")
+    return 0
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
-    from aiotedge.local import LocalPipeline
+    from aiotedge.nodes.local import LocalPipeline
 
     manifest = Manifest.load(args.manifest)
-    photos = [(path.name, read_photo(path)) for path in list_images(Path(args.images))]
-    stop = _stop_on_signals()
+    photos = [(path.name, read_photo(path)) for path in list_images(args.images)]
+    stop = stop_on_signals()
     with LocalPipeline(
         manifest,
-        pipeline=args.pipeline,
-        broker=BrokerConfig.parse(args.broker) if args.broker else None,
-        threads=args.threads,
+        pipeline=PipelineConfig(name=args.pipeline),
+        broker=_broker_flag(args.broker) if args.broker else None,
+        stage=StageConfig(threads=args.threads),
     ) as pipeline:
         for name, prediction in pipeline.predict(photos, frames=args.frames, stop=stop):
             print(prediction.to_json() if args.json else f"{name:24} {prediction.summary()}",

@@ -19,13 +19,13 @@ import threading
 import time
 from pathlib import Path
 
-from report import table, write_section
+from aiotedge_converter.cli import main as convert
+from benchdoc import table, write_section
 
-from aiotedge.broker import LocalBroker
-from aiotedge.manifest import Manifest
-from aiotedge.metrics import resident_bytes
-from aiotedge.session import MqttSession
-from converter.cli import main as convert
+from aiotedge.contracts.manifest import Manifest
+from aiotedge.nodes.broker import LocalBroker
+from aiotedge.nodes.metrics import resident_bytes
+from aiotedge.nodes.session import MqttSession
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

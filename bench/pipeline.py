@@ -22,16 +22,17 @@ import time
 from pathlib import Path
 
 import numpy as np
-from report import table, write_section
+from aiotedge_converter.cli import main as convert
+from benchdoc import table, write_section
 
-from aiotedge.broker import LocalBroker
-from aiotedge.camera import read_photo
-from aiotedge.image import decode_image, list_images, preprocess
-from aiotedge.local import LocalPipeline
-from aiotedge.manifest import Manifest
-from aiotedge.runtime import Segment
-from aiotedge.session import MqttSession
-from converter.cli import main as convert
+from aiotedge.config.schema import PipelineConfig, StageConfig
+from aiotedge.contracts.manifest import Manifest
+from aiotedge.media.image import decode_image, list_images, preprocess
+from aiotedge.nodes.broker import LocalBroker
+from aiotedge.nodes.camera import read_photo
+from aiotedge.nodes.local import LocalPipeline
+from aiotedge.nodes.session import MqttSession
+from aiotedge.tflite.runtime import Segment
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -51,7 +52,8 @@ def single_process(manifest: Manifest, photos: list[bytes], frames: int) -> dict
 
 
 def pipeline(manifest: Manifest, photos: list[tuple[str, bytes]], frames: int, broker):
-    with LocalPipeline(manifest, broker=broker.address, threads=1, pipeline="bench") as run:
+    with LocalPipeline(manifest, broker=broker.address, stage=StageConfig(threads=1),
+                       pipeline=PipelineConfig(name="bench")) as run:
         list(run.predict(photos, frames=min(10, frames)))  # warm up every stage
         started = time.perf_counter()
         results = [p for _, p in run.predict(photos, frames=frames)]

@@ -33,12 +33,13 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from aiotedge.profile import measure_profile, sample_input  # noqa: E402
-from aiotedge.runtime import Segment  # noqa: E402
-from converter.costs import cost_basis  # noqa: E402
-from converter.graph import load_graph  # noqa: E402
-from converter.planner import plan_pipeline  # noqa: E402
-from converter.split import SplitOptions, split_model  # noqa: E402
+from aiotedge_converter.costs import cost_basis  # noqa: E402
+from aiotedge_converter.planner import plan_pipeline  # noqa: E402
+from aiotedge_converter.split import SplitOptions, split_model  # noqa: E402
+
+from aiotedge.tflite.graph import load_graph  # noqa: E402
+from aiotedge.tflite.profiling import measure_profile, sample_input  # noqa: E402
+from aiotedge.tflite.runtime import Segment  # noqa: E402
 
 SHARED_MODEL = REPO.parent / "shared" / "data" / "models" / "mobilenet_v2_1.0_224_quant.tflite"
 HEADING = "## Planner: predicted vs measured stage times"
@@ -60,7 +61,7 @@ class Row:
 def keras_model(scratch: Path) -> Path:
     """The built-in Keras MobileNetV2 224 (10 classes, random weights) as float32 .tflite."""
     out = scratch / "keras_mobilenet_v2_224_float32.tflite"
-    command = [sys.executable, "-m", "converter", "import", "--arch", "mobilenet_v2"]
+    command = [sys.executable, "-m", "aiotedge_converter", "import", "--arch", "mobilenet_v2"]
     command += ["--input-size", "224", "--classes", "10", "--out", str(out)]
     subprocess.run(command, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
     return out

@@ -1,11 +1,9 @@
-"""Workstation-side converter: import a Keras model, plan and split a .tflite CNN into segments.
+"""Workstation-side converter (`aiotedge-convert`): import a Keras model, plan and split a
+.tflite CNN into segments, verify the split.
 
-Boards read the segment files and `manifest.json` it writes. The one part a board imports is
-the graph reader and segment writer, for `aiotedge profile`; they need only the flatbuffer
-schema that ships with the interpreter. TensorFlow is loaded by `keras_import` alone, inside
-its functions, for `aiotedge-convert import`.
+Installed as `aiotedge_converter` (the folder is converter/). It sits on top of aiotedge: it
+reads graphs and writes segments with aiotedge.tflite, the same code `aiotedge profile` uses
+on a board, and writes the manifest of aiotedge.contracts. Nothing in aiotedge imports it.
+TensorFlow is loaded by `keras_import` alone, inside its functions, for
+`aiotedge-convert import`.
 """
-
-from converter.errors import ConverterError
-
-__all__ = ["ConverterError"]

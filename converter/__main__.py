@@ -1,5 +1,5 @@
-"""`python -m converter` works without the console script being installed."""
+"""`python -m aiotedge_converter` works without the console script being installed."""
 
-from converter.cli import main
+from aiotedge_converter.cli import main
 
 raise SystemExit(main())

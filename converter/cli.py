@@ -12,16 +12,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from aiotedge.manifest import MANIFEST_NAME, ManifestError
-from aiotedge.profile import Profile, ProfileError
-from converter import keras_import
-from converter.costs import cost_basis
-from converter.errors import ConverterError
-from converter.graph import Graph, load_graph
-from converter.keras_layers import cuts_for_layer_counts, layers_done, parse_layer_counts
-from converter.metadata import ImportInfo, read_import_info
-from converter.planner import Plan, check_cuts, evaluate_plan, plan_pipeline
-from converter.report import (
+from aiotedge_converter import keras_import
+from aiotedge_converter.costs import cost_basis
+from aiotedge_converter.errors import ConverterError
+from aiotedge_converter.keras_layers import cuts_for_layer_counts, layers_done, parse_layer_counts
+from aiotedge_converter.metadata import ImportInfo, read_import_info
+from aiotedge_converter.planner import Plan, check_cuts, evaluate_plan, plan_pipeline
+from aiotedge_converter.report import (
     LayerView,
     analyze_report,
     compare_report,
@@ -32,8 +29,13 @@ from converter.report import (
     shape_text,
     table,
 )
-from converter.split import SplitOptions, read_labels, split_model
-from converter.verify import ImageResult, verify
+from aiotedge_converter.split import SplitOptions, read_labels, split_model
+from aiotedge_converter.verify import ImageResult, verify
+
+from aiotedge.contracts.errors import AiotedgeError
+from aiotedge.contracts.manifest import MANIFEST_NAME
+from aiotedge.contracts.profile import Profile
+from aiotedge.tflite.graph import Graph, load_graph
 
 PROG = "aiotedge-convert"
 EXIT_DIFFERENT = 1
@@ -118,10 +120,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def _load_profiles(paths: Sequence[Path]) -> list[tuple[str, Profile]]:
-    try:
-        return [(path.name, Profile.load(path)) for path in paths]
-    except ProfileError as exc:
-        raise ConverterError(str(exc)) from exc
+    return [(path.name, Profile.load(path)) for path in paths]
 
 
 def _stage_count(args: argparse.Namespace, counts: list[int] | None, profiles: int) -> int:
@@ -199,7 +198,7 @@ def cmd_split(args: argparse.Namespace) -> int:
         print(f"\n{chosen} beside the balanced plan for the same {plural(stages, 'stage')}:")
         print(compare_report(graph, basis, plans))
     if args.plot:
-        from converter.plot import plot_plans
+        from aiotedge_converter.plot import plot_plans
 
         print(f"plot: {plot_plans(graph, basis, plans, args.plot)}")
     print(f"wrote {plural(len(plan.stages), 'segment')} and {Path(args.out) / MANIFEST_NAME}")
@@ -392,8 +391,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args.func(args))
-    # ImportError: no interpreter; FileNotFoundError: a folder of images that is not one
-    except (ConverterError, ManifestError, ImportError, FileNotFoundError) as exc:
+    except AiotedgeError as exc:  # a user's mistake: one line; anything else is a bug
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
 

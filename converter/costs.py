@@ -13,11 +13,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from aiotedge.manifest import sha256_file
-from aiotedge.profile import Profile
-from converter.errors import ConverterError
-from converter.graph import Graph
-from converter.planner import CostModel
+from aiotedge_converter.errors import ConverterError
+from aiotedge_converter.planner import CostModel
+
+from aiotedge.contracts.manifest import sha256_file
+from aiotedge.contracts.profile import Profile
+from aiotedge.tflite.graph import Graph
 
 
 @dataclass(frozen=True)

@@ -23,11 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from aiotedge_converter.errors import ConverterError
+from aiotedge_converter.metadata import ImportInfo, KerasLayer, embed_import_info
 
-from aiotedge.image import ImageError, decode_image, list_images, preprocess
-from aiotedge.manifest import Preprocessing, TensorSpec
-from converter.errors import ConverterError
-from converter.metadata import ImportInfo, KerasLayer, embed_import_info
+from aiotedge.contracts.errors import ImageError
+from aiotedge.contracts.manifest import Preprocessing
+from aiotedge.contracts.tensors import TensorSpec
+from aiotedge.media.image import decode_image, list_images, preprocess
 
 log = logging.getLogger(__name__)
 

@@ -23,9 +23,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import accumulate
 
-from converter.errors import ConverterError
-from converter.graph import Graph
-from converter.metadata import KerasLayer
+from aiotedge_converter.errors import ConverterError
+from aiotedge_converter.metadata import KerasLayer
+
+from aiotedge.tflite.graph import Graph
 
 _SCOPE_SUFFIX = re.compile(r"_\d+$")
 

@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
+from aiotedge_converter.errors import ConverterError
 
-from converter.errors import ConverterError
-from converter.flatbuffer import AlignedBuffer, pack_model
-from converter.graph import decode_name
+from aiotedge.tflite.flatbuffer import AlignedBuffer, pack_model
+from aiotedge.tflite.graph import decode_name
 
 METADATA_NAME = "aiotedge_import"
 METADATA_VERSION = 1

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import accumulate, pairwise
 
-from converter.errors import ConverterError
+from aiotedge_converter.errors import ConverterError
 
 Cost = float | int
 

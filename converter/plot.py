@@ -11,10 +11,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from converter.costs import CostBasis
-from converter.errors import ConverterError
-from converter.graph import Graph
-from converter.planner import Plan
+from aiotedge_converter.costs import CostBasis
+from aiotedge_converter.errors import ConverterError
+from aiotedge_converter.planner import Plan
+
+from aiotedge.tflite.graph import Graph
 
 STAGE_COLOURS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3")
 

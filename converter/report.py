@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from converter.costs import CostBasis
-from converter.graph import Graph
-from converter.keras_layers import LayerCut
-from converter.metadata import KerasLayer
-from converter.planner import Cost, Plan
+from aiotedge_converter.costs import CostBasis
+from aiotedge_converter.keras_layers import LayerCut
+from aiotedge_converter.metadata import KerasLayer
+from aiotedge_converter.planner import Cost, Plan
+
+from aiotedge.tflite.graph import Graph
 
 
 def human(count: float) -> str:

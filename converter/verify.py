@@ -1,6 +1,6 @@
 """Checking a split on real photos: the chain of segments must compute the whole model.
 
-Each photo is preprocessed once, exactly as stage 0 will (aiotedge.image), then fed to the
+Each photo is preprocessed once, exactly as stage 0 will (aiotedge.media.image), then fed to the
 source model and to the chain of segments. Integer outputs must be identical; float outputs may
 differ by FLOAT_TOLERANCE (the interpreter may fuse or order float work differently across
 segment boundaries).
@@ -21,12 +21,13 @@ from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
+from aiotedge_converter.errors import ConverterError
 from PIL import Image
 
-from aiotedge.image import ImageError, decode_image, list_images, preprocess
-from aiotedge.manifest import Manifest, ManifestError, sha256_file
-from aiotedge.runtime import Segment
-from converter.errors import ConverterError, open_segment
+from aiotedge.contracts.errors import ImageError
+from aiotedge.contracts.manifest import Manifest, sha256_file
+from aiotedge.media.image import decode_image, list_images, preprocess
+from aiotedge.tflite.runtime import Segment, open_segment
 
 log = logging.getLogger(__name__)
 
@@ -81,22 +82,7 @@ def load_chain(manifest: Manifest, num_threads: int | None = None) -> list[Segme
     """Every segment, sha256-checked, whose tensors are what the manifest promises."""
     if not manifest.stages:
         raise ConverterError(f"{manifest.directory}: the manifest lists no stages")
-    segments = []
-    for spec in manifest.stages:
-        try:
-            path = manifest.check_segment(spec.index)
-        except ManifestError as exc:
-            raise ConverterError(str(exc)) from exc
-        segment = open_segment(path, num_threads)
-        for side, actual, promised in (
-            ("input", segment.input_spec, spec.input),
-            ("output", segment.output_spec, spec.output),
-        ):
-            if not actual.matches(promised):
-                raise ConverterError(
-                    f"stage {spec.index} {side} is {actual}, the manifest promises {promised}"
-                )
-        segments.append(segment)
+    segments = [open_segment(manifest, spec.index, num_threads) for spec in manifest.stages]
     stages = manifest.stages
     edges = [("the source input and stage 0 input", manifest.source.input, stages[0].input)]
     edges += [
@@ -120,7 +106,7 @@ def run_chain(segments: Iterable[Segment], tensor: np.ndarray) -> np.ndarray:
 
 def open_reference(manifest: Manifest, path: Path, num_threads: int | None) -> Segment:
     """The reference model, checked to take the same photo size and give as many classes."""
-    reference = open_segment(Path(path), num_threads)
+    reference = Segment(Path(path), num_threads)
     prep, source = manifest.preprocessing, manifest.source
     if tuple(reference.input_spec.shape[1:3]) != (prep.height, prep.width):
         raise ConverterError(
@@ -159,11 +145,8 @@ def verify(
     reference: Path | None = None,
 ) -> list[ImageResult]:
     """Compare the whole model with the chain of segments on every photo in `images`."""
-    try:
-        manifest = Manifest.load(directory)
-    except ManifestError as exc:
-        raise ConverterError(str(exc)) from exc
-    whole = open_segment(find_source(manifest, model), num_threads)
+    manifest = Manifest.load(directory)
+    whole = Segment(find_source(manifest, model), num_threads)
     chain = load_chain(manifest, num_threads)
     baseline = open_reference(manifest, reference, num_threads) if reference else None
     spec = manifest.source.output

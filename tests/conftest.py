@@ -7,6 +7,7 @@ import os
 import secrets
 import shutil
 import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from aiotedge.broker import LocalBroker
+    from aiotedge.nodes.broker import LocalBroker
     from tests.security import Probe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,7 +40,8 @@ def shared_data() -> Path:
 @pytest.fixture
 def broker():
     """A real mosquitto on a free loopback port; tests may `stop(kill=True)` and `start()` it."""
-    from aiotedge.broker import BrokerError, LocalBroker
+    from aiotedge.contracts.errors import BrokerError
+    from aiotedge.nodes.broker import LocalBroker
 
     try:
         local = LocalBroker().start()
@@ -77,8 +79,9 @@ def test_labels(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def split_into(tmp_path_factory):
     """`split_into(model, stages, labels=None) -> Manifest`, split once per session."""
-    from aiotedge.manifest import Manifest
-    from converter.cli import main as convert
+    from aiotedge_converter.cli import main as convert
+
+    from aiotedge.contracts.manifest import Manifest
 
     splits: dict[tuple[Path, int, Path | None], Manifest] = {}
 
@@ -103,17 +106,17 @@ def split3(test_models, test_labels, split_into):
 @pytest.fixture(scope="session")
 def generated_frames(generated_photos) -> list[tuple[str, bytes]]:
     """(name, bytes) of the generated photos, as a camera sends them."""
-    from aiotedge.camera import read_photo
-    from aiotedge.image import list_images
+    from aiotedge.media.image import list_images
+    from aiotedge.nodes.camera import read_photo
 
     return [(path.name, read_photo(path)) for path in list_images(generated_photos)]
 
 
 def whole_model_top(manifest, photo: bytes, k: int = 5):
     """What the unsplit source model says about a photo, in the prediction's own terms."""
-    from aiotedge.image import decode_image, preprocess
-    from aiotedge.runtime import Segment
-    from aiotedge.sink import top_k
+    from aiotedge.contracts.events import top_k
+    from aiotedge.media.image import decode_image, preprocess
+    from aiotedge.tflite.runtime import Segment
 
     whole = Segment(manifest.directory / manifest.source.file)
     tensor = preprocess(decode_image(photo), manifest.preprocessing, whole.input_spec)
@@ -131,7 +134,7 @@ def wait_all_online(broker, nodes: list[str], timeout: float = 60.0) -> None:
             (online.add if message.payload == b"online" else online.discard)(node)
             changed.notify_all()
 
-    from aiotedge.session import MqttSession
+    from aiotedge.nodes.session import MqttSession
 
     watcher = MqttSession(broker.address, "availability-watcher")
     watcher.subscribe("aiotedge/local/availability/+", record)
@@ -209,7 +212,8 @@ def secure_broker(secure_config) -> Iterator[Callable[..., LocalBroker]]:
 
     LocalBroker also adds a plain loopback listener, under the same users and rights.
     """
-    from aiotedge.broker import BrokerError, LocalBroker, free_port
+    from aiotedge.contracts.errors import BrokerError
+    from aiotedge.nodes.broker import LocalBroker, free_port
 
     started = []
 
@@ -255,8 +259,8 @@ class AnsweringStage:
     `frames` holds the payloads it took, in order."""
 
     def __init__(self, broker, pipeline: str) -> None:
-        from aiotedge.session import MqttSession
-        from aiotedge.topics import Topics
+        from aiotedge.contracts.topics import Topics
+        from aiotedge.nodes.session import MqttSession
 
         self.topics = Topics(pipeline)
         self.frames: list[bytes] = []
@@ -266,14 +270,40 @@ class AnsweringStage:
         assert self.session.wait_connected(10)
 
     def _answer(self, message) -> None:
-        from aiotedge.sink import Prediction, Score
-        from aiotedge.wire import decode_frame
+        from aiotedge.contracts.events import Prediction, Score
+        from aiotedge.contracts.wire import decode_photo
 
         self.frames.append(message.payload)
-        frame = decode_frame(message.payload, None)
+        frame = decode_photo(message.payload)
         prediction = Prediction(frame.frame_id, frame.source, frame.seq, frame.captured_at,
                                 [Score(0, "answer", 1.0)], 1.0, [])
         self.session.publish(self.topics.predictions, prediction.to_json(), qos=1)
 
     def stop(self) -> None:
         self.session.stop()
+
+
+def photo_inputs(photos: Path, height: int, width: int):
+    """The photos as float inputs in [-1, 1], exactly as stage 0 preprocesses them."""
+    import numpy as np
+
+    from aiotedge.contracts.manifest import Preprocessing
+    from aiotedge.contracts.tensors import TensorSpec
+    from aiotedge.media.image import decode_image, list_images, preprocess
+
+    prep = Preprocessing(width=width, height=height, mean=127.5, std=127.5)
+    spec = TensorSpec("input", (1, height, width, 3), "float32")
+    tensors = [preprocess(decode_image(p.read_bytes()), prep, spec) for p in list_images(photos)]
+    return np.concatenate(tensors)
+
+
+def import_model(source: Path | None, out: Path, *args: str) -> str:
+    """Run `aiotedge-convert import` in its own process; its stdout."""
+    from tests.models import run_with_tensorflow
+
+    command = [sys.executable, "-m", "aiotedge_converter", "import"]
+    command += [str(source)] if source is not None else []
+    done = run_with_tensorflow(
+        [*command, "--out", str(out), *args], f"importing {source or args[:2]}"
+    )
+    return done.stdout

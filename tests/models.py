@@ -226,7 +226,7 @@ def _predict(model, inputs: np.ndarray) -> np.ndarray:  # type: ignore[no-untype
 
 
 def _keras_sources(out_dir: Path, inputs: Path) -> None:
-    from converter.keras_import import ArchSpec, build_architecture
+    from aiotedge_converter.keras_import import ArchSpec, build_architecture
 
     model = _keras_model()
     model.save(out_dir / KERAS_FILES["keras"])

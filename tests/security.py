@@ -22,12 +22,12 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from aiotedge.broker import LocalBroker
-from aiotedge.config import NodeConfig
-from aiotedge.homeassistant import discovery_message
-from aiotedge.session import BrokerConfig, MqttSession
-from aiotedge.status import collect_status
-from aiotedge.topics import Topics
+from aiotedge.config.schema import BrokerConfig, NodeConfig
+from aiotedge.contracts.topics import Topics
+from aiotedge.nodes.broker import LocalBroker
+from aiotedge.nodes.homeassistant import discovery_message
+from aiotedge.nodes.session import MqttSession
+from aiotedge.nodes.status import collect_status
 from tests.conftest import REPO
 
 MOSQUITTO_CONFIGS = REPO / "configs" / "mosquitto"

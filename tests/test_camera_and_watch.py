@@ -5,11 +5,12 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from aiotedge.camera import Camera, CameraOptions
-from aiotedge.session import MqttSession
-from aiotedge.sink import Prediction, Score, StageTiming
-from aiotedge.topics import Topics
-from aiotedge.wire import decode_frame
+from aiotedge.config.schema import CameraConfig
+from aiotedge.contracts.events import Prediction, Score, StageTiming
+from aiotedge.contracts.topics import Topics
+from aiotedge.contracts.wire import decode_photo
+from aiotedge.nodes.camera import Camera
+from aiotedge.nodes.session import MqttSession
 from tests.conftest import AnsweringStage
 
 
@@ -25,12 +26,12 @@ def test_camera_at_a_frame_rate_publishes_every_photo_in_order_and_loops(
 ):
     pipeline = AnsweringStage(broker, "cams")
     session = connected(broker, "camera")
-    camera = Camera(session, pipeline.topics, CameraOptions(source="porch", fps=200, loop=True))
+    camera = Camera(session, pipeline.topics, CameraConfig(source="porch", fps=200, loop=True))
     count = len(generated_frames) + 2
     assert camera.run(generated_frames, frames=count) == count  # and got every result
     session.stop()
     pipeline.stop()
-    received = [decode_frame(payload, None) for payload in pipeline.frames]
+    received = [decode_photo(payload) for payload in pipeline.frames]
     assert [f.seq for f in received] == list(range(count))
     assert {f.source for f in received} == {"porch"}
     assert [f.image for f in received] == [data for _, data in generated_frames] + [

@@ -11,17 +11,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 from ai_edge_litert import schema_py_generated as schema
+from aiotedge_converter.cli import main as convert
+from aiotedge_converter.verify import FLOAT_TOLERANCE
 
-from aiotedge.image import decode_image, preprocess
-from aiotedge.manifest import Manifest, sha256_file
-from aiotedge.runtime import Segment
-from converter.cli import main as convert
-from converter.flatbuffer import BUFFER_ALIGNMENT, pack_model
-from converter.graph import load_graph, load_model
+from aiotedge.contracts.manifest import Manifest, sha256_file
+from aiotedge.media.image import decode_image, preprocess
+from aiotedge.tflite.flatbuffer import BUFFER_ALIGNMENT, pack_model
+from aiotedge.tflite.graph import load_graph, load_model
+from aiotedge.tflite.runtime import Segment
+from tests.conftest import REPO
 from tests.models import LABELS
 
-REPO = Path(__file__).resolve().parents[1]
-FLOAT_TOLERANCE = 1e-5
 KINDS = ("float", "int8")
 
 
@@ -75,7 +75,7 @@ def test_cut_points_exclude_the_inside_of_residual_blocks(test_models, kind):
         assert len(graph.crossing_tensors(add - 1)) == 2
     assert len(graph.ops) - 1 not in valid  # nothing to cut after the last operator
     for point in graph.cut_points:
-        assert graph.crossing_tensors(point.op_index) == [point.tensor.index]
+        assert graph.crossing_tensors(point.op_index) == [point.tensor_index]
     shares = [c.share for c in graph.cut_points]
     assert shares == sorted(shares) and 0 < shares[-1] <= 1
 
@@ -306,7 +306,7 @@ def test_split_refuses_unusable_models(test_models, tmp_path, capsys, model, mes
 
 def test_console_entry_point_runs_as_a_module(test_models):
     done = subprocess.run(
-        [sys.executable, "-m", "converter", "analyze", str(test_models["float"])],
+        [sys.executable, "-m", "aiotedge_converter", "analyze", str(test_models["float"])],
         capture_output=True,
         text=True,
         cwd=REPO,

@@ -6,9 +6,8 @@ from itertools import combinations, pairwise
 
 import numpy as np
 import pytest
-
-from converter.errors import ConverterError
-from converter.planner import CostModel, check_cuts, plan_stages
+from aiotedge_converter.errors import ConverterError
+from aiotedge_converter.planner import CostModel, check_cuts, plan_stages
 
 
 def brute_force(op_costs, cut_points, stages, transfer_costs=None) -> tuple[int, ...]:

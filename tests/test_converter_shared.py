@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from aiotedge_converter.cli import main as convert
+from aiotedge_converter.split import default_preprocessing
 
-from aiotedge.image import decode_image, list_images, preprocess
-from aiotedge.manifest import Manifest
-from aiotedge.runtime import Segment
-from converter.cli import main as convert
-from converter.graph import load_graph
-from converter.split import default_preprocessing
+from aiotedge.contracts.manifest import Manifest
+from aiotedge.media.image import decode_image, list_images, preprocess
+from aiotedge.tflite.graph import load_graph
+from aiotedge.tflite.runtime import Segment
 from tests.conftest import SHARED_IMAGES, SHARED_LABELS, SHARED_MODEL
 
 pytestmark = pytest.mark.shared_data

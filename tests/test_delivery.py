@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from aiotedge.local import LocalPipeline
-from aiotedge.status import collect_status
+from aiotedge.config.schema import StatsConfig
+from aiotedge.nodes.local import LocalPipeline
+from aiotedge.nodes.status import collect_status
 from tests.conftest import wait_all_online, whole_model_top
 
 FRAMES = 24
@@ -66,7 +67,7 @@ def test_stages_reconnect_after_the_broker_restarts(broker, split3, photos, expe
 
 
 def test_stats_are_retained_per_node(broker, split3, photos):
-    with LocalPipeline(split3, broker=broker.address, stage_flags=("--stats-interval", "0.2")
+    with LocalPipeline(split3, broker=broker.address, stats=StatsConfig(interval=0.2)
                        ) as pipeline:
         list(pipeline.predict(photos))
     status = collect_status(broker.address, pipeline.topics)

@@ -9,16 +9,17 @@ import threading
 
 import msgpack
 import pytest
+from aiotedge_converter.cli import main as convert
 
-from aiotedge.broker import LocalBroker
-from aiotedge.camera import Camera, CameraOptions
-from aiotedge.events import ErrorEvent
-from aiotedge.local import LocalPipeline
-from aiotedge.manifest import Manifest
-from aiotedge.session import MqttSession
-from aiotedge.status import collect_status
-from aiotedge.topics import Topics
-from converter.cli import main as convert
+from aiotedge.config.schema import CameraConfig
+from aiotedge.contracts.events import ErrorEvent
+from aiotedge.contracts.manifest import Manifest
+from aiotedge.contracts.topics import Topics
+from aiotedge.nodes.broker import LocalBroker
+from aiotedge.nodes.camera import Camera
+from aiotedge.nodes.local import LocalPipeline
+from aiotedge.nodes.session import MqttSession
+from aiotedge.nodes.status import collect_status
 from tests.conftest import wait_all_online, whole_model_top
 
 #: bound for one awaited event (a message, a line of log); never a synchronisation
@@ -164,7 +165,7 @@ def test_a_camera_faster_than_the_pipeline_loses_no_frame_at_qos1(split3, genera
             LocalPipeline(split3, broker=small_queues.address) as pipeline:
         session = connected(small_queues, "fast-camera")
         camera = Camera(session, pipeline.topics,
-                        CameraOptions(source="fast", fps=1000.0, loop=True))
+                        CameraConfig(source="fast", fps=1000.0, loop=True))
         assert camera.run(generated_frames, frames=frames) == frames  # and their results
         session.stop()
     assert camera.counters.get("answered") == frames
@@ -201,7 +202,7 @@ def test_a_stage_given_a_share_group_drops_its_earlier_plain_subscription(
     stages[1].wait_for_line("stage 1 ready")
     topics = Topics("chain")
     session = connected(broker, "camera")
-    camera = Camera(session, topics, CameraOptions(source="cam"))
+    camera = Camera(session, topics, CameraConfig(source="cam"))
     assert camera.run(generated_frames) == len(generated_frames)
     session.stop()
     assert camera.counters.get("answered") == len(generated_frames)

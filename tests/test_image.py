@@ -11,16 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from aiotedge.image import (
-    MAX_PIXELS,
-    ImageError,
-    decode_image,
-    eight_bit,
-    list_images,
-    preprocess,
-)
-from aiotedge.manifest import Preprocessing, TensorSpec
-from aiotedge.runtime import Segment
+from aiotedge.contracts.errors import ImageError
+from aiotedge.contracts.manifest import Preprocessing
+from aiotedge.contracts.tensors import TensorSpec
+from aiotedge.media.image import MAX_PIXELS, decode_image, eight_bit, list_images, preprocess
+from aiotedge.tflite.runtime import Segment
 from tests.conftest import SHARED_IMAGES, SHARED_MODEL
 
 #: EXIF orientation -> how a camera stores the upright picture under that tag, from the EXIF

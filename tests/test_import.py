@@ -13,38 +13,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from aiotedge_converter.cli import main as convert
+from aiotedge_converter.metadata import read_import_info
+from aiotedge_converter.verify import FLOAT_TOLERANCE, load_chain, run_chain
 
-from aiotedge.image import decode_image, list_images, preprocess
-from aiotedge.manifest import Manifest, Preprocessing, TensorSpec
-from aiotedge.runtime import Segment
-from converter.cli import main as convert
-from converter.graph import load_graph
-from converter.metadata import read_import_info
-from converter.verify import load_chain, run_chain
-from tests.models import ARCH, HEIGHT, WIDTH, build_keras_sources, run_with_tensorflow
+from aiotedge.contracts.manifest import Manifest
+from aiotedge.media.image import decode_image, list_images, preprocess
+from aiotedge.tflite.graph import load_graph
+from aiotedge.tflite.runtime import Segment
+from tests.conftest import import_model, photo_inputs
+from tests.models import ARCH, HEIGHT, WIDTH, build_keras_sources
 
-FLOAT_TOLERANCE = 1e-5
-REPO = Path(__file__).resolve().parents[1]
 #: The small CNN's flattened Keras layers (input, conv/bn/relu ..., add, pooling, dense).
 SMALL_LAYERS = 20
-
-
-def photo_inputs(photos: Path, height: int, width: int) -> np.ndarray:
-    """The photos as float inputs in [-1, 1], exactly as stage 0 preprocesses them."""
-    prep = Preprocessing(width=width, height=height, mean=127.5, std=127.5)
-    spec = TensorSpec("input", (1, height, width, 3), "float32")
-    tensors = [preprocess(decode_image(p.read_bytes()), prep, spec) for p in list_images(photos)]
-    return np.concatenate(tensors)
-
-
-def import_model(source: Path | None, out: Path, *args: str) -> str:
-    """Run `aiotedge-convert import` in its own process; its stdout."""
-    command = [sys.executable, "-m", "converter", "import"]
-    command += [str(source)] if source is not None else []
-    done = run_with_tensorflow(
-        [*command, "--out", str(out), *args], f"importing {source or args[:2]}"
-    )
-    return done.stdout
 
 
 def split(model: Path, out: Path, *args: str) -> Manifest:

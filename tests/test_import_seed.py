@@ -10,12 +10,12 @@ from __future__ import annotations
 import re
 
 import pytest
+from aiotedge_converter.cli import main as convert
+from aiotedge_converter.metadata import read_import_info
 
-from aiotedge.manifest import Manifest
-from converter.cli import main as convert
-from converter.graph import load_graph
-from converter.metadata import read_import_info
-from tests.test_import import import_model
+from aiotedge.contracts.manifest import Manifest
+from aiotedge.tflite.graph import load_graph
+from tests.conftest import import_model
 
 SEED_SPLIT = "layers:27,27,36,53,14"
 #: The Add layers that end each of the seed paper's first four parts.

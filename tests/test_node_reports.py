@@ -7,13 +7,15 @@ import urllib.request
 
 import pytest
 
-from aiotedge.broker import free_port
-from aiotedge.homeassistant import discovery_message
-from aiotedge.manifest import Manifest, Preprocessing, SourceModel, TensorSpec
-from aiotedge.metrics import LatencyWindow, NodeStats, serve_prometheus
-from aiotedge.session import MqttSession
-from aiotedge.status import collect_status, format_status
-from aiotedge.topics import Topics
+from aiotedge.config.schema import StatsConfig
+from aiotedge.contracts.manifest import Manifest, Preprocessing, SourceModel
+from aiotedge.contracts.tensors import TensorSpec
+from aiotedge.contracts.topics import Topics
+from aiotedge.nodes.broker import free_port
+from aiotedge.nodes.homeassistant import discovery_message
+from aiotedge.nodes.metrics import LatencyWindow, NodeStats, serve_prometheus
+from aiotedge.nodes.session import MqttSession
+from aiotedge.nodes.status import collect_status, format_status
 
 
 def test_latency_percentiles_come_from_the_recent_window():
@@ -38,7 +40,8 @@ def test_prometheus_endpoint_serves_the_snapshot():
     stats.counters.add("frames_in", 7)
     stats.inference_ms.add(12.5)
     port = free_port()
-    serve_prometheus("pi3", lambda: stats.snapshot(queue_depth=2), port, "127.0.0.1")
+    serve_prometheus(StatsConfig(prometheus_port=port), "pi3",
+                     lambda: stats.snapshot(queue_depth=2), "test")
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     assert 'aiotedge_frames_in_total{node="pi3"} 7.0' in text
     assert 'aiotedge_queue_depth{node="pi3"} 2.0' in text

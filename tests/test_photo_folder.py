@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from aiotedge.image import list_images
-from aiotedge.wire import decode_frame
+from aiotedge.contracts.errors import ImageError
+from aiotedge.contracts.wire import decode_photo
+from aiotedge.media.image import list_images
 from tests.conftest import AnsweringStage
 from tests.models import write_test_images
 
@@ -70,7 +71,7 @@ def test_an_unreadable_photo_is_skipped(tmp_path, caplog):
 
 def test_a_folder_without_a_usable_photo_is_an_error_naming_it(tmp_path):
     (tmp_path / "dir.jpg").mkdir()
-    with pytest.raises(FileNotFoundError, match="no usable"):
+    with pytest.raises(ImageError, match="no usable"):
         list_images(tmp_path)
 
 
@@ -94,7 +95,7 @@ def test_the_camera_publishes_the_good_photos_and_warns_about_each_other_entry(
     assert camera.returncode == 0, camera.stderr
     assert "Traceback" not in camera.stderr
     photos = [(folder / name).read_bytes() for name in PHOTOS]
-    assert [decode_frame(payload, None).image for payload in payloads] == photos + photos[:2]
+    assert [decode_photo(payload).image for payload in payloads] == photos + photos[:2]
     warnings = [line for line in camera.stderr.splitlines() if " WARNING " in line]
     assert len(warnings) == len(NOT_PHOTOS)
     for name, reason in NOT_PHOTOS.items():

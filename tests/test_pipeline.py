@@ -9,12 +9,13 @@ import msgpack
 import numpy as np
 import pytest
 
-from aiotedge.camera import read_photo
-from aiotedge.image import list_images
-from aiotedge.local import LocalPipeline
-from aiotedge.manifest import Manifest
-from aiotedge.session import MqttSession
-from aiotedge.wire import Frame, encode_frame
+from aiotedge.config.schema import StageConfig
+from aiotedge.contracts.manifest import Manifest
+from aiotedge.contracts.wire import Frame, encode_frame
+from aiotedge.media.image import list_images
+from aiotedge.nodes.camera import read_photo
+from aiotedge.nodes.local import LocalPipeline
+from aiotedge.nodes.session import MqttSession
 from tests.conftest import SHARED_LABELS, SHARED_MODEL, whole_model_top
 
 #: above the largest photo (a 512x600 BMP, 900 KB) and activation; refused before decoding
@@ -79,7 +80,7 @@ def test_malformed_messages_are_rejected_and_good_frames_still_come_out(
     expected = {name: whole_model_top(three_stages, data) for name, data in photos}
     results = {}
     with LocalPipeline(three_stages, broker=broker.address,
-                       stage_flags=("--max-message-bytes", str(MAX_MESSAGE_BYTES))) as pipeline:
+                       stage=StageConfig(max_message_bytes=MAX_MESSAGE_BYTES)) as pipeline:
         for count, (name, prediction) in enumerate(pipeline.predict(photos), start=1):
             results[name] = prediction
             if count == 2:  # good frames are in flight on every side of the bad ones

@@ -6,9 +6,8 @@ from itertools import combinations, pairwise
 
 import numpy as np
 import pytest
-
-from converter.errors import ConverterError
-from converter.planner import CostModel, evaluate_plan, plan_pipeline
+from aiotedge_converter.errors import ConverterError
+from aiotedge_converter.planner import CostModel, evaluate_plan, plan_pipeline
 
 
 def stage_cost(board: dict, first: int, last: int, last_op: int) -> float:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -10,23 +9,24 @@ from itertools import pairwise
 from pathlib import Path
 
 import pytest
+from aiotedge_converter.cli import main as convert
+from aiotedge_converter.costs import cost_basis
+from aiotedge_converter.planner import plan_pipeline
 
-from aiotedge.manifest import Manifest, sha256_file
-from aiotedge.profile import Profile, add_profile_arguments, run_profile
-from converter.cli import main as convert
-from converter.costs import cost_basis
-from converter.graph import load_graph
-from converter.planner import plan_pipeline
+from aiotedge.cli import build_parser
+from aiotedge.contracts.manifest import Manifest, sha256_file
+from aiotedge.contracts.profile import Profile
+from aiotedge.nodes.lifecycle import exit_status
+from aiotedge.tflite.graph import load_graph
+from tests.conftest import REPO
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-REPO = Path(__file__).resolve().parents[1]
 
 
 def profile_command(*args: str) -> int:
-    """`aiotedge profile ARGS` through its own parser, without the CLI's logging setup."""
-    parser = argparse.ArgumentParser()
-    add_profile_arguments(parser)
-    return run_profile(parser.parse_args(args))
+    """`aiotedge profile ARGS` through the CLI's parser, without its logging setup."""
+    parsed = build_parser().parse_args(["profile", *args])
+    return exit_status(lambda: parsed.handler(parsed))
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +183,7 @@ def test_profiling_never_loads_tensorflow(test_models):
     """The board side: interpreter and flatbuffers only, even with TensorFlow installed."""
     code = (
         "import sys\n"
-        "from aiotedge.profile import measure_profile\n"
+        "from aiotedge.tflite.profiling import measure_profile\n"
         f"measure_profile({str(test_models['int8'])!r}, runs=1, warmup=0, rounds=1)\n"
         "loaded = [m for m in ('tensorflow', 'keras', 'matplotlib') if m in sys.modules]\n"
         "sys.exit(f'loaded {loaded}' if loaded else 0)\n"

@@ -17,9 +17,10 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from aiotedge.broker import LocalBroker, free_port
-from aiotedge.config import ConfigError, NodeConfig
-from aiotedge.session import BrokerConfig, MqttSession
+from aiotedge.config.schema import BrokerConfig, NodeConfig
+from aiotedge.contracts.errors import ConfigError
+from aiotedge.nodes.broker import LocalBroker, free_port
+from aiotedge.nodes.session import MqttSession
 from tests.security import (
     CLUSTER,
     DYNSEC_CONF,

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from aiotedge.config import NodeConfig
-from aiotedge.topics import Topics
+from aiotedge.config.schema import NodeConfig
+from aiotedge.contracts.topics import Topics
 from tests.conftest import REPO
 from tests.security import (
     DYNSEC_CONF,

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import pytest
 
-from aiotedge.manifest import Manifest
-from aiotedge.session import MqttSession
-from aiotedge.topics import Topics
-from aiotedge.wire import Frame, decode_frame, encode_frame
+from aiotedge.contracts.manifest import Manifest
+from aiotedge.contracts.topics import Topics
+from aiotedge.contracts.wire import Frame, decode_activation, decode_photo, encode_frame
+from aiotedge.nodes.session import MqttSession
 from tests.conftest import REPO, SHARED_IMAGES, SHARED_LABELS, SHARED_MODEL
 
 UNITS = REPO / "systemd"
@@ -318,7 +318,7 @@ loop = true
         with running(exec_start("aiotedge-camera@.service", config), daemon_env(notify),
                      log) as camera:
             notify.expect("READY=1", camera, log)
-            assert decode_frame(published.get(timeout=TIMEOUT), None).source == "cam-notify"
+            assert decode_photo(published.get(timeout=TIMEOUT)).source == "cam-notify"
             camera.send_signal(signal.SIGTERM)
             notify.expect("STOPPING=1", camera, log)
             assert camera.wait(timeout=TIMEOUT) == 0, log.read_text()
@@ -451,7 +451,7 @@ def test_a_stage_serves_frames_inside_the_units_sandbox(broker, two_stages, tmp_
                 payload = activations.get(timeout=TIMEOUT)
             except queue.Empty:
                 pytest.fail(f"no activation from the sandboxed stage:\n{log.read_text()}")
-            result = decode_frame(payload, two_stages.stages[1].input)
+            result = decode_activation(payload, two_stages.stages[1].input)
             assert result.frame_id == "sandbox-1"
             assert result.tensor.shape == tuple(two_stages.stages[1].input.shape)
             daemon.send_signal(signal.SIGTERM)

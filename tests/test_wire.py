@@ -8,17 +8,18 @@ import msgpack
 import numpy as np
 import pytest
 
-from aiotedge.manifest import TensorSpec
-from aiotedge.sink import Prediction, Score
-from aiotedge.wire import (
+from aiotedge.contracts.errors import WireError
+from aiotedge.contracts.events import Prediction, Score
+from aiotedge.contracts.tensors import TensorSpec
+from aiotedge.contracts.wire import (
     MAX_CONTAINERS,
     MAX_ID_LENGTH,
     MAX_TRACE_HOPS,
     WIRE_VERSION,
     Frame,
     Hop,
-    WireError,
-    decode_frame,
+    decode_activation,
+    decode_photo,
     encode_frame,
 )
 from tests.wire_strategies import REASON_LIMIT
@@ -56,7 +57,7 @@ def message(**changes) -> bytes:
 
 def test_tensor_round_trip_keeps_everything():
     frame = tensor_frame()
-    decoded = decode_frame(encode_frame(frame), SPEC)
+    decoded = decode_activation(encode_frame(frame), SPEC)
     assert decoded.frame_id == frame.frame_id
     assert (decoded.source, decoded.seq, decoded.captured_at) == ("cam0", 7, 1700000000.25)
     assert decoded.trace == frame.trace
@@ -69,12 +70,12 @@ def test_float_tensor_round_trip_is_exact():
     spec = TensorSpec("f", (1, 3, 5), "float32")
     values = np.random.default_rng(1).standard_normal(spec.shape).astype(np.float32)
     frame = Frame("f-1", "cam", 1, 1.0, tensor=values)
-    np.testing.assert_array_equal(decode_frame(encode_frame(frame), spec).tensor, values)
+    np.testing.assert_array_equal(decode_activation(encode_frame(frame), spec).tensor, values)
 
 
 def test_image_round_trip():
     frame = Frame("cam1-x-0", "cam1", 0, 5.0, image=b"\xff\xd8\xff\xe0jpeg bytes")
-    decoded = decode_frame(encode_frame(frame), None)
+    decoded = decode_photo(encode_frame(frame))
     assert decoded.image == frame.image
     assert decoded.tensor is None
 
@@ -143,22 +144,22 @@ def test_activation_travels_as_one_byte_per_value():
 )
 def test_malformed_messages_are_refused_with_a_reason(payload: bytes, reason: str):
     with pytest.raises(WireError) as caught:
-        decode_frame(payload, SPEC)
+        decode_activation(payload, SPEC)
     assert reason in caught.value.reason
 
 
 def test_refusal_names_the_frame_when_the_header_was_readable():
     with pytest.raises(WireError) as caught:
-        decode_frame(message(tensor_shape=[2]), SPEC)
+        decode_activation(message(tensor_shape=[2]), SPEC)
     assert caught.value.frame_id == "cam0-ab12-7"
 
 
 def test_stage_zero_refuses_tensors_and_empty_images():
     with pytest.raises(WireError, match="takes photos"):
-        decode_frame(message(), None)
+        decode_photo(message())
     empty = Frame("a", "b", 0, 0.0, image=b"")
     with pytest.raises(WireError, match="'image' is empty"):
-        decode_frame(encode_frame(empty), None)
+        decode_photo(encode_frame(empty))
 
 
 HUGE = 7 * 1024 * 1024
@@ -175,7 +176,7 @@ HUGE = 7 * 1024 * 1024
 )
 def test_a_huge_value_is_quoted_short_with_its_length(make_payload, original_length: str):
     with pytest.raises(WireError) as caught:
-        decode_frame(make_payload(), SPEC)
+        decode_activation(make_payload(), SPEC)
     assert len(caught.value.reason) <= REASON_LIMIT
     assert f"({original_length})" in caught.value.reason
     assert caught.value.frame_id == "cam0-ab12-7"
@@ -183,7 +184,7 @@ def test_a_huge_value_is_quoted_short_with_its_length(make_payload, original_len
 
 def test_a_huge_string_is_refused_with_a_short_reason():
     with pytest.raises(WireError) as caught:
-        decode_frame(message(version="v" * HUGE), SPEC)
+        decode_activation(message(version="v" * HUGE), SPEC)
     assert len(caught.value.reason) <= REASON_LIMIT
 
 
@@ -192,7 +193,7 @@ def test_a_huge_string_is_refused_with_a_short_reason():
 )
 def test_a_refusal_names_the_frame_only_by_a_valid_id(frame_id):
     with pytest.raises(WireError) as caught:
-        decode_frame(message(frame_id=frame_id), SPEC)
+        decode_activation(message(frame_id=frame_id), SPEC)
     assert len(caught.value.reason) <= REASON_LIMIT
     assert caught.value.frame_id is None
 
@@ -224,7 +225,7 @@ def test_a_message_of_many_small_objects_is_refused_in_little_memory(make_payloa
     tracemalloc.start()
     try:
         with pytest.raises(WireError) as caught:
-            decode_frame(payload, SPEC)
+            decode_activation(payload, SPEC)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -238,7 +239,7 @@ def test_the_largest_frame_the_format_allows_is_accepted():
     hops = [Hop(stage, 1.0, 2.0) for stage in range(MAX_TRACE_HOPS)]
     frame = Frame(longest_id, longest_id, 2**64 - 1, 1.0, tensor=tensor_frame().tensor,
                   scale=SPEC.scale, zero_point=SPEC.zero_point, trace=hops)
-    decoded = decode_frame(encode_frame(frame), SPEC)
+    decoded = decode_activation(encode_frame(frame), SPEC)
     assert (decoded.frame_id, decoded.source, decoded.trace) == (longest_id, longest_id, hops)
 
 
@@ -249,7 +250,7 @@ def test_a_float_activation_must_be_finite(dtype: str, value: float):
     values = np.ones(spec.shape, dtype)
     values[0, 1, 2] = value
     with pytest.raises(WireError, match="NaN or infinite"):
-        decode_frame(encode_frame(Frame("f-1", "cam", 1, 1.0, tensor=values)), spec)
+        decode_activation(encode_frame(Frame("f-1", "cam", 1, 1.0, tensor=values)), spec)
 
 
 @pytest.mark.parametrize("score", [float("nan"), float("inf")])
@@ -277,10 +278,10 @@ def test_a_prediction_is_never_invalid_json(score: float):
 def test_an_integer_field_takes_only_an_int(payload: bytes, reason: str):
     """A float or bool compares equal to an int (1.0 == True == 1), it is still the wrong type."""
     with pytest.raises(WireError) as caught:
-        decode_frame(payload, SPEC)
+        decode_activation(payload, SPEC)
     assert reason in caught.value.reason
 
 
 def test_a_frame_without_attempt_is_a_first_attempt():
-    assert decode_frame(message(attempt=None), SPEC).attempt == 1
-    assert decode_frame(message(attempt=3), SPEC).attempt == 3
+    assert decode_activation(message(attempt=None), SPEC).attempt == 1
+    assert decode_activation(message(attempt=3), SPEC).attempt == 3

@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 
-from aiotedge.manifest import TensorSpec
-from aiotedge.wire import MAX_ID_LENGTH, Frame, WireError, decode_frame, encode_frame
+from aiotedge.contracts.errors import WireError
+from aiotedge.contracts.tensors import TensorSpec
+from aiotedge.contracts.wire import MAX_ID_LENGTH, Frame, encode_frame
 from tests.wire_strategies import (
     FUZZ_PROFILE,
     REASON_LIMIT,
+    decode,
     mutated_messages,
     pack,
     received_payloads,
@@ -30,7 +32,7 @@ pytestmark = pytest.mark.timeout(300 + fuzz.max_examples // 10)
 def decode_or_refuse(payload: bytes, spec: TensorSpec | None) -> Frame | None:
     """The decoded frame, or None when it was refused with a short reason and a valid id."""
     try:
-        frame = decode_frame(payload, spec)
+        frame = decode(payload, spec)
     except WireError as exc:
         assert len(exc.reason) <= REASON_LIMIT, exc.reason
         if exc.frame_id is not None:
@@ -84,7 +86,7 @@ def test_any_payload_gives_a_frame_or_a_wire_error(case: tuple[TensorSpec | None
     spec, payload = case
     frame = decode_or_refuse(payload, spec)
     if frame is not None:
-        assert_same_frame(decode_frame(encode_frame(frame), spec), frame)
+        assert_same_frame(decode(encode_frame(frame), spec), frame)
 
 
 @fuzz
@@ -101,4 +103,4 @@ def test_a_mutated_frame_is_refused_or_forwarded_unchanged(case: tuple[TensorSpe
 @given(stage_inputs())
 def test_a_valid_frame_round_trips(case: tuple[TensorSpec | None, Frame]):
     spec, frame = case
-    assert_same_frame(decode_frame(encode_frame(frame), spec), frame)
+    assert_same_frame(decode(encode_frame(frame), spec), frame)

@@ -15,13 +15,15 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from aiotedge.manifest import SUPPORTED_DTYPES, TensorSpec
-from aiotedge.wire import (
+from aiotedge.contracts.tensors import WIRE_DTYPES, TensorSpec
+from aiotedge.contracts.wire import (
     MAX_ID_LENGTH,
     MAX_TIMESTAMP,
     MAX_TRACE_HOPS,
     Frame,
     Hop,
+    decode_activation,
+    decode_photo,
     encode_frame,
 )
 
@@ -37,7 +39,7 @@ settings.register_profile(
     print_blob=True,
 )
 
-#: the longest reason decode_frame gives: a template with a few quoted values and numbers
+#: the longest reason the decoder gives: a template with a few quoted values and numbers
 REASON_LIMIT = 300
 
 UINT64_MAX = 2**64 - 1
@@ -103,7 +105,7 @@ def hops() -> st.SearchStrategy[Hop]:
 @st.composite
 def tensor_specs(draw: st.DrawFn) -> TensorSpec:
     """A stage input: any supported dtype, a small shape, quantized or not."""
-    dtype = draw(st.sampled_from(sorted(SUPPORTED_DTYPES)))
+    dtype = draw(st.sampled_from(sorted(WIRE_DTYPES)))
     shape = tuple(draw(st.lists(st.integers(1, 6), min_size=1, max_size=4)))
     if np.dtype(dtype).kind == "f" or draw(st.booleans()):
         return TensorSpec("input", shape, dtype)
@@ -247,3 +249,9 @@ def received_payloads() -> st.SearchStrategy[tuple[TensorSpec | None, bytes]]:
         mutated,
         corrupted_payloads(),
     )
+
+
+def decode(payload: bytes, spec: TensorSpec | None) -> Frame:
+    """What a stage's decoder makes of a payload: stage 0's (spec None) takes photos, a later
+    stage's an activation of `spec`."""
+    return decode_photo(payload) if spec is None else decode_activation(payload, spec)

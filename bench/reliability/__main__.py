@@ -19,7 +19,7 @@ from bench.reliability.suite import SCENARIOS, run_scenario, scenario
 from bench.reliability.workload import FAST, FULL, Workload
 
 #: libraries whose routine messages (reconnects, frames given up on) would drown the report
-QUIET_LOGGERS = ("paho", "aiotedge.session", "aiotedge.camera", "aiotedge.broker")
+QUIET_LOGGERS = ("paho", "aiotedge.nodes.session", "aiotedge.nodes.camera", "aiotedge.nodes.broker")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiotedge.manifest import Manifest
+from aiotedge.contracts.manifest import Manifest
 from bench.reliability.harness import Deadline, Run
 from bench.reliability.workload import Mode, Workload
 

@@ -6,10 +6,10 @@ import re
 import tempfile
 from pathlib import Path
 
+from bench.benchdoc import command_line, machine, table
 from bench.reliability.results import Row
 from bench.reliability.suite import Scenario
 from bench.reliability.workload import Mode, Workload
-from bench.report import command_line, machine, table
 from tests.conftest import REPO, SHARED_DATA
 
 DOCUMENT = REPO / "docs" / "reliability.md"

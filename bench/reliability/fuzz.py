@@ -19,9 +19,10 @@ from typing import Any
 
 import msgpack
 
-from aiotedge.image import ImageError, decode_image
-from aiotedge.manifest import TensorSpec
-from aiotedge.wire import Frame, WireError, decode_frame, encode_frame
+from aiotedge.contracts.errors import ImageError, WireError
+from aiotedge.contracts.tensors import TensorSpec
+from aiotedge.contracts.wire import Frame, decode_activation, decode_photo, encode_frame
+from aiotedge.media.image import decode_image
 from bench.reliability.context import Context
 from bench.reliability.harness import Injector
 from bench.reliability.results import Row, fill, tally
@@ -82,7 +83,7 @@ def verdict(payload: bytes, spec: TensorSpec | None, seen: set[str]) -> str:
     if len(payload) > MAX_MESSAGE_BYTES:
         return "refuse"
     try:
-        frame = decode_frame(payload, spec)
+        frame = decode_photo(payload) if spec is None else decode_activation(payload, spec)
         key = f"{frame.frame_id}#{frame.attempt}"
         if key in seen:
             return "duplicate"

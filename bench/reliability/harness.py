@@ -28,13 +28,14 @@ import msgpack
 import paho.mqtt.client as mqtt
 
 import aiotedge
-from aiotedge.broker import LocalBroker
-from aiotedge.camera import Camera, CameraOptions
-from aiotedge.manifest import Manifest
-from aiotedge.session import BrokerConfig, MqttSession
-from aiotedge.sink import Prediction, Score
-from aiotedge.status import collect_status
-from aiotedge.topics import ONLINE, Topics
+from aiotedge.config.schema import BrokerConfig, CameraConfig
+from aiotedge.contracts.events import Prediction, Score
+from aiotedge.contracts.manifest import Manifest
+from aiotedge.contracts.topics import ONLINE, Topics
+from aiotedge.nodes.broker import LocalBroker
+from aiotedge.nodes.camera import Camera
+from aiotedge.nodes.session import MqttSession
+from aiotedge.nodes.status import collect_status
 from bench.reliability.procfs import ProcSampler, Usage
 from bench.reliability.secure import Credentials
 
@@ -536,15 +537,15 @@ class Run:
         fps > 0: a fixed rate whatever happens downstream; otherwise a window of `in_flight`
         frames (default: two per stage) released by predictions and error events.
         """
-        options = CameraOptions(
+        options = CameraConfig(
             source=f"cam{len(self.feeds)}", fps=fps,
             in_flight=in_flight or 2 * len(self.manifest.stages), loop=True,
-            frame_timeout=frame_timeout, qos=self.qos,
+            frame_timeout=frame_timeout,
         )
         # as `aiotedge camera` does: a session the broker keeps while the camera reconnects
         session = MqttSession(self.login(user), f"camera-{secrets.token_hex(3)}",
                               session_expiry=600)
-        camera = Camera(session, self.topics, options)
+        camera = Camera(session, self.topics, options, self.qos)
         session.start()
         self.exit.callback(session.stop)
         if not session.wait_connected(self.deadline.bound(10)):

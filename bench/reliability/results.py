@@ -11,7 +11,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 
-from aiotedge.sink import Score
+from aiotedge.contracts.events import Score
 from bench.reliability.harness import BROKER_NODE, Run
 
 log = logging.getLogger(__name__)

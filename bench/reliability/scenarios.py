@@ -9,9 +9,9 @@ import logging
 import time
 from collections import Counter
 
-from aiotedge.broker import free_port
-from aiotedge.manifest import Manifest
-from aiotedge.wire import encode_frame
+from aiotedge.contracts.manifest import Manifest
+from aiotedge.contracts.wire import encode_frame
+from aiotedge.nodes.broker import free_port
 from bench.reliability import faults, storm
 from bench.reliability.context import Context
 from bench.reliability.harness import BROKER_NODE, Feed, Injector, Run, StageLaunch

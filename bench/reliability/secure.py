@@ -13,7 +13,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from aiotedge.session import BrokerConfig
+from aiotedge.config.schema import BrokerConfig
 from tests.conftest import REPO
 from tests.test_security import acl_users
 

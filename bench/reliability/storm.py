@@ -18,8 +18,9 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from aiotedge.manifest import Manifest, TensorSpec
-from aiotedge.wire import MAX_ID_LENGTH, MAX_TRACE_HOPS, Frame, encode_frame
+from aiotedge.contracts.manifest import Manifest
+from aiotedge.contracts.tensors import TensorSpec
+from aiotedge.contracts.wire import MAX_ID_LENGTH, MAX_TRACE_HOPS, Frame, encode_frame
 
 
 @dataclass(frozen=True)

@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from aiotedge_converter.cli import main as convert
 
-from aiotedge.camera import read_photo
-from aiotedge.image import decode_image, list_images, preprocess
-from aiotedge.manifest import Manifest
-from aiotedge.runtime import Segment
-from aiotedge.sink import Score
-from converter.cli import main as convert
+from aiotedge.contracts.events import Score
+from aiotedge.contracts.manifest import Manifest
+from aiotedge.media.image import decode_image, list_images, preprocess
+from aiotedge.nodes.camera import read_photo
+from aiotedge.tflite.runtime import Segment
 from tests.conftest import SHARED_IMAGES, SHARED_LABELS, SHARED_MODEL
 from tests.models import build_test_models, write_labels, write_test_images
 from tests.test_pipeline import whole_model_top

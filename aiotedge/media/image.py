@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from aiotedge.manifest import Preprocessing, TensorSpec
+from aiotedge.contracts.errors import ImageError
+from aiotedge.contracts.manifest import Preprocessing
+from aiotedge.contracts.tensors import TensorSpec
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +34,6 @@ EIGHT_BIT_MODES = frozenset({"1", "L", "LA", "P", "RGB", "RGBA", "CMYK"})
 SIXTEEN_BIT_GREY_MODES = frozenset({"I;16", "I;16B", "I;16L", "I"})
 
 
-class ImageError(ValueError):
-    """The bytes are not a photo stage 0 accepts."""
-
-
 def list_images(folder: Path | str) -> list[Path]:
     """The photos in a folder that stage 0 accepts, by name.
 
@@ -47,7 +45,7 @@ def list_images(folder: Path | str) -> list[Path]:
     try:
         candidates = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     except OSError as exc:
-        raise FileNotFoundError(f"{folder}: not a folder of images ({exc.strerror})") from None
+        raise ImageError(f"{folder}: not a folder of images ({exc.strerror})") from None
     photos = []
     for path in candidates:
         problem = _unusable(path)
@@ -56,7 +54,7 @@ def list_images(folder: Path | str) -> list[Path]:
         else:
             photos.append(path)
     if not photos:
-        raise FileNotFoundError(f"{folder}: no usable photo ({', '.join(IMAGE_SUFFIXES)})")
+        raise ImageError(f"{folder}: no usable photo ({', '.join(IMAGE_SUFFIXES)})")
     return photos
 
 

@@ -8,7 +8,6 @@ stops, with a Last Will so the broker says `offline` for a node that died.
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import ssl
 import sys
@@ -16,8 +15,6 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -25,17 +22,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from aiotedge.checks import (
-    HOST,
-    MQTT_STRING_BYTES,
-    PATH,
-    host_name,
-    mqtt_text,
-    require,
-    require_range,
-    usable_path,
-)
-from aiotedge.topics import OFFLINE, ONLINE
+from aiotedge.config.schema import BrokerConfig
+from aiotedge.contracts.errors import BrokerError
+from aiotedge.contracts.topics import OFFLINE, ONLINE
 
 log = logging.getLogger(__name__)
 
@@ -43,89 +32,6 @@ MessageHandler = Callable[[mqtt.MQTTMessage], None]
 #: called with `refused` once the broker answered a QoS 1 publish
 PublishCallback = Callable[[bool], None]
 _EARLY_MIDS_KEPT = 1024
-
-
-class BrokerConfigError(ValueError):
-    pass
-
-
-@dataclass(frozen=True)
-class BrokerConfig:
-    """Where the broker is and how to log in. The password is never written inline."""
-
-    host: str = "127.0.0.1"
-    port: int = 1883
-    keepalive: int = 30
-    username: str | None = None
-    #: file holding the password (e.g. a systemd credential), or an environment variable's name
-    password_file: str | None = None
-    password_env: str | None = None
-    tls: bool = False
-    #: CA bundle to trust (system CAs when empty), client certificate and key for mutual TLS
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-
-    def __post_init__(self) -> None:
-        require("host", host_name(self.host), HOST)
-        require_range("port", self.port, 1, 65535)
-        # a two-byte field (MQTT 5 §3.1.2.10); paho refuses only negative values
-        require_range("keepalive", self.keepalive, 0, 65535)
-        if self.username is not None:
-            require("username", mqtt_text(self.username),
-                    f"text of 1 to {MQTT_STRING_BYTES} bytes without control characters")
-        for key in ("password_file", "ca_file", "cert_file", "key_file"):
-            value = getattr(self, key)
-            if value is not None:
-                require(key, usable_path(value), PATH)
-        if self.password_env is not None:
-            require("password_env", usable_path(self.password_env) and "=" not in self.password_env,
-                    "an environment variable name")
-        # Settings that would be ignored without a word: paho sends a password only with a
-        # user name and uses a key only with its certificate; without tls the TLS files are
-        # not read at all (and the password goes in clear).
-        for key in ("password_file", "password_env"):
-            if getattr(self, key) is not None and self.username is None:
-                raise ValueError(f"key {key!r} is set without 'username'")
-        if self.key_file is not None and self.cert_file is None:
-            raise ValueError("key 'key_file' is set without 'cert_file'")
-        for key in ("ca_file", "cert_file", "key_file"):
-            if getattr(self, key) is not None and not self.tls:
-                raise ValueError(
-                    f"key {key!r} is set but 'tls' is false: set tls = true or remove {key}"
-                )
-
-    def password(self) -> str | None:
-        """From password_file, else password_env; at most what MQTT carries (paho would die)."""
-        if self.password_file:
-            where = f"the broker password file {self.password_file}"
-            try:
-                value = Path(self.password_file).read_text().strip()
-            except OSError as exc:
-                raise BrokerConfigError(f"cannot read {where}: {exc.strerror}") from exc
-            except UnicodeDecodeError as exc:
-                raise BrokerConfigError(f"{where} is not UTF-8 text") from exc
-        elif self.password_env:
-            where = f"environment variable {self.password_env}"
-            value = os.environ.get(self.password_env)
-            if value is None:
-                raise BrokerConfigError(f"{where} is not set")
-        else:
-            return None
-        if len(value.encode(errors="surrogateescape")) > MQTT_STRING_BYTES:
-            raise BrokerConfigError(f"the password in {where} is over {MQTT_STRING_BYTES} bytes")
-        return value
-
-    @classmethod
-    def parse(cls, address: str) -> BrokerConfig:
-        """From `HOST`, `HOST:PORT` or `[IPv6]:PORT`."""
-        host, sep, port = address.rpartition(":")
-        if not sep or not port.isdigit() or host.endswith(":"):
-            return cls(host=address.strip("[]"))
-        return cls(host=host.strip("[]"), port=int(port))
-
-    def __str__(self) -> str:
-        return f"{self.host}:{self.port}"
 
 
 class MqttSession:
@@ -324,11 +230,11 @@ class MqttSession:
         """How the first connection attempt ended: None once connected, else the problem.
 
         For one-shot commands, which should say at once why the broker cannot be used rather
-        than retry like a daemon. Raises TimeoutError when no attempt ended in time.
+        than retry like a daemon. Raises BrokerError when no attempt ended in time.
         """
         with self._attempt_done:
             if not self._attempt_done.wait_for(lambda: self._attempts > 0, timeout):
-                raise TimeoutError(f"no answer from the broker at {self.broker} "
+                raise BrokerError(f"no answer from the broker at {self.broker} "
                                    f"within {timeout:.0f} s")
         return None if self._connected.is_set() else self.connection_problem
 
@@ -470,7 +376,7 @@ def read_retained(
     session.subscribe(probe_topic, lambda _message: done.set(), qos=1)
     session.publish(probe_topic, b"", qos=1)
     if not done.wait(timeout):
-        raise TimeoutError(
+        raise BrokerError(
             f"the broker at {session.broker} did not answer within {timeout:.0f} s"
         )
     return retained

@@ -12,15 +12,12 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from aiotedge.session import BrokerConfig
+from aiotedge.config.schema import BrokerConfig
+from aiotedge.contracts.errors import BrokerError
 
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = "install it with: sudo apt-get install mosquitto"
-
-
-class BrokerError(RuntimeError):
-    pass
 
 
 def free_port() -> int:

@@ -15,86 +15,11 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from aiotedge.contracts.errors import ManifestError
+from aiotedge.contracts.tensors import TensorSpec
 
 MANIFEST_VERSION = 1
 MANIFEST_NAME = "manifest.json"
-
-#: dtypes a tensor may have on the wire; anything else is refused when read.
-SUPPORTED_DTYPES = frozenset({"uint8", "int8", "int16", "int32", "float16", "float32"})
-
-
-class ManifestError(ValueError):
-    """The manifest or a segment file does not match what the manifest promises."""
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """Name, shape, dtype and (affine, per-tensor) quantization of one tensor."""
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: str
-    scale: float = 0.0
-    zero_point: int = 0
-
-    def __post_init__(self) -> None:
-        if self.dtype not in SUPPORTED_DTYPES:
-            raise ManifestError(f"tensor {self.name!r}: unsupported dtype {self.dtype!r}")
-        object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
-
-    def __str__(self) -> str:
-        text = f"{self.dtype}{list(self.shape)}"
-        if self.quantized:
-            text += f" (scale {self.scale:g}, zero point {self.zero_point})"
-        return text
-
-    @property
-    def quantized(self) -> bool:
-        return self.scale != 0.0
-
-    def matches(self, other: TensorSpec) -> bool:
-        """Same shape, dtype and quantization; names may differ (they are informative)."""
-        return (self.shape, self.dtype, self.scale, self.zero_point) == (
-            other.shape, other.dtype, other.scale, other.zero_point
-        )
-
-    @property
-    def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
-
-    def dequantize(self, values: np.ndarray) -> np.ndarray:
-        """Real values of a tensor of this spec (identity for float tensors)."""
-        if not self.quantized:
-            return values.astype(np.float32)
-        return (values.astype(np.float32) - self.zero_point) * np.float32(self.scale)
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["shape"] = list(self.shape)
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TensorSpec:
-        return cls(
-            name=str(data["name"]),
-            shape=tuple(data["shape"]),
-            dtype=str(data["dtype"]),
-            scale=float(data.get("scale", 0.0)),
-            zero_point=int(data.get("zero_point", 0)),
-        )
-
-    @classmethod
-    def from_tflite_detail(cls, detail: dict[str, Any]) -> TensorSpec:
-        """From an entry of `Interpreter.get_input_details()` / `get_output_details()`."""
-        scale, zero_point = detail.get("quantization", (0.0, 0))
-        return cls(
-            name=str(detail["name"]),
-            shape=tuple(int(d) for d in detail["shape"]),
-            dtype=np.dtype(detail["dtype"]).name,
-            scale=float(scale),
-            zero_point=int(zero_point),
-        )
 
 
 @dataclass(frozen=True)
@@ -249,9 +174,9 @@ class Manifest:
             raise ManifestError(f"{path}: cannot read manifest: {exc}") from exc
         try:
             return cls.from_dict(data, path.parent)
+        except ManifestError as exc:
+            raise ManifestError(f"{path}: {exc}") from exc
         except (KeyError, TypeError, ValueError) as exc:
-            if isinstance(exc, ManifestError):
-                raise ManifestError(f"{path}: {exc}") from exc
             raise ManifestError(f"{path}: malformed manifest: {exc!r}") from exc
 
     def check_segment(self, index: int) -> Path:

@@ -13,7 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from aiotedge.manifest import TensorSpec
+from aiotedge.contracts.errors import ManifestError, ModelError
+from aiotedge.contracts.manifest import Manifest
+from aiotedge.contracts.tensors import TensorSpec
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +26,7 @@ _INTERPRETER_MODULES = (
 )
 
 
-class NoInterpreterError(ImportError):
+class NoInterpreterError(ModelError):
     """No TFLite interpreter package is installed."""
 
 
@@ -52,14 +54,18 @@ class Segment:
 
     def __init__(self, model_path: Path | str, num_threads: int | None = None) -> None:
         self.path = Path(model_path)
-        self._interpreter: Any = interpreter_class()(
-            model_path=str(self.path), num_threads=num_threads
-        )
-        self._interpreter.allocate_tensors()
+        try:
+            self._interpreter: Any = interpreter_class()(
+                model_path=str(self.path), num_threads=num_threads
+            )
+            self._interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:  # what the interpreter raises on a bad model
+            raise ModelError(f"{self.path}: cannot load with the TFLite interpreter: {exc}") \
+                from exc
         inputs = self._interpreter.get_input_details()
         outputs = self._interpreter.get_output_details()
         if len(inputs) != 1 or len(outputs) != 1:
-            raise ValueError(
+            raise ModelError(
                 f"{self.path}: a segment has exactly one input and one output, "
                 f"this model has {len(inputs)} and {len(outputs)}"
             )
@@ -73,3 +79,19 @@ class Segment:
         self._interpreter.set_tensor(self._input_index, tensor)
         self._interpreter.invoke()
         return self._interpreter.get_tensor(self._output_index)
+
+
+def open_segment(manifest: Manifest, index: int, num_threads: int | None = None) -> Segment:
+    """Stage `index`'s segment, after every check that it is the one the manifest promises:
+    the file's sha256, and the tensors it takes and gives."""
+    spec = manifest.stage(index)
+    segment = Segment(manifest.check_segment(index), num_threads)
+    for side, actual, promised in (
+        ("input", segment.input_spec, spec.input),
+        ("output", segment.output_spec, spec.output),
+    ):
+        if not actual.matches(promised):
+            raise ManifestError(
+                f"stage {index} {side} is {actual}, the manifest promises {promised}"
+            )
+    return segment

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from aiotedge.manifest import Manifest
-from aiotedge.topics import OFFLINE, ONLINE, Topics
+from aiotedge.contracts.manifest import Manifest
+from aiotedge.contracts.topics import OFFLINE, ONLINE, Topics
 
 
 def discovery_message(

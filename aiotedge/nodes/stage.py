@@ -1,8 +1,9 @@
-"""The stage loop: take a frame from the broker, run this board's segment, pass the result on.
+"""A stage daemon: take a frame from the broker, run this board's segment, pass the result on.
 
 Two threads, so network I/O and inference never wait for each other: paho's network thread
 only measures and queues incoming messages (`_on_message`); the inference worker decodes,
 invokes the segment and publishes (`_handle`). The queue between them is bounded.
+`run_stage` owns the daemon's life: config to running node, announced, until told to stop.
 """
 
 from __future__ import annotations
@@ -13,23 +14,27 @@ import math
 import queue
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
 
 import numpy as np
 import paho.mqtt.client as mqtt
 
-from aiotedge import service
-from aiotedge.dedup import RecentIds
-from aiotedge.events import ErrorEvent
-from aiotedge.image import ImageError, decode_image, preprocess
-from aiotedge.manifest import Manifest, ManifestError
-from aiotedge.metrics import NodeStats
-from aiotedge.nodeinfo import NodeInfo
-from aiotedge.runtime import Segment
-from aiotedge.session import BrokerConfig, MqttSession
-from aiotedge.sink import build_prediction, top_k
-from aiotedge.topics import Topics
-from aiotedge.wire import Frame, Hop, WireError, decode_frame, encode_frame
+from aiotedge.config.schema import NodeConfig
+from aiotedge.contracts.errors import ConfigError, ImageError, WireError
+from aiotedge.contracts.events import ErrorEvent, NodeInfo, build_prediction, top_k
+from aiotedge.contracts.manifest import Manifest
+from aiotedge.contracts.wire import Frame, Hop, decode_activation, decode_photo, encode_frame
+from aiotedge.media.image import decode_image, preprocess
+from aiotedge.nodes import systemd
+from aiotedge.nodes.chain import check_chain
+from aiotedge.nodes.dedup import RecentIds
+from aiotedge.nodes.homeassistant import discovery_message
+from aiotedge.nodes.lifecycle import stop_on_signals, wait_for_broker
+from aiotedge.nodes.metrics import NodeStats, serve_prometheus
+from aiotedge.nodes.session import MqttSession
+from aiotedge.tflite.runtime import Segment, open_segment
 
 log = logging.getLogger(__name__)
 
@@ -40,62 +45,37 @@ class UnusableOutputError(ValueError):
     """The segment ran but its output cannot be passed on (JSON has no NaN)."""
 
 
-@dataclass(frozen=True)
-class StageOptions:
-    index: int
-    node: str
-    qos: int = 1
-    queue_size: int = 4
-    num_threads: int | None = None
-    top_k: int = 5
-    max_message_bytes: int = 8 * 1024 * 1024
-    #: replicas with the same group share the stage's frames (MQTT v5 shared subscription);
-    #: empty: a plain subscription, which mosquitto keeps across its own restarts
-    share_group: str = ""
-    session_expiry: int = 3600
-    stats_interval: float = 10.0
-
-
 class StageNode:
-    """One segment of the pipeline, served over MQTT."""
+    """One segment of the pipeline, served over MQTT through the session it is given."""
 
-    def __init__(
-        self, manifest: Manifest, topics: Topics, broker: BrokerConfig, options: StageOptions
-    ) -> None:
+    def __init__(self, config: NodeConfig, manifest: Manifest, session: MqttSession,
+                 segment: Segment) -> None:
+        self.config = config
+        self.settings = config.stage
+        self.index = config.stage.index
+        self.node = config.stage.node_name
+        self.qos = config.pipeline.qos
         self.manifest = manifest
-        self.topics = topics
-        self.options = options
-        self.spec = manifest.stage(options.index)
-        self.is_last = options.index == len(manifest.stages) - 1
-        self.segment = Segment(manifest.check_segment(options.index), options.num_threads)
-        for which, actual, promised in (
-            ("input", self.segment.input_spec, self.spec.input),
-            ("output", self.segment.output_spec, self.spec.output),
-        ):
-            if not actual.matches(promised):
-                raise ManifestError(
-                    f"segment {which} is {actual}, the manifest promises {promised}"
-                )
+        self.topics = config.topics
+        self.session = session
+        self.segment = segment
+        self.spec = manifest.stage(self.index)
+        self.is_last = self.index == len(manifest.stages) - 1
         # stage 0 takes photos from cameras, the others the previous stage's activation
-        self._expected = None if options.index == 0 else self.spec.input
-        self.input_topic = topics.stage_input(options.index)
-        self.output_topic = (
-            topics.predictions if self.is_last else topics.stage_input(options.index + 1)
+        self._decode: Callable[[bytes], Frame] = (
+            decode_photo if self.index == 0 else partial(decode_activation, spec=self.spec.input)
         )
-        self.info = NodeInfo.for_stage(manifest, options.index, options.node, options.share_group)
+        self.input_topic = self.topics.stage_input(self.index)
+        self.output_topic = (
+            self.topics.predictions if self.is_last else self.topics.stage_input(self.index + 1)
+        )
+        self.info = NodeInfo.for_stage(manifest, self.index, self.node,
+                                       self.settings.share_group)
         self.stats = NodeStats()
         self.counters = self.stats.counters
         self._recent = RecentIds()
         self._stopping = threading.Event()
-        self._queue: queue.Queue[_QueuedMessage | None] = queue.Queue(options.queue_size)
-        self.session = MqttSession(
-            broker,
-            client_id=options.node,
-            availability_topic=topics.availability(options.node),
-            manual_ack=options.qos > 0,
-            receive_maximum=options.queue_size,
-            session_expiry=options.session_expiry if options.qos > 0 else 0,
-        )
+        self._queue: queue.Queue[_QueuedMessage | None] = queue.Queue(self.settings.queue_size)
         self._worker = threading.Thread(target=self._run_worker, name="inference", daemon=True)
         self._reporter = threading.Thread(target=self._report_stats, name="stats", daemon=True)
 
@@ -114,19 +94,19 @@ class StageNode:
         self.session.subscribe(
             self.input_topic,
             self._on_message,
-            self.options.qos,
-            share_group=self.options.share_group or None,
+            self.qos,
+            share_group=self.settings.share_group or None,
         )
         self.session.start()
-        if self.options.stats_interval > 0:
+        if self.config.stats.interval > 0:
             self._reporter.start()
 
     def announce_online(self) -> None:
-        self.session.announce(self.topics.info(self.options.node), self.info.to_json())
+        self.session.announce(self.topics.info(self.node), self.info.to_json())
         self.session.set_online()
         log.info(
             "stage %d ready: %s -> %s (%s)",
-            self.options.index, self.input_topic, self.output_topic, self.segment.path.name,
+            self.index, self.input_topic, self.output_topic, self.segment.path.name,
         )
 
     def stop(self, timeout: float = 20.0) -> None:
@@ -145,22 +125,22 @@ class StageNode:
             log.warning("%d results not acknowledged by the broker", self.session.unacknowledged)
         self.publish_stats()
         self.session.stop()
-        log.info("stage %d stopped: %s", self.options.index, self.counters.snapshot())
+        log.info("stage %d stopped: %s", self.index, self.counters.snapshot())
 
     def stats_snapshot(self) -> dict:
         return self.stats.snapshot(
             queue_depth=self._queue.qsize(),
-            stage=self.options.index,
+            stage=self.index,
             refused_by_broker=self.session.refused,
             unrouted=self.session.unrouted,
         )
 
     def publish_stats(self) -> None:
         payload = json.dumps(self.stats_snapshot())
-        self.session.publish(self.topics.stats(self.options.node), payload, qos=0, retain=True)
+        self.session.publish(self.topics.stats(self.node), payload, qos=0, retain=True)
 
     def _report_stats(self) -> None:
-        while not self._stopping.wait(self.options.stats_interval):
+        while not self._stopping.wait(self.config.stats.interval):
             self.publish_stats()
 
     # -- network thread -------------------------------------------------------------------
@@ -171,11 +151,11 @@ class StageNode:
         received = time.time()
         self.counters.add("frames_in")
         self.counters.add("bytes_in", len(message.payload))
-        if len(message.payload) > self.options.max_message_bytes:
+        if len(message.payload) > self.settings.max_message_bytes:
             self._reject(
                 message,
                 f"message of {len(message.payload)} bytes exceeds the limit of "
-                f"{self.options.max_message_bytes}",
+                f"{self.settings.max_message_bytes}",
             )
             return
         if message.qos > 0:
@@ -216,11 +196,11 @@ class StageNode:
 
     def _run_worker(self) -> None:
         """Pings the systemd watchdog between frames: a hung invoke stops the pings."""
-        ping_every = service.watchdog_interval()
+        ping_every = systemd.watchdog_interval()
         next_ping = 0.0
         while True:
             if ping_every and time.monotonic() >= next_ping:
-                service.notify("WATCHDOG=1")
+                systemd.notify("WATCHDOG=1")
                 next_ping = time.monotonic() + ping_every
             try:
                 item = self._queue.get(timeout=ping_every)
@@ -231,7 +211,7 @@ class StageNode:
             message, received = item
             frame_id = None
             try:
-                frame = decode_frame(message.payload, self._expected)
+                frame = self._decode(message.payload)
                 frame_id = frame.frame_id
                 if self._recent.seen(f"{frame_id}#{frame.attempt}"):
                     self.counters.add("duplicates")
@@ -252,17 +232,17 @@ class StageNode:
         started = time.perf_counter()
         output = self.segment.run(tensor)
         self.stats.inference_ms.add((time.perf_counter() - started) * 1000)
-        hop = Hop(self.options.index, received, time.time())
+        hop = Hop(self.index, received, time.time())
         self.stats.latency_ms.add((hop.done - frame.captured_at) * 1000)
         if self.is_last:
-            top = top_k(output, self.spec.output, self.manifest, self.options.top_k)
+            top = top_k(output, self.spec.output, self.manifest, self.settings.top_k)
             if not all(math.isfinite(score.score) for score in top):
                 raise UnusableOutputError("the model's output is not finite (NaN or infinity): "
-                                     "no prediction can be made of it")
+                                          "no prediction can be made of it")
             payload = build_prediction(frame, top, hop).to_json().encode()
         else:
             payload = encode_frame(frame.with_tensor(output, self.spec.output, hop))
-        self.session.forward(self.output_topic, payload, self.options.qos, message)
+        self.session.forward(self.output_topic, payload, self.qos, message)
         self.counters.add("frames_out")
         self.counters.add("bytes_out", len(payload))
 
@@ -271,7 +251,7 @@ class StageNode:
             return preprocess(
                 decode_image(frame.image), self.manifest.preprocessing, self.spec.input
             )
-        assert frame.tensor is not None  # decode_frame returns one or the other
+        assert frame.tensor is not None  # a frame carries one or the other
         return frame.tensor
 
     def _reject(self, message: mqtt.MQTTMessage, reason: str, frame_id: str | None = None) -> None:
@@ -281,8 +261,80 @@ class StageNode:
         cannot be delivered must never hold its input, and with it the stage, hostage.
         """
         self.counters.add("rejected")
-        event = ErrorEvent(node=self.options.node, reason=reason, stage=self.options.index,
+        event = ErrorEvent(node=self.node, reason=reason, stage=self.index,
                            topic=message.topic, frame_id=frame_id)
         log.warning("rejected a message on %s: %s", event.topic, event.reason)
-        self.session.publish(self.topics.errors, event.to_json(), qos=self.options.qos)
+        self.session.publish(self.topics.errors, event.to_json(), qos=self.qos)
         self.session.ack(message)
+
+
+# -- the daemon -------------------------------------------------------------------------------
+
+
+def load_stage_manifest(config: NodeConfig) -> Manifest:
+    """The manifest a stage config names, with errors that point at the config key."""
+    path, index, source = config.stage.manifest, config.stage.index, config.source
+    if not path:
+        raise ConfigError(f"{source}: no manifest given (--manifest or key 'stage.manifest')")
+    if not Path(path).exists():
+        raise ConfigError(f"{source}: key 'stage.manifest': {path} does not exist")
+    manifest = Manifest.load(path)
+    if not 0 <= index < len(manifest.stages):
+        raise ConfigError(
+            f"{source}: key 'stage.index' is {index}, but {path} has "
+            f"{len(manifest.stages)} stages (0 to {len(manifest.stages) - 1})"
+        )
+    return manifest
+
+
+def stage_session(config: NodeConfig) -> MqttSession:
+    """The MQTT session a stage serves its segment through.
+
+    QoS 1: manual acks (an input is acknowledged once its result is with the broker), at
+    most `queue_size` unacknowledged frames from the broker, and a session the broker keeps
+    while the stage restarts.
+    """
+    qos, node = config.pipeline.qos, config.stage.node_name
+    return MqttSession(
+        config.broker,
+        client_id=node,
+        availability_topic=config.topics.availability(node),
+        manual_ack=qos > 0,
+        receive_maximum=config.stage.queue_size,
+        session_expiry=config.pipeline.session_expiry if qos > 0 else 0,
+    )
+
+
+def run_stage(config: NodeConfig, stop: threading.Event | None = None) -> int:
+    """A stage daemon from start to stop: 0 when stopped, 2 when it does not fit the chain.
+
+    `stop` defaults to SIGTERM/SIGINT (systemctl stop, Ctrl-C).
+    """
+    stop = stop or stop_on_signals()
+    manifest = load_stage_manifest(config)
+    segment = open_segment(manifest, config.stage.index, config.stage.threads)
+    node = StageNode(config, manifest, stage_session(config), segment)
+    if config.stats.prometheus_port:
+        serve_prometheus(config.stats, node.node, node.stats_snapshot, config.source)
+    checked = check_chain(config.broker, config.topics, node.info, stop)
+    if checked is None:
+        return 0
+    fits, previous = checked
+    if not fits:
+        return 2
+    if previous is not None and previous.share_group != config.stage.share_group:
+        node.forget_subscription(previous.share_group)
+    node.start()
+    if not wait_for_broker(node.session, stop):
+        node.stop()
+        return 0
+    node.announce_online()
+    if config.homeassistant.discovery and node.is_last:
+        topic, payload = discovery_message(config.topics, manifest, node.node,
+                                           config.homeassistant.prefix)
+        node.session.announce(topic, payload)
+    systemd.notify(f"READY=1\nSTATUS=stage {node.index} serving {node.input_topic}")
+    stop.wait()
+    systemd.notify("STOPPING=1")
+    node.stop()
+    return 0

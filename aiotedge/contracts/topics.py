@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from aiotedge.contracts.errors import ConfigError
+
 DEFAULT_PREFIX = "aiotedge"
 ONLINE = "online"
 OFFLINE = "offline"
@@ -16,9 +18,9 @@ class Topics:
 
     def __post_init__(self) -> None:
         if not self.pipeline or any(c in self.pipeline for c in "/+#\0"):
-            raise ValueError(f"pipeline name {self.pipeline!r} must be one topic level")
+            raise ConfigError(f"pipeline name {self.pipeline!r} must be one topic level")
         if not self.prefix or any(c in self.prefix for c in "+#\0"):
-            raise ValueError(f"topic prefix {self.prefix!r} must not hold wildcards")
+            raise ConfigError(f"topic prefix {self.prefix!r} must not hold wildcards")
 
     @property
     def base(self) -> str:

@@ -1,71 +1,102 @@
 """A whole pipeline on one machine: a private broker, one process per stage, a camera.
 
 This is what `aiotedge run` and `make demo` use, and what a user runs before spreading the
-stages over boards: the processes talk through the broker exactly as the boards will.
+stages over boards: the processes talk through the broker exactly as the boards will. Each
+stage process runs `run_stage`, the same lifecycle as `aiotedge stage` on a board, given its
+config directly (a fresh interpreter, spawned: no threads or sockets inherited).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import multiprocessing
+import os
 import queue
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-from aiotedge.broker import LocalBroker
-from aiotedge.camera import Camera, CameraOptions
-from aiotedge.dedup import RecentIds
-from aiotedge.manifest import Manifest
-from aiotedge.session import BrokerConfig, MqttSession
-from aiotedge.sink import Prediction
-from aiotedge.topics import ONLINE, Topics
+from aiotedge.config.schema import (
+    BrokerConfig,
+    CameraConfig,
+    NodeConfig,
+    PipelineConfig,
+    StageConfig,
+    StatsConfig,
+)
+from aiotedge.contracts.errors import PipelineError
+from aiotedge.contracts.events import Prediction
+from aiotedge.contracts.manifest import Manifest
+from aiotedge.contracts.topics import ONLINE
+from aiotedge.nodes import systemd
+from aiotedge.nodes.broker import LocalBroker
+from aiotedge.nodes.camera import Camera
+from aiotedge.nodes.dedup import RecentIds
+from aiotedge.nodes.lifecycle import exit_status
+from aiotedge.nodes.session import MqttSession
+from aiotedge.nodes.stage import run_stage
 
 log = logging.getLogger(__name__)
 
 
 #: the source id of the frames `predict` publishes; other cameras' predictions are ignored
 CAMERA_SOURCE = "local"
+LOCAL_PIPELINE = PipelineConfig(name="local")
+DEFAULT_STAGE = StageConfig()
+DEFAULT_STATS = StatsConfig()
+#: a fresh interpreter per stage, as on a board; fork would copy this process's threads
+_PROCESSES = multiprocessing.get_context("spawn")
 
 
-class PipelineError(RuntimeError):
-    pass
+def _stage_process(config: NodeConfig, log_path: str) -> None:
+    """A stage's process: its log (the interpreter's own lines too) into its file."""
+    log_file = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log_file, sys.stdout.fileno())
+    os.dup2(log_file, sys.stderr.fileno())
+    systemd.setup_logging()
+    sys.exit(exit_status(lambda: run_stage(config)))
 
 
 class LocalPipeline:
+    """Stages of one manifest as local processes, and a camera feeding them photos.
+
+    The config sections given (`pipeline`, `stage`, `stats`) are what each stage starts from;
+    its index, node name and share group are set per process.
+    """
+
     def __init__(
         self,
         manifest: Manifest,
         *,
-        pipeline: str = "local",
         broker: BrokerConfig | None = None,
-        threads: int | None = None,
-        qos: int = 1,
+        pipeline: PipelineConfig = LOCAL_PIPELINE,
+        stage: StageConfig = DEFAULT_STAGE,
+        stats: StatsConfig = DEFAULT_STATS,
         replicas: dict[int, int] | None = None,
-        stage_flags: tuple[str, ...] = (),
         ready_timeout: float = 60.0,
-        frame_timeout: float = CameraOptions.frame_timeout,
+        frame_timeout: float = CameraConfig.frame_timeout,
     ) -> None:
         self.manifest = manifest
-        self.topics = Topics(pipeline)
+        self.topics = NodeConfig(pipeline=pipeline).topics
         self.broker = broker
-        self.threads = threads
-        self.qos = qos
+        self.pipeline = pipeline
+        self.stage = stage
+        self.stats = stats
         self.replicas = replicas or {}
-        self.stage_flags = stage_flags
         self.ready_timeout = ready_timeout
         self.frame_timeout = frame_timeout
         self._exit = ExitStack()
         self._logdir = Path(tempfile.mkdtemp(prefix="aiotedge-run-"))
         #: node name -> (stage index, process)
-        self._stages: dict[str, tuple[int, subprocess.Popen[bytes]]] = {}
+        self._stages: dict[str, tuple[int, BaseProcess]] = {}
         self._replicated: set[int] = set()
         #: stages stopped on purpose (stop_stage), not to be taken for dead ones
         self._stopped: set[str] = set()
@@ -96,7 +127,8 @@ class LocalPipeline:
         self.session.subscribe(self.topics.predictions, self._on_prediction, qos=1)
         self._camera = Camera(
             self.session, self.topics,
-            CameraOptions(source=CAMERA_SOURCE, qos=self.qos, frame_timeout=self.frame_timeout),
+            CameraConfig(source=CAMERA_SOURCE, frame_timeout=self.frame_timeout),
+            self.pipeline.qos,
         )
         self.session.start()
         self._exit.callback(self.session.stop)
@@ -128,7 +160,7 @@ class LocalPipeline:
             process.kill()
         else:
             process.terminate()
-        process.wait(timeout=30)
+        process.join(timeout=30)
         self._stopped.add(node)
         with self._online_changed:
             self._online.discard(node)
@@ -140,22 +172,20 @@ class LocalPipeline:
         self._wait_online()
 
     def _spawn_stage(self, index: int, node: str) -> None:
-        command = [
-            sys.executable, "-m", "aiotedge", "stage",
-            "--manifest", str(self.manifest.directory),
-            "--stage", str(index),
-            "--node", node,
-            "--broker", str(self.broker),
-            "--pipeline", self.topics.pipeline,
-            "--qos", str(self.qos),
-        ]
-        if self.threads:
-            command += ["--threads", str(self.threads)]
-        if index in self._replicated:
-            command += ["--share-group", f"stage{index}"]
-        command += self.stage_flags
-        with open(self._logdir / f"{node}.log", "ab") as log_file:
-            process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
+        config = NodeConfig(
+            broker=self.broker,
+            pipeline=self.pipeline,
+            stage=dataclasses.replace(
+                self.stage, manifest=str(self.manifest.directory), index=index, node=node,
+                share_group=f"stage{index}" if index in self._replicated else "",
+            ),
+            stats=self.stats,
+            source=f"aiotedge run ({node})",
+        )
+        process = _PROCESSES.Process(
+            target=_stage_process, args=(config, str(self._logdir / f"{node}.log")), name=node
+        )
+        process.start()
         self._stages[node] = (index, process)
 
     def _wait_online(self) -> None:
@@ -176,20 +206,19 @@ class LocalPipeline:
         for node, (_, process) in self._stages.items():
             if node in self._stopped:
                 continue
-            if process.poll() is not None:
+            if process.exitcode is not None:
                 tail = (self._logdir / f"{node}.log").read_text()[-2000:]
-                raise PipelineError(f"{node} exited with {process.returncode}:\n{tail}")
+                raise PipelineError(f"{node} exited with {process.exitcode}:\n{tail}")
 
     def _stop_stages(self) -> None:
         for _, process in self._stages.values():
             process.terminate()
         for node, (_, process) in self._stages.items():
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
+            process.join(timeout=15)
+            if process.exitcode is None:
                 log.warning("%s did not stop on SIGTERM; killing it", node)
                 process.kill()
-                process.wait()
+                process.join()
 
     def _on_availability(self, message: mqtt.MQTTMessage) -> None:
         node = message.topic.rsplit("/", 1)[-1]

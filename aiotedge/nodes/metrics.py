@@ -17,6 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from aiotedge.config.schema import StatsConfig
+from aiotedge.contracts.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 COUNTER_NAMES = (
@@ -123,9 +126,12 @@ def prometheus_lines(snapshot: dict[str, Any]) -> Iterator[tuple[str, str, float
 
 
 def serve_prometheus(
-    node: str, snapshot: Callable[[], dict[str, Any]], port: int, address: str
+    stats: StatsConfig, node: str, snapshot: Callable[[], dict[str, Any]], source: str
 ) -> None:
-    """Expose the node's stats at http://address:port/metrics (needs the `metrics` extra)."""
+    """Expose the node's stats at http://address:port/metrics (needs the `metrics` extra).
+
+    Called before the node connects, so that a port in use stops it with the keys to fix.
+    """
     from prometheus_client import REGISTRY, start_http_server
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -138,6 +144,13 @@ def serve_prometheus(
                 metric.add_metric([node], value)
                 yield metric
 
+    address, port = stats.prometheus_address, stats.prometheus_port
+    try:
+        start_http_server(port, addr=address)
+    except OSError as exc:
+        raise ConfigError(
+            f"{source}: keys 'stats.prometheus_address' and 'stats.prometheus_port': "
+            f"cannot listen on {address}:{port}: {exc.strerror}"
+        ) from exc
     REGISTRY.register(_Collector())
-    start_http_server(port, addr=address)
     log.info("Prometheus metrics on http://%s:%d/metrics", address, port)

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
-from converter.errors import ConverterError
+from aiotedge.contracts.errors import ModelError
+from aiotedge.contracts.tensors import TensorSpec
 
 log = logging.getLogger(__name__)
 
@@ -47,23 +48,6 @@ _TRANSPOSE_CONV_INPUT = 2
 
 
 @dataclass(frozen=True)
-class TensorInfo:
-    """What the cut-point table and the plan report say about one tensor."""
-
-    index: int
-    name: str
-    shape: tuple[int, ...]
-    dtype: str
-
-    @property
-    def nbytes(self) -> int:
-        """Size on the wire; 0 when the dtype has no fixed width (e.g. strings)."""
-        if self.dtype not in _DTYPES.values():
-            return 0
-        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
-
-
-@dataclass(frozen=True)
 class OpInfo:
     index: int
     kind: str
@@ -77,7 +61,8 @@ class CutPoint:
     """A valid place to split: after operator `op_index`, `tensor` is all that crosses."""
 
     op_index: int
-    tensor: TensorInfo
+    tensor_index: int
+    tensor: TensorSpec
     cumulative_macs: int
     total_macs: int
 
@@ -142,26 +127,26 @@ class Graph:
         label = str(path) if path is not None else "model"
         if not model.subgraphs or len(model.subgraphs) != 1:
             count = len(model.subgraphs or [])
-            raise ConverterError(f"{label}: has {count} subgraphs, only 1 is supported")
+            raise ModelError(f"{label}: has {count} subgraphs, only 1 is supported")
         self.model = model
         self.path = path
         self.subgraph: schema.SubGraphT = model.subgraphs[0]
         inputs, outputs = tensor_list(self.subgraph.inputs), tensor_list(self.subgraph.outputs)
         if len(inputs) != 1 or len(outputs) != 1:
-            raise ConverterError(
+            raise ModelError(
                 f"{label}: has {len(inputs)} inputs and {len(outputs)} outputs, "
                 "only single-input single-output models can be split"
             )
         for buffer in model.buffers or []:
             if buffer.offset > 1:
-                raise ConverterError(
+                raise ModelError(
                     f"{label}: buffers stored outside the flatbuffer (>2 GB "
                     "models) are not supported"
                 )
         self.input_index = int(inputs[0])
         self.output_index = int(outputs[0])
         if not self.subgraph.operators:
-            raise ConverterError(f"{label}: has no operators")
+            raise ModelError(f"{label}: has no operators")
 
     # --- tensors -------------------------------------------------------------------------
 
@@ -212,13 +197,19 @@ class Graph:
                 pending.extend(t for t in self.ops[op_index].inputs if t in computed)
         return sorted(needed)
 
-    def tensor(self, tensor_index: int) -> TensorInfo:
+    def tensor(self, tensor_index: int) -> TensorSpec:
         tensor = self.subgraph.tensors[tensor_index]
-        return TensorInfo(
-            index=tensor_index,
+        quantization = tensor.quantization
+        scales = [] if quantization is None or quantization.scale is None else quantization.scale
+        zero_points = [] if quantization is None or quantization.zeroPoint is None \
+            else quantization.zeroPoint
+        per_tensor = len(scales) == 1  # per-channel weights are no stage's input or output
+        return TensorSpec(
             name=decode_name(tensor.name),
             shape=_shape(tensor),
             dtype=_DTYPES.get(tensor.type, f"tflite_type_{tensor.type}"),
+            scale=float(scales[0]) if per_tensor else 0.0,
+            zero_point=int(zero_points[0]) if per_tensor and len(zero_points) else 0,
         )
 
     # --- operators -----------------------------------------------------------------------
@@ -302,7 +293,8 @@ class Graph:
             crossing = self.crossing_tensors(p)
             if len(crossing) != 1 or crossing[0] == self.input_index:
                 continue
-            points.append(CutPoint(p, self.tensor(crossing[0]), int(cumulative[p]), total))
+            points.append(CutPoint(p, crossing[0], self.tensor(crossing[0]), int(cumulative[p]),
+                                   total))
         return tuple(points)
 
     def boundary_tensor(self, op_index: int) -> int:
@@ -311,13 +303,13 @@ class Graph:
             return self.input_index
         if op_index == len(self.ops) - 1:
             return self.output_index
-        return self.cut_point(op_index).tensor.index
+        return self.cut_point(op_index).tensor_index
 
     def cut_point(self, op_index: int) -> CutPoint:
         for point in self.cut_points:
             if point.op_index == op_index:
                 return point
-        raise ConverterError(
+        raise ModelError(
             f"{op_index} is not a valid cut point (valid: "
             + ",".join(str(c.op_index) for c in self.cut_points)
             + ")"
@@ -330,13 +322,13 @@ def load_model(path: Path | str) -> schema.ModelT:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise ConverterError(f"{path}: cannot read model: {exc.strerror or exc}") from exc
+        raise ModelError(f"{path}: cannot read model: {exc.strerror or exc}") from exc
     if len(data) < 8 or data[4:8] != b"TFL3":
-        raise ConverterError(f"{path}: not a TFLite flatbuffer (no TFL3 identifier)")
+        raise ModelError(f"{path}: not a TFLite flatbuffer (no TFL3 identifier)")
     try:
         return schema.ModelT.InitFromPackedBuf(data, 0)
     except Exception as exc:  # a corrupt flatbuffer fails in many ways deep inside the parser
-        raise ConverterError(f"{path}: corrupt TFLite model: {exc!r}") from exc
+        raise ModelError(f"{path}: corrupt TFLite model: {exc!r}") from exc
 
 
 def load_graph(path: Path | str) -> Graph:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import socket
 import ssl
 import tomllib
 import types
@@ -17,25 +19,102 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aiotedge.checks import (
+from aiotedge.config.checks import (
     HOST,
+    MQTT_STRING_BYTES,
     PATH,
     TOPIC_LEVEL,
     TOPIC_PREFIX,
     host_name,
+    mqtt_text,
     require,
     require_range,
     topic_level,
     topic_prefix,
     usable_path,
 )
-from aiotedge.session import BrokerConfig
-from aiotedge.topics import DEFAULT_PREFIX
-from aiotedge.wire import MAX_ATTEMPTS
+from aiotedge.contracts.errors import ConfigError
+from aiotedge.contracts.topics import DEFAULT_PREFIX, Topics
+from aiotedge.contracts.wire import MAX_ATTEMPTS
 
 
-class ConfigError(ValueError):
-    pass
+@dataclass(frozen=True)
+class BrokerConfig:
+    """Where the broker is and how to log in. The password is never written inline."""
+
+    host: str = "127.0.0.1"
+    port: int = 1883
+    keepalive: int = 30
+    username: str | None = None
+    #: file holding the password (e.g. a systemd credential), or an environment variable's name
+    password_file: str | None = None
+    password_env: str | None = None
+    tls: bool = False
+    #: CA bundle to trust (system CAs when empty), client certificate and key for mutual TLS
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+    def __post_init__(self) -> None:
+        require("host", host_name(self.host), HOST)
+        require_range("port", self.port, 1, 65535)
+        # a two-byte field (MQTT 5 §3.1.2.10); paho refuses only negative values
+        require_range("keepalive", self.keepalive, 0, 65535)
+        if self.username is not None:
+            require("username", mqtt_text(self.username),
+                    f"text of 1 to {MQTT_STRING_BYTES} bytes without control characters")
+        for key in ("password_file", "ca_file", "cert_file", "key_file"):
+            value = getattr(self, key)
+            if value is not None:
+                require(key, usable_path(value), PATH)
+        if self.password_env is not None:
+            require("password_env", usable_path(self.password_env) and "=" not in self.password_env,
+                    "an environment variable name")
+        # Settings that would be ignored without a word: paho sends a password only with a
+        # user name and uses a key only with its certificate; without tls the TLS files are
+        # not read at all (and the password goes in clear).
+        for key in ("password_file", "password_env"):
+            if getattr(self, key) is not None and self.username is None:
+                raise ConfigError(f"key {key!r} is set without 'username'")
+        if self.key_file is not None and self.cert_file is None:
+            raise ConfigError("key 'key_file' is set without 'cert_file'")
+        for key in ("ca_file", "cert_file", "key_file"):
+            if getattr(self, key) is not None and not self.tls:
+                raise ConfigError(
+                    f"key {key!r} is set but 'tls' is false: set tls = true or remove {key}"
+                )
+
+    def password(self) -> str | None:
+        """From password_file, else password_env; at most what MQTT carries (paho would die)."""
+        if self.password_file:
+            where = f"the broker password file {self.password_file}"
+            try:
+                value = Path(self.password_file).read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"cannot read {where}: {exc.strerror}") from exc
+            except UnicodeDecodeError as exc:
+                raise ConfigError(f"{where} is not UTF-8 text") from exc
+        elif self.password_env:
+            where = f"environment variable {self.password_env}"
+            value = os.environ.get(self.password_env)
+            if value is None:
+                raise ConfigError(f"{where} is not set")
+        else:
+            return None
+        if len(value.encode(errors="surrogateescape")) > MQTT_STRING_BYTES:
+            raise ConfigError(f"the password in {where} is over {MQTT_STRING_BYTES} bytes")
+        return value
+
+    @classmethod
+    def parse(cls, address: str) -> BrokerConfig:
+        """From `HOST`, `HOST:PORT` or `[IPv6]:PORT`."""
+        host, sep, port = address.rpartition(":")
+        if not sep or not port.isdigit() or host.endswith(":"):
+            return cls(host=address.strip("[]"))
+        return cls(host=host.strip("[]"), port=int(port))
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
 
 
 #: the longest wait the node takes (stats interval, camera frame period): a day
@@ -70,6 +149,11 @@ class StageConfig:
     max_message_bytes: int = 8 * 1024 * 1024
     #: replicas of a stage with the same group share its frames (MQTT v5 shared subscription)
     share_group: str = ""
+
+    @property
+    def node_name(self) -> str:
+        """`node`, or `stage<index>-<hostname>`: the client id and the name in its topics."""
+        return self.node or f"stage{self.index}-{socket.gethostname()}"
 
     def __post_init__(self) -> None:
         if self.manifest:
@@ -148,6 +232,12 @@ class NodeConfig:
     camera: CameraConfig = field(default_factory=CameraConfig)
     stats: StatsConfig = field(default_factory=StatsConfig)
     homeassistant: HomeAssistantConfig = field(default_factory=HomeAssistantConfig)
+    #: where the settings came from, for messages: the file, or "flags"
+    source: str = field(default="flags", compare=False, metadata={"toml": False})
+
+    @property
+    def topics(self) -> Topics:
+        return Topics(self.pipeline.name, self.pipeline.prefix)
 
     @classmethod
     def load(cls, path: Path | str | None) -> NodeConfig:
@@ -164,9 +254,9 @@ class NodeConfig:
         # TOMLDecodeError, or an integer over Python's 4300 digits (a plain ValueError)
         except ValueError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-        return _build(cls, data, str(path), "")
+        return dataclasses.replace(_build(cls, data, str(path), ""), source=str(path))
 
-    def check_files(self, source: str) -> None:
+    def check_files(self) -> None:
         """Open the files the broker settings name, before the node connects.
 
         A missing or unusable one is then named with its key: ssl's own errors name neither
@@ -177,9 +267,9 @@ class NodeConfig:
         for key in ("password_file", "ca_file", "cert_file", "key_file"):
             filename = getattr(broker, key)
             if filename is not None:
-                _check_readable(filename, f"{source}: key 'broker.{key}'")
+                _check_readable(filename, f"{self.source}: key 'broker.{key}'")
         if broker.tls:
-            _check_certificates(broker, source)
+            _check_certificates(broker, self.source)
 
     def override(self, section: str, **values: Any) -> NodeConfig:
         """A copy with the given keys of one section replaced; None means 'not given'."""
@@ -196,7 +286,7 @@ def _build(cls: type, data: Any, source: str, prefix: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{where} must be a table")
     hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
+    known = {f.name for f in dataclasses.fields(cls) if f.metadata.get("toml", True)}
     for key in data:
         if key not in known:
             raise ConfigError(f"{where} unknown key {key!r} (known: {', '.join(sorted(known))})")
@@ -210,9 +300,7 @@ def _build(cls: type, data: Any, source: str, prefix: str) -> Any:
             values[key] = _check_type(value, expected, f"{source}: key {name!r}")
     try:
         return cls(**values)
-    except ValueError as exc:
-        if isinstance(exc, ConfigError):
-            raise
+    except (ConfigError, ValueError) as exc:  # a section's own check of its values
         section = f"[{prefix}] " if prefix else ""
         raise ConfigError(f"{source}: {section}{exc}") from None
 

@@ -10,6 +10,8 @@ import ipaddress
 import re
 import unicodedata
 
+from aiotedge.contracts.errors import ConfigError
+
 #: MQTT strings and binary data carry a two-byte length (MQTT 5 §1.5.4, §1.5.6); paho dies in
 #: its network thread on a longer one
 MQTT_STRING_BYTES = 65535
@@ -29,9 +31,9 @@ _HOST_LABEL = re.compile(r"[A-Za-z0-9_-]{1,63}")
 
 
 def require(key: str, ok: bool, rule: str) -> None:
-    """Raise ValueError "key 'key' must be <rule>" unless ok."""
+    """Raise ConfigError "key 'key' must be <rule>" unless ok (loading adds the file)."""
     if not ok:
-        raise ValueError(f"key {key!r} must be {rule}")
+        raise ConfigError(f"key {key!r} must be {rule}")
 
 
 def require_range(key: str, value: float, low: float, high: float | None = None) -> None:

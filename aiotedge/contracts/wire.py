@@ -15,7 +15,8 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from aiotedge.manifest import TensorSpec
+from aiotedge.contracts.errors import WireError
+from aiotedge.contracts.tensors import TensorSpec
 
 WIRE_VERSION = 1
 MAX_ID_LENGTH = 128
@@ -49,15 +50,6 @@ _UNPACK_LIMITS = {
 #: `shape`. The length limits bound each container, not how many a message nests: 8 MB of
 #: empty maps in arrays of 64 would still be 8 million dicts.
 MAX_CONTAINERS = MAX_TRACE_HOPS + 4
-
-
-class WireError(ValueError):
-    """A message that cannot be accepted; `frame_id` is set when it carried a valid one."""
-
-    def __init__(self, reason: str, frame_id: str | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.frame_id = frame_id
 
 
 @dataclass(frozen=True)
@@ -124,12 +116,19 @@ def encode_frame(frame: Frame) -> bytes:
     return msgpack.packb(message, use_bin_type=True)
 
 
-def decode_frame(payload: bytes, expected: TensorSpec | None) -> Frame:
-    """Parse and validate a message for a stage whose input is `expected`.
+def decode_photo(payload: bytes) -> Frame:
+    """A camera's frame, for stage 0: it must carry an image (checked by the stage itself)."""
+    return _decode(payload, None)
 
-    `expected=None` means the stage takes photos (stage 0); otherwise the tensor's dtype,
-    shape, quantization and byte count must match the spec exactly.
-    """
+
+def decode_activation(payload: bytes, spec: TensorSpec) -> Frame:
+    """A frame for a later stage: its tensor's dtype, shape, quantization and byte count must
+    match the stage's input `spec` exactly."""
+    return _decode(payload, spec)
+
+
+def _decode(payload: bytes, expected: TensorSpec | None) -> Frame:
+    """Parse and validate a message; `expected` is None for a photo stage."""
     message = _unpack(payload)
     frame_id = message.get("frame_id")
     try:

@@ -1,4 +1,4 @@
-"""`aiotedge profile`: what each piece of a model costs on this board, for the converter's planner.
+"""Measuring what each piece of a model costs on this board (`aiotedge profile`).
 
 The planner only cuts at valid cut points, so a stage is always a run of consecutive *pieces*
 (the operators between two neighbouring cut points). Timing every piece once on a board is
@@ -7,9 +7,10 @@ enough to predict every stage the planner may choose: a stage costs the sum of i
 ends. Those copies are timed apart because inside a stage the pieces hand tensors over in
 place, so summing whole piece runs would count one copy per inner boundary too many.
 
-Each piece is cut out with the converter's segment writer (flatbuffers only: no TensorFlow on
-a board), fed the real activation the previous piece produces, and invoked many times in a row
-in its own interpreter, as a stage daemon runs its segment: warm caches, its own thread pool.
+Each piece is cut out with the segment writer the converter uses (flatbuffers only: no
+TensorFlow on a board), fed the real activation the previous piece produces, and invoked many
+times in a row in its own interpreter, as a stage daemon runs its segment: warm caches, its
+own thread pool.
 Each piece runs in several rounds (all pieces in turn) of many runs; a round's median is
 robust to the odd scheduling hiccup, and the quietest round is kept, as background load only
 ever slows a run down.
@@ -17,124 +18,33 @@ ever slows a run down.
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import platform
 import socket
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from importlib import metadata
 from itertools import pairwise
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from aiotedge.manifest import sha256_file
-from aiotedge.runtime import interpreter_class
+from aiotedge.contracts.errors import ProfileError
+from aiotedge.contracts.manifest import sha256_file
+from aiotedge.contracts.profile import Piece, Profile
+from aiotedge.tflite.flatbuffer import pack_model
+from aiotedge.tflite.graph import load_graph
+from aiotedge.tflite.runtime import interpreter_class
+from aiotedge.tflite.segments import extract_segment
 
 log = logging.getLogger(__name__)
 
-PROFILE_VERSION = 1
 DEFAULT_RUNS = 30
 DEFAULT_WARMUP = 5
 DEFAULT_ROUNDS = 3
 SEED = 0
-
-
-class ProfileError(ValueError):
-    """A profile file is unreadable or does not belong to the model it is used with."""
-
-
-@dataclass(frozen=True)
-class Piece:
-    """Operators first_op..last_op (between two neighbouring cut points) and their times."""
-
-    first_op: int
-    last_op: int
-    invoke_ms: float
-    set_input_ms: float
-    get_output_ms: float
-    input_bytes: int
-    output_bytes: int
-
-
-@dataclass(frozen=True)
-class Profile:
-    """Piece times of one model on one machine with a given thread count (ms, the quietest
-    round's median)."""
-
-    model_file: str
-    model_sha256: str
-    op_count: int
-    machine: str
-    platform: str
-    interpreter: str
-    threads: int | None
-    runs: int
-    warmup: int
-    rounds: int
-    #: median time of the whole model (set + invoke + get), for comparison with the pieces
-    whole_ms: float
-    pieces: tuple[Piece, ...]
-
-    @property
-    def cut_points(self) -> tuple[int, ...]:
-        return tuple(piece.last_op for piece in self.pieces[:-1])
-
-    @property
-    def label(self) -> str:
-        if self.threads is None:
-            threads = "default threads"
-        else:
-            threads = f"{self.threads} thread" + ("" if self.threads == 1 else "s")
-        return f"{self.machine}, {threads}"
-
-    def stage_ms(self, first_op: int, last_op: int) -> float:
-        """Predicted time of a stage running ops first_op..last_op (piece boundaries)."""
-        inside = [p for p in self.pieces if first_op <= p.first_op and p.last_op <= last_op]
-        if (
-            not inside
-            or inside[0].first_op != first_op
-            or inside[-1].last_op != last_op
-        ):
-            raise ProfileError(f"ops {first_op}..{last_op} do not start and end at cut points")
-        return (
-            sum(p.invoke_ms for p in inside) + inside[0].set_input_ms + inside[-1].get_output_ms
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["pieces"] = [asdict(piece) for piece in self.pieces]
-        return {"format_version": PROFILE_VERSION, **data}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Profile:
-        if data.get("format_version") != PROFILE_VERSION:
-            raise ProfileError(
-                f"profile format_version {data.get('format_version')!r} is not supported "
-                f"(this aiotedge reads version {PROFILE_VERSION})"
-            )
-        fields = {k: v for k, v in data.items() if k not in ("format_version", "pieces")}
-        return cls(**fields, pieces=tuple(Piece(**piece) for piece in data["pieces"]))
-
-    def save(self, path: Path | str) -> Path:
-        path = Path(path)
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        return path
-
-    @classmethod
-    def load(cls, path: Path | str) -> Profile:
-        path = Path(path)
-        try:
-            return cls.from_dict(json.loads(path.read_text()))
-        except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ProfileError(f"{path}: cannot read profile: {exc}") from exc
-        except ProfileError as exc:
-            raise ProfileError(f"{path}: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -210,12 +120,6 @@ def measure_profile(
     on_round: Callable[[int, int], None] | None = None,
 ) -> Profile:
     """Time every piece of the model between neighbouring cut points on this machine."""
-    # The converter's graph reader and segment writer need only the flatbuffer schema that
-    # ships with the interpreter; imported here so other commands start without them.
-    from converter.flatbuffer import pack_model
-    from converter.graph import load_graph
-    from converter.split import extract_segment
-
     if runs < 1 or warmup < 0 or rounds < 1:
         raise ProfileError("--runs and --rounds must be at least 1, --warmup at least 0")
     model_path = Path(model_path)
@@ -290,51 +194,3 @@ def profile_report(profile: Profile) -> str:
         f"{predicted:.3f} ms"
     )
     return "\n".join(lines)
-
-
-def add_profile_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", type=Path, metavar="MODEL.tflite", help="the whole model")
-    parser.add_argument(
-        "--out", type=Path, required=True, metavar="PROFILE.json", help="where to write it"
-    )
-    parser.add_argument("--threads", type=int, help="interpreter threads (as the stage will use)")
-    parser.add_argument(
-        "--runs", type=int, default=DEFAULT_RUNS, help=f"timed runs per piece ({DEFAULT_RUNS})"
-    )
-    parser.add_argument(
-        "--rounds",
-        type=int,
-        default=DEFAULT_ROUNDS,
-        help=f"rounds over all pieces; the quietest counts ({DEFAULT_ROUNDS})",
-    )
-    parser.add_argument(
-        "--warmup",
-        type=int,
-        default=DEFAULT_WARMUP,
-        help=f"untimed runs first ({DEFAULT_WARMUP})",
-    )
-
-
-def run_profile(args: argparse.Namespace) -> int:
-    """Measure, write PROFILE.json and print the table; 2 on an unusable model."""
-    from converter.errors import ConverterError
-
-    def progress(done: int, total: int) -> None:
-        log.info("round %d of %d done", done, total)
-
-    try:
-        profile = measure_profile(
-            args.model,
-            threads=args.threads,
-            runs=args.runs,
-            warmup=args.warmup,
-            rounds=args.rounds,
-            on_round=progress,
-        )
-    except (ConverterError, ProfileError) as exc:
-        log.error("%s", exc)
-        return 2
-    profile.save(args.out)
-    print(profile_report(profile))
-    print(f"wrote {args.out}")
-    return 0

@@ -21,35 +21,21 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-from aiotedge.events import ErrorEvent
-from aiotedge.image import ImageError
-from aiotedge.metrics import Counters
-from aiotedge.session import MqttSession
-from aiotedge.sink import Prediction
-from aiotedge.topics import Topics
-from aiotedge.wire import Frame, encode_frame
+from aiotedge.config.schema import CameraConfig, NodeConfig
+from aiotedge.contracts.errors import ConfigError, ImageError
+from aiotedge.contracts.events import ErrorEvent, Prediction
+from aiotedge.contracts.topics import Topics
+from aiotedge.contracts.wire import Frame, encode_frame
+from aiotedge.media.image import list_images
+from aiotedge.nodes import systemd
+from aiotedge.nodes.lifecycle import stop_on_signals, wait_for_broker
+from aiotedge.nodes.metrics import Counters
+from aiotedge.nodes.session import MqttSession
 
 log = logging.getLogger(__name__)
 
 #: with no result at all for this many frame timeouts, the frames in flight count as lost
 STALLED = 4
-
-
-@dataclass(frozen=True)
-class CameraOptions:
-    source: str = "cam0"
-    #: frames per second; 0: as fast as results come back
-    fps: float = 0.0
-    #: frames awaiting their result at most: with fps = 0 the window that paces the camera
-    #: (one per stage keeps every stage busy); with fps > 0 what keeps the broker's queues
-    #: and the camera's memory bounded when the pipeline falls behind
-    in_flight: int = 8
-    loop: bool = False
-    #: how long a frame may wait for its result before it is sent again or given up
-    frame_timeout: float = 30.0
-    #: QoS 1: how many times a frame with no result in time is sent again
-    resends: int = 1
-    qos: int = 1
 
 
 def read_photo(path: Path) -> bytes:
@@ -74,10 +60,12 @@ class _InFlight:
 class Camera:
     """Publishes frames and listens for their results on the pipeline's topics."""
 
-    def __init__(self, session: MqttSession, topics: Topics, options: CameraOptions) -> None:
+    def __init__(self, session: MqttSession, topics: Topics, options: CameraConfig,
+                 qos: int = 1) -> None:
         self.session = session
         self.topics = topics
         self.options = options
+        self.qos = qos
         self._run_id = secrets.token_hex(3)
         self._in_flight: dict[str, _InFlight] = {}
         #: when the most recently sent of the frames that got a result was sent
@@ -92,6 +80,21 @@ class Camera:
     @property
     def published(self) -> int:
         return self.counters.get("published")
+
+    def outcome(self, sent: int) -> int:
+        """Log what became of the frames; 1 when none could get through (a config to fix)."""
+        answered, rejected, unanswered, refused = (self.counters.get(name) for name in (
+            "answered", "rejected", "unanswered", "refused_by_broker"))
+        log.info("published %d frames: %d answered, %d rejected by the pipeline, %d unanswered, "
+                 "%d refused by the broker", sent, answered, rejected, unanswered, refused)
+        if sent and refused == sent:
+            log.error("the broker refused every frame: is this camera's user allowed to "
+                      "publish to %s (the broker's ACL)?", self.topics.stage_input(0))
+            return 1
+        if sent and rejected == sent:
+            log.error("the pipeline rejected every frame (see %s for why)", self.topics.errors)
+            return 1
+        return 0
 
     def frame_id(self, seq: int) -> str:
         return f"{self.options.source}-{self._run_id}-{seq}"
@@ -130,7 +133,7 @@ class Camera:
 
     def publish(self, seq: int, name: str, data: bytes) -> str:
         frame_id = self.frame_id(seq)
-        entry = _InFlight(seq, name, data if self.options.qos > 0 else None,
+        entry = _InFlight(seq, name, data if self.qos > 0 else None,
                           captured_at=time.time(), sent_at=time.monotonic())
         with self._changed:
             self._in_flight[frame_id] = entry
@@ -143,7 +146,7 @@ class Camera:
         frame = Frame(frame_id=frame_id, source=self.options.source, seq=entry.seq,
                       captured_at=entry.captured_at, attempt=entry.attempts, image=data)
         self.session.publish_confirmed(
-            self.topics.stage_input(0), encode_frame(frame), self.options.qos,
+            self.topics.stage_input(0), encode_frame(frame), self.qos,
             lambda refused: self._on_confirmed(frame_id, refused),
         )
 
@@ -225,3 +228,34 @@ class Camera:
         event = ErrorEvent.parse(message.payload)
         if event is not None and event.node != self.options.source:
             self._settle(event.frame_id, "rejected")
+
+
+# -- the daemon -------------------------------------------------------------------------------
+
+
+def run_camera(config: NodeConfig, stop: threading.Event | None = None) -> int:
+    """A camera daemon: publishes the folder's photos (once, `frames` of them, or round and
+    round) and follows each to its result. 1 when no frame could get through."""
+    stop = stop or stop_on_signals()
+    cam, source, topics = config.camera, config.source, config.topics
+    if not cam.images:
+        raise ConfigError(f"{source}: no image folder given (--images or key 'camera.images')")
+    try:
+        images = list_images(cam.images)
+    except ImageError as exc:
+        raise ConfigError(f"{source}: key 'camera.images': {exc}") from exc
+    photos = [(path.name, read_photo(path)) for path in images]
+    # a session the broker keeps while the camera reconnects: results published meanwhile wait
+    session = MqttSession(config.broker, f"camera-{cam.source}", topics.availability(cam.source),
+                          session_expiry=config.pipeline.session_expiry)
+    camera = Camera(session, topics, cam, config.pipeline.qos)
+    session.start()
+    if not wait_for_broker(session, stop):
+        session.stop()
+        return 0
+    session.set_online()
+    systemd.notify(f"READY=1\nSTATUS=camera {cam.source} publishing {len(photos)} photos")
+    sent = camera.run(photos, frames=cam.frames, stop=stop)
+    systemd.notify("STOPPING=1")
+    session.stop()
+    return camera.outcome(sent)

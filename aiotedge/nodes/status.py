@@ -7,8 +7,10 @@ import secrets
 import time
 from typing import Any
 
-from aiotedge.session import BrokerConfig, MqttSession, read_retained
-from aiotedge.topics import Topics
+from aiotedge.config.schema import BrokerConfig
+from aiotedge.contracts.errors import BrokerError
+from aiotedge.contracts.topics import Topics
+from aiotedge.nodes.session import MqttSession, read_retained
 
 
 def collect_status(broker: BrokerConfig, topics: Topics, timeout: float = 10.0) -> dict[str, Any]:
@@ -16,8 +18,9 @@ def collect_status(broker: BrokerConfig, topics: Topics, timeout: float = 10.0) 
     session = MqttSession(broker, f"status-{secrets.token_hex(4)}")
     session.start()
     try:
-        if not session.wait_connected(timeout):
-            raise ConnectionError(f"cannot reach the broker at {broker}")
+        problem = session.first_attempt(timeout)
+        if problem is not None:
+            raise BrokerError(f"cannot use the broker at {broker}: {problem}")
         retained = read_retained(
             session, [topics.all_availability, topics.all_stats], topics.probe(session.client_id),
             timeout,

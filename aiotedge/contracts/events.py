@@ -1,0 +1,224 @@
+"""The JSON messages nodes publish for people and other programs, and their one reader each.
+
+Predictions (what the last stage publishes), error events (a frame refused or lost, on
+`.../errors`) and node info (retained `.../info/<node>`: what a node runs). Every text an event
+quotes may come from hostile input, so it is clipped: an event always fits in a small MQTT
+message, whatever the frame that caused it (a 7 MB field once made a 40 MB event the broker
+refused, again and again).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from aiotedge import __version__
+from aiotedge.contracts.errors import ManifestError
+from aiotedge.contracts.manifest import Manifest
+from aiotedge.contracts.tensors import TensorSpec
+from aiotedge.contracts.wire import Frame, Hop
+
+log = logging.getLogger(__name__)
+
+#: longest reason an event (or a log line about it) carries
+MAX_REASON = 500
+#: longest topic or frame id quoted
+MAX_NAME = 200
+
+
+def clip(text: str, limit: int) -> str:
+    """`text`, or its start and how long it really was when longer than `limit`."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
+
+
+@dataclass(frozen=True)
+class ErrorEvent:
+    """A frame refused (bad input) or lost (no result in time); one JSON object per event."""
+
+    node: str
+    reason: str
+    #: the stage that refused it; None for events of a camera
+    stage: int | None = None
+    topic: str = ""
+    #: the frame's id when it could be read
+    frame_id: str | None = None
+    timestamp: float = field(default_factory=time.time)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "reason", clip(self.reason, MAX_REASON))
+        object.__setattr__(self, "topic", clip(self.topic, MAX_NAME))
+        if self.frame_id is not None:
+            object.__setattr__(self, "frame_id", clip(self.frame_id, MAX_NAME))
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"), allow_nan=False)
+
+    @classmethod
+    def parse(cls, payload: bytes) -> ErrorEvent | None:
+        """The event in a message, or None when someone published something else there."""
+        try:
+            data = json.loads(payload)
+            return cls(
+                node=str(data["node"]),
+                reason=str(data["reason"]),
+                stage=data.get("stage") if isinstance(data.get("stage"), int) else None,
+                topic=str(data.get("topic", "")),
+                frame_id=data["frame_id"] if isinstance(data.get("frame_id"), str) else None,
+                timestamp=float(data.get("timestamp", 0.0)),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+            log.debug("ignored a message that is not an error event: %r", exc)
+            return None
+
+
+# -- predictions ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Score:
+    index: int
+    label: str
+    score: float
+
+
+@dataclass(frozen=True)
+class StageTiming:
+    stage: int
+    #: from the previous node's publish (or the capture) to this stage receiving it
+    transfer_ms: float
+    #: from receiving to having the output ready (queueing, decoding and inference)
+    compute_ms: float
+
+
+@dataclass(frozen=True)
+class Prediction:
+    frame_id: str
+    source: str
+    seq: int
+    captured_at: float
+    top: list[Score]
+    latency_ms: float
+    stages: list[StageTiming]
+
+    def to_json(self) -> str:
+        """Raises ValueError on a NaN or infinite number: JSON has none, and subscribers'
+        parsers would refuse the whole message."""
+        return json.dumps(asdict(self), separators=(",", ":"), allow_nan=False)
+
+    @classmethod
+    def parse(cls, payload: bytes) -> Prediction | None:
+        """A prediction from a message, or None (logged) when someone sent something else."""
+        try:
+            return cls.from_json(payload)
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+            log.warning("ignored a message that is not a prediction: %r", exc)
+            return None
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Prediction:
+        data = json.loads(text)
+        return cls(
+            frame_id=data["frame_id"],
+            source=data["source"],
+            seq=data["seq"],
+            captured_at=data["captured_at"],
+            top=[Score(**s) for s in data["top"]],
+            latency_ms=data["latency_ms"],
+            stages=[StageTiming(**t) for t in data["stages"]],
+        )
+
+    def summary(self) -> str:
+        """One line for a terminal: `cam0#3 macaw 0.973 41.2 ms` (first name of the label)."""
+        best = self.top[0]
+        name = best.label.split(",")[0]
+        return f"{self.source}#{self.seq} {name} {best.score:.3f} {self.latency_ms:.1f} ms"
+
+
+def top_k(output: np.ndarray, spec: TensorSpec, manifest: Manifest, k: int) -> list[Score]:
+    """The k best classes with dequantized scores, best first."""
+    scores = spec.dequantize(output).reshape(-1)
+    k = min(k, scores.size)
+    best = np.argpartition(-scores, k - 1)[:k]
+    best = best[np.lexsort((best, -scores[best]))]
+    return [Score(int(i), manifest.label(int(i)), round(float(scores[i]), 6)) for i in best]
+
+
+def build_prediction(frame: Frame, top: list[Score], last_hop: Hop) -> Prediction:
+    hops = [*frame.trace, last_hop]
+    timings = []
+    previous_done = frame.captured_at
+    for hop in hops:
+        timings.append(
+            StageTiming(
+                stage=hop.stage,
+                transfer_ms=round((hop.received - previous_done) * 1000, 3),
+                compute_ms=round((hop.done - hop.received) * 1000, 3),
+            )
+        )
+        previous_done = hop.done
+    return Prediction(
+        frame_id=frame.frame_id,
+        source=frame.source,
+        seq=frame.seq,
+        captured_at=frame.captured_at,
+        top=top,
+        latency_ms=round((last_hop.done - frame.captured_at) * 1000, 3),
+        stages=timings,
+    )
+
+
+# -- node info -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    node: str
+    stage: int
+    stages: int
+    #: Manifest.fingerprint of the split this node serves
+    manifest: str
+    model: str
+    input: TensorSpec
+    output: TensorSpec
+    share_group: str = ""
+    version: str = __version__
+
+    @classmethod
+    def for_stage(cls, manifest: Manifest, index: int, node: str, share_group: str) -> NodeInfo:
+        spec = manifest.stage(index)
+        return cls(node=node, stage=index, stages=len(manifest.stages),
+                   manifest=manifest.fingerprint, model=manifest.source.file,
+                   input=spec.input, output=spec.output, share_group=share_group)
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "node": self.node, "kind": "stage", "version": self.version, "stage": self.stage,
+            "stages": self.stages, "manifest": self.manifest, "model": self.model,
+            "input": self.input.to_dict(), "output": self.output.to_dict(),
+            "share_group": self.share_group,
+        })
+
+    @classmethod
+    def parse(cls, payload: bytes) -> NodeInfo | None:
+        """The info in a retained message, or None for what is not a stage's info."""
+        try:
+            data: dict[str, Any] = json.loads(payload)
+            if data.get("kind") != "stage":
+                return None
+            return cls(node=str(data["node"]), stage=int(data["stage"]),
+                       stages=int(data["stages"]), manifest=str(data["manifest"]),
+                       model=str(data["model"]), input=TensorSpec.from_dict(data["input"]),
+                       output=TensorSpec.from_dict(data["output"]),
+                       share_group=str(data.get("share_group", "")),
+                       version=str(data.get("version", "")))
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError,
+                ManifestError) as exc:
+            log.debug("ignored a message that is not node info: %r", exc)
+            return None

@@ -1,0 +1,103 @@
+"""The layout's one rule: layers only point down, and a board never loads the workstation side.
+
+    contracts (data every side shares)  <-  config  <-  tflite, media  <-  nodes  <-  cli
+                                                                the converter on top of all
+
+docs/architecture.md draws it.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+#: package prefix -> layer; a module may import from its own layer and the ones below
+LAYERS = {
+    "aiotedge.contracts": 0,
+    "aiotedge.config": 1,
+    "aiotedge.tflite": 2,
+    "aiotedge.media": 2,
+    "aiotedge.nodes": 3,
+    "aiotedge.cli": 4,
+    "aiotedge.__main__": 4,
+    "aiotedge_converter": 5,
+}
+#: the package itself holds only the version
+ROOT_LAYER = 0
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    if parts[0] == "converter":
+        parts[0] = "aiotedge_converter"
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def layer(module: str) -> int | None:
+    """The layer of one of our modules; None for anything else (the standard library...)."""
+    for prefix, number in LAYERS.items():
+        if module == prefix or module.startswith(prefix + "."):
+            return number
+    return ROOT_LAYER if module == "aiotedge" else None
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module `path` imports, at the top or inside a function."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return found
+
+
+SOURCES = sorted([*(REPO / "aiotedge").rglob("*.py"), *(REPO / "converter").glob("*.py")])
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(REPO)))
+def test_no_module_imports_from_a_layer_above_its_own(path):
+    own = layer(module_name(path))
+    assert own is not None, f"{path} is in no layer: add its package to LAYERS"
+    upward = sorted(name for name in imported_modules(path)
+                    if (theirs := layer(name)) is not None and theirs > own)
+    assert upward == [], f"{module_name(path)} (layer {own}) imports from above: {upward}"
+
+
+def test_every_package_is_installed():
+    """setup.cfg lists the packages; one left out would be missing from a board's install."""
+    listed = (REPO / "setup.cfg").read_text()
+    packages = {module_name(init) for init in (REPO / "aiotedge").rglob("__init__.py")}
+    assert all(f"    {package}\n" in listed for package in packages), packages
+
+
+BOARD_SIDE = """
+import importlib, pkgutil, sys
+import aiotedge
+from aiotedge.cli import main
+for info in pkgutil.walk_packages(aiotedge.__path__, "aiotedge."):
+    if info.name != "aiotedge.__main__":
+        importlib.import_module(info.name)
+for argv in (["--help"], ["stage", "--help"]):
+    try:
+        main(argv)
+    except SystemExit:
+        pass
+loaded = sorted(name for name in sys.modules
+                if name.split(".")[0] in ("tensorflow", "keras", "aiotedge_converter"))
+print("LOADED", loaded)
+"""
+
+
+def test_the_board_side_loads_neither_tensorflow_nor_the_converter():
+    done = subprocess.run([sys.executable, "-c", BOARD_SIDE], capture_output=True, text=True,
+                          timeout=120, check=True)
+    assert "LOADED []" in done.stdout, done.stdout
+    assert "usage: aiotedge stage" in done.stdout

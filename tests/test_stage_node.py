@@ -1,0 +1,231 @@
+"""StageNode alone: its session and segment are fakes, so every branch can be driven by hand.
+
+The same node against a real mosquitto and real segments is tested in test_pipeline,
+test_delivery and test_faults.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import queue
+import threading
+
+import numpy as np
+import paho.mqtt.client as mqtt
+import pytest
+from PIL import Image
+
+from aiotedge.config.schema import NodeConfig, PipelineConfig, StageConfig, StatsConfig
+from aiotedge.contracts.events import ErrorEvent, Prediction
+from aiotedge.contracts.manifest import Manifest, Preprocessing, SourceModel, StageSpec
+from aiotedge.contracts.tensors import TensorSpec
+from aiotedge.contracts.wire import Frame, decode_activation, encode_frame
+from aiotedge.nodes.stage import StageNode
+
+#: bound for one awaited event; never a synchronisation
+TIMEOUT = 10.0
+PHOTO = TensorSpec("photo", (1, 4, 4, 3), "uint8", 1.0, 0)
+HIDDEN = TensorSpec("hidden", (1, 4), "uint8", 0.5, 3)
+SCORES = TensorSpec("scores", (1, 3), "uint8", 1 / 256, 0)
+
+
+def manifest() -> Manifest:
+    """Two stages on paper: photo -> hidden (stage 0), hidden -> 3 scores (stage 1)."""
+    stages = (StageSpec(0, "s0.tflite", "0" * 64, PHOTO, HIDDEN, 10, 0, 1),
+              StageSpec(1, "s1.tflite", "1" * 64, HIDDEN, SCORES, 5, 2, 3))
+    return Manifest(SourceModel("m.tflite", "2" * 64, PHOTO, SCORES, 15),
+                    Preprocessing(4, 4, 0.0, 1.0), stages, labels=("cat", "dog", "owl"))
+
+
+class FakeSegment:
+    """Gives a fixed output; `hold()` makes it wait inside run() until `release()`."""
+
+    def __init__(self, spec: StageSpec) -> None:
+        self.input_spec, self.output_spec = spec.input, spec.output
+        self.path = type("P", (), {"name": spec.file})()
+        self.output = np.arange(np.prod(spec.output.shape), dtype=np.uint8).reshape(
+            spec.output.shape)
+        self.inputs: list[np.ndarray] = []
+        self.running = threading.Semaphore(0)
+        self._gate = threading.Event()
+        self._gate.set()
+
+    def hold(self) -> None:
+        self._gate.clear()
+
+    def release(self) -> None:
+        self._gate.set()
+
+    def run(self, tensor: np.ndarray) -> np.ndarray:
+        self.inputs.append(tensor)
+        self.running.release()
+        assert self._gate.wait(TIMEOUT)
+        return self.output
+
+
+class FakeSession:
+    """Records what the node asks of its MQTT session; hands the node's handler to the test."""
+
+    def __init__(self) -> None:
+        self.handler = None
+        self.subscriptions: list[tuple[str, int, str | None]] = []
+        self.forwarded: queue.Queue[tuple[str, bytes, int]] = queue.Queue()
+        self.published: queue.Queue[tuple[str, bytes | str]] = queue.Queue()
+        self.acked: list[int] = []
+        self.refused = self.unrouted = self.unacknowledged = 0
+
+    def subscribe(self, topic, handler, qos=1, share_group=None) -> None:
+        self.handler = handler
+        self.subscriptions.append((topic, qos, share_group))
+
+    def start(self) -> None:
+        pass
+
+    def forward(self, topic: str, payload: bytes, qos: int, source: mqtt.MQTTMessage) -> None:
+        self.forwarded.put((topic, payload, source.mid))
+
+    def publish(self, topic: str, payload, qos: int = 0, retain: bool = False) -> None:
+        self.published.put((topic, payload))
+
+    def ack(self, message: mqtt.MQTTMessage) -> None:
+        self.acked.append(message.mid)
+
+    def announce(self, topic: str, payload: str) -> None:
+        self.published.put((topic, payload))
+
+    def set_online(self) -> None:
+        pass
+
+    def wait_acknowledged(self, timeout, at_most: int = 0) -> bool:
+        return True
+
+    def stop(self) -> None:
+        pass
+
+
+def node_for(index: int, qos: int = 1, queue_size: int = 4) -> tuple[StageNode, FakeSession,
+                                                                        FakeSegment]:
+    config = NodeConfig(pipeline=PipelineConfig(name="unit", qos=qos),
+                        stage=StageConfig(index=index, node=f"stage{index}",
+                                          queue_size=queue_size),
+                        stats=StatsConfig(interval=0))
+    split = manifest()
+    session, segment = FakeSession(), FakeSegment(split.stages[index])
+    node = StageNode(config, split, session, segment)
+    node.start()
+    return node, session, segment
+
+
+_mids = iter(range(1, 1_000_000))
+
+
+def message(topic: str, payload: bytes, qos: int = 1) -> mqtt.MQTTMessage:
+    msg = mqtt.MQTTMessage(mid=next(_mids), topic=topic.encode())
+    msg.payload, msg.qos = payload, qos
+    return msg
+
+
+def activation(frame_id: str, attempt: int = 1) -> bytes:
+    tensor = np.full(HIDDEN.shape, 7, dtype=np.uint8)
+    return encode_frame(Frame(frame_id, "cam", 0, 1.0, attempt=attempt, tensor=tensor,
+                              scale=HIDDEN.scale, zero_point=HIDDEN.zero_point))
+
+
+def photo_frame(frame_id: str) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(out, format="PNG")
+    return encode_frame(Frame(frame_id, "cam", 0, 1.0, image=out.getvalue()))
+
+
+def test_a_photo_is_preprocessed_run_and_forwarded_to_the_next_stage_acknowledging_its_input():
+    node, session, segment = node_for(0)
+    source = message("aiotedge/unit/stage/0", photo_frame("p-1"))
+    session.handler(source)
+    topic, payload, answered = session.forwarded.get(timeout=TIMEOUT)
+    node.stop()
+    assert (topic, answered) == ("aiotedge/unit/stage/1", source.mid)
+    frame = decode_activation(payload, HIDDEN)
+    assert frame.frame_id == "p-1" and [hop.stage for hop in frame.trace] == [0]
+    np.testing.assert_array_equal(frame.tensor, segment.output)
+    assert segment.inputs[0][0, 0, 0].tolist() == [200, 10, 10]  # mean 0, std 1: raw pixels
+    assert session.subscriptions == [("aiotedge/unit/stage/0", 1, None)]
+
+
+def test_the_last_stage_forwards_a_prediction():
+    node, session, _ = node_for(1)
+    session.handler(message("aiotedge/unit/stage/1", activation("a-1")))
+    topic, payload, _ = session.forwarded.get(timeout=TIMEOUT)
+    node.stop()
+    prediction = Prediction.parse(payload)
+    assert topic == "aiotedge/unit/predictions"
+    assert prediction.frame_id == "a-1"
+    assert [s.label for s in prediction.top] == ["owl", "dog", "cat"]  # output 0, 1, 2
+
+
+def test_a_duplicate_is_acknowledged_and_dropped_but_a_new_attempt_is_computed():
+    node, session, _ = node_for(1)
+    first, again, retry = (message("aiotedge/unit/stage/1", activation("d-1", attempt))
+                           for attempt in (1, 1, 2))
+    for msg in (first, again, retry):
+        session.handler(msg)
+    answered = {session.forwarded.get(timeout=TIMEOUT)[2] for _ in range(2)}
+    node.stop()
+    assert answered == {first.mid, retry.mid}
+    assert session.acked == [again.mid]
+    assert node.counters.get("duplicates") == 1
+    assert session.forwarded.empty()
+
+
+def test_a_rejected_message_gets_an_error_event_and_is_acknowledged_at_once():
+    node, session, _ = node_for(1)
+    bad = message("aiotedge/unit/stage/1", b"\xc1 not msgpack")
+    session.handler(bad)
+    topic, payload = session.published.get(timeout=TIMEOUT)
+    node.stop()
+    event = ErrorEvent.parse(payload.encode())
+    assert topic == "aiotedge/unit/errors"
+    assert (event.node, event.stage, event.topic) == ("stage1", 1, "aiotedge/unit/stage/1")
+    assert "not msgpack" in event.reason
+    assert session.acked == [bad.mid]
+    assert node.counters.get("rejected") == 1
+    assert session.forwarded.empty()
+
+
+def test_at_qos0_a_full_queue_drops_the_oldest_waiting_frame():
+    node, session, segment = node_for(1, qos=0, queue_size=2)
+    segment.hold()
+    frames = [message("aiotedge/unit/stage/1", activation(f"q-{n}"), qos=0) for n in range(4)]
+    session.handler(frames[0])
+    assert segment.running.acquire(timeout=TIMEOUT)  # q-0 is being computed, the queue empty
+    for msg in frames[1:]:  # q-1 and q-2 fill the queue; q-3 pushes q-1 out
+        session.handler(msg)
+    segment.release()
+    answered = [session.forwarded.get(timeout=TIMEOUT)[2] for _ in range(3)]
+    node.stop()
+    assert answered == [frames[0].mid, frames[2].mid, frames[3].mid]
+    assert node.counters.get("dropped") == 1
+    assert session.acked == [frames[1].mid]
+
+
+@pytest.mark.parametrize("share_group", ["", "replicas"])
+def test_the_input_is_a_plain_subscription_unless_the_stage_has_a_share_group(share_group):
+    config = NodeConfig(pipeline=PipelineConfig(name="unit"),
+                        stage=StageConfig(index=1, node="s", share_group=share_group),
+                        stats=StatsConfig(interval=0))
+    split, session = manifest(), FakeSession()
+    node = StageNode(config, split, session, FakeSegment(split.stages[1]))
+    node.start()
+    node.stop()
+    assert session.subscriptions == [("aiotedge/unit/stage/1", 1, share_group or None)]
+
+
+def test_node_info_says_what_the_stage_runs():
+    node, session, _ = node_for(1)
+    node.announce_online()
+    node.stop()
+    topic, payload = session.published.get(timeout=TIMEOUT)
+    info = json.loads(payload)
+    assert topic == "aiotedge/unit/info/stage1"
+    assert (info["stage"], info["stages"], info["model"]) == (1, 2, "m.tflite")
+    assert info["input"] == HIDDEN.to_dict() and info["output"] == SCORES.to_dict()
