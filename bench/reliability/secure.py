@@ -15,7 +15,7 @@ from pathlib import Path
 
 from aiotedge.config.schema import BrokerConfig
 from tests.conftest import REPO
-from tests.test_security import acl_users
+from tests.security import acl_users
 
 ACL = REPO / "configs" / "mosquitto" / "aiotedge.acl"
 SHIPPED_PIPELINE = "greenhouse"
