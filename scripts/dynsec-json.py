@@ -6,7 +6,7 @@
         [--replica stage2b:2]... [--camera cam0]... [--watcher watcher]...
 
 Why: mosquitto's acl_file never refuses a SUBSCRIBE, so any broker user can join a replicated
-stage's share group `$share/<group>/aiotedge/<pipeline>/stage/<k>` and take its round-robin
+stage's share group `$share/<group>/aiotedge-frames/<pipeline>/stage/<k>` and take its round-robin
 share of the frames, which the broker then drops (the ACL denies delivering them). The
 dynamic-security plugin (configs/mosquitto/secure-dynsec.conf) refuses unauthorised
 subscriptions with SUBACK 0x87; this script writes its file with the rights of aiotedge.acl.
@@ -104,8 +104,8 @@ def build(pipeline: str, stages: int, duties: dict[str, str],
     """
     base = f"{PREFIX}/{pipeline}"
 
-    def stage_input(index: int) -> str:
-        return f"{base}/stage/{index}"
+    def stage_input(index: int) -> str:  # frames have a branch of their own (docs/topics.md)
+        return f"{PREFIX}-frames/{pipeline}/stage/{index}"
 
     roles = [role(f"{pipeline}-node", "every user: who is online and what it runs; probes",
                   acls("rp", f"{base}/availability/+", f"{base}/info/+")

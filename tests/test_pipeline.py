@@ -85,7 +85,7 @@ def test_malformed_messages_are_rejected_and_good_frames_still_come_out(
             results[name] = prediction
             if count == 2:  # good frames are in flight on every side of the bad ones
                 for stage, payload, _ in injected:
-                    injector.publish(f"aiotedge/local/stage/{stage}", payload, qos=1)
+                    injector.publish(f"aiotedge-frames/local/stage/{stage}", payload, qos=1)
         events = [errors.get(timeout=30) for _ in injected]
     injector.stop()
     assert {name: p.top for name, p in results.items()} == expected

@@ -110,7 +110,7 @@ def test_a_node_may_publish_only_to_its_own_topics(probes, node):
 
 def test_a_node_receives_only_its_own_input_whatever_it_subscribes_to(probes):
     # every subscription is granted, but the ACL filters what is delivered
-    check_deliveries(probes, lambda _name: ["aiotedge/#"])
+    check_deliveries(probes, lambda _name: ["aiotedge/#", "aiotedge-frames/#"])
 
 
 @pytest.mark.parametrize("replicas", [
@@ -144,10 +144,10 @@ def test_mutual_tls_needs_a_client_certificate_signed_by_the_ca(secure_broker, p
     without.close()
     assert refused(code), code
 
-    watcher = Probe(broker.tls_port, pki, "watcher", passwords["watcher"].read_text().strip(),
-                    client_cert=True)
-    assert not refused(watcher.connect())
-    watcher.subscribe("aiotedge/greenhouse/stage/2")
+    stage2 = Probe(broker.tls_port, pki, "stage2", passwords["stage2"].read_text().strip(),
+                   client_cert=True)
+    assert not refused(stage2.connect())
+    stage2.subscribe("aiotedge-frames/greenhouse/stage/2")
     settings = BrokerConfig(
         "127.0.0.1", broker.tls_port, username="stage1", password_file=str(passwords["stage1"]),
         tls=True, ca_file=str(pki / "ca.crt"), cert_file=str(pki / "client.crt"),
@@ -157,14 +157,13 @@ def test_mutual_tls_needs_a_client_certificate_signed_by_the_ca(secure_broker, p
     session.start()
     try:
         assert session.wait_connected(TIMEOUT)
-        session.publish("aiotedge/greenhouse/stage/2", b"activation", qos=1).wait_for_publish(
-            TIMEOUT
-        )
-        assert watcher.messages.get(timeout=TIMEOUT) == ("aiotedge/greenhouse/stage/2",
-                                                         "activation")
+        session.publish("aiotedge-frames/greenhouse/stage/2", b"activation",
+                        qos=1).wait_for_publish(TIMEOUT)
+        assert stage2.messages.get(timeout=TIMEOUT) == ("aiotedge-frames/greenhouse/stage/2",
+                                                        "activation")
     finally:
         session.stop()
-        watcher.close()
+        stage2.close()
 
 
 def test_a_forwarded_result_the_acl_refuses_is_logged_counted_and_its_input_acknowledged(
@@ -180,7 +179,7 @@ def test_a_forwarded_result_the_acl_refuses_is_logged_counted_and_its_input_ackn
                          password_file=str(passwords["stage1"]), ca_file=str(pki / "ca.crt")),
             "stage1-acl-test", manual_ack=True, session_expiry=60,
         )
-        session.subscribe("aiotedge/greenhouse/stage/1", inputs.put)
+        session.subscribe("aiotedge-frames/greenhouse/stage/1", inputs.put)
         session.start()
         assert session.wait_connected(TIMEOUT)
         return session
@@ -188,17 +187,17 @@ def test_a_forwarded_result_the_acl_refuses_is_logged_counted_and_its_input_ackn
     stage1 = stage1_session()
     camera = Probe(broker.tls_port, pki, "stage0", passwords["stage0"].read_text().strip())
     assert not refused(camera.connect())
-    assert not refused(camera.publish("aiotedge/greenhouse/stage/1", "frame"))
+    assert not refused(camera.publish("aiotedge-frames/greenhouse/stage/1", "frame"))
     source = inputs.get(timeout=TIMEOUT)
-    stage1.forward("aiotedge/greenhouse/stage/3", b"result", qos=1, source=source)
+    stage1.forward("aiotedge-frames/greenhouse/stage/3", b"result", qos=1, source=source)
     assert stage1.wait_acknowledged(TIMEOUT)
     stage1.stop()
     assert stage1.refused == 1
-    assert "refused the publish to aiotedge/greenhouse/stage/3" in caplog.text
+    assert "refused the publish to aiotedge-frames/greenhouse/stage/3" in caplog.text
     assert "Not authorized" in caplog.text
     # Back with the same session: an unacknowledged input would be delivered before the marker.
     stage1 = stage1_session()
-    assert not refused(camera.publish("aiotedge/greenhouse/stage/1", "marker"))
+    assert not refused(camera.publish("aiotedge-frames/greenhouse/stage/1", "marker"))
     assert inputs.get(timeout=TIMEOUT).payload == b"marker"
     stage1.stop()
     camera.close()

@@ -140,21 +140,21 @@ def photo_frame(frame_id: str) -> bytes:
 
 def test_a_photo_is_preprocessed_run_and_forwarded_to_the_next_stage_acknowledging_its_input():
     node, session, segment = node_for(0)
-    source = message("aiotedge/unit/stage/0", photo_frame("p-1"))
+    source = message("aiotedge-frames/unit/stage/0", photo_frame("p-1"))
     session.handler(source)
     topic, payload, answered = session.forwarded.get(timeout=TIMEOUT)
     node.stop()
-    assert (topic, answered) == ("aiotedge/unit/stage/1", source.mid)
+    assert (topic, answered) == ("aiotedge-frames/unit/stage/1", source.mid)
     frame = decode_activation(payload, HIDDEN)
     assert frame.frame_id == "p-1" and [hop.stage for hop in frame.trace] == [0]
     np.testing.assert_array_equal(frame.tensor, segment.output)
     assert segment.inputs[0][0, 0, 0].tolist() == [200, 10, 10]  # mean 0, std 1: raw pixels
-    assert session.subscriptions == [("aiotedge/unit/stage/0", 1, None)]
+    assert session.subscriptions == [("aiotedge-frames/unit/stage/0", 1, None)]
 
 
 def test_the_last_stage_forwards_a_prediction():
     node, session, _ = node_for(1)
-    session.handler(message("aiotedge/unit/stage/1", activation("a-1")))
+    session.handler(message("aiotedge-frames/unit/stage/1", activation("a-1")))
     topic, payload, _ = session.forwarded.get(timeout=TIMEOUT)
     node.stop()
     prediction = Prediction.parse(payload)
@@ -165,7 +165,7 @@ def test_the_last_stage_forwards_a_prediction():
 
 def test_a_duplicate_is_acknowledged_and_dropped_but_a_new_attempt_is_computed():
     node, session, _ = node_for(1)
-    first, again, retry = (message("aiotedge/unit/stage/1", activation("d-1", attempt))
+    first, again, retry = (message("aiotedge-frames/unit/stage/1", activation("d-1", attempt))
                            for attempt in (1, 1, 2))
     for msg in (first, again, retry):
         session.handler(msg)
@@ -179,13 +179,13 @@ def test_a_duplicate_is_acknowledged_and_dropped_but_a_new_attempt_is_computed()
 
 def test_a_rejected_message_gets_an_error_event_and_is_acknowledged_at_once():
     node, session, _ = node_for(1)
-    bad = message("aiotedge/unit/stage/1", b"\xc1 not msgpack")
+    bad = message("aiotedge-frames/unit/stage/1", b"\xc1 not msgpack")
     session.handler(bad)
     topic, payload = session.published.get(timeout=TIMEOUT)
     node.stop()
     event = ErrorEvent.parse(payload.encode())
     assert topic == "aiotedge/unit/errors"
-    assert (event.node, event.stage, event.topic) == ("stage1", 1, "aiotedge/unit/stage/1")
+    assert (event.node, event.stage, event.topic) == ("stage1", 1, "aiotedge-frames/unit/stage/1")
     assert "not msgpack" in event.reason
     assert session.acked == [bad.mid]
     assert node.counters.get("rejected") == 1
@@ -195,7 +195,8 @@ def test_a_rejected_message_gets_an_error_event_and_is_acknowledged_at_once():
 def test_at_qos0_a_full_queue_drops_the_oldest_waiting_frame():
     node, session, segment = node_for(1, qos=0, queue_size=2)
     segment.hold()
-    frames = [message("aiotedge/unit/stage/1", activation(f"q-{n}"), qos=0) for n in range(4)]
+    frames = [message("aiotedge-frames/unit/stage/1", activation(f"q-{n}"), qos=0)
+              for n in range(4)]
     session.handler(frames[0])
     assert segment.running.acquire(timeout=TIMEOUT)  # q-0 is being computed, the queue empty
     for msg in frames[1:]:  # q-1 and q-2 fill the queue; q-3 pushes q-1 out
@@ -217,7 +218,7 @@ def test_the_input_is_a_plain_subscription_unless_the_stage_has_a_share_group(sh
     node = StageNode(config, split, session, FakeSegment(split.stages[1]))
     node.start()
     node.stop()
-    assert session.subscriptions == [("aiotedge/unit/stage/1", 1, share_group or None)]
+    assert session.subscriptions == [("aiotedge-frames/unit/stage/1", 1, share_group or None)]
 
 
 def test_node_info_says_what_the_stage_runs():

@@ -1,4 +1,4 @@
-"""Topic names: everything a pipeline publishes lives under one prefix (docs/topics.md)."""
+"""Topic names: every topic a pipeline uses, built here and nowhere else (docs/topics.md)."""
 
 from __future__ import annotations
 
@@ -24,11 +24,22 @@ class Topics:
 
     @property
     def base(self) -> str:
+        """Everything people and other programs read: JSON and plain text only."""
         return f"{self.prefix}/{self.pipeline}"
+
+    @property
+    def frames_base(self) -> str:
+        """Photos and activations, on a branch of their own: `mosquitto_sub -t
+        'aiotedge/<pipeline>/#'` then shows readable JSON, not megabytes of JPEGs and tensors."""
+        return f"{self.prefix}-frames/{self.pipeline}"
 
     def stage_input(self, index: int) -> str:
         """Where stage `index` takes its frames from (stage 0: photos from cameras)."""
-        return f"{self.base}/stage/{index}"
+        return f"{self.frames_base}/stage/{index}"
+
+    @property
+    def all_stage_inputs(self) -> str:
+        return f"{self.frames_base}/stage/+"
 
     @property
     def predictions(self) -> str:

@@ -158,7 +158,7 @@ class Observer:
         self.session.subscribe(topics.errors, self._on_error, qos=1)
         self.session.subscribe(topics.all_availability, self._on_availability, qos=1)
         self.session.subscribe(topics.all_stats, self._on_stats, qos=0)
-        self.session.subscribe(f"{topics.base}/stage/+", self._on_frame, qos=0)
+        self.session.subscribe(topics.all_stage_inputs, self._on_frame, qos=0)
         self.session.subscribe("$SYS/broker/publish/messages/dropped", self._on_dropped, qos=0)
         self.session.subscribe("$SYS/broker/uptime", self._on_uptime, qos=0)
         self._probes = 0
