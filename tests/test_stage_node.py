@@ -6,11 +6,13 @@ test_delivery and test_faults.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import queue
 import threading
 
+import msgpack
 import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
@@ -230,3 +232,19 @@ def test_node_info_says_what_the_stage_runs():
     assert topic == "aiotedge/unit/info/stage1"
     assert (info["stage"], info["stages"], info["model"]) == (1, 2, "m.tflite")
     assert info["input"] == HIDDEN.to_dict() and info["output"] == SCORES.to_dict()
+
+
+def test_a_stage_sends_its_output_in_the_codec_its_manifest_names():
+    split = manifest()
+    coded = dataclasses.replace(split.stages[0], output_codec="zstd")
+    split = dataclasses.replace(split, stages=(coded, split.stages[1]))
+    config = NodeConfig(pipeline=PipelineConfig(name="unit"),
+                        stage=StageConfig(index=0, node="stage0"), stats=StatsConfig(interval=0))
+    session, segment = FakeSession(), FakeSegment(split.stages[0])
+    node = StageNode(config, split, session, segment)
+    node.start()
+    session.handler(message("aiotedge-frames/unit/stage/0", photo_frame("z-1")))
+    _, payload, _ = session.forwarded.get(timeout=TIMEOUT)
+    node.stop()
+    assert msgpack.unpackb(payload)["tensor"]["codec"] == "zstd"
+    np.testing.assert_array_equal(decode_activation(payload, HIDDEN).tensor, segment.output)

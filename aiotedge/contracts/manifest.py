@@ -15,6 +15,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+from aiotedge.contracts.codec import CODECS
 from aiotedge.contracts.errors import ManifestError
 from aiotedge.contracts.tensors import TensorSpec
 
@@ -51,11 +52,20 @@ class StageSpec:
     macs: int
     first_op: int
     last_op: int
+    #: the lossless codec its output travels in (contracts.codec), None for raw bytes
+    output_codec: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.output_codec is not None and self.output_codec not in CODECS:
+            raise ManifestError(f"stage {self.index}: unknown output_codec "
+                                f"{self.output_codec!r} (known: {', '.join(CODECS)})")
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["input"] = self.input.to_dict()
         out["output"] = self.output.to_dict()
+        if self.output_codec is None:  # a raw split's manifest reads as before
+            del out["output_codec"]
         return out
 
     @classmethod
@@ -69,6 +79,7 @@ class StageSpec:
             macs=int(data["macs"]),
             first_op=int(data["first_op"]),
             last_op=int(data["last_op"]),
+            output_codec=data.get("output_codec"),
         )
 
 
@@ -92,6 +103,9 @@ class Manifest:
     directory: Path = field(default=Path("."), compare=False)
 
     def __post_init__(self) -> None:
+        if self.stages and self.stages[-1].output_codec is not None:
+            raise ManifestError("the last stage sends a prediction, not a tensor: it has no "
+                                "output_codec")
         for before, after in pairwise(self.stages):
             if not before.output.matches(after.input):
                 raise ManifestError(

@@ -15,6 +15,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from aiotedge.contracts.codec import check_codec, compress, decompress
 from aiotedge.contracts.errors import WireError
 from aiotedge.contracts.tensors import TensorSpec
 
@@ -35,7 +36,7 @@ _MESSAGE_FIELDS = frozenset(
 )
 #: a camera sends a frame again when its result is overdue; more than this is a broken sender
 MAX_ATTEMPTS = 100
-_TENSOR_FIELDS = frozenset({"dtype", "shape", "scale", "zero_point", "data"})
+_TENSOR_FIELDS = frozenset({"dtype", "shape", "scale", "zero_point", "codec", "data"})
 #: msgpack applies each limit to every container and string at every depth, so each is what the
 #: largest one of a valid frame needs: `trace` is the longest array, the message (6 fields and
 #: `image` or `tensor`) the largest map, an id the longest string (128 characters of up to 4
@@ -90,7 +91,8 @@ class Frame:
         )
 
 
-def encode_frame(frame: Frame) -> bytes:
+def encode_frame(frame: Frame, codec: str | None = None) -> bytes:
+    """The frame as msgpack; a tensor's data in `codec` (contracts.codec) when one is given."""
     message: dict[str, Any] = {
         "version": WIRE_VERSION,
         "frame_id": frame.frame_id,
@@ -104,13 +106,17 @@ def encode_frame(frame: Frame) -> bytes:
         message["image"] = frame.image
     elif frame.tensor is not None:
         tensor = np.ascontiguousarray(frame.tensor)
+        data = tensor.reshape(-1).view(np.uint8).data
         message["tensor"] = {
             "dtype": tensor.dtype.name,
             "shape": list(tensor.shape),
             "scale": frame.scale,
             "zero_point": frame.zero_point,
-            "data": tensor.reshape(-1).view(np.uint8).data,
         }
+        if codec is not None:
+            message["tensor"]["codec"] = codec
+            data = compress(codec, data)
+        message["tensor"]["data"] = data
     else:
         raise ValueError(f"frame {frame.frame_id} has neither an image nor a tensor")
     return msgpack.packb(message, use_bin_type=True)
@@ -335,6 +341,8 @@ def _parse_tensor(message: dict[str, Any], expected: TensorSpec) -> np.ndarray:
             "were the stages split from different models?"
         )
     data = _field(tensor, "data", bytes)
+    if "codec" in tensor:  # never guessed: only a header naming a codec makes data compressed
+        data = decompress(check_codec(_field(tensor, "codec", str)), data, expected.nbytes)
     if len(data) != expected.nbytes:
         raise WireError(
             f"tensor data has {len(data)} bytes, the stage input needs {expected.nbytes}"

@@ -241,7 +241,8 @@ class StageNode:
                                           "no prediction can be made of it")
             payload = build_prediction(frame, top, hop).to_json().encode()
         else:
-            payload = encode_frame(frame.with_tensor(output, self.spec.output, hop))
+            payload = encode_frame(frame.with_tensor(output, self.spec.output, hop),
+                                   self.spec.output_codec)
         self.session.forward(self.output_topic, payload, self.qos, message)
         self.counters.add("frames_out")
         self.counters.add("bytes_out", len(payload))
