@@ -22,6 +22,7 @@ from aiotedge.nodes.stage import run_stage
 from aiotedge.nodes.status import collect_status, format_status
 from aiotedge.nodes.watcher import run_watch
 from aiotedge.tflite.profiling import (
+    DEFAULT_PHOTO_SIZE,
     DEFAULT_ROUNDS,
     DEFAULT_RUNS,
     DEFAULT_WARMUP,
@@ -92,6 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
                          help=f"rounds over all pieces; the quietest counts ({DEFAULT_ROUNDS})")
     profile.add_argument("--warmup", type=int, default=DEFAULT_WARMUP,
                          help=f"untimed runs first ({DEFAULT_WARMUP})")
+    profile.add_argument("--photo", type=Path, metavar="PHOTO",
+                         help="a photo from the camera: its size and content (default: a "
+                              "synthetic one of --photo-size)")
+    profile.add_argument("--photo-size", type=_size, default=DEFAULT_PHOTO_SIZE, metavar="WxH",
+                         help="the camera's photo size ({}x{})".format(*DEFAULT_PHOTO_SIZE))
+    profile.add_argument("--no-mqtt", dest="mqtt", action="store_false",
+                         help="do not measure MQTT publish/receive costs (a private mosquitto)")
     profile.set_defaults(handler=_cmd_profile)
 
     run = commands.add_parser("run", help="run a whole pipeline on this machine")
@@ -104,6 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print the raw JSON predictions")
     run.set_defaults(handler=_cmd_run)
     return parser
+
+
+def _size(text: str) -> tuple[int, int]:
+    width, _, height = text.lower().partition("x")
+    if not (width.isdigit() and height.isdigit() and int(width) > 0 and int(height) > 0):
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, e.g. 640x480: {text!r}")
+    return int(width), int(height)
 
 
 def _add_node_flags(parser: argparse.ArgumentParser) -> None:
@@ -165,10 +180,15 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 def _cmd_profile(args: argparse.Namespace) -> int:
     """Measure, write PROFILE.json and print the table."""
+    from aiotedge.nodes.transport_cost import measure_mqtt
+
+    photo = read_photo(args.photo) if args.photo else None
     profile = measure_profile(
         args.model, threads=args.threads, runs=args.runs, warmup=args.warmup,
         rounds=args.rounds,
         on_round=lambda done, total: log.info("round %d of %d done", done, total),
+        photo=photo, photo_name=args.photo.name if args.photo else "",
+        photo_size=args.photo_size, transport=measure_mqtt if args.mqtt else None,
     )
     profile.save(args.out)
     print(profile_report(profile))

@@ -16,8 +16,8 @@ from aiotedge_converter.errors import ConverterError
 from aiotedge_converter.metadata import read_import_info
 from aiotedge_converter.planner import Plan
 
-from aiotedge.contracts.manifest import Manifest, Preprocessing, SourceModel, StageSpec, sha256_file
-from aiotedge.contracts.tensors import TensorSpec
+from aiotedge.contracts.manifest import Manifest, SourceModel, StageSpec, sha256_file
+from aiotedge.media.image import default_preprocessing
 from aiotedge.tflite.flatbuffer import pack_model
 from aiotedge.tflite.graph import Graph
 from aiotedge.tflite.runtime import Segment
@@ -34,28 +34,6 @@ class SplitOptions:
     std: float | None = None
     copy_source: bool = True
     num_threads: int | None = None
-
-
-def default_preprocessing(spec: TensorSpec, mean: float | None, std: float | None) -> Preprocessing:
-    """Raw pixels for a quantized input (mean = zero point, std = 1/scale); [-1, 1] for float.
-
-    `split_model` passes the normalisation recorded by `import` instead, when there is one.
-    """
-    if len(spec.shape) != 4 or spec.shape[3] != 3:
-        raise ConverterError(
-            f"input {spec.name!r} has shape {list(spec.shape)}; an NHWC RGB image input "
-            "(1, height, width, 3) is needed to preprocess photos"
-        )
-    if spec.quantized:
-        default_mean, default_std = float(spec.zero_point), 1.0 / spec.scale
-    else:
-        default_mean, default_std = 127.5, 127.5
-    return Preprocessing(
-        width=spec.shape[2],
-        height=spec.shape[1],
-        mean=default_mean if mean is None else float(mean),
-        std=default_std if std is None else float(std),
-    )
 
 
 def read_labels(path: Path | str) -> tuple[str, ...]:

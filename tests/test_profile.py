@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -14,8 +15,9 @@ from aiotedge_converter.costs import cost_basis
 from aiotedge_converter.planner import plan_pipeline
 
 from aiotedge.cli import build_parser
+from aiotedge.contracts.errors import ProfileError
 from aiotedge.contracts.manifest import Manifest, sha256_file
-from aiotedge.contracts.profile import Profile
+from aiotedge.contracts.profile import Profile, Transport, TransportSample
 from aiotedge.nodes.lifecycle import exit_status
 from aiotedge.tflite.graph import load_graph
 from tests.conftest import REPO
@@ -37,7 +39,9 @@ def profiles(test_models, tmp_path_factory) -> dict[str, Path]:
     for kind in ("float", "int8"):
         paths[kind] = out / f"{kind}.json"
         args = ["profile", str(test_models[kind]), "--out", str(paths[kind]), "--threads", "1"]
-        assert profile_command(*args[1:], "--runs", "3", "--warmup", "1", "--rounds", "2") == 0
+        mqtt = [] if kind == "int8" else ["--no-mqtt"]  # one measures it, one spares the time
+        assert profile_command(*args[1:], "--runs", "3", "--warmup", "1", "--rounds", "2",
+                               "--photo-size", "320x240", *mqtt) == 0
     return paths
 
 
@@ -192,3 +196,53 @@ def test_profiling_never_loads_tensorflow(test_models):
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_profile_v2_says_what_a_frame_costs_besides_the_segments(test_models, profiles):
+    profile = Profile.load(profiles["int8"])
+    assert profile.format_version == 2 and profile.hop_costs
+    assert profile.sample == "synthetic 320x240 photo"
+    photo, jpeg, tensor = (profile.input_cost(kind) for kind in ("photo", "jpeg", "tensor"))
+    graph = load_graph(test_models["int8"])
+    height, width = graph.tensor(graph.input_index).shape[1:3]
+    assert (photo.width, photo.height) == (320, 240)
+    assert (jpeg.width, jpeg.height) == (tensor.width, tensor.height) == (width, height)
+    assert tensor.message_bytes > graph.tensor(graph.input_index).nbytes
+    assert min(photo.decode_ms, jpeg.decode_ms, tensor.decode_ms) > 0
+    for piece in profile.pieces[:-1]:
+        raw, zstd = piece.send(None), piece.send("zstd")
+        assert raw.message_bytes > piece.output_bytes  # the frame's header comes on top
+        assert min(raw.encode_ms, raw.decode_ms, zstd.encode_ms, zstd.decode_ms) > 0
+    assert profile.pieces[-1].codecs == {}  # the last piece's output is the prediction
+    samples = profile.transport.samples
+    assert [s.message_bytes for s in samples] == sorted({s.message_bytes for s in samples})
+    sizes = [c.message_bytes for p in profile.pieces for c in p.codecs.values()]
+    assert samples[-1].message_bytes == max(sizes + [c.message_bytes for c in profile.inputs])
+    assert all(min(s.publish_ms, s.receive_ms, s.one_way_ms) > 0 for s in samples)
+    assert Profile.load(profiles["float"]).transport is None  # --no-mqtt
+
+
+def test_a_version_1_profile_still_loads_and_costs_its_segments_only(profiles, tmp_path):
+    data = json.loads(profiles["int8"].read_text())
+    for key in ("inputs", "transport", "sample"):
+        del data[key]
+    for piece in data["pieces"]:
+        del piece["codecs"]
+    data["format_version"] = 1
+    (tmp_path / "v1.json").write_text(json.dumps(data))
+    old = Profile.load(tmp_path / "v1.json")
+    assert old.format_version == 1 and not old.hop_costs and old.transport is None
+    assert old.pieces == tuple(
+        dataclasses.replace(p, codecs={}) for p in Profile.load(profiles["int8"]).pieces)
+    data["format_version"] = 3
+    (tmp_path / "v3.json").write_text(json.dumps(data))
+    with pytest.raises(ProfileError, match="format_version 3 is not supported"):
+        Profile.load(tmp_path / "v3.json")
+
+
+def test_transport_costs_between_samples_are_interpolated():
+    transport = Transport("t", (TransportSample(1000, 1.0, 2.0, 3.0),
+                                TransportSample(3000, 2.0, 2.0, 5.0)))
+    assert transport.at(2000) == TransportSample(2000, 1.5, 2.0, 4.0)
+    assert transport.at(5000) == TransportSample(5000, 3.0, 2.0, 7.0)  # the line goes on
+    assert transport.at(0).publish_ms == 0.5

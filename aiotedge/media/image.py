@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from aiotedge.contracts.errors import ImageError
+from aiotedge.contracts.errors import ImageError, ModelError
 from aiotedge.contracts.manifest import Preprocessing
 from aiotedge.contracts.tensors import TensorSpec
 
@@ -126,3 +126,25 @@ def preprocess(image: Image.Image, prep: Preprocessing, spec: TensorSpec) -> np.
         info = np.iinfo(dtype)
         values = np.clip(np.rint(values), info.min, info.max)
     return values.astype(dtype).reshape(spec.shape)
+
+
+def default_preprocessing(spec: TensorSpec, mean: float | None, std: float | None) -> Preprocessing:
+    """Raw pixels for a quantized input (mean = zero point, std = 1/scale); [-1, 1] for float.
+
+    `split_model` passes the normalisation recorded by `import` instead, when there is one.
+    """
+    if len(spec.shape) != 4 or spec.shape[3] != 3:
+        raise ModelError(
+            f"input {spec.name!r} has shape {list(spec.shape)}; an NHWC RGB image input "
+            "(1, height, width, 3) is needed to preprocess photos"
+        )
+    if spec.quantized:
+        default_mean, default_std = float(spec.zero_point), 1.0 / spec.scale
+    else:
+        default_mean, default_std = 127.5, 127.5
+    return Preprocessing(
+        width=spec.shape[2],
+        height=spec.shape[1],
+        mean=default_mean if mean is None else float(mean),
+        std=default_std if std is None else float(std),
+    )
