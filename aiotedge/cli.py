@@ -103,7 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     profile.set_defaults(handler=_cmd_profile)
 
     run = commands.add_parser("run", help="run a whole pipeline on this machine")
-    run.add_argument("--manifest", required=True, help="manifest.json or the folder holding it")
+    source = run.add_mutually_exclusive_group(required=True)
+    source.add_argument("--manifest", help="manifest.json or the folder holding it")
+    source.add_argument("--plan", help="a folder written by aiotedge-convert plan: its "
+                        "manifest, and as many processes per stage as it has boards")
     run.add_argument("--images", required=True, help="folder of photos for the camera")
     run.add_argument("--broker", help="HOST[:PORT] of a broker (default: start a local mosquitto)")
     run.add_argument("--pipeline", default="local", help="pipeline name (topic level)")
@@ -197,9 +200,9 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from aiotedge.nodes.local import LocalPipeline
+    from aiotedge.nodes.local import LocalPipeline, plan_replicas
 
-    manifest = Manifest.load(args.manifest)
+    manifest = Manifest.load(args.manifest or args.plan)
     photos = [(path.name, read_photo(path)) for path in list_images(args.images)]
     stop = stop_on_signals()
     with LocalPipeline(
@@ -207,6 +210,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         pipeline=PipelineConfig(name=args.pipeline),
         broker=_broker_flag(args.broker) if args.broker else None,
         stage=StageConfig(threads=args.threads),
+        replicas=plan_replicas(args.plan) if args.plan else None,
     ) as pipeline:
         for name, prediction in pipeline.predict(photos, frames=args.frames, stop=stop):
             print(prediction.to_json() if args.json else f"{name:24} {prediction.summary()}",

@@ -13,11 +13,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from aiotedge_converter import keras_import
+from aiotedge_converter.cluster import Links, cluster_from_profiles
 from aiotedge_converter.costs import cost_basis
+from aiotedge_converter.deploy import BOARDS_DIR, PLAN_NAME, write_deployment
 from aiotedge_converter.errors import ConverterError
 from aiotedge_converter.keras_layers import cuts_for_layer_counts, layers_done, parse_layer_counts
 from aiotedge_converter.metadata import ImportInfo, read_import_info
 from aiotedge_converter.planner import Plan, check_cuts, evaluate_plan, plan_pipeline
+from aiotedge_converter.replicate import Limits, plan_cluster
 from aiotedge_converter.report import (
     LayerView,
     analyze_report,
@@ -27,14 +30,16 @@ from aiotedge_converter.report import (
     plan_report,
     plural,
     shape_text,
+    strategies_report,
     table,
 )
 from aiotedge_converter.split import SplitOptions, read_labels, split_model
 from aiotedge_converter.verify import ImageResult, verify
 
+from aiotedge.config.schema import BrokerConfig
 from aiotedge.contracts.errors import AiotedgeError
 from aiotedge.contracts.manifest import MANIFEST_NAME
-from aiotedge.contracts.profile import Profile
+from aiotedge.contracts.profile import INPUT_KINDS, Profile
 from aiotedge.tflite.graph import Graph, load_graph
 
 PROG = "aiotedge-convert"
@@ -205,6 +210,72 @@ def cmd_split(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- plan ---------------------------------------------------------------------------------
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    graph = load_graph(args.model)
+    if args.boards < 1:
+        raise ConverterError(f"--boards must be at least 1, got {args.boards}")
+    links = Links(args.link_mbps, args.broker_link_mbps)
+    cluster = cluster_from_profiles(graph, _load_profiles(args.profile or []), args.boards,
+                                    links, args.stage0_input)
+    strategies = plan_cluster(cluster, Limits(args.max_stages, args.max_latency_ms))
+    print(strategies_report(cluster, strategies))
+    if args.plot:
+        from aiotedge_converter.plot import plot_cluster
+
+        title = f"{graph.path.name if graph.path else 'model'} on {plural(args.boards, 'board')}"
+        print(f"plot: {plot_cluster(cluster, strategies, title, args.plot)}")
+    if args.out:
+        options = SplitOptions(labels=read_labels(args.labels) if args.labels else None,
+                               num_threads=args.threads)
+        configs = write_deployment(graph, strategies, cluster, args.out, options=options,
+                                   pipeline=args.pipeline, broker=_broker(args.broker))
+        print(f"wrote {plural(len(strategies.chosen[0].stages), 'segment')}, "
+              f"{Path(args.out) / MANIFEST_NAME}, {Path(args.out) / PLAN_NAME} and "
+              f"{plural(len(configs), 'board config')} in {Path(args.out) / BOARDS_DIR}/")
+    return 0
+
+
+def _broker(address: str) -> BrokerConfig:
+    try:
+        return BrokerConfig.parse(address)
+    except AiotedgeError as exc:
+        raise ConverterError(f"--broker {address!r}: {exc}") from exc
+
+
+def _add_plan_parser(sub: argparse._SubParsersAction) -> None:
+    plan = sub.add_parser(
+        "plan", help="choose stages, cuts and replicas for N boards; write what deploying needs",
+        description="Maximises frames/s on the boards (exactly, by dynamic programming over "
+        "cut points and board counts) from measured profiles; prints the plan beside the pure "
+        "pipeline and pure replicas. See docs/converter.md#plan.")
+    plan.add_argument("model", type=Path, metavar="MODEL.tflite")
+    plan.add_argument("--boards", type=int, required=True, metavar="N")
+    plan.add_argument("--profile", type=_parse_paths, required=True, metavar="P.json,...",
+                      help="from `aiotedge profile`: one for N identical boards, or one per "
+                      "board")
+    plan.add_argument("--link-mbps", type=float, metavar="M", help="each board's link")
+    plan.add_argument("--broker-link-mbps", type=float, metavar="M",
+                      help="the broker's link (every message crosses it in and out)")
+    plan.add_argument("--max-latency-ms", type=float, metavar="X",
+                      help="bound a lone frame's predicted latency")
+    plan.add_argument("--max-stages", type=int, metavar="S", help="at most S stages")
+    plan.add_argument("--stage0-input", choices=INPUT_KINDS, default="photo",
+                      help="what stage 0 receives: the camera's photo (default), a JPEG or a "
+                      "tensor at the model's size (preprocessed at the camera)")
+    plan.add_argument("--out", type=Path, metavar="DIR",
+                      help="write the segments, manifest.json, plan.json and boards/*.toml")
+    plan.add_argument("--plot", type=Path, metavar="PLAN.png", help="draw the plan")
+    plan.add_argument("--labels", type=Path, metavar="FILE", help="class names, one a line")
+    plan.add_argument("--pipeline", default="greenhouse",
+                      help="pipeline name in the board configs (greenhouse)")
+    plan.add_argument("--broker", default="broker.lan:8883", metavar="HOST[:PORT]",
+                      help="the broker in the board configs (broker.lan:8883, TLS)")
+    plan.set_defaults(func=cmd_plan)
+
+
 # --- verify -------------------------------------------------------------------------------
 
 
@@ -363,6 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_import_parser(sub)
     _add_split_parser(sub)
+    _add_plan_parser(sub)
 
     check = sub.add_parser("verify", help="run the chain of stages against the whole model")
     check.add_argument("dir", type=Path, metavar="DIR", help="directory holding manifest.json")

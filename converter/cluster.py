@@ -79,6 +79,8 @@ class BoardKind:
     get_output: tuple[float, ...]
     take: dict[Codec, tuple[float, ...]]
     send: dict[Codec, tuple[float, ...]]
+    #: the interpreter threads it was measured with (its stage daemon should use as many)
+    threads: int | None = None
 
 
 @dataclass(frozen=True)
@@ -360,4 +362,5 @@ def _board_kind(name: str, profile: Profile, chain: Chain) -> BoardKind:
         get_output=tuple(p.get_output_ms for p in pieces),
         take=take,
         send=send,
+        threads=profile.threads,
     )

@@ -1,19 +1,26 @@
-"""`split --plot`: per-operator cost with the cuts marked and each stage's share (matplotlib).
+"""The pictures of `split --plot` and `plan --plot` (matplotlib).
 
-One panel per plan (the chosen one, and the balanced one when it is shown for comparison).
+split: per-operator cost with the cuts marked and each stage's share, one panel per plan (the
+chosen one, and the balanced one when it is shown for comparison).
 With MACs, each operator is a bar. With a profile, only pieces between cut points were
 timed, so each piece is one bar as wide as its operators, its time spread evenly over them (the
 bar's area is the piece's time), costed on the board of its stage.
+
+plan: the chosen plan's stages (what one replica spends per frame, the frames/s each stage
+allows) beside the frames/s of the chosen plan, the pure pipeline and pure replicas.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+from aiotedge_converter.cluster import Cluster
 from aiotedge_converter.costs import CostBasis
 from aiotedge_converter.errors import ConverterError
 from aiotedge_converter.planner import Plan
+from aiotedge_converter.replicate import Strategies
 
 from aiotedge.tflite.graph import Graph
 
@@ -33,10 +40,7 @@ def _bars(graph: Graph, plan: Plan, basis: CostBasis) -> list[tuple[float, float
     return bars
 
 
-def plot_plans(
-    graph: Graph, basis: CostBasis, plans: Sequence[tuple[str, Plan]], out: Path
-) -> Path:
-    """Draw each plan in its own panel and save a PNG."""
+def _pyplot() -> Any:
     try:
         import matplotlib
 
@@ -46,6 +50,14 @@ def plot_plans(
         raise ConverterError(
             f"--plot needs matplotlib ({exc}): pip install 'aiotedge[converter]'"
         ) from exc
+    return plt
+
+
+def plot_plans(
+    graph: Graph, basis: CostBasis, plans: Sequence[tuple[str, Plan]], out: Path
+) -> Path:
+    """Draw each plan in its own panel and save a PNG."""
+    plt = _pyplot()
 
     figure, axes = plt.subplots(
         len(plans), 1, figsize=(10, 2.9 * len(plans)), sharex=True, squeeze=False
@@ -92,6 +104,57 @@ def plot_plans(
     axes[-1, 0].set_xlabel("operator (execution order); dashed: cuts; shares of the stage cost")
     model = graph.path.name if graph.path else "model"
     figure.suptitle(f"{model}: {basis.describe()}", fontsize=10)
+    figure.tight_layout()
+    out = Path(out)
+    figure.savefig(out, dpi=90)
+    plt.close(figure)
+    return out
+
+
+def plot_cluster(cluster: Cluster, strategies: Strategies, title: str, out: Path) -> Path:
+    """The chosen plan's stages (CPU per frame and link time per replica, and the frames/s
+    each allows) beside the three strategies' frames/s and the 1 x N line."""
+    plt = _pyplot()
+    plan, forecast = strategies.chosen
+    figure, (stages_axis, totals_axis) = plt.subplots(
+        1, 2, figsize=(11, 3.6), gridspec_kw={"width_ratios": [max(len(plan.stages), 2), 2]})
+    parts = (("segment", "compute_ms"), ("in (receive, decode)", "take_ms"),
+             ("out (encode, publish)", "send_ms"))
+    positions = range(len(plan.stages))
+    worst = [max(costs.values(), key=lambda c: c.time_ms) for costs in forecast.stage_costs]
+    bottom = [0.0] * len(plan.stages)
+    for (label, name), colour in zip(parts, STAGE_COLOURS, strict=False):
+        heights = [getattr(cost, name) for cost in worst]
+        stages_axis.bar(positions, heights, bottom=bottom, color=colour, label=label,
+                        width=0.6)
+        bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
+    stages_axis.scatter(positions, [cost.link_ms for cost in worst], marker="_", s=600,
+                        color="black", label="link", zorder=3)
+    for index, (stage, limit) in enumerate(zip(plan.stages, forecast.stage_limits,
+                                               strict=True)):
+        stages_axis.text(index, max(bottom[index], worst[index].link_ms) * 1.02,
+                         f"x{stage.boards}\n{limit:.0f}/s", ha="center", va="bottom",
+                         fontsize=8)
+    stages_axis.set_xticks(list(positions), [
+        f"stage {i}\nops {cluster.chain.first_ops[s.first]}..{cluster.chain.last_ops[s.last]}"
+        for i, s in enumerate(plan.stages)], fontsize=8)
+    stages_axis.set_ylabel("ms per frame, one replica", fontsize=8)
+    stages_axis.set_ylim(0, max(*bottom, *(c.link_ms for c in worst)) * 1.3)
+    stages_axis.legend(fontsize=7, loc="lower right")
+    stages_axis.set_title(f"chosen: {forecast.frames_per_s:.1f} frames/s, bottleneck "
+                          f"{forecast.bottleneck} (x boards, frames/s it allows)",
+                          fontsize=9, loc="left")
+    alone = strategies.alone.frames_per_s
+    names = ["chosen", "pure\npipeline", "pure\nreplicas"]
+    values = [strategies.chosen[1].frames_per_s, strategies.pipeline[1].frames_per_s,
+              strategies.replicas[1].frames_per_s]
+    totals_axis.bar(names, values, color=STAGE_COLOURS[:3])
+    totals_axis.axhline(alone * cluster.boards, color="black", linestyle="--", linewidth=0.9,
+                        label=f"{cluster.boards} x one board")
+    totals_axis.set_ylabel("predicted frames/s", fontsize=8)
+    totals_axis.legend(fontsize=7, loc="lower right")
+    totals_axis.tick_params(labelsize=8)
+    figure.suptitle(title, fontsize=10)
     figure.tight_layout()
     out = Path(out)
     figure.savefig(out, dpi=90)

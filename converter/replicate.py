@@ -160,6 +160,8 @@ class Strategies:
     chosen: tuple[ClusterPlan, Forecast]
     pipeline: tuple[ClusterPlan, Forecast]
     replicas: tuple[ClusterPlan, Forecast]
+    #: the whole model on one board (of the first kind): what "N x one board" is measured by
+    alone: Forecast
 
 
 def plan_cluster(cluster: Cluster, limits: Limits = Limits()) -> Strategies:
@@ -177,6 +179,8 @@ def plan_cluster(cluster: Cluster, limits: Limits = Limits()) -> Strategies:
             chosen = with_codecs
     stages = min(cluster.boards, cluster.chain.pieces)
     pipeline = forecast(best_plan(cluster, stages=stages, replicas=False))
-    replicas = forecast(ClusterPlan((PlannedStage(0, cluster.chain.pieces - 1,
-                                                  cluster.counts),)))
-    return Strategies(chosen, pipeline, replicas)
+    whole = cluster.chain.pieces - 1
+    replicas = forecast(ClusterPlan((PlannedStage(0, whole, cluster.counts),)))
+    one = (1, *[0] * (len(cluster.kinds) - 1))
+    alone = predict(ClusterPlan((PlannedStage(0, whole, one),)), cluster)
+    return Strategies(chosen, pipeline, replicas, alone)

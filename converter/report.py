@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from aiotedge_converter.cluster import Cluster, ClusterPlan, Forecast, PlannedStage
 from aiotedge_converter.costs import CostBasis
 from aiotedge_converter.keras_layers import LayerCut
 from aiotedge_converter.metadata import KerasLayer
 from aiotedge_converter.planner import Cost, Plan
+from aiotedge_converter.replicate import Strategies
 
 from aiotedge.tflite.graph import Graph
 
@@ -185,3 +187,82 @@ def compare_report(
     for start, (name, _) in zip(starts, plans, strict=True):
         names = names.ljust(start) + name + " "
     return "\n".join([names.rstrip(), *lines])
+
+
+def _boards_text(stage: PlannedStage, cluster: Cluster) -> str:
+    if len(cluster.kinds) == 1:
+        return str(stage.boards)
+    return "+".join(f"{count} {kind.name}"
+                    for kind, count in zip(cluster.kinds, stage.replicas, strict=True) if count)
+
+
+def strategies_report(cluster: Cluster, strategies: Strategies) -> str:
+    """The chosen plan beside the pure pipeline and pure replicas, then the chosen one's
+    stages and links."""
+    alone = strategies.alone
+    rows = []
+    for name, (plan, forecast) in (("chosen", strategies.chosen),
+                                   ("pure pipeline", strategies.pipeline),
+                                   ("pure replicas", strategies.replicas)):
+        rows.append([
+            name, str(len(plan.stages)),
+            ",".join(_boards_text(stage, cluster) for stage in plan.stages),
+            f"{forecast.frames_per_s:.1f}",
+            f"{forecast.frames_per_s / alone.frames_per_s:.2f}x",
+            f"{forecast.latency_ms:.1f}", forecast.bottleneck,
+        ])
+    boards = ", ".join(f"{count} x {kind.name}"
+                       for kind, count in zip(cluster.kinds, cluster.counts, strict=True))
+    links = cluster.links
+    link_text = "; ".join(
+        [f"board links {links.board_mbps:g} Mbit/s"] if links.board_mbps else [])
+    link_text += ("; " if link_text else "") + (
+        f"broker link {links.broker_mbps:g} Mbit/s" if links.broker_mbps else
+        "broker link not limited")
+    lines = [
+        f"{plural(cluster.boards, 'board')} ({boards}); stage 0 takes a "
+        f"{cluster.chain.stage0_input}; {link_text}",
+        f"one board alone: {alone.frames_per_s:.1f} frames/s, {alone.latency_ms:.1f} ms a frame",
+        table(["plan", "stages", "boards", "frames/s", "vs 1 board", "latency ms",
+               "bottleneck"], rows),
+        "",
+        stages_report(cluster, *strategies.chosen),
+    ]
+    return "\n".join(lines)
+
+
+def stages_report(cluster: Cluster, plan: ClusterPlan, forecast: Forecast) -> str:
+    """Per stage: operators, boards, CPU per frame (segment, taking in, sending on), link,
+    the frames/s it allows, and its output message; then the broker's link."""
+    chain = cluster.chain
+    rows = []
+    for index, (stage, limit, costs) in enumerate(
+            zip(plan.stages, forecast.stage_limits, forecast.stage_costs, strict=True)):
+        cost = max(costs.values(), key=lambda c: c.time_ms)
+        last = stage.last == chain.pieces - 1
+        rows.append([
+            str(index), f"{chain.first_ops[stage.first]}..{chain.last_ops[stage.last]}",
+            _boards_text(stage, cluster),
+            f"{cost.compute_ms:.2f}", f"{cost.take_ms:.2f}", f"{cost.send_ms:.2f}",
+            f"{cost.cpu_ms:.2f}", f"{cost.link_ms:.2f}", f"{limit:.1f}",
+            "prediction" if last else (stage.codec or "raw"),
+            str(cost.out_bytes),
+        ])
+    header = ["stage", "ops", "boards", "segment ms", "in ms", "out ms", "CPU ms", "link ms",
+              "frames/s", "output", "bytes"]
+    broker = cluster.links.broker_mbps
+    broker_line = (
+        f"broker link: {forecast.frame_bytes} bytes a frame each way (every message in and out "
+        f"once) = {cluster.links.broker_ms(forecast.frame_bytes):.2f} ms at {broker:g} Mbit/s: "
+        f"{forecast.broker_limit:.1f} frames/s" if broker else
+        f"broker link: {forecast.frame_bytes} bytes a frame each way (not limited)")
+    cuts = [chain.last_ops[s.last] for s in plan.stages[:-1]]
+    return "\n".join([
+        f"chosen: {plural(len(plan.stages), 'stage')}, "
+        + (f"cuts after ops {','.join(map(str, cuts))}" if cuts else "no cut")
+        + f"; {forecast.frames_per_s:.1f} frames/s, bottleneck {forecast.bottleneck}",
+        table(header, rows),
+        broker_line,
+        "in: receive and decode its input (stage 0: the camera's frame); out: encode and "
+        "publish its output; link: the busier direction of its board's link",
+    ])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,8 +44,10 @@ def read_labels(path: Path | str) -> tuple[str, ...]:
         raise ConverterError(f"{path}: cannot read labels: {exc}") from exc
 
 
-def split_model(graph: Graph, plan: Plan, out_dir: Path, options: SplitOptions) -> Manifest:
-    """Write the segment files, (optionally) the source model and manifest.json into out_dir."""
+def split_model(graph: Graph, plan: Plan, out_dir: Path, options: SplitOptions,
+                output_codecs: Sequence[str | None] = ()) -> Manifest:
+    """Write the segment files, (optionally) the source model and manifest.json into out_dir;
+    stage k's output travels in `output_codecs[k]` (raw by default)."""
     if graph.path is None:
         raise ConverterError("the graph must come from a file to record the source model")
     out_dir = Path(out_dir)
@@ -78,6 +81,7 @@ def split_model(graph: Graph, plan: Plan, out_dir: Path, options: SplitOptions) 
                 macs=graph.macs_between(stage.first_op, stage.last_op),
                 first_op=stage.first_op,
                 last_op=stage.last_op,
+                output_codec=output_codecs[index] if output_codecs else None,
             )
         )
     manifest = Manifest(

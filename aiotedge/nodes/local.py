@@ -54,6 +54,21 @@ DEFAULT_STAGE = StageConfig()
 DEFAULT_STATS = StatsConfig()
 #: a fresh interpreter per stage, as on a board; fork would copy this process's threads
 _PROCESSES = multiprocessing.get_context("spawn")
+#: where `aiotedge-convert plan --out DIR` writes one node config per board
+PLAN_BOARDS = "boards"
+
+
+def plan_replicas(plan_dir: Path | str) -> dict[int, int]:
+    """How many boards serve each stage in a plan's board configs (`aiotedge run --plan`)."""
+    configs = sorted((Path(plan_dir) / PLAN_BOARDS).glob("*.toml"))
+    if not configs:
+        raise PipelineError(f"{plan_dir}: no board configs in {PLAN_BOARDS}/ "
+                            "(written by aiotedge-convert plan --out)")
+    replicas: dict[int, int] = {}
+    for path in configs:
+        index = NodeConfig.load(path).stage.index
+        replicas[index] = replicas.get(index, 0) + 1
+    return replicas
 
 
 def _stage_process(config: NodeConfig, log_path: str) -> None:
@@ -246,14 +261,14 @@ class LocalPipeline:
         """Feed photos through the pipeline; yield (photo name, prediction) as they arrive.
 
         Without `frames` every photo goes through once; with it, photos repeat until that many
-        predictions came back. By default one frame per stage is in flight, so every stage
-        stays busy.
+        predictions came back. By default one frame per stage process (replicas included) is in
+        flight, so every one stays busy.
         """
         stop = stop or threading.Event()
         wanted = frames if frames is not None else len(photos)
         self._camera.options = dataclasses.replace(
             self._camera.options,
-            in_flight=in_flight or len(self.manifest.stages),
+            in_flight=in_flight or len(self._stages),
             loop=frames is not None,
         )
         feeder = threading.Thread(

@@ -1,0 +1,131 @@
+"""`aiotedge-convert plan`: what it prints and writes, and the plan run on one machine
+(`aiotedge run --plan`) computing exactly what the whole model computes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from aiotedge_converter.cli import main as convert
+from aiotedge_converter.cluster import (
+    ClusterPlan,
+    Links,
+    PlannedStage,
+    cluster_from_profiles,
+    predict,
+)
+from aiotedge_converter.deploy import load_plan, write_deployment
+from aiotedge_converter.replicate import Strategies
+from aiotedge_converter.split import SplitOptions
+
+from aiotedge.config.schema import BrokerConfig, NodeConfig
+from aiotedge.contracts.manifest import Manifest
+from aiotedge.contracts.profile import Profile
+from aiotedge.nodes.local import LocalPipeline, plan_replicas
+from aiotedge.tflite.graph import load_graph
+from aiotedge.tflite.profiling import measure_profile
+from tests.conftest import whole_model_top
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def boards(test_models, tmp_path_factory) -> dict[str, Path]:
+    """Two kinds of board for the int8 test model: `front` runs the first half of its pieces
+    8 times faster than the second, `back` the other way round (as an accelerator might)."""
+    out = tmp_path_factory.mktemp("boards")
+    profile = measure_profile(test_models["int8"], threads=1, runs=2, warmup=0, rounds=1,
+                              photo_size=(64, 48))
+    data = profile.to_dict()
+    half = len(data["pieces"]) // 2
+    paths = {}
+    for name, slow in (("front", slice(half, None)), ("back", slice(0, half))):
+        copy = json.loads(json.dumps(data))
+        for piece in copy["pieces"][slow]:
+            piece["invoke_ms"] = 8 * piece["invoke_ms"] + 1.0
+        copy["machine"] = name
+        paths[name] = out / f"{name}.json"
+        paths[name].write_text(json.dumps(copy))
+    return paths
+
+
+def test_plan_prints_three_strategies_and_writes_what_deploying_needs(
+        test_models, boards, tmp_path, capsys):
+    front, back = boards["front"], boards["back"]
+    args = ["plan", str(test_models["int8"]), "--boards", "4",
+            "--profile", f"{front},{front},{back},{back}", "--broker-link-mbps", "1000",
+            "--out", str(tmp_path), "--plot", str(tmp_path / "plan.png"),
+            "--pipeline", "lab", "--broker", "mqtt.lan"]
+    assert convert(args) == 0
+    out = capsys.readouterr().out
+    assert "pure pipeline" in out and "pure replicas" in out and "broker link" in out
+    assert (tmp_path / "plan.png").read_bytes().startswith(PNG_MAGIC)
+    record = json.loads((tmp_path / "plan.json").read_text())
+    chosen = record["chosen"]
+    assert chosen["frames_per_s"] >= max(record["pipeline"]["frames_per_s"],
+                                         record["replicas"]["frames_per_s"])
+    manifest = Manifest.load(tmp_path)
+    assert len(manifest.stages) == len(chosen["stages"]) > 1  # the halves go apart
+    configs = {path.stem: NodeConfig.load(path) for path in (tmp_path / "boards").glob("*.toml")}
+    for index, stage in enumerate(chosen["stages"]):
+        serving = {name: c for name, c in configs.items() if c.stage.index == index}
+        assert len(serving) == sum(stage["replicas"]) == len(record["nodes"][index])
+        assert set(serving) == set(record["nodes"][index])
+        groups = {c.stage.share_group for c in serving.values()}
+        assert groups == ({f"stage{index}"} if len(serving) > 1 else {""})
+        assert (stage["first_op"], stage["last_op"]) == (manifest.stages[index].first_op,
+                                                         manifest.stages[index].last_op)
+    for name, config in configs.items():
+        assert (config.broker.host, config.broker.username, config.stage.node) == (
+            "mqtt.lan", name, name)
+        assert config.pipeline.name == "lab" and config.stage.manifest.endswith("/lab")
+    assert plan_replicas(tmp_path) == {
+        i: sum(s["replicas"]) for i, s in enumerate(chosen["stages"])}
+    # what the benchmark recomputes from the files: the same forecast
+    graph = load_graph(test_models["int8"])
+    cluster = cluster_from_profiles(
+        graph, [(p.name, Profile.load(p)) for p in (front, front, back, back)], 4,
+        Links(None, 1000))
+    forecast = predict(load_plan(tmp_path), cluster)
+    assert forecast.frames_per_s == pytest.approx(chosen["frames_per_s"])
+    assert forecast.latency_ms == pytest.approx(chosen["latency_ms"])
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [(["--boards", "0"], "--boards must be at least 1"),
+     (["--boards", "3", "--max-latency-ms", "0.001"], "no plan keeps a lone frame within"),
+     (["--boards", "3", "--link-mbps", "-1"], "--link-mbps must be positive")],
+)
+def test_plan_refuses_what_it_cannot_do(test_models, boards, capsys, extra, message):
+    args = ["plan", str(test_models["int8"]), "--profile", str(boards["front"]), *extra]
+    assert convert(args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_plan_with_replicas_and_a_codec_runs_as_the_whole_model(
+        test_models, boards, tmp_path, broker, generated_frames):
+    """Two boards on stage 0, its output in zstd, one board on the rest: `aiotedge run --plan`
+    starts three stage processes, and every prediction is the whole model's."""
+    graph = load_graph(test_models["int8"])
+    cluster = cluster_from_profiles(graph, [("front", Profile.load(boards["front"]))], 3,
+                                    Links())
+    pieces = cluster.chain.pieces
+    plan = ClusterPlan((PlannedStage(0, pieces // 2 - 1, (2,), "zstd"),
+                        PlannedStage(pieces // 2, pieces - 1, (1,))))
+    forecast = predict(plan, cluster)
+    strategies = Strategies((plan, forecast), (plan, forecast), (plan, forecast), forecast)
+    write_deployment(graph, strategies, cluster, tmp_path, options=SplitOptions(),
+                     pipeline="local", broker=BrokerConfig())
+    manifest = Manifest.load(tmp_path)
+    assert [s.output_codec for s in manifest.stages] == ["zstd", None]
+    assert plan_replicas(tmp_path) == {0: 2, 1: 1}
+    expected = {name: whole_model_top(manifest, data) for name, data in generated_frames}
+    with LocalPipeline(manifest, broker=broker.address,
+                       replicas=plan_replicas(tmp_path)) as pipeline:
+        assert len(pipeline.nodes) == 3
+        results = dict(pipeline.predict(generated_frames, frames=2 * len(generated_frames)))
+    assert set(results) == set(expected)
+    for name, prediction in results.items():
+        assert prediction.top == expected[name], name
