@@ -99,13 +99,19 @@ def segments_plan(plan: ClusterPlan, cluster: Cluster) -> Plan:
     return Plan(tuple(s.last_op for s in stages[:-1]), stages)
 
 
-def write_deployment(graph: Graph, strategies: Strategies, cluster: Cluster, out: Path, *,
+def write_plan_files(graph: Graph, plan: ClusterPlan, cluster: Cluster, out: Path, *,
                      options: SplitOptions, pipeline: str, broker: BrokerConfig) -> list[Path]:
-    """Segments, manifest (with each stage's output codec), board configs and plan.json."""
-    plan = strategies.chosen[0]
+    """Segments, manifest (with each stage's output codec) and board configs of one plan."""
     split_model(graph, segments_plan(plan, cluster), out, options,
                 output_codecs=[stage.codec for stage in plan.stages])
-    configs = write_board_configs(out, plan, cluster, pipeline=pipeline, broker=broker)
+    return write_board_configs(out, plan, cluster, pipeline=pipeline, broker=broker)
+
+
+def write_deployment(graph: Graph, strategies: Strategies, cluster: Cluster, out: Path, *,
+                     options: SplitOptions, pipeline: str, broker: BrokerConfig) -> list[Path]:
+    """The chosen plan's files, and plan.json with all three forecasts."""
+    configs = write_plan_files(graph, strategies.chosen[0], cluster, out, options=options,
+                               pipeline=pipeline, broker=broker)
     (out / PLAN_NAME).write_text(json.dumps(plan_record(strategies, cluster), indent=2) + "\n")
     return configs
 
