@@ -26,8 +26,12 @@ from benchdoc import table, write_section  # noqa: E402
 
 from aiotedge.contracts.codec import ZSTD  # noqa: E402
 from aiotedge.contracts.wire import Frame, decode_activation, encode_frame  # noqa: E402
-from aiotedge.media.image import decode_image, default_preprocessing, list_images  # noqa: E402
-from aiotedge.media.image import preprocess  # noqa: E402
+from aiotedge.media.image import (  # noqa: E402
+    decode_image,
+    default_preprocessing,
+    list_images,
+    preprocess,
+)
 from aiotedge.tflite.flatbuffer import pack_model  # noqa: E402
 from aiotedge.tflite.graph import load_graph  # noqa: E402
 from aiotedge.tflite.runtime import Segment  # noqa: E402
@@ -82,7 +86,7 @@ def main() -> None:
                                   + r - f.tensor.nbytes for f, r in zip(frames, raw, strict=True)],
                                  raw))
             row.append(f"{best_ms(lambda f=frames[0]: encode_frame(f, ZSTD)):.3f} / "
-                       f"{best_ms(lambda p=packed[0]: decode_activation(p, spec)):.3f}")
+                       f"{best_ms(lambda p=packed[0], s=spec: decode_activation(p, s)):.3f}")
             rows.append(row)
             savings.append(1 - statistics.mean(len(p) / r for p, r in
                                                zip(packed, raw, strict=True)))

@@ -250,7 +250,7 @@ def _add_plan_parser(sub: argparse._SubParsersAction) -> None:
         "plan", help="choose stages, cuts and replicas for N boards; write what deploying needs",
         description="Maximises frames/s on the boards (exactly, by dynamic programming over "
         "cut points and board counts) from measured profiles; prints the plan beside the pure "
-        "pipeline and pure replicas. See docs/converter.md#plan.")
+        "pipeline and pure replicas. See docs/converter.md, section 7.")
     plan.add_argument("model", type=Path, metavar="MODEL.tflite")
     plan.add_argument("--boards", type=int, required=True, metavar="N")
     plan.add_argument("--profile", type=_parse_paths, required=True, metavar="P.json,...",

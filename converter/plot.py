@@ -6,8 +6,8 @@ With MACs, each operator is a bar. With a profile, only pieces between cut point
 timed, so each piece is one bar as wide as its operators, its time spread evenly over them (the
 bar's area is the piece's time), costed on the board of its stage.
 
-plan: the chosen plan's stages (what one replica spends per frame, the frames/s each stage
-allows) beside the frames/s of the chosen plan, the pure pipeline and pure replicas.
+plan: the chosen plan's and the pure pipeline's stages (what one replica spends per frame, the
+frames/s each stage allows) beside the frames/s of the three strategies.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from aiotedge_converter.cluster import Cluster
+from aiotedge_converter.cluster import Cluster, ClusterPlan, Forecast
 from aiotedge_converter.costs import CostBasis
 from aiotedge_converter.errors import ConverterError
 from aiotedge_converter.planner import Plan
@@ -111,46 +111,53 @@ def plot_plans(
     return out
 
 
-def plot_cluster(cluster: Cluster, strategies: Strategies, title: str, out: Path) -> Path:
-    """The chosen plan's stages (CPU per frame and link time per replica, and the frames/s
-    each allows) beside the three strategies' frames/s and the 1 x N line."""
-    plt = _pyplot()
-    plan, forecast = strategies.chosen
-    figure, (stages_axis, totals_axis) = plt.subplots(
-        1, 2, figsize=(11, 3.6), gridspec_kw={"width_ratios": [max(len(plan.stages), 2), 2]})
+def _stage_bars(axis: Any, cluster: Cluster, plan: ClusterPlan, forecast: Forecast,
+                name: str) -> None:
+    """One bar per stage: what one replica spends per frame, its link time, the frames/s the
+    stage allows with its replicas."""
     parts = (("segment", "compute_ms"), ("in (receive, decode)", "take_ms"),
              ("out (encode, publish)", "send_ms"))
     positions = range(len(plan.stages))
     worst = [max(costs.values(), key=lambda c: c.time_ms) for costs in forecast.stage_costs]
     bottom = [0.0] * len(plan.stages)
-    for (label, name), colour in zip(parts, STAGE_COLOURS, strict=False):
-        heights = [getattr(cost, name) for cost in worst]
-        stages_axis.bar(positions, heights, bottom=bottom, color=colour, label=label,
-                        width=0.6)
+    for (label, field), colour in zip(parts, STAGE_COLOURS, strict=False):
+        heights = [getattr(cost, field) for cost in worst]
+        axis.bar(positions, heights, bottom=bottom, color=colour, label=label, width=0.6)
         bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
-    stages_axis.scatter(positions, [cost.link_ms for cost in worst], marker="_", s=600,
-                        color="black", label="link", zorder=3)
+    axis.scatter(positions, [cost.link_ms for cost in worst], marker="_", s=500,
+                 color="black", label="link", zorder=3)
     for index, (stage, limit) in enumerate(zip(plan.stages, forecast.stage_limits,
                                                strict=True)):
-        stages_axis.text(index, max(bottom[index], worst[index].link_ms) * 1.02,
-                         f"x{stage.boards}\n{limit:.0f}/s", ha="center", va="bottom",
-                         fontsize=8)
-    stages_axis.set_xticks(list(positions), [
-        f"stage {i}\nops {cluster.chain.first_ops[s.first]}..{cluster.chain.last_ops[s.last]}"
-        for i, s in enumerate(plan.stages)], fontsize=8)
-    stages_axis.set_ylabel("ms per frame, one replica", fontsize=8)
-    stages_axis.set_ylim(0, max(*bottom, *(c.link_ms for c in worst)) * 1.3)
-    stages_axis.legend(fontsize=7, loc="lower right")
-    stages_axis.set_title(f"chosen: {forecast.frames_per_s:.1f} frames/s, bottleneck "
-                          f"{forecast.bottleneck} (x boards, frames/s it allows)",
-                          fontsize=9, loc="left")
-    alone = strategies.alone.frames_per_s
+        axis.text(index, max(bottom[index], worst[index].link_ms) * 1.02,
+                  f"x{stage.boards}\n{limit:.0f}/s", ha="center", va="bottom", fontsize=7)
+    chain = cluster.chain
+    axis.set_xticks(list(positions), [
+        f"{i}\n{chain.first_ops[s.first]}..{chain.last_ops[s.last]}"
+        for i, s in enumerate(plan.stages)], fontsize=7)
+    axis.set_xlim(-0.7, max(len(plan.stages), 2) - 0.3)
+    axis.set_ylabel("ms per frame, one replica", fontsize=8)
+    axis.set_ylim(0, max(*bottom, *(c.link_ms for c in worst)) * 1.35)
+    axis.tick_params(labelsize=7)
+    axis.set_title(f"{name}: {forecast.frames_per_s:.1f} frames/s\n(bottleneck "
+                   f"{forecast.bottleneck}; stage: ops, boards, frames/s)", fontsize=8,
+                   loc="left")
+
+
+def plot_cluster(cluster: Cluster, strategies: Strategies, title: str, out: Path) -> Path:
+    """The chosen plan's and the pure pipeline's stages, beside the three strategies'
+    frames/s and the N x one board line."""
+    plt = _pyplot()
+    figure, (chosen_axis, pipeline_axis, totals_axis) = plt.subplots(
+        1, 3, figsize=(12, 3.8), gridspec_kw={"width_ratios": [2, 3, 2]})
+    _stage_bars(chosen_axis, cluster, *strategies.chosen, "chosen")
+    _stage_bars(pipeline_axis, cluster, *strategies.pipeline, "pure pipeline")
+    chosen_axis.legend(fontsize=6, loc="lower left")
     names = ["chosen", "pure\npipeline", "pure\nreplicas"]
     values = [strategies.chosen[1].frames_per_s, strategies.pipeline[1].frames_per_s,
               strategies.replicas[1].frames_per_s]
-    totals_axis.bar(names, values, color=STAGE_COLOURS[:3])
-    totals_axis.axhline(alone * cluster.boards, color="black", linestyle="--", linewidth=0.9,
-                        label=f"{cluster.boards} x one board")
+    totals_axis.bar(names, values, color=STAGE_COLOURS[:3], width=0.6)
+    totals_axis.axhline(strategies.alone.frames_per_s * cluster.boards, color="black",
+                        linestyle="--", linewidth=0.9, label=f"{cluster.boards} x one board")
     totals_axis.set_ylabel("predicted frames/s", fontsize=8)
     totals_axis.legend(fontsize=7, loc="lower right")
     totals_axis.tick_params(labelsize=8)
