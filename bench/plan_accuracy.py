@@ -6,7 +6,7 @@ Profiles the shared MobileNetV2 here (`aiotedge profile`'s code, one thread, MQT
 through a private mosquitto), with the shared photos re-encoded as a VGA camera's JPEGs. For
 each board count it plans (`aiotedge-convert plan`'s code) and runs the chosen plan, the pure
 pipeline and pure replicas on this machine (`aiotedge run --plan`'s LocalPipeline, one
-thread per stage process), measuring frames/s with one frame in flight per board and a lone
+thread per stage process), measuring frames/s with two frames in flight per board and a lone
 frame's latency, and prints predicted / measured for each. This machine is not a cluster:
 every "board" shares its 2 cores with the others, the camera and the broker, which the
 prediction does not know; `make bench-cluster` measures plans on emulated boards with their
@@ -36,7 +36,6 @@ from benchdoc import table, write_section  # noqa: E402
 from aiotedge.config.schema import BrokerConfig, PipelineConfig, StageConfig  # noqa: E402
 from aiotedge.contracts.manifest import Manifest  # noqa: E402
 from aiotedge.media.image import decode_image, list_images  # noqa: E402
-from aiotedge.nodes.broker import LocalBroker  # noqa: E402
 from aiotedge.nodes.local import LocalPipeline, plan_replicas  # noqa: E402
 from aiotedge.nodes.transport_cost import measure_mqtt  # noqa: E402
 from aiotedge.tflite.graph import load_graph  # noqa: E402
@@ -55,16 +54,21 @@ def camera_photos(folder: Path) -> list[tuple[str, bytes]]:
     return photos
 
 
-def measure(manifest: Manifest, replicas: dict[int, int], photos, frames: int,
-            broker: BrokerConfig) -> tuple[float, float]:
-    """(frames/s with a frame in flight per board, median latency of a lone frame, ms)."""
+def measure(manifest: Manifest, replicas: dict[int, int], photos,
+            frames: int) -> tuple[float, float]:
+    """(frames/s with two frames in flight per board, median latency of a lone frame, ms).
+
+    A broker of its own each time: one that saw another plan keeps the sessions of its
+    stages, and a replica's session still takes its share of the frames.
+    """
     boards = sum(replicas.values())
-    with LocalPipeline(manifest, broker=broker, replicas=replicas,
+    with LocalPipeline(manifest, replicas=replicas,
                        stage=StageConfig(threads=1, queue_size=max(4, boards)),
                        pipeline=PipelineConfig(name="bench")) as run:
-        list(run.predict(photos, frames=2 * boards + 4, in_flight=boards))  # warm up
+        window = 2 * boards  # one frame computing, one travelling, per board
+        list(run.predict(photos, frames=2 * window, in_flight=window))  # warm up
         arrivals = [time.perf_counter()
-                    for _ in run.predict(photos, frames=frames, in_flight=boards)]
+                    for _ in run.predict(photos, frames=frames, in_flight=window)]
         lone = [p.latency_ms for _, p in run.predict(photos, frames=15, in_flight=1)]
     return (frames - 1) / (arrivals[-1] - arrivals[0]), statistics.median(lone)
 
@@ -94,16 +98,16 @@ def main() -> None:
     profile = measure_profile(SHARED_MODEL, threads=1, photo=photos[0][1],
                               photo_name=photos[0][0], transport=measure_mqtt)
     rows = []
-    with tempfile.TemporaryDirectory() as scratch, LocalBroker() as broker:
+    with tempfile.TemporaryDirectory() as scratch:
         for boards in args.boards:
             cluster = cluster_from_profiles(graph, [("this machine", profile)], boards, Links())
             for number, (name, plan, fps, latency) in enumerate(strategies_of(cluster)):
                 out = Path(scratch) / f"{boards}-{number}"
                 write_plan_files(graph, plan, cluster, out,
                                  options=SplitOptions(copy_source=False, num_threads=1),
-                                 pipeline="bench", broker=broker.address)
+                                 pipeline="bench", broker=BrokerConfig())
                 manifest, replicas = Manifest.load(out), plan_replicas(out)
-                runs = [measure(manifest, replicas, photos, args.frames, broker.address)
+                runs = [measure(manifest, replicas, photos, args.frames)
                         for _ in range(args.rounds)]
                 measured_fps = statistics.median(r[0] for r in runs)
                 measured_latency = statistics.median(r[1] for r in runs)
@@ -120,7 +124,7 @@ def main() -> None:
         f"{SHARED_MODEL.name} profiled here with one thread (whole model "
         f"{profile.whole_ms:.1f} ms; stage 0 taking a 640x480 JPEG "
         f"{profile.input_cost('photo').decode_ms:.1f} ms), the shared photos sent as 640x480 "
-        f"JPEGs; {args.frames} frames with a frame in flight per board, then 15 lone frames, "
+        f"JPEGs; {args.frames} frames with two in flight per board, then 15 lone frames, "
         f"median of {args.rounds} rounds. The \"boards\" are processes sharing this machine's "
         "2 cores with the camera and the broker (and other work), which the prediction does "
         "not count: from 2 boards on, the measured figure is this machine's limit, not the "
