@@ -16,9 +16,10 @@ Replicas. r boards serving one stage share its frames through a shared subscript
 mosquitto hands out round robin: each replica gets every r-th frame whatever its speed, so the
 stage delivers r / (the slowest replica's time) frames a second. That needs enough frames in
 flight to keep every replica busy: the camera's window (`in_flight`) should be two frames per
-board (one computing, one on its way). A pipeline then delivers what its slowest stage, or the broker's link,
-allows. A lone frame takes the sum of its stages' CPU times (the slowest replica's, as one
-may get it) plus, per message, its transfer over two links and the broker's forwarding.
+board (one computing, one on its way). A pipeline then delivers what its slowest stage, or
+the broker's link, allows. A lone frame takes the sum of its stages' CPU times (the slowest
+replica's, as one may get it) plus, per message, its transfer over two links and the
+broker's forwarding.
 """
 
 from __future__ import annotations
