@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -129,3 +131,16 @@ def test_a_plan_with_replicas_and_a_codec_runs_as_the_whole_model(
     assert set(results) == set(expected)
     for name, prediction in results.items():
         assert prediction.top == expected[name], name
+
+
+def test_run_plan_needs_a_plan_folder(test_models, split_into, generated_photos):
+    """A split's folder has no board configs: one line says where they should be."""
+    split = split_into(test_models["int8"], 3)
+    done = subprocess.run(
+        [sys.executable, "-m", "aiotedge", "run", "--plan", str(split.directory), "--images",
+         str(generated_photos)], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].endswith(f"{split.directory}: no board configs in boards/ (written by "
+                             "aiotedge-convert plan --out)")
