@@ -305,8 +305,8 @@ port = {broker.port}
 [pipeline]
 name = "systemd-test"
 [camera]
-images = {toml_string(photos)}
-source = "cam-notify"
+source = {toml_string(photos)}
+name = "cam-notify"
 fps = 20.0
 loop = true
 """)
