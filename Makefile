@@ -32,7 +32,7 @@ demo: deps-demo $(VENV)/.demo-installed
 	$(BIN)/aiotedge-convert split "$(MODEL)" --stages $(STAGES) --out $(DEMO_DIR) \
 	  $(if $(LABELS),--labels "$(LABELS)")
 	$(BIN)/aiotedge-convert verify $(DEMO_DIR) --images "$(IMAGES)"
-	$(BIN)/aiotedge run --manifest $(DEMO_DIR) --images "$(IMAGES)"
+	$(BIN)/aiotedge run --manifest $(DEMO_DIR) --source "$(IMAGES)"
 
 test: deps-test $(VENV)/.test-installed
 	$(BIN)/ruff check .

@@ -236,22 +236,34 @@ def two_stages(shared_data, split_into) -> Manifest:
     return split_into(SHARED_MODEL, 2, SHARED_LABELS)
 
 
-def stage_config(path: Path, broker, manifest: Manifest, index: int, node: str) -> Path:
+def node_config(path: Path, broker, section: str) -> Path:
+    """A node's config file for the test's broker and pipeline, with `section` added."""
     path.write_text(f"""
 [broker]
 host = "127.0.0.1"
 port = {broker.port}
 [pipeline]
 name = "systemd-test"
-[stage]
+{section}
+""")
+    return path
+
+
+def stage_config(path: Path, broker, manifest: Manifest, index: int, node: str) -> Path:
+    return node_config(path, broker, f"""[stage]
 manifest = {toml_string(manifest.directory)}
 index = {index}
 node = "{node}"
 threads = 1
 [stats]
-interval = 0
-""")
-    return path
+interval = 0""")
+
+
+def camera_config(path: Path, broker, source: Path, name: str, more: str) -> Path:
+    return node_config(path, broker, f"""[camera]
+source = {toml_string(source)}
+name = "{name}"
+{more}""")
 
 
 def needs_sd_notify() -> None:
@@ -360,19 +372,8 @@ def test_the_camera_daemon_notifies_ready_and_stopping(broker, tmp_path):
     photos = tmp_path / "photos"
     photos.mkdir()
     Image.new("RGB", (64, 48), (30, 160, 60)).save(photos / "leaf.jpg")
-    config = tmp_path / "camera.toml"
-    config.write_text(f"""
-[broker]
-host = "127.0.0.1"
-port = {broker.port}
-[pipeline]
-name = "systemd-test"
-[camera]
-source = {toml_string(photos)}
-name = "cam-notify"
-fps = 20.0
-loop = true
-""")
+    config = camera_config(tmp_path / "camera.toml", broker, photos, "cam-notify",
+                           "fps = 20.0\nloop = true")
     frames = Topics("systemd-test").stage_input(0)
     watcher, published = subscribe(broker, frames)
     notify = NotifySocket(tmp_path)
@@ -486,16 +487,21 @@ def test_the_sandbox_is_enforced():
                     "(sudo apt-get install python3-seccomp) are available")
 
 
-def test_a_stage_serves_frames_inside_the_units_sandbox(broker, two_stages, tmp_path):
+def sandboxed(argv: list[str]) -> list[str]:
+    """`argv` run under W^X and the units' system call filter, as much of it as this machine
+    can enforce; skips the test when it can enforce neither."""
     mdwe = mdwe_supported()
     filter_python = seccomp_python()
     if not mdwe and filter_python is None:
         pytest.skip("neither PR_SET_MDWE (Linux >= 6.3) nor libseccomp's Python bindings "
                     "(sudo apt-get install python3-seccomp) are available")
+    return [filter_python or sys.executable, "-c", SANDBOX,
+            "1" if mdwe else "0", "1" if filter_python else "0", *argv]
+
+
+def test_a_stage_serves_frames_inside_the_units_sandbox(broker, two_stages, tmp_path):
     config = stage_config(tmp_path / "stage0.toml", broker, two_stages, 0, "stage0-sandbox")
-    argv = exec_start("aiotedge-stage@.service", config)
-    sandbox = [filter_python or sys.executable, "-c", SANDBOX,
-               "1" if mdwe else "0", "1" if filter_python else "0", *argv]
+    sandbox = sandboxed(exec_start("aiotedge-stage@.service", config))
     topics = Topics("systemd-test")
     availability, states = subscribe(broker, topics.availability("stage0-sandbox"))
     output, activations = subscribe(broker, topics.stage_input(1))
@@ -528,31 +534,13 @@ def test_a_stage_serves_frames_inside_the_units_sandbox(broker, two_stages, tmp_
 
 def test_a_camera_reads_a_video_inside_the_units_sandbox(broker, tmp_path):
     """PyAV (FFmpeg's decoders) under W^X and the system call filter, as the camera unit runs."""
-    mdwe = mdwe_supported()
-    filter_python = seccomp_python()
-    if not mdwe and filter_python is None:
-        pytest.skip("neither PR_SET_MDWE (Linux >= 6.3) nor libseccomp's Python bindings "
-                    "(sudo apt-get install python3-seccomp) are available")
     from tests.conftest import AnsweringStage
     from tests.media import moving_pattern
 
     video = moving_pattern(tmp_path / "clip.mp4", seconds=1, size="160x120", fps=10)
-    config = tmp_path / "camera.toml"
-    config.write_text(f"""
-[broker]
-host = "127.0.0.1"
-port = {broker.port}
-[pipeline]
-name = "sandbox-camera"
-[camera]
-source = {toml_string(video)}
-name = "cam-sandbox"
-frames = 5
-""")
-    argv = exec_start("aiotedge-camera@.service", config)
-    sandbox = [filter_python or sys.executable, "-c", SANDBOX,
-               "1" if mdwe else "0", "1" if filter_python else "0", *argv]
-    pipeline = AnsweringStage(broker, "sandbox-camera")
+    config = camera_config(tmp_path / "camera.toml", broker, video, "cam-sandbox", "frames = 5")
+    sandbox = sandboxed(exec_start("aiotedge-camera@.service", config))
+    pipeline = AnsweringStage(broker, "systemd-test")
     log = tmp_path / "sandboxed-camera.log"
     try:
         with running(sandbox, daemon_env(None), log) as camera:

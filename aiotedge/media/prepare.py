@@ -32,9 +32,14 @@ class ModelInput:
     spec: TensorSpec
 
 
-def encode_jpeg(image: Image.Image, quality: int) -> bytes:
+#: JPEG chroma subsampling: 4:2:0 (Pillow's default) halves the colour's resolution both ways
+SUBSAMPLING_420 = 2
+SUBSAMPLING_444 = 0
+
+
+def encode_jpeg(image: Image.Image, quality: int, subsampling: int = SUBSAMPLING_420) -> bytes:
     out = io.BytesIO()
-    image.convert("RGB").save(out, format="JPEG", quality=quality)
+    image.convert("RGB").save(out, format="JPEG", quality=quality, subsampling=subsampling)
     return out.getvalue()
 
 
@@ -43,8 +48,9 @@ def prepare(frame: CapturedFrame, mode: str, model: ModelInput | None,
     """The frame's payload: image bytes, or the model's input tensor.
 
     "none" (or a model not known yet) sends what the source has (a decoded frame as a JPEG);
-    "jpeg" the picture resized to the model's input; "tensor" the input tensor. Raises
-    ImageError for a picture stage 0 could not use either.
+    "jpeg" the picture resized to the model's input, with colour at full resolution (at 224
+    pixels, 4:2:0 subsampling changed more top-1 classes than the quality did: docs/cameras.md);
+    "tensor" the input tensor. Raises ImageError for a picture stage 0 could not use either.
     """
     if mode == "none" or model is None:
         if frame.encoded is not None:
@@ -53,7 +59,7 @@ def prepare(frame: CapturedFrame, mode: str, model: ModelInput | None,
     picture = frame.picture()
     if mode == "tensor":
         return preprocess(picture, model.preprocessing, model.spec)
-    return encode_jpeg(model_size(picture, model.preprocessing), quality)
+    return encode_jpeg(model_size(picture, model.preprocessing), quality, SUBSAMPLING_444)
 
 
 def snapshot_jpeg(frame: CapturedFrame, quality: int) -> bytes:
