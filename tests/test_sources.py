@@ -7,10 +7,13 @@ from __future__ import annotations
 import importlib.util
 import io
 import logging
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from fractions import Fraction
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -52,7 +55,13 @@ def test_each_kind_of_source_is_recognised(tmp_path, generated_photos):
     photo = next(generated_photos.glob("*.jpg"))
     assert isinstance(source_for(str(generated_photos)), FolderSource)
     assert isinstance(source_for(str(photo)), Stills)
-    assert isinstance(source_for("/dev/video0"), V4L2Source)
+    assert isinstance(source_for("/dev/video0"), V4L2Source)  # unplugged: waited for
+    assert isinstance(source_for("/dev/null"), V4L2Source)  # a character device
+    shm = Path("/dev/shm")
+    if shm.is_dir():  # a folder under /dev is a folder
+        with tempfile.TemporaryDirectory(dir=shm) as folder:
+            shutil.copy(photo, folder)
+            assert isinstance(source_for(folder), FolderSource)
     for url in ("rtsp://cam.lan/stream", "rtsps://cam.lan/s", "http://cam.lan/mjpg",
                 "https://cam.lan/live.m3u8"):
         assert isinstance(source_for(url), StreamSource)

@@ -51,15 +51,18 @@ def _open(camera: CameraConfig, text: str) -> FrameSource:
     if urlsplit(text).scheme.lower() in STREAM_SCHEMES:
         return StreamSource(text, camera.source_password(), camera.transport, camera.timeout)
     path = Path(text)
-    if text.startswith("/dev/"):  # a device may be unplugged now: the reader waits for it
-        return V4L2Source(text, camera.size, camera.capture_fps, camera.pixel_format,
-                          timeout=camera.timeout)
     try:
         mode = path.stat().st_mode
     except OSError as exc:
+        mode, problem = None, exc.strerror
+    # a capture device, or one under /dev that is unplugged now (the reader waits for it)
+    if (mode is None and text.startswith("/dev/")) or (mode and stat.S_ISCHR(mode)):
+        return V4L2Source(text, camera.size, camera.capture_fps, camera.pixel_format,
+                          timeout=camera.timeout)
+    if mode is None:
         hint = (" (the camera's name is the key 'name' now)"
                 if "/" not in text and not path.suffix else "")
-        raise ConfigError(f"{text}: {exc.strerror}; a source is {KINDS}{hint}") from None
+        raise ConfigError(f"{text}: {problem}; a source is {KINDS}{hint}")
     if stat.S_ISDIR(mode):
         return FolderSource(path, loop=camera.loop, watch=camera.watch)
     if camera.watch:
