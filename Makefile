@@ -15,9 +15,12 @@ PYTEST_ARGS ?=
 
 BIN := $(VENV)/bin
 DEMO_APT := mosquitto
-# + what the systemd extra builds against, and what the security and systemd tests use
+# + what the systemd extra builds against, what the security and systemd tests use, and the
+# camera tests' video maker (ffmpeg) and RTSP server (GStreamer's, run by the system python3)
 TEST_APT := mosquitto mosquitto-clients openssl libsystemd-dev pkg-config gcc python3-dev \
-	systemd python3-seccomp shellcheck
+	systemd python3-seccomp shellcheck \
+	ffmpeg python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-rtsp gstreamer1.0-plugins-base \
+	gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
 
 .PHONY: demo test lint deps-demo deps-test venv clean
 
@@ -29,7 +32,7 @@ demo: deps-demo $(VENV)/.demo-installed
 	$(BIN)/aiotedge-convert split "$(MODEL)" --stages $(STAGES) --out $(DEMO_DIR) \
 	  $(if $(LABELS),--labels "$(LABELS)")
 	$(BIN)/aiotedge-convert verify $(DEMO_DIR) --images "$(IMAGES)"
-	$(BIN)/aiotedge run --manifest $(DEMO_DIR) --images "$(IMAGES)"
+	$(BIN)/aiotedge run --manifest $(DEMO_DIR) --source "$(IMAGES)"
 
 test: deps-test $(VENV)/.test-installed
 	$(BIN)/ruff check .
@@ -63,7 +66,7 @@ $(VENV)/.demo-installed: $(BIN)/python setup.cfg pyproject.toml
 	touch $@
 
 $(VENV)/.test-installed: $(BIN)/python setup.cfg pyproject.toml
-	$(BIN)/python -m pip install -q -e ".[test,converter,systemd,metrics]"
+	$(BIN)/python -m pip install -q -e ".[test,converter,systemd,metrics,video,watch]"
 	touch $@ $(VENV)/.demo-installed
 
 clean:

@@ -14,9 +14,10 @@ from pathlib import Path
 from aiotedge.config.schema import BrokerConfig, NodeConfig, PipelineConfig, StageConfig
 from aiotedge.contracts.errors import ConfigError
 from aiotedge.contracts.manifest import Manifest
-from aiotedge.media.image import list_images
+from aiotedge.media.image import read_photo
+from aiotedge.media.sources import open_source
 from aiotedge.nodes import systemd
-from aiotedge.nodes.camera import read_photo, run_camera
+from aiotedge.nodes.camera import run_camera
 from aiotedge.nodes.lifecycle import exit_status, stop_on_signals
 from aiotedge.nodes.stage import run_stage
 from aiotedge.nodes.status import collect_status, format_status
@@ -58,14 +59,22 @@ def build_parser() -> argparse.ArgumentParser:
     stage.add_argument("--stats-interval", type=float, help="seconds between stats messages")
     stage.set_defaults(handler=_cmd_stage)
 
-    camera = commands.add_parser("camera", help="publish photos from a folder into stage 0")
+    camera = commands.add_parser(
+        "camera", help="publish frames from a camera, a stream, a video or photos into stage 0")
     _add_node_flags(camera)
-    camera.add_argument("--images", help="folder of .jpg/.png/.bmp photos")
-    camera.add_argument("--source", help="camera id carried by every frame (default cam0)")
+    _add_source_flags(camera)
+    camera.add_argument("--name", help="camera name carried by every frame (default cam0)")
     camera.add_argument("--fps", type=float, help="frame rate; 0 = as fast as results come back")
     camera.add_argument("--in-flight", type=int, help="frames awaiting their result at most")
-    camera.add_argument("--loop", action="store_true", default=None, help="repeat the folder")
     camera.add_argument("--frames", type=int, help="stop after this many frames")
+    camera.add_argument("--size", help="WIDTHxHEIGHT asked of a device (V4L2, Pi camera)")
+    camera.add_argument("--preprocess", choices=("none", "jpeg", "tensor"),
+                        help="send frames at stage 0's input size (jpeg) or as its input tensor")
+    camera.add_argument("--manifest", help="stage 0's preprocessing from this manifest "
+                        "(default: from stage 0's retained info)")
+    camera.add_argument("--snapshot", action="store_true", default=None,
+                        help="publish the latest JPEG that got a prediction (retained)")
+    camera.add_argument("--stats-interval", type=float, help="seconds between stats messages")
     camera.set_defaults(handler=_cmd_camera)
 
     watch = commands.add_parser("watch", help="print predictions as they arrive")
@@ -107,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--manifest", help="manifest.json or the folder holding it")
     source.add_argument("--plan", help="a folder written by aiotedge-convert plan: its "
                         "manifest, and as many processes per stage as it has boards")
-    run.add_argument("--images", required=True, help="folder of photos for the camera")
+    _add_source_flags(run)
     run.add_argument("--broker", help="HOST[:PORT] of a broker (default: start a local mosquitto)")
     run.add_argument("--pipeline", default="local", help="pipeline name (topic level)")
     run.add_argument("--frames", type=int, help="stop after this many predictions")
@@ -129,6 +138,24 @@ def _add_node_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--broker", help="broker HOST[:PORT]")
     parser.add_argument("--pipeline", help="pipeline name (topic level)")
     parser.add_argument("--qos", type=int, choices=(0, 1), help="MQTT QoS for frames")
+
+
+def _add_source_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--source", "--images", dest="source",
+        help="a folder, an image or a video file, /dev/videoN, picamera2:N, rtsp://, http(s)://")
+    parser.add_argument("--loop", action="store_true", default=None,
+                        help="a folder or a video: start again at the end")
+    parser.add_argument("--watch", action="store_true", default=None,
+                        help="a folder: send each photo written into it from now on")
+    parser.add_argument("--realtime", action="store_true", default=None,
+                        help="a video: at its own frame rate, dropping what the pipeline "
+                        "cannot take (else every frame, as fast as the pipeline takes them)")
+
+
+def _source_keys(args: argparse.Namespace) -> dict[str, object]:
+    return {"source": args.source, "loop": args.loop, "watch": args.watch,
+            "realtime": args.realtime}
 
 
 def _broker_flag(address: str) -> BrokerConfig:
@@ -161,9 +188,10 @@ def _cmd_stage(args: argparse.Namespace) -> int:
 
 def _cmd_camera(args: argparse.Namespace) -> int:
     return run_camera(_node_config(
-        args, "camera", images=args.images, source=args.source, fps=args.fps,
-        in_flight=args.in_flight, loop=args.loop, frames=args.frames,
-    ))
+        args, "camera", **_source_keys(args), name=args.name, fps=args.fps,
+        in_flight=args.in_flight, frames=args.frames, size=args.size,
+        preprocess=args.preprocess, manifest=args.manifest, snapshot=args.snapshot,
+    ).override("stats", interval=args.stats_interval))
 
 
 def _cmd_watch(args: argparse.Namespace) -> int:
@@ -203,7 +231,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from aiotedge.nodes.local import LocalPipeline, plan_replicas
 
     manifest = Manifest.load(args.manifest or args.plan)
-    photos = [(path.name, read_photo(path)) for path in list_images(args.images)]
+    camera = NodeConfig().override("camera", **_source_keys(args)).camera
+    source = open_source(camera, "--source")
     stop = stop_on_signals()
     with LocalPipeline(
         manifest,
@@ -212,7 +241,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         stage=StageConfig(threads=args.threads),
         replicas=plan_replicas(args.plan) if args.plan else None,
     ) as pipeline:
-        for name, prediction in pipeline.predict(photos, frames=args.frames, stop=stop):
+        for name, prediction in pipeline.predict(source, frames=args.frames, stop=stop):
             print(prediction.to_json() if args.json else f"{name:24} {prediction.summary()}",
                   flush=True)
     return 0

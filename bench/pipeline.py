@@ -27,9 +27,8 @@ from benchdoc import table, write_section
 
 from aiotedge.config.schema import PipelineConfig, StageConfig
 from aiotedge.contracts.manifest import Manifest
-from aiotedge.media.image import decode_image, list_images, preprocess
+from aiotedge.media.image import decode_image, list_images, preprocess, read_photo
 from aiotedge.nodes.broker import LocalBroker
-from aiotedge.nodes.camera import read_photo
 from aiotedge.nodes.local import LocalPipeline
 from aiotedge.nodes.session import MqttSession
 from aiotedge.tflite.runtime import Segment

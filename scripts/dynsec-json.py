@@ -26,8 +26,10 @@ rights (dynsec 2.0 has no %u or %c, so the rights naming a user are a role of th
                info/+; reads and writes probe/+ (aiotedge.acl: probe/<client id> only)
   stage k      subscribes to stage/<k> and `$share/<any group>/.../stage/<k>`, receives it;
                writes stage/<k+1> (the last: predictions and Home Assistant discovery), errors
-  camera       writes stage/0 and errors; subscribes to and receives predictions and errors
-  watcher      subscribes to and receives aiotedge/<pipeline>/# (no share group)
+  camera       writes stage/0, errors and its own snapshot (aiotedge-frames/<pipeline>/snapshot/
+               <user>); subscribes to and receives predictions and errors
+  watcher      subscribes to and receives aiotedge/<pipeline>/# (no share group) and the
+               cameras' snapshots
 Anything else is refused (defaultACLAccess false; unsubscribing stays allowed).
 
 Standard library only: it runs on the broker host without aiotedge installed.
@@ -121,13 +123,16 @@ def build(pipeline: str, stages: int, duties: dict[str, str],
     roles.append(role(f"{pipeline}-camera", "cameras",
                       acls("s", stage_input(0), f"{base}/errors")
                       + acls("rl", f"{base}/predictions", f"{base}/errors")))
-    roles.append(role(f"{pipeline}-watcher", "read-only tools", acls("rp", f"{base}/#")))
+    roles.append(role(f"{pipeline}-watcher", "read-only tools",
+                      acls("rp", f"{base}/#", f"{PREFIX}-frames/{pipeline}/snapshot/+")))
 
     clients = []
     for user, duty in duties.items():
         own = f"{pipeline}-own-{user}"
+        snapshot = [f"{PREFIX}-frames/{pipeline}/snapshot/{user}"] if duty == "camera" else []
         roles.append(role(own, f"{user}'s own topics", acls(
-            "s", f"{base}/availability/{user}", f"{base}/info/{user}", f"{base}/stats/{user}")))
+            "s", f"{base}/availability/{user}", f"{base}/info/{user}", f"{base}/stats/{user}",
+            *snapshot)))
         clients.append({"username": user, "textname": f"aiotedge {pipeline}: {user}",
                         **passwords[user],
                         "roles": [{"rolename": name}

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install aiotedge on a board (Raspberry Pi OS / Debian, 64-bit) as systemd services.
 #
-#   sudo scripts/install-board.sh [--node NAME]... [--source PATH] [--no-apt] [--dry-run]
+#   sudo scripts/install-board.sh [--camera] [--node NAME]... [--source PATH] [--no-apt]
+#                                 [--dry-run]
 #
 # Run it from a checkout of aiotedge on the board (or give --source: a checkout or a wheel).
 # It is safe to run again, e.g. to upgrade: it never overwrites a node config or a password.
@@ -10,6 +11,10 @@
 #   - a system user and group `aiotedge` (no login, no home) that the daemons run as
 #   - /opt/aiotedge/venv        aiotedge with its `systemd` (sd_notify, journald) and `metrics`
 #                               (Prometheus) extras
+#   - --camera: a camera node. The `video` (PyAV: webcams, IP cameras, video files) and
+#     `watch` (a watched folder) extras; on Raspberry Pi OS the Pi camera's Picamera2 (the apt
+#     package python3-picamera2, which PyPI cannot replace), seen by the virtual environment
+#     through --system-site-packages (docs/cameras.md)
 #   - /opt/aiotedge/models/     split folders (manifest.json + stage*.tflite), read-only for it
 #   - /etc/aiotedge/            node configs (NAME.toml) and broker passwords (NAME.password);
 #                               root:aiotedge, mode 750
@@ -34,6 +39,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SOURCE="$HERE"
 APT=1
 DRY_RUN=0
+CAMERA=0
 NODES=()
 APT_PACKAGES=(python3 python3-venv python3-dev gcc pkg-config libsystemd-dev mosquitto-clients)
 UNITS=(aiotedge-stage@.service aiotedge-camera@.service aiotedge.target)
@@ -46,6 +52,7 @@ usage() {
 while [ $# -gt 0 ]; do
     case "$1" in
         --node) NODES+=("${2:?--node needs a name, e.g. stage2}"); shift 2 ;;
+        --camera) CAMERA=1; shift ;;
         --source) SOURCE="${2:?--source needs a path}"; shift 2 ;;
         --no-apt) APT=0; shift ;;
         --dry-run) DRY_RUN=1; shift ;;
@@ -81,6 +88,22 @@ case "$(uname -m)" in
             "systems only; install a 64-bit OS if pip fails below" >&2 ;;
 esac
 
+EXTRAS=systemd,metrics
+VENV_OPTIONS=()
+if [ "$CAMERA" = 1 ]; then
+    EXTRAS=systemd,metrics,video,watch
+    # Picamera2 needs libcamera's Python bindings, which only Raspberry Pi OS's apt has; the
+    # venv sees the apt packages (its own still come first).
+    VENV_OPTIONS=(--system-site-packages)
+    if apt-cache show python3-picamera2 >/dev/null 2>&1; then
+        APT_PACKAGES+=(python3-picamera2)
+    else
+        echo "note: python3-picamera2 is not in this system's apt sources (Raspberry Pi OS has" \
+             "it): the Pi camera (picamera2:N) will not work here; webcams (/dev/videoN)," \
+             "IP cameras, videos and folders do" >&2
+    fi
+fi
+
 if [ "$APT" = 1 ]; then
     run apt-get update -qq
     run env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
@@ -107,13 +130,21 @@ run install -d -m 755 -o root -g root "$DATA_DIR" "$DATA_DIR/images"
 
 # The virtual environment, and aiotedge in it (reinstalled on every run: that is the upgrade).
 if [ ! -x "$PREFIX/venv/bin/python" ]; then
-    run "$PYTHON" -m venv "$PREFIX/venv"
+    run "$PYTHON" -m venv "${VENV_OPTIONS[@]}" "$PREFIX/venv"
+elif [ "$CAMERA" = 1 ]; then  # made for a stage before: let it see the system's packages
+    run sed -i 's/^include-system-site-packages = .*/include-system-site-packages = true/' \
+        "$PREFIX/venv/pyvenv.cfg"
 fi
 run "$PREFIX/venv/bin/python" -m pip install --quiet --upgrade pip
 if [ -d "$SOURCE" ]; then
-    run "$PREFIX/venv/bin/python" -m pip install --quiet --upgrade "${SOURCE}[systemd,metrics]"
+    run "$PREFIX/venv/bin/python" -m pip install --quiet --upgrade "${SOURCE}[$EXTRAS]"
 else
-    run "$PREFIX/venv/bin/python" -m pip install --quiet --upgrade "aiotedge[systemd,metrics] @ file://$(realpath "$SOURCE")"
+    run "$PREFIX/venv/bin/python" -m pip install --quiet --upgrade "aiotedge[$EXTRAS] @ file://$(realpath "$SOURCE")"
+fi
+if [ "$CAMERA" = 1 ]; then
+    # Picamera2 imports simplejpeg; apt's is built for Debian's numpy 1.x, and the venv's
+    # numpy 2 needs the one built for it (not verified on a Pi: docs/cameras.md).
+    run "$PREFIX/venv/bin/python" -m pip install --quiet --upgrade simplejpeg
 fi
 
 for unit in "${UNITS[@]}"; do

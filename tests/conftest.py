@@ -106,8 +106,7 @@ def split3(test_models, test_labels, split_into):
 @pytest.fixture(scope="session")
 def generated_frames(generated_photos) -> list[tuple[str, bytes]]:
     """(name, bytes) of the generated photos, as a camera sends them."""
-    from aiotedge.media.image import list_images
-    from aiotedge.nodes.camera import read_photo
+    from aiotedge.media.image import list_images, read_photo
 
     return [(path.name, read_photo(path)) for path in list_images(generated_photos)]
 
@@ -264,6 +263,7 @@ class AnsweringStage:
 
         self.topics = Topics(pipeline)
         self.frames: list[bytes] = []
+        self._received = threading.Condition()
         self.session = MqttSession(broker.address, f"answering-{pipeline}")
         self.session.subscribe(self.topics.stage_input(0), self._answer)
         self.session.start()
@@ -273,11 +273,20 @@ class AnsweringStage:
         from aiotedge.contracts.events import Prediction, Score
         from aiotedge.contracts.wire import decode_photo
 
-        self.frames.append(message.payload)
+        with self._received:
+            self.frames.append(message.payload)
+            self._received.notify_all()
         frame = decode_photo(message.payload)
         prediction = Prediction(frame.frame_id, frame.source, frame.seq, frame.captured_at,
                                 [Score(0, "answer", 1.0)], 1.0, [])
         self.session.publish(self.topics.predictions, prediction.to_json(), qos=1)
+
+    def wait_frames(self, count: int, timeout: float = 60.0) -> list[bytes]:
+        """The payloads taken so far, once there are at least `count`."""
+        with self._received:
+            if not self._received.wait_for(lambda: len(self.frames) >= count, timeout):
+                pytest.fail(f"{len(self.frames)} frames within {timeout} s, not {count}")
+            return list(self.frames)
 
     def stop(self) -> None:
         self.session.stop()

@@ -50,12 +50,12 @@ def load_cluster() -> dict[str, NodeConfig]:
 
 
 def is_camera(config: NodeConfig) -> bool:
-    return bool(config.camera.images)
+    return bool(config.camera.source)
 
 
 def node_name(config: NodeConfig) -> str:
     """The name a node's availability and stats topics carry."""
-    return config.camera.source if is_camera(config) else config.stage.node
+    return config.camera.name if is_camera(config) else config.stage.node
 
 
 def acl_users() -> list[str]:
@@ -216,7 +216,7 @@ def allowed_writes(config: NodeConfig) -> set[str]:
     name = node_name(config)
     own = {topics.errors, topics.availability(name), topics.info(name), topics.stats(name)}
     if is_camera(config):
-        return own | {topics.stage_input(0)}
+        return own | {topics.stage_input(0), topics.snapshot(name)}
     index = config.stage.index
     if index < STAGES - 1:
         return own | {topics.stage_input(index + 1)}
@@ -245,7 +245,8 @@ def candidate_topics(configs: dict[str, NodeConfig]) -> list[str]:
                    "aiotedge-frames/orchard/stage/1", "aiotedge/orchard/predictions",
                    "homeassistant/sensor/other/config", "$SYS/broker/uptime"}
     for name in names:
-        candidates |= {topics.availability(name), topics.info(name), topics.stats(name)}
+        candidates |= {topics.availability(name), topics.info(name), topics.stats(name),
+                       topics.snapshot(name)}
     for config in configs.values():
         candidates |= allowed_writes(config)
     return sorted(candidates)
@@ -336,18 +337,22 @@ def check_publish_rights(probes: Callable[[str], Probe], config: NodeConfig,
     seen = []
     while (message := next_item(watcher.messages, "the watcher")) != (marker, "marker"):
         seen.append(message[0])
-    assert set(seen) == {t for t in allowed if t.startswith("aiotedge/")}
+    # the watcher may read the JSON branch and the cameras' snapshots, not the frames
+    readable = ("aiotedge/", Topics("greenhouse").snapshot(""))
+    assert set(seen) == {t for t in allowed
+                         if t.startswith(readable) and mqtt.topic_matches_sub(watcher_filter, t)}
 
 
 def check_deliveries(probes: Callable[[str], Probe],
                      filters: Callable[[str], list[str]]) -> None:
-    """Every node receives its own inputs and nothing else, the watcher every JSON topic (not
-    the frames, which have a branch of their own), each subscribed to `filters(its name)`."""
+    """Every node receives its own inputs and nothing else, the watcher every JSON topic and
+    the cameras' snapshots (not the frames, which have a branch of their own), each subscribed
+    to `filters(its name)`."""
     configs = load_cluster()
     topics = Topics("greenhouse")
     published = [topics.stage_input(k) for k in range(STAGES)]
     published += [topics.predictions, topics.errors, topics.availability("stage1"),
-                  topics.info("stage1"), topics.stats("stage1")]
+                  topics.info("stage1"), topics.stats("stage1"), topics.snapshot("cam0")]
     writers = {}
     for topic in published:  # the node whose job it is to publish it
         writers[topic] = next(c.broker.username for c in configs.values()
@@ -365,7 +370,8 @@ def check_deliveries(probes: Callable[[str], Probe],
                 clients[user] = probes(user)
             assert not clients[user].publish(topic, f"{round_number}").is_failure
     for name, reader in readers.items():
-        expected = ({t for t in published if t.startswith(f"{topics.base}/")}
+        expected = ({t for t in published if t.startswith((f"{topics.base}/",
+                                                            topics.snapshot("")))}
                      if name == "watcher" else allowed_reads(configs[name], published))
         first_round = []
         # messages reach a subscriber in the order the broker took them: round 1 is complete

@@ -9,6 +9,7 @@ from aiotedge.config.schema import CameraConfig
 from aiotedge.contracts.events import Prediction, Score, StageTiming
 from aiotedge.contracts.topics import Topics
 from aiotedge.contracts.wire import decode_photo
+from aiotedge.media.sources import Stills
 from aiotedge.nodes.camera import Camera
 from aiotedge.nodes.session import MqttSession
 from tests.conftest import AnsweringStage
@@ -26,9 +27,9 @@ def test_camera_at_a_frame_rate_publishes_every_photo_in_order_and_loops(
 ):
     pipeline = AnsweringStage(broker, "cams")
     session = connected(broker, "camera")
-    camera = Camera(session, pipeline.topics, CameraConfig(source="porch", fps=200, loop=True))
+    camera = Camera(session, pipeline.topics, CameraConfig(name="porch", fps=200))
     count = len(generated_frames) + 2
-    assert camera.run(generated_frames, frames=count) == count  # and got every result
+    assert camera.run(Stills(generated_frames, loop=True), frames=count) == count  # and results
     session.stop()
     pipeline.stop()
     received = [decode_photo(payload) for payload in pipeline.frames]

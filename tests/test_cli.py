@@ -103,10 +103,12 @@ def test_a_prometheus_port_in_use_is_named_before_connecting(tmp_path, test_mode
     assert "Traceback" not in result.stderr
 
 
-def test_a_missing_image_folder_is_named_with_its_key(tmp_path):
-    result = run_node("camera", '[camera]\nimages = "/nowhere/photos"\n', tmp_path)
+def test_a_missing_source_is_named_with_its_key(tmp_path):
+    result = run_node("camera", '[camera]\nsource = "/nowhere/photos"\n', tmp_path)
     assert_one_line_error(
-        result, "stage7.toml: key 'camera.images': /nowhere/photos: not a folder of images"
+        result, "stage7.toml: key 'camera.source': /nowhere/photos: No such file or directory; "
+        "a source is a folder, an image or a video file, a device (/dev/video0), picamera2:N "
+        "or a URL (rtsp://, rtsps://, http://, https://)"
     )
 
 

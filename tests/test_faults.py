@@ -15,6 +15,7 @@ from aiotedge.config.schema import CameraConfig
 from aiotedge.contracts.events import ErrorEvent
 from aiotedge.contracts.manifest import Manifest
 from aiotedge.contracts.topics import Topics
+from aiotedge.media.sources import Stills
 from aiotedge.nodes.broker import LocalBroker
 from aiotedge.nodes.camera import Camera
 from aiotedge.nodes.local import LocalPipeline
@@ -165,8 +166,8 @@ def test_a_camera_faster_than_the_pipeline_loses_no_frame_at_qos1(split3, genera
             LocalPipeline(split3, broker=small_queues.address) as pipeline:
         session = connected(small_queues, "fast-camera")
         camera = Camera(session, pipeline.topics,
-                        CameraConfig(source="fast", fps=1000.0, loop=True))
-        assert camera.run(generated_frames, frames=frames) == frames  # and their results
+                        CameraConfig(name="fast", fps=1000.0))
+        assert camera.run(Stills(generated_frames, loop=True), frames=frames) == frames
         session.stop()
     assert camera.counters.get("answered") == frames
     assert camera.counters.get("unanswered") == 0
@@ -202,8 +203,8 @@ def test_a_stage_given_a_share_group_drops_its_earlier_plain_subscription(
     stages[1].wait_for_line("stage 1 ready")
     topics = Topics("chain")
     session = connected(broker, "camera")
-    camera = Camera(session, topics, CameraConfig(source="cam"))
-    assert camera.run(generated_frames) == len(generated_frames)
+    camera = Camera(session, topics, CameraConfig(name="cam"))
+    assert camera.run(Stills(generated_frames)) == len(generated_frames)
     session.stop()
     assert camera.counters.get("answered") == len(generated_frames)
     assert all(stage.stop() == 0 for stage in stages)

@@ -14,7 +14,16 @@ from PIL import Image
 from aiotedge.contracts.errors import ImageError
 from aiotedge.contracts.manifest import Preprocessing
 from aiotedge.contracts.tensors import TensorSpec
-from aiotedge.media.image import MAX_PIXELS, decode_image, eight_bit, list_images, preprocess
+from aiotedge.media.image import (
+    MAX_PIXELS,
+    decode_image,
+    eight_bit,
+    list_images,
+    model_size,
+    preprocess,
+)
+from aiotedge.media.prepare import ModelInput, prepare, snapshot_jpeg
+from aiotedge.media.sources.base import CapturedFrame
 from aiotedge.tflite.runtime import Segment
 from tests.conftest import SHARED_IMAGES, SHARED_MODEL
 
@@ -193,3 +202,43 @@ def test_wide_grey_is_scaled_and_what_has_no_8_bit_form_is_refused():
         eight_bit(Image.fromarray(np.array([[-1, 70000]], dtype=np.int32)))
     with pytest.raises(ImageError, match="F pixels"):
         eight_bit(Image.fromarray(np.zeros((2, 2), dtype=np.float32)))
+
+
+# -- the same work at the camera (media/prepare.py) ------------------------------------------------
+
+CAMERA_MODEL = ModelInput(Preprocessing(24, 16, mean=127.5, std=127.5),
+                          TensorSpec("in", (1, 16, 24, 3), "int8", scale=1 / 127.5,
+                                     zero_point=0))
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+@pytest.mark.parametrize("image_format", ["PNG", "JPEG"])
+def test_a_camera_preprocesses_a_turned_photo_as_stage_zero_would(orientation, image_format):
+    photo = tagged(gradient(), orientation, image_format)
+    frame = CapturedFrame(1.0, "turned", encoded=photo)
+    tensor = prepare(frame, "tensor", CAMERA_MODEL, 90)
+    np.testing.assert_array_equal(tensor, preprocess(
+        decode_image(photo), CAMERA_MODEL.preprocessing, CAMERA_MODEL.spec))
+    # EXIF counted: not the tensor of the pixels as the sensor stored them
+    stored = Image.open(io.BytesIO(photo))
+    assert not np.array_equal(
+        tensor, preprocess(stored, CAMERA_MODEL.preprocessing, CAMERA_MODEL.spec))
+    small = Image.open(io.BytesIO(prepare(frame, "jpeg", CAMERA_MODEL, 95)))
+    assert (small.format, small.size) == ("JPEG", (24, 16))
+    upright = np.asarray(model_size(decode_image(photo), CAMERA_MODEL.preprocessing), dtype=int)
+    np.testing.assert_allclose(np.asarray(small, dtype=int), upright, atol=24)
+
+
+def test_a_camera_sends_a_photo_untouched_and_decoded_frames_as_jpeg():
+    photo = png()
+    assert prepare(CapturedFrame(1.0, "p", encoded=photo), "none", CAMERA_MODEL, 90) is photo
+    # until stage 0's preprocessing is known, frames go as they are
+    assert prepare(CapturedFrame(1.0, "p", encoded=photo), "tensor", None, 90) is photo
+    decoded = CapturedFrame(1.0, "d", pixels=gradient)
+    jpeg = Image.open(io.BytesIO(prepare(decoded, "none", CAMERA_MODEL, 90)))
+    assert (jpeg.format, jpeg.size) == ("JPEG", (48, 32))
+    assert snapshot_jpeg(decoded, 90) == prepare(decoded, "none", CAMERA_MODEL, 90)
+    assert Image.open(io.BytesIO(snapshot_jpeg(CapturedFrame(1.0, "p", encoded=photo),
+                                               90))).format == "JPEG"
+    with pytest.raises(ImageError):
+        prepare(CapturedFrame(1.0, "bad", encoded=b"plain text"), "jpeg", CAMERA_MODEL, 90)

@@ -12,8 +12,7 @@ import pytest
 from aiotedge.config.schema import StageConfig
 from aiotedge.contracts.manifest import Manifest
 from aiotedge.contracts.wire import Frame, encode_frame
-from aiotedge.media.image import list_images
-from aiotedge.nodes.camera import read_photo
+from aiotedge.media.image import list_images, read_photo
 from aiotedge.nodes.local import LocalPipeline
 from aiotedge.nodes.session import MqttSession
 from tests.conftest import SHARED_LABELS, SHARED_MODEL, whole_model_top

@@ -265,7 +265,7 @@ def test_a_camera_whose_every_frame_the_acl_refuses_exits_1(
         f'[broker]\nhost = "127.0.0.1"\nport = {broker.tls_port}\nusername = "stage1"\n'
         f'password_file = "{passwords["stage1"]}"\ntls = true\nca_file = "{pki / "ca.crt"}"\n'
         f'[pipeline]\nname = "greenhouse"\n'
-        f'[camera]\nimages = "{generated_photos}"\nsource = "stage1"\nfps = 50.0\n'
+        f'[camera]\nsource = "{generated_photos}"\nname = "stage1"\nfps = 50.0\n'
     )
     result = subprocess.run(
         [sys.executable, "-m", "aiotedge", "camera", "--config", str(config), "--frames", "3"],

@@ -161,7 +161,7 @@ def test_a_node_may_publish_only_to_its_own_topics(probes, node):
 def needed_filters(config: NodeConfig | None) -> list[str]:
     """What a user subscribes to for its work (a stage without replicas: plainly)."""
     if config is None:
-        return [f"{TOPICS.base}/#"]
+        return [f"{TOPICS.base}/#", TOPICS.snapshot("+")]
     common = [TOPICS.all_availability, TOPICS.all_info]
     if is_camera(config):
         return [*common, TOPICS.predictions, TOPICS.errors]
@@ -189,10 +189,12 @@ def candidate_filters(own_probe: str) -> list[str]:
 
 
 def subscribable(config: NodeConfig | None, candidates: list[str], own_probe: str) -> set[str]:
-    """The watcher: anything of the pipeline, no share group. A node: who is online and what
-    they run, its probe, its inputs; a stage's input in any share group too."""
+    """The watcher: anything of the pipeline and the cameras' snapshots, no share group. A
+    node: who is online and what they run, its probe, its inputs; a stage's input in any share
+    group too."""
     if config is None:
-        return {f for f in candidates if f.startswith(f"{TOPICS.base}/")}
+        return {f for f in candidates
+                if f.startswith(f"{TOPICS.base}/") or f == TOPICS.snapshot("+")}
     granted = {TOPICS.all_availability, TOPICS.availability("stage1"), TOPICS.all_info,
                own_probe}
     if is_camera(config):

@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from aiotedge.config.schema import NodeConfig, PipelineConfig, StageConfig, StatsConfig
-from aiotedge.contracts.events import ErrorEvent, Prediction
+from aiotedge.contracts.events import ErrorEvent, NodeInfo, Prediction
 from aiotedge.contracts.manifest import Manifest, Preprocessing, SourceModel, StageSpec
 from aiotedge.contracts.tensors import TensorSpec
 from aiotedge.contracts.wire import Frame, decode_activation, encode_frame
@@ -248,3 +248,39 @@ def test_a_stage_sends_its_output_in_the_codec_its_manifest_names():
     node.stop()
     assert msgpack.unpackb(payload)["tensor"]["codec"] == "zstd"
     np.testing.assert_array_equal(decode_activation(payload, HIDDEN).tensor, segment.output)
+
+
+def test_stage_zero_says_how_it_preprocesses_and_the_others_do_not():
+    infos = {}
+    for index in (0, 1):
+        node, session, _ = node_for(index)
+        node.announce_online()
+        node.stop()
+        infos[index] = NodeInfo.parse(session.published.get(timeout=TIMEOUT)[1].encode())
+    assert infos[0].preprocessing == manifest().preprocessing
+    assert infos[0].input == PHOTO
+    assert infos[1].preprocessing is None
+
+
+@pytest.mark.parametrize("preprocessing", [
+    {"width": 0, "height": 4, "mean": 0.0, "std": 1.0},
+    {"width": 100_000, "height": 4, "mean": 0.0, "std": 1.0},
+    {"width": 4, "height": 4, "mean": 0.0, "std": 0.0},
+    {"width": 4, "height": 4, "mean": "NaN", "std": 1.0},
+])
+def test_info_with_preprocessing_no_model_has_is_not_taken(preprocessing):
+    info = json.loads(NodeInfo.for_stage(manifest(), 0, "stage0", "").to_json())
+    info["preprocessing"] = preprocessing
+    assert NodeInfo.parse(json.dumps(info).encode()) is None
+
+
+def test_a_tensor_a_camera_preprocessed_goes_into_stage_zero_as_it_is():
+    node, session, segment = node_for(0)
+    tensor = np.arange(48, dtype=np.uint8).reshape(PHOTO.shape)
+    frame = Frame("t-1", "cam", 0, 1.0, tensor=tensor, scale=PHOTO.scale,
+                  zero_point=PHOTO.zero_point, name="door.jpg")
+    session.handler(message("aiotedge-frames/unit/stage/0", encode_frame(frame)))
+    _, payload, _ = session.forwarded.get(timeout=TIMEOUT)
+    node.stop()
+    np.testing.assert_array_equal(segment.inputs[0], tensor)
+    assert decode_activation(payload, HIDDEN).name == "door.jpg"  # carried on

@@ -115,17 +115,51 @@ def test_the_stage_unit_is_a_notify_service_with_a_watchdog():
         assert (unit["PartOf"], unit["WantedBy"]) == ("aiotedge.target", "aiotedge.target")
 
 
+def unit_values(name: str, key: str) -> list[str]:
+    """Every value of a key given several times (DeviceAllow=)."""
+    return [line.partition("=")[2] for line in (UNITS / name).read_text().splitlines()
+            if line.startswith(f"{key}=")]
+
+
+#: the sandboxing both daemons have; the camera differs only in which devices it may open
+HARDENING = ("ProtectSystem", "ProtectHome", "PrivateTmp", "NoNewPrivileges",
+             "CapabilityBoundingSet", "ProtectKernelTunables", "ProtectKernelModules",
+             "ProtectKernelLogs", "ProtectControlGroups", "ProtectClock", "ProtectHostname",
+             "ProtectProc", "RemoveIPC", "RestrictNamespaces", "RestrictRealtime",
+             "RestrictSUIDSGID", "LockPersonality", "MemoryDenyWriteExecute",
+             "SystemCallArchitectures", "SystemCallFilter", "SystemCallErrorNumber", "UMask")
+
+
+def test_the_camera_unit_may_open_video_devices_and_keeps_the_rest_of_the_sandbox():
+    camera = unit_settings("aiotedge-camera@.service")
+    stage = unit_settings("aiotedge-stage@.service")
+    assert "PrivateDevices" not in camera  # it hides /dev/video0 whatever DeviceAllow= says
+    assert camera["DevicePolicy"] == "closed"  # the pseudo devices and these, nothing else
+    assert unit_values("aiotedge-camera@.service", "DeviceAllow") == [
+        "char-video4linux rw", "char-media rw", "char-dma_heap rw"]
+    assert camera["SupplementaryGroups"] == "video"  # /dev/video* is root:video 0660
+    assert {key: camera[key] for key in HARDENING} == {key: stage[key] for key in HARDENING}
+    assert camera["RestrictAddressFamilies"] == \
+        stage["RestrictAddressFamilies"] + " AF_NETLINK"  # libcamera's udev monitor
+
+
 # -- scripts/install-board.sh ------------------------------------------------------------------
 
 INSTALL = REPO / "scripts" / "install-board.sh"
 
 
-def test_install_board_installs_every_unit_where_the_units_expect_things():
-    result = subprocess.run(["bash", str(INSTALL), "--dry-run", "--no-apt", "--node", "stage2"],
+def dry_run(*flags: str) -> tuple[list[str], str]:
+    """The commands install-board.sh would run (unquoted), and all it printed."""
+    result = subprocess.run(["bash", str(INSTALL), "--dry-run", "--no-apt", *flags],
                             capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     commands = [" ".join(shlex.split(line[2:])) for line in result.stdout.splitlines()
-                if line.startswith("+ ")]  # the commands it would run, unquoted
+                if line.startswith("+ ")]
+    return commands, result.stdout
+
+
+def test_install_board_installs_every_unit_where_the_units_expect_things():
+    commands, output = dry_run("--node", "stage2")
     assert sorted(p.name for p in UNITS.iterdir()) == sorted(UNIT_FILES)
     for name in UNIT_FILES:
         assert f"install -m 644 -o root -g root {UNITS / name} /etc/systemd/system/{name}" \
@@ -141,7 +175,36 @@ def test_install_board_installs_every_unit_where_the_units_expect_things():
     assert "install -d -m 750 -o root -g aiotedge /etc/aiotedge" in commands
     assert (f"install -m 644 -o root -g root {REPO}/configs/cluster/stage2.toml "
             "/etc/aiotedge/stage2.toml") in commands or "keeping /etc/aiotedge/stage2.toml" \
-        in result.stdout
+        in output
+
+
+def test_install_board_makes_a_camera_node_that_sees_the_systems_picamera2():
+    venv = str(Path(INSTALLED_BINARY).parents[1])
+    camera, _ = dry_run("--camera", "--node", "camera")
+    assert f"/usr/bin/python3 -m venv --system-site-packages {venv}" in camera
+    assert any(c.startswith(f"{venv}/bin/python -m pip install")
+               and c.endswith("[systemd,metrics,video,watch]") for c in camera), camera
+    assert f"{venv}/bin/python -m pip install --quiet --upgrade simplejpeg" in camera
+    stage, _ = dry_run("--node", "stage2")  # a stage board installs no camera library
+    assert f"/usr/bin/python3 -m venv {venv}" in stage
+    assert not any("video" in c or "simplejpeg" in c for c in stage), stage
+
+
+def test_a_venv_with_system_site_packages_imports_apt_packages(tmp_path):
+    """How the camera node sees python3-picamera2: shown with another apt package, python3-gi
+    (Picamera2 is Raspberry Pi OS's only)."""
+    system = "/usr/bin/python3"
+    if subprocess.run([system, "-c", "import gi"], capture_output=True,
+                      check=False).returncode != 0:
+        pytest.skip("python3-gi is not installed (Debian package python3-gi)")
+    imports = {}
+    for name, flags in (("plain", []), ("camera", ["--system-site-packages"])):
+        subprocess.run([system, "-m", "venv", "--without-pip", *flags, str(tmp_path / name)],
+                       check=True)
+        imports[name] = subprocess.run([str(tmp_path / name / "bin" / "python"), "-c",
+                                        "import gi"], capture_output=True, check=False)
+    assert imports["plain"].returncode != 0
+    assert imports["camera"].returncode == 0, imports["camera"].stderr
 
 
 def test_install_board_passes_shellcheck():
@@ -173,22 +236,34 @@ def two_stages(shared_data, split_into) -> Manifest:
     return split_into(SHARED_MODEL, 2, SHARED_LABELS)
 
 
-def stage_config(path: Path, broker, manifest: Manifest, index: int, node: str) -> Path:
+def node_config(path: Path, broker, section: str) -> Path:
+    """A node's config file for the test's broker and pipeline, with `section` added."""
     path.write_text(f"""
 [broker]
 host = "127.0.0.1"
 port = {broker.port}
 [pipeline]
 name = "systemd-test"
-[stage]
+{section}
+""")
+    return path
+
+
+def stage_config(path: Path, broker, manifest: Manifest, index: int, node: str) -> Path:
+    return node_config(path, broker, f"""[stage]
 manifest = {toml_string(manifest.directory)}
 index = {index}
 node = "{node}"
 threads = 1
 [stats]
-interval = 0
-""")
-    return path
+interval = 0""")
+
+
+def camera_config(path: Path, broker, source: Path, name: str, more: str) -> Path:
+    return node_config(path, broker, f"""[camera]
+source = {toml_string(source)}
+name = "{name}"
+{more}""")
 
 
 def needs_sd_notify() -> None:
@@ -297,19 +372,8 @@ def test_the_camera_daemon_notifies_ready_and_stopping(broker, tmp_path):
     photos = tmp_path / "photos"
     photos.mkdir()
     Image.new("RGB", (64, 48), (30, 160, 60)).save(photos / "leaf.jpg")
-    config = tmp_path / "camera.toml"
-    config.write_text(f"""
-[broker]
-host = "127.0.0.1"
-port = {broker.port}
-[pipeline]
-name = "systemd-test"
-[camera]
-images = {toml_string(photos)}
-source = "cam-notify"
-fps = 20.0
-loop = true
-""")
+    config = camera_config(tmp_path / "camera.toml", broker, photos, "cam-notify",
+                           "fps = 20.0\nloop = true")
     frames = Topics("systemd-test").stage_input(0)
     watcher, published = subscribe(broker, frames)
     notify = NotifySocket(tmp_path)
@@ -423,16 +487,21 @@ def test_the_sandbox_is_enforced():
                     "(sudo apt-get install python3-seccomp) are available")
 
 
-def test_a_stage_serves_frames_inside_the_units_sandbox(broker, two_stages, tmp_path):
+def sandboxed(argv: list[str]) -> list[str]:
+    """`argv` run under W^X and the units' system call filter, as much of it as this machine
+    can enforce; skips the test when it can enforce neither."""
     mdwe = mdwe_supported()
     filter_python = seccomp_python()
     if not mdwe and filter_python is None:
         pytest.skip("neither PR_SET_MDWE (Linux >= 6.3) nor libseccomp's Python bindings "
                     "(sudo apt-get install python3-seccomp) are available")
+    return [filter_python or sys.executable, "-c", SANDBOX,
+            "1" if mdwe else "0", "1" if filter_python else "0", *argv]
+
+
+def test_a_stage_serves_frames_inside_the_units_sandbox(broker, two_stages, tmp_path):
     config = stage_config(tmp_path / "stage0.toml", broker, two_stages, 0, "stage0-sandbox")
-    argv = exec_start("aiotedge-stage@.service", config)
-    sandbox = [filter_python or sys.executable, "-c", SANDBOX,
-               "1" if mdwe else "0", "1" if filter_python else "0", *argv]
+    sandbox = sandboxed(exec_start("aiotedge-stage@.service", config))
     topics = Topics("systemd-test")
     availability, states = subscribe(broker, topics.availability("stage0-sandbox"))
     output, activations = subscribe(broker, topics.stage_input(1))
@@ -461,3 +530,24 @@ def test_a_stage_serves_frames_inside_the_units_sandbox(broker, two_stages, tmp_
         availability.stop()
         output.stop()
         notify.close()
+
+
+def test_a_camera_reads_a_video_inside_the_units_sandbox(broker, tmp_path):
+    """PyAV (FFmpeg's decoders) under W^X and the system call filter, as the camera unit runs."""
+    from tests.conftest import AnsweringStage
+    from tests.media import moving_pattern
+
+    video = moving_pattern(tmp_path / "clip.mp4", seconds=1, size="160x120", fps=10)
+    config = camera_config(tmp_path / "camera.toml", broker, video, "cam-sandbox", "frames = 5")
+    sandbox = sandboxed(exec_start("aiotedge-camera@.service", config))
+    pipeline = AnsweringStage(broker, "systemd-test")
+    log = tmp_path / "sandboxed-camera.log"
+    try:
+        with running(sandbox, daemon_env(None), log) as camera:
+            # a system call outside the filter would have been SIGSYS (-31), W^X a crash
+            assert camera.wait(timeout=TIMEOUT) == 0, log.read_text()
+        frames = [decode_photo(payload) for payload in pipeline.wait_frames(5)]
+    finally:
+        pipeline.stop()
+    assert [f.name for f in frames] == [f"clip.mp4#t={n / 10:.3f}" for n in range(5)]
+

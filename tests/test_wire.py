@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tracemalloc
 
 import msgpack
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from aiotedge.contracts.errors import WireError
-from aiotedge.contracts.events import Prediction, Score
+from aiotedge.contracts.events import Prediction, Score, build_prediction
 from aiotedge.contracts.tensors import TensorSpec
 from aiotedge.contracts.wire import (
     MAX_CONTAINERS,
@@ -122,7 +123,10 @@ def test_activation_travels_as_one_byte_per_value():
         (message(trace=[[0, 1.0, 2.0]] * 65), "65 exceeds max_array_len(64)"),
         (message(tensor_shape=[1] * 65), "65 exceeds max_array_len(64)"),
         (message(frame_id="f" * 513), "513 exceeds max_str_len(512)"),
-        (message(unknown=1), "9 exceeds max_map_len(8)"),
+        (message(unknown=1, name="n"), "10 exceeds max_map_len(9)"),
+        (message(name=""), "field 'name' must be 1 to 128 characters"),
+        (message(name="n" * 129), "field 'name' must be 1 to 128 characters"),
+        (message(name=7), "field 'name' must be str, got int"),
         (message(attempt=0), "field 'attempt' must be 1 to 100"),
         (message(attempt=2.0), "field 'attempt' must be int, got float"),
         (message(tensor_unknown=1), "unknown field 'unknown' in the tensor"),
@@ -152,6 +156,30 @@ def test_refusal_names_the_frame_when_the_header_was_readable():
     with pytest.raises(WireError) as caught:
         decode_activation(message(tensor_shape=[2]), SPEC)
     assert caught.value.frame_id == "cam0-ab12-7"
+
+
+def test_a_name_travels_to_the_prediction_and_is_optional():
+    named = Frame("cam1-x-0", "cam1", 0, 5.0, image=b"\xff\xd8", name="door.jpg")
+    decoded = decode_photo(encode_frame(named))
+    assert decoded.name == "door.jpg"
+    assert "name" not in msgpack.unpackb(encode_frame(tensor_frame()))  # not said: not sent
+    after_stage0 = decoded.with_tensor(tensor_frame().tensor, SPEC, Hop(0, 5.5, 6.0))
+    assert decode_activation(encode_frame(after_stage0), SPEC).name == "door.jpg"
+    prediction = build_prediction(after_stage0, [Score(1, "door", 0.9)], Hop(1, 6.5, 7.0))
+    assert Prediction.from_json(prediction.to_json()).name == "door.jpg"
+    unnamed = build_prediction(tensor_frame(), [], Hop(1, 6.5, 7.0))
+    assert json.loads(unnamed.to_json())["name"] is None
+
+
+def test_stage_zero_takes_a_preprocessed_tensor_when_given_its_input_spec():
+    decoded = decode_photo(message(), SPEC)
+    np.testing.assert_array_equal(decoded.tensor, tensor_frame().tensor)
+    assert decoded.image is None
+    with pytest.raises(WireError, match="does not match the stage input"):
+        decode_photo(message(tensor_shape=[1, 7, 7, 8]), SPEC)
+    with pytest.raises(WireError, match="both an image and a tensor"):
+        decode_photo(message(image=b"\xff\xd8"), SPEC)
+    assert decode_photo(encode_frame(Frame("a", "b", 0, 0.0, image=b"\xff")), SPEC).image
 
 
 def test_stage_zero_refuses_tensors_and_empty_images():
@@ -238,9 +266,10 @@ def test_the_largest_frame_the_format_allows_is_accepted():
     longest_id = "\U0001f4f7" * MAX_ID_LENGTH  # 4 bytes a character in UTF-8
     hops = [Hop(stage, 1.0, 2.0) for stage in range(MAX_TRACE_HOPS)]
     frame = Frame(longest_id, longest_id, 2**64 - 1, 1.0, tensor=tensor_frame().tensor,
-                  scale=SPEC.scale, zero_point=SPEC.zero_point, trace=hops)
+                  scale=SPEC.scale, zero_point=SPEC.zero_point, trace=hops, name=longest_id)
     decoded = decode_activation(encode_frame(frame), SPEC)
     assert (decoded.frame_id, decoded.source, decoded.trace) == (longest_id, longest_id, hops)
+    assert decoded.name == longest_id
 
 
 @pytest.mark.parametrize("dtype", ["float16", "float32"])

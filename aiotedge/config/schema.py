@@ -88,12 +88,7 @@ class BrokerConfig:
         """From password_file, else password_env; at most what MQTT carries (paho would die)."""
         if self.password_file:
             where = f"the broker password file {self.password_file}"
-            try:
-                value = Path(self.password_file).read_text().strip()
-            except OSError as exc:
-                raise ConfigError(f"cannot read {where}: {exc.strerror}") from exc
-            except UnicodeDecodeError as exc:
-                raise ConfigError(f"{where} is not UTF-8 text") from exc
+            value = read_secret_file(self.password_file, where)
         elif self.password_env:
             where = f"environment variable {self.password_env}"
             value = os.environ.get(self.password_env)
@@ -115,6 +110,16 @@ class BrokerConfig:
 
     def __str__(self) -> str:
         return f"{self.host}:{self.port}"
+
+
+def read_secret_file(filename: str, where: str) -> str:
+    """A password kept in a file (a systemd credential, a mode 0640 file), without its newline."""
+    try:
+        return Path(filename).read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {where}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{where} is not UTF-8 text") from exc
 
 
 #: the longest wait the node takes (stats interval, camera frame period): a day
@@ -199,12 +204,35 @@ class HomeAssistantConfig:
 
 @dataclass(frozen=True)
 class CameraConfig:
-    images: str = ""
-    source: str = "cam0"
+    #: what to read: a folder, an image or a video file, /dev/videoN, picamera2:N, a stream URL
+    source: str = ""
+    #: the camera's name: carried by every frame, in frame ids, and in its topics
+    name: str = "cam0"
     fps: float = 0.0
     #: frames without a result at most (the pacing window with fps = 0, a bound above it)
     in_flight: int = 8
+    #: a folder or a video file starts again after its end
     loop: bool = False
+    #: a folder: send each photo written into it from now on, once
+    watch: bool = False
+    #: a video file at its own frame rate, as a camera (else as fast as the pipeline takes it)
+    realtime: bool = False
+    #: what a device is asked for: WIDTHxHEIGHT, frames per second, pixel format (V4L2)
+    size: str = ""
+    capture_fps: float = 0.0
+    pixel_format: str = ""
+    #: network streams: RTSP transport, seconds to wait when opening or reading
+    transport: str = "tcp"
+    timeout: float = 5.0
+    #: file holding the stream's password (the user is the URL's)
+    source_password_file: str | None = None
+    #: "none": frames as they are; "jpeg" / "tensor": in stage 0's input size / as its input
+    preprocess: str = "none"
+    jpeg_quality: int = 90
+    #: stage 0's preprocessing from this manifest (else from stage 0's retained info)
+    manifest: str = ""
+    #: publish the latest JPEG that got a prediction (retained)
+    snapshot: bool = False
     frames: int | None = None
     #: seconds a frame may wait for its result before it is sent again or given up
     frame_timeout: float = 30.0
@@ -212,16 +240,47 @@ class CameraConfig:
     resends: int = 1
 
     def __post_init__(self) -> None:
-        if self.images:
-            require("images", usable_path(self.images), PATH)
-        require("source", topic_level(self.source), TOPIC_LEVEL)
+        for key in ("source", "manifest", "source_password_file"):
+            if getattr(self, key):
+                require(key, usable_path(getattr(self, key)), PATH)
+        require("name", topic_level(self.name), TOPIC_LEVEL)
         require("fps", self.fps == 0 or self.fps >= 1 / _MAX_PERIOD,
                 f"0 or at least 1/{_MAX_PERIOD} (one frame a day), got {self.fps}")
         require_range("in_flight", self.in_flight, 1)
+        if self.loop and self.watch:
+            raise ConfigError("keys 'loop' and 'watch' are both set: a folder is either "
+                              "sent round and round or watched for new photos")
+        if self.size:
+            require("size", self.picture_size is not None,
+                    f"WIDTHxHEIGHT, e.g. 640x480, got {self.size!r}")
+        require_range("capture_fps", self.capture_fps, 0, 1000)
+        if self.pixel_format:
+            require("pixel_format", self.pixel_format.isalnum(),
+                    f"a V4L2 pixel format such as mjpeg or yuyv422, got {self.pixel_format!r}")
+        require("transport", self.transport in ("tcp", "udp"),
+                f"tcp or udp, got {self.transport!r}")
+        require_range("timeout", self.timeout, 0.1, 300)
+        require("preprocess", self.preprocess in ("none", "jpeg", "tensor"),
+                f"none, jpeg or tensor, got {self.preprocess!r}")
+        require_range("jpeg_quality", self.jpeg_quality, 1, 100)
         if self.frames is not None:
             require_range("frames", self.frames, 1)
         require_range("frame_timeout", self.frame_timeout, 0.1, _MAX_PERIOD)
         require_range("resends", self.resends, 0, MAX_ATTEMPTS - 1)
+
+    @property
+    def picture_size(self) -> tuple[int, int] | None:
+        """`size` as (width, height), None when it is not WIDTHxHEIGHT."""
+        width, x, height = self.size.lower().partition("x")
+        if x and width.isdigit() and height.isdigit() and int(width) > 0 and int(height) > 0:
+            return int(width), int(height)
+        return None
+
+    def source_password(self) -> str | None:
+        if self.source_password_file is None:
+            return None
+        return read_secret_file(self.source_password_file,
+                                f"the stream password file {self.source_password_file}")
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -19,7 +20,7 @@ import numpy as np
 
 from aiotedge import __version__
 from aiotedge.contracts.errors import ManifestError
-from aiotedge.contracts.manifest import Manifest
+from aiotedge.contracts.manifest import Manifest, Preprocessing
 from aiotedge.contracts.tensors import TensorSpec
 from aiotedge.contracts.wire import Frame, Hop
 
@@ -106,6 +107,8 @@ class Prediction:
     top: list[Score]
     latency_ms: float
     stages: list[StageTiming]
+    #: which picture: the photo's file name, or the stream it came from (null: not said)
+    name: str | None = None
 
     def to_json(self) -> str:
         """Raises ValueError on a NaN or infinite number: JSON has none, and subscribers'
@@ -132,6 +135,7 @@ class Prediction:
             top=[Score(**s) for s in data["top"]],
             latency_ms=data["latency_ms"],
             stages=[StageTiming(**t) for t in data["stages"]],
+            name=data["name"] if isinstance(data.get("name"), str) else None,
         )
 
     def summary(self) -> str:
@@ -171,6 +175,7 @@ def build_prediction(frame: Frame, top: list[Score], last_hop: Hop) -> Predictio
         top=top,
         latency_ms=round((last_hop.done - frame.captured_at) * 1000, 3),
         stages=timings,
+        name=frame.name,
     )
 
 
@@ -189,13 +194,16 @@ class NodeInfo:
     output: TensorSpec
     share_group: str = ""
     version: str = __version__
+    #: stage 0 only: how it turns a photo into its input, for cameras that do it for it
+    preprocessing: Preprocessing | None = None
 
     @classmethod
     def for_stage(cls, manifest: Manifest, index: int, node: str, share_group: str) -> NodeInfo:
         spec = manifest.stage(index)
         return cls(node=node, stage=index, stages=len(manifest.stages),
                    manifest=manifest.fingerprint, model=manifest.source.file,
-                   input=spec.input, output=spec.output, share_group=share_group)
+                   input=spec.input, output=spec.output, share_group=share_group,
+                   preprocessing=manifest.preprocessing if index == 0 else None)
 
     def to_json(self) -> str:
         return json.dumps({
@@ -203,6 +211,7 @@ class NodeInfo:
             "stages": self.stages, "manifest": self.manifest, "model": self.model,
             "input": self.input.to_dict(), "output": self.output.to_dict(),
             "share_group": self.share_group,
+            **({"preprocessing": asdict(self.preprocessing)} if self.preprocessing else {}),
         })
 
     @classmethod
@@ -217,8 +226,25 @@ class NodeInfo:
                        model=str(data["model"]), input=TensorSpec.from_dict(data["input"]),
                        output=TensorSpec.from_dict(data["output"]),
                        share_group=str(data.get("share_group", "")),
-                       version=str(data.get("version", "")))
+                       version=str(data.get("version", "")),
+                       preprocessing=_preprocessing(data.get("preprocessing")))
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError,
                 ManifestError) as exc:
             log.debug("ignored a message that is not node info: %r", exc)
             return None
+
+
+#: the largest model input side a node's info may announce (a camera resizes frames to it)
+MAX_INPUT_SIDE = 4096
+
+
+def _preprocessing(data: Any) -> Preprocessing | None:
+    """Stage 0's preprocessing from its info; a ValueError for values no model has."""
+    if data is None:
+        return None
+    prep = Preprocessing(width=int(data["width"]), height=int(data["height"]),
+                         mean=float(data["mean"]), std=float(data["std"]))
+    sides_ok = all(1 <= side <= MAX_INPUT_SIDE for side in (prep.width, prep.height))
+    if not (sides_ok and math.isfinite(prep.mean) and math.isfinite(prep.std) and prep.std):
+        raise ValueError(f"unusable preprocessing {prep}")
+    return prep

@@ -41,6 +41,10 @@ class Topics:
     def all_stage_inputs(self) -> str:
         return f"{self.frames_base}/stage/+"
 
+    def snapshot(self, camera: str) -> str:
+        """Retained: the camera's latest JPEG that got a prediction (dashboards, Home Assistant)."""
+        return f"{self.frames_base}/snapshot/{camera}"
+
     @property
     def predictions(self) -> str:
         return f"{self.base}/predictions"

@@ -1,7 +1,8 @@
 """The wire format: one msgpack map per frame, as it travels between nodes.
 
-A frame carries either a photo (camera -> stage 0) or an activation tensor (stage k -> k+1),
-plus the identity and timing a downstream node needs. Every field is checked on the way in:
+A frame carries either a photo (camera -> stage 0) or an activation tensor (stage k -> k+1;
+also camera -> stage 0 when the camera preprocesses), plus the identity and timing a downstream
+node needs. Every field is checked on the way in:
 the payload comes from the network, so anything that is not exactly what this stage expects
 is refused with a `WireError` whose message says why. docs/wire.md documents the format.
 """
@@ -21,6 +22,8 @@ from aiotedge.contracts.tensors import TensorSpec
 
 WIRE_VERSION = 1
 MAX_ID_LENGTH = 128
+#: a frame's name (the photo's file name, the stream it came from) is at most this long
+MAX_NAME_LENGTH = MAX_ID_LENGTH
 MAX_TRACE_HOPS = 64
 #: timestamps are Unix seconds; beyond this (year 5138) a sender is broken, and latencies
 #: computed from it would not even be valid JSON numbers
@@ -32,15 +35,16 @@ MAX_QUOTE_LENGTH = 80
 _LENGTH_UNITS: dict[type, str] = {str: "characters", bytes: "bytes", list: "items", dict: "entries"}
 
 _MESSAGE_FIELDS = frozenset(
-    {"version", "frame_id", "source", "seq", "attempt", "captured_at", "trace", "image", "tensor"}
+    {"version", "frame_id", "source", "seq", "attempt", "captured_at", "name", "trace", "image",
+     "tensor"}
 )
 #: a camera sends a frame again when its result is overdue; more than this is a broken sender
 MAX_ATTEMPTS = 100
 _TENSOR_FIELDS = frozenset({"dtype", "shape", "scale", "zero_point", "codec", "data"})
 #: msgpack applies each limit to every container and string at every depth, so each is what the
-#: largest one of a valid frame needs: `trace` is the longest array, the message (6 fields and
-#: `image` or `tensor`) the largest map, an id the longest string (128 characters of up to 4
-#: bytes in UTF-8); no field is an extension type. Nothing is allocated for a longer one.
+#: largest one of a valid frame needs: `trace` is the longest array, the message (8 fields and
+#: `image` or `tensor`) the largest map, an id or a name the longest string (128 characters of
+#: up to 4 bytes in UTF-8); no field is an extension type. Nothing is allocated for a longer one.
 _UNPACK_LIMITS = {
     "max_array_len": MAX_TRACE_HOPS,
     "max_map_len": len(_MESSAGE_FIELDS) - 1,
@@ -74,6 +78,8 @@ class Frame:
     #: drop a repeat of the same attempt (a redelivery) but work on a new one
     attempt: int = 1
     image: bytes | None = None
+    #: which picture: the photo's file name, or the stream it came from (None: not said)
+    name: str | None = None
     tensor: np.ndarray | None = None
     scale: float = 0.0
     zero_point: int = 0
@@ -102,6 +108,8 @@ def encode_frame(frame: Frame, codec: str | None = None) -> bytes:
         "captured_at": frame.captured_at,
         "trace": [[hop.stage, hop.received, hop.done] for hop in frame.trace],
     }
+    if frame.name is not None:
+        message["name"] = frame.name
     if frame.image is not None:
         message["image"] = frame.image
     elif frame.tensor is not None:
@@ -122,23 +130,24 @@ def encode_frame(frame: Frame, codec: str | None = None) -> bytes:
     return msgpack.packb(message, use_bin_type=True)
 
 
-def decode_photo(payload: bytes) -> Frame:
-    """A camera's frame, for stage 0: it must carry an image (checked by the stage itself)."""
-    return _decode(payload, None)
+def decode_photo(payload: bytes, tensor: TensorSpec | None = None) -> Frame:
+    """A camera's frame, for stage 0: an image (checked by the stage itself) or, when the stage
+    gives its input spec as `tensor`, the input tensor a camera preprocessed, matching it."""
+    return _decode(payload, tensor, photo=True)
 
 
 def decode_activation(payload: bytes, spec: TensorSpec) -> Frame:
     """A frame for a later stage: its tensor's dtype, shape, quantization and byte count must
     match the stage's input `spec` exactly."""
-    return _decode(payload, spec)
+    return _decode(payload, spec, photo=False)
 
 
-def _decode(payload: bytes, expected: TensorSpec | None) -> Frame:
-    """Parse and validate a message; `expected` is None for a photo stage."""
+def _decode(payload: bytes, expected: TensorSpec | None, photo: bool) -> Frame:
+    """Parse and validate a message; `expected` is the tensor it may carry (none: a photo)."""
     message = _unpack(payload)
     frame_id = message.get("frame_id")
     try:
-        return _parse(message, expected)
+        return _parse(message, expected, photo)
     except WireError as exc:
         raise WireError(exc.reason, frame_id if _is_id(frame_id) else None) from None
 
@@ -248,7 +257,7 @@ def _refuse_unknown_fields(fields: dict[Any, Any], known: frozenset[str], where:
             raise WireError(f"unknown field {_quote(name)} in {where}")
 
 
-def _parse(message: dict[str, Any], expected: TensorSpec | None) -> Frame:
+def _parse(message: dict[str, Any], expected: TensorSpec | None, photo: bool) -> Frame:
     version = message.get("version")
     if type(version) is not int or version != WIRE_VERSION:
         raise WireError(
@@ -269,17 +278,24 @@ def _parse(message: dict[str, Any], expected: TensorSpec | None) -> Frame:
     captured_at = float(_field(message, "captured_at", (int, float)))
     if not _is_timestamp(captured_at):
         raise WireError("field 'captured_at' must be a timestamp in Unix seconds")
+    name = _field(message, "name", str) if "name" in message else None
+    if name is not None and not 0 < len(name) <= MAX_NAME_LENGTH:
+        raise WireError(f"field 'name' must be 1 to {MAX_NAME_LENGTH} characters")
     frame = Frame(
         frame_id=frame_id,
         source=source,
         seq=seq,
         captured_at=captured_at,
         attempt=attempt,
+        name=name,
         trace=_parse_trace(_field(message, "trace", list)),
     )
-    if expected is None:
+    if photo and expected is not None and "tensor" in message and "image" in message:
+        raise WireError("the message carries both an image and a tensor")
+    if photo and (expected is None or "tensor" not in message):
         frame.image = _parse_image(message)
     else:
+        assert expected is not None
         frame.tensor = _parse_tensor(message, expected)
         frame.scale, frame.zero_point = expected.scale, expected.zero_point
     return frame

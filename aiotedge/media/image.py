@@ -58,6 +58,14 @@ def list_images(folder: Path | str) -> list[Path]:
     return photos
 
 
+def read_photo(path: Path) -> bytes:
+    """The bytes of a photo `list_images` accepted (it checks every photo, once)."""
+    try:
+        return path.read_bytes()
+    except OSError as exc:  # removed or replaced since it was listed
+        raise ImageError(f"{path}: {exc.strerror or exc}") from None
+
+
 def _unusable(path: Path) -> str | None:
     """Why stage 0 could not use the file, if it could not."""
     try:
@@ -115,9 +123,14 @@ def eight_bit(image: Image.Image) -> Image.Image:
     return Image.fromarray((values >> 8).astype(np.uint8))
 
 
+def model_size(image: Image.Image, prep: Preprocessing) -> Image.Image:
+    """The photo in RGB at the model's input size (bilinear): what `preprocess` normalises."""
+    return image.convert("RGB").resize((prep.width, prep.height), Image.Resampling.BILINEAR)
+
+
 def preprocess(image: Image.Image, prep: Preprocessing, spec: TensorSpec) -> np.ndarray:
     """The model input for a photo: RGB, bilinear resize, (pixel - mean) / std, quantize."""
-    resized = image.convert("RGB").resize((prep.width, prep.height), Image.Resampling.BILINEAR)
+    resized = model_size(image, prep)
     values = (np.asarray(resized, dtype=np.float32) - np.float32(prep.mean)) / np.float32(prep.std)
     dtype = np.dtype(spec.dtype)
     if dtype.kind in "iu":

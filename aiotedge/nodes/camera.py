@@ -1,4 +1,4 @@
-"""A camera node: publishes photos into stage 0 and follows each frame until its result.
+"""A camera node: publishes frames from a source into stage 0 and follows each to its result.
 
 Mosquitto silently discards messages beyond `max_queued_messages`, even at QoS 1, so a camera
 must never outrun the pipeline: it keeps at most `in_flight` frames without a result (a
@@ -6,76 +6,107 @@ prediction or an error event) whatever its frame rate. Following every frame to 
 also what makes a loss visible wherever it happened, and, at QoS 1, repairable: a frame with
 no result in time is sent again under the same id (stages and sinks drop duplicates), which
 covers what the broker cannot keep, such as frames for replicas while a broker restarts.
+
+A live source (a device, a stream) is read in a thread of its own that keeps only the newest
+frame: the camera sends the newest one whenever the window has room (and the frame rate says
+so), and counts the others as dropped. While the pipeline or the broker is away the camera
+holds a few frames, whatever the source's rate. Files and folders lose nothing: each frame
+waits for room.
 """
 
 from __future__ import annotations
 
-import itertools
+import json
 import logging
 import secrets
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from contextlib import closing
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import paho.mqtt.client as mqtt
 
 from aiotedge.config.schema import CameraConfig, NodeConfig
 from aiotedge.contracts.errors import ConfigError, ImageError
-from aiotedge.contracts.events import ErrorEvent, Prediction
+from aiotedge.contracts.events import ErrorEvent, NodeInfo, Prediction
+from aiotedge.contracts.manifest import Manifest
 from aiotedge.contracts.topics import Topics
 from aiotedge.contracts.wire import Frame, encode_frame
-from aiotedge.media.image import list_images
+from aiotedge.media.prepare import ModelInput, prepare, snapshot_jpeg
+from aiotedge.media.sources import FrameSource, open_source
+from aiotedge.media.sources.base import CapturedFrame
+from aiotedge.media.sources.live import LiveReader
 from aiotedge.nodes import systemd
 from aiotedge.nodes.lifecycle import stop_on_signals, wait_for_broker
-from aiotedge.nodes.metrics import Counters
+from aiotedge.nodes.metrics import NodeStats
 from aiotedge.nodes.session import MqttSession
 
 log = logging.getLogger(__name__)
 
 #: with no result at all for this many frame timeouts, the frames in flight count as lost
 STALLED = 4
-
-
-def read_photo(path: Path) -> bytes:
-    """The bytes of a photo `list_images` accepted (it checks every photo, once)."""
-    try:
-        return path.read_bytes()
-    except OSError as exc:  # removed or replaced since it was listed
-        raise ImageError(f"{path}: {exc.strerror or exc}") from None
+#: frames rejected in a row after which the camera says so as an error: a pipeline that
+#: refuses everything (a manifest of another model) must not look like a quiet one
+REJECTED_LOUDLY = 5
+#: seconds a camera that preprocesses waits at start for stage 0 to say what it takes
+MODEL_WAIT = 5.0
+#: seconds between two snapshots at most: a dashboard needs no more
+SNAPSHOT_PERIOD = 1.0
+#: what a camera counts itself; what its source read and dropped comes from the source's reader
+CAMERA_COUNTERS = ("published", "answered", "rejected", "unanswered", "resent",
+                   "refused_by_broker", "unusable")
 
 
 @dataclass
 class _InFlight:
     seq: int
-    name: str
     #: kept only at QoS 1, to send the frame again
-    image: bytes | None
-    captured_at: float
+    frame: Frame | None
     sent_at: float
+    #: kept only for the snapshot
+    picture: CapturedFrame | None
     attempts: int = 1
 
 
 class Camera:
-    """Publishes frames and listens for their results on the pipeline's topics."""
+    """Publishes frames and listens for their results on the pipeline's topics.
+
+    `model` is stage 0's input when known up front (a manifest); otherwise, when asked to
+    preprocess, the camera learns it from stage 0's retained info.
+    """
 
     def __init__(self, session: MqttSession, topics: Topics, options: CameraConfig,
-                 qos: int = 1) -> None:
+                 qos: int = 1, model: ModelInput | None = None) -> None:
         self.session = session
         self.topics = topics
         self.options = options
         self.qos = qos
+        self.model = model
         self._run_id = secrets.token_hex(3)
         self._in_flight: dict[str, _InFlight] = {}
         #: when the most recently sent of the frames that got a result was sent
         self._newest_answered_sent_at = 0.0
         self._changed = threading.Condition()
         #: published, answered (a prediction), rejected (an error event from a stage),
-        #: unanswered (no result after every attempt), resent, refused_by_broker
-        self.counters = Counters()
+        #: unanswered (no result after every attempt), resent, refused_by_broker, unusable
+        #: (a picture that could not be prepared)
+        self.stats = NodeStats(CAMERA_COUNTERS)
+        self.counters = self.stats.counters
+        self._reader: LiveReader | None = None
+        #: captured, dropped and reconnects of earlier runs' readers
+        self._earlier: Counter[str] = Counter()
+        self._rate_base = (time.monotonic(), 0, 0)
+        self._rejected_in_a_row = 0
+        self._last_snapshot = 0.0
+        self._said_model_unknown = False
         session.subscribe(topics.predictions, self._on_prediction, qos=1)
         session.subscribe(topics.errors, self._on_error, qos=1)
+        if options.preprocess != "none" and model is None:
+            session.subscribe(topics.all_info, self._on_info, qos=1)
 
     @property
     def published(self) -> int:
@@ -97,12 +128,12 @@ class Camera:
         return 0
 
     def frame_id(self, seq: int) -> str:
-        return f"{self.options.source}-{self._run_id}-{seq}"
+        return f"{self.options.name}-{self._run_id}-{seq}"
 
-    def run(self, photos: list[tuple[str, bytes]], frames: int | None = None,
+    def run(self, source: FrameSource, frames: int | None = None,
             stop: threading.Event | None = None) -> int:
-        """Publish photos (looping if asked) until `frames` are sent or `stop` is set, then
-        wait for the results of those still in flight. Returns how many were published.
+        """Publish the source's frames until `frames` are sent, the source ends or `stop` is
+        set, then wait for the results of those still in flight. Returns how many were sent.
 
         Each run numbers its frames from 0 under a new run id, so frame ids never repeat.
         """
@@ -110,44 +141,94 @@ class Camera:
         self._run_id = secrets.token_hex(3)
         with self._changed:
             self._in_flight.clear()
-        sequence: Iterator[tuple[str, bytes]] = (
-            itertools.cycle(photos) if self.options.loop else iter(photos)
-        )
-        if frames is not None:
-            sequence = itertools.islice(sequence, frames)
-        period = 1.0 / self.options.fps if self.options.fps > 0 else 0.0
-        next_at = time.monotonic()
+        reader = LiveReader(source, condition=self._changed) if source.live else None
+        self._reader = reader
         published = 0
-        for seq, (name, data) in enumerate(sequence):
-            if period:
-                if stop.wait(max(0.0, next_at - time.monotonic())):
-                    break
-                next_at += period
-            if not self._wait_until(lambda: len(self._in_flight) < self.options.in_flight,
-                                    stop):
-                break
-            self.publish(seq, name, data)
-            published += 1
+        try:
+            if reader is not None:
+                reader.start()
+            with closing(self._due_frames(source, reader, stop)) as due:
+                for captured in due:
+                    if self.publish(published, captured) is not None:
+                        published += 1
+                    if frames is not None and published >= frames:
+                        break
+        finally:
+            if reader is not None:
+                reader.stop()
+                self._earlier.update(captured=reader.captured, dropped=reader.dropped,
+                                     reconnects=reader.reconnects)
+                self._reader = None
         self._wait_until(lambda: not self._in_flight, stop)
         return published
 
-    def publish(self, seq: int, name: str, data: bytes) -> str:
+    def _due_frames(self, source: FrameSource, reader: LiveReader | None,
+                    stop: threading.Event) -> Iterator[CapturedFrame]:
+        """Frames as they become due: after the frame period (`fps`) and when the window has
+        room; from a live source the newest frame, and only while the broker is there."""
+        period = 1.0 / self.options.fps if self.options.fps > 0 else 0.0
+        next_at = time.monotonic()
+        pictures = source.frames(stop) if reader is None else None
+        try:
+            while True:
+                if period:
+                    if stop.wait(max(0.0, next_at - time.monotonic())):
+                        return
+                    next_at = max(next_at + period, time.monotonic())
+                if reader is None:
+                    if not self._wait_until(self._has_room, stop):
+                        return
+                    captured = next(pictures, None)
+                else:
+                    if not self._wait_until(lambda r=reader: self._has_room() and r.ready
+                                            and self.session.wait_connected(0), stop):
+                        return
+                    captured = reader.take(timeout=0)
+                if captured is None:
+                    return
+                yield captured
+        finally:
+            if pictures is not None:
+                pictures.close()
+
+    def _has_room(self) -> bool:
+        return len(self._in_flight) < self.options.in_flight
+
+    def publish(self, seq: int, captured: CapturedFrame) -> str | None:
+        """Send one frame; None (counted `unusable`) when its picture cannot be prepared."""
+        model = self.model
+        if model is None and self.options.preprocess != "none" and not self._said_model_unknown:
+            log.warning("stage 0's preprocessing is not known yet (no manifest given, and no "
+                        "stage 0 has said it): frames go as they are until it is")
+            self._said_model_unknown = True
+        try:
+            payload = prepare(captured, self.options.preprocess, model, self.options.jpeg_quality)
+        except ImageError as exc:
+            self.counters.add("unusable")
+            log.warning("%s not sent: %s", captured.name, exc)
+            return None
         frame_id = self.frame_id(seq)
-        entry = _InFlight(seq, name, data if self.qos > 0 else None,
-                          captured_at=time.time(), sent_at=time.monotonic())
+        frame = Frame(frame_id=frame_id, source=self.options.name, seq=seq,
+                      captured_at=captured.captured_at, name=captured.name)
+        if isinstance(payload, np.ndarray):
+            assert model is not None  # a tensor is made for a known model only
+            frame = replace(frame, tensor=payload, scale=model.spec.scale,
+                            zero_point=model.spec.zero_point)
+        else:
+            frame = replace(frame, image=payload)
+        entry = _InFlight(seq, frame if self.qos > 0 else None, sent_at=time.monotonic(),
+                          picture=captured if self.options.snapshot else None)
         with self._changed:
             self._in_flight[frame_id] = entry
-        self._send(frame_id, entry, data)
+        self._send(frame_id, entry, frame)
         self.counters.add("published")
-        log.debug("published %s (%s)", frame_id, name)
+        log.debug("published %s (%s)", frame_id, captured.name)
         return frame_id
 
-    def _send(self, frame_id: str, entry: _InFlight, data: bytes) -> None:
-        frame = Frame(frame_id=frame_id, source=self.options.source, seq=entry.seq,
-                      captured_at=entry.captured_at, attempt=entry.attempts, image=data)
+    def _send(self, frame_id: str, entry: _InFlight, frame: Frame) -> None:
         self.session.publish_confirmed(
-            self.topics.stage_input(0), encode_frame(frame), self.qos,
-            lambda refused: self._on_confirmed(frame_id, refused),
+            self.topics.stage_input(0), encode_frame(replace(frame, attempt=entry.attempts)),
+            self.qos, lambda refused: self._on_confirmed(frame_id, refused),
         )
 
     def _wait_until(self, condition: Callable[[], bool], stop: threading.Event) -> bool:
@@ -166,7 +247,8 @@ class Camera:
             for frame_id, entry in resend:
                 log.warning("no result for %s after %.0f s; sending it again",
                             frame_id, self.options.frame_timeout)
-                self._send(frame_id, entry, entry.image)
+                assert entry.frame is not None  # only kept frames are sent again
+                self._send(frame_id, entry, entry.frame)
             for frame_id, entry in given_up:
                 self._give_up(frame_id, entry)
 
@@ -187,7 +269,7 @@ class Camera:
                 not overtaken and waited < STALLED * self.options.frame_timeout
             ):
                 continue
-            if entry.image is not None and entry.attempts <= self.options.resends:
+            if entry.frame is not None and entry.attempts <= self.options.resends:
                 entry.attempts += 1
                 entry.sent_at = now
                 self.counters.add("resent")
@@ -203,18 +285,20 @@ class Camera:
         reason = (f"no result within {self.options.frame_timeout:.0f} s after "
                   f"{entry.attempts} attempt(s): lost, or late behind a stage that is away")
         log.warning("%s: %s", frame_id, reason)
-        event = ErrorEvent(node=self.options.source, reason=reason,
+        event = ErrorEvent(node=self.options.name, reason=reason,
                            topic=self.topics.stage_input(0), frame_id=frame_id)
         self.session.publish(self.topics.errors, event.to_json(), qos=1)
 
-    def _settle(self, frame_id: str | None, counter: str) -> None:
+    def _settle(self, frame_id: str | None, counter: str) -> _InFlight | None:
+        """The frame's entry, done with; None when it is not ours or was settled already."""
         with self._changed:
             entry = self._in_flight.pop(frame_id, None) if frame_id is not None else None
             if entry is None:
-                return  # not ours, or settled already (a duplicate result)
+                return None  # not ours, or settled already (a duplicate result)
             self._newest_answered_sent_at = max(self._newest_answered_sent_at, entry.sent_at)
             self.counters.add(counter)
             self._changed.notify_all()
+            return entry
 
     def _on_confirmed(self, frame_id: str, refused: bool) -> None:
         if refused:  # sending it again would be refused again
@@ -222,40 +306,132 @@ class Camera:
 
     def _on_prediction(self, message: mqtt.MQTTMessage) -> None:
         prediction = Prediction.parse(message.payload)
-        self._settle(prediction.frame_id if prediction else None, "answered")
+        entry = self._settle(prediction.frame_id if prediction else None, "answered")
+        if entry is None or prediction is None:
+            return
+        self._rejected_in_a_row = 0
+        self.stats.latency_ms.add(prediction.latency_ms)
+        now = time.monotonic()
+        if entry.picture is not None and now - self._last_snapshot >= SNAPSHOT_PERIOD:
+            self._last_snapshot = now
+            self._publish_snapshot(entry.picture)
+
+    def _publish_snapshot(self, picture: CapturedFrame) -> None:
+        try:
+            jpeg = snapshot_jpeg(picture, self.options.jpeg_quality)
+        except ImageError as exc:  # it got a prediction, so this is unlikely: say it all the same
+            log.warning("no snapshot of %s: %s", picture.name, exc)
+            return
+        self.session.publish(self.topics.snapshot(self.options.name), jpeg, qos=0, retain=True)
 
     def _on_error(self, message: mqtt.MQTTMessage) -> None:
         event = ErrorEvent.parse(message.payload)
-        if event is not None and event.node != self.options.source:
-            self._settle(event.frame_id, "rejected")
+        if event is None or event.node == self.options.name:
+            return
+        if self._settle(event.frame_id, "rejected") is None:
+            return
+        self._rejected_in_a_row += 1
+        if self._rejected_in_a_row == REJECTED_LOUDLY:
+            log.error("the pipeline rejected the last %d frames, the last because: %s (%s has "
+                      "every reason)", REJECTED_LOUDLY, event.reason, self.topics.errors)
+
+    def _on_info(self, message: mqtt.MQTTMessage) -> None:
+        info = NodeInfo.parse(message.payload)
+        if info is None or info.stage != 0 or info.preprocessing is None:
+            return
+        model = ModelInput(info.preprocessing, info.input)
+        if model != self.model:
+            log.info("stage 0 (%s) takes %dx%d pictures as %s: preprocessing frames here (%s)",
+                     info.node, model.preprocessing.width, model.preprocessing.height,
+                     model.spec, self.options.preprocess)
+            with self._changed:
+                self.model = model
+                self._changed.notify_all()
+
+    def wait_for_model(self, timeout: float) -> bool:
+        """Wait for stage 0's retained info (sent by the broker right after connecting), so
+        that the first frames are already preprocessed; False if none came."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self.model is not None, timeout)
+
+    # -- stats ------------------------------------------------------------------------------
+
+    def stats_snapshot(self) -> dict:
+        reader = self._reader
+        counts = Counter(self._earlier)
+        if reader is not None:
+            counts.update(captured=reader.captured, dropped=reader.dropped,
+                          reconnects=reader.reconnects)
+        published = self.counters.get("published")
+        captured = counts["captured"] if counts["captured"] or reader else published
+        now = time.monotonic()
+        since, published_then, captured_then = self._rate_base
+        self._rate_base = (now, published, captured)
+        elapsed = max(now - since, 1e-9)
+        with self._changed:
+            in_flight = len(self._in_flight)
+        return self.stats.snapshot(
+            captured=captured, dropped=counts["dropped"], reconnects=counts["reconnects"],
+            fps=round((published - published_then) / elapsed, 2),
+            capture_fps=round((captured - captured_then) / elapsed, 2),
+            in_flight=in_flight, source_state=reader.state if reader else "reading",
+        )
+
+    def publish_stats(self) -> dict:
+        snapshot = self.stats_snapshot()
+        self.session.publish(self.topics.stats(self.options.name), json.dumps(snapshot), qos=0,
+                             retain=True)
+        return snapshot
+
+    def report_stats(self, interval: float, stop: threading.Event) -> None:
+        """Retained stats every `interval` seconds until `stop`; the state also to systemd."""
+        while not stop.wait(interval):
+            stats = self.publish_stats()
+            systemd.notify(f"STATUS=camera {self.options.name}: {stats['source_state']}, "
+                           f"{stats['published']} published, {stats['dropped']} dropped")
 
 
 # -- the daemon -------------------------------------------------------------------------------
 
 
+def model_input(config: NodeConfig) -> ModelInput | None:
+    """Stage 0's input from the manifest `[camera] manifest` names, if it names one."""
+    path = config.camera.manifest
+    if not path:
+        return None
+    if not Path(path).exists():
+        raise ConfigError(f"{config.source}: key 'camera.manifest': {path} does not exist")
+    manifest = Manifest.load(path)
+    return ModelInput(manifest.preprocessing, manifest.stage(0).input)
+
+
 def run_camera(config: NodeConfig, stop: threading.Event | None = None) -> int:
-    """A camera daemon: publishes the folder's photos (once, `frames` of them, or round and
-    round) and follows each to its result. 1 when no frame could get through."""
+    """A camera daemon: publishes its source's frames (all of them, `frames` of them, or until
+    stopped) and follows each to its result. 1 when no frame could get through."""
     stop = stop or stop_on_signals()
-    cam, source, topics = config.camera, config.source, config.topics
-    if not cam.images:
-        raise ConfigError(f"{source}: no image folder given (--images or key 'camera.images')")
-    try:
-        images = list_images(cam.images)
-    except ImageError as exc:
-        raise ConfigError(f"{source}: key 'camera.images': {exc}") from exc
-    photos = [(path.name, read_photo(path)) for path in images]
+    cam, topics = config.camera, config.topics
+    source = open_source(cam, f"{config.source}: key 'camera.source'")
+    model = model_input(config)
     # a session the broker keeps while the camera reconnects: results published meanwhile wait
-    session = MqttSession(config.broker, f"camera-{cam.source}", topics.availability(cam.source),
+    session = MqttSession(config.broker, f"camera-{cam.name}", topics.availability(cam.name),
                           session_expiry=config.pipeline.session_expiry)
-    camera = Camera(session, topics, cam, config.pipeline.qos)
+    camera = Camera(session, topics, cam, config.pipeline.qos, model)
     session.start()
     if not wait_for_broker(session, stop):
         session.stop()
         return 0
     session.set_online()
-    systemd.notify(f"READY=1\nSTATUS=camera {cam.source} publishing {len(photos)} photos")
-    sent = camera.run(photos, frames=cam.frames, stop=stop)
+    if cam.preprocess != "none" and model is None:
+        camera.wait_for_model(MODEL_WAIT)
+    done = threading.Event()
+    if config.stats.interval > 0:
+        threading.Thread(target=camera.report_stats, args=(config.stats.interval, done),
+                         name="stats", daemon=True).start()
+    systemd.notify(f"READY=1\nSTATUS=camera {cam.name} reading {source.name}")
+    log.info("camera %s: reading %s", cam.name, source.name)
+    sent = camera.run(source, frames=cam.frames, stop=stop)
     systemd.notify("STOPPING=1")
+    done.set()
+    camera.publish_stats()
     session.stop()
     return camera.outcome(sent)

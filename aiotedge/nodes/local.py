@@ -36,6 +36,7 @@ from aiotedge.contracts.errors import PipelineError
 from aiotedge.contracts.events import Prediction
 from aiotedge.contracts.manifest import Manifest
 from aiotedge.contracts.topics import ONLINE
+from aiotedge.media.sources import FrameSource, Stills
 from aiotedge.nodes import systemd
 from aiotedge.nodes.broker import LocalBroker
 from aiotedge.nodes.camera import Camera
@@ -142,7 +143,7 @@ class LocalPipeline:
         self.session.subscribe(self.topics.predictions, self._on_prediction, qos=1)
         self._camera = Camera(
             self.session, self.topics,
-            CameraConfig(source=CAMERA_SOURCE, frame_timeout=self.frame_timeout),
+            CameraConfig(name=CAMERA_SOURCE, frame_timeout=self.frame_timeout),
             self.pipeline.qos,
         )
         self.session.start()
@@ -252,42 +253,52 @@ class LocalPipeline:
 
     def predict(
         self,
-        photos: list[tuple[str, bytes]],
+        photos: FrameSource | list[tuple[str, bytes]],
         frames: int | None = None,
         stop: threading.Event | None = None,
         timeout: float = 60.0,
         in_flight: int | None = None,
     ) -> Iterator[tuple[str, Prediction]]:
-        """Feed photos through the pipeline; yield (photo name, prediction) as they arrive.
+        """Feed a source's frames through the pipeline; yield (frame name, prediction) as they
+        arrive.
 
-        Without `frames` every photo goes through once; with it, photos repeat until that many
-        predictions came back. By default one frame per stage process (replicas included) is in
-        flight, so every one stays busy.
+        `photos` given as (name, bytes) pairs go through once without `frames`, and repeat
+        until that many predictions came back with it. A source ends when it ends, or after
+        `frames`. By default one frame per stage process (replicas included) is in flight, so
+        every one stays busy.
         """
         stop = stop or threading.Event()
-        wanted = frames if frames is not None else len(photos)
+        if isinstance(photos, FrameSource):
+            source, wanted = photos, frames
+        else:
+            source = Stills(photos, loop=frames is not None)
+            wanted = frames if frames is not None else len(photos)
         self._camera.options = dataclasses.replace(
-            self._camera.options,
-            in_flight=in_flight or len(self._stages),
-            loop=frames is not None,
-        )
+            self._camera.options, in_flight=in_flight or len(self._stages))
         feeder = threading.Thread(
-            target=self._camera.run, args=(photos, wanted, stop), name="camera", daemon=True
+            target=self._camera.run, args=(source, wanted, stop), name="camera", daemon=True
         )
         feeder.start()
         try:
-            for _ in range(wanted):
-                prediction = self._next_prediction(stop, timeout)
+            count = 0
+            while wanted is None or count < wanted:
+                prediction = self._next_prediction(stop, timeout, feeder)
                 if prediction is None:
                     return
-                yield photos[prediction.seq % len(photos)][0], prediction
+                count += 1
+                yield prediction.name or "", prediction
         finally:
             stop.set()
             feeder.join()
 
-    def _next_prediction(self, stop: threading.Event, timeout: float) -> Prediction | None:
+    def _next_prediction(self, stop: threading.Event, timeout: float,
+                         feeder: threading.Thread) -> Prediction | None:
+        """The next prediction; None once stopped, or once the camera is done and every
+        prediction it got was taken."""
         deadline = time.monotonic() + timeout
         while not stop.is_set():
+            if not feeder.is_alive() and self._predictions.empty():
+                return None
             try:
                 return self._predictions.get(timeout=0.5)
             except queue.Empty:

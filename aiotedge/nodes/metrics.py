@@ -28,9 +28,13 @@ COUNTER_NAMES = (
 
 
 class Counters:
-    """Thread-safe named counters (frames_in, frames_out, rejected, dropped, ...)."""
+    """Thread-safe named counters (frames_in, frames_out, rejected, dropped, ...).
 
-    def __init__(self) -> None:
+    `names` are always in a snapshot, 0 until counted; others from their first count.
+    """
+
+    def __init__(self, names: tuple[str, ...] = COUNTER_NAMES) -> None:
+        self._names = names
         self._lock = threading.Lock()
         self._values: Counter[str] = Counter()
 
@@ -44,7 +48,7 @@ class Counters:
 
     def snapshot(self) -> dict[str, int]:
         with self._lock:
-            return {name: self._values[name] for name in (*COUNTER_NAMES, *self._values)}
+            return {name: self._values[name] for name in (*self._names, *self._values)}
 
 
 class LatencyWindow:
@@ -91,10 +95,10 @@ def resident_bytes() -> int:
 
 
 class NodeStats:
-    """Everything a stage reports, gathered in one snapshot."""
+    """Everything a node reports, gathered in one snapshot."""
 
-    def __init__(self) -> None:
-        self.counters = Counters()
+    def __init__(self, counter_names: tuple[str, ...] = COUNTER_NAMES) -> None:
+        self.counters = Counters(counter_names)
         self.inference_ms = LatencyWindow()
         self.latency_ms = LatencyWindow()
         self._usage = ProcessUsage()

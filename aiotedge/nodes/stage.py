@@ -61,9 +61,11 @@ class StageNode:
         self.segment = segment
         self.spec = manifest.stage(self.index)
         self.is_last = self.index == len(manifest.stages) - 1
-        # stage 0 takes photos from cameras, the others the previous stage's activation
+        # stage 0 takes photos from cameras (or its input tensor, from a camera that
+        # preprocesses), the others the previous stage's activation
         self._decode: Callable[[bytes], Frame] = (
-            decode_photo if self.index == 0 else partial(decode_activation, spec=self.spec.input)
+            partial(decode_photo, tensor=self.spec.input) if self.index == 0
+            else partial(decode_activation, spec=self.spec.input)
         )
         self.input_topic = self.topics.stage_input(self.index)
         self.output_topic = (

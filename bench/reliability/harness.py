@@ -32,6 +32,7 @@ from aiotedge.config.schema import BrokerConfig, CameraConfig
 from aiotedge.contracts.events import Prediction, Score
 from aiotedge.contracts.manifest import Manifest
 from aiotedge.contracts.topics import ONLINE, Topics
+from aiotedge.media.sources import Stills
 from aiotedge.nodes.broker import LocalBroker
 from aiotedge.nodes.camera import Camera
 from aiotedge.nodes.session import MqttSession
@@ -538,8 +539,8 @@ class Run:
         frames (default: two per stage) released by predictions and error events.
         """
         options = CameraConfig(
-            source=f"cam{len(self.feeds)}", fps=fps,
-            in_flight=in_flight or 2 * len(self.manifest.stages), loop=True,
+            name=f"cam{len(self.feeds)}", fps=fps,
+            in_flight=in_flight or 2 * len(self.manifest.stages),
             frame_timeout=frame_timeout,
         )
         # as `aiotedge camera` does: a session the broker keeps while the camera reconnects
@@ -648,7 +649,7 @@ class Feed:
         return self
 
     def _run(self) -> None:
-        self.camera.run(self.photos, self.frames, self._stop)
+        self.camera.run(Stills(self.photos, loop=True), self.frames, self._stop)
 
     def join(self, deadline: Deadline) -> None:
         self._thread.join(deadline.bound(3600))

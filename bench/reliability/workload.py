@@ -16,8 +16,7 @@ from aiotedge_converter.cli import main as convert
 
 from aiotedge.contracts.events import Score
 from aiotedge.contracts.manifest import Manifest
-from aiotedge.media.image import decode_image, list_images, preprocess
-from aiotedge.nodes.camera import read_photo
+from aiotedge.media.image import decode_image, list_images, preprocess, read_photo
 from aiotedge.tflite.runtime import Segment
 from tests.conftest import SHARED_IMAGES, SHARED_LABELS, SHARED_MODEL, whole_model_top
 from tests.models import build_test_models, write_labels, write_test_images
