@@ -28,8 +28,8 @@ from aiotedge.contracts.topics import Topics
 from aiotedge.contracts.wire import Frame, encode_frame
 from aiotedge.media.image import list_images
 from aiotedge.nodes import systemd
-from aiotedge.nodes.lifecycle import stop_on_signals, wait_for_broker
-from aiotedge.nodes.metrics import Counters
+from aiotedge.nodes.lifecycle import connect_once, stop_on_signals, wait_for_broker
+from aiotedge.nodes.metrics import Counters, Metric, camera_metrics, serve_prometheus
 from aiotedge.nodes.session import MqttSession
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,18 @@ class Camera:
     @property
     def published(self) -> int:
         return self.counters.get("published")
+
+    @property
+    def waiting(self) -> int:
+        """Frames published and still without a result."""
+        with self._changed:
+            return len(self._in_flight)
+
+    def metrics(self) -> list[Metric]:
+        """The camera's Prometheus view (read only)."""
+        return camera_metrics(self.counters.snapshot(), in_flight=self.waiting,
+                              connected=self.session.connected,
+                              reconnects=self.session.reconnects)
 
     def outcome(self, sent: int) -> int:
         """Log what became of the frames; 1 when none could get through (a config to fix)."""
@@ -246,13 +258,22 @@ def run_camera(config: NodeConfig, stop: threading.Event | None = None) -> int:
         raise ConfigError(f"{source}: key 'camera.images': {exc}") from exc
     photos = [(path.name, read_photo(path)) for path in images]
     # a session the broker keeps while the camera reconnects: results published meanwhile wait
+    # a camera sending `frames` photos is a command: it fails at once if the broker cannot be
+    # used; one sending its folder round and round is a daemon, which waits for the broker
+    one_shot = cam.frames is not None or not cam.loop
     session = MqttSession(config.broker, f"camera-{cam.source}", topics.availability(cam.source),
-                          session_expiry=config.pipeline.session_expiry)
+                          session_expiry=config.pipeline.session_expiry, one_shot=one_shot)
     camera = Camera(session, topics, cam, config.pipeline.qos)
-    session.start()
-    if not wait_for_broker(session, stop):
-        session.stop()
-        return 0
+    if config.stats.prometheus_port:
+        serve_prometheus(config.stats, source, {"pipeline": config.pipeline.name,
+                                                "node": cam.source}, camera.metrics)
+    if one_shot:
+        connect_once(session)
+    else:
+        session.start()
+        if not wait_for_broker(session, stop):
+            session.stop()
+            return 0
     session.set_online()
     systemd.notify(f"READY=1\nSTATUS=camera {cam.source} publishing {len(photos)} photos")
     sent = camera.run(photos, frames=cam.frames, stop=stop)
