@@ -15,9 +15,10 @@ PYTEST_ARGS ?=
 
 BIN := $(VENV)/bin
 DEMO_APT := mosquitto
-# + what the systemd extra builds against, and what the security and systemd tests use
+# + what the systemd extra builds against, and what the security, systemd and metrics tests use
+# (prometheus: promtool checks the metric names)
 TEST_APT := mosquitto mosquitto-clients openssl libsystemd-dev pkg-config gcc python3-dev \
-	systemd python3-seccomp shellcheck
+	systemd python3-seccomp shellcheck prometheus
 
 .PHONY: demo test lint deps-demo deps-test venv clean
 
@@ -63,7 +64,7 @@ $(VENV)/.demo-installed: $(BIN)/python setup.cfg pyproject.toml
 	touch $@
 
 $(VENV)/.test-installed: $(BIN)/python setup.cfg pyproject.toml
-	$(BIN)/python -m pip install -q -e ".[test,converter,systemd,metrics]"
+	$(BIN)/python -m pip install -q -e ".[test,converter,systemd,metrics,status]"
 	touch $@ $(VENV)/.demo-installed
 
 clean:

@@ -1,4 +1,4 @@
-"""`aiotedge` command line: stage, camera, watch, status, profile, run.
+"""`aiotedge` command line: stage, camera, watch, status, retire, profile, run.
 
 Only flags and config files are read here; each daemon's life is in its `run_*` function in
 aiotedge.nodes.
@@ -146,9 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     profile.add_argument("model", type=Path, metavar="MODEL.tflite", help="the whole model")
     profile.add_argument("--out", type=Path, required=True, metavar="PROFILE.json",
-                         help="where to write it")
+                         help="where to write it (required)")
     profile.add_argument("--threads", type=int,
-                         help="interpreter threads (as the stage will use)")
+                         help="interpreter threads, as the stage will use (default: the "
+                              "runtime's choice)")
     profile.add_argument("--runs", type=int, default=DEFAULT_RUNS,
                          help="timed runs per piece (default: %(default)s)")
     profile.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS,
@@ -162,8 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
         "run", help="run a whole pipeline on this machine (a private broker unless one is given)")
     _add_node_flags(run, broker_default="a private mosquitto on a free port",
                     pipeline_default=LOCAL_PIPELINE)
-    run.add_argument("--manifest", required=True, help="manifest.json or the folder holding it")
-    run.add_argument("--images", required=True, help="folder of photos for the camera")
+    run.add_argument("--manifest", required=True,
+                     help="manifest.json or the folder holding it (required)")
+    run.add_argument("--images", required=True, help="folder of photos for the camera (required)")
     run.add_argument("--frames", type=int,
                      help="stop after this many predictions (default: every photo once)")
     run.add_argument("--threads", type=int, help="interpreter threads per stage "
@@ -176,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_node_flags(parser: argparse.ArgumentParser, *, broker_default: str = "",
                     pipeline_default: str = "") -> None:
-    parser.add_argument("--config", help="node config file (TOML); flags override it")
+    parser.add_argument("--config", help="node config file (TOML); flags override it "
+                        "(default: none, the defaults of docs/config.md)")
     parser.add_argument("--broker", metavar="ADDRESS", help=f"{BROKER_ADDRESSES} (default: "
                         f"{broker_default or BrokerConfig()})")
     parser.add_argument("--pipeline", help="pipeline name, a topic level (default: "
@@ -185,14 +188,15 @@ def _add_node_flags(parser: argparse.ArgumentParser, *, broker_default: str = ""
                         f"(default: {_default(PipelineConfig, 'qos')})")
     login = parser.add_argument_group("broker login and TLS (or [broker] in --config)")
     login.add_argument("--username", help="broker user (default: none)")
-    login.add_argument("--password-file", help="file holding the password (never the password "
-                       "itself on a command line)")
+    login.add_argument("--password-file", help="file holding the password, never the password "
+                       "itself on a command line (default: none)")
     login.add_argument("--tls", action="store_true", default=None,
                        help="connect with TLS (also: --broker mqtts://...)")
     login.add_argument("--ca-file", help="CA certificate(s) to check the broker against "
                        "(default: the system's)")
-    login.add_argument("--cert-file", help="client certificate, for mutual TLS")
-    login.add_argument("--key-file", help="the client certificate's key")
+    login.add_argument("--cert-file", help="client certificate, for mutual TLS (default: none)")
+    login.add_argument("--key-file", help="the client certificate's key (default: none, the "
+                       "certificate file's)")
 
 
 def _add_fps_flag(parser: argparse.ArgumentParser) -> None:

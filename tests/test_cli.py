@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import socket
 import subprocess
 import sys
 
 import pytest
+
+from aiotedge import __version__
+from aiotedge.cli import build_parser
 
 
 def run_node(command: str, config: str | bytes, tmp_path) -> subprocess.CompletedProcess[str]:
@@ -139,3 +143,21 @@ def test_a_bad_broker_flag_is_named():
                 "address (expected HOST, HOST:PORT, [IPv6]:PORT, mqtt://HOST:PORT or "
                 "mqtts://HOST:PORT (TLS))"
     )
+
+
+def test_the_help_lists_every_command_and_every_flag_says_its_default():
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    top = parser.format_help()
+    for name, command in commands.choices.items():
+        assert f"    {name} " in top, name
+        for action in command._actions:
+            if action.option_strings and action.nargs != 0 and action.dest != "help":
+                text = action.help or ""
+                assert "default" in text or "required" in text, (name, action.option_strings)
+
+
+def test_version():
+    result = subprocess.run([sys.executable, "-m", "aiotedge", "--version"], capture_output=True,
+                            text=True, timeout=60, check=True)
+    assert result.stdout.strip() == f"aiotedge {__version__}"

@@ -262,6 +262,8 @@ def test_each_connection_failure_is_named(secure_broker, pki, passwords, misname
     with misnamed:
         problem = connection_problem(dataclasses.replace(stage1, port=tls_port))
     assert "Hostname mismatch" in problem or "IP address mismatch" in problem, problem
+    assert problem.endswith("(connect with a name the broker's certificate has, or add this one "
+                            "to its subjectAltName)")
 
 
 def test_a_camera_whose_every_frame_the_acl_refuses_exits_1(

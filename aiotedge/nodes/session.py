@@ -427,6 +427,8 @@ def read_retained(
 
 _NO_MATCHING_SUBSCRIBERS = 0x10
 
+#: OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH and X509_V_ERR_IP_ADDRESS_MISMATCH
+_NAME_MISMATCH = (62, 64)
 _LOGIN = "[broker] username and password_file, or --username and --password-file"
 _PLAIN_PORT = "a plain MQTT port? then set tls = false, or mqtt:// in --broker"
 #: CONNACK reason codes whose cause a user can fix in the node's config
@@ -447,6 +449,9 @@ def reconnect_delay(failures: int) -> float:
 def describe_connection_error(error: BaseException | None, broker: BrokerConfig) -> str:
     """One line saying why a connection attempt failed, in terms of the node's config."""
     if isinstance(error, ssl.SSLCertVerificationError):
+        if error.verify_code in _NAME_MISMATCH:
+            return (f"TLS certificate check failed: {error.verify_message} (connect with a name "
+                    "the broker's certificate has, or add this one to its subjectAltName)")
         return (f"TLS certificate check failed: {error.verify_message} "
                 "(check [broker] ca_file, or --ca-file)")
     if isinstance(error, ssl.SSLError):
