@@ -120,8 +120,8 @@ class FakeSession:
         assert qos == 0  # a stage acknowledges its QoS 1 messages by hand
         self.handlers[topic] = handler
 
-    def publish(self, topic, payload, qos=0, retain=False) -> None:
-        assert (topic, qos, retain) == (TOPICS.pipeline_availability, 1, True)
+    def announce(self, topic, payload) -> None:  # retained, and again after reconnects
+        assert topic == TOPICS.pipeline_availability
         self.said.append(payload)
 
     def deliver(self, topic: str, payload: bytes) -> None:

@@ -215,4 +215,5 @@ class PipelineAvailability:
         if state != self._said:
             self._said = state
             log.info("pipeline %s is %s", self._topics.pipeline, state)
-            self._session.publish(self._topics.pipeline_availability, state, qos=1, retain=True)
+            # said again after a reconnect: a broker restarted without persistence forgets it
+            self._session.announce(self._topics.pipeline_availability, state)

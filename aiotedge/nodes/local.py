@@ -243,12 +243,17 @@ class LocalPipeline:
 
     def _check_stages_alive(self) -> None:
         """Start a stage that died again; give up on one that stopped on a mistake (exit
-        status 2: a restart would stop the same way) or that keeps dying."""
+        status 2: a restart would stop the same way) or that keeps dying. One that exited 0
+        was told to stop (a signal to the whole process group, Ctrl-C): it stays stopped."""
         for node, (index, process) in list(self._stages.items()):
             if node in self._stopped or process.exitcode is None:
                 continue
             process.join()  # its exit is seen; its relay has its last lines
             last = self._last_line(node)
+            if process.exitcode == 0:
+                log.info("%s stopped", node)
+                self._stopped.add(node)
+                continue
             if process.exitcode == 2:
                 raise PipelineError(f"{node} stopped: {last}")
             if self.restarts.get(node, 0) >= MAX_RESTARTS:
@@ -327,12 +332,11 @@ class LocalPipeline:
 
     def _next_prediction(self, stop: threading.Event, timeout: float) -> Prediction | None:
         deadline = time.monotonic() + timeout
-        self._check_stages_alive()
         while not stop.is_set():
+            self._check_stages_alive()
             try:
                 return self._predictions.get(timeout=0.5)
             except queue.Empty:
-                self._check_stages_alive()
                 if time.monotonic() > deadline:
                     raise PipelineError(
                         f"no prediction within {timeout:.0f} s (the stages' lines above say "
