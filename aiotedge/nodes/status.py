@@ -21,6 +21,8 @@ from aiotedge.nodes.session import MqttSession, read_retained
 
 HEADER = ("node", "state", "stage", "model (manifest)", "fps", "latency p50/p99 ms",
           "infer p50 ms", "queue", "in", "out", "rejected", "dropped", "stats")
+#: columns `--watch` never cuts short: node, state, stage, fps, latency, queue
+_KEPT = {0, 1, 2, 4, 5, 7}
 
 
 def _filters(topics: Topics) -> list[str]:
@@ -119,7 +121,11 @@ def watch_status(broker: BrokerConfig, topics: Topics, interval: float,
     def screen() -> Group:
         with lock:
             summary, rows, notes = status_lines(view, topics.pipeline)
-        table = Table(*HEADER, box=None, pad_edge=False)
+        table = Table(box=None, pad_edge=False)
+        for column, title in enumerate(HEADER):
+            # one line per node; in a narrow terminal the other columns are cut short first
+            whole = max((len(row[column]) for row in rows), default=0) if column in _KEPT else 0
+            table.add_column(title, no_wrap=True, overflow="ellipsis", min_width=whole)
         for row in rows:
             table.add_row(*row, style=None if row[1] == "online" else "bold red")
         stamp = time.strftime("%H:%M:%S")
