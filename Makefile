@@ -15,10 +15,11 @@ PYTEST_ARGS ?=
 
 BIN := $(VENV)/bin
 DEMO_APT := mosquitto
-# + what the systemd extra builds against, what the security and systemd tests use, and the
-# camera tests' video maker (ffmpeg) and RTSP server (GStreamer's, run by the system python3)
+# + what the systemd extra builds against, what the security, systemd and metrics tests use
+# (prometheus: promtool checks the metric names), and the camera tests' video maker (ffmpeg)
+# and RTSP server (GStreamer's, run by the system python3)
 TEST_APT := mosquitto mosquitto-clients openssl libsystemd-dev pkg-config gcc python3-dev \
-	systemd python3-seccomp shellcheck \
+	systemd python3-seccomp shellcheck prometheus \
 	ffmpeg python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-rtsp gstreamer1.0-plugins-base \
 	gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
 
@@ -66,7 +67,7 @@ $(VENV)/.demo-installed: $(BIN)/python setup.cfg pyproject.toml
 	touch $@
 
 $(VENV)/.test-installed: $(BIN)/python setup.cfg pyproject.toml
-	$(BIN)/python -m pip install -q -e ".[test,converter,systemd,metrics,video,watch]"
+	$(BIN)/python -m pip install -q -e ".[test,converter,systemd,metrics,video,watch,status]"
 	touch $@ $(VENV)/.demo-installed
 
 clean:

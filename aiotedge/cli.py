@@ -1,4 +1,4 @@
-"""`aiotedge` command line: stage, camera, watch, status, profile, run.
+"""`aiotedge` command line: stage, camera, watch, status, retire, profile, run.
 
 Only flags and config files are read here; each daemon's life is in its `run_*` function in
 aiotedge.nodes.
@@ -7,11 +7,22 @@ aiotedge.nodes.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 from pathlib import Path
 
-from aiotedge.config.schema import BrokerConfig, NodeConfig, PipelineConfig, StageConfig
+from aiotedge import __version__
+from aiotedge.config.schema import (
+    BROKER_ADDRESSES,
+    BrokerConfig,
+    CameraConfig,
+    NodeConfig,
+    PipelineConfig,
+    StageConfig,
+    StatsConfig,
+    parse_address,
+)
 from aiotedge.contracts.errors import ConfigError
 from aiotedge.contracts.manifest import Manifest
 from aiotedge.media.image import read_photo
@@ -19,8 +30,15 @@ from aiotedge.media.sources import open_source
 from aiotedge.nodes import systemd
 from aiotedge.nodes.camera import run_camera
 from aiotedge.nodes.lifecycle import exit_status, stop_on_signals
+from aiotedge.nodes.retire import retire
 from aiotedge.nodes.stage import run_stage
-from aiotedge.nodes.status import collect_status, format_status
+from aiotedge.nodes.status import (
+    format_status,
+    nodes_json,
+    read_pipeline,
+    status_exit,
+    watch_status,
+)
 from aiotedge.nodes.watcher import run_watch
 from aiotedge.tflite.profiling import (
     DEFAULT_PHOTO_SIZE,
@@ -33,6 +51,9 @@ from aiotedge.tflite.profiling import (
 
 log = logging.getLogger("aiotedge")
 
+#: the pipeline name `aiotedge run` uses unless told otherwise
+LOCAL_PIPELINE = "local"
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
@@ -41,89 +62,191 @@ def main(argv: list[str] | None = None) -> int:
     return exit_status(lambda: args.handler(args))
 
 
+EPILOG = ("Exit status: 0 ok; 1 nothing got through (camera), or a node is not online "
+          "(status); 2 a mistake to fix (config, flags, broker unreachable or refusing the "
+          "login), told in one line. Docs: README.md, docs/config.md.")
+
+
+def _default(section: type, key: str) -> str:
+    """A config key's default, for a flag's help: flags default to the config file's value."""
+    value = next(f.default for f in dataclasses.fields(section) if f.name == key)
+    return "none" if value is None or value == "" else str(value)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="aiotedge", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="aiotedge", description=__doc__.split("\n")[0],
+                                     epilog=EPILOG)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     stage = commands.add_parser("stage", help="serve one segment of a pipeline (a board daemon)")
     _add_node_flags(stage)
-    stage.add_argument("--manifest", help="manifest.json or the folder holding it")
-    stage.add_argument("--stage", dest="index", type=int, help="stage index (0 = first)")
+    stage.add_argument("--manifest", help="manifest.json or the folder holding it "
+                       "(required here or as stage.manifest)")
+    stage.add_argument("--stage", dest="index", type=int,
+                       help="stage index, 0 = first (required here or as stage.index)")
     stage.add_argument("--node", help="node name (default: stage<K>-<hostname>)")
-    stage.add_argument("--threads", type=int, help="interpreter threads")
-    stage.add_argument("--queue-size", type=int, help="frames waiting for inference at most")
-    stage.add_argument("--share-group", help="replicas with the same group share frames")
+    stage.add_argument("--threads", type=int,
+                       help="interpreter threads (default: the runtime's choice)")
+    stage.add_argument("--queue-size", type=int, help="frames waiting for inference at most "
+                       f"(default: {_default(StageConfig, 'queue_size')})")
+    stage.add_argument("--share-group", help="replicas with the same group share frames "
+                       "(default: none)")
     stage.add_argument("--max-message-bytes", type=int,
-                       help="refuse larger messages before decoding them")
-    stage.add_argument("--stats-interval", type=float, help="seconds between stats messages")
+                       help="refuse larger messages before decoding them "
+                            f"(default: {_default(StageConfig, 'max_message_bytes')})")
+    stage.add_argument("--stats-interval", type=float, help="seconds between stats messages "
+                       f"(default: {_default(StatsConfig, 'interval')})")
     stage.set_defaults(handler=_cmd_stage)
 
     camera = commands.add_parser(
-        "camera", help="publish frames from a camera, a stream, a video or photos into stage 0")
+        "camera", help="publish a camera's frames into stage 0 (a device, a stream, a video, "
+                       "a folder of photos; docs/cameras.md)")
     _add_node_flags(camera)
     _add_source_flags(camera)
-    camera.add_argument("--name", help="camera name carried by every frame (default cam0)")
-    camera.add_argument("--fps", type=float, help="frame rate; 0 = as fast as results come back")
-    camera.add_argument("--in-flight", type=int, help="frames awaiting their result at most")
-    camera.add_argument("--frames", type=int, help="stop after this many frames")
-    camera.add_argument("--size", help="WIDTHxHEIGHT asked of a device (V4L2, Pi camera)")
+    camera.add_argument("--name", help="camera name carried by every frame "
+                        f"(default: {_default(CameraConfig, 'name')})")
+    _add_fps_flag(camera)
+    camera.add_argument("--in-flight", type=int, help="frames awaiting their result at most "
+                        f"(default: {_default(CameraConfig, 'in_flight')})")
+    camera.add_argument("--frames", type=int, help="stop after this many frames "
+                        "(default: the source's end, or for ever)")
+    camera.add_argument("--size", help="WIDTHxHEIGHT asked of a device, V4L2 or Pi camera "
+                        "(default: the device's)")
     camera.add_argument("--preprocess", choices=("none", "jpeg", "tensor"),
-                        help="send frames at stage 0's input size (jpeg) or as its input tensor")
+                        help="send frames at stage 0's input size (jpeg) or as its input tensor "
+                             f"(default: {_default(CameraConfig, 'preprocess')})")
     camera.add_argument("--manifest", help="stage 0's preprocessing from this manifest "
                         "(default: from stage 0's retained info)")
     camera.add_argument("--snapshot", action="store_true", default=None,
-                        help="publish the latest JPEG that got a prediction (retained)")
-    camera.add_argument("--stats-interval", type=float, help="seconds between stats messages")
+                        help="publish the latest JPEG that got a prediction, retained "
+                             "(default: off)")
+    camera.add_argument("--stats-interval", type=float, help="seconds between stats messages "
+                        f"(default: {_default(StatsConfig, 'interval')})")
     camera.set_defaults(handler=_cmd_camera)
 
     watch = commands.add_parser("watch", help="print predictions as they arrive")
     _add_node_flags(watch)
-    watch.add_argument("--count", type=int, help="exit after this many predictions")
+    watch.add_argument("--count", type=int, help="exit after this many predictions "
+                       "(default: run until stopped)")
     watch.add_argument("--json", action="store_true", help="print the raw JSON")
     watch.set_defaults(handler=_cmd_watch)
 
-    status = commands.add_parser("status", help="availability and latest stats of every node")
+    status = commands.add_parser(
+        "status", help="every node: online or gone, model, fps, latency, queue; the bottleneck",
+        epilog="Exit status: 0 every stage online and on one manifest; 1 a stage missing, "
+               "offline or on another manifest, or no node at all; 2 the broker cannot be "
+               "used.")
     _add_node_flags(status)
     status.add_argument("--json", action="store_true", help="print the raw JSON per node")
+    status.add_argument("--watch", action="store_true",
+                        help="refresh in place until Ctrl-C, like top")
+    status.add_argument("--interval", type=float, default=2.0,
+                        help="seconds between refreshes with --watch (default: %(default)s)")
     status.set_defaults(handler=_cmd_status)
+
+    retire = commands.add_parser(
+        "retire", help="take a stopped node out for good: its broker session and retained "
+                       "messages (the last stage: the pipeline's Home Assistant entities too)")
+    _add_node_flags(retire)
+    retire.add_argument("--node", help="the node's name (default: [stage] node, or "
+                                       "stage<K>-<hostname> from [stage] index)")
+    retire.set_defaults(handler=_cmd_retire)
 
     profile = commands.add_parser(
         "profile", help="measure on this board what each piece of a model costs, for the planner"
     )
     profile.add_argument("model", type=Path, metavar="MODEL.tflite", help="the whole model")
     profile.add_argument("--out", type=Path, required=True, metavar="PROFILE.json",
-                         help="where to write it")
+                         help="where to write it (required)")
     profile.add_argument("--threads", type=int,
-                         help="interpreter threads (as the stage will use)")
+                         help="interpreter threads, as the stage will use (default: the "
+                              "runtime's choice)")
     profile.add_argument("--runs", type=int, default=DEFAULT_RUNS,
-                         help=f"timed runs per piece ({DEFAULT_RUNS})")
+                         help="timed runs per piece (default: %(default)s)")
     profile.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS,
-                         help=f"rounds over all pieces; the quietest counts ({DEFAULT_ROUNDS})")
+                         help="rounds over all pieces; the quietest counts "
+                              "(default: %(default)s)")
     profile.add_argument("--warmup", type=int, default=DEFAULT_WARMUP,
-                         help=f"untimed runs first ({DEFAULT_WARMUP})")
+                         help="untimed runs first (default: %(default)s)")
     profile.add_argument("--photo", type=Path, metavar="PHOTO",
                          help="a photo from the camera: its size and content (default: a "
                               "synthetic one of --photo-size)")
     profile.add_argument("--photo-size", type=_size, default=DEFAULT_PHOTO_SIZE, metavar="WxH",
-                         help="the camera's photo size ({}x{})".format(*DEFAULT_PHOTO_SIZE))
+                         help="the camera's photo size (default: {}x{})".format(
+                             *DEFAULT_PHOTO_SIZE))
     profile.add_argument("--no-mqtt", dest="mqtt", action="store_false",
-                         help="do not measure MQTT publish/receive costs (a private mosquitto)")
+                         help="do not measure MQTT publish/receive costs (they need a private "
+                              "mosquitto; default: measured)")
     profile.set_defaults(handler=_cmd_profile)
 
-    run = commands.add_parser("run", help="run a whole pipeline on this machine")
-    source = run.add_mutually_exclusive_group(required=True)
-    source.add_argument("--manifest", help="manifest.json or the folder holding it")
-    source.add_argument("--plan", help="a folder written by aiotedge-convert plan: its "
-                        "manifest, and as many processes per stage as it has boards")
+    run = commands.add_parser(
+        "run", help="run a whole pipeline on this machine (a private broker unless one is given)")
+    _add_node_flags(run, broker_default="a private mosquitto on a free port",
+                    pipeline_default=LOCAL_PIPELINE)
+    model = run.add_mutually_exclusive_group(required=True)
+    model.add_argument("--manifest", help="manifest.json or the folder holding it")
+    model.add_argument("--plan", help="a folder written by aiotedge-convert plan: its "
+                       "manifest, and as many processes per stage as it has boards")
     _add_source_flags(run)
-    run.add_argument("--broker", help="HOST[:PORT] of a broker (default: start a local mosquitto)")
-    run.add_argument("--pipeline", default="local", help="pipeline name (topic level)")
-    run.add_argument("--frames", type=int, help="stop after this many predictions")
-    run.add_argument("--threads", type=int, help="interpreter threads per stage")
+    run.add_argument("--frames", type=int,
+                     help="stop after this many predictions (default: the source's end)")
+    run.add_argument("--threads", type=int, help="interpreter threads per stage "
+                     "(default: the runtime's choice)")
+    _add_fps_flag(run)
     run.add_argument("--json", action="store_true", help="print the raw JSON predictions")
     run.set_defaults(handler=_cmd_run)
     return parser
+
+
+def _add_node_flags(parser: argparse.ArgumentParser, *, broker_default: str = "",
+                    pipeline_default: str = "") -> None:
+    parser.add_argument("--config", help="node config file (TOML); flags override it "
+                        "(default: none, the defaults of docs/config.md)")
+    parser.add_argument("--broker", metavar="ADDRESS", help=f"{BROKER_ADDRESSES} (default: "
+                        f"{broker_default or BrokerConfig()})")
+    parser.add_argument("--pipeline", help="pipeline name, a topic level (default: "
+                        f"{pipeline_default or _default(PipelineConfig, 'name')})")
+    parser.add_argument("--qos", type=int, choices=(0, 1), help="MQTT QoS for frames "
+                        f"(default: {_default(PipelineConfig, 'qos')})")
+    login = parser.add_argument_group("broker login and TLS (or [broker] in --config)")
+    login.add_argument("--username", help="broker user (default: none)")
+    login.add_argument("--password-file", help="file holding the password, never the password "
+                       "itself on a command line (default: none)")
+    login.add_argument("--tls", action="store_true", default=None,
+                       help="connect with TLS (also: --broker mqtts://...)")
+    login.add_argument("--ca-file", help="CA certificate(s) to check the broker against "
+                       "(default: the system's)")
+    login.add_argument("--cert-file", help="client certificate, for mutual TLS (default: none)")
+    login.add_argument("--key-file", help="the client certificate's key (default: none, the "
+                       "certificate file's)")
+
+
+def _add_fps_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--fps", type=float, help="frame rate; 0 = the next frame as soon as a "
+                        f"result is back (default: {_default(CameraConfig, 'fps')})")
+
+
+def _add_source_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--source", "--images", dest="source",
+        help="a folder, an image or a video file, /dev/videoN, picamera2:N, rtsp://, http(s):// "
+             "(required here or as camera.source)")
+    parser.add_argument("--loop", action="store_true", default=None,
+                        help="a folder or a video: start again at the end (default: once)")
+    parser.add_argument("--watch", action="store_true", default=None,
+                        help="a folder: send each photo written into it from now on "
+                             "(default: off)")
+    parser.add_argument("--realtime", action="store_true", default=None,
+                        help="a video: at its own frame rate, dropping what the pipeline "
+                             "cannot take (default: every frame, as fast as the pipeline takes "
+                             "them)")
+
+
+def _source_keys(args: argparse.Namespace) -> dict[str, object]:
+    return {"source": args.source, "loop": args.loop, "watch": args.watch,
+            "realtime": args.realtime}
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -133,44 +256,24 @@ def _size(text: str) -> tuple[int, int]:
     return int(width), int(height)
 
 
-def _add_node_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="node config file (TOML); flags override it")
-    parser.add_argument("--broker", help="broker HOST[:PORT]")
-    parser.add_argument("--pipeline", help="pipeline name (topic level)")
-    parser.add_argument("--qos", type=int, choices=(0, 1), help="MQTT QoS for frames")
-
-
-def _add_source_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--source", "--images", dest="source",
-        help="a folder, an image or a video file, /dev/videoN, picamera2:N, rtsp://, http(s)://")
-    parser.add_argument("--loop", action="store_true", default=None,
-                        help="a folder or a video: start again at the end")
-    parser.add_argument("--watch", action="store_true", default=None,
-                        help="a folder: send each photo written into it from now on")
-    parser.add_argument("--realtime", action="store_true", default=None,
-                        help="a video: at its own frame rate, dropping what the pipeline "
-                        "cannot take (else every frame, as fast as the pipeline takes them)")
-
-
-def _source_keys(args: argparse.Namespace) -> dict[str, object]:
-    return {"source": args.source, "loop": args.loop, "watch": args.watch,
-            "realtime": args.realtime}
-
-
-def _broker_flag(address: str) -> BrokerConfig:
-    try:
-        return BrokerConfig.parse(address)
-    except ConfigError as exc:
-        raise ConfigError(f"flags: --broker {address!r}: {exc}") from exc
+def _broker_flags(args: argparse.Namespace) -> dict[str, object]:
+    """The [broker] keys the flags set (None: not given)."""
+    keys: dict[str, object] = {
+        "username": args.username, "password_file": args.password_file, "tls": args.tls,
+        "ca_file": args.ca_file, "cert_file": args.cert_file, "key_file": args.key_file,
+    }
+    if args.broker:
+        try:
+            keys.update(parse_address(args.broker))
+        except ConfigError as exc:
+            raise ConfigError(f"flags: --broker {args.broker!r}: {exc}") from None
+    return keys
 
 
 def _node_config(args: argparse.Namespace, section: str, **flags: object) -> NodeConfig:
     """The node's config file with the flags given on top, its files checked."""
     config = NodeConfig.load(args.config)
-    if args.broker:
-        address = _broker_flag(args.broker)
-        config = config.override("broker", host=address.host, port=address.port)
+    config = config.override("broker", **_broker_flags(args))
     config = config.override("pipeline", name=args.pipeline, qos=args.qos)
     config = config.override(section, **flags)
     config.check_files()
@@ -201,12 +304,27 @@ def _cmd_watch(args: argparse.Namespace) -> int:
 
 def _cmd_status(args: argparse.Namespace) -> int:
     config = _node_config(args, "pipeline")
-    nodes = collect_status(config.broker, config.topics)
+    if args.watch:
+        return watch_status(config.broker, config.topics, args.interval)
+    view = read_pipeline(config.broker, config.topics)
     if args.json:
-        print(json.dumps(nodes, indent=2, sort_keys=True))
+        print(json.dumps(nodes_json(view), indent=2, sort_keys=True))
     else:
-        print(format_status(nodes))
-    return 0 if nodes else 1
+        print(format_status(view, config.pipeline.name))
+    return status_exit(view)
+
+
+def _cmd_retire(args: argparse.Namespace) -> int:
+    config = _node_config(args, "pipeline")
+    if args.node is None and not (config.stage.node or config.stage.index is not None):
+        raise ConfigError(f"{config.source}: which node? (--node, or key 'stage.node' or "
+                          "'stage.index')")
+    retired = retire(config, args.node or config.stage.node_name)
+    print(f"retired {retired.node}: its session and {len(retired.cleared)} retained messages")
+    if retired.pipeline:
+        print(f"and pipeline {config.pipeline.name} with it (its last stage): its availability, "
+              "labels and Home Assistant entities")
+    return 0
 
 
 def _cmd_profile(args: argparse.Namespace) -> int:
@@ -230,15 +348,22 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from aiotedge.nodes.local import LocalPipeline, plan_replicas
 
+    config = _node_config(args, "camera", **_source_keys(args), fps=args.fps).override(
+        "stage", threads=args.threads)
+    if args.pipeline is None and not config.given("pipeline", "name"):
+        config = config.override("pipeline", name=LOCAL_PIPELINE)
+    external = args.broker or config.given("broker")
     manifest = Manifest.load(args.manifest or args.plan)
-    camera = NodeConfig().override("camera", **_source_keys(args)).camera
-    source = open_source(camera, "--source")
+    source = open_source(config.camera, "--source")
     stop = stop_on_signals()
     with LocalPipeline(
         manifest,
-        pipeline=PipelineConfig(name=args.pipeline),
-        broker=_broker_flag(args.broker) if args.broker else None,
-        stage=StageConfig(threads=args.threads),
+        pipeline=config.pipeline,
+        broker=config.broker if external else None,
+        stage=config.stage,
+        stats=config.stats,
+        fps=config.camera.fps,
+        verbose=args.verbose,
         replicas=plan_replicas(args.plan) if args.plan else None,
     ) as pipeline:
         for name, prediction in pipeline.predict(source, frames=args.frames, stop=stop):

@@ -81,6 +81,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     if (args.model is None) == (args.arch is None):
         raise ConverterError("give a MODEL file or --arch, not both")
+    if args.model is not None and args.model.suffix.lower() == ".tflite":
+        raise ConverterError(f"{args.model} is a .tflite model already: it needs no import; "
+                             f"split it as it is: {PROG} split {args.model} --stages N --out DIR")
     if args.arch is not None:
         if args.input_size is None or args.classes is None:
             raise ConverterError("--arch needs --input-size S and --classes K")
@@ -156,6 +159,7 @@ def _stage_count(args: argparse.Namespace, counts: list[int] | None, profiles: i
 
 def cmd_split(args: argparse.Namespace) -> int:
     graph = load_graph(args.model)
+    labels = read_labels(args.labels, graph) if args.labels else None
     info = read_import_info(graph.model)
     counts = None
     if args.strategy.startswith(LAYERS_PREFIX):
@@ -189,7 +193,7 @@ def cmd_split(args: argparse.Namespace) -> int:
     plans = [(chosen, plan), (BALANCED, balanced)] if chosen else [(BALANCED, plan)]
 
     options = SplitOptions(
-        labels=read_labels(args.labels) if args.labels else None,
+        labels=labels,
         mean=args.mean,
         std=args.std,
         copy_source=args.copy_source,

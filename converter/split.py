@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from aiotedge_converter.errors import ConverterError
 from aiotedge_converter.metadata import read_import_info
 from aiotedge_converter.planner import Plan
@@ -37,11 +38,21 @@ class SplitOptions:
     num_threads: int | None = None
 
 
-def read_labels(path: Path | str) -> tuple[str, ...]:
+def read_labels(path: Path | str, graph: Graph) -> tuple[str, ...]:
+    """One class name a line, in class order: as many lines as the model has classes (a file
+    for another model, or with a header or a background class too many, would put every
+    prediction under the wrong name)."""
     try:
-        return tuple(Path(path).read_text(encoding="utf-8").splitlines())
+        labels = tuple(Path(path).read_text(encoding="utf-8").splitlines())
     except (OSError, UnicodeDecodeError) as exc:
         raise ConverterError(f"{path}: cannot read labels: {exc}") from exc
+    output = graph.tensor(graph.output_index)
+    classes = int(np.prod(output.shape))
+    if len(labels) != classes:
+        raise ConverterError(
+            f"{path} has {len(labels)} lines, but the model has {classes} classes (its output "
+            f"is {'x'.join(map(str, output.shape))}): give one label a line, in class order")
+    return labels
 
 
 def split_model(graph: Graph, plan: Plan, out_dir: Path, options: SplitOptions,

@@ -4,6 +4,7 @@
     sudo python3 scripts/dynsec-json.py --pipeline greenhouse --stages 5 \
         --password-file /etc/mosquitto/aiotedge.passwd --out aiotedge-dynsec.json \
         [--replica stage2b:2]... [--camera cam0]... [--watcher watcher]...
+        [--homeassistant homeassistant]
 
 Why: mosquitto's acl_file never refuses a SUBSCRIBE, so any broker user can join a replicated
 stage's share group `$share/<group>/aiotedge-frames/<pipeline>/stage/<k>` and take its round-robin
@@ -25,11 +26,15 @@ rights (dynsec 2.0 has no %u or %c, so the rights naming a user are a role of th
   every user   writes availability/<user>, info/<user>, stats/<user>; reads availability/+ and
                info/+; reads and writes probe/+ (aiotedge.acl: probe/<client id> only)
   stage k      subscribes to stage/<k> and `$share/<any group>/.../stage/<k>`, receives it;
-               writes stage/<k+1> (the last: predictions and Home Assistant discovery), errors
+               writes stage/<k+1>, errors; reads and writes the pipeline's availability
+  last stage   also reads and writes predictions, label/+ and its Home Assistant discovery
+               topics; reads homeassistant/status
   camera       writes stage/0, errors and its own snapshot (aiotedge-frames/<pipeline>/snapshot/
                <user>); subscribes to and receives predictions and errors
   watcher      subscribes to and receives aiotedge/<pipeline>/# (no share group) and the
                cameras' snapshots
+  homeassistant  subscribes to and receives homeassistant/#, aiotedge/<pipeline>/# and the
+               cameras' snapshots; writes homeassistant/status (its birth and Last Will)
 Anything else is refused (defaultACLAccess false; unsubscribing stays allowed).
 
 Standard library only: it runs on the broker host without aiotedge installed.
@@ -42,6 +47,7 @@ import base64
 import binascii
 import json
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -102,9 +108,13 @@ def build(pipeline: str, stages: int, duties: dict[str, str],
           passwords: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The plugin's whole file: default access, roles, clients.
 
-    `duties`: user -> what it does, `stage<k>`, `camera` or `watcher` (a role of that name).
+    `duties`: user -> what it does, `stage<k>`, `camera`, `watcher` or `homeassistant` (a role
+    of that name).
     """
     base = f"{PREFIX}/{pipeline}"
+    # aiotedge/nodes/homeassistant.py: node_id()
+    discovery = (f"{HOMEASSISTANT_PREFIX}/sensor/aiotedge_"
+                 f"{re.sub(r'[^a-z0-9_]', '_', pipeline.lower())}/#")
 
     def stage_input(index: int) -> str:  # frames have a branch of their own (docs/topics.md)
         return f"{PREFIX}-frames/{pipeline}/stage/{index}"
@@ -114,17 +124,25 @@ def build(pipeline: str, stages: int, duties: dict[str, str],
                   + acls("srp", f"{base}/probe/+"))]
     for index in range(stages):
         last = index == stages - 1
-        writes = ([f"{base}/predictions", f"{HOMEASSISTANT_PREFIX}/sensor/aiotedge_{pipeline}/#"]
-                  if last else [stage_input(index + 1)])
+        if last:
+            grants = (acls("srl", f"{base}/predictions", f"{base}/availability")
+                      + acls("srp", f"{base}/label/+", discovery)
+                      + acls("rl", f"{HOMEASSISTANT_PREFIX}/status"))
+        else:
+            grants = acls("s", stage_input(index + 1)) + acls("srl", f"{base}/availability")
         roles.append(role(f"{pipeline}-stage{index}", f"stage {index} and its replicas",
                           acls("rl", stage_input(index))
                           + acls("p", f"$share/+/{stage_input(index)}")
-                          + acls("s", *writes, f"{base}/errors")))
+                          + acls("s", f"{base}/errors") + grants))
     roles.append(role(f"{pipeline}-camera", "cameras",
                       acls("s", stage_input(0), f"{base}/errors")
                       + acls("rl", f"{base}/predictions", f"{base}/errors")))
+    snapshots = f"{PREFIX}-frames/{pipeline}/snapshot/+"
     roles.append(role(f"{pipeline}-watcher", "read-only tools",
-                      acls("rp", f"{base}/#", f"{PREFIX}-frames/{pipeline}/snapshot/+")))
+                      acls("rp", f"{base}/#", snapshots)))
+    roles.append(role(f"{pipeline}-homeassistant", "Home Assistant",
+                      acls("rp", f"{HOMEASSISTANT_PREFIX}/#", f"{base}/#", snapshots)
+                      + acls("s", f"{HOMEASSISTANT_PREFIX}/status")))
 
     clients = []
     for user, duty in duties.items():
@@ -178,6 +196,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="a camera's user (default: cam0)")
     parser.add_argument("--watcher", action="append", type=topic_level,
                         help="a read-only tool's user (default: watcher)")
+    parser.add_argument("--homeassistant", action="append", type=topic_level, default=[],
+                        help="Home Assistant's user (none by default)")
     args = parser.parse_args(argv)
     if args.stages < 1:
         parser.error("--stages must be at least 1")
@@ -193,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     users += [(user, f"stage{index}") for user, index in args.replica]
     users += [(user, "camera") for user in args.camera or ["cam0"]]
     users += [(user, "watcher") for user in args.watcher or ["watcher"]]
+    users += [(user, "homeassistant") for user in args.homeassistant]
     duties = dict(users)
     try:
         if len(duties) != len(users):
@@ -203,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
                           f"sudo mosquitto_passwd {args.password_file} USER")
         if idle := [user for user in passwords if user not in duties]:
             raise UsageError(f"{', '.join(idle)} in {args.password_file} would have no rights: say "
-                          "what it does (--replica, --camera, --watcher) or remove it "
+                          "what it does (--replica, --camera, --watcher, --homeassistant) "
+                          "or remove it "
                           "(mosquitto_passwd -D)")
     except UsageError as exc:
         print(exc, file=sys.stderr)

@@ -7,6 +7,7 @@ plugin). Fixtures built on these are in conftest.py.
 from __future__ import annotations
 
 import dataclasses
+import json
 import queue
 import re
 import secrets
@@ -23,9 +24,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from aiotedge.config.schema import BrokerConfig, NodeConfig
+from aiotedge.contracts.events import Prediction, Score
 from aiotedge.contracts.topics import Topics
 from aiotedge.nodes.broker import LocalBroker
-from aiotedge.nodes.homeassistant import discovery_message
+from aiotedge.nodes.homeassistant import HomeAssistantBridge, health_sensors, label_sensor
 from aiotedge.nodes.session import MqttSession
 from aiotedge.nodes.status import collect_status
 from tests.conftest import REPO
@@ -210,6 +212,22 @@ def next_item(inbox: queue.Queue[T], name: str) -> T:
 # -- who may write and read what ----------------------------------------------------------------
 
 
+#: what the Home Assistant checks take for the model (only its file name is announced)
+MODEL = SimpleNamespace(source=SimpleNamespace(file="model.tflite"))
+#: the camera whose Home Assistant sensor the checks look for
+CAMERA = "cam0"
+
+
+def home_assistant_topics(config: NodeConfig) -> set[str]:
+    """What the last stage publishes for Home Assistant: the entities of the pipeline's health
+    and of one camera, and that camera's label."""
+    topics = Topics(config.pipeline.name, config.pipeline.prefix)
+    name, prefix = node_name(config), config.homeassistant.prefix
+    announced = [*health_sensors(topics, MODEL, name, prefix),
+                 label_sensor(topics, MODEL, name, CAMERA, prefix)]
+    return {topic for topic, _ in announced} | {topics.label(CAMERA)}
+
+
 def allowed_writes(config: NodeConfig) -> set[str]:
     """What the brief of each node says it publishes: nothing more."""
     topics = Topics(config.pipeline.name, config.pipeline.prefix)
@@ -217,22 +235,26 @@ def allowed_writes(config: NodeConfig) -> set[str]:
     own = {topics.errors, topics.availability(name), topics.info(name), topics.stats(name)}
     if is_camera(config):
         return own | {topics.stage_input(0), topics.snapshot(name)}
+    own.add(topics.pipeline_availability)
     index = config.stage.index
     if index < STAGES - 1:
         return own | {topics.stage_input(index + 1)}
     own.add(topics.predictions)
     if config.homeassistant.discovery:
-        manifest = SimpleNamespace(source=SimpleNamespace(file="model.tflite"))
-        own.add(discovery_message(topics, manifest, name, config.homeassistant.prefix)[0])
+        own |= home_assistant_topics(config)
     return own
 
 
 def allowed_reads(config: NodeConfig, published: list[str]) -> set[str]:
-    """Its own inputs, and who is online and what they run (every node, for its checks)."""
+    """Its own inputs, and who is online and what they run (every node, for its checks); a
+    stage, the pipeline's availability; the last stage, the predictions (for the labels)."""
     topics = Topics(config.pipeline.name, config.pipeline.prefix)
     shared = {t for t in published if t.startswith((topics.availability(""), topics.info("")))}
     if is_camera(config):
         return shared | {topics.predictions, topics.errors}
+    shared |= {t for t in published if t == topics.pipeline_availability}
+    if config.stage.index == STAGES - 1:
+        shared |= {t for t in published if t == topics.predictions}
     return shared | {topics.stage_input(config.stage.index)}
 
 
@@ -242,7 +264,9 @@ def candidate_topics(configs: dict[str, NodeConfig]) -> list[str]:
     names = [node_name(c) for c in configs.values()] + ["watcher"]
     candidates = {topics.stage_input(k) for k in range(STAGES)}
     candidates |= {topics.predictions, topics.errors, topics.probe("someone-else"),
+                   topics.pipeline_availability,
                    "aiotedge-frames/orchard/stage/1", "aiotedge/orchard/predictions",
+                   "aiotedge/orchard/availability", "homeassistant/status",
                    "homeassistant/sensor/other/config", "$SYS/broker/uptime"}
     for name in names:
         candidates |= {topics.availability(name), topics.info(name), topics.stats(name),
@@ -314,6 +338,57 @@ def check_status_tool(broker: LocalBroker, pki: Path, passwords: dict[str, Path]
     assert nodes == {"stage2": {"availability": "online"}}
 
 
+def collect(probe: Probe, wanted: set[str], name: str) -> dict[str, str]:
+    """Topic -> payload of the messages `probe` receives until every topic in `wanted` came."""
+    seen: dict[str, str] = {}
+    while not wanted <= seen.keys():
+        topic, payload = next_item(probe.messages, name)
+        seen[topic] = payload
+    return seen
+
+
+def check_home_assistant(broker: LocalBroker, pki: Path, passwords: dict[str, Path]) -> None:
+    """Home Assistant's user gets the last stage's discovery messages and what they point at
+    (a camera's label, the stats, availability), and its birth message brings discovery again;
+    every discovery message follows Home Assistant's documented schema."""
+    from tests.homeassistant_schema import problems
+
+    config = load_cluster()["stage4"]
+    topics = Topics(config.pipeline.name, config.pipeline.prefix)
+    home_assistant = Probe(broker.tls_port, pki, "homeassistant",
+                           passwords["homeassistant"].read_text().strip())
+    assert not refused(home_assistant.connect())
+    home_assistant.subscribe(f"{config.homeassistant.prefix}/#")
+    home_assistant.subscribe(f"{topics.base}/#")
+    settings = dataclasses.replace(config.broker, host="127.0.0.1", port=broker.tls_port,
+                                   ca_file=str(pki / "ca.crt"),
+                                   password_file=str(passwords["stage4"]))
+    stage4 = MqttSession(settings, "stage4-home-assistant", topics.availability("stage4"))
+    bridge = HomeAssistantBridge(stage4, topics, MODEL, "stage4", config.homeassistant.prefix)
+    stage4.start()
+    try:
+        assert stage4.wait_connected(TIMEOUT)
+        stage4.set_online()
+        bridge.start()
+        answer = Prediction(f"{CAMERA}-1-0", CAMERA, 0, 0.0, [Score(7, "hotdog, hot dog", 0.9)],
+                            40.0, [])
+        stage4.publish(topics.predictions, answer.to_json(), qos=1)
+        announced = home_assistant_topics(config) - {topics.label(CAMERA)}
+        seen = collect(home_assistant, announced | {topics.label(CAMERA),
+                                                    topics.availability("stage4")},
+                       "Home Assistant")
+        assert json.loads(seen[topics.label(CAMERA)])["label"] == "hotdog"
+        for topic in announced:
+            assert problems(topic, json.loads(seen[topic])) == [], topic
+        assert not home_assistant.publish(f"{config.homeassistant.prefix}/status",
+                                          "online").is_failure
+        assert collect(home_assistant, announced, "Home Assistant, after its birth").keys() \
+            >= announced
+    finally:
+        stage4.stop()
+        home_assistant.close()
+
+
 def check_publish_rights(probes: Callable[[str], Probe], config: NodeConfig,
                          watcher_filter: str, also_granted: frozenset[str] = frozenset()) -> None:
     """The node may publish its own topics (and `also_granted`), nothing else; a watcher
@@ -352,7 +427,8 @@ def check_deliveries(probes: Callable[[str], Probe],
     topics = Topics("greenhouse")
     published = [topics.stage_input(k) for k in range(STAGES)]
     published += [topics.predictions, topics.errors, topics.availability("stage1"),
-                  topics.info("stage1"), topics.stats("stage1"), topics.snapshot("cam0")]
+                  topics.info("stage1"), topics.stats("stage1"), topics.snapshot("cam0"),
+                  topics.pipeline_availability]
     writers = {}
     for topic in published:  # the node whose job it is to publish it
         writers[topic] = next(c.broker.username for c in configs.values()

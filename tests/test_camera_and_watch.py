@@ -49,13 +49,13 @@ def prediction(frame_id: str, seq: int) -> str:
 
 def test_watch_prints_each_prediction_once_and_survives_junk(broker):
     watch = subprocess.Popen(
-        [sys.executable, "-m", "aiotedge", "watch", "--broker", str(broker.address),
+        [sys.executable, "-m", "aiotedge", "-v", "watch", "--broker", str(broker.address),
          "--pipeline", "home", "--count", "2"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     publisher = connected(broker, "last-stage")
     topics = Topics("home")
-    for line in watch.stderr:  # wait for the broker's SUBACK
+    for line in watch.stderr:  # wait for the broker's SUBACK (logged at debug level)
         if "subscribed to aiotedge/home/predictions" in line:
             break
     for junk in (b"{}", b"[" * 100_000, b"\xff"):  # someone else's messages: ignored

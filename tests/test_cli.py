@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import socket
 import subprocess
 import sys
 
 import pytest
+
+from aiotedge import __version__
+from aiotedge.cli import build_parser
 
 
 def run_node(command: str, config: str | bytes, tmp_path) -> subprocess.CompletedProcess[str]:
@@ -77,7 +81,7 @@ def test_a_missing_ca_file_is_named_with_its_key_before_connecting(
     manifest = split_into(test_models["int8"], 3)
     result = run_stage(
         f'[broker]\ntls = true\nca_file = "{tmp_path}/ca.crt"\n'
-        f'[stage]\nmanifest = "{manifest.directory}"\n',
+        f'[stage]\nmanifest = "{manifest.directory}"\nindex = 0\n',
         tmp_path,
     )
     assert_one_line_error(
@@ -92,7 +96,8 @@ def test_a_prometheus_port_in_use_is_named_before_connecting(tmp_path, test_mode
         taken.listen()
         port = taken.getsockname()[1]
         result = run_stage(
-            f'[stage]\nmanifest = "{manifest.directory}"\n[stats]\nprometheus_port = {port}\n',
+            f'[stage]\nmanifest = "{manifest.directory}"\nindex = 0\n'
+            f'[stats]\nprometheus_port = {port}\n',
             tmp_path,
         )
     assert result.returncode == 2
@@ -116,11 +121,18 @@ def test_an_unreadable_password_file_is_reported(tmp_path, test_models, split_in
     manifest = split_into(test_models["int8"], 3)
     result = run_stage(
         f'[broker]\nusername = "stage0"\npassword_file = "{tmp_path}/absent.password"\n'
-        f'[stage]\nmanifest = "{manifest.directory}"\n',
+        f'[stage]\nmanifest = "{manifest.directory}"\nindex = 0\n',
         tmp_path,
     )
     assert_one_line_error(result, f"stage7.toml: key 'broker.password_file': {tmp_path}/"
                                   "absent.password does not exist")
+
+
+def test_a_stage_without_an_index_names_the_flag_and_the_key(tmp_path, test_models, split_into):
+    manifest = split_into(test_models["int8"], 3)
+    result = run_stage(f'[stage]\nmanifest = "{manifest.directory}"\n', tmp_path)
+    assert_one_line_error(result, "stage7.toml: no stage index given (--stage or key "
+                                  "'stage.index')")
 
 
 def test_a_bad_broker_flag_is_named():
@@ -129,5 +141,25 @@ def test_a_bad_broker_flag_is_named():
         capture_output=True, text=True, timeout=60, check=False,
     )
     assert_one_line_error(
-        result, "flags: --broker 'broker lan:1883': key 'host' must be a host name or an IP address"
+        result, "flags: --broker 'broker lan:1883': 'broker lan' is not a host name or an IP "
+                "address (expected HOST, HOST:PORT, [IPv6]:PORT, mqtt://HOST:PORT or "
+                "mqtts://HOST:PORT (TLS))"
     )
+
+
+def test_the_help_lists_every_command_and_every_flag_says_its_default():
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    top = parser.format_help()
+    for name, command in commands.choices.items():
+        assert f"    {name} " in top, name
+        for action in command._actions:
+            if action.option_strings and action.nargs != 0 and action.dest != "help":
+                text = action.help or ""
+                assert "default" in text or "required" in text, (name, action.option_strings)
+
+
+def test_version():
+    result = subprocess.run([sys.executable, "-m", "aiotedge", "--version"], capture_output=True,
+                            text=True, timeout=60, check=True)
+    assert result.stdout.strip() == f"aiotedge {__version__}"

@@ -174,12 +174,18 @@ def test_host_names_and_addresses_are_accepted(host):
     assert BrokerConfig(host).host == host
 
 
-def test_flags_are_checked_like_keys(tmp_path):
+def test_flags_are_checked_like_keys_and_named_as_flags(tmp_path):
     config = NodeConfig.load(write(tmp_path, "[camera]\nfps = 2\n"))
-    with pytest.raises(ConfigError, match=r"^flags: key 'camera.fps' must be a finite number"):
+    with pytest.raises(ConfigError, match=r"^flags: --fps must be a finite number, got inf$"):
         config.override("camera", fps=float("inf"))
-    with pytest.raises(ConfigError, match=r"^flags: \[stage\] key 'queue_size' must be 1 to 65535"):
+    with pytest.raises(ConfigError, match=r"^flags: --fps must be 0 or at least 1/86400"):
+        config.override("camera", fps=-1.0)
+    with pytest.raises(ConfigError, match=r"^flags: --queue-size must be 1 to 65535, got 70000$"):
         config.override("stage", queue_size=70000)
+    with pytest.raises(ConfigError, match=r"^flags: --stage must be 0 or more, got -1$"):
+        config.override("stage", index=-1)
+    with pytest.raises(ConfigError, match=r"^flags: --pipeline must be one topic level"):
+        config.override("pipeline", name="a/b")
 
 
 def test_a_file_that_is_not_utf8_is_named(tmp_path):
@@ -201,10 +207,43 @@ def test_a_missing_file_is_a_config_error(tmp_path):
         ("pi-broker", BrokerConfig("pi-broker", 1883)),
         ("10.0.0.5:1884", BrokerConfig("10.0.0.5", 1884)),
         ("[::1]:1885", BrokerConfig("::1", 1885)),
+        ("[::1]", BrokerConfig("::1", 1883)),
+        ("fe80::1", BrokerConfig("fe80::1", 1883)),
+        ("mqtt://127.0.0.1:18830", BrokerConfig("127.0.0.1", 18830)),
+        ("mqtt://broker.lan", BrokerConfig("broker.lan", 1883)),
+        ("MQTTS://broker.lan", BrokerConfig("broker.lan", 8883, tls=True)),
+        ("mqtts://broker.lan:8884", BrokerConfig("broker.lan", 8884, tls=True)),
+        ("mqtts://[::1]:8883", BrokerConfig("::1", 8883, tls=True)),
     ],
 )
 def test_broker_addresses(address, expected):
     assert BrokerConfig.parse(address) == expected
+
+
+@pytest.mark.parametrize(
+    ("address", "message"),
+    [
+        ("host:abc", "port 'abc' must be a number from 1 to 65535"),
+        ("host:", "port '' must be a number from 1 to 65535"),
+        ("host:0", "port '0' must be a number from 1 to 65535"),
+        ("host:65536", "port '65536' must be a number from 1 to 65535"),
+        ("mqtt://host:abc", "port 'abc' must be a number"),
+        ("http://host:1883", "unknown scheme 'http://'"),
+        ("ws://host", "unknown scheme 'ws://'"),
+        ("mqtt://host/path", "'host/path' is not a host name or an IP address"),
+        ("broker lan", "'broker lan' is not a host name or an IP address"),
+        ("[broker.lan]:1883", "'broker.lan' is not a host name or an IP address"),
+        ("[::1:1883", "expected HOST, HOST:PORT, [IPv6]:PORT"),
+        ("[::1]1883", "expected HOST, HOST:PORT, [IPv6]:PORT"),
+        ("", "'' is not a host name"),
+    ],
+)
+def test_a_broker_address_that_is_none_of_the_forms_is_refused_in_one_line(address, message):
+    with pytest.raises(ConfigError) as caught:
+        BrokerConfig.parse(address)
+    assert message in str(caught.value)
+    assert "mqtts://HOST:PORT (TLS)" in str(caught.value)
+    assert "\n" not in str(caught.value)
 
 
 

@@ -304,6 +304,31 @@ def test_split_refuses_unusable_models(test_models, tmp_path, capsys, model, mes
     assert len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("lines", [LABELS[:-1], ("background", *LABELS)], ids=["short", "long"])
+def test_split_refuses_labels_that_do_not_match_the_models_classes(
+    test_models, tmp_path, capsys, lines
+):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join(lines) + "\n")
+    code, out, err = run_cli(capsys, "split", test_models["int8"], "--stages", "2",
+                             "--out", tmp_path / "split", "--labels", labels)
+    assert code == 2 and not out
+    assert err.strip() == (
+        f"aiotedge-convert: error: {labels} has {len(lines)} lines, but the model has "
+        f"{len(LABELS)} classes (its output is 1x{len(LABELS)}): give one label a line, in "
+        "class order")
+    assert not (tmp_path / "split").exists()
+
+
+def test_import_says_a_tflite_model_needs_none(test_models, tmp_path, capsys):
+    model = test_models["int8"]
+    code, out, err = run_cli(capsys, "import", model, "--out", tmp_path / "again.tflite")
+    assert code == 2 and not out
+    assert err.strip() == (f"aiotedge-convert: error: {model} is a .tflite model already: it "
+                           f"needs no import; split it as it is: aiotedge-convert split {model} "
+                           "--stages N --out DIR")
+
+
 def test_console_entry_point_runs_as_a_module(test_models):
     done = subprocess.run(
         [sys.executable, "-m", "aiotedge_converter", "analyze", str(test_models["float"])],

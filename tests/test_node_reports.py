@@ -1,21 +1,24 @@
-"""What nodes report: stats snapshots, Prometheus text, `aiotedge status`, Home Assistant."""
+"""What nodes report: stats snapshots and Prometheus text (checked with promtool)."""
 
 from __future__ import annotations
 
-import json
+import re
+import shutil
+import subprocess
 import urllib.request
 
 import pytest
 
 from aiotedge.config.schema import StatsConfig
-from aiotedge.contracts.manifest import Manifest, Preprocessing, SourceModel
-from aiotedge.contracts.tensors import TensorSpec
-from aiotedge.contracts.topics import Topics
 from aiotedge.nodes.broker import free_port
-from aiotedge.nodes.homeassistant import discovery_message
-from aiotedge.nodes.metrics import LatencyWindow, NodeStats, serve_prometheus
-from aiotedge.nodes.session import MqttSession
-from aiotedge.nodes.status import collect_status, format_status
+from aiotedge.nodes.metrics import (
+    LatencyWindow,
+    NodeStats,
+    Timing,
+    camera_metrics,
+    serve_prometheus,
+    stage_metrics,
+)
 
 
 def test_latency_percentiles_come_from_the_recent_window():
@@ -31,54 +34,92 @@ def test_a_snapshot_has_every_counter_even_before_any_frame():
     for name in ("frames_in", "frames_out", "rejected", "dropped", "duplicates"):
         assert snapshot[name] == 0
     assert snapshot["rss_mb"] > 0
+    assert snapshot["fps"] == 0
     assert snapshot["inference_ms"] == {"p50": None, "p99": None}
 
 
-def test_prometheus_endpoint_serves_the_snapshot():
+def test_a_timing_feeds_both_its_window_and_its_histogram():
+    timing = Timing(buckets=(0.01, 0.1))
+    for seconds in (0.005, 0.01, 0.05, 2.0):
+        timing.add(seconds)
+    assert timing.window.percentiles()["p50"] == 30.0
+    counts = timing.histogram()
+    assert counts.buckets == ((0.01, 2), (0.1, 3), (float("inf"), 4))
+    assert (counts.count, counts.total) == (4, pytest.approx(2.065))
+
+
+def scrape(port: int) -> str:
+    return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+
+
+def promtool_problems(text: str) -> str:
+    """What `promtool check metrics` says of an exposition (empty: nothing)."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool is not installed (sudo apt-get install prometheus; make test "
+                    "installs it)")
+    checked = subprocess.run([promtool, "check", "metrics"], input=text, text=True,
+                             capture_output=True, timeout=60, check=False)
+    return (checked.stdout + checked.stderr).strip()
+
+
+@pytest.fixture
+def stage_endpoint():
+    """A stage's Prometheus endpoint on a free port, over NodeStats with a few frames."""
     pytest.importorskip("prometheus_client", reason="the metrics extra is not installed")
     stats = NodeStats()
     stats.counters.add("frames_in", 7)
-    stats.inference_ms.add(12.5)
+    stats.counters.add("frames_out", 6)
+    stats.inference.add(0.0125)
+    stats.latency.add(0.2)
     port = free_port()
-    serve_prometheus(StatsConfig(prometheus_port=port), "pi3",
-                     lambda: stats.snapshot(queue_depth=2), "test")
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    assert 'aiotedge_frames_in_total{node="pi3"} 7.0' in text
-    assert 'aiotedge_queue_depth{node="pi3"} 2.0' in text
-    assert 'aiotedge_inference_ms_p50{node="pi3"} 12.5' in text
+    info = {"version": "0.1.0", "model": "net.tflite", "manifest": "ab" * 32}
+    serve_prometheus(
+        StatsConfig(prometheus_port=port), "test",
+        {"pipeline": "garden", "stage": "3", "node": "pi3"},
+        lambda: stage_metrics(stats, info, queued=2, connected=True, refused=0, unrouted=1,
+                              reconnects=4))
+    return stats, port
 
 
-def test_status_reads_retained_availability_and_stats(broker):
-    topics = Topics("shelf")
-    node = MqttSession(broker.address, "stage2-pi", topics.availability("stage2-pi"))
-    node.start()
-    assert node.wait_connected(10)
-    node.set_online()
-    stats = NodeStats().snapshot(queue_depth=1, stage=2)
-    info = node.publish(topics.stats("stage2-pi"), json.dumps(stats), qos=1, retain=True)
-    info.wait_for_publish(10)
-    nodes = collect_status(broker.address, topics)
-    node.stop()
-    assert nodes["stage2-pi"]["availability"] == "online"
-    assert nodes["stage2-pi"]["stats"]["stage"] == 2
-    table = format_status(nodes)
-    assert table.splitlines()[1].split()[:3] == ["stage2-pi", "online", "2"]
-    assert collect_status(broker.address, topics)["stage2-pi"]["availability"] == "offline"
+def test_stage_metrics_follow_prometheus_conventions(stage_endpoint):
+    _, port = stage_endpoint
+    text = scrape(port)
+    assert promtool_problems(text) == ""
+    labels = 'node="pi3",pipeline="garden",stage="3"'
+    assert f"aiotedge_stage_received_frames_total{{{labels}}} 7.0" in text
+    assert f"aiotedge_stage_queued_frames{{{labels}}} 2.0" in text
+    assert f'aiotedge_stage_inference_seconds_bucket{{le="0.025",{labels}}} 1.0' in text
+    assert f"aiotedge_stage_latency_seconds_count{{{labels}}} 1.0" in text
+    assert f"aiotedge_broker_reconnects_total{{{labels}}} 4.0" in text
+    assert 'manifest="' + "ab" * 32 + '",model="net.tflite"' in text
+    assert "process_resident_memory_bytes" in text  # prometheus_client's, not repeated by us
+    for unit in ("_ms", "_mb", "percent", "uptime"):
+        assert not re.search(rf"^aiotedge_\w*{unit}", text, re.MULTILINE), unit
+    for line in text.splitlines():
+        if line.startswith("# HELP aiotedge_"):
+            assert len(line.split(" ", 3)[3]) > 20, line  # says what it counts
 
 
-def test_status_of_an_empty_pipeline_says_so(broker):
-    assert collect_status(broker.address, Topics("nobody")) == {}
-    assert "no nodes" in format_status({})
+def test_scraping_leaves_the_stats_message_windows_alone(stage_endpoint):
+    stats, port = stage_endpoint
+    stats.snapshot()
+    stats.counters.add("frames_out", 5)
+    scrape(port)
+    scrape(port)
+    assert stats.snapshot()["fps"] > 0  # the 5 frames count since the previous message
 
 
-def test_home_assistant_discovery_announces_the_prediction_sensor():
-    spec = TensorSpec("x", (1, 4), "uint8", 0.5, 0)
-    manifest = Manifest(SourceModel("net.tflite", "0" * 64, spec, spec, 0),
-                        Preprocessing(4, 4), stages=())
-    topic, payload = discovery_message(Topics("garden"), manifest, "stage4-pi5")
-    config = json.loads(payload)
-    assert topic == "homeassistant/sensor/aiotedge_garden/prediction/config"
-    assert config["state_topic"] == "aiotedge/garden/predictions"
-    assert config["availability_topic"] == "aiotedge/garden/availability/stage4-pi5"
-    assert config["value_template"] == "{{ value_json.top[0].label }}"
-    assert config["unique_id"] == "aiotedge_garden_prediction"
+def test_camera_metrics_follow_prometheus_conventions():
+    pytest.importorskip("prometheus_client", reason="the metrics extra is not installed")
+    counters = {"published": 5, "answered": 4, "resent": 1}
+    port = free_port()
+    serve_prometheus(StatsConfig(prometheus_port=port), "test",
+                     {"pipeline": "garden", "node": "cam0"},
+                     lambda: camera_metrics(counters, in_flight=1, connected=False,
+                                            reconnects=0))
+    text = scrape(port)
+    assert promtool_problems(text) == ""
+    assert 'aiotedge_camera_answered_frames_total{node="cam0",pipeline="garden"} 4.0' in text
+    assert 'aiotedge_camera_unanswered_frames_total{node="cam0",pipeline="garden"} 0.0' in text
+    assert 'aiotedge_broker_connected{node="cam0",pipeline="garden"} 0.0' in text

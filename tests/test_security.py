@@ -33,6 +33,7 @@ from tests.security import (
     acl_users,
     check_cluster_logins,
     check_deliveries,
+    check_home_assistant,
     check_logins,
     check_publish_rights,
     check_status_tool,
@@ -65,7 +66,8 @@ def test_the_cluster_configs_are_five_stages_and_a_camera_of_one_pipeline():
         assert broker.username == node_name(config), name
         if not is_camera(config):
             assert (name, config.stage.index) == (f"stage{config.stage.index}", config.stage.index)
-    assert sorted(acl_users()) == sorted([node_name(c) for c in configs.values()] + ["watcher"])
+    assert sorted(acl_users()) == sorted([node_name(c) for c in configs.values()]
+                                         + ["watcher", "homeassistant"])
 
 
 def test_a_password_cannot_be_written_inline(tmp_path):
@@ -131,6 +133,10 @@ def test_a_user_without_read_rights_cannot_take_a_stages_frames(
 
 def test_aiotedge_status_works_with_the_watcher_config(secure_broker, pki, passwords):
     check_status_tool(secure_broker(), pki, passwords)
+
+
+def test_home_assistant_discovery_works_with_the_shipped_rights(secure_broker, pki, passwords):
+    check_home_assistant(secure_broker(), pki, passwords)
 
 
 # -- TLS ----------------------------------------------------------------------------------------
@@ -240,11 +246,13 @@ def test_each_connection_failure_is_named(secure_broker, pki, passwords, misname
         "password": connection_problem(
             dataclasses.replace(stage1, password_file=str(wrong_password))),
     }
-    assert problems["tls to plain port"].endswith("(a plain MQTT port? then set tls = false)")
+    assert problems["tls to plain port"].endswith(
+        "(a plain MQTT port? then set tls = false, or mqtt:// in --broker)")
     assert problems["plain to tls port"] == (
-        "the broker closed the connection without answering (a TLS port? then set tls = true)")
+        "the broker closed the connection without answering (a TLS port? then set tls = true, "
+        "or mqtts:// in --broker)")
     assert problems["other CA"].startswith("TLS certificate check failed: ")
-    assert problems["other CA"].endswith("(check [broker] ca_file)")
+    assert problems["other CA"].endswith("(check [broker] ca_file, or --ca-file)")
     assert problems["password"].startswith("the broker refused the connection: ")
     assert "check [broker] username and password_file" in problems["password"]
 
@@ -254,6 +262,8 @@ def test_each_connection_failure_is_named(secure_broker, pki, passwords, misname
     with misnamed:
         problem = connection_problem(dataclasses.replace(stage1, port=tls_port))
     assert "Hostname mismatch" in problem or "IP address mismatch" in problem, problem
+    assert problem.endswith("(connect with a name the broker's certificate has, or add this one "
+                            "to its subjectAltName)")
 
 
 def test_a_camera_whose_every_frame_the_acl_refuses_exits_1(

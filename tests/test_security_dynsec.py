@@ -30,6 +30,7 @@ from tests.security import (
     acl_users,
     check_cluster_logins,
     check_deliveries,
+    check_home_assistant,
     check_logins,
     check_publish_rights,
     check_status_tool,
@@ -51,7 +52,8 @@ def write_dynsec_file(passwords: dict[str, Path], out: Path,
     """scripts/dynsec-json.py for the example cluster, as a user runs it."""
     return subprocess.run(
         [sys.executable, str(SCRIPT), "--pipeline", "greenhouse", "--stages", str(STAGES),
-         "--password-file", str(passwords[""]), "--out", str(out), *extra],
+         "--password-file", str(passwords[""]), "--out", str(out),
+         "--homeassistant", "homeassistant", *extra],
         capture_output=True, text=True, check=False,
     )
 
@@ -86,11 +88,12 @@ def replica_config() -> NodeConfig:
         broker=dataclasses.replace(stage2.broker, username=REPLICA))
 
 
-def user_configs() -> dict[str, NodeConfig | None]:
-    """Broker user -> its node's config (None for the watcher, a tool)."""
-    users: dict[str, NodeConfig | None] = {
+def user_configs() -> dict[str, NodeConfig | str]:
+    """Broker user -> its node's config, or for a tool its name ("watcher", "homeassistant")."""
+    users: dict[str, NodeConfig | str] = {
         config.broker.username: config for config in load_cluster().values()}
-    return users | {REPLICA: replica_config(), "watcher": None}
+    return users | {REPLICA: replica_config(), "watcher": "watcher",
+                    "homeassistant": "homeassistant"}
 
 
 # -- the config and the file -------------------------------------------------------------------
@@ -158,25 +161,37 @@ def test_a_node_may_publish_only_to_its_own_topics(probes, node):
                          also_granted=frozenset({TOPICS.probe("someone-else")}))
 
 
-def needed_filters(config: NodeConfig | None) -> list[str]:
+def needed_filters(config: NodeConfig | str) -> list[str]:
     """What a user subscribes to for its work (a stage without replicas: plainly)."""
-    if config is None:
+    if config == "watcher":
         return [f"{TOPICS.base}/#", TOPICS.snapshot("+")]
+    if config == "homeassistant":
+        return ["homeassistant/#", f"{TOPICS.base}/#", TOPICS.snapshot("+")]
+    assert isinstance(config, NodeConfig)
     common = [TOPICS.all_availability, TOPICS.all_info]
     if is_camera(config):
         return [*common, TOPICS.predictions, TOPICS.errors]
-    return [*common, TOPICS.stage_input(config.stage.index)]
+    own = [*common, TOPICS.pipeline_availability, TOPICS.stage_input(config.stage.index)]
+    if config.stage.index == STAGES - 1:  # the Home Assistant bridge; `retire`
+        own += [TOPICS.predictions, TOPICS.all_labels, "homeassistant/status",
+                "homeassistant/sensor/aiotedge_greenhouse/#"]
+    return own
 
 
 def test_a_node_receives_only_its_own_input(probes):
     configs = load_cluster()
-    check_deliveries(probes, lambda name: needed_filters(configs.get(name)))
+    check_deliveries(probes, lambda name: needed_filters(configs.get(name, "watcher")))
+
+
+def test_home_assistant_discovery_works_with_the_shipped_rights(secure_broker, pki, passwords):
+    check_home_assistant(secure_broker(), pki, passwords)
 
 
 def candidate_filters(own_probe: str) -> list[str]:
     """What users need, the share forms of every stage's input, and wider filters."""
     filters = {"#", "aiotedge/#", "$SYS/#", "homeassistant/#", "aiotedge/orchard/#",
-               TOPICS.all_stats, TOPICS.availability("stage1"), own_probe}
+               "homeassistant/sensor/other/#", TOPICS.all_stats, TOPICS.availability("stage1"),
+               own_probe}
     for config in user_configs().values():
         filters |= set(needed_filters(config))
     for index in range(STAGES):
@@ -188,20 +203,22 @@ def candidate_filters(own_probe: str) -> list[str]:
     return sorted(filters)
 
 
-def subscribable(config: NodeConfig | None, candidates: list[str], own_probe: str) -> set[str]:
-    """The watcher: anything of the pipeline and the cameras' snapshots, no share group. A
-    node: who is online and what they run, its probe, its inputs; a stage's input in any share
-    group too."""
-    if config is None:
+def subscribable(config: NodeConfig | str, candidates: list[str], own_probe: str) -> set[str]:
+    """The watcher: anything of the pipeline and the cameras' snapshots, no share group; Home
+    Assistant: that and its own topics. A node: who is online and what they run, its probe, its
+    inputs; a stage's input in any share group too."""
+    if isinstance(config, str):
         return {f for f in candidates
-                if f.startswith(f"{TOPICS.base}/") or f == TOPICS.snapshot("+")}
+                if f.startswith(f"{TOPICS.base}/") or f == TOPICS.snapshot("+")
+                or (config == "homeassistant" and f.startswith("homeassistant/"))}
     granted = {TOPICS.all_availability, TOPICS.availability("stage1"), TOPICS.all_info,
                own_probe}
     if is_camera(config):
         return granted | {TOPICS.predictions, TOPICS.errors}
     stage_input = TOPICS.stage_input(config.stage.index)
-    return granted | {f for f in candidates if f == stage_input
-                      or (f.startswith("$share/") and f.split("/", 2)[2] == stage_input)}
+    return granted | set(needed_filters(config)) | {
+        f for f in candidates
+        if f.startswith("$share/") and f.split("/", 2)[2] == stage_input}
 
 
 def test_every_user_may_subscribe_to_exactly_what_it_needs(probes):

@@ -75,7 +75,8 @@ class FakeSession:
         self.forwarded: queue.Queue[tuple[str, bytes, int]] = queue.Queue()
         self.published: queue.Queue[tuple[str, bytes | str]] = queue.Queue()
         self.acked: list[int] = []
-        self.refused = self.unrouted = self.unacknowledged = 0
+        self.refused = self.unrouted = self.unacknowledged = self.reconnects = 0
+        self.last_problem = None
 
     def subscribe(self, topic, handler, qos=1, share_group=None) -> None:
         self.handler = handler

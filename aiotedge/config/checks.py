@@ -1,6 +1,6 @@
 """Value checks shared by the config dataclasses (aiotedge/config.py, BrokerConfig).
 
-Each raises ValueError("key 'k' must be ..."); `config._build` adds the file and the section.
+Each raises KeyValueError("key 'k' must be ..."); `config._build` adds the file and the section.
 The limits come from MQTT 5 and the libraries (docs/config.md lists them with their source).
 """
 
@@ -30,10 +30,19 @@ PATH = "a path (not empty, no NUL character)"
 _HOST_LABEL = re.compile(r"[A-Za-z0-9_-]{1,63}")
 
 
+class KeyValueError(ConfigError):
+    """A key's value is wrong: loading names the file and section, or the flag that set it."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"key {key!r} {problem}")
+        self.key = key
+        self.problem = problem
+
+
 def require(key: str, ok: bool, rule: str) -> None:
-    """Raise ConfigError "key 'key' must be <rule>" unless ok (loading adds the file)."""
+    """Raise KeyValueError "key 'key' must be <rule>" unless ok (loading adds the file)."""
     if not ok:
-        raise ConfigError(f"key {key!r} must be {rule}")
+        raise KeyValueError(key, f"must be {rule}")
 
 
 def require_range(key: str, value: float, low: float, high: float | None = None) -> None:

@@ -25,6 +25,7 @@ from aiotedge.config.checks import (
     PATH,
     TOPIC_LEVEL,
     TOPIC_PREFIX,
+    KeyValueError,
     host_name,
     mqtt_text,
     require,
@@ -36,6 +37,9 @@ from aiotedge.config.checks import (
 from aiotedge.contracts.errors import ConfigError
 from aiotedge.contracts.topics import DEFAULT_PREFIX, Topics
 from aiotedge.contracts.wire import MAX_ATTEMPTS
+
+#: the source of settings given on the command line (messages name flags, not keys)
+FLAGS = "flags"
 
 
 @dataclass(frozen=True)
@@ -102,11 +106,8 @@ class BrokerConfig:
 
     @classmethod
     def parse(cls, address: str) -> BrokerConfig:
-        """From `HOST`, `HOST:PORT` or `[IPv6]:PORT`."""
-        host, sep, port = address.rpartition(":")
-        if not sep or not port.isdigit() or host.endswith(":"):
-            return cls(host=address.strip("[]"))
-        return cls(host=host.strip("[]"), port=int(port))
+        """From an address `parse_address` accepts; the scheme's port when none is given."""
+        return cls(**parse_address(address))
 
     def __str__(self) -> str:
         return f"{self.host}:{self.port}"
@@ -120,6 +121,47 @@ def read_secret_file(filename: str, where: str) -> str:
         raise ConfigError(f"cannot read {where}: {exc.strerror}") from exc
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{where} is not UTF-8 text") from exc
+
+
+BROKER_ADDRESSES = "HOST, HOST:PORT, [IPv6]:PORT, mqtt://HOST:PORT or mqtts://HOST:PORT (TLS)"
+#: scheme -> (tls, its usual port)
+_SCHEMES = {"mqtt": (False, 1883), "mqtts": (True, 8883)}
+
+
+def parse_address(address: str) -> dict[str, Any]:
+    """The [broker] keys a broker address sets: `host`, and `port` and `tls` when it says them.
+
+    Anything else is refused here, in one line: paho would take `host:abc` or
+    `http://host` for a host name and try to resolve it for ever.
+    """
+    keys: dict[str, Any] = {}
+    scheme, sep, rest = address.partition("://")
+    if sep:
+        if scheme.lower() not in _SCHEMES:
+            raise ConfigError(f"unknown scheme {scheme + sep!r}: expected {BROKER_ADDRESSES}")
+        keys["tls"], keys["port"] = _SCHEMES[scheme.lower()]
+    else:
+        rest = address
+    if rest.startswith("["):  # [IPv6] or [IPv6]:PORT
+        host, bracket, tail = rest[1:].partition("]")
+        if not bracket or (tail and not tail.startswith(":")):
+            raise ConfigError(f"expected {BROKER_ADDRESSES}")
+        port = tail[1:] if tail else None
+    elif rest.count(":") > 1:  # a bare IPv6 address: no port possible
+        host, port = rest, None
+    else:
+        host, sep, port = rest.partition(":")
+        port = port if sep else None
+    if port is not None:
+        if not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ConfigError(f"port {port!r} must be a number from 1 to 65535 "
+                              f"(expected {BROKER_ADDRESSES})")
+        keys["port"] = int(port)
+    if not host_name(host) or (rest.startswith("[") and ":" not in host):
+        raise ConfigError(f"{host!r} is not a host name or an IP address "
+                          f"(expected {BROKER_ADDRESSES})")
+    keys["host"] = host
+    return keys
 
 
 #: the longest wait the node takes (stats interval, camera frame period): a day
@@ -146,7 +188,8 @@ class PipelineConfig:
 @dataclass(frozen=True)
 class StageConfig:
     manifest: str = ""
-    index: int = 0
+    #: required (a flag or the file): no board should serve stage 0 because a key was forgotten
+    index: int | None = None
     node: str = ""
     threads: int | None = None
     queue_size: int = 4
@@ -163,7 +206,8 @@ class StageConfig:
     def __post_init__(self) -> None:
         if self.manifest:
             require("manifest", usable_path(self.manifest), PATH)
-        require_range("index", self.index, 0)
+        if self.index is not None:
+            require_range("index", self.index, 0)
         if self.node:
             require("node", topic_level(self.node), TOPIC_LEVEL)
         if self.threads is not None:
@@ -292,7 +336,10 @@ class NodeConfig:
     stats: StatsConfig = field(default_factory=StatsConfig)
     homeassistant: HomeAssistantConfig = field(default_factory=HomeAssistantConfig)
     #: where the settings came from, for messages: the file, or "flags"
-    source: str = field(default="flags", compare=False, metadata={"toml": False})
+    source: str = field(default=FLAGS, compare=False, metadata={"toml": False})
+    #: the sections and `section.key`s the file set (flags are not counted)
+    keys_given: frozenset[str] = field(default=frozenset(), compare=False,
+                                       metadata={"toml": False})
 
     @property
     def topics(self) -> Topics:
@@ -313,7 +360,14 @@ class NodeConfig:
         # TOMLDecodeError, or an integer over Python's 4300 digits (a plain ValueError)
         except ValueError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-        return dataclasses.replace(_build(cls, data, str(path), ""), source=str(path))
+        given = {*data, *(f"{section}.{key}" for section, table in data.items()
+                          if isinstance(table, dict) for key in table)}
+        return dataclasses.replace(_build(cls, data, str(path), ""), source=str(path),
+                                   keys_given=frozenset(given))
+
+    def given(self, section: str, key: str | None = None) -> bool:
+        """Whether the file set this section, or this key of it (a default was not chosen)."""
+        return (f"{section}.{key}" if key else section) in self.keys_given
 
     def check_files(self) -> None:
         """Open the files the broker settings name, before the node connects.
@@ -336,8 +390,22 @@ class NodeConfig:
         if not given:
             return self
         current = getattr(self, section)
-        checked = _build(type(current), {**dataclasses.asdict(current), **given}, "flags", section)
+        checked = _build(type(current), {**dataclasses.asdict(current), **given}, FLAGS, section)
         return dataclasses.replace(self, **{section: checked})
+
+
+#: keys whose flag is not `--<key with dashes>`
+_FLAG_NAMES = {"stage.index": "--stage", "stats.interval": "--stats-interval",
+               "pipeline.name": "--pipeline", "broker.host": "--broker",
+               "broker.port": "--broker", "broker.tls": "--broker"}
+
+
+def _key_name(source: str, section: str, key: str, dotted: bool = False) -> str:
+    """How a message names a key: the flag that set it, or the key in its section."""
+    name = f"{section}.{key}" if section else key
+    if source == FLAGS:
+        return _FLAG_NAMES.get(name, "--" + key.replace("_", "-"))
+    return f"key {name!r}" if dotted or not section else f"[{section}] key {key!r}"
 
 
 def _build(cls: type, data: Any, source: str, prefix: str) -> Any:
@@ -356,9 +424,13 @@ def _build(cls: type, data: Any, source: str, prefix: str) -> Any:
         if dataclasses.is_dataclass(expected):
             values[key] = _build(expected, value, source, name)
         else:
-            values[key] = _check_type(value, expected, f"{source}: key {name!r}")
+            values[key] = _check_type(
+                value, expected, f"{source}: {_key_name(source, prefix, key, dotted=True)}")
     try:
         return cls(**values)
+    except KeyValueError as exc:
+        raise ConfigError(f"{source}: {_key_name(source, prefix, exc.key)} {exc.problem}") \
+            from None
     except (ConfigError, ValueError) as exc:  # a section's own check of its values
         section = f"[{prefix}] " if prefix else ""
         raise ConfigError(f"{source}: {section}{exc}") from None

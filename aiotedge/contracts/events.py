@@ -88,6 +88,11 @@ class Score:
     label: str
     score: float
 
+    @property
+    def name(self) -> str:
+        """The label's first name: `hotdog` of `hotdog, hot dog, red hot`."""
+        return self.label.split(",")[0].strip()
+
 
 @dataclass(frozen=True)
 class StageTiming:
@@ -141,8 +146,7 @@ class Prediction:
     def summary(self) -> str:
         """One line for a terminal: `cam0#3 macaw 0.973 41.2 ms` (first name of the label)."""
         best = self.top[0]
-        name = best.label.split(",")[0]
-        return f"{self.source}#{self.seq} {name} {best.score:.3f} {self.latency_ms:.1f} ms"
+        return f"{self.source}#{self.seq} {best.name} {best.score:.3f} {self.latency_ms:.1f} ms"
 
 
 def top_k(output: np.ndarray, spec: TensorSpec, manifest: Manifest, k: int) -> list[Score]:
@@ -205,14 +209,17 @@ class NodeInfo:
                    input=spec.input, output=spec.output, share_group=share_group,
                    preprocessing=manifest.preprocessing if index == 0 else None)
 
-    def to_json(self) -> str:
-        return json.dumps({
+    def as_dict(self) -> dict[str, Any]:
+        return {
             "node": self.node, "kind": "stage", "version": self.version, "stage": self.stage,
             "stages": self.stages, "manifest": self.manifest, "model": self.model,
             "input": self.input.to_dict(), "output": self.output.to_dict(),
             "share_group": self.share_group,
             **({"preprocessing": asdict(self.preprocessing)} if self.preprocessing else {}),
-        })
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.as_dict())
 
     @classmethod
     def parse(cls, payload: bytes) -> NodeInfo | None:

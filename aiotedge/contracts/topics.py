@@ -60,6 +60,19 @@ class Topics:
     def all_availability(self) -> str:
         return f"{self.base}/availability/+"
 
+    @property
+    def pipeline_availability(self) -> str:
+        """Retained: `online` while every stage has a node online (kept by the stages)."""
+        return f"{self.base}/availability"
+
+    def label(self, source: str) -> str:
+        """Retained: a camera's current top-1 label, published when it changes."""
+        return f"{self.base}/label/{source}"
+
+    @property
+    def all_labels(self) -> str:
+        return f"{self.base}/label/+"
+
     def info(self, node: str) -> str:
         """Retained: what the node runs (version, stage, manifest), for checks and `status`."""
         return f"{self.base}/info/{node}"

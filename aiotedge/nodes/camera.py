@@ -41,8 +41,8 @@ from aiotedge.media.sources import FrameSource, open_source
 from aiotedge.media.sources.base import CapturedFrame
 from aiotedge.media.sources.live import LiveReader
 from aiotedge.nodes import systemd
-from aiotedge.nodes.lifecycle import stop_on_signals, wait_for_broker
-from aiotedge.nodes.metrics import NodeStats
+from aiotedge.nodes.lifecycle import connect_once, stop_on_signals, wait_for_broker
+from aiotedge.nodes.metrics import Metric, NodeStats, camera_metrics, serve_prometheus
 from aiotedge.nodes.session import MqttSession
 
 log = logging.getLogger(__name__)
@@ -111,6 +111,18 @@ class Camera:
     @property
     def published(self) -> int:
         return self.counters.get("published")
+
+    @property
+    def waiting(self) -> int:
+        """Frames published and still without a result."""
+        with self._changed:
+            return len(self._in_flight)
+
+    def metrics(self) -> list[Metric]:
+        """The camera's Prometheus view (read only)."""
+        return camera_metrics(self.counters.snapshot(), in_flight=self.waiting,
+                              connected=self.session.connected,
+                              reconnects=self.session.reconnects)
 
     def outcome(self, sent: int) -> int:
         """Log what became of the frames; 1 when none could get through (a config to fix)."""
@@ -310,7 +322,7 @@ class Camera:
         if entry is None or prediction is None:
             return
         self._rejected_in_a_row = 0
-        self.stats.latency_ms.add(prediction.latency_ms)
+        self.stats.latency.add(prediction.latency_ms / 1000)
         now = time.monotonic()
         if entry.picture is not None and now - self._last_snapshot >= SNAPSHOT_PERIOD:
             self._last_snapshot = now
@@ -413,13 +425,22 @@ def run_camera(config: NodeConfig, stop: threading.Event | None = None) -> int:
     source = open_source(cam, f"{config.source}: key 'camera.source'")
     model = model_input(config)
     # a session the broker keeps while the camera reconnects: results published meanwhile wait
+    # a camera sending `frames` frames or a finite source once is a command: it fails at once
+    # if the broker cannot be used; a live, looping or watching one is a daemon, which waits
+    one_shot = cam.frames is not None or not (source.live or cam.loop or cam.watch)
     session = MqttSession(config.broker, f"camera-{cam.name}", topics.availability(cam.name),
-                          session_expiry=config.pipeline.session_expiry)
+                          session_expiry=config.pipeline.session_expiry, one_shot=one_shot)
     camera = Camera(session, topics, cam, config.pipeline.qos, model)
-    session.start()
-    if not wait_for_broker(session, stop):
-        session.stop()
-        return 0
+    if config.stats.prometheus_port:
+        serve_prometheus(config.stats, config.source, {"pipeline": config.pipeline.name,
+                                                       "node": cam.name}, camera.metrics)
+    if one_shot:
+        connect_once(session)
+    else:
+        session.start()
+        if not wait_for_broker(session, stop):
+            session.stop()
+            return 0
     session.set_online()
     if cam.preprocess != "none" and model is None:
         camera.wait_for_model(MODEL_WAIT)

@@ -1,38 +1,180 @@
-"""Home Assistant MQTT discovery: the pipeline's latest prediction as a sensor."""
+"""Home Assistant MQTT discovery: a device per pipeline, with a sensor per camera (its current
+top-1 label) and the pipeline's health (frames per second, latency) as diagnostic sensors.
+
+Run by the last stage when its config says `[homeassistant] discovery = true`. It follows the
+current discovery schema (`default_entity_id`, an `origin` block, availability as a list with
+`availability_mode: all`) and keeps Home Assistant's database small: a camera's label is
+published, retained, on `.../label/<source>` only when it changes, so a camera at 2 fps showing
+the same thing all day is one state, not 170,000 recorder rows. Discovery is said again when
+Home Assistant says it is back (its birth message on `<prefix>/status`) and removed by
+`aiotedge retire` (`remove_discovery`).
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+import re
+import threading
+from typing import Any
 
+import paho.mqtt.client as mqtt
+
+from aiotedge import __version__
+from aiotedge.contracts.events import Prediction
 from aiotedge.contracts.manifest import Manifest
-from aiotedge.contracts.topics import OFFLINE, ONLINE, Topics
+from aiotedge.contracts.topics import ONLINE, Topics
+
+log = logging.getLogger(__name__)
+
+Announcement = tuple[str, dict[str, Any]]
 
 
-def discovery_message(
-    topics: Topics, manifest: Manifest, node: str, prefix: str = "homeassistant"
-) -> tuple[str, str]:
-    """(config topic, retained payload) announcing a sensor whose state is the top-1 label."""
-    object_id = f"aiotedge_{topics.pipeline}"
-    config = {
-        "name": "Prediction",
-        "unique_id": f"{object_id}_prediction",
-        "object_id": f"{object_id}_prediction",
+def node_id(topics: Topics) -> str:
+    """The discovery topics' node level, one per pipeline: `aiotedge_<pipeline>`."""
+    return f"aiotedge_{_slug(topics.pipeline)}"
+
+
+def device(topics: Topics, manifest: Manifest) -> dict[str, Any]:
+    """The pipeline as one Home Assistant device (every entity of it names the same)."""
+    return {"identifiers": [node_id(topics)], "name": f"aiotedge {topics.pipeline}",
+            "manufacturer": "aiotedge", "model": manifest.source.file, "sw_version": __version__}
+
+
+ORIGIN = {"name": "aiotedge", "sw_version": __version__}
+
+
+def availability(topics: Topics, node: str, source: str | None = None) -> dict[str, Any]:
+    """Available when the whole pipeline is (every stage has a node online: replicas count),
+    the node announcing is, and for a camera's sensor, that camera is."""
+    topics_needed = [topics.pipeline_availability, topics.availability(node)]
+    if source is not None:
+        topics_needed.append(topics.availability(source))
+    return {"availability": [{"topic": topic} for topic in topics_needed],
+            "availability_mode": "all"}
+
+
+def config_topic(prefix: str, topics: Topics, object_id: str) -> str:
+    return f"{prefix}/sensor/{node_id(topics)}/{object_id}/config"
+
+
+def label_sensor(topics: Topics, manifest: Manifest, node: str, source: str,
+                 prefix: str = "homeassistant") -> Announcement:
+    """A camera's sensor: its state is the first name of the top-1 label (`hotdog`)."""
+    object_id = f"{_slug(source)}_label"
+    unique_id = f"{node_id(topics)}_{object_id}"
+    return config_topic(prefix, topics, object_id), {
+        "name": source,
+        "unique_id": unique_id,
+        "default_entity_id": f"sensor.{unique_id}",
         "icon": "mdi:eye",
-        "state_topic": topics.predictions,
-        "value_template": "{{ value_json.top[0].label }}",
-        "json_attributes_topic": topics.predictions,
-        "json_attributes_template": (
-            "{{ {'score': value_json.top[0].score, 'source': value_json.source, "
-            "'frame_id': value_json.frame_id, 'latency_ms': value_json.latency_ms} | tojson }}"
-        ),
-        "availability_topic": topics.availability(node),
-        "payload_available": ONLINE,
-        "payload_not_available": OFFLINE,
-        "device": {
-            "identifiers": [object_id],
-            "name": f"aiotedge {topics.pipeline}",
-            "manufacturer": "aiotedge",
-            "model": manifest.source.file,
-        },
+        "state_topic": topics.label(source),
+        "value_template": "{{ value_json.label }}",
+        "json_attributes_topic": topics.label(source),
+        "json_attributes_template": "{{ {'labels': value_json.labels, "
+                                    "'class': value_json.index} | tojson }}",
+        **availability(topics, node, source),
+        "device": device(topics, manifest),
+        "origin": ORIGIN,
     }
-    return f"{prefix}/sensor/{object_id}/prediction/config", json.dumps(config)
+
+
+def health_sensors(topics: Topics, manifest: Manifest, node: str,
+                   prefix: str = "homeassistant") -> list[Announcement]:
+    """The pipeline's throughput and latency, from the last stage's stats message."""
+    common = {"state_topic": topics.stats(node), "state_class": "measurement",
+              "entity_category": "diagnostic", **availability(topics, node),
+              "device": device(topics, manifest), "origin": ORIGIN}
+    sensors = {
+        "fps": {"name": "Frames per second", "icon": "mdi:speedometer",
+                "unit_of_measurement": "fps", "suggested_display_precision": 1,
+                "value_template": "{{ value_json.fps }}"},
+        "latency": {"name": "Latency", "device_class": "duration",
+                    "unit_of_measurement": "ms", "suggested_display_precision": 0,
+                    # null: no frame in the window yet (Home Assistant then says unknown)
+                    "value_template": "{{ value_json.latency_ms.p50 | default('null', true) }}"},
+    }
+    announced = []
+    for object_id, specific in sensors.items():
+        unique_id = f"{node_id(topics)}_{object_id}"
+        announced.append((config_topic(prefix, topics, object_id), {
+            **specific, "unique_id": unique_id, "default_entity_id": f"sensor.{unique_id}",
+            **common}))
+    return announced
+
+
+def label_state(prediction: Prediction) -> dict[str, Any]:
+    """What `.../label/<source>` says: the first name of the top-1 label, its full text and
+    class index; nothing that changes from frame to frame."""
+    best = prediction.top[0]
+    return {"label": best.name, "labels": best.label, "index": best.index}
+
+
+class HomeAssistantBridge:
+    """Announces the pipeline's entities and keeps each camera's label state.
+
+    Listens on the last stage's own session, at QoS 0 (the stage acknowledges its QoS 1
+    messages by hand): to the predictions, to learn cameras and their labels, and to Home
+    Assistant's status, to say discovery again when Home Assistant restarts.
+    """
+
+    def __init__(self, session: Any, topics: Topics, manifest: Manifest, node: str,
+                 prefix: str = "homeassistant") -> None:
+        self._session = session
+        self._topics = topics
+        self._manifest = manifest
+        self._node = node
+        self._prefix = prefix
+        self._lock = threading.Lock()
+        #: source -> its label state as last published
+        self._labels: dict[str, dict[str, Any]] = {}
+        self._announced: dict[str, dict[str, Any]] = {}
+        session.subscribe(topics.predictions, self._on_prediction, qos=0)
+        session.subscribe(f"{prefix}/status", self._on_home_assistant, qos=0)
+
+    def start(self) -> None:
+        """Announce the health sensors (camera sensors follow their first prediction)."""
+        for topic, config in health_sensors(self._topics, self._manifest, self._node,
+                                            self._prefix):
+            self._announce(topic, config)
+
+    def _announce(self, topic: str, config: dict[str, Any]) -> None:
+        """Retained, and said again after every reconnect (a broker without persistence)."""
+        with self._lock:
+            self._announced[topic] = config
+        self._session.announce(topic, json.dumps(config))
+
+    def _on_prediction(self, message: mqtt.MQTTMessage) -> None:
+        prediction = Prediction.parse(message.payload)
+        if prediction is None or not prediction.top:
+            return
+        source, state = prediction.source, label_state(prediction)
+        with self._lock:
+            new_source = source not in self._labels
+            changed = self._labels.get(source) != state
+            self._labels[source] = state
+        if new_source:
+            self._announce(*label_sensor(self._topics, self._manifest, self._node, source,
+                                         self._prefix))
+        if changed:
+            self._session.publish(self._topics.label(source), json.dumps(state), qos=1,
+                                  retain=True)
+
+    def _on_home_assistant(self, message: mqtt.MQTTMessage) -> None:
+        if message.payload.decode(errors="replace") != ONLINE or message.retain:
+            return
+        log.info("Home Assistant is back: announcing the pipeline's entities again")
+        with self._lock:
+            announced = list(self._announced.items())
+        for topic, config in announced:
+            self._session.publish(topic, json.dumps(config), qos=1, retain=True)
+
+
+def discovery_filter(topics: Topics, prefix: str = "homeassistant") -> str:
+    """Every discovery topic of the pipeline (for `remove_discovery`)."""
+    return f"{prefix}/sensor/{node_id(topics)}/+/config"
+
+
+def _slug(text: str) -> str:
+    """What Home Assistant accepts in an entity id and a discovery topic level."""
+    return re.sub(r"[^a-z0-9_]", "_", text.lower())

@@ -3,7 +3,9 @@
 This is what `aiotedge run` and `make demo` use, and what a user runs before spreading the
 stages over boards: the processes talk through the broker exactly as the boards will. Each
 stage process runs `run_stage`, the same lifecycle as `aiotedge stage` on a board, given its
-config directly (a fresh interpreter, spawned: no threads or sockets inherited).
+config directly (a fresh interpreter, spawned: no threads or sockets inherited). Its output
+comes back through a pipe, each line prefixed with its node name; a stage that dies is started
+again, as systemd would (`Restart=always`), unless it stopped on a mistake to fix (exit 2).
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ import logging
 import multiprocessing
 import os
 import queue
+import re
 import sys
-import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from contextlib import ExitStack
+from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
@@ -41,7 +45,7 @@ from aiotedge.nodes import systemd
 from aiotedge.nodes.broker import LocalBroker
 from aiotedge.nodes.camera import Camera
 from aiotedge.nodes.dedup import RecentIds
-from aiotedge.nodes.lifecycle import exit_status
+from aiotedge.nodes.lifecycle import connect_once, exit_status
 from aiotedge.nodes.session import MqttSession
 from aiotedge.nodes.stage import run_stage
 
@@ -55,6 +59,13 @@ DEFAULT_STAGE = StageConfig()
 DEFAULT_STATS = StatsConfig()
 #: a fresh interpreter per stage, as on a board; fork would copy this process's threads
 _PROCESSES = multiprocessing.get_context("spawn")
+#: times a stage may die before `aiotedge run` gives up on it
+MAX_RESTARTS = 5
+#: a stage's log line as `_stage_process` formats it
+_LOG_LINE = re.compile(r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL) ([\w.]+): (.*)$")
+#: a stage's last lines kept for the message that says why it stopped
+_TAIL_LINES = 20
+
 #: where `aiotedge-convert plan --out DIR` writes one node config per board
 PLAN_BOARDS = "boards"
 
@@ -72,12 +83,12 @@ def plan_replicas(plan_dir: Path | str) -> dict[int, int]:
     return replicas
 
 
-def _stage_process(config: NodeConfig, log_path: str) -> None:
-    """A stage's process: its log (the interpreter's own lines too) into its file."""
-    log_file = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    os.dup2(log_file, sys.stdout.fileno())
-    os.dup2(log_file, sys.stderr.fileno())
-    systemd.setup_logging()
+def _stage_process(config: NodeConfig, output: Connection, verbose: bool) -> None:
+    """A stage's process: everything it writes (the runtime's own lines too) into `output`,
+    a pipe to the parent, which gives each line the node's name and a timestamp."""
+    os.dup2(output.fileno(), sys.stdout.fileno())
+    os.dup2(output.fileno(), sys.stderr.fileno())
+    systemd.setup_logging(verbose, timestamps=False)
     sys.exit(exit_status(lambda: run_stage(config)))
 
 
@@ -99,6 +110,8 @@ class LocalPipeline:
         replicas: dict[int, int] | None = None,
         ready_timeout: float = 60.0,
         frame_timeout: float = CameraConfig.frame_timeout,
+        fps: float = CameraConfig.fps,
+        verbose: bool = False,
     ) -> None:
         self.manifest = manifest
         self.topics = NodeConfig(pipeline=pipeline).topics
@@ -109,10 +122,16 @@ class LocalPipeline:
         self.replicas = replicas or {}
         self.ready_timeout = ready_timeout
         self.frame_timeout = frame_timeout
+        self.fps = fps
+        self.verbose = verbose
         self._exit = ExitStack()
-        self._logdir = Path(tempfile.mkdtemp(prefix="aiotedge-run-"))
         #: node name -> (stage index, process)
         self._stages: dict[str, tuple[int, BaseProcess]] = {}
+        #: node name -> its last lines of output; times it was started again after dying
+        self._tails: dict[str, deque[str]] = {}
+        self.restarts: dict[str, int] = {}
+        #: node name -> the thread relaying its current process's output
+        self._relays: dict[str, threading.Thread] = {}
         self._replicated: set[int] = set()
         #: stages stopped on purpose (stop_stage), not to be taken for dead ones
         self._stopped: set[str] = set()
@@ -138,18 +157,16 @@ class LocalPipeline:
             self.broker = local.address
         # kept by the broker for a minute: predictions published while it reconnects wait
         self.session = MqttSession(self.broker, f"run-{self.topics.pipeline}-{id(self):x}",
-                                   session_expiry=60)
+                                   session_expiry=60, one_shot=True)
         self.session.subscribe(self.topics.all_availability, self._on_availability, qos=1)
         self.session.subscribe(self.topics.predictions, self._on_prediction, qos=1)
         self._camera = Camera(
             self.session, self.topics,
-            CameraConfig(name=CAMERA_SOURCE, frame_timeout=self.frame_timeout),
+            CameraConfig(name=CAMERA_SOURCE, frame_timeout=self.frame_timeout, fps=self.fps),
             self.pipeline.qos,
         )
-        self.session.start()
+        connect_once(self.session)  # an external broker that cannot be used: say why, now
         self._exit.callback(self.session.stop)
-        if not self.session.wait_connected(timeout=10):
-            raise PipelineError(f"cannot connect to the broker at {self.broker}")
         self._exit.callback(self._stop_stages)
         for index in range(len(self.manifest.stages)):
             copies = self.replicas.get(index, 1)
@@ -163,6 +180,10 @@ class LocalPipeline:
     @property
     def nodes(self) -> list[str]:
         return list(self._stages)
+
+    def process(self, node: str) -> BaseProcess:
+        """The process serving `node` now (another one after a restart)."""
+        return self._stages[node][1]
 
     def restart_stage(self, node: str, kill: bool = True) -> None:
         """Stop a stage process (SIGKILL, or SIGTERM when `kill` is false) and start it again."""
@@ -198,11 +219,31 @@ class LocalPipeline:
             stats=self.stats,
             source=f"aiotedge run ({node})",
         )
-        process = _PROCESSES.Process(
-            target=_stage_process, args=(config, str(self._logdir / f"{node}.log")), name=node
-        )
+        reader, writer = _PROCESSES.Pipe(duplex=False)
+        process = _PROCESSES.Process(target=_stage_process, args=(config, writer, self.verbose),
+                                     name=node)
         process.start()
+        writer.close()  # the child's copy is the only one: its exit ends the relay
+        relay = threading.Thread(target=self._relay, args=(node, reader), name=f"log-{node}",
+                                 daemon=True)
+        relay.start()
+        self._relays[node] = relay
         self._stages[node] = (index, process)
+
+    def _relay(self, node: str, output: Connection) -> None:
+        """Log each line of a stage's output under its node name, at its own level."""
+        tail = self._tails.setdefault(node, deque(maxlen=_TAIL_LINES))
+        with os.fdopen(os.dup(output.fileno()), "rb") as stream:
+            output.close()
+            for raw in stream:
+                line = raw.decode(errors="replace").rstrip()
+                tail.append(line)
+                if match := _LOG_LINE.match(line):
+                    level, name, message = match.groups()
+                    logging.getLogger(name).log(logging.getLevelName(level), "[%s] %s",
+                                                node, message)
+                elif line:  # the runtime's own lines, a traceback
+                    log.info("[%s] %s", node, line)
 
     def _wait_online(self) -> None:
         nodes = set(self._stages)
@@ -213,18 +254,37 @@ class LocalPipeline:
                 if time.monotonic() > deadline:
                     raise PipelineError(
                         f"stages not online after {self.ready_timeout:.0f} s: "
-                        f"{sorted(nodes - self._online)}; logs in {self._logdir}"
+                        f"{sorted(nodes - self._online)} (their lines above say why)"
                     )
                 self._online_changed.wait(timeout=0.5)
         log.info("%d stages online", len(nodes))
 
     def _check_stages_alive(self) -> None:
-        for node, (_, process) in self._stages.items():
-            if node in self._stopped:
+        """Start a stage that died again; give up on one that stopped on a mistake (exit
+        status 2: a restart would stop the same way) or that keeps dying. One that exited 0
+        was told to stop (a signal to the whole process group, Ctrl-C): it stays stopped."""
+        for node, (index, process) in list(self._stages.items()):
+            if node in self._stopped or process.exitcode is None:
                 continue
-            if process.exitcode is not None:
-                tail = (self._logdir / f"{node}.log").read_text()[-2000:]
-                raise PipelineError(f"{node} exited with {process.exitcode}:\n{tail}")
+            process.join()  # its exit is seen; its relay has its last lines
+            last = self._last_line(node)
+            if process.exitcode == 0:
+                log.info("%s stopped", node)
+                self._stopped.add(node)
+                continue
+            if process.exitcode == 2:
+                raise PipelineError(f"{node} stopped: {last}")
+            if self.restarts.get(node, 0) >= MAX_RESTARTS:
+                raise PipelineError(f"{node} died {MAX_RESTARTS + 1} times, the last with "
+                                    f"exit status {process.exitcode}: {last}")
+            self.restarts[node] = self.restarts.get(node, 0) + 1
+            log.warning("%s exited with status %s; starting it again", node, process.exitcode)
+            self._spawn_stage(index, node)
+
+    def _last_line(self, node: str) -> str:
+        self._relays[node].join(timeout=5)
+        tail = self._tails.get(node) or deque(["no output"])
+        return tail[-1][:500]
 
     def _stop_stages(self) -> None:
         for _, process in self._stages.values():
@@ -235,6 +295,8 @@ class LocalPipeline:
                 log.warning("%s did not stop on SIGTERM; killing it", node)
                 process.kill()
                 process.join()
+        for relay in self._relays.values():
+            relay.join(timeout=5)
 
     def _on_availability(self, message: mqtt.MQTTMessage) -> None:
         node = message.topic.rsplit("/", 1)[-1]
@@ -297,14 +359,14 @@ class LocalPipeline:
         prediction it got was taken."""
         deadline = time.monotonic() + timeout
         while not stop.is_set():
+            self._check_stages_alive()
             if not feeder.is_alive() and self._predictions.empty():
                 return None
             try:
                 return self._predictions.get(timeout=0.5)
             except queue.Empty:
-                self._check_stages_alive()
                 if time.monotonic() > deadline:
                     raise PipelineError(
-                        f"no prediction within {timeout:.0f} s; logs in {self._logdir}"
-                    ) from None
+                        f"no prediction within {timeout:.0f} s (the stages' lines above say "
+                        "why)") from None
         return None

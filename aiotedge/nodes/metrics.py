@@ -1,18 +1,22 @@
-"""What a node measures about itself: counters, latency percentiles, CPU and memory.
+"""What a node measures about itself: counters, durations, CPU and memory.
 
-The same snapshot feeds the retained `.../stats/<node>` topic, `aiotedge status` and the
-optional Prometheus endpoint, so all three always agree.
+Two readers, which never disturb each other: the retained JSON on `.../stats/<node>` (what
+`aiotedge status` and Home Assistant show: recent percentiles, frames per second and CPU since
+the previous message) and the optional Prometheus endpoint (cumulative counters and histograms,
+which a scrape only reads, so that any number of scrapers can compute their own rates).
 """
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 import resource
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -25,6 +29,9 @@ log = logging.getLogger(__name__)
 COUNTER_NAMES = (
     "frames_in", "frames_out", "rejected", "dropped", "duplicates", "bytes_in", "bytes_out",
 )
+#: histogram buckets (seconds): a 1 ms hop on a fast machine up to a minute behind a queue
+DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0, 30.0, 60.0)
 
 
 class Counters:
@@ -71,6 +78,57 @@ class LatencyWindow:
         return {"p50": round(float(p50), 3), "p99": round(float(p99), 3)}
 
 
+@dataclass(frozen=True)
+class HistogramCounts:
+    """A histogram as Prometheus exposes it: cumulative counts per upper bound, sum, count."""
+
+    buckets: tuple[tuple[float, int], ...]
+    total: float
+    count: int
+
+
+class Timing:
+    """One duration per frame, kept twice: a recent window (p50/p99, in ms, for the stats
+    message) and a cumulative histogram (seconds, for Prometheus, so that replicas aggregate).
+    """
+
+    def __init__(self, buckets: tuple[float, ...] = DURATION_BUCKETS) -> None:
+        self.window = LatencyWindow()
+        self._bounds = buckets
+        self._counts = [0] * (len(buckets) + 1)  # the last one: above every bound
+        self._total = 0.0
+        self._lock = threading.Lock()
+
+    def add(self, seconds: float) -> None:
+        self.window.add(seconds * 1000)
+        slot = bisect.bisect_left(self._bounds, seconds)  # the first bound >= seconds
+        with self._lock:
+            self._counts[slot] += 1
+            self._total += seconds
+
+    def histogram(self) -> HistogramCounts:
+        with self._lock:
+            counts, total = list(self._counts), self._total
+        cumulative, running = [], 0
+        for bound, count in zip((*self._bounds, float("inf")), counts, strict=True):
+            running += count
+            cumulative.append((bound, running))
+        return HistogramCounts(tuple(cumulative), total, running)
+
+
+class RateMeter:
+    """Events per second since the previous reading (frames per second in the stats message)."""
+
+    def __init__(self) -> None:
+        self._last = (time.monotonic(), 0)
+
+    def rate(self, total: int) -> float:
+        now = time.monotonic()
+        elapsed, done = now - self._last[0], total - self._last[1]
+        self._last = (now, total)
+        return round(done / elapsed, 3) if elapsed > 0 else 0.0
+
+
 class ProcessUsage:
     """CPU % since the previous sample (100 = one core busy) and resident memory."""
 
@@ -95,66 +153,190 @@ def resident_bytes() -> int:
 
 
 class NodeStats:
-    """Everything a node reports, gathered in one snapshot."""
+    """Everything a node reports (a stage's counters by default, a camera its own)."""
 
     def __init__(self, counter_names: tuple[str, ...] = COUNTER_NAMES) -> None:
         self.counters = Counters(counter_names)
-        self.inference_ms = LatencyWindow()
-        self.latency_ms = LatencyWindow()
+        #: the segment's interpreter, per frame
+        self.inference = Timing()
+        #: the inference worker's whole time per frame (decode, inference, encode, publish):
+        #: what limits the frames per second this stage can serve
+        self.service = Timing()
+        #: from capture at the camera to this node's output (a camera: to the prediction)
+        self.latency = Timing()
         self._usage = ProcessUsage()
+        self._fps = RateMeter()
         self._started = time.time()
 
     def snapshot(self, **gauges: Any) -> dict[str, Any]:
+        """The stats message. Starts new CPU and fps windows: for the stats publisher only."""
+        counters = self.counters.snapshot()
         return {
-            **self.counters.snapshot(),
-            **gauges,
-            "inference_ms": self.inference_ms.percentiles(),
-            "latency_ms": self.latency_ms.percentiles(),
+            **counters,
+            "fps": self._fps.rate(counters.get("frames_out", 0)),
+            **gauges,  # a node's own figures (a camera's fps) before the defaults
+            "inference_ms": self.inference.window.percentiles(),
+            "service_ms": self.service.window.percentiles(),
+            "latency_ms": self.latency.window.percentiles(),
             **self._usage.sample(),
             "uptime_s": round(time.time() - self._started, 1),
             "timestamp": time.time(),
         }
 
 
-def prometheus_lines(snapshot: dict[str, Any]) -> Iterator[tuple[str, str, float]]:
-    """(metric name, type, value) triples for the Prometheus text format."""
-    for name in COUNTER_NAMES:
-        yield f"aiotedge_{name}_total", "counter", snapshot.get(name, 0)
-    for name in ("queue_depth", "cpu_percent", "rss_mb", "uptime_s"):
-        if name in snapshot:
-            yield f"aiotedge_{name}", "gauge", snapshot[name]
-    for window in ("inference_ms", "latency_ms"):
-        for quantile, value in snapshot[window].items():
-            if value is not None:
-                yield f"aiotedge_{window}_{quantile}", "gauge", value
+# -- Prometheus ---------------------------------------------------------------------------------
+
+#: stage counters: key in Counters -> (metric name without `_total`, HELP)
+STAGE_COUNTERS = {
+    "frames_in": ("aiotedge_stage_received_frames",
+                  "Frames (photos or activations) the stage took from the broker, refused ones "
+                  "included."),
+    "frames_out": ("aiotedge_stage_sent_frames",
+                   "Results the stage passed on: activations for the next stage, or "
+                   "predictions."),
+    "rejected": ("aiotedge_stage_rejected_frames",
+                 "Frames refused as unusable, each reported on the pipeline's errors topic."),
+    "dropped": ("aiotedge_stage_dropped_frames",
+                "Frames dropped unprocessed because the queue was full (QoS 0 only)."),
+    "duplicates": ("aiotedge_stage_duplicate_frames",
+                   "Repeats of a frame attempt already handled (broker redeliveries), dropped."),
+    "bytes_in": ("aiotedge_stage_received_bytes", "Bytes of the frames the stage took."),
+    "bytes_out": ("aiotedge_stage_sent_bytes", "Bytes of the results the stage published."),
+}
+#: the stage's histograms: NodeStats attribute -> (metric name, HELP)
+STAGE_TIMINGS = {
+    "inference": ("aiotedge_stage_inference_seconds",
+                  "Time the stage's segment took to run, per frame."),
+    "service": ("aiotedge_stage_service_seconds",
+                "Time the inference worker spent per frame (decoding, inference, encoding, "
+                "publishing): its inverse is the most frames per second the stage can serve."),
+    "latency": ("aiotedge_stage_latency_seconds",
+                "From capture at the camera to this stage's output (compares the boards' clocks: "
+                "keep them in sync)."),
+}
+#: the camera's counters (Camera.counters): key -> (metric name without `_total`, HELP)
+CAMERA_COUNTERS = {
+    "published": ("aiotedge_camera_published_frames",
+                  "Frames the camera published into stage 0 (not counting resends)."),
+    "answered": ("aiotedge_camera_answered_frames", "Frames whose prediction came back."),
+    "rejected": ("aiotedge_camera_rejected_frames",
+                 "Frames a stage refused (an error event came back)."),
+    "unanswered": ("aiotedge_camera_unanswered_frames",
+                   "Frames given up without a result after every attempt."),
+    "resent": ("aiotedge_camera_resent_frames",
+               "Frames sent again because no result came within frame_timeout."),
+    "refused_by_broker": ("aiotedge_camera_refused_frames",
+                          "Frames the broker refused (its ACL)."),
+}
 
 
-def serve_prometheus(
-    stats: StatsConfig, node: str, snapshot: Callable[[], dict[str, Any]], source: str
-) -> None:
-    """Expose the node's stats at http://address:port/metrics (needs the `metrics` extra).
+@dataclass(frozen=True)
+class Metric:
+    """One metric family to expose, free of prometheus_client (an optional extra)."""
+
+    name: str
+    kind: str  # "counter", "gauge" or "histogram"
+    help: str
+    value: float | HistogramCounts
+    #: labels of this metric only, besides the node's (pipeline, stage, node)
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+def counter_metrics(counters: Mapping[str, int],
+                    names: Mapping[str, tuple[str, str]]) -> Iterator[Metric]:
+    for key, (name, text) in names.items():
+        yield Metric(name, "counter", text, counters.get(key, 0))
+
+
+def stage_metrics(stats: NodeStats, info: Mapping[str, str], *, queued: int, connected: bool,
+                  refused: int, unrouted: int, reconnects: int) -> list[Metric]:
+    """A stage's metric families; reads only (no window of the stats message moves).
+
+    `info`: what the stage runs (version, model, manifest), as labels of a constant 1.
+    """
+    metrics = list(counter_metrics(stats.counters.snapshot(), STAGE_COUNTERS))
+    metrics += [
+        Metric("aiotedge_stage_info", "gauge",
+               "What the stage runs: aiotedge version, model file, manifest sha256 (always 1).",
+               1, tuple(info.items())),
+        Metric("aiotedge_stage_refused_publishes", "counter",
+               "Results the broker refused (its ACL); their input is acknowledged all the same.",
+               refused),
+        Metric("aiotedge_stage_unrouted_publishes", "counter",
+               "QoS 1 results no subscriber took (PUBACK 0x10).", unrouted),
+        Metric("aiotedge_stage_queued_frames", "gauge",
+               "Frames received and waiting for the inference worker.", queued),
+    ]
+    metrics += [Metric(name, "histogram", text, getattr(stats, attribute).histogram())
+                for attribute, (name, text) in STAGE_TIMINGS.items()]
+    return metrics + broker_metrics(connected, reconnects)
+
+
+def camera_metrics(counters: Mapping[str, int], *, in_flight: int, connected: bool,
+                   reconnects: int) -> list[Metric]:
+    """A camera's metric families, from its Camera.counters."""
+    return [
+        *counter_metrics(counters, CAMERA_COUNTERS),
+        Metric("aiotedge_camera_in_flight_frames", "gauge",
+               "Frames published and still waiting for their result.", in_flight),
+        *broker_metrics(connected, reconnects),
+    ]
+
+
+def broker_metrics(connected: bool, reconnects: int) -> list[Metric]:
+    return [
+        Metric("aiotedge_broker_connected", "gauge",
+               "1 while the node is connected to the broker, else 0.", int(connected)),
+        Metric("aiotedge_broker_reconnects", "counter",
+               "Connections to the broker after the first one (broker restarts, network loss).",
+               reconnects),
+    ]
+
+
+def serve_prometheus(stats: StatsConfig, source: str, labels: Mapping[str, str],
+                     collect: Callable[[], Iterable[Metric]]) -> None:
+    """Expose `collect()`'s metrics at http://address:port/metrics (needs the `metrics` extra),
+    each labelled with `labels` (pipeline, stage, node), beside prometheus_client's own
+    process metrics (CPU seconds, resident memory, start time: not repeated here).
 
     Called before the node connects, so that a port in use stops it with the keys to fix.
     """
-    from prometheus_client import REGISTRY, start_http_server
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+    from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
+    from prometheus_client.core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        HistogramMetricFamily,
+    )
 
     class _Collector:
         def collect(self):
-            for name, kind, value in prometheus_lines(snapshot()):
-                family = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
-                metric_name = name.removesuffix("_total") if kind == "counter" else name
-                metric = family(metric_name, f"aiotedge {name}", labels=["node"])
-                metric.add_metric([node], value)
-                yield metric
+            for metric in collect():
+                names = [*labels, *(name for name, _ in metric.labels)]
+                values = [*labels.values(), *(value for _, value in metric.labels)]
+                if isinstance(metric.value, HistogramCounts):
+                    family = HistogramMetricFamily(metric.name, metric.help, labels=names)
+                    family.add_metric(
+                        values, [(_bound(b), c) for b, c in metric.value.buckets],
+                        metric.value.total)
+                else:
+                    kind = CounterMetricFamily if metric.kind == "counter" else GaugeMetricFamily
+                    family = kind(metric.name, metric.help, labels=names)
+                    family.add_metric(values, metric.value)
+                yield family
 
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    registry.register(_Collector())
     address, port = stats.prometheus_address, stats.prometheus_port
     try:
-        start_http_server(port, addr=address)
+        start_http_server(port, addr=address, registry=registry)
     except OSError as exc:
         raise ConfigError(
             f"{source}: keys 'stats.prometheus_address' and 'stats.prometheus_port': "
             f"cannot listen on {address}:{port}: {exc.strerror}"
         ) from exc
-    REGISTRY.register(_Collector())
     log.info("Prometheus metrics on http://%s:%d/metrics", address, port)
+
+
+def _bound(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(bound)

@@ -29,6 +29,12 @@ from aiotedge.contracts.topics import OFFLINE, ONLINE
 log = logging.getLogger(__name__)
 
 MessageHandler = Callable[[mqtt.MQTTMessage], None]
+#: seconds between attempts to reach the broker: the first RECONNECT_QUICK_TRIES at the
+#: minimum, so a node is back within about a second of a broker restart; then doubling up to
+#: the maximum, so a broker that stays away is not hammered
+RECONNECT_MIN_DELAY = 1.0
+RECONNECT_MAX_DELAY = 30.0
+RECONNECT_QUICK_TRIES = 10
 #: called with `refused` once the broker answered a QoS 1 publish
 PublishCallback = Callable[[bool], None]
 _EARLY_MIDS_KEPT = 1024
@@ -41,6 +47,8 @@ class MqttSession:
     which with manual acks is what keeps a slow stage from being flooded. With
     `session_expiry` > 0 the broker keeps the subscriptions and the unacknowledged messages of
     this client id for that many seconds while it is away (MQTT v5 clean start off).
+    A `one_shot` session is a command's, which says itself why the broker cannot be used
+    (`first_attempt`): its connection attempts are logged at debug level only.
     """
 
     def __init__(
@@ -52,9 +60,12 @@ class MqttSession:
         manual_ack: bool = False,
         receive_maximum: int | None = None,
         session_expiry: int = 0,
+        one_shot: bool = False,
     ) -> None:
         self.broker = broker
         self.client_id = client_id
+        self._progress_level = logging.DEBUG if one_shot else logging.INFO
+        self._problem_level = logging.DEBUG if one_shot else logging.WARNING
         self._availability_topic = availability_topic
         self._subscriptions: dict[str, int] = {}
         self._stale_subscriptions: list[str] = []
@@ -68,7 +79,9 @@ class MqttSession:
             protocol=mqtt.MQTTv5,
             manual_ack=manual_ack,
         )
-        self._client.reconnect_delay_set(min_delay=1, max_delay=30)
+        #: failed attempts since the last connection (the next delay grows with them)
+        self._failures = 0
+        self._set_reconnect_delay()
         if broker.username:
             self._client.username_pw_set(broker.username, broker.password())
         if broker.tls:
@@ -92,6 +105,11 @@ class MqttSession:
         self.unrouted = 0
         #: why the last attempt to reach the broker failed (None while connected)
         self.connection_problem: str | None = None
+        #: why the connection last failed or was lost, kept once connected again (for stats)
+        self.last_problem: str | None = None
+        #: connections made after the first one
+        self.reconnects = 0
+        self._ever_connected = False
         self._attempt_done = threading.Condition()
         self._attempts = 0
         #: whether the broker answered (CONNACK) on the current socket
@@ -213,7 +231,7 @@ class MqttSession:
 
     def start(self) -> None:
         """Connect in the background; paho keeps retrying until the broker answers."""
-        log.info("connecting to mqtt://%s as %s", self.broker, self.client_id)
+        log.log(self._progress_level, "connecting to %s as %s", self.url, self.client_id)
         self._client.connect_async(
             self.broker.host,
             self.broker.port,
@@ -254,12 +272,29 @@ class MqttSession:
         self._client.disconnect()
         self._client.loop_stop()
 
+    @property
+    def url(self) -> str:
+        host = f"[{self.broker.host}]" if ":" in self.broker.host else self.broker.host
+        return f"{'mqtts' if self.broker.tls else 'mqtt'}://{host}:{self.broker.port}"
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
     def _connection_failed(self, problem: str) -> None:
         """Log why the broker cannot be reached, once per change of reason, not every retry."""
         if problem != self.connection_problem:
-            log.warning("cannot connect to mqtt://%s: %s", self.broker, problem)
-        self.connection_problem = problem
+            log.log(self._problem_level, "cannot connect to %s: %s", self.url, problem)
+        self.connection_problem = self.last_problem = problem
+        self._failures += 1
+        self._set_reconnect_delay()
         self._attempt_ended()
+
+    def _set_reconnect_delay(self) -> None:
+        """paho doubles its delay from the first failure and waits it before the next attempt;
+        setting both bounds to ours makes it wait exactly that."""
+        delay = reconnect_delay(self._failures)
+        self._client.reconnect_delay_set(min_delay=delay, max_delay=delay)  # type: ignore[arg-type]
 
     def _attempt_ended(self) -> None:
         with self._attempt_done:
@@ -277,10 +312,16 @@ class MqttSession:
                                     + _REFUSAL_HINTS.get(reason_code.value, ""))
             return
         if self.connection_problem:
-            log.info("connected to mqtt://%s (after: %s)", self.broker, self.connection_problem)
+            log.log(self._progress_level, "connected to %s (after: %s)", self.url,
+                    self.connection_problem)
         else:
-            log.info("connected to mqtt://%s", self.broker)
+            log.log(self._progress_level, "connected to %s", self.url)
         self.connection_problem = None
+        if self._ever_connected:
+            self.reconnects += 1
+        self._ever_connected = True
+        self._failures = 0
+        self._set_reconnect_delay()
         for topic in self._stale_subscriptions:
             client.unsubscribe(topic)
         for topic, qos in self._subscriptions.items():
@@ -303,7 +344,7 @@ class MqttSession:
         if any(code.is_failure for code in reason_codes):
             log.error("broker refused the subscription to %s: %s", topic, reason_codes)
         else:
-            log.info("subscribed to %s", topic)
+            log.log(self._progress_level, "subscribed to %s", topic)
 
     def _on_publish(self, _client, _userdata, mid, reason_code, _properties) -> None:
         with self._pending_lock:
@@ -347,11 +388,13 @@ class MqttSession:
             return
         if was_connected:
             log.warning("lost the broker connection (%s); reconnecting", reason_code)
+            self.last_problem = f"lost the connection: {reason_code}"
         elif not (self._answered or flags.is_disconnect_packet_from_server):
             # closed before any CONNACK: typically plain MQTT spoken to a TLS listener
             self._connection_failed(
                 "the broker closed the connection without answering"
-                + ("" if self.broker.tls else " (a TLS port? then set tls = true)")
+                + ("" if self.broker.tls
+                   else " (a TLS port? then set tls = true, or mqtts:// in --broker)")
             )
 
 
@@ -384,25 +427,38 @@ def read_retained(
 
 _NO_MATCHING_SUBSCRIBERS = 0x10
 
+#: OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH and X509_V_ERR_IP_ADDRESS_MISMATCH
+_NAME_MISMATCH = (62, 64)
+_LOGIN = "[broker] username and password_file, or --username and --password-file"
+_PLAIN_PORT = "a plain MQTT port? then set tls = false, or mqtt:// in --broker"
 #: CONNACK reason codes whose cause a user can fix in the node's config
 _REFUSAL_HINTS = {
-    0x86: " (check [broker] username and password_file)",
+    0x86: f" (check {_LOGIN})",
     # mosquitto answers a wrong password with this one too
-    0x87: " (check [broker] username and password_file; the broker may refuse this client)",
+    0x87: f" (check {_LOGIN}; the broker may refuse this client)",
     0x85: " (another client id? check the node name)",
 }
+
+
+def reconnect_delay(failures: int) -> float:
+    """Seconds to wait before the next attempt after `failures` failed ones in a row."""
+    doublings = max(0, failures - RECONNECT_QUICK_TRIES)
+    return min(RECONNECT_MAX_DELAY, RECONNECT_MIN_DELAY * 2 ** min(doublings, 16))
 
 
 def describe_connection_error(error: BaseException | None, broker: BrokerConfig) -> str:
     """One line saying why a connection attempt failed, in terms of the node's config."""
     if isinstance(error, ssl.SSLCertVerificationError):
-        return f"TLS certificate check failed: {error.verify_message} (check [broker] ca_file)"
+        if error.verify_code in _NAME_MISMATCH:
+            return (f"TLS certificate check failed: {error.verify_message} (connect with a name "
+                    "the broker's certificate has, or add this one to its subjectAltName)")
+        return (f"TLS certificate check failed: {error.verify_message} "
+                "(check [broker] ca_file, or --ca-file)")
     if isinstance(error, ssl.SSLError):
-        hint = " (a plain MQTT port? then set tls = false)" if "WRONG_VERSION" in str(error) else ""
+        hint = f" ({_PLAIN_PORT})" if "WRONG_VERSION" in str(error) else ""
         return f"TLS handshake failed: {error.reason or error}{hint}"
     if isinstance(error, ConnectionResetError) and broker.tls:
-        return "the broker reset the connection in the TLS handshake (a plain MQTT port? " \
-            "then set tls = false)"
+        return f"the broker reset the connection in the TLS handshake ({_PLAIN_PORT})"
     if isinstance(error, ConnectionRefusedError):
         return f"connection refused: nothing listens on {broker}"
     if isinstance(error, socket.gaierror):

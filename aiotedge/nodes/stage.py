@@ -30,9 +30,10 @@ from aiotedge.media.image import decode_image, preprocess
 from aiotedge.nodes import systemd
 from aiotedge.nodes.chain import check_chain
 from aiotedge.nodes.dedup import RecentIds
-from aiotedge.nodes.homeassistant import discovery_message
+from aiotedge.nodes.health import PipelineAvailability
+from aiotedge.nodes.homeassistant import HomeAssistantBridge
 from aiotedge.nodes.lifecycle import stop_on_signals, wait_for_broker
-from aiotedge.nodes.metrics import NodeStats, serve_prometheus
+from aiotedge.nodes.metrics import Metric, NodeStats, serve_prometheus, stage_metrics
 from aiotedge.nodes.session import MqttSession
 from aiotedge.tflite.runtime import Segment, open_segment
 
@@ -130,11 +131,25 @@ class StageNode:
         log.info("stage %d stopped: %s", self.index, self.counters.snapshot())
 
     def stats_snapshot(self) -> dict:
+        """The stats message (it starts new fps and CPU windows: the publisher's alone)."""
         return self.stats.snapshot(
             queue_depth=self._queue.qsize(),
             stage=self.index,
             refused_by_broker=self.session.refused,
             unrouted=self.session.unrouted,
+            reconnects=self.session.reconnects,
+            broker_problem=self.session.last_problem,
+        )
+
+    def metrics(self) -> list[Metric]:
+        """The Prometheus view: read only, a scrape moves no window of the stats message."""
+        return stage_metrics(
+            self.stats,
+            {"version": self.info.version, "model": self.info.model,
+             "manifest": self.info.manifest},
+            queued=self._queue.qsize(), connected=self.session.connected,
+            refused=self.session.refused, unrouted=self.session.unrouted,
+            reconnects=self.session.reconnects,
         )
 
     def publish_stats(self) -> None:
@@ -212,6 +227,7 @@ class StageNode:
                 return
             message, received = item
             frame_id = None
+            taken = time.perf_counter()
             try:
                 frame = self._decode(message.payload)
                 frame_id = frame.frame_id
@@ -228,14 +244,15 @@ class StageNode:
             except Exception as exc:  # the daemon outlives any single frame
                 log.exception("frame %s failed", frame_id)
                 self._reject(message, f"internal error: {exc!r}", frame_id)
+            self.stats.service.add(time.perf_counter() - taken)
 
     def _handle(self, message: mqtt.MQTTMessage, frame: Frame, received: float) -> None:
         tensor = self._input_tensor(frame)
         started = time.perf_counter()
         output = self.segment.run(tensor)
-        self.stats.inference_ms.add((time.perf_counter() - started) * 1000)
+        self.stats.inference.add(time.perf_counter() - started)
         hop = Hop(self.index, received, time.time())
-        self.stats.latency_ms.add((hop.done - frame.captured_at) * 1000)
+        self.stats.latency.add(max(0.0, hop.done - frame.captured_at))
         if self.is_last:
             top = top_k(output, self.spec.output, self.manifest, self.settings.top_k)
             if not all(math.isfinite(score.score) for score in top):
@@ -281,6 +298,8 @@ def load_stage_manifest(config: NodeConfig) -> Manifest:
         raise ConfigError(f"{source}: no manifest given (--manifest or key 'stage.manifest')")
     if not Path(path).exists():
         raise ConfigError(f"{source}: key 'stage.manifest': {path} does not exist")
+    if index is None:
+        raise ConfigError(f"{source}: no stage index given (--stage or key 'stage.index')")
     manifest = Manifest.load(path)
     if not 0 <= index < len(manifest.stages):
         raise ConfigError(
@@ -318,7 +337,9 @@ def run_stage(config: NodeConfig, stop: threading.Event | None = None) -> int:
     segment = open_segment(manifest, config.stage.index, config.stage.threads)
     node = StageNode(config, manifest, stage_session(config), segment)
     if config.stats.prometheus_port:
-        serve_prometheus(config.stats, node.node, node.stats_snapshot, config.source)
+        serve_prometheus(config.stats, config.source,
+                         {"pipeline": config.pipeline.name, "stage": str(node.index),
+                          "node": node.node}, node.metrics)
     checked = check_chain(config.broker, config.topics, node.info, stop)
     if checked is None:
         return 0
@@ -327,17 +348,21 @@ def run_stage(config: NodeConfig, stop: threading.Event | None = None) -> int:
         return 2
     if previous is not None and previous.share_group != config.stage.share_group:
         node.forget_subscription(previous.share_group)
+    pipeline = PipelineAvailability(node.session, config.topics, node.node)
+    bridge = None
+    if config.homeassistant.discovery and node.is_last:
+        bridge = HomeAssistantBridge(node.session, config.topics, manifest, node.node,
+                                     config.homeassistant.prefix)
     node.start()
     if not wait_for_broker(node.session, stop):
         node.stop()
         return 0
     node.announce_online()
-    if config.homeassistant.discovery and node.is_last:
-        topic, payload = discovery_message(config.topics, manifest, node.node,
-                                           config.homeassistant.prefix)
-        node.session.announce(topic, payload)
+    if bridge is not None:
+        bridge.start()
     systemd.notify(f"READY=1\nSTATUS=stage {node.index} serving {node.input_topic}")
     stop.wait()
     systemd.notify("STOPPING=1")
+    pipeline.leaving()
     node.stop()
     return 0

@@ -1,68 +1,198 @@
-"""`aiotedge status`: every node's retained availability and stats, read from the broker."""
+"""`aiotedge status`: the pipeline and every node, from the retained messages on the broker.
+
+Once (a table, or `--json`), or refreshed in place until Ctrl-C (`--watch`, like `top`). The
+exit status says whether the pipeline is healthy, for scripts: 0 when every stage has a node
+online and all run one manifest, 1 otherwise, 2 when the broker cannot be used.
+"""
 
 from __future__ import annotations
 
-import json
 import secrets
+import threading
 import time
 from typing import Any
 
 from aiotedge.config.schema import BrokerConfig
-from aiotedge.contracts.errors import BrokerError
+from aiotedge.contracts.errors import ConfigError
 from aiotedge.contracts.topics import Topics
+from aiotedge.nodes.health import NodeView, PipelineView
+from aiotedge.nodes.lifecycle import connect_once, stop_on_signals
 from aiotedge.nodes.session import MqttSession, read_retained
 
+HEADER = ("node", "state", "stage", "model (manifest)", "fps", "latency p50/p99 ms",
+          "infer p50 ms", "queue", "in", "out", "rejected", "dropped", "stats")
+#: columns `--watch` never cuts short: node, state, stage, fps, latency, queue
+_KEPT = {0, 1, 2, 4, 5, 7}
 
-def collect_status(broker: BrokerConfig, topics: Topics, timeout: float = 10.0) -> dict[str, Any]:
-    """Node name -> {"availability": ..., "stats": {...}} from the retained messages."""
-    session = MqttSession(broker, f"status-{secrets.token_hex(4)}")
-    session.start()
+
+def _filters(topics: Topics) -> list[str]:
+    return [topics.all_availability, topics.all_info, topics.all_stats]
+
+
+def read_pipeline(broker: BrokerConfig, topics: Topics, timeout: float = 10.0) -> PipelineView:
+    """The pipeline as its retained messages say now (BrokerError when the broker cannot be
+    used, at once)."""
+    session = MqttSession(broker, f"status-{secrets.token_hex(4)}", one_shot=True)
+    connect_once(session, timeout)
     try:
-        problem = session.first_attempt(timeout)
-        if problem is not None:
-            raise BrokerError(f"cannot use the broker at {broker}: {problem}")
-        retained = read_retained(
-            session, [topics.all_availability, topics.all_stats], topics.probe(session.client_id),
-            timeout,
-        )
+        retained = read_retained(session, _filters(topics), topics.probe(session.client_id),
+                                 timeout)
     finally:
         session.stop()
+    return PipelineView.from_retained(retained, topics)
+
+
+def collect_status(broker: BrokerConfig, topics: Topics, timeout: float = 10.0
+                   ) -> dict[str, dict[str, Any]]:
+    """Node -> what it said (availability, info, stats): `aiotedge status --json`."""
+    return nodes_json(read_pipeline(broker, topics, timeout))
+
+
+def status_exit(view: PipelineView) -> int:
+    return 1 if view.problems() else 0
+
+
+def nodes_json(view: PipelineView) -> dict[str, dict[str, Any]]:
+    """Node -> what it said: availability, info, stats (`aiotedge status --json`)."""
     nodes: dict[str, dict[str, Any]] = {}
-    for topic, payload in retained.items():
-        kind, node = topic.rsplit("/", 2)[-2:]
-        text = payload.decode(errors="replace")
-        nodes.setdefault(node, {})[kind] = json.loads(text) if kind == "stats" else text
+    for name, node in sorted(view.nodes.items()):
+        said: dict[str, Any] = {}
+        if node.availability:
+            said["availability"] = node.availability
+        if node.info is not None:
+            said["info"] = node.info.as_dict()
+        if node.stats:
+            said["stats"] = node.stats
+        nodes[name] = said
     return nodes
 
 
-def format_status(nodes: dict[str, Any]) -> str:
-    if not nodes:
-        return "no nodes have reported on this pipeline"
-    header = ("node", "state", "stage", "in", "out", "rejected", "dropped", "queue",
-              "infer p50/p99 ms", "e2e p50/p99 ms", "cpu %", "rss MB", "stats age")
-    rows = [header]
-    now = time.time()
-    for name in sorted(nodes):
-        info = nodes[name]
-        stats = info.get("stats", {})
-        rows.append((
-            name,
-            info.get("availability", "?"),
-            str(stats.get("stage", "")),
-            *(str(stats.get(key, "")) for key in
-              ("frames_in", "frames_out", "rejected", "dropped", "queue_depth")),
-            _pair(stats.get("inference_ms")),
-            _pair(stats.get("latency_ms")),
-            str(stats.get("cpu_percent", "")),
-            str(stats.get("rss_mb", "")),
-            f"{now - stats['timestamp']:.0f} s" if "timestamp" in stats else "",
-        ))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
-                     for row in rows)
+def status_lines(view: PipelineView, pipeline: str, now: float | None = None
+                 ) -> tuple[str, list[tuple[str, ...]], list[str]]:
+    """(summary line, one row per node worth listing, notes: nodes gone and problems)."""
+    now = time.time() if now is None else now
+    listed = sorted((n for n in view.nodes.values() if not view.is_gone(n)),
+                    key=lambda n: (n.stage is None, n.stage or 0, n.name))
+    rows = [_row(node, view, now) for node in listed]
+    gone = sorted((n for n in view.nodes.values() if view.is_gone(n)),
+                  key=lambda n: -(n.last_seen or 0))
+    notes = []
+    if gone:
+        notes.append("gone: " + ", ".join(
+            f"{n.name} ({_seen(n.last_seen, now)})" for n in gone))
+    notes += [f"problem: {problem}" for problem in view.problems()]
+    return _summary(view, pipeline), rows, notes
 
 
-def _pair(window: dict[str, float | None] | None) -> str:
-    if not window or window.get("p50") is None:
-        return ""
-    return f"{window['p50']:.1f}/{window['p99']:.1f}"
+def format_status(view: PipelineView, pipeline: str, now: float | None = None) -> str:
+    summary, rows, notes = status_lines(view, pipeline, now)
+    if not view.nodes:
+        return f"{summary}\nno node has reported on this pipeline"
+    table = [HEADER, *rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(HEADER))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+             for row in table]
+    return "\n".join([summary, *lines, *notes])
+
+
+def watch_status(broker: BrokerConfig, topics: Topics, interval: float,
+                 stop: threading.Event | None = None) -> int:
+    """Redraw the status in place every `interval` s until Ctrl-C; the exit status of the
+    last view. Follows the retained topics live on one connection."""
+    try:
+        from rich.console import Console, Group
+        from rich.live import Live
+        from rich.table import Table
+        from rich.text import Text
+    except ImportError:
+        raise ConfigError("flags: --watch needs rich (pip install 'aiotedge[status]')") from None
+    stop = stop or stop_on_signals()
+    view, lock = PipelineView(), threading.Lock()
+
+    def take(message: Any) -> None:
+        with lock:
+            view.update(topics, message.topic, message.payload)
+
+    session = MqttSession(broker, f"status-{secrets.token_hex(4)}", one_shot=True)
+    for topic_filter in _filters(topics):
+        session.subscribe(topic_filter, take, qos=0)
+    connect_once(session)
+
+    def screen() -> Group:
+        with lock:
+            summary, rows, notes = status_lines(view, topics.pipeline)
+        table = Table(box=None, pad_edge=False)
+        for column, title in enumerate(HEADER):
+            # one line per node; in a narrow terminal the other columns are cut short first
+            whole = max((len(row[column]) for row in rows), default=0) if column in _KEPT else 0
+            table.add_column(title, no_wrap=True, overflow="ellipsis", min_width=whole)
+        for row in rows:
+            table.add_row(*row, style=None if row[1] == "online" else "bold red")
+        stamp = time.strftime("%H:%M:%S")
+        return Group(Text(f"{summary}   ({stamp}, every {interval:g} s; Ctrl-C quits)"),
+                     table, *(Text(note, style="red" if note.startswith("problem") else "dim")
+                              for note in notes))
+
+    try:
+        read_retained(session, [], topics.probe(session.client_id))  # a whole first screen
+        with Live(screen(), console=Console(), auto_refresh=False) as live:
+            while not stop.wait(interval):
+                live.update(screen(), refresh=True)
+    finally:
+        session.stop()
+    with lock:
+        return status_exit(view)
+
+
+def _summary(view: PipelineView, pipeline: str) -> str:
+    state = "available" if view.available else "NOT available"
+    parts = [f"pipeline {pipeline}: {state}"]
+    if view.stages is not None:
+        manifest = view.manifest or ""
+        model = next((n.info.model for n in view.nodes.values()
+                      if n.info and n.info.manifest == manifest), "?")
+        parts.append(f"{view.stages} stages of {model} (manifest {manifest[:12]})")
+    if (bottleneck := view.bottleneck) is not None:
+        stage, capacity = bottleneck
+        parts.append(f"bottleneck: stage {stage}, {capacity:.1f} fps at most")
+    return "; ".join(parts)
+
+
+def _row(node: NodeView, view: PipelineView, now: float) -> tuple[str, ...]:
+    info = node.info
+    model = ""
+    if info is not None:
+        model = f"{info.model} ({info.manifest[:8]})"
+        if node.name in view.odd_ones:
+            model += " OTHER SPLIT"
+    return (
+        node.name,
+        node.availability or "?",
+        "" if node.stage is None else str(node.stage),
+        model,
+        _number(node.figure("fps"), 1),
+        _pair(node, "latency_ms"),
+        _number(node.figure("inference_ms", "p50"), 1),
+        *(_number(node.figure(key), 0) for key in
+          ("queue_depth", "frames_in", "frames_out", "rejected", "dropped")),
+        _seen(node.last_seen, now) if node.last_seen else "",
+    )
+
+
+def _pair(node: NodeView, key: str) -> str:
+    p50, p99 = node.figure(key, "p50"), node.figure(key, "p99")
+    return "" if p50 is None or p99 is None else f"{p50:.0f}/{p99:.0f}"
+
+
+def _number(value: float | None, decimals: int) -> str:
+    return "" if value is None else f"{value:.{decimals}f}"
+
+
+def _seen(timestamp: float | None, now: float) -> str:
+    if timestamp is None:
+        return "never seen"
+    age = max(0.0, now - timestamp)
+    for unit, seconds in (("d", 86400), ("h", 3600), ("min", 60)):
+        if age >= seconds:
+            return f"{age / seconds:.0f} {unit} ago"
+    return f"{age:.0f} s ago"

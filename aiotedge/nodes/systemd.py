@@ -20,15 +20,17 @@ except ImportError:  # not on a board, or installed without the `systemd` extra
     _sd_journal = None
 
 
-def setup_logging(verbose: bool = False) -> None:
-    """Journal fields (priority, logger, thread) under systemd; timestamped lines on stderr else."""
+def setup_logging(verbose: bool = False, timestamps: bool = True) -> None:
+    """Journal fields (priority, logger, thread) under systemd; timestamped lines on stderr else
+    (without timestamps for a process whose parent adds them: `aiotedge run`'s stages)."""
     level = logging.DEBUG if verbose else logging.INFO
     if _sd_journal is not None and os.environ.get("JOURNAL_STREAM"):
         handler: logging.Handler = _sd_journal.JournalHandler(SYSLOG_IDENTIFIER="aiotedge")
         handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
     else:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(logging.Formatter(
+            f"{'%(asctime)s ' if timestamps else ''}%(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level, handlers=[handler], force=True)
 
 

@@ -12,7 +12,7 @@ import paho.mqtt.client as mqtt
 from aiotedge.config.schema import NodeConfig
 from aiotedge.contracts.events import Prediction
 from aiotedge.nodes.dedup import RecentIds
-from aiotedge.nodes.lifecycle import stop_on_signals
+from aiotedge.nodes.lifecycle import connect_once, stop_on_signals
 from aiotedge.nodes.session import MqttSession
 
 
@@ -20,7 +20,8 @@ def run_watch(config: NodeConfig, write: Callable[[str], None], *, count: int | 
               as_json: bool = False, stop: threading.Event | None = None) -> int:
     """Pass each prediction to `write` (a one-line summary, or its JSON) until `count` came
     or `stop` is set; a frame's repeats (a QoS 1 redelivery, a camera's new attempt) are left
-    out, and so is anything on the topic that is not a prediction."""
+    out, and so is anything on the topic that is not a prediction. With `count`, a broker that
+    cannot be used raises BrokerError at once."""
     stop = stop or stop_on_signals()
     recent = RecentIds()
     seen = 0
@@ -35,9 +36,13 @@ def run_watch(config: NodeConfig, write: Callable[[str], None], *, count: int | 
         if count and seen >= count:
             stop.set()
 
-    session = MqttSession(config.broker, f"watch-{socket.gethostname()}-{secrets.token_hex(3)}")
+    session = MqttSession(config.broker, f"watch-{socket.gethostname()}-{secrets.token_hex(3)}",
+                          one_shot=count is not None)
     session.subscribe(config.topics.predictions, show, qos=1)
-    session.start()
+    if count is None:  # until stopped: wait for the broker like a daemon
+        session.start()
+    else:  # a script waiting for `count` predictions wants to know at once if none can come
+        connect_once(session)
     stop.wait()
     session.stop()
     return 0

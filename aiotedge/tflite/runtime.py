@@ -6,8 +6,13 @@ The board side never imports TensorFlow unless nothing lighter is installed: Lit
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +51,35 @@ def interpreter_class() -> type:
     )
 
 
+@contextlib.contextmanager
+def runtime_output_logged() -> Iterator[None]:
+    """Pass what the C++ runtime writes to stderr meanwhile to the log instead.
+
+    LiteRT writes `INFO: Created TensorFlow Lite XNNPACK delegate for CPU.` straight to file
+    descriptor 2 in every process that builds an interpreter, and offers no way to quiet it:
+    its minimum log severity is a C++ static with no Python binding or environment variable
+    (TF_CPP_MIN_LOG_LEVEL governs TensorFlow's own logger, not this one). So fd 2 goes to a
+    temporary file while an interpreter is built (the runtime prints then, once); its INFO lines
+    are then logged at debug level (`-v` shows them), anything else as a warning. Build
+    interpreters before starting threads that write to stderr: their lines would be taken too.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            for line in captured.read().decode(errors="replace").splitlines():
+                if line.startswith("INFO: "):
+                    log.debug("runtime: %s", line.removeprefix("INFO: "))
+                elif line.strip():
+                    log.warning("runtime: %s", line)
+
+
 class Segment:
     """One single-input, single-output TFLite model, ready to invoke.
 
@@ -54,11 +88,12 @@ class Segment:
 
     def __init__(self, model_path: Path | str, num_threads: int | None = None) -> None:
         self.path = Path(model_path)
+        interpreter = interpreter_class()
         try:
-            self._interpreter: Any = interpreter_class()(
-                model_path=str(self.path), num_threads=num_threads
-            )
-            self._interpreter.allocate_tensors()
+            with runtime_output_logged():
+                self._interpreter: Any = interpreter(model_path=str(self.path),
+                                                     num_threads=num_threads)
+                self._interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:  # what the interpreter raises on a bad model
             raise ModelError(f"{self.path}: cannot load with the TFLite interpreter: {exc}") \
                 from exc

@@ -1,0 +1,94 @@
+"""Home Assistant's documented MQTT discovery schema for a sensor, as the tests check payloads
+against it: every key the payload uses must be documented, of the documented type, and the
+required ones present.
+
+From the MQTT sensor page (home-assistant.io/integrations/sensor.mqtt, its "Configuration
+Variables") and the discovery section of the MQTT page (home-assistant.io/integrations/mqtt:
+the `origin` block, the availability list). `default_entity_id` replaced `object_id` in Home
+Assistant 2025.10 (`object_id` stops working in 2026.4): it is listed here, `object_id` is not.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+#: documented type -> the JSON values it accepts
+TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,), "template": (str,), "icon": (str,), "boolean": (bool,),
+    "integer": (int,), "list": (list,), "map": (dict,),
+}
+
+SENSOR_KEYS = {
+    "availability": "list", "availability_mode": "string", "availability_template": "template",
+    "availability_topic": "string", "default_entity_id": "string", "device": "map",
+    "device_class": "string", "enabled_by_default": "boolean", "encoding": "string",
+    "entity_category": "string", "entity_picture": "string", "expire_after": "integer",
+    "force_update": "boolean", "icon": "icon", "json_attributes_template": "template",
+    "json_attributes_topic": "string", "last_reset_value_template": "template",
+    "name": "string", "options": "list", "origin": "map", "payload_available": "string",
+    "payload_not_available": "string", "suggested_display_precision": "integer",
+    "qos": "integer", "state_class": "string", "state_topic": "string", "unique_id": "string",
+    "unit_of_measurement": "string", "value_template": "template",
+}
+SENSOR_REQUIRED = {"state_topic"}
+AVAILABILITY_KEYS = {"topic": "string", "payload_available": "string",
+                     "payload_not_available": "string", "value_template": "template"}
+DEVICE_KEYS = {
+    "configuration_url": "string", "connections": "list", "hw_version": "string",
+    "identifiers": "list", "manufacturer": "string", "model": "string", "model_id": "string",
+    "name": "string", "serial_number": "string", "suggested_area": "string",
+    "sw_version": "string", "via_device": "string",
+}
+ORIGIN_KEYS = {"name": "string", "sw_version": "string", "support_url": "string"}
+AVAILABILITY_MODES = {"all", "any", "latest"}
+STATE_CLASSES = {"measurement", "measurement_angle", "total", "total_increasing"}
+ENTITY_CATEGORIES = {"diagnostic"}  # the only one a sensor may have
+#: a discovery topic: <prefix>/<component>/[<node_id>/]<object_id>/config
+TOPIC = re.compile(r"^[^/#+]+/sensor/(?:[a-zA-Z0-9_-]+/)?[a-zA-Z0-9_-]+/config$")
+ENTITY_ID = re.compile(r"^sensor\.[a-z0-9_]+$")
+
+
+def problems(topic: str, config: dict[str, Any]) -> list[str]:
+    """What Home Assistant's documentation says is wrong with a sensor's discovery message."""
+    found = [] if TOPIC.match(topic) else [f"topic {topic!r} is not a sensor discovery topic"]
+    found += _typed(config, SENSOR_KEYS, "")
+    found += [f"{key!r} is required" for key in SENSOR_REQUIRED - config.keys()]
+    if "availability" in config and "availability_topic" in config:
+        found.append("'availability' and 'availability_topic' exclude each other")
+    for index, item in enumerate(config.get("availability", [])):
+        found += _typed(item, AVAILABILITY_KEYS, f"availability[{index}].")
+        if "topic" not in item:
+            found.append(f"availability[{index}] has no 'topic'")
+    if config.get("availability_mode", "latest") not in AVAILABILITY_MODES:
+        found.append(f"availability_mode {config['availability_mode']!r} is not one of "
+                     f"{sorted(AVAILABILITY_MODES)}")
+    if "device" in config:
+        found += _typed(config["device"], DEVICE_KEYS, "device.")
+        if not (config["device"].get("identifiers") or config["device"].get("connections")):
+            found.append("a device needs 'identifiers' or 'connections'")
+        if "unique_id" not in config:
+            found.append("'device' works only with 'unique_id'")
+    if "origin" in config:
+        found += _typed(config["origin"], ORIGIN_KEYS, "origin.")
+        if "name" not in config["origin"]:
+            found.append("origin needs 'name'")
+    if "default_entity_id" in config and not ENTITY_ID.match(config["default_entity_id"]):
+        found.append(f"default_entity_id {config['default_entity_id']!r} is not sensor.<slug>")
+    if config.get("state_class", "measurement") not in STATE_CLASSES:
+        found.append(f"state_class {config['state_class']!r} is unknown")
+    if config.get("entity_category", "diagnostic") not in ENTITY_CATEGORIES:
+        found.append(f"entity_category {config['entity_category']!r}: a sensor's must be "
+                     "diagnostic")
+    return found
+
+
+def _typed(data: dict[str, Any], documented: dict[str, str], where: str) -> list[str]:
+    found = []
+    for key, value in data.items():
+        if key not in documented:
+            found.append(f"{where}{key!r} is not a documented key")
+        elif not isinstance(value, TYPES[documented[key]]) or (
+                documented[key] == "integer" and isinstance(value, bool)):
+            found.append(f"{where}{key!r} must be a {documented[key]}, got {value!r}")
+    return found

@@ -1,0 +1,148 @@
+"""Home Assistant discovery: the payloads against Home Assistant's documented schema, their
+templates rendered as Home Assistant renders them (Jinja2), the labels a camera's sensor gets,
+and discovery said again when Home Assistant comes back. The secure setup (its ACL user) is
+checked against a real mosquitto in test_security.py and test_security_dynsec.py."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from aiotedge.contracts.events import Prediction, Score
+from aiotedge.contracts.topics import Topics
+from aiotedge.nodes.homeassistant import (
+    HomeAssistantBridge,
+    health_sensors,
+    label_sensor,
+    label_state,
+)
+from tests.homeassistant_schema import problems
+
+TOPICS = Topics("garden")
+MODEL = SimpleNamespace(source=SimpleNamespace(file="mobilenet_v2.tflite"))
+STATS = {"fps": 1.8, "latency_ms": {"p50": 412.5, "p99": 530.1}, "frames_out": 10}
+
+
+def render(template: str, payload: dict) -> str:
+    """A value template as Home Assistant renders it: Jinja2 with `value_json`."""
+    jinja2 = pytest.importorskip("jinja2", reason="jinja2 is in the test extra")
+    return jinja2.Environment().from_string(template).render(value_json=payload)
+
+
+def prediction(source: str, label: str, score: float = 0.9, seq: int = 0) -> Prediction:
+    return Prediction(f"{source}-x-{seq}", source, seq, 0.0, [Score(934, label, score)], 40.0, [])
+
+
+def every_announcement():
+    return [*health_sensors(TOPICS, MODEL, "stage4"),
+            label_sensor(TOPICS, MODEL, "stage4", "cam0")]
+
+
+@pytest.mark.parametrize("announced", every_announcement(), ids=lambda a: a[0].split("/")[3])
+def test_discovery_payloads_follow_home_assistants_documented_schema(announced):
+    topic, config = announced
+    assert problems(topic, json.loads(json.dumps(config))) == []
+    assert "object_id" not in config  # deprecated; default_entity_id replaces it
+    assert config["origin"]["name"] == "aiotedge"
+    assert config["availability_mode"] == "all"
+    assert {"topic": TOPICS.pipeline_availability} in config["availability"]
+    assert {"topic": TOPICS.availability("stage4")} in config["availability"]
+    assert config["device"]["identifiers"] == ["aiotedge_garden"]
+    assert config["device"]["model"] == "mobilenet_v2.tflite"
+
+
+def test_the_schema_check_finds_what_the_old_payload_did_wrong():
+    old = {"name": "Prediction", "unique_id": "aiotedge_garden_prediction",
+           "object_id": "aiotedge_garden_prediction", "state_topic": "aiotedge/garden/predictions",
+           "availability_topic": "aiotedge/garden/availability/stage4",
+           "availability": [{"topic": "x"}], "availability_mode": "every",
+           "device": {"name": "aiotedge garden"}}
+    found = problems("homeassistant/sensor/aiotedge_garden/prediction/config", old)
+    assert "'object_id' is not a documented key" in found
+    assert "'availability' and 'availability_topic' exclude each other" in found
+    assert any("availability_mode 'every'" in problem for problem in found)
+    assert "a device needs 'identifiers' or 'connections'" in found
+
+
+def test_one_sensor_per_camera_whose_state_is_the_first_name_of_its_label():
+    topic, config = label_sensor(TOPICS, MODEL, "stage4", "cam-0")
+    assert topic == "homeassistant/sensor/aiotedge_garden/cam_0_label/config"
+    assert config["default_entity_id"] == "sensor.aiotedge_garden_cam_0_label"
+    assert config["state_topic"] == TOPICS.label("cam-0")
+    assert {"topic": TOPICS.availability("cam-0")} in config["availability"]
+    state = label_state(prediction("cam-0", "hotdog, hot dog, red hot"))
+    assert render(config["value_template"], state) == "hotdog"
+    attributes = json.loads(render(config["json_attributes_template"], state))
+    assert attributes == {"labels": "hotdog, hot dog, red hot", "class": 934}
+
+
+def test_health_sensors_read_the_last_stages_stats():
+    sensors = {topic.split("/")[3]: config for topic, config in health_sensors(
+        TOPICS, MODEL, "stage4")}
+    assert set(sensors) == {"fps", "latency"}
+    for config in sensors.values():
+        assert config["state_topic"] == TOPICS.stats("stage4")
+        assert config["entity_category"] == "diagnostic"
+    assert render(sensors["fps"]["value_template"], STATS) == "1.8"
+    assert render(sensors["latency"]["value_template"], STATS) == "412.5"
+    # before any frame: null, which Home Assistant shows as unknown (not "None", an error)
+    assert render(sensors["latency"]["value_template"], {"latency_ms": {"p50": None}}) == "null"
+
+
+class FakeSession:
+    def __init__(self) -> None:
+        self.handlers: dict[str, object] = {}
+        self.published: list[tuple[str, dict]] = []
+
+    def subscribe(self, topic, handler, qos=1) -> None:
+        assert qos == 0  # the last stage acknowledges its QoS 1 messages by hand
+        self.handlers[topic] = handler
+
+    def publish(self, topic, payload, qos=0, retain=False) -> None:
+        assert retain
+        self.published.append((topic, json.loads(payload)))
+
+    def announce(self, topic, payload) -> None:  # retained, and again after reconnects
+        self.publish(topic, payload, retain=True)
+
+    def deliver(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        self.handlers[topic](SimpleNamespace(topic=topic, payload=payload, retain=retain))
+
+    def topics(self) -> list[str]:
+        return [topic for topic, _ in self.published]
+
+
+def test_a_label_is_published_when_it_changes_not_with_every_frame():
+    """At 2 fps a label in the attributes or the state of every frame would be 170,000
+    recorder rows a day in Home Assistant; a camera looking at the same thing is one."""
+    session = FakeSession()
+    HomeAssistantBridge(session, TOPICS, MODEL, "stage4").start()
+    assert len(session.published) == 2  # the health sensors
+    for seq, (label, score) in enumerate([("hotdog, hot dog", 0.9), ("hotdog, hot dog", 0.7),
+                                          ("hotdog, hot dog", 0.8), ("pizza", 0.6)]):
+        session.deliver(TOPICS.predictions, prediction("cam0", label, score, seq).to_json()
+                        .encode())
+    session.deliver(TOPICS.predictions, prediction("cam1", "pizza").to_json().encode())
+    session.deliver(TOPICS.predictions, b"not a prediction")
+    labels = [(topic, state["label"]) for topic, state in session.published
+              if topic.startswith(f"{TOPICS.base}/label/")]
+    assert labels == [(TOPICS.label("cam0"), "hotdog"), (TOPICS.label("cam0"), "pizza"),
+                      (TOPICS.label("cam1"), "pizza")]
+    sensors = [t for t in session.topics() if t.endswith("_label/config")]
+    assert sensors == ["homeassistant/sensor/aiotedge_garden/cam0_label/config",
+                       "homeassistant/sensor/aiotedge_garden/cam1_label/config"]
+
+
+def test_discovery_is_said_again_when_home_assistant_comes_back():
+    session = FakeSession()
+    HomeAssistantBridge(session, TOPICS, MODEL, "stage4", prefix="ha").start()
+    session.deliver(TOPICS.predictions, prediction("cam0", "pizza").to_json().encode())
+    announced = [t for t in session.topics() if t.startswith("ha/")]
+    session.published.clear()
+    session.deliver("ha/status", b"offline")
+    session.deliver("ha/status", b"online", retain=True)  # an old one, not a restart
+    assert session.published == []
+    session.deliver("ha/status", b"online")
+    assert sorted(session.topics()) == sorted(announced)

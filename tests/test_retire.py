@@ -1,0 +1,94 @@
+"""`aiotedge retire`: a stopped node's retained messages and broker session go; its pipeline's
+Home Assistant entities go with its last stage; an online node is not touched."""
+
+from __future__ import annotations
+
+import json
+import queue
+import subprocess
+import sys
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from aiotedge.contracts.events import NodeInfo
+from aiotedge.contracts.tensors import TensorSpec
+from aiotedge.contracts.topics import Topics
+from aiotedge.nodes.session import MqttSession, read_retained
+from tests.test_cli import assert_one_line_error
+
+TOPICS = Topics("shelf")
+SPEC = TensorSpec("t", (1, 4), "uint8", 0.5, 0)
+DISCOVERY = "homeassistant/sensor/aiotedge_shelf/cam0_label/config"
+
+
+def retained_now(broker) -> dict[str, bytes]:
+    session = MqttSession(broker.address, "reader")
+    session.start()
+    assert session.wait_connected(10)
+    try:
+        return read_retained(session, [f"{TOPICS.base}/#", "homeassistant/#"],
+                             TOPICS.probe("reader"))
+    finally:
+        session.stop()
+
+
+def leave_behind(broker, node: str, stage: int, state: str) -> None:
+    """What a stage of a 3-stage split leaves on the broker once stopped, and its session
+    (clean start off, a subscription: the broker keeps it)."""
+    stage_session = MqttSession(broker.address, node, session_expiry=3600)
+    stage_session.subscribe(TOPICS.stage_input(stage), lambda _message: None)
+    stage_session.start()
+    assert stage_session.wait_connected(10)
+    info = NodeInfo(node, stage, 3, "a" * 64, "net.tflite", SPEC, SPEC).to_json()
+    retained = {TOPICS.availability(node): state, TOPICS.info(node): info,
+                TOPICS.stats(node): json.dumps({"stage": stage})}
+    if stage == 2:
+        retained |= {DISCOVERY: "{}", TOPICS.label("cam0"): '{"label": "pizza"}',
+                     TOPICS.pipeline_availability: "offline"}
+    for topic, payload in retained.items():
+        stage_session.publish(topic, payload, qos=1, retain=True).wait_for_publish(10)
+    stage_session.stop()
+
+
+def session_present(broker, client_id: str) -> bool:
+    """Whether the broker still holds a session for `client_id` (CONNACK's flag)."""
+    answers: queue.Queue[bool] = queue.Queue()
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    client.on_connect = lambda _c, _u, flags, _rc, _p: answers.put(flags.session_present)
+    client.connect("127.0.0.1", broker.port, clean_start=False)
+    client.loop_start()
+    try:
+        return answers.get(timeout=10)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def retire(broker, node: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "aiotedge", "retire", "--broker", str(broker.address),
+         "--pipeline", "shelf", "--node", node],
+        capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_retiring_the_last_stage_retires_the_pipelines_home_assistant_entities(broker):
+    leave_behind(broker, "s1", 1, "online")
+    leave_behind(broker, "s2", 2, "offline")
+    done = retire(broker, "s2")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "retired s2: its session and 6 retained messages",
+        "and pipeline shelf with it (its last stage): its availability, labels and Home "
+        "Assistant entities"]
+    left = retained_now(broker)
+    assert sorted(left) == [TOPICS.availability("s1"), TOPICS.info("s1"), TOPICS.stats("s1")]
+    assert not session_present(broker, "s2")
+    assert session_present(broker, "s1")
+
+
+def test_an_online_node_is_not_retired(broker):
+    leave_behind(broker, "s2", 2, "online")
+    assert_one_line_error(retire(broker, "s2"), "s2 is online: stop it first")
+    assert DISCOVERY in retained_now(broker)
+    assert_one_line_error(retire(broker, "s9"), "no node 's9' has reported on pipeline shelf")
