@@ -186,9 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_node_flags(run, broker_default="a private mosquitto on a free port",
                     pipeline_default=LOCAL_PIPELINE)
     model = run.add_mutually_exclusive_group(required=True)
-    model.add_argument("--manifest", help="manifest.json or the folder holding it")
+    model.add_argument("--manifest", help="manifest.json or the folder holding it "
+                       "(required, or --plan)")
     model.add_argument("--plan", help="a folder written by aiotedge-convert plan: its "
-                       "manifest, and as many processes per stage as it has boards")
+                       "manifest, and as many processes per stage as it has boards "
+                       "(required, or --manifest)")
     _add_source_flags(run)
     run.add_argument("--frames", type=int,
                      help="stop after this many predictions (default: the source's end)")
