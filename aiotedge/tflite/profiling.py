@@ -34,10 +34,7 @@ import numpy as np
 from aiotedge.contracts.errors import ProfileError
 from aiotedge.contracts.manifest import sha256_file
 from aiotedge.contracts.profile import Piece, Profile
-from aiotedge.tflite.flatbuffer import pack_model
-from aiotedge.tflite.graph import load_graph
 from aiotedge.tflite.runtime import interpreter_class
-from aiotedge.tflite.segments import extract_segment
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +117,12 @@ def measure_profile(
     on_round: Callable[[int, int], None] | None = None,
 ) -> Profile:
     """Time every piece of the model between neighbouring cut points on this machine."""
+    # Here, not at the top: the `aiotedge` command imports this module, and a stage daemon
+    # must not carry the TFLite schema these load (about 6 MB) for nothing.
+    from aiotedge.tflite.flatbuffer import pack_model
+    from aiotedge.tflite.graph import load_graph
+    from aiotedge.tflite.segments import extract_segment
+
     if runs < 1 or warmup < 0 or rounds < 1:
         raise ProfileError("--runs and --rounds must be at least 1, --warmup at least 0")
     model_path = Path(model_path)
