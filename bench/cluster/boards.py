@@ -20,6 +20,7 @@ import fcntl
 import functools
 import itertools
 import logging
+import math
 import os
 import re
 import shlex
@@ -42,10 +43,8 @@ log = logging.getLogger(__name__)
 PREFIX = "aiotedge-bench"  # run cgroups and netns: aiotedge-bench-<pid>[-<board>]
 VETH_PREFIX = "aeb"  # interface names hold 15 characters at most: aeb<pid>-<serial>
 SUBNET = "10.213"  # board link N: SUBNET.N.1 on the root (broker) side, SUBNET.N.2 in its netns
-# 10 ms rather than the kernel's 100 ms: a stage's frame takes a few ms of CPU, and with a long
-# period it would run at full speed on a fresh budget, then stall, unlike a slower board.
-DEFAULT_PERIOD_US = 10_000
 MIN_QUOTA_US = 1_000  # the kernel refuses shorter quotas
+MIN_PERIOD_US = 1_000  # and shorter periods
 NET_FEATURES = ("netns", "veth", "tbf", "ethtool")
 NET_DEVICES = Path("/sys/class/net")
 
@@ -209,6 +208,15 @@ class Calibration:
     check_seconds: float
 
 
+def shortest_period_us(cpu: float) -> int:
+    """The shortest CFS period at which `cpu` core is a quota the kernel takes (1 ms at least).
+
+    Short, as a board that was idle runs its whole first quota at full speed before the quota
+    bites: a stage's frame takes a few ms of CPU, and with the kernel's 100 ms period it would
+    run at full speed and then stall, unlike a slower board. At 0.2 core: 1 ms every 5 ms."""
+    return max(MIN_PERIOD_US, math.ceil(MIN_QUOTA_US / cpu))
+
+
 class Board:
     """One emulated board: a cgroup with a CPU quota and, given a link, its own network namespace.
 
@@ -217,13 +225,13 @@ class Board:
     """
 
     def __init__(self, name: str, cpu: float, link: Link | None = None, *,
-                 period_us: int = DEFAULT_PERIOD_US) -> None:
+                 period_us: int | None = None) -> None:
         if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,31}", name):
             raise ValueError(f"board name {name!r}: use up to 32 of a-z 0-9 _ -")
         self.name = name
         self.cpu = cpu
         self.link = link
-        self.period_us = period_us
+        self.period_us = period_us = period_us or shortest_period_us(cpu)
         self.quota_us = round(cpu * period_us)
         if self.quota_us < MIN_QUOTA_US:
             raise ValueError(f"{cpu} core over {period_us} µs is a quota under the kernel's "
@@ -624,7 +632,7 @@ def _alive(pid: int) -> bool:
 
 
 def calibrate(argv: Sequence[str], target_seconds: float, *, probe_fraction: float = 0.5,
-              period_us: int = DEFAULT_PERIOD_US, timeout: float = 600.0) -> Calibration:
+              period_us: int | None = None, timeout: float = 600.0) -> Calibration:
     """The quota at which argv takes target_seconds per frame. argv prints its seconds per frame
     as the last word of its output. CPU-bound work slows in proportion to the quota, so one run
     at probe_fraction gives the fraction; a second run at that fraction checks it."""
@@ -635,7 +643,7 @@ def calibrate(argv: Sequence[str], target_seconds: float, *, probe_fraction: flo
 
 
 def seconds_per_frame(argv: Sequence[str], fraction: float, *,
-                      period_us: int = DEFAULT_PERIOD_US, timeout: float = 600.0) -> float:
+                      period_us: int | None = None, timeout: float = 600.0) -> float:
     """Run argv on a board of `fraction` core; the last word it prints, as seconds per frame."""
     with Board("calibrate", fraction, period_us=period_us) as board:
         proc = board.popen(argv, stdout=subprocess.PIPE, text=True)
