@@ -103,17 +103,16 @@ class StageRun:
     # -- lifecycle --------------------------------------------------------------------------
 
     def __enter__(self) -> StageRun:
-        try:
-            self._exit.callback(shutil.rmtree, self.workdir, ignore_errors=True)
+        with ExitStack() as stack:  # undone at once if any step fails
+            stack.callback(shutil.rmtree, self.workdir, ignore_errors=True)
             self._connect()
-            self._exit.callback(self.stop_daemons)
+            stack.callback(self.session.stop)
+            stack.callback(self.stop_daemons)
             for daemon in self.daemons:
                 self._spawn(daemon)
             self.wait(lambda: {d.node for d in self.daemons} <= self._seen.online,
                       "every stage online")
-        except BaseException:
-            self._exit.close()
-            raise
+            self._exit = stack.pop_all()
         return self
 
     def __exit__(self, *_exc: object) -> None:
@@ -126,7 +125,6 @@ class StageRun:
         self.session.subscribe(self.topics.predictions, self._on_prediction, qos=1)
         self.camera = Camera(self.session, self.topics, self.camera_options, self.qos)
         self.session.start()
-        self._exit.callback(self.session.stop)
         if not self.session.wait_connected(10):
             raise RunError(f"cannot reach the broker at {self.broker}")
 

@@ -107,6 +107,19 @@ def test_the_default_period_is_the_shortest_the_kernel_takes(cpu, period_us):
     assert (board.period_us, board.quota_us) == (period_us, max(1_000, round(cpu * period_us)))
 
 
+def test_the_idle_filler_runs_in_the_board_on_its_cpu_at_the_lowest_priority():
+    cgroups = need("cpu")
+    with boards.Board("t-fill", 0.3, on_cpu=0) as board:
+        filler = board.fill_idle()
+        deadline = time.monotonic() + 10
+        while os.sched_getscheduler(filler.pid) != os.SCHED_IDLE:
+            assert time.monotonic() < deadline, "the filler never became SCHED_IDLE"
+            time.sleep(0.01)
+        assert cpu_cgroup_of(filler.pid, cgroups) == f"/{board.cgroup}"
+        assert os.sched_getaffinity(filler.pid) == {0}
+    assert gone(filler.pid)
+
+
 def test_a_quota_under_the_kernels_minimum_is_refused():
     with pytest.raises(ValueError, match="longer period"):
         boards.Board("t-tiny", 0.05, period_us=10_000)

@@ -60,6 +60,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                             "Raspberry Pi 4's range)")
     parser.add_argument("--period-us", type=int,
                         help="the quota's CFS period (the shortest the kernel takes for it)")
+    parser.add_argument("--no-idle-fill", action="store_true",
+                        help="leave a waiting board's quota unused (by default a lowest-"
+                             "priority loop uses it, so a frame after a pause is not run at "
+                             "full speed until the quota bites)")
     parser.add_argument("--link-mbps", type=float, default=1000.0,
                         help="each board's link, tbf each way; 0: no network namespaces, "
                              "loopback (1000, a Pi 4's Ethernet)")
@@ -150,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
             log.warning("%d boards of %.2f core leave less than half a core for the broker "
                         "and the camera", count, cpu)
         rounds: list[list[RunResult]] = []
-        with Cluster(count, cpu, link, args.period_us) as cluster:
+        with Cluster(count, cpu, link, period_us=args.period_us,
+                     fill_idle=not args.no_idle_fill) as cluster:
             for number in range(args.rounds):
                 runs = []
                 for position, layout in enumerate(chosen):
@@ -185,12 +190,16 @@ def describe_setup(args: argparse.Namespace, calibration: str, count: int, cpu: 
     link = (f"each in its own network namespace with a {args.link_mbps:g} Mbit/s link (tbf "
             "both ways) to the broker" if args.link_mbps > 0 else "all on loopback")
     period = args.period_us or boards.shortest_period_us(cpu)
+    fill = (f"; board k pinned to CPU k mod {os.cpu_count()}, and a lowest-priority loop "
+            "uses what the daemon leaves of the quota, so a frame arriving after a pause runs at "
+            "the quota's rate from its start, as on a slower CPU, not at full speed until the "
+            "quota bites" if not args.no_idle_fill else
+            "; a board idle before a frame runs its first quota at full speed, so a lone "
+            "frame's short stages are slowed less than the quota says")
     return (
         f"`{args.model.name}`, {len(list_images(args.images))} photos (shuffled per run), "
         f"1 interpreter thread per daemon. Boards: {calibration} (a quota of "
-        f"{round(cpu * period)} µs every {period} µs: a board idle before a frame runs its "
-        "first quota at full speed, so a lone frame's short stages are slowed a little less "
-        f"than the quota says); {link}. Together the "
+        f"{round(cpu * period)} µs every {period} µs{fill}); {link}. Together the "
         f"{count} boards' quotas are {cpu * count:.2f} of this machine's {os.cpu_count()} "
         "cores; mosquitto, the camera (aiotedge's Camera, pacing itself by "
         f"{args.in_flight_per_board} frames in flight per board) and the bench run outside "

@@ -225,12 +225,16 @@ class Board:
     """
 
     def __init__(self, name: str, cpu: float, link: Link | None = None, *,
-                 period_us: int | None = None) -> None:
+                 period_us: int | None = None, on_cpu: int | None = None) -> None:
         if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,31}", name):
             raise ValueError(f"board name {name!r}: use up to 32 of a-z 0-9 _ -")
         self.name = name
         self.cpu = cpu
         self.link = link
+        #: the one CPU the board's processes run on (taskset), if given: a board is then a
+        #: share of one core, its threads never run side by side, and fill_idle's loop gives
+        #: way to them (a lowest-priority task only yields to others on its own CPU)
+        self.on_cpu = on_cpu
         self.period_us = period_us = period_us or shortest_period_us(cpu)
         self.quota_us = round(cpu * period_us)
         if self.quota_us < MIN_QUOTA_US:
@@ -298,11 +302,13 @@ class Board:
 
     def command(self, argv: Sequence[str]) -> list[str]:
         """argv wrapped to run inside this board under one pid: a shell writes its own pid into
-        the cgroup, then execs `ip netns exec NETNS argv` (or argv). The cgroup comes first as
-        `ip netns exec` remounts /sys, which hides the cgroup files; a wrapper rather than
-        Popen's preexec_fn, which is unsafe in a process with threads (a bench's MQTT clients)."""
+        the cgroup, then execs `taskset -c CPU` (given on_cpu), `ip netns exec NETNS` (given a
+        link) and argv. The cgroup comes first as `ip netns exec` remounts /sys, which hides the
+        cgroup files; a wrapper rather than Popen's preexec_fn, which is unsafe in a process
+        with threads (a bench's MQTT clients)."""
+        pin = ["taskset", "-c", str(self.on_cpu)] if self.on_cpu is not None else []
         netns = ["ip", "netns", "exec", self.netns] if self.netns else []
-        return _enter_argv(self._set_up().procs_files(self.cgroup), [*netns, *argv])
+        return _enter_argv(self._set_up().procs_files(self.cgroup), [*pin, *netns, *argv])
 
     def popen(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen:
         """Start argv inside this board (subprocess.Popen's keywords apply); it is killed when
@@ -310,6 +316,15 @@ class Board:
         proc = subprocess.Popen(self.command(argv), **kwargs)
         self._procs.append(proc)
         return proc
+
+    def fill_idle(self) -> subprocess.Popen:
+        """Keep the board's quota in use while its other processes wait: a busy loop at the
+        lowest priority (SCHED_IDLE), which any of them on its CPU preempts at once (so give
+        the board on_cpu). A frame that arrives after a pause then runs at the quota's rate
+        from its start, as on a slower CPU, rather than at full speed until the period's unused
+        quota runs out. The board's CPU counters then include the loop's time; a process's own
+        is in /proc/PID/stat."""
+        return self.popen([sys.executable, "-c", _FILL_IDLE])
 
     def cpu_stats(self) -> CpuStats:
         return self._set_up().stats(self.cgroup)
@@ -655,6 +670,7 @@ def seconds_per_frame(argv: Sequence[str], fraction: float, *,
 
 # The self-test's workloads, run by the board's Python (`python -c CODE ARGS`).
 _SPIN = "while True: pass"
+_FILL_IDLE = "import os\nos.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\n" + _SPIN
 _FRAMES = """import sys, time
 def frame():
     total = 0

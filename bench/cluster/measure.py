@@ -22,6 +22,7 @@ import logging
 import os
 import random
 import statistics
+import subprocess
 import threading
 import time
 from contextlib import ExitStack
@@ -59,11 +60,12 @@ class BoardResult:
     node: str
     stage: int
     frames: int
+    #: the daemon's own CPU (all its threads, /proc/PID/stat) per frame it computed
     cpu_ms_per_frame: float
-    #: share of the CFS periods in which the quota ran out
+    #: the share of the board's quota the daemon used: 1.0 is a board that never waits
+    busy: float
+    #: share of the CFS periods in which the quota ran out (every one with the idle filler)
     throttled_share: float
-    #: seconds throttled per second of the phase
-    throttled_per_second: float
     bytes_in_per_frame: float
     bytes_out_per_frame: float
     rss_ready_mb: float
@@ -103,12 +105,11 @@ class RunResult:
 class _Snapshot:
     at: float
     cpu: dict[str, CpuStats]
+    daemon_cpu: dict[str, float]
     links: dict[str, LinkBytes]
     broker_io: int
     broker_cpu: float
     own_cpu: float
-    #: (busy, total) jiffies of the whole machine
-    machine: tuple[int, int]
     frames_out: dict[str, int]
 
 
@@ -135,23 +136,23 @@ def machine_jiffies() -> tuple[int, int]:
 class Cluster:
     """N emulated boards made once, on which layouts run one after another."""
 
-    def __init__(self, count: int, cpu: float, link: Link | None,
-                 period_us: int | None = None) -> None:
+    def __init__(self, count: int, cpu: float, link: Link | None, *,
+                 period_us: int | None = None, fill_idle: bool = True) -> None:
         self.count = count
         self.cpu = cpu
         self.link = link
         self.period_us = period_us
+        self.fill_idle = fill_idle
         self.boards: list[Board] = []
         self._exit = ExitStack()
 
     def __enter__(self) -> Cluster:
-        try:
+        with ExitStack() as stack:  # the boards made so far go if one cannot be made
             for number in range(self.count):
-                self.boards.append(self._exit.enter_context(
-                    Board(f"board{number}", self.cpu, self.link, period_us=self.period_us)))
-        except BaseException:
-            self._exit.close()
-            raise
+                self.boards.append(stack.enter_context(
+                    Board(f"board{number}", self.cpu, self.link, period_us=self.period_us,
+                          on_cpu=number % (os.cpu_count() or 1))))
+            self._exit = stack.pop_all()
         return self
 
     def __exit__(self, *_exc: object) -> None:
@@ -170,6 +171,9 @@ class Cluster:
         listeners = "".join(f"listener {port} {board.broker_address}\n"
                             for board in boards if board.broker_address)
         with ExitStack() as stack:
+            if self.fill_idle:  # on the boards this layout uses only: the others stay idle
+                for board in boards:
+                    stack.callback(_stop, board.fill_idle())
             broker = Broker(port, extra_config=listeners)
             stack.callback(broker.close)
             broker.start()
@@ -186,27 +190,37 @@ class Cluster:
             in_flight = phases.in_flight_per_board * layout.boards
             run.feed(order, phases.warmup_per_board * layout.boards, in_flight)
             lone = run.feed(order, phases.lone_frames, 1)
-            before = self._snapshot(run, boards, broker.pid)
+            before = self._snapshot(run, boards, broker.pid, pids)
             memory = _MemorySampler(pids).start()
             frames = phases.frames_per_board * layout.boards
+            started, machine = time.monotonic(), machine_jiffies()
             arrivals = run.feed(order, frames, in_flight)
+            seconds = time.monotonic() - started
+            busy, total = (b - a for a, b in zip(machine, machine_jiffies(), strict=True))
             peaks = memory.stop()
-            after = self._snapshot(run, boards, broker.pid)
-        return _result(layout, arrivals, lone, in_flight, before, after,
+            after = self._snapshot(run, boards, broker.pid, pids)
+        return _result(layout, arrivals, lone, in_flight, before, after, seconds=seconds,
+                       machine_busy=busy / max(1, total),
                        ready=ready, peaks=peaks, loads=(load_before, os.getloadavg()[0]),
-                       seed=seed)
+                       seed=seed, cpu=self.cpu)
 
-    def _snapshot(self, run: StageRun, boards: list[Board], broker_pid: int) -> _Snapshot:
+    def _snapshot(self, run: StageRun, boards: list[Board], broker_pid: int,
+                  pids: dict[str, int]) -> _Snapshot:
         at = time.time()
         cpu = {f"board{n}": board.cpu_stats() for n, board in enumerate(boards)}
+        daemon_cpu = {node: process_cpu_seconds(pid) for node, pid in pids.items()}
         links = {f"board{n}": board.link_bytes() for n, board in enumerate(boards)
                  if board.veth}
         broker = broker_io_bytes(broker_pid)
         broker_cpu, own_cpu = process_cpu_seconds(broker_pid), process_cpu_seconds(os.getpid())
-        machine = machine_jiffies()
         stats = run.stats_after(at)
-        return _Snapshot(at, cpu, links, broker, broker_cpu, own_cpu, machine,
+        return _Snapshot(at, cpu, daemon_cpu, links, broker, broker_cpu, own_cpu,
                          {node: int(s.get("frames_out", 0)) for node, s in stats.items()})
+
+
+def _stop(process: subprocess.Popen) -> None:
+    process.kill()
+    process.wait()
 
 
 def _rss(pid: int) -> float:
@@ -249,21 +263,23 @@ def steady_fps(arrivals: list[Arrival], in_flight: int) -> float:
 
 
 def _result(layout: Layout, arrivals: list[Arrival], lone: list[Arrival], in_flight: int,
-            before: _Snapshot, after: _Snapshot, *, ready: dict[str, float],
-            peaks: dict[str, float], loads: tuple[float, float], seed: int) -> RunResult:
-    seconds = after.at - before.at
+            before: _Snapshot, after: _Snapshot, *, seconds: float, machine_busy: float,
+            ready: dict[str, float],
+            peaks: dict[str, float], loads: tuple[float, float], seed: int,
+            cpu: float) -> RunResult:
     frames = len(arrivals)
     per_board = []
     for number, role in enumerate(layout.roles):
         node = f"board{number}"
         done = after.frames_out[node] - before.frames_out[node]
-        cpu = after.cpu[node] - before.cpu[node]
+        own = after.daemon_cpu[node] - before.daemon_cpu[node]
+        board = after.cpu[node] - before.cpu[node]
         link = after.links[node] - before.links[node] if node in after.links else None
         per_board.append(BoardResult(
             node=node, stage=role.stage, frames=done,
-            cpu_ms_per_frame=cpu.usage_usec / 1000 / done if done else 0.0,
-            throttled_share=cpu.nr_throttled / cpu.nr_periods if cpu.nr_periods else 0.0,
-            throttled_per_second=cpu.throttled_usec / 1e6 / seconds,
+            cpu_ms_per_frame=own * 1000 / done if done else 0.0,
+            busy=own / (cpu * seconds),
+            throttled_share=board.nr_throttled / board.nr_periods if board.nr_periods else 0.0,
             bytes_in_per_frame=link.to_board / done if link and done else 0.0,
             bytes_out_per_frame=link.from_board / done if link and done else 0.0,
             rss_ready_mb=ready[node], rss_peak_mb=peaks[node],
@@ -283,7 +299,6 @@ def _result(layout: Layout, arrivals: list[Arrival], lone: list[Arrival], in_fli
         broker_bytes_per_frame=(after.broker_io - before.broker_io) / frames,
         broker_cpu_ms_per_frame=(after.broker_cpu - before.broker_cpu) * 1000 / frames,
         camera_cpu_ms_per_frame=(after.own_cpu - before.own_cpu) * 1000 / frames,
-        machine_busy=((after.machine[0] - before.machine[0])
-                      / max(1, after.machine[1] - before.machine[1])),
+        machine_busy=machine_busy,
         load_before=loads[0], load_after=loads[1], seed=seed, per_board=per_board,
     )

@@ -100,8 +100,8 @@ def _per_board(rounds: list[list[BoardResult]]) -> list[dict[str, float | int | 
             "node": board.node, "stage": board.stage,
             "frames": median(lambda b: b.frames),
             "cpu_ms_per_frame": median(lambda b: b.cpu_ms_per_frame),
+            "busy": median(lambda b: b.busy),
             "throttled_share": median(lambda b: b.throttled_share),
-            "throttled_per_second": median(lambda b: b.throttled_per_second),
             "kb_in_per_frame": median(lambda b: b.bytes_in_per_frame) / 1000,
             "kb_out_per_frame": median(lambda b: b.bytes_out_per_frame) / 1000,
             "rss_ready_mb": median(lambda b: b.rss_ready_mb),
@@ -220,7 +220,8 @@ def markdown(summaries: list[Summary], notes: list[str], images: dict[str, str])
         for board in summary.per_board:
             board_rows.append((
                 summary.layout, board["node"], board["stage"],
-                f"{board['cpu_ms_per_frame']:.1f}", f"{board['throttled_share']:.2f}",
+                f"{board['cpu_ms_per_frame']:.1f}", f"{board['busy']:.2f}",
+                f"{board['throttled_share']:.2f}",
                 f"{board['kb_in_per_frame']:.0f} / {board['kb_out_per_frame']:.0f}",
                 f"{board['rss_ready_mb']:.0f} / {board['rss_peak_mb']:.0f}",
             ))
@@ -243,12 +244,13 @@ def markdown(summaries: list[Summary], notes: list[str], images: dict[str, str])
                   table(("layout", "plan", "predicted frames/s", "measured", "error"),
                         predicted)]
     parts += [
-        "Each board during the throughput phase (medians over rounds): CPU per frame from its "
-        "cgroup, the share of CFS periods in which its quota ran out, KB per frame on its "
-        "link (to / from the board, headers included) and resident memory at ready / peak "
-        "while frames flowed:",
-        table(("layout", "board", "stage", "CPU ms/frame", "throttled", "link KB in / out",
-               "RSS MB ready / peak"), board_rows),
+        "Each board during the throughput phase (medians over rounds): its daemon's CPU per "
+        "frame (all threads), the share of the board's quota the daemon used (1.00: the board "
+        "never waited), the share of CFS periods in which the board's quota ran out, KB per "
+        "frame on its link (to / from the board, headers included) and the daemon's resident "
+        "memory at ready / peak while frames flowed:",
+        table(("layout", "board", "stage", "CPU ms/frame", "busy", "throttled",
+               "link KB in / out", "RSS MB ready / peak"), board_rows),
         f"![CPU per frame]({images['cpu']})",
         "Every layout: what the broker read and wrote per frame (its link's load), the CPU "
         "spent outside the quotas per frame by mosquitto and by the camera's process, how busy "
