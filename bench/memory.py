@@ -29,8 +29,8 @@ from aiotedge.nodes.camera import read_photo
 from bench.benchdoc import table, write_section
 from bench.cluster.layouts import split_model
 from bench.cluster.measure import process_cpu_seconds
-from bench.reliability.procfs import sample
 from bench.reliability.harness import child_env
+from bench.reliability.procfs import sample
 from bench.stagerun import Daemon, StageRun
 from tests.conftest import SHARED_IMAGES, SHARED_MODEL
 

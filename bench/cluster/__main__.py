@@ -176,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     images = {"throughput": args.out / "throughput.png", "cpu": args.out / "cpu.png"}
     report.plot_throughput(images["throughput"], summaries)
     report.plot_cpu(images["cpu"], summaries)
-    notes = [describe_setup(args, calibration, count, cpu, loads, minutes), *notes]
+    notes = [describe_setup(args, calibration, count=count, cpu=cpu, loads=loads,
+                            minutes=minutes), *notes]
     relative = {key: os.path.relpath(path, BENCHMARKS.parent) for key, path in images.items()}
     body = report.markdown(summaries, notes, relative)
     print(body)
@@ -185,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def describe_setup(args: argparse.Namespace, calibration: str, count: int, cpu: float,
+def describe_setup(args: argparse.Namespace, calibration: str, *, count: int, cpu: float,
                    loads: list[float], minutes: float) -> str:
     link = (f"each in its own network namespace with a {args.link_mbps:g} Mbit/s link (tbf "
             "both ways) to the broker" if args.link_mbps > 0 else "all on loopback")

@@ -85,9 +85,9 @@ def with_replicas(strategy: str, split: Path, replicas: Sequence[int],
 
 def split_model(model: Path, stages: int, out: Path) -> Path:
     """The planner's balanced cuts into `stages` segments (cached in `out`)."""
-    if not (out / MANIFEST_NAME).exists():
-        if convert(["split", str(model), "--stages", str(stages), "--out", str(out)]):
-            raise LayoutError(f"aiotedge-convert split {model} --stages {stages} failed")
+    argv = ["split", str(model), "--stages", str(stages), "--out", str(out)]
+    if not (out / MANIFEST_NAME).exists() and convert(argv):
+        raise LayoutError(f"aiotedge-convert split {model} --stages {stages} failed")
     return out
 
 

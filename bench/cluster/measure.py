@@ -199,7 +199,8 @@ class Cluster:
             busy, total = (b - a for a, b in zip(machine, machine_jiffies(), strict=True))
             peaks = memory.stop()
             after = self._snapshot(run, boards, broker.pid, pids)
-        return _result(layout, arrivals, lone, in_flight, before, after, seconds=seconds,
+        return _result(layout, arrivals, lone, in_flight=in_flight, before=before, after=after,
+                       seconds=seconds,
                        machine_busy=busy / max(1, total),
                        ready=ready, peaks=peaks, loads=(load_before, os.getloadavg()[0]),
                        seed=seed, cpu=self.cpu)
@@ -262,8 +263,8 @@ def steady_fps(arrivals: list[Arrival], in_flight: int) -> float:
     return (len(middle) - 1) / (middle[-1] - middle[0])
 
 
-def _result(layout: Layout, arrivals: list[Arrival], lone: list[Arrival], in_flight: int,
-            before: _Snapshot, after: _Snapshot, *, seconds: float, machine_busy: float,
+def _result(layout: Layout, arrivals: list[Arrival], lone: list[Arrival], *, in_flight: int,
+            before: _Snapshot, after: _Snapshot, seconds: float, machine_busy: float,
             ready: dict[str, float],
             peaks: dict[str, float], loads: tuple[float, float], seed: int,
             cpu: float) -> RunResult:

@@ -134,9 +134,9 @@ def plot_throughput(path: Path, summaries: list[Summary]) -> None:
     most = max(s.boards for s in summaries)
     figure, axes = plt.subplots(figsize=(7, 4.5))
     boards = list(range(1, most + 1))
-    axes.plot(boards, [n * base.fps.median for n in boards], "k--", lw=1, label="1 × N")
+    axes.plot(boards, [n * base.fps.median for n in boards], "k--", lw=1, label="1 x N")
     axes.plot(boards, [0.95 * n * base.fps.median for n in boards], "k:", lw=1,
-              label="0.95 × N (the goal)")
+              label="0.95 x N (the goal)")
     for strategy in dict.fromkeys(s.strategy for s in summaries if s.strategy != ONE_BOARD):
         points = [base, *sorted((s for s in summaries if s.strategy == strategy),
                                 key=lambda s: s.boards)]
