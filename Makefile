@@ -23,7 +23,7 @@ TEST_APT := mosquitto mosquitto-clients openssl libsystemd-dev pkg-config gcc py
 	ffmpeg python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-rtsp gstreamer1.0-plugins-base \
 	gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
 
-.PHONY: demo test lint deps-demo deps-test venv clean
+.PHONY: demo test lint deps-demo deps-test venv clean bench-cluster deps-bench
 
 demo: deps-demo $(VENV)/.demo-installed
 	@if [ ! -f "$(MODEL)" ]; then \
@@ -44,6 +44,19 @@ test: deps-test $(VENV)/.test-installed
 reliability: deps-test $(VENV)/.test-installed
 	$(BIN)/python -m bench.reliability
 
+# The emulated Raspberry Pi cluster (root: cgroup CPU quotas and network namespaces; where they
+# are not permitted it says why and skips): pipeline, replicas and the planner's plan on 1 to 5
+# boards; then a stage hop against the raw broker, and where a daemon's memory goes. Writes
+# docs/cluster/ and sections of docs/benchmarks.md (about 25 minutes; on a quiet machine).
+# BENCH_CLUSTER_ARGS adds options, e.g. BENCH_CLUSTER_ARGS="--cpu 0.2 --link-mbps 100".
+BENCH_APT := iproute2 ethtool
+BENCH_CLUSTER_ARGS ?=
+bench-cluster: deps-test deps-bench $(VENV)/.test-installed
+	$(BIN)/python -m bench.cluster --model "$(MODEL)" --images "$(IMAGES)" --write-docs \
+	  $(BENCH_CLUSTER_ARGS)
+	$(BIN)/python -m bench.hop --model "$(MODEL)" --images "$(IMAGES)" --write-docs
+	$(BIN)/python -m bench.memory --model "$(MODEL)" --images "$(IMAGES)" --write-docs
+
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check .
 
@@ -53,6 +66,9 @@ deps-demo:
 
 deps-test:
 	@scripts/apt-ensure.sh $(TEST_APT)
+
+deps-bench:
+	@scripts/apt-ensure.sh $(BENCH_APT)
 
 venv: $(BIN)/python
 

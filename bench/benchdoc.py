@@ -32,11 +32,12 @@ def command_line(program: str | None = None) -> str:
     return " ".join(shlex.quote(a) for a in [program or f"python {sys.argv[0]}", *sys.argv[1:]])
 
 
-def write_section(heading: str, body: str) -> None:
-    """Replace (or append) `## heading` in docs/benchmarks.md with `body`."""
+def write_section(heading: str, body: str, program: str | None = None) -> None:
+    """Replace (or append) `## heading` in docs/benchmarks.md with `body`; `program` names
+    the command as `command_line` takes it."""
     text = BENCHMARKS.read_text() if BENCHMARKS.exists() else PREAMBLE
     section = (
-        f"## {heading}\n\n`{command_line()}` on {machine()}\n\n{body.strip()}\n\n"
+        f"## {heading}\n\n`{command_line(program)}` on {machine()}\n\n{body.strip()}\n\n"
     )
     pattern = re.compile(rf"^## {re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
     if pattern.search(text):

@@ -85,12 +85,12 @@ def test_a_process_runs_in_its_cgroup_under_its_own_pid():
                             .read_text().split()}
 
 
-@pytest.mark.parametrize(("cpu", "period_us"), [(0.2, boards.DEFAULT_PERIOD_US), (0.5, 100_000),
-                                                (1.5, 20_000)])
+@pytest.mark.parametrize(("cpu", "period_us"), [(0.2, None), (0.5, 100_000), (1.5, 20_000)])
 def test_the_quota_file_holds_what_was_asked(cpu, period_us):
     cgroups = need("cpu")
-    quota_us = round(cpu * period_us)
     with boards.Board("t-quota", cpu, period_us=period_us) as board:
+        period_us = period_us or board.period_us
+        quota_us = round(cpu * period_us)
         directory = cgroups.cpu_root / board.cgroup
         if cgroups.version == 2:
             assert (directory / "cpu.max").read_text().split() == [str(quota_us), str(period_us)]
@@ -98,6 +98,26 @@ def test_the_quota_file_holds_what_was_asked(cpu, period_us):
             assert int((directory / "cpu.cfs_quota_us").read_text()) == quota_us
             assert int((directory / "cpu.cfs_period_us").read_text()) == period_us
         assert board.quota() == (quota_us, period_us)
+
+
+@pytest.mark.parametrize(("cpu", "period_us"), [(0.2, 5_000), (0.05, 20_000), (0.3, 3_334),
+                                                (1.5, 1_000)])
+def test_the_default_period_is_the_shortest_the_kernel_takes(cpu, period_us):
+    board = boards.Board("t-period", cpu)
+    assert (board.period_us, board.quota_us) == (period_us, max(1_000, round(cpu * period_us)))
+
+
+def test_the_idle_filler_runs_in_the_board_on_its_cpu_at_the_lowest_priority():
+    cgroups = need("cpu")
+    with boards.Board("t-fill", 0.3, on_cpu=0) as board:
+        filler = board.fill_idle()
+        deadline = time.monotonic() + 10
+        while os.sched_getscheduler(filler.pid) != os.SCHED_IDLE:
+            assert time.monotonic() < deadline, "the filler never became SCHED_IDLE"
+            time.sleep(0.01)
+        assert cpu_cgroup_of(filler.pid, cgroups) == f"/{board.cgroup}"
+        assert os.sched_getaffinity(filler.pid) == {0}
+    assert gone(filler.pid)
 
 
 def test_a_quota_under_the_kernels_minimum_is_refused():

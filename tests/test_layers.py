@@ -103,3 +103,20 @@ def test_the_board_side_loads_neither_tensorflow_nor_the_converter_nor_camera_li
                           timeout=120, check=True)
     assert "LOADED []" in done.stdout, done.stdout
     assert "usage: aiotedge stage" in done.stdout
+
+
+STAGE_DAEMON = """
+import sys
+from aiotedge.cli import build_parser
+import aiotedge.nodes.stage
+build_parser()
+print("SCHEMA LOADED", "ai_edge_litert.schema_py_generated" in sys.modules)
+"""
+
+
+def test_a_stage_daemon_does_not_load_the_tflite_schema():
+    """The generated flatbuffer schema (about 6 MB resident) cuts and profiles models; a board
+    serving its segment never needs it, and a Pi's memory is the daemon's budget."""
+    done = subprocess.run([sys.executable, "-c", STAGE_DAEMON], capture_output=True, text=True,
+                          timeout=120, check=True)
+    assert "SCHEMA LOADED False" in done.stdout, done.stdout

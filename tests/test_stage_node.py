@@ -49,6 +49,8 @@ class FakeSegment:
         self.output = np.arange(np.prod(spec.output.shape), dtype=np.uint8).reshape(
             spec.output.shape)
         self.inputs: list[np.ndarray] = []
+        #: the name of the thread each input was computed on
+        self.threads: list[str] = []
         self.running = threading.Semaphore(0)
         self._gate = threading.Event()
         self._gate.set()
@@ -61,6 +63,7 @@ class FakeSegment:
 
     def run(self, tensor: np.ndarray) -> np.ndarray:
         self.inputs.append(tensor)
+        self.threads.append(threading.current_thread().name)
         self.running.release()
         assert self._gate.wait(TIMEOUT)
         return self.output
@@ -77,6 +80,8 @@ class FakeSession:
         self.acked: list[int] = []
         self.refused = self.unrouted = self.unacknowledged = self.reconnects = 0
         self.last_problem = None
+        #: what input_waiting() answers: whether a message waits unread on the connection
+        self.waiting = False
 
     def subscribe(self, topic, handler, qos=1, share_group=None) -> None:
         self.handler = handler
@@ -93,6 +98,9 @@ class FakeSession:
 
     def ack(self, message: mqtt.MQTTMessage) -> None:
         self.acked.append(message.mid)
+
+    def input_waiting(self) -> bool:
+        return self.waiting
 
     def announce(self, topic: str, payload: str) -> None:
         self.published.put((topic, payload))
@@ -139,6 +147,14 @@ def photo_frame(frame_id: str) -> bytes:
     out = io.BytesIO()
     Image.new("RGB", (8, 8), (200, 10, 10)).save(out, format="PNG")
     return encode_frame(Frame(frame_id, "cam", 0, 1.0, image=out.getvalue()))
+
+
+def deliver(session: FakeSession, msg: mqtt.MQTTMessage) -> None:
+    """Hand a message to the node as paho would: on a network thread of its own."""
+    network = threading.Thread(target=session.handler, args=(msg,), name="network")
+    network.start()
+    network.join(TIMEOUT)
+    assert not network.is_alive()
 
 
 def test_a_photo_is_preprocessed_run_and_forwarded_to_the_next_stage_acknowledging_its_input():
@@ -193,6 +209,32 @@ def test_a_rejected_message_gets_an_error_event_and_is_acknowledged_at_once():
     assert session.acked == [bad.mid]
     assert node.counters.get("rejected") == 1
     assert session.forwarded.empty()
+
+
+def test_a_qos1_frame_at_an_idle_stage_is_computed_on_the_network_thread():
+    node, session, segment = node_for(1)
+    source = message("aiotedge-frames/unit/stage/1", activation("i-1"))
+    deliver(session, source)
+    forwarded = session.forwarded.get_nowait()  # before the network thread was given it back
+    node.stop()
+    assert forwarded[2] == source.mid
+    assert segment.threads == ["network"]
+
+
+def test_once_a_message_waits_behind_a_frame_the_next_ones_go_to_the_worker():
+    node, session, segment = node_for(1)
+    session.waiting = True  # something arrived while the network thread computed
+    sources = [message("aiotedge-frames/unit/stage/1", activation(f"w-{n}")) for n in range(3)]
+    deliver(session, sources[0])
+    segment.hold()
+    deliver(session, sources[1])
+    assert segment.running.acquire(timeout=TIMEOUT) and segment.running.acquire(timeout=TIMEOUT)
+    deliver(session, sources[2])  # while w-1 is being computed by the worker
+    segment.release()
+    answered = [session.forwarded.get(timeout=TIMEOUT)[2] for _ in sources]
+    node.stop()
+    assert answered == [source.mid for source in sources]
+    assert segment.threads == ["network", "inference", "inference"]
 
 
 def test_at_qos0_a_full_queue_drops_the_oldest_waiting_frame():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -61,7 +62,7 @@ class TensorSpec:
             itemsize = np.dtype(self.dtype).itemsize
         except TypeError:
             return 0
-        return int(np.prod(self.shape, dtype=np.int64)) * itemsize
+        return math.prod(self.shape) * itemsize
 
     def dequantize(self, values: np.ndarray) -> np.ndarray:
         """Real values of a tensor of this spec (identity for float tensors)."""

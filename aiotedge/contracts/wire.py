@@ -18,7 +18,7 @@ import numpy as np
 
 from aiotedge.contracts.codec import check_codec, compress, decompress
 from aiotedge.contracts.errors import WireError
-from aiotedge.contracts.tensors import TensorSpec
+from aiotedge.contracts.tensors import WIRE_DTYPES, TensorSpec
 
 WIRE_VERSION = 1
 MAX_ID_LENGTH = 128
@@ -55,6 +55,8 @@ _UNPACK_LIMITS = {
 #: `shape`. The length limits bound each container, not how many a message nests: 8 MB of
 #: empty maps in arrays of 64 would still be 8 million dicts.
 MAX_CONTAINERS = MAX_TRACE_HOPS + 4
+#: a dtype's name as the wire writes it (numpy works `dtype.name` out anew on every call)
+_DTYPE_NAMES = {np.dtype(name): name for name in WIRE_DTYPES}
 
 
 @dataclass(frozen=True)
@@ -116,7 +118,7 @@ def encode_frame(frame: Frame, codec: str | None = None) -> bytes:
         tensor = np.ascontiguousarray(frame.tensor)
         data = tensor.reshape(-1).view(np.uint8).data
         message["tensor"] = {
-            "dtype": tensor.dtype.name,
+            "dtype": _DTYPE_NAMES.get(tensor.dtype) or tensor.dtype.name,
             "shape": list(tensor.shape),
             "scale": frame.scale,
             "zero_point": frame.zero_point,
@@ -308,17 +310,15 @@ def _is_timestamp(value: float) -> bool:
 def _parse_trace(trace: list[Any]) -> list[Hop]:
     hops = []
     for entry in trace:
-        valid = (
-            isinstance(entry, list)
-            and len(entry) == 3
-            and type(entry[0]) is int
-            and entry[0] >= 0
-            and all(type(t) in (int, float) and _is_timestamp(t) for t in entry[1:])
-        )
-        if not valid:
+        if not (isinstance(entry, list) and len(entry) == 3 and type(entry[0]) is int
+                and entry[0] >= 0 and _is_time_value(entry[1]) and _is_time_value(entry[2])):
             raise WireError(f"trace entry {_quote(entry)} is not [stage, received, done]")
         hops.append(Hop(entry[0], float(entry[1]), float(entry[2])))
     return hops
+
+
+def _is_time_value(value: Any) -> bool:
+    return type(value) in (int, float) and _is_timestamp(value)
 
 
 def _parse_image(message: dict[str, Any]) -> bytes:
@@ -363,7 +363,7 @@ def _parse_tensor(message: dict[str, Any], expected: TensorSpec) -> np.ndarray:
         raise WireError(
             f"tensor data has {len(data)} bytes, the stage input needs {expected.nbytes}"
         )
-    values = np.frombuffer(data, dtype=np.dtype(dtype)).reshape(expected.shape)
+    values = np.frombuffer(data, dtype=dtype).reshape(expected.shape)
     # a non-finite activation only spreads: the prediction's scores would be NaN, not JSON
     if values.dtype.kind == "f" and not np.isfinite(values).all():
         raise WireError("tensor data holds NaN or infinite values")

@@ -8,6 +8,7 @@ stops, with a Last Will so the broker says `offline` for a node that died.
 from __future__ import annotations
 
 import logging
+import select
 import socket
 import ssl
 import sys
@@ -212,6 +213,20 @@ class MqttSession:
         mid, input_qos = source.mid, source.qos
         self.publish_confirmed(topic, payload, qos,
                                lambda _refused: self._client.ack(mid, input_qos))
+
+    def input_waiting(self) -> bool:
+        """Whether bytes from the broker wait to be read: a message arrived meanwhile."""
+        sock = self._client.socket()
+        if sock is None:
+            return False
+        pending = getattr(sock, "pending", None)  # what TLS decrypted but nobody read yet
+        if pending is not None and pending():
+            return True
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+        except (OSError, ValueError, TypeError):  # closed meanwhile
+            return False
+        return bool(readable)
 
     @property
     def unacknowledged(self) -> int:

@@ -1,8 +1,13 @@
 """A stage daemon: take a frame from the broker, run this board's segment, pass the result on.
 
-Two threads, so network I/O and inference never wait for each other: paho's network thread
-only measures and queues incoming messages (`_on_message`); the inference worker decodes,
-invokes the segment and publishes (`_handle`). The queue between them is bounded.
+Two threads, so that under load network I/O and inference do not wait for each other: paho's
+network thread measures and queues incoming messages (`_on_message`); the inference worker
+decodes, invokes the segment and publishes (`_process`). The queue between them is bounded.
+A QoS 1 frame that finds the stage idle (nothing queued or being computed, and no message
+waiting behind it on the connection) is computed on the network thread instead: handing it
+to a sleeping worker, and its result back to a sleeping network thread, would cost two thread
+wake-ups per hop. Once a message arrived meanwhile, frames go through the queue again until
+it runs dry, so at most one frame's inference ever holds the network thread.
 `run_stage` owns the daemon's life: config to running node, announced, until told to stop.
 """
 
@@ -79,6 +84,13 @@ class StageNode:
         self._recent = RecentIds()
         self._stopping = threading.Event()
         self._queue: queue.Queue[_QueuedMessage | None] = queue.Queue(self.settings.queue_size)
+        #: held while the network thread computes a frame itself; stop() waits for it
+        self._inline = threading.Lock()
+        #: when the frame on the network thread started (monotonic), for the watchdog
+        self._inline_since: float | None = None
+        #: a message arrived while the network thread computed one: use the worker until
+        #: its queue runs dry
+        self._loaded = False
         self._worker = threading.Thread(target=self._run_worker, name="inference", daemon=True)
         self._reporter = threading.Thread(target=self._report_stats, name="stats", daemon=True)
 
@@ -119,6 +131,8 @@ class StageNode:
         them for this node's next start (or, for a replica, its next connection).
         """
         self._stopping.set()
+        with self._inline:  # a frame being computed on the network thread is finished first
+            pass
         try:
             self._queue.put(None, timeout=timeout)
         except queue.Full:
@@ -176,6 +190,9 @@ class StageNode:
             )
             return
         if message.qos > 0:
+            if not self._loaded and self._queue.unfinished_tasks == 0:
+                self._process_inline(message, received)
+                return
             # Receive Maximum keeps the broker within the queue's size, but mosquitto 2.0
             # overshoots it after acknowledgements: wait for room rather than lose a frame.
             while not self._stopping.is_set():
@@ -200,6 +217,7 @@ class StageNode:
             oldest = self._queue.get_nowait()
         except queue.Empty:
             return
+        self._queue.task_done()
         if oldest is None:  # stopping: keep the sentinel last
             self._queue.put_nowait(None)
             return
@@ -211,12 +229,26 @@ class StageNode:
 
     # -- inference worker -----------------------------------------------------------------
 
+    def _process_inline(self, message: mqtt.MQTTMessage, received: float) -> None:
+        """Compute a frame on the network thread: the worker is idle and nothing is queued,
+        and only this thread queues, so the two never run the segment at once."""
+        with self._inline:
+            if self._stopping.is_set():
+                return  # unacknowledged: the broker delivers it again after the restart
+            self._inline_since = time.monotonic()
+            try:
+                self._process(message, received)
+            finally:
+                self._inline_since = None
+            self._loaded = self.session.input_waiting()
+
     def _run_worker(self) -> None:
-        """Pings the systemd watchdog between frames: a hung invoke stops the pings."""
+        """Pings the systemd watchdog between frames: a hung invoke stops the pings (on the
+        network thread too)."""
         ping_every = systemd.watchdog_interval()
         next_ping = 0.0
         while True:
-            if ping_every and time.monotonic() >= next_ping:
+            if ping_every and time.monotonic() >= next_ping and not self._inline_hung(ping_every):
                 systemd.notify("WATCHDOG=1")
                 next_ping = time.monotonic() + ping_every
             try:
@@ -225,34 +257,45 @@ class StageNode:
                 continue
             if item is None:
                 return
-            message, received = item
-            frame_id = None
-            taken = time.perf_counter()
             try:
-                frame = self._decode(message.payload)
-                frame_id = frame.frame_id
-                if self._recent.seen(f"{frame_id}#{frame.attempt}"):
-                    self.counters.add("duplicates")
-                    log.info("dropped a duplicate of %s", frame_id)
-                    self.session.ack(message)
-                    continue
-                self._handle(message, frame, received)
-            except WireError as exc:
-                self._reject(message, exc.reason, exc.frame_id)
-            except (ImageError, UnusableOutputError) as exc:
-                self._reject(message, str(exc), frame_id)
-            except Exception as exc:  # the daemon outlives any single frame
-                log.exception("frame %s failed", frame_id)
-                self._reject(message, f"internal error: {exc!r}", frame_id)
-            self.stats.service.add(time.perf_counter() - taken)
+                self._process(*item)
+            finally:
+                if self._queue.empty():  # ran dry: the next frame may go on the network thread
+                    self._loaded = False
+                self._queue.task_done()
+
+    def _inline_hung(self, ping_every: float) -> bool:
+        started = self._inline_since
+        return started is not None and time.monotonic() - started > ping_every
+
+    def _process(self, message: mqtt.MQTTMessage, received: float) -> None:
+        """Decode, drop a duplicate, compute and forward one frame; refuse what is bad."""
+        frame_id = None
+        taken = time.perf_counter()
+        try:
+            frame = self._decode(message.payload)
+            frame_id = frame.frame_id
+            if self._recent.seen(f"{frame_id}#{frame.attempt}"):
+                self.counters.add("duplicates")
+                log.info("dropped a duplicate of %s", frame_id)
+                self.session.ack(message)
+                return
+            self._handle(message, frame, received)
+        except WireError as exc:
+            self._reject(message, exc.reason, exc.frame_id)
+        except (ImageError, UnusableOutputError) as exc:
+            self._reject(message, str(exc), frame_id)
+        except Exception as exc:  # the daemon outlives any single frame
+            log.exception("frame %s failed", frame_id)
+            self._reject(message, f"internal error: {exc!r}", frame_id)
+        self.stats.service.add(time.perf_counter() - taken)
 
     def _handle(self, message: mqtt.MQTTMessage, frame: Frame, received: float) -> None:
         tensor = self._input_tensor(frame)
         started = time.perf_counter()
         output = self.segment.run(tensor)
-        self.stats.inference.add(time.perf_counter() - started)
+        inference = time.perf_counter() - started
         hop = Hop(self.index, received, time.time())
-        self.stats.latency.add(max(0.0, hop.done - frame.captured_at))
         if self.is_last:
             top = top_k(output, self.spec.output, self.manifest, self.settings.top_k)
             if not all(math.isfinite(score.score) for score in top):
@@ -262,9 +305,13 @@ class StageNode:
         else:
             payload = encode_frame(frame.with_tensor(output, self.spec.output, hop),
                                    self.spec.output_codec)
-        self.session.forward(self.output_topic, payload, self.qos, message)
+        self.stats.inference.add(inference)
+        self.stats.latency.add(max(0.0, hop.done - frame.captured_at))
         self.counters.add("frames_out")
         self.counters.add("bytes_out", len(payload))
+        # last: a frame computed on the network thread goes out once this thread is back in
+        # paho's loop
+        self.session.forward(self.output_topic, payload, self.qos, message)
 
     def _input_tensor(self, frame: Frame) -> np.ndarray:
         if frame.image is not None:

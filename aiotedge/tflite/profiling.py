@@ -55,10 +55,7 @@ from aiotedge.contracts.profile import (
 from aiotedge.contracts.tensors import TensorSpec
 from aiotedge.contracts.wire import Frame, Hop, decode_activation, decode_photo, encode_frame
 from aiotedge.media.image import decode_image, default_preprocessing, preprocess
-from aiotedge.tflite.flatbuffer import pack_model
-from aiotedge.tflite.graph import load_graph
 from aiotedge.tflite.runtime import interpreter_class
-from aiotedge.tflite.segments import extract_segment
 
 log = logging.getLogger(__name__)
 
@@ -289,6 +286,12 @@ def measure_profile(
     whose encoding and compression are measured are computed from it. `transport` measures
     MQTT publish/receive costs; without it the profile has none (codec costs only).
     """
+    # Here, not at the top: the `aiotedge` command imports this module, and a stage daemon
+    # must not carry the TFLite schema these load (about 6 MB) for nothing.
+    from aiotedge.tflite.flatbuffer import pack_model
+    from aiotedge.tflite.graph import load_graph
+    from aiotedge.tflite.segments import extract_segment
+
     if runs < 1 or warmup < 0 or rounds < 1:
         raise ProfileError("--runs and --rounds must be at least 1, --warmup at least 0")
     model_path = Path(model_path)

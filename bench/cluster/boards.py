@@ -20,6 +20,7 @@ import fcntl
 import functools
 import itertools
 import logging
+import math
 import os
 import re
 import shlex
@@ -42,10 +43,8 @@ log = logging.getLogger(__name__)
 PREFIX = "aiotedge-bench"  # run cgroups and netns: aiotedge-bench-<pid>[-<board>]
 VETH_PREFIX = "aeb"  # interface names hold 15 characters at most: aeb<pid>-<serial>
 SUBNET = "10.213"  # board link N: SUBNET.N.1 on the root (broker) side, SUBNET.N.2 in its netns
-# 10 ms rather than the kernel's 100 ms: a stage's frame takes a few ms of CPU, and with a long
-# period it would run at full speed on a fresh budget, then stall, unlike a slower board.
-DEFAULT_PERIOD_US = 10_000
 MIN_QUOTA_US = 1_000  # the kernel refuses shorter quotas
+MIN_PERIOD_US = 1_000  # and shorter periods
 NET_FEATURES = ("netns", "veth", "tbf", "ethtool")
 NET_DEVICES = Path("/sys/class/net")
 
@@ -209,6 +208,15 @@ class Calibration:
     check_seconds: float
 
 
+def shortest_period_us(cpu: float) -> int:
+    """The shortest CFS period at which `cpu` core is a quota the kernel takes (1 ms at least).
+
+    Short, as a board that was idle runs its whole first quota at full speed before the quota
+    bites: a stage's frame takes a few ms of CPU, and with the kernel's 100 ms period it would
+    run at full speed and then stall, unlike a slower board. At 0.2 core: 1 ms every 5 ms."""
+    return max(MIN_PERIOD_US, math.ceil(MIN_QUOTA_US / cpu))
+
+
 class Board:
     """One emulated board: a cgroup with a CPU quota and, given a link, its own network namespace.
 
@@ -217,13 +225,17 @@ class Board:
     """
 
     def __init__(self, name: str, cpu: float, link: Link | None = None, *,
-                 period_us: int = DEFAULT_PERIOD_US) -> None:
+                 period_us: int | None = None, on_cpu: int | None = None) -> None:
         if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,31}", name):
             raise ValueError(f"board name {name!r}: use up to 32 of a-z 0-9 _ -")
         self.name = name
         self.cpu = cpu
         self.link = link
-        self.period_us = period_us
+        #: the one CPU the board's processes run on (taskset), if given: a board is then a
+        #: share of one core, its threads never run side by side, and fill_idle's loop gives
+        #: way to them (a lowest-priority task only yields to others on its own CPU)
+        self.on_cpu = on_cpu
+        self.period_us = period_us = period_us or shortest_period_us(cpu)
         self.quota_us = round(cpu * period_us)
         if self.quota_us < MIN_QUOTA_US:
             raise ValueError(f"{cpu} core over {period_us} µs is a quota under the kernel's "
@@ -290,11 +302,13 @@ class Board:
 
     def command(self, argv: Sequence[str]) -> list[str]:
         """argv wrapped to run inside this board under one pid: a shell writes its own pid into
-        the cgroup, then execs `ip netns exec NETNS argv` (or argv). The cgroup comes first as
-        `ip netns exec` remounts /sys, which hides the cgroup files; a wrapper rather than
-        Popen's preexec_fn, which is unsafe in a process with threads (a bench's MQTT clients)."""
+        the cgroup, then execs `taskset -c CPU` (given on_cpu), `ip netns exec NETNS` (given a
+        link) and argv. The cgroup comes first as `ip netns exec` remounts /sys, which hides the
+        cgroup files; a wrapper rather than Popen's preexec_fn, which is unsafe in a process
+        with threads (a bench's MQTT clients)."""
+        pin = ["taskset", "-c", str(self.on_cpu)] if self.on_cpu is not None else []
         netns = ["ip", "netns", "exec", self.netns] if self.netns else []
-        return _enter_argv(self._set_up().procs_files(self.cgroup), [*netns, *argv])
+        return _enter_argv(self._set_up().procs_files(self.cgroup), [*pin, *netns, *argv])
 
     def popen(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen:
         """Start argv inside this board (subprocess.Popen's keywords apply); it is killed when
@@ -302,6 +316,15 @@ class Board:
         proc = subprocess.Popen(self.command(argv), **kwargs)
         self._procs.append(proc)
         return proc
+
+    def fill_idle(self) -> subprocess.Popen:
+        """Keep the board's quota in use while its other processes wait: a busy loop at the
+        lowest priority (SCHED_IDLE), which any of them on its CPU preempts at once (so give
+        the board on_cpu). A frame that arrives after a pause then runs at the quota's rate
+        from its start, as on a slower CPU, rather than at full speed until the period's unused
+        quota runs out. The board's CPU counters then include the loop's time; a process's own
+        is in /proc/PID/stat."""
+        return self.popen([sys.executable, "-c", _FILL_IDLE])
 
     def cpu_stats(self) -> CpuStats:
         return self._set_up().stats(self.cgroup)
@@ -624,7 +647,7 @@ def _alive(pid: int) -> bool:
 
 
 def calibrate(argv: Sequence[str], target_seconds: float, *, probe_fraction: float = 0.5,
-              period_us: int = DEFAULT_PERIOD_US, timeout: float = 600.0) -> Calibration:
+              period_us: int | None = None, timeout: float = 600.0) -> Calibration:
     """The quota at which argv takes target_seconds per frame. argv prints its seconds per frame
     as the last word of its output. CPU-bound work slows in proportion to the quota, so one run
     at probe_fraction gives the fraction; a second run at that fraction checks it."""
@@ -635,7 +658,7 @@ def calibrate(argv: Sequence[str], target_seconds: float, *, probe_fraction: flo
 
 
 def seconds_per_frame(argv: Sequence[str], fraction: float, *,
-                      period_us: int = DEFAULT_PERIOD_US, timeout: float = 600.0) -> float:
+                      period_us: int | None = None, timeout: float = 600.0) -> float:
     """Run argv on a board of `fraction` core; the last word it prints, as seconds per frame."""
     with Board("calibrate", fraction, period_us=period_us) as board:
         proc = board.popen(argv, stdout=subprocess.PIPE, text=True)
@@ -647,6 +670,7 @@ def seconds_per_frame(argv: Sequence[str], fraction: float, *,
 
 # The self-test's workloads, run by the board's Python (`python -c CODE ARGS`).
 _SPIN = "while True: pass"
+_FILL_IDLE = "import os\nos.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\n" + _SPIN
 _FRAMES = """import sys, time
 def frame():
     total = 0

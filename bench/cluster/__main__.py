@@ -1,0 +1,220 @@
+"""An emulated cluster of Raspberry-Pi-class boards: pipeline, replicas and the planner's plan
+on 1 to N boards, as `make bench-cluster` runs it (root).
+
+    python -m bench.cluster [--boards 5] [--rounds 3] [--cpu 0.2 | --target-ms 72]
+                            [--link-mbps 1000] [--layout NAME=DIR[:R0,R1,..]] [--write-docs]
+
+Each stage daemon runs in a board of its own (bench/cluster/boards.py): a cgroup CPU quota
+calibrated so that the whole model takes --target-ms per frame there (or --cpu given), and a
+network namespace joined to the broker's by a veth pair shaped to --link-mbps. The broker, the
+camera (aiotedge's Camera in this process) and this bench run outside the quotas. For N = 1..
+--boards it measures the pure pipeline (the planner's balanced cuts into N stages), pure
+replicas (the whole model on N boards in one share group) and, where the converter has it,
+`aiotedge-convert plan --boards N`; a round runs every layout once, in order of N, and ratios
+are to the one-board run of the same round. Writes docs/cluster/cluster.json, the plots there,
+and (--write-docs) a section of docs/benchmarks.md. Everything it made is removed at the end;
+`python -m bench.cluster.boards --cleanup` removes what a killed run left.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+import time
+import tomllib
+from pathlib import Path
+
+from aiotedge.config.schema import CameraConfig, NodeConfig
+from aiotedge.contracts.errors import AiotedgeError
+from aiotedge.media.image import list_images
+from aiotedge.nodes.camera import read_photo
+from bench.benchdoc import BENCHMARKS, command_line, machine, write_section
+from bench.cluster import boards, layouts, report
+from bench.cluster.measure import Cluster, Phases, RunResult
+from tests.conftest import SHARED_IMAGES, SHARED_MODEL
+
+log = logging.getLogger("bench.cluster")
+HEADING = "Emulated cluster: pipeline, replicas and the planner's plan on 1 to N boards"
+PROGRAM = "python -m bench.cluster"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=PROGRAM, description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=SHARED_MODEL)
+    parser.add_argument("--images", type=Path, default=SHARED_IMAGES)
+    parser.add_argument("--boards", type=int, default=5, help="N = 1 to this many (5)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds over every layout (3)")
+    parser.add_argument("--strategies", default=",".join(layouts.STRATEGIES),
+                        help="which of pipeline,replicas,plan (all)")
+    parser.add_argument("--layout", action="append", default=[], metavar="NAME=DIR[:R0,R1,..]",
+                        help="also a layout given by hand: a split folder and boards per stage, "
+                             "or a plan's folder with one node config per board")
+    parser.add_argument("--profile", type=Path, help="board profile for the planner")
+    quota = parser.add_mutually_exclusive_group()
+    quota.add_argument("--cpu", type=float, help="each board's quota, cores (else calibrated)")
+    quota.add_argument("--target-ms", type=float, default=72.0,
+                       help="calibrate the quota so the whole model takes this per frame (72, a "
+                            "Raspberry Pi 4's range)")
+    parser.add_argument("--period-us", type=int,
+                        help="the quota's CFS period (the shortest the kernel takes for it)")
+    parser.add_argument("--no-idle-fill", action="store_true",
+                        help="leave a waiting board's quota unused (by default a lowest-"
+                             "priority loop uses it, so a frame after a pause is not run at "
+                             "full speed until the quota bites)")
+    parser.add_argument("--link-mbps", type=float, default=1000.0,
+                        help="each board's link, tbf each way; 0: no network namespaces, "
+                             "loopback (1000, a Pi 4's Ethernet)")
+    parser.add_argument("--frames-per-board", type=int, default=Phases.frames_per_board,
+                        help="frames of the throughput phase per board of the layout")
+    parser.add_argument("--lone-frames", type=int, default=Phases.lone_frames)
+    parser.add_argument("--in-flight-per-board", type=int,
+                        default=Phases.in_flight_per_board,
+                        help="frames without a result at most, per board")
+    parser.add_argument("--camera", default="", metavar="TOML",
+                        help="camera settings as TOML keys of [camera], e.g. 'fps = 0.0'")
+    parser.add_argument("--out", type=Path, default=BENCHMARKS.parent / "cluster",
+                        help="where the JSON and the plots go (docs/cluster)")
+    parser.add_argument("--write-docs", action="store_true",
+                        help="write the section of docs/benchmarks.md")
+    return parser.parse_args(argv)
+
+
+def why_not(link: bool) -> str | None:
+    if os.geteuid() != 0:
+        return "it needs root (cgroup CPU quotas and network namespaces)"
+    return boards.detect().why_not("cpu", *(boards.NET_FEATURES if link else ()))
+
+
+def camera_config(text: str) -> CameraConfig:
+    try:
+        values = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SystemExit(f"--camera {text!r}: not TOML: {exc}") from None
+    return NodeConfig().override("camera", source="bench", loop=True, **values).camera
+
+
+def make_layouts(args: argparse.Namespace, workdir: Path) -> tuple[list[layouts.Layout],
+                                                                   list[str]]:
+    """Every layout of a round, in order of boards, the one-board run first; and notes on
+    what could not be measured."""
+    wanted = args.strategies.split(",")
+    notes = []
+    if layouts.PLAN in wanted and not layouts.planner_available():
+        wanted.remove(layouts.PLAN)
+        notes.append("The planner's choice is not measured: this converter has no "
+                     "`aiotedge-convert plan MODEL --boards N` yet.")
+    chosen = [layouts.one_board(args.model, workdir)]
+    makers = {layouts.PIPELINE: layouts.pipeline, layouts.REPLICAS: layouts.replicas,
+              layouts.PLAN: lambda model, n, work: layouts.planned(model, n, work, args.profile)}
+    for count in range(2, args.boards + 1):
+        chosen += [makers[strategy](args.model, count, workdir) for strategy in wanted]
+    chosen += [layouts.given(text) for text in args.layout]
+    return chosen, notes
+
+
+def calibrate(args: argparse.Namespace) -> tuple[float, str]:
+    if args.cpu:
+        return args.cpu, f"{args.cpu:g} core per board, as given (--cpu)"
+    found = boards.calibrate(
+        [sys.executable, "-m", "bench.cluster.probe", str(args.model), "--frames", "20"],
+        args.target_ms / 1000, period_us=args.period_us)
+    return found.fraction, (
+        f"{found.fraction:.3f} core per board, calibrated: the whole model took "
+        f"{found.probe_seconds * 1000:.1f} ms per frame at {found.probe_fraction:g} core, so "
+        f"{args.target_ms:g} ms needs {found.fraction:.3f}; checked at that quota: "
+        f"{found.check_seconds * 1000:.1f} ms")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not args.model.is_file():
+        raise SystemExit(f"bench-cluster: no model at {args.model} (give --model)")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    for noisy in ("aiotedge", "bench.stagerun"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    link = boards.Link(args.link_mbps) if args.link_mbps > 0 else None
+    if reason := why_not(link is not None):
+        print(f"bench-cluster skipped: {reason}")
+        return 0
+    boards.cleanup_leftovers()
+    photos = [(path.name, read_photo(path)) for path in list_images(args.images)]
+    phases = Phases(lone_frames=args.lone_frames, frames_per_board=args.frames_per_board,
+                    in_flight_per_board=args.in_flight_per_board)
+    camera = camera_config(args.camera)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="aiotedge-cluster-") as work:
+        chosen, notes = make_layouts(args, Path(work))
+        cpu, calibration = calibrate(args)
+        log.info("%s", calibration)
+        count = max(layout.boards for layout in chosen)
+        if cpu * count > (os.cpu_count() or 1) - 0.5:
+            log.warning("%d boards of %.2f core leave less than half a core for the broker "
+                        "and the camera", count, cpu)
+        rounds: list[list[RunResult]] = []
+        with Cluster(count, cpu, link, period_us=args.period_us,
+                     fill_idle=not args.no_idle_fill) as cluster:
+            for number in range(args.rounds):
+                runs = []
+                for position, layout in enumerate(chosen):
+                    result = cluster.run(layout, photos, phases, seed=number * 100 + position,
+                                         camera=camera)
+                    log.info("round %d %-12s %-32s %6.1f frames/s, lone %6.1f ms, load %.1f",
+                             number + 1, layout.name, layout.describe(), result.fps,
+                             result.lone_latency_ms, result.load_after)
+                    runs.append(result)
+                rounds.append(runs)
+    minutes = (time.monotonic() - started) / 60
+    summaries = report.summarise(rounds)
+    loads = [run.load_after for runs in rounds for run in runs]
+    header = {"command": command_line(PROGRAM), "machine": machine(), "cpu": cpu,
+              "calibration": calibration, "link_mbps": args.link_mbps,
+              "phases": phases.__dict__, "minutes": minutes}
+    report.write_json(args.out / "cluster.json", header, rounds, summaries)
+    images = {"throughput": args.out / "throughput.png", "cpu": args.out / "cpu.png"}
+    report.plot_throughput(images["throughput"], summaries)
+    report.plot_cpu(images["cpu"], summaries)
+    notes = [describe_setup(args, calibration, count=count, cpu=cpu, loads=loads,
+                            minutes=minutes), *notes]
+    relative = {key: os.path.relpath(path, BENCHMARKS.parent) for key, path in images.items()}
+    body = report.markdown(summaries, notes, relative)
+    print(body)
+    if args.write_docs:
+        write_section(HEADING, body, PROGRAM)
+    return 0
+
+
+def describe_setup(args: argparse.Namespace, calibration: str, *, count: int, cpu: float,
+                   loads: list[float], minutes: float) -> str:
+    link = (f"each in its own network namespace with a {args.link_mbps:g} Mbit/s link (tbf "
+            "both ways) to the broker" if args.link_mbps > 0 else "all on loopback")
+    period = args.period_us or boards.shortest_period_us(cpu)
+    fill = (f"; board k pinned to CPU k mod {os.cpu_count()}, and a lowest-priority loop "
+            "uses what the daemon leaves of the quota, so a frame arriving after a pause runs at "
+            "the quota's rate from its start, as on a slower CPU, not at full speed until the "
+            "quota bites" if not args.no_idle_fill else
+            "; a board idle before a frame runs its first quota at full speed, so a lone "
+            "frame's short stages are slowed less than the quota says")
+    return (
+        f"`{args.model.name}`, {len(list_images(args.images))} photos (shuffled per run), "
+        f"1 interpreter thread per daemon. Boards: {calibration} (a quota of "
+        f"{round(cpu * period)} µs every {period} µs{fill}); {link}. Together the "
+        f"{count} boards' quotas are {cpu * count:.2f} of this machine's {os.cpu_count()} "
+        "cores; mosquitto, the camera (aiotedge's Camera, pacing itself by "
+        f"{args.in_flight_per_board} frames in flight per board) and the bench run outside "
+        "them on what is left. A quota is a ceiling, not a guarantee: the machine is shared, "
+        "so a busy moment slows a board below its quota (load average over the runs "
+        f"{min(loads):.1f} to {max(loads):.1f}). Each run: {args.lone_frames} lone frames, "
+        f"then {args.frames_per_board} frames per board for the throughput; {args.rounds} "
+        f"rounds, {minutes:.0f} minutes in all."
+    )
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except (AiotedgeError, layouts.LayoutError, boards.BoardError) as exc:
+        print(f"bench-cluster: {exc}", file=sys.stderr)
+        sys.exit(2)

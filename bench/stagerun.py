@@ -1,0 +1,244 @@
+"""Stage daemons against one broker, fed by aiotedge's Camera: one bounded run, for the benches.
+
+`StageRun` starts one `aiotedge stage` process per daemon (each may be wrapped, e.g. to run
+inside an emulated board, and may reach the broker at its own address), follows their
+availability, retained stats and the predictions, and feeds photos with the project's own
+Camera, pacing itself by the results in flight. Every wait is bounded; leaving the `with`
+block stops every process it started and removes its folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+
+from aiotedge.config.schema import BrokerConfig, CameraConfig
+from aiotedge.contracts.events import Prediction
+from aiotedge.contracts.topics import ONLINE, Topics
+from aiotedge.nodes.camera import Camera
+from aiotedge.nodes.session import MqttSession
+from bench.reliability.harness import child_env
+
+log = logging.getLogger(__name__)
+
+#: the longest a run waits for anything (daemons online, a frame's result, stats)
+WAIT_SECONDS = 120.0
+
+
+class RunError(RuntimeError):
+    """A daemon died or something awaited did not come in time; the message says which."""
+
+
+def aiotedge_command(_node: str) -> list[str]:
+    return [sys.executable, "-m", "aiotedge"]
+
+
+@dataclass(frozen=True)
+class Daemon:
+    """One stage daemon to start: which stage, in which share group, how and where.
+
+    `wrap` turns its argv into the one to run (inside a board: a cgroup and netns); `broker`
+    is the broker's address as seen from where it runs."""
+
+    node: str
+    stage: int
+    share_group: str = ""
+    wrap: Callable[[list[str]], list[str]] = list
+    broker: BrokerConfig | None = None
+
+
+@dataclass
+class Arrival:
+    """A prediction and when the camera's session got it (monotonic seconds)."""
+
+    at: float
+    prediction: Prediction
+
+
+@dataclass
+class _Seen:
+    online: set[str] = field(default_factory=set)
+    stats: dict[str, dict] = field(default_factory=dict)
+    arrivals: list[Arrival] = field(default_factory=list)
+
+
+class StageRun:
+    """A broker's worth of stage daemons and a camera; a context manager that cleans up."""
+
+    def __init__(self, manifest_dir: Path, daemons: Sequence[Daemon], broker: BrokerConfig, *,
+                 qos: int = 1, stats_interval: float = 1.0, threads: int = 1,
+                 command: Callable[[str], list[str]] = aiotedge_command,
+                 camera: CameraConfig | None = None, env: dict[str, str] | None = None) -> None:
+        self.manifest_dir = manifest_dir
+        self.daemons = list(daemons)
+        self.broker = broker
+        self.qos = qos
+        self.stats_interval = stats_interval
+        self.threads = threads
+        self.command = command
+        self.env = env
+        self.camera_options = camera or CameraConfig(source="bench", loop=True)
+        self.topics = Topics(f"bench{secrets.token_hex(3)}")
+        self.workdir = Path(tempfile.mkdtemp(prefix="aiotedge-bench-run-"))
+        self.processes: dict[str, subprocess.Popen] = {}
+        self._exit = ExitStack()
+        self._changed = threading.Condition()
+        self._seen = _Seen()
+        self._stopping = False
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def __enter__(self) -> StageRun:
+        with ExitStack() as stack:  # undone at once if any step fails
+            stack.callback(shutil.rmtree, self.workdir, ignore_errors=True)
+            self._connect()
+            stack.callback(self.session.stop)
+            stack.callback(self.stop_daemons)
+            for daemon in self.daemons:
+                self._spawn(daemon)
+            self.wait(lambda: {d.node for d in self.daemons} <= self._seen.online,
+                      "every stage online")
+            self._exit = stack.pop_all()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._exit.close()
+
+    def _connect(self) -> None:
+        self.session = MqttSession(self.broker, f"bench-{secrets.token_hex(4)}")
+        self.session.subscribe(self.topics.all_availability, self._on_availability, qos=1)
+        self.session.subscribe(self.topics.all_stats, self._on_stats, qos=0)
+        self.session.subscribe(self.topics.predictions, self._on_prediction, qos=1)
+        self.camera = Camera(self.session, self.topics, self.camera_options, self.qos)
+        self.session.start()
+        if not self.session.wait_connected(10):
+            raise RunError(f"cannot reach the broker at {self.broker}")
+
+    def _spawn(self, daemon: Daemon) -> None:
+        argv = [
+            *self.command(daemon.node), "stage",
+            "--manifest", str(self.manifest_dir),
+            "--stage", str(daemon.stage),
+            "--node", daemon.node,
+            "--broker", str(daemon.broker or self.broker),
+            "--pipeline", self.topics.pipeline,
+            "--qos", str(self.qos),
+            "--threads", str(self.threads),
+            "--stats-interval", f"{self.stats_interval:g}",
+            *(["--share-group", daemon.share_group] if daemon.share_group else []),
+        ]
+        with open(self.log_path(daemon.node), "ab") as out:
+            self.processes[daemon.node] = subprocess.Popen(
+                daemon.wrap(argv), stdout=out, stderr=subprocess.STDOUT,
+                env={**child_env(), **(self.env or {})})
+
+    def log_path(self, node: str) -> Path:
+        return self.workdir / f"{node}.log"
+
+    def stop_daemons(self, timeout: float = 20.0) -> None:
+        """SIGTERM every daemon (they finish their frames), SIGKILL those that outstay it."""
+        self._stopping = True
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for node, process in self.processes.items():
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop within %.0f s of SIGTERM; killing it", node, timeout)
+                process.kill()
+                process.wait()
+
+    def check_alive(self) -> None:
+        if self._stopping:
+            return
+        for node, process in self.processes.items():
+            if process.poll() is not None:
+                tail = self.log_path(node).read_text(errors="replace")[-1500:]
+                raise RunError(f"{node} exited with {process.returncode}:\n{tail}")
+
+    def wait(self, condition: Callable[[], bool], what: str,
+             timeout: float = WAIT_SECONDS) -> None:
+        """Wait until `condition` (called under the lock) holds; RunError after `timeout`."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not condition():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise RunError(f"no {what} within {timeout:.0f} s (logs in {self.workdir})")
+                self._changed.wait(min(left, 0.5))
+                self.check_alive()
+
+    # -- what the daemons say ---------------------------------------------------------------
+
+    def _on_availability(self, message: mqtt.MQTTMessage) -> None:
+        node = message.topic.rsplit("/", 1)[-1]
+        with self._changed:
+            if message.payload == ONLINE.encode():
+                self._seen.online.add(node)
+            else:
+                self._seen.online.discard(node)
+            self._changed.notify_all()
+
+    def _on_stats(self, message: mqtt.MQTTMessage) -> None:
+        try:
+            stats = json.loads(message.payload)
+        except ValueError:
+            return
+        with self._changed:
+            self._seen.stats[message.topic.rsplit("/", 1)[-1]] = stats
+            self._changed.notify_all()
+
+    def _on_prediction(self, message: mqtt.MQTTMessage) -> None:
+        at = time.monotonic()
+        prediction = Prediction.parse(message.payload)
+        if prediction is None:
+            return
+        with self._changed:
+            self._seen.arrivals.append(Arrival(at, prediction))
+            self._changed.notify_all()
+
+    def stats_after(self, unix_time: float) -> dict[str, dict]:
+        """Every daemon's stats as it published them after `unix_time` (waits for them)."""
+        nodes = [d.node for d in self.daemons]
+        self.wait(lambda: all(self._seen.stats.get(node, {}).get("timestamp", 0) > unix_time
+                              for node in nodes), "stats from every stage")
+        with self._changed:
+            return {node: self._seen.stats[node] for node in nodes}
+
+    # -- frames -----------------------------------------------------------------------------
+
+    def feed(self, photos: list[tuple[str, bytes]], frames: int, in_flight: int,
+             timeout: float = WAIT_SECONDS) -> list[Arrival]:
+        """Send `frames` photos (cycling), at most `in_flight` without a result; return their
+        predictions as they arrived. Raises RunError if a frame got no prediction."""
+        self.camera.options = replace(self.camera.options, in_flight=in_flight, loop=True,
+                                      frame_timeout=timeout)
+        with self._changed:
+            first = len(self._seen.arrivals)
+        stop = threading.Event()
+        sender = threading.Thread(target=self.camera.run, args=(photos, frames, stop),
+                                  name="camera", daemon=True)
+        sender.start()
+        try:
+            self.wait(lambda: len(self._seen.arrivals) - first >= frames,
+                      f"prediction for each of {frames} frames", timeout)
+        finally:
+            stop.set()
+            sender.join()
+        with self._changed:
+            return self._seen.arrivals[first:]

@@ -1,0 +1,69 @@
+"""The cluster bench's bookkeeping (bench/cluster): what a plan's folder says each board runs,
+and ratios taken within a round. The emulated boards themselves are tested in test_boards."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from bench.cluster import layouts, report
+from bench.cluster.measure import RunResult
+
+
+def plan_folder(tmp_path, split3, boards: dict[str, str], predicted: float | None = None):
+    """A split's folder with one node config per board (`name -> [stage] TOML`)."""
+    folder = tmp_path / "plan"
+    shutil.copytree(split3.directory, folder)
+    for name, stage in boards.items():
+        (folder / "boards").mkdir(exist_ok=True)
+        (folder / "boards" / f"{name}.toml").write_text(f"[stage]\n{stage}\n")
+    if predicted is not None:
+        (folder / "plan.json").write_text(json.dumps({"predicted_fps": predicted}))
+    return folder
+
+
+def test_a_plans_folder_says_what_each_board_runs_and_what_was_predicted(tmp_path, split3):
+    folder = plan_folder(tmp_path, split3, {
+        "a": 'index = 0\nshare_group = "s0"', "b": 'index = 0\nshare_group = "s0"',
+        "c": "index = 1", "d": "index = 2"}, predicted=12.5)
+    layout = layouts.from_plan("plan", folder)
+    assert layout.roles == (layouts.Role(0, "s0"), layouts.Role(0, "s0"), layouts.Role(1),
+                            layouts.Role(2))
+    assert (layout.name, layout.predicted_fps) == ("plan-4", 12.5)
+    assert layout.describe() == "3 stages, boards per stage 2+1+1"
+
+
+def test_a_plan_that_leaves_a_stage_without_a_board_is_refused(tmp_path, split3):
+    folder = plan_folder(tmp_path, split3, {"a": "index = 0", "b": "index = 2"})
+    with pytest.raises(layouts.LayoutError, match="do not serve each of its 3 stages"):
+        layouts.from_plan("plan", folder)
+
+
+def test_boards_per_stage_given_by_hand_share_a_group_where_there_are_several(split3):
+    name, folder, counts = layouts.parse_given(f"mix={split3.directory}:2,1,1")
+    layout = layouts.with_replicas(name, folder, counts)
+    assert [role.share_group for role in layout.roles] == ["stage0", "stage0", "", ""]
+    with pytest.raises(layouts.LayoutError, match="3 stages need"):
+        layouts.with_replicas(name, folder, [2, 1])
+
+
+def run(layout: str, strategy: str, boards: int, fps: float, lone: float) -> RunResult:
+    return RunResult(layout=layout, strategy=strategy, boards=boards, describe="",
+                     predicted_fps=None, fps=fps, lone_latency_ms=lone, lone_stage_ms=[],
+                     frames=100, seconds=1.0, broker_bytes_per_frame=0.0,
+                     broker_cpu_ms_per_frame=0.0, camera_cpu_ms_per_frame=0.0,
+                     machine_busy=0.5, load_before=0.0, load_after=0.0, seed=0)
+
+
+def test_ratios_are_to_one_board_in_the_same_round():
+    # a slow round slows both; its ratio is as good as the fast round's
+    rounds = [[run(layouts.ONE_BOARD, layouts.ONE_BOARD, 1, 10.0, 100.0),
+               run("replicas-2", "replicas", 2, 19.0, 110.0)],
+              [run(layouts.ONE_BOARD, layouts.ONE_BOARD, 1, 5.0, 200.0),
+               run("replicas-2", "replicas", 2, 9.5, 220.0)]]
+    replicas = next(s for s in report.summarise(rounds) if s.layout == "replicas-2")
+    assert (replicas.ratio.low, replicas.ratio.high) == pytest.approx((1.9, 1.9))
+    assert replicas.lone_ratio.median == pytest.approx(1.1)
+    assert (replicas.fps.low, replicas.fps.high) == (9.5, 19.0)
