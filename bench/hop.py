@@ -36,9 +36,8 @@ from aiotedge.config.schema import BrokerConfig
 from aiotedge.contracts.events import Prediction
 from aiotedge.contracts.manifest import Manifest
 from aiotedge.contracts.wire import Frame, Hop, encode_frame
-from aiotedge.media.image import list_images
+from aiotedge.media.image import list_images, read_photo
 from aiotedge.nodes.broker import LocalBroker
-from aiotedge.nodes.camera import read_photo
 from aiotedge.nodes.session import MqttSession
 from bench.benchdoc import table, write_section
 from bench.stagerun import Daemon, StageRun

@@ -23,9 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aiotedge.contracts.manifest import Manifest
-from aiotedge.media.image import list_images
+from aiotedge.media.image import list_images, read_photo
 from aiotedge.nodes.broker import LocalBroker
-from aiotedge.nodes.camera import read_photo
 from bench.benchdoc import table, write_section
 from bench.cluster.layouts import split_model
 from bench.cluster.measure import process_cpu_seconds

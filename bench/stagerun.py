@@ -28,7 +28,10 @@ import paho.mqtt.client as mqtt
 
 from aiotedge.config.schema import BrokerConfig, CameraConfig
 from aiotedge.contracts.events import Prediction
+from aiotedge.contracts.manifest import Manifest
 from aiotedge.contracts.topics import ONLINE, Topics
+from aiotedge.media.prepare import ModelInput
+from aiotedge.media.sources.stills import Stills
 from aiotedge.nodes.camera import Camera
 from aiotedge.nodes.session import MqttSession
 from bench.reliability.harness import child_env
@@ -123,7 +126,9 @@ class StageRun:
         self.session.subscribe(self.topics.all_availability, self._on_availability, qos=1)
         self.session.subscribe(self.topics.all_stats, self._on_stats, qos=0)
         self.session.subscribe(self.topics.predictions, self._on_prediction, qos=1)
-        self.camera = Camera(self.session, self.topics, self.camera_options, self.qos)
+        manifest = Manifest.load(self.manifest_dir)
+        self.camera = Camera(self.session, self.topics, self.camera_options, self.qos,
+                             ModelInput(manifest.preprocessing, manifest.stage(0).input))
         self.session.start()
         if not self.session.wait_connected(10):
             raise RunError(f"cannot reach the broker at {self.broker}")
@@ -231,7 +236,8 @@ class StageRun:
         with self._changed:
             first = len(self._seen.arrivals)
         stop = threading.Event()
-        sender = threading.Thread(target=self.camera.run, args=(photos, frames, stop),
+        sender = threading.Thread(target=self.camera.run,
+                                  args=(Stills(photos, loop=True), frames, stop),
                                   name="camera", daemon=True)
         sender.start()
         try:

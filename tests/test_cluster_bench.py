@@ -8,6 +8,7 @@ import shutil
 
 import pytest
 
+from aiotedge.contracts.manifest import Manifest
 from bench.cluster import layouts, report
 from bench.cluster.measure import RunResult
 
@@ -20,7 +21,7 @@ def plan_folder(tmp_path, split3, boards: dict[str, str], predicted: float | Non
         (folder / "boards").mkdir(exist_ok=True)
         (folder / "boards" / f"{name}.toml").write_text(f"[stage]\n{stage}\n")
     if predicted is not None:
-        (folder / "plan.json").write_text(json.dumps({"predicted_fps": predicted}))
+        (folder / "plan.json").write_text(json.dumps({"chosen": {"frames_per_s": predicted}}))
     return folder
 
 
@@ -67,3 +68,28 @@ def test_ratios_are_to_one_board_in_the_same_round():
     assert (replicas.ratio.low, replicas.ratio.high) == pytest.approx((1.9, 1.9))
     assert replicas.lone_ratio.median == pytest.approx(1.1)
     assert (replicas.fps.low, replicas.fps.high) == (9.5, 19.0)
+
+
+def test_the_planners_pipeline_and_replicas_are_run_at_its_cuts_with_its_forecasts(
+        test_models, tmp_path):
+    from aiotedge.tflite.profiling import measure_profile
+
+    profile = tmp_path / "board.json"
+    profile.write_text(json.dumps(measure_profile(
+        test_models["int8"], threads=1, runs=2, warmup=0, rounds=1,
+        photo_size=(64, 48)).to_dict()))
+    model = test_models["int8"]
+    plan = layouts.plan_folder(model, 3, tmp_path, ["--profile", str(profile)])
+    record = json.loads((plan / "plan.json").read_text())
+
+    pipeline = layouts.pipeline(model, 3, tmp_path, plan)
+    cuts = [stage["last_op"] for stage in record["pipeline"]["stages"]]
+    manifest = Manifest.load(pipeline.split)
+    assert [stage.last_op for stage in manifest.stages] == cuts
+    assert pipeline.describe() == "3 stages, boards per stage 1+1+1"
+    assert pipeline.predicted_fps == record["pipeline"]["frames_per_s"]
+
+    replicas = layouts.replicas(model, 3, tmp_path, plan)
+    assert replicas.describe() == "1 stage, boards per stage 3"
+    assert replicas.predicted_fps == record["replicas"]["frames_per_s"]
+    assert layouts.from_plan(layouts.PLAN, plan).predicted_fps == record["chosen"]["frames_per_s"]

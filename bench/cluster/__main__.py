@@ -8,29 +8,33 @@ Each stage daemon runs in a board of its own (bench/cluster/boards.py): a cgroup
 calibrated so that the whole model takes --target-ms per frame there (or --cpu given), and a
 network namespace joined to the broker's by a veth pair shaped to --link-mbps. The broker, the
 camera (aiotedge's Camera in this process) and this bench run outside the quotas. For N = 1..
---boards it measures the pure pipeline (the planner's balanced cuts into N stages), pure
-replicas (the whole model on N boards in one share group) and, where the converter has it,
-`aiotedge-convert plan --boards N`; a round runs every layout once, in order of N, and ratios
-are to the one-board run of the same round. Writes docs/cluster/cluster.json, the plots there,
-and (--write-docs) a section of docs/benchmarks.md. Everything it made is removed at the end;
-`python -m bench.cluster.boards --cleanup` removes what a killed run left.
+--boards it measures what `aiotedge-convert plan --boards N` chooses from a profile measured on
+one emulated board, and the planner's pure pipeline (one board per stage) and pure replicas (the
+whole model on N boards in one share group), each against the planner's forecast; a round
+runs every layout once, in order of N, and ratios are to the one-board run of the same round.
+Writes docs/cluster/cluster.json, the plots there, and (--write-docs) a section of
+docs/benchmarks.md. Everything it made is removed at the end; `python -m bench.cluster.boards
+--cleanup` removes what a killed run left.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import subprocess
 import sys
 import tempfile
 import time
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from aiotedge.config.schema import CameraConfig, NodeConfig
 from aiotedge.contracts.errors import AiotedgeError
-from aiotedge.media.image import list_images
-from aiotedge.nodes.camera import read_photo
+from aiotedge.media.image import list_images, read_photo
 from bench.benchdoc import BENCHMARKS, command_line, machine, write_section
 from bench.cluster import boards, layouts, report
 from bench.cluster.measure import Cluster, Phases, RunResult
@@ -39,6 +43,8 @@ from tests.conftest import SHARED_IMAGES, SHARED_MODEL
 log = logging.getLogger("bench.cluster")
 HEADING = "Emulated cluster: pipeline, replicas and the planner's plan on 1 to N boards"
 PROGRAM = "python -m bench.cluster"
+#: seconds an `aiotedge profile` on one board may take
+PROFILE_TIMEOUT = 900
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -52,7 +58,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--layout", action="append", default=[], metavar="NAME=DIR[:R0,R1,..]",
                         help="also a layout given by hand: a split folder and boards per stage, "
                              "or a plan's folder with one node config per board")
-    parser.add_argument("--profile", type=Path, help="board profile for the planner")
+    parser.add_argument("--profile", type=Path,
+                        help="board profile for the planner (else measured on a board)")
+    parser.add_argument("--no-plan", action="store_true",
+                        help="no planner: the pipeline at split's balanced cuts, replicas")
+    parser.add_argument("--stage0-input", choices=("photo", "jpeg", "tensor"), default="photo",
+                        help="what the planner plans stage 0 to receive; match --camera's "
+                             "preprocess (photo)")
     quota = parser.add_mutually_exclusive_group()
     quota.add_argument("--cpu", type=float, help="each board's quota, cores (else calibrated)")
     quota.add_argument("--target-ms", type=float, default=72.0,
@@ -96,23 +108,82 @@ def camera_config(text: str) -> CameraConfig:
     return NodeConfig().override("camera", source="bench", loop=True, **values).camera
 
 
-def make_layouts(args: argparse.Namespace, workdir: Path) -> tuple[list[layouts.Layout],
-                                                                   list[str]]:
-    """Every layout of a round, in order of boards, the one-board run first; and notes on
-    what could not be measured."""
+def make_layouts(args: argparse.Namespace, workdir: Path, profile: Path | None) -> list[
+        layouts.Layout]:
+    """Every layout of a round, in order of boards, the one-board run first. With a board's
+    profile the planner plans each N, and the pipeline and replicas runs are its pure
+    pipeline and pure replicas, with its forecasts."""
     wanted = args.strategies.split(",")
-    notes = []
-    if layouts.PLAN in wanted and not layouts.planner_available():
-        wanted.remove(layouts.PLAN)
-        notes.append("The planner's choice is not measured: this converter has no "
-                     "`aiotedge-convert plan MODEL --boards N` yet.")
     chosen = [layouts.one_board(args.model, workdir)]
-    makers = {layouts.PIPELINE: layouts.pipeline, layouts.REPLICAS: layouts.replicas,
-              layouts.PLAN: lambda model, n, work: layouts.planned(model, n, work, args.profile)}
+    options = plan_options(args)
     for count in range(2, args.boards + 1):
-        chosen += [makers[strategy](args.model, count, workdir) for strategy in wanted]
+        plan = None
+        if profile is not None:
+            plan = layouts.plan_folder(args.model, count, workdir,
+                                       ["--profile", str(profile), *options])
+        if layouts.PIPELINE in wanted:
+            chosen.append(layouts.pipeline(args.model, count, workdir, plan))
+        if layouts.REPLICAS in wanted:
+            chosen.append(layouts.replicas(args.model, count, workdir, plan))
+        if layouts.PLAN in wanted and plan is not None:
+            chosen.append(layouts.from_plan(layouts.PLAN, plan))
     chosen += [layouts.given(text) for text in args.layout]
-    return chosen, notes
+    return chosen
+
+
+def plan_options(args: argparse.Namespace) -> list[str]:
+    """`aiotedge-convert plan`'s options for what the bench runs: stage 0's input, links."""
+    options = ["--stage0-input", args.stage0_input]
+    if args.link_mbps > 0:
+        options += ["--link-mbps", f"{args.link_mbps:g}"]
+    return options
+
+
+def board_profile(args: argparse.Namespace, on_board: float, options: Sequence[str],
+                  work: Path) -> tuple[Path, str]:
+    """What the planner plans from: `aiotedge profile` with a photo of the median size as the
+    camera's, run on one CPU of this machine without a quota, every time in it multiplied so
+    that the planner's forecast for the whole model on one board is what one board did
+    (`on_board` frames/s, measured before the rounds). The planner is then held to how 2 to N
+    boards and their layouts scale.
+
+    Not the profile measured under a quota: a piece of the model takes well under a quota's
+    period, so most of its timed runs fall between throttled periods and run at full speed.
+    Nor the quota's share of a core: a board's work runs in slices between other boards' and
+    the idle loop's, with the caches they leave, and a stage daemon's work (photos, messages)
+    suffers more from that than a model's invoke does.
+    """
+    photos = sorted(list_images(args.images), key=lambda path: path.stat().st_size)
+    photo = photos[len(photos) // 2]
+    measured = work / "cpu-profile.json"
+    subprocess.run(["taskset", "-c", "0", sys.executable, "-m", "aiotedge", "profile",
+                    str(args.model), "--threads", "1", "--photo", str(photo), "--out",
+                    str(measured)], check=True, stdout=subprocess.DEVNULL, timeout=PROFILE_TIMEOUT)
+    full = layouts.forecast(layouts.plan_folder(args.model, 1, work / "cpu",
+                                                ["--profile", str(measured), *options]))
+    assert full is not None  # plan writes its forecast
+    factor = full / on_board
+    data = slowed(json.loads(measured.read_text()), factor)
+    data["machine"] = f"emulated board (from {data.get('machine', '?')})"
+    out = work / "board-profile.json"
+    out.write_text(json.dumps(data, indent=1))
+    return out, (f"The planner's profile: `aiotedge profile --threads 1 --photo {photo.name}` "
+                 f"on one CPU of this machine, which forecasts {full:.1f} frames/s for the whole "
+                 f"model there, its times multiplied by {factor:.2f}, so that it forecasts what "
+                 f"one board did before the rounds ({on_board:.1f} frames/s); the forecasts for "
+                 "2 boards and more are the planner's own.")
+
+
+def slowed(data: Any, factor: float) -> Any:
+    """A profile's times (every `*_ms`) multiplied by `factor`; `one_way_ms`, a message's
+    time through the broker, which is not on the board, as it is."""
+    if isinstance(data, dict):
+        return {key: value * factor if key.endswith("_ms") and key != "one_way_ms"
+                and isinstance(value, int | float) else slowed(value, factor)
+                for key, value in data.items()}
+    if isinstance(data, list):
+        return [slowed(item, factor) for item in data]
+    return data
 
 
 def calibrate(args: argparse.Namespace) -> tuple[float, str]:
@@ -146,16 +217,23 @@ def main(argv: list[str] | None = None) -> int:
     camera = camera_config(args.camera)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="aiotedge-cluster-") as work:
-        chosen, notes = make_layouts(args, Path(work))
         cpu, calibration = calibrate(args)
         log.info("%s", calibration)
-        count = max(layout.boards for layout in chosen)
+        count = max([args.boards, *(layouts.given(text).boards for text in args.layout)])
         if cpu * count > (os.cpu_count() or 1) - 0.5:
             log.warning("%d boards of %.2f core leave less than half a core for the broker "
                         "and the camera", count, cpu)
+        notes = []
         rounds: list[list[RunResult]] = []
         with Cluster(count, cpu, link, period_us=args.period_us,
                      fill_idle=not args.no_idle_fill) as cluster:
+            profile = args.profile
+            if profile is None and not args.no_plan:
+                base = layouts.one_board(args.model, Path(work))
+                on_board = cluster.run(base, photos, phases, seed=0, camera=camera).fps
+                profile, note = board_profile(args, on_board, plan_options(args), Path(work))
+                notes.append(note)
+            chosen = make_layouts(args, Path(work), None if args.no_plan else profile)
             for number in range(args.rounds):
                 runs = []
                 for position, layout in enumerate(chosen):

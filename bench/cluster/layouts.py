@@ -1,24 +1,22 @@
 """What runs on the emulated boards: a split (segments + manifest) and which stage each board
 serves, in which share group.
 
-Three strategies, each for N boards: the pure pipeline (`aiotedge-convert split --stages N`,
-the planner's balanced cuts, one board per stage), pure replicas (the whole model as one stage,
-N boards in one share group) and the planner's choice (`aiotedge-convert plan MODEL --boards N`,
-read back from the folder it writes). A layout can also be given by hand: a split folder and
-how many boards serve each of its stages.
+Three strategies, each for N boards, all from `aiotedge-convert plan MODEL --boards N` given a
+board's profile: the planner's choice (read back from the folder it writes), its pure pipeline
+(one board per stage at its cuts) and pure replicas (the whole model as one stage, N boards in
+one share group), each with the planner's forecast. Without a profile, the pipeline is
+`split --stages N`'s balanced cuts and nothing is forecast. A layout can also be given by
+hand: a split folder and how many boards serve each of its stages.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from aiotedge_converter.cli import build_parser
 from aiotedge_converter.cli import main as convert
 
 from aiotedge.config.schema import NodeConfig
@@ -95,42 +93,51 @@ def one_board(model: Path, workdir: Path) -> Layout:
     return with_replicas(ONE_BOARD, split_model(model, 1, workdir / "split1"), [1])
 
 
-def pipeline(model: Path, boards: int, workdir: Path) -> Layout:
-    split = split_model(model, boards, workdir / f"split{boards}")
-    return with_replicas(PIPELINE, split, [1] * boards)
+def pipeline(model: Path, boards: int, workdir: Path, plan: Path | None = None) -> Layout:
+    """One board per stage: at the cuts of the planner's pure pipeline when a plan's folder
+    (`plan`) says them, else `split --stages N`'s balanced cuts."""
+    if plan is None:
+        return with_replicas(PIPELINE, split_model(model, boards, workdir / f"split{boards}"),
+                             [1] * boards)
+    stages = json.loads((plan / "plan.json").read_text())["pipeline"]["stages"]
+    out = workdir / f"pipeline{boards}"
+    cuts = ",".join(str(stage["last_op"]) for stage in stages[:-1])
+    argv = ["split", str(model), "--cuts", cuts, "--out", str(out)]
+    if not (out / MANIFEST_NAME).exists() and convert(argv):
+        raise LayoutError(f"aiotedge-convert {' '.join(argv)} failed")
+    return with_replicas(PIPELINE, out, [1] * boards, forecast(plan, PIPELINE))
 
 
-def replicas(model: Path, boards: int, workdir: Path) -> Layout:
-    return with_replicas(REPLICAS, split_model(model, 1, workdir / "split1"), [boards])
+def replicas(model: Path, boards: int, workdir: Path, plan: Path | None = None) -> Layout:
+    """The whole model on every board, one share group; the planner's forecast for it when a
+    plan's folder (`plan`) says it."""
+    return with_replicas(REPLICAS, split_model(model, 1, workdir / "split1"), [boards],
+                         forecast(plan, REPLICAS) if plan else None)
 
 
-def planner_available() -> bool:
-    """Whether this converter has `plan MODEL --boards N --out DIR` (the planner that
-    replicates stages): its command line parses."""
-    try:
-        with contextlib.redirect_stderr(io.StringIO()):
-            build_parser().parse_args(["plan", "m.tflite", "--boards", "2", "--out", "d"])
-    except SystemExit:
-        return False
-    return True
-
-
-def planned(model: Path, boards: int, workdir: Path, profile: Path | None = None) -> Layout:
-    """What `aiotedge-convert plan MODEL --boards N` chooses, read back from its folder."""
+def plan_folder(model: Path, boards: int, workdir: Path, options: Sequence[str]) -> Path:
+    """`aiotedge-convert plan MODEL --boards N OPTIONS --out DIR`: DIR (made once)."""
     out = workdir / f"plan{boards}"
-    if not (out / MANIFEST_NAME).exists():
-        argv = ["plan", str(model), "--boards", str(boards), "--out", str(out)]
-        if profile is not None:
-            argv += ["--profile", str(profile)]
-        if convert(argv):
-            raise LayoutError(f"aiotedge-convert {' '.join(argv)} failed")
-    return from_plan(PLAN, out)
+    argv = ["plan", str(model), "--boards", str(boards), *options, "--out", str(out)]
+    if not (out / MANIFEST_NAME).exists() and convert(argv):
+        raise LayoutError(f"aiotedge-convert {' '.join(argv)} failed")
+    return out
+
+
+def forecast(folder: Path, strategy: str = "chosen") -> float | None:
+    """Frames/s the planner forecast for one of plan.json's strategies (`chosen`, `pipeline`,
+    `replicas`), if the folder has a plan.json that says."""
+    summary = folder / "plan.json"
+    if not summary.exists():
+        return None
+    value = json.loads(summary.read_text()).get(strategy, {}).get("frames_per_s")
+    return float(value) if isinstance(value, int | float) else None
 
 
 def from_plan(strategy: str, folder: Path) -> Layout:
     """A plan's folder: the split (manifest.json and segments) and one node config (TOML) per
-    board, whose [stage] index and share_group say what the board runs; plan.json's
-    `predicted_fps`, if there, is the planner's prediction."""
+    board, whose [stage] index and share_group say what the board runs; plan.json's forecast
+    for the chosen plan, if there, is the planner's prediction."""
     configs = sorted(folder.rglob("*.toml"))
     if not configs:
         raise LayoutError(f"{folder}: no board configs (*.toml) in the plan's folder")
@@ -138,12 +145,8 @@ def from_plan(strategy: str, folder: Path) -> Layout:
     for path in configs:
         stage = NodeConfig.load(path).stage
         roles.append(Role(stage.index, stage.share_group))
-    predicted = None
-    summary = folder / "plan.json"
-    if summary.exists():
-        value = json.loads(summary.read_text()).get("predicted_fps")
-        predicted = float(value) if isinstance(value, int | float) else None
-    layout = Layout(strategy, folder, tuple(sorted(roles, key=lambda r: r.stage)), predicted)
+    layout = Layout(strategy, folder, tuple(sorted(roles, key=lambda r: r.stage)),
+                    forecast(folder))
     stages = len(Manifest.load(folder).stages)
     if {role.stage for role in layout.roles} != set(range(stages)):
         raise LayoutError(f"{folder}: its boards do not serve each of its {stages} stages")

@@ -50,7 +50,7 @@ class Phases:
     warmup_per_board: int = 4
     lone_frames: int = 20
     frames_per_board: int = 40
-    in_flight_per_board: int = 2
+    in_flight_per_board: int = 4
 
 
 @dataclass
