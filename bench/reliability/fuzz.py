@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 MODULE = "tests.wire_strategies"
 EXAMPLES_VARIABLE = "AIOTEDGE_FUZZ_EXAMPLES"
-DEFAULT_EXAMPLES = {"fast": 100, "full": 2000}
+DEFAULT_EXAMPLES = {"fast": 100, "full": 1000}
 #: the stages' limit on message size (refused before decoding)
 MAX_MESSAGE_BYTES = 2_000_000
 

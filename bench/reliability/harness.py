@@ -86,6 +86,16 @@ class Broker(LocalBroker):
             return None
         return self._process.poll()
 
+    def save(self, deadline: Deadline) -> None:
+        """Have mosquitto write its persistence database now (SIGUSR1), and wait until it has:
+        its sessions and subscriptions as they are survive a SIGKILL after this."""
+        database = self._workdir / "mosquitto.db"
+        before = database.stat().st_mtime_ns if database.exists() else -1
+        assert self._process is not None
+        self._process.send_signal(signal.SIGUSR1)
+        while not (database.exists() and database.stat().st_mtime_ns != before):
+            time.sleep(min(0.02, deadline.bound(0.02)))  # no event says a file was written
+
 
 def broker_config(extra: str) -> str:
     """The harness's additions to the shipped settings (persistence on, as shipped): $SYS
@@ -377,6 +387,9 @@ class Run:
     def stop_broker(self, kill: bool) -> None:
         self._broker_stopped = True
         self.broker.stop(kill=kill)
+
+    def save_broker_state(self) -> None:
+        self.broker.save(self.deadline)
 
     def restart_broker(self, kill: bool, down_for: float = 0.0) -> None:
         """Stop mosquitto (SIGKILL or SIGTERM), leave it down `down_for` s, start it again."""

@@ -198,12 +198,19 @@ def broker_restarts(ctx: Context, kill: bool) -> Row:
     stage must come back online. Lost frames are explained: seen on a stage topic before a
     SIGKILL and never after means they were in the broker's memory when it died (counted apart:
     mosquitto saves only every autosave_interval); seen after a restart and never delivered
-    means the broker had no subscription for them."""
+    means the broker had no subscription for them.
+
+    Before a SIGKILL the broker saves its state once, with every node online (as its autosave
+    does in a cluster that has been up for a while): a broker that died before it ever saved
+    has forgotten the observer's session too, and predictions that went out before the
+    observer subscribed again would count as lost though every other subscriber had them."""
     mode = ctx.mode
     signal = "SIGKILL" if kill else "SIGTERM"
     restarts = mode.broker_restarts
     with ctx.run(f"broker-{signal}") as run:
         run.start_stages()
+        if kill:
+            run.save_broker_state()
         feed = run.feed(ctx.workload.photos, mode.frames, fps=STEADY_FPS)
         kills: list[tuple[float, set[str]]] = []
         for step in range(1, restarts + 1):

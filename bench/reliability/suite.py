@@ -25,8 +25,8 @@ GRACE_S = 30.0
 class Scenario:
     name: str
     run: Callable[[Context], Row]
-    #: the long one: its own (longer) timeout
-    soak: bool = False
+    #: a long one (the soak, the full fuzzer): the mode's longer timeout
+    long: bool = False
 
     @property
     def description(self) -> str:
@@ -37,7 +37,7 @@ class Scenario:
 
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario("storm", scenarios.malformed_storm),
-    Scenario("fuzz", fuzz.wire_fuzzer),
+    Scenario("fuzz", fuzz.wire_fuzzer, long=True),
     Scenario("stage-kills", scenarios.stage_kills),
     Scenario("broker-sigterm", partial(scenarios.broker_restarts, kill=False)),
     Scenario("broker-sigkill", partial(scenarios.broker_restarts, kill=True)),
@@ -46,7 +46,7 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("slow-qos1", partial(scenarios.slow_consumer, qos=1)),
     Scenario("broker-late", scenarios.broker_down_at_start),
     Scenario("partition", scenarios.partition),
-    Scenario("soak", scenarios.soak, soak=True),
+    Scenario("soak", scenarios.soak, long=True),
     Scenario("oversized-event", defects.oversized_event),
     Scenario("frame-stealing", defects.frame_stealing),
     Scenario("overload", defects.overload),
@@ -71,7 +71,7 @@ def run_scenario(chosen: Scenario, mode: Mode, workload: Workload) -> Row:
     Past the deadline every wait of the harness raises; past it plus GRACE_S the watchdog
     kills the scenario's daemons and brokers, so nothing can hold the suite.
     """
-    timeout = mode.soak_timeout if chosen.soak else mode.timeout
+    timeout = mode.long_timeout if chosen.long else mode.timeout
     context = Context(mode, workload, Deadline.after(timeout))
     started = time.monotonic()
     log.info("scenario %s (%s, at most %.0f s)", chosen.name, mode.name, timeout)

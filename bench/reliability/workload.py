@@ -47,9 +47,9 @@ class Mode:
     overload_queue: int | None
     #: bytes of the field that error events quote in the oversized-event scenario
     huge_field_bytes: int
-    #: hard timeout of one scenario, seconds; the soak's own
+    #: hard timeout of one scenario, seconds; a long one's (the soak, the fuzzer)
     timeout: float
-    soak_timeout: float
+    long_timeout: float
     #: seconds without a prediction or error event after which a run counts as settled
     quiet: float
     #: seconds the broker stays down in a restart
@@ -59,13 +59,13 @@ class Mode:
 FAST = Mode(
     name="fast", frames=60, storm_messages=300, storm_heavy_repeats=1, soak_frames=400,
     kills=2, broker_restarts=1, partition_seconds=0, overload_frames=300, overload_queue=50,
-    huge_field_bytes=1_000_000, timeout=90, soak_timeout=120, quiet=2.0,
+    huge_field_bytes=1_000_000, timeout=90, long_timeout=120, quiet=2.0,
     broker_down=1.0,
 )
 FULL = Mode(
     name="full", frames=400, storm_messages=10_000, storm_heavy_repeats=4, soak_frames=20_000,
     kills=3, broker_restarts=2, partition_seconds=10, overload_frames=4_000,
-    overload_queue=None, huge_field_bytes=7_000_000, timeout=600, soak_timeout=1800, quiet=8.0,
+    overload_queue=None, huge_field_bytes=7_000_000, timeout=600, long_timeout=1800, quiet=8.0,
     broker_down=2.0,
 )
 
