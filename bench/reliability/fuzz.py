@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 MODULE = "tests.wire_strategies"
 EXAMPLES_VARIABLE = "AIOTEDGE_FUZZ_EXAMPLES"
-DEFAULT_EXAMPLES = {"fast": 100, "full": 1000}
+DEFAULT_EXAMPLES = {"fast": 100, "full": 2000}
 #: the stages' limit on message size (refused before decoding)
 MAX_MESSAGE_BYTES = 2_000_000
 
@@ -134,8 +134,8 @@ def wire_fuzzer(ctx: Context) -> Row:
         run.start_stages()
         run.feed(ctx.workload.test_photos, max(10, len(plan) // 10))
         injector = Injector(run)
-        for stage, payload, _ in plan:
-            injector.publish(stage, payload)
+        for stage, payload, expected in plan:
+            injector.publish(stage, payload, answered=expected != "duplicate")
         observer = run.observer
         assert observer is not None
         run.settle(until=lambda: len(observer.errors) >= sum(refused.values()))

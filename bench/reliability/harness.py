@@ -636,7 +636,9 @@ class Injector:
         published = self.sent + sum(f.camera.published for f in self.run.feeds)
         return published - self.run.observer.progress - self._written_off
 
-    def publish(self, stage: int, payload: bytes) -> None:
+    def publish(self, stage: int, payload: bytes, answered: bool = True) -> None:
+        """`answered`: whether a prediction or an error event will answer it (a duplicate,
+        dropped by the stage, gets neither: it is not waited for)."""
         observer = self.run.observer
         assert observer is not None
         room = self.window + sum(feed.camera.options.in_flight for feed in self.run.feeds)
@@ -645,6 +647,8 @@ class Injector:
             self._written_off += self._outstanding()
         self._session.publish(self.run.topics.stage_input(stage), payload, qos=1)
         self.sent += 1
+        if not answered:
+            self._written_off += 1
 
 
 class Feed:

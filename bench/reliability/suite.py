@@ -25,7 +25,7 @@ GRACE_S = 30.0
 class Scenario:
     name: str
     run: Callable[[Context], Row]
-    #: a long one (the soak, the full fuzzer): the mode's longer timeout
+    #: a long one (the soak): the mode's longer timeout
     long: bool = False
 
     @property
@@ -37,7 +37,7 @@ class Scenario:
 
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario("storm", scenarios.malformed_storm),
-    Scenario("fuzz", fuzz.wire_fuzzer, long=True),
+    Scenario("fuzz", fuzz.wire_fuzzer),
     Scenario("stage-kills", scenarios.stage_kills),
     Scenario("broker-sigterm", partial(scenarios.broker_restarts, kill=False)),
     Scenario("broker-sigkill", partial(scenarios.broker_restarts, kill=True)),

@@ -47,7 +47,7 @@ class Mode:
     overload_queue: int | None
     #: bytes of the field that error events quote in the oversized-event scenario
     huge_field_bytes: int
-    #: hard timeout of one scenario, seconds; a long one's (the soak, the fuzzer)
+    #: hard timeout of one scenario, seconds; a long one's (the soak)
     timeout: float
     long_timeout: float
     #: seconds without a prediction or error event after which a run counts as settled
