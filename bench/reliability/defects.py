@@ -182,6 +182,11 @@ def overload(ctx: Context) -> Row:
 # -- 5. msgpack memory bomb ----------------------------------------------------------------------
 
 
+#: copies of a message of the size limit a stage may hold while reading it: paho's joined
+#: chunks (the old and the new), the payload copied out of the packet, the unpacker's buffer
+BOMB_COPIES = 4
+
+
 def memory_bomb(ctx: Context) -> Row:
     """Stage 1 gets an msgpack array of empty maps just under its max_message_bytes: one byte
     per map on the wire, a Python dict per map once decoded, before the stage can see it is
@@ -201,7 +206,7 @@ def memory_bomb(ctx: Context) -> Row:
         counted = tally(run, run.sent_ids(),
                         ctx.workload.expected(manifest, ctx.workload.test_photos), run.status())
     fill(row, counted)
-    bounded_memory(row, counted)
+    bounded_memory(row, counted, message_mb=BOMB_COPIES * limit / 2**20)
     return row
 
 
@@ -429,13 +434,15 @@ def refused_camera(ctx: Context) -> Row:
             config = creds.node_config("cam0", "camera")
             code, output = _command(["camera", "--config", str(config), "--images", folder,
                                      "--broker", str(run.broker.address),
-                                     "--pipeline", "other", "--source", "cam0",
+                                     "--pipeline", "other", "--name", "cam0",
                                      "--fps", "50", "--frames", str(frames)],
                                     timeout=VERDICT_TIMEOUT + frames / 50)
     row.sent = row.lost = row.by_design = frames  # refused by the ACL: the scenario's point
     row.note = f"exit code {code}; {_last_line(output)}"
     if code == 0:
         row.findings.append("exit code 0 although the broker refused every frame")
+    elif "refused" not in output:
+        row.findings.append(f"exit code {code}, but not for the refusal: {_last_line(output)}")
     return row
 
 

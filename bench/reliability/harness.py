@@ -149,6 +149,8 @@ class Observer:
         self._on_wake = on_wake
         self.changed = threading.Condition()
         self.predictions: Counter[str] = Counter()
+        #: frame id -> when its first prediction came (monotonic seconds)
+        self.first_predicted: dict[str, float] = {}
         self.tops: dict[str, list[Score]] = {}
         self.not_strict_json = 0
         self.errors: list[dict] = []
@@ -183,6 +185,7 @@ class Observer:
                 self.not_strict_json += 1
             if prediction is not None:
                 self.predictions[prediction.frame_id] += 1
+                self.first_predicted.setdefault(prediction.frame_id, time.monotonic())
                 self.tops.setdefault(prediction.frame_id, prediction.top)
             self.progress += 1
             self.last_progress = time.monotonic()

@@ -142,12 +142,15 @@ def fill(row: Row, counted: Tally, note: str = "") -> Row:
     return row
 
 
-def bounded_memory(row: Row, counted: Tally, factor: float = 1.5) -> None:
-    """A finding for each stage whose peak RSS exceeds `factor` x its RSS at start.
+def bounded_memory(row: Row, counted: Tally, factor: float = 1.5,
+                   message_mb: float = 0.0) -> None:
+    """A finding for each stage whose peak RSS exceeds `factor` x its RSS at start, plus
+    `message_mb` for a message as large as the stage accepts, which it holds a few times
+    over while reading it (paho joins its chunks, the payload is copied out).
 
     Bounded means relative to the daemon's own start (its model and libraries), so the check
     holds for any model; a leak or a decoded bomb shows as a multiple of it.
     """
     for node, (start, peak) in sorted(counted.rss_growth.items()):
-        if peak > factor * start:
+        if peak > factor * start + message_mb:
             row.findings.append(f"{node} RSS grew from {start:.0f} to {peak:.0f} MB")
