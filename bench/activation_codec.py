@@ -14,29 +14,24 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from benchdoc import table, write_section  # noqa: E402
-
-from aiotedge.contracts.codec import ZSTD  # noqa: E402
-from aiotedge.contracts.wire import Frame, decode_activation, encode_frame  # noqa: E402
-from aiotedge.media.image import (  # noqa: E402
+from aiotedge.contracts.codec import ZSTD
+from aiotedge.contracts.wire import Frame, decode_activation, encode_frame
+from aiotedge.media.image import (
     decode_image,
     default_preprocessing,
     list_images,
     preprocess,
 )
-from aiotedge.tflite.flatbuffer import pack_model  # noqa: E402
-from aiotedge.tflite.graph import load_graph  # noqa: E402
-from aiotedge.tflite.runtime import Segment  # noqa: E402
-from aiotedge.tflite.segments import extract_segment  # noqa: E402
-from tests.conftest import SHARED_IMAGES, SHARED_MODEL  # noqa: E402
+from aiotedge.tflite.flatbuffer import pack_model
+from aiotedge.tflite.graph import load_graph
+from aiotedge.tflite.runtime import Segment
+from aiotedge.tflite.segments import extract_segment
+from bench.benchdoc import table, write_section
+from tests.conftest import SHARED_IMAGES, SHARED_MODEL
 
 try:
     import lz4.block as lz4_block

@@ -26,18 +26,21 @@ def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
-def command_line(program: str | None = None) -> str:
-    """How this run was started; `program` names it when sys.argv[0] would be a full path
-    (`python -m package`)."""
-    return " ".join(shlex.quote(a) for a in [program or f"python {sys.argv[0]}", *sys.argv[1:]])
+def command_line() -> str:
+    """How this run was started: `python -m MODULE ARGS` for a module (whose sys.argv[0] is
+    the file's full path), else `python SCRIPT ARGS`."""
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    program = (f"python -m {spec.name.removesuffix('.__main__')}" if spec is not None
+               else f"python {sys.argv[0]}")
+    return " ".join([program, *map(shlex.quote, sys.argv[1:])])
 
 
-def write_section(heading: str, body: str, program: str | None = None) -> None:
-    """Replace (or append) `## heading` in docs/benchmarks.md with `body`; `program` names
-    the command as `command_line` takes it."""
+def write_section(heading: str, body: str) -> None:
+    """Replace (or append) `## heading` in docs/benchmarks.md with `body`, after the command
+    that made it and the machine."""
     text = BENCHMARKS.read_text() if BENCHMARKS.exists() else PREAMBLE
     section = (
-        f"## {heading}\n\n`{command_line(program)}` on {machine()}\n\n{body.strip()}\n\n"
+        f"## {heading}\n\n`{command_line()}` on {machine()}\n\n{body.strip()}\n\n"
     )
     pattern = re.compile(rf"^## {re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
     if pattern.search(text):

@@ -29,35 +29,31 @@ import time
 from pathlib import Path
 
 import numpy as np
+from aiotedge_converter.cli import main as convert
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from aiotedge_converter.cli import main as convert  # noqa: E402
-from benchdoc import table, write_section  # noqa: E402
-
-from aiotedge.contracts.manifest import Manifest  # noqa: E402
-from aiotedge.contracts.topics import Topics  # noqa: E402
-from aiotedge.contracts.wire import Frame, decode_photo, encode_frame  # noqa: E402
-from aiotedge.media.image import (  # noqa: E402
+from aiotedge.contracts.manifest import Manifest
+from aiotedge.contracts.topics import Topics
+from aiotedge.contracts.wire import Frame, decode_photo, encode_frame
+from aiotedge.media.image import (
     decode_image,
     list_images,
     model_size,
     preprocess,
     read_photo,
 )
-from aiotedge.media.prepare import (  # noqa: E402
+from aiotedge.media.prepare import (
     SUBSAMPLING_420,
     SUBSAMPLING_444,
     ModelInput,
     encode_jpeg,
 )
-from aiotedge.nodes.broker import LocalBroker, free_port  # noqa: E402
-from aiotedge.nodes.status import collect_status  # noqa: E402
-from aiotedge.tflite.runtime import Segment  # noqa: E402
-from tests.conftest import SHARED_IMAGES, SHARED_LABELS, SHARED_MODEL, AnsweringStage  # noqa: E402
-from tests.media import MjpegCamera, moving_pattern  # noqa: E402
+from aiotedge.nodes.broker import LocalBroker, free_port
+from aiotedge.nodes.status import collect_status
+from aiotedge.tflite.runtime import Segment
+from bench.benchdoc import table, write_section
+from tests.conftest import SHARED_IMAGES, SHARED_LABELS, SHARED_MODEL, AnsweringStage
+from tests.media import MjpegCamera, moving_pattern
 
 HEADING = "Camera node"
 CLOCK_TICKS = 100  # os.sysconf("SC_CLK_TCK") on Linux

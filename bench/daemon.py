@@ -20,14 +20,13 @@ import time
 from pathlib import Path
 
 from aiotedge_converter.cli import main as convert
-from benchdoc import table, write_section
 
 from aiotedge.contracts.manifest import Manifest
 from aiotedge.nodes.broker import LocalBroker
 from aiotedge.nodes.metrics import resident_bytes
 from aiotedge.nodes.session import MqttSession
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+from bench.benchdoc import table, write_section
+from tests.conftest import SHARED_MODEL
 
 
 def rss_mb(pid: int) -> float:
@@ -61,7 +60,7 @@ def start_once(manifest_dir: Path, index: int, broker, watcher_events) -> tuple[
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path,
-                        default=SHARED / "models" / "mobilenet_v2_1.0_224_quant.tflite")
+                        default=SHARED_MODEL)
     parser.add_argument("--stages", type=int, default=5)
     parser.add_argument("--starts", type=int, default=5, help="starts per stage (median)")
     args = parser.parse_args()

@@ -280,7 +280,7 @@ def main() -> None:
         body = report(manifest, rounds, args.frames)
     print(body)
     if args.write_docs:
-        write_section("Stage hop vs raw broker one-way", body, "python -m bench.hop")
+        write_section("Stage hop vs raw broker one-way", body)
 
 
 if __name__ == "__main__":

@@ -176,8 +176,7 @@ def main() -> None:
     ])
     print(body)
     if args.write_docs:
-        write_section("Stage daemon memory under load: where it goes", body,
-                      "python -m bench.memory")
+        write_section("Stage daemon memory under load: where it goes", body)
 
 
 if __name__ == "__main__":

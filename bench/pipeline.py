@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 from aiotedge_converter.cli import main as convert
-from benchdoc import table, write_section
 
 from aiotedge.config.schema import PipelineConfig, StageConfig
 from aiotedge.contracts.manifest import Manifest
@@ -32,8 +31,8 @@ from aiotedge.nodes.broker import LocalBroker
 from aiotedge.nodes.local import LocalPipeline
 from aiotedge.nodes.session import MqttSession
 from aiotedge.tflite.runtime import Segment
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+from bench.benchdoc import table, write_section
+from tests.conftest import SHARED_IMAGES, SHARED_MODEL
 
 
 def single_process(manifest: Manifest, photos: list[bytes], frames: int) -> dict[str, float]:
@@ -91,8 +90,8 @@ def broker_round_trip(broker, size: int, repeats: int = 200) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path,
-                        default=SHARED / "models" / "mobilenet_v2_1.0_224_quant.tflite")
-    parser.add_argument("--images", type=Path, default=SHARED / "images")
+                        default=SHARED_MODEL)
+    parser.add_argument("--images", type=Path, default=SHARED_IMAGES)
     parser.add_argument("--stages", type=int, default=5)
     parser.add_argument("--frames", type=int, default=200)
     args = parser.parse_args()

@@ -19,28 +19,24 @@ from __future__ import annotations
 import argparse
 import io
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from aiotedge_converter.cluster import Cluster, ClusterPlan, Links, cluster_from_profiles
+from aiotedge_converter.deploy import write_plan_files
+from aiotedge_converter.replicate import plan_cluster
+from aiotedge_converter.split import SplitOptions
 
-from aiotedge_converter.cluster import Cluster, ClusterPlan, Links, cluster_from_profiles  # noqa: E402
-from aiotedge_converter.deploy import write_plan_files  # noqa: E402
-from aiotedge_converter.replicate import plan_cluster  # noqa: E402
-from aiotedge_converter.split import SplitOptions  # noqa: E402
-from benchdoc import table, write_section  # noqa: E402
-
-from aiotedge.config.schema import BrokerConfig, PipelineConfig, StageConfig  # noqa: E402
-from aiotedge.contracts.manifest import Manifest  # noqa: E402
-from aiotedge.media.image import decode_image, list_images  # noqa: E402
-from aiotedge.nodes.local import LocalPipeline, plan_replicas  # noqa: E402
-from aiotedge.nodes.transport_cost import measure_mqtt  # noqa: E402
-from aiotedge.tflite.graph import load_graph  # noqa: E402
-from aiotedge.tflite.profiling import DEFAULT_PHOTO_SIZE, measure_profile  # noqa: E402
-from tests.conftest import SHARED_IMAGES, SHARED_MODEL  # noqa: E402
+from aiotedge.config.schema import BrokerConfig, PipelineConfig, StageConfig
+from aiotedge.contracts.manifest import Manifest
+from aiotedge.media.image import decode_image, list_images
+from aiotedge.nodes.local import LocalPipeline, plan_replicas
+from aiotedge.nodes.transport_cost import measure_mqtt
+from aiotedge.tflite.graph import load_graph
+from aiotedge.tflite.profiling import DEFAULT_PHOTO_SIZE, measure_profile
+from bench.benchdoc import table, write_section
+from tests.conftest import SHARED_IMAGES, SHARED_MODEL
 
 
 def camera_photos(folder: Path) -> list[tuple[str, bytes]]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -29,20 +28,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from aiotedge_converter.costs import cost_basis
+from aiotedge_converter.planner import plan_pipeline
+from aiotedge_converter.split import SplitOptions, split_model
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from aiotedge.tflite.graph import load_graph
+from aiotedge.tflite.profiling import measure_profile, sample_input
+from aiotedge.tflite.runtime import Segment
+from bench.benchdoc import write_section
+from tests.conftest import REPO, SHARED_MODEL
 
-from aiotedge_converter.costs import cost_basis  # noqa: E402
-from aiotedge_converter.planner import plan_pipeline  # noqa: E402
-from aiotedge_converter.split import SplitOptions, split_model  # noqa: E402
-
-from aiotedge.tflite.graph import load_graph  # noqa: E402
-from aiotedge.tflite.profiling import measure_profile, sample_input  # noqa: E402
-from aiotedge.tflite.runtime import Segment  # noqa: E402
-
-SHARED_MODEL = REPO.parent / "shared" / "data" / "models" / "mobilenet_v2_1.0_224_quant.tflite"
-HEADING = "## Planner: predicted vs measured stage times"
+HEADING = "Planner: predicted vs measured stage times"
+#: what the section says first
+INTRO = ("Does a profile measured with `aiotedge profile` predict the stages the planner cuts "
+         "from it? The bench measures the profile, plans, splits, and times each stage "
+         "alone.")
 TARGET = 0.15
 
 
@@ -158,26 +158,6 @@ def report(tables: list[str], worst: float, args: argparse.Namespace) -> str:
     return "\n\n".join([intro, *tables, summary])
 
 
-def write_docs(path: Path, body: str, command: str) -> None:
-    """Replace (or add) this benchmark's section, keeping the rest of the file."""
-    section = (
-        f"{HEADING}\n\n"
-        "Does a profile measured with `aiotedge profile` predict the stages the planner cuts "
-        "from it? `bench/profile_accuracy.py` measures the profile, plans, splits, and times "
-        "each stage alone. Produced by:\n\n"
-        f"    {command}\n\n{body}\n"
-    )
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if HEADING in text:
-        start = text.index(HEADING)
-        following = text.find("\n## ", start + len(HEADING))
-        end = len(text) if following < 0 else following + 1
-        text = text[:start] + section + ("\n" + text[end:] if following >= 0 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, action="append", help="a .tflite (repeatable)")
@@ -188,7 +168,8 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--repeat", type=int, default=1, help="whole measurement N times")
-    parser.add_argument("--write-docs", type=Path, metavar="BENCHMARKS.md")
+    parser.add_argument("--write-docs", action="store_true",
+                        help="write the section of docs/benchmarks.md")
     args = parser.parse_args()
     tables, worst = [], 0.0
     with tempfile.TemporaryDirectory() as scratch:
@@ -201,8 +182,7 @@ def main() -> int:
                 worst = max(worst, *errors)
     body = report(tables, worst, args)
     if args.write_docs:
-        command = "python bench/profile_accuracy.py " + shlex.join(sys.argv[1:])
-        write_docs(args.write_docs, body, command.strip())
+        write_section(HEADING, f"{INTRO}\n\n{body}")
     print(body.splitlines()[-1])
     return 0 if worst <= TARGET else 1
 

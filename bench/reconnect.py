@@ -19,10 +19,9 @@ import statistics
 import threading
 import time
 
-from benchdoc import table, write_section
-
 from aiotedge.nodes.broker import LocalBroker
 from aiotedge.nodes.session import MqttSession
+from bench.benchdoc import table, write_section
 
 OLD_MIN, OLD_MAX = 1, 30
 

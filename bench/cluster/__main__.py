@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     minutes = (time.monotonic() - started) / 60
     summaries = report.summarise(rounds)
     loads = [run.load_after for runs in rounds for run in runs]
-    header = {"command": command_line(PROGRAM), "machine": machine(), "cpu": cpu,
+    header = {"command": command_line(), "machine": machine(), "cpu": cpu,
               "calibration": calibration, "link_mbps": args.link_mbps,
               "phases": phases.__dict__, "minutes": minutes}
     report.write_json(args.out / "cluster.json", header, rounds, summaries)
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     body = report.markdown(summaries, notes, relative)
     print(body)
     if args.write_docs:
-        write_section(HEADING, body, PROGRAM)
+        write_section(HEADING, body)
     return 0
 
 

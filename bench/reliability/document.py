@@ -86,7 +86,7 @@ def render(results: list[tuple[Scenario, Row]], mode: Mode, workload: Workload,
         "dropped by design), 0 duplicates, 0 crashes, memory bounded relative to each daemon's "
         "start, and no problems found; the scenarios that fail today are marked with the "
         "defect of the issue that makes them fail.",
-        f"`{command_line(PROGRAM)}` ({mode.name} run, {seconds / 60:.0f} min) on {machine()}. "
+        f"`{command_line()}` ({mode.name} run, {seconds / 60:.0f} min) on {machine()}. "
         f"Main pipeline: `{main}` in 3 stages"
         + ("" if workload.uses_shared else " (the int8 test CNN: ../shared/data was absent)")
         + "; the small test CNNs of tests/models.py (int8 in 3 and 5 stages, float32 in 3) "
