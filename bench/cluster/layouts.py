@@ -81,12 +81,17 @@ def with_replicas(strategy: str, split: Path, replicas: Sequence[int],
     return Layout(strategy, split, roles, predicted_fps)
 
 
+def converted(argv: list[str], out: Path) -> Path:
+    """`aiotedge-convert ARGV --out OUT`, unless OUT holds a manifest already: OUT."""
+    argv = [*argv, "--out", str(out)]
+    if not (out / MANIFEST_NAME).exists() and convert(argv):
+        raise LayoutError(f"aiotedge-convert {' '.join(argv)} failed")
+    return out
+
+
 def split_model(model: Path, stages: int, out: Path) -> Path:
     """The planner's balanced cuts into `stages` segments (cached in `out`)."""
-    argv = ["split", str(model), "--stages", str(stages), "--out", str(out)]
-    if not (out / MANIFEST_NAME).exists() and convert(argv):
-        raise LayoutError(f"aiotedge-convert split {model} --stages {stages} failed")
-    return out
+    return converted(["split", str(model), "--stages", str(stages)], out)
 
 
 def one_board(model: Path, workdir: Path) -> Layout:
@@ -100,11 +105,8 @@ def pipeline(model: Path, boards: int, workdir: Path, plan: Path | None = None) 
         return with_replicas(PIPELINE, split_model(model, boards, workdir / f"split{boards}"),
                              [1] * boards)
     stages = json.loads((plan / "plan.json").read_text())["pipeline"]["stages"]
-    out = workdir / f"pipeline{boards}"
     cuts = ",".join(str(stage["last_op"]) for stage in stages[:-1])
-    argv = ["split", str(model), "--cuts", cuts, "--out", str(out)]
-    if not (out / MANIFEST_NAME).exists() and convert(argv):
-        raise LayoutError(f"aiotedge-convert {' '.join(argv)} failed")
+    out = converted(["split", str(model), "--cuts", cuts], workdir / f"pipeline{boards}")
     return with_replicas(PIPELINE, out, [1] * boards, forecast(plan, PIPELINE))
 
 
@@ -117,11 +119,8 @@ def replicas(model: Path, boards: int, workdir: Path, plan: Path | None = None) 
 
 def plan_folder(model: Path, boards: int, workdir: Path, options: Sequence[str]) -> Path:
     """`aiotedge-convert plan MODEL --boards N OPTIONS --out DIR`: DIR (made once)."""
-    out = workdir / f"plan{boards}"
-    argv = ["plan", str(model), "--boards", str(boards), *options, "--out", str(out)]
-    if not (out / MANIFEST_NAME).exists() and convert(argv):
-        raise LayoutError(f"aiotedge-convert {' '.join(argv)} failed")
-    return out
+    return converted(["plan", str(model), "--boards", str(boards), *options],
+                     workdir / f"plan{boards}")
 
 
 def forecast(folder: Path, strategy: str = "chosen") -> float | None:
