@@ -9,7 +9,6 @@ block stops every process it started and removes its folder.
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 import shutil
@@ -29,10 +28,11 @@ import paho.mqtt.client as mqtt
 from aiotedge.config.schema import BrokerConfig, CameraConfig
 from aiotedge.contracts.events import Prediction
 from aiotedge.contracts.manifest import Manifest
-from aiotedge.contracts.topics import ONLINE, Topics
+from aiotedge.contracts.topics import Topics
 from aiotedge.media.prepare import ModelInput
 from aiotedge.media.sources.stills import Stills
 from aiotedge.nodes.camera import Camera
+from aiotedge.nodes.health import PipelineView
 from aiotedge.nodes.session import MqttSession
 from bench.reliability.harness import child_env
 
@@ -74,9 +74,17 @@ class Arrival:
 
 @dataclass
 class _Seen:
-    online: set[str] = field(default_factory=set)
-    stats: dict[str, dict] = field(default_factory=dict)
+    #: the daemons as their retained availability and stats say
+    nodes: PipelineView = field(default_factory=PipelineView)
     arrivals: list[Arrival] = field(default_factory=list)
+
+    @property
+    def online(self) -> set[str]:
+        return {node.name for node in self.nodes.nodes.values() if node.online}
+
+    def stats(self, node: str) -> dict:
+        view = self.nodes.nodes.get(node)
+        return view.stats if view else {}
 
 
 class StageRun:
@@ -123,8 +131,8 @@ class StageRun:
 
     def _connect(self) -> None:
         self.session = MqttSession(self.broker, f"bench-{secrets.token_hex(4)}")
-        self.session.subscribe(self.topics.all_availability, self._on_availability, qos=1)
-        self.session.subscribe(self.topics.all_stats, self._on_stats, qos=0)
+        self.session.subscribe(self.topics.all_availability, self._on_node, qos=1)
+        self.session.subscribe(self.topics.all_stats, self._on_node, qos=0)
         self.session.subscribe(self.topics.predictions, self._on_prediction, qos=1)
         manifest = Manifest.load(self.manifest_dir)
         self.camera = Camera(self.session, self.topics, self.camera_options, self.qos,
@@ -190,22 +198,9 @@ class StageRun:
 
     # -- what the daemons say ---------------------------------------------------------------
 
-    def _on_availability(self, message: mqtt.MQTTMessage) -> None:
-        node = message.topic.rsplit("/", 1)[-1]
+    def _on_node(self, message: mqtt.MQTTMessage) -> None:
         with self._changed:
-            if message.payload == ONLINE.encode():
-                self._seen.online.add(node)
-            else:
-                self._seen.online.discard(node)
-            self._changed.notify_all()
-
-    def _on_stats(self, message: mqtt.MQTTMessage) -> None:
-        try:
-            stats = json.loads(message.payload)
-        except ValueError:
-            return
-        with self._changed:
-            self._seen.stats[message.topic.rsplit("/", 1)[-1]] = stats
+            self._seen.nodes.update(self.topics, message.topic, message.payload)
             self._changed.notify_all()
 
     def _on_prediction(self, message: mqtt.MQTTMessage) -> None:
@@ -220,10 +215,10 @@ class StageRun:
     def stats_after(self, unix_time: float) -> dict[str, dict]:
         """Every daemon's stats as it published them after `unix_time` (waits for them)."""
         nodes = [d.node for d in self.daemons]
-        self.wait(lambda: all(self._seen.stats.get(node, {}).get("timestamp", 0) > unix_time
+        self.wait(lambda: all(self._seen.stats(node).get("timestamp", 0) > unix_time
                               for node in nodes), "stats from every stage")
         with self._changed:
-            return {node: self._seen.stats[node] for node in nodes}
+            return {node: self._seen.stats(node) for node in nodes}
 
     # -- frames -----------------------------------------------------------------------------
 
