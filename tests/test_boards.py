@@ -120,6 +120,16 @@ def test_the_idle_filler_runs_in_the_board_on_its_cpu_at_the_lowest_priority():
     assert gone(filler.pid)
 
 
+def test_wake_lateness_is_measured_inside_the_board_beside_its_idle_loop():
+    need("cpu")
+    with boards.Board("t-wake", 0.3, on_cpu=0) as board:
+        filler = board.fill_idle()
+        late = boards.wake_lateness(board, samples=20)
+        assert filler.poll() is None  # the idle loop ran throughout
+    assert len(late) == 20
+    assert all(value >= 0 for value in late)  # time.sleep never returns early
+
+
 def test_a_quota_under_the_kernels_minimum_is_refused():
     with pytest.raises(ValueError, match="longer period"):
         boards.Board("t-tiny", 0.05, period_us=10_000)

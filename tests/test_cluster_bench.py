@@ -52,7 +52,8 @@ def test_boards_per_stage_given_by_hand_share_a_group_where_there_are_several(sp
 
 def run(layout: str, strategy: str, boards: int, fps: float, lone: float) -> RunResult:
     return RunResult(layout=layout, strategy=strategy, boards=boards, describe="",
-                     predicted_fps=None, fps=fps, lone_latency_ms=lone, lone_stage_ms=[],
+                     predicted_fps=None, fps=fps, lone_latency_ms=lone,
+                     lone_transfer_ms=[lone / 10], lone_compute_ms=[lone - lone / 10],
                      frames=100, seconds=1.0, broker_bytes_per_frame=0.0,
                      broker_cpu_ms_per_frame=0.0, camera_cpu_ms_per_frame=0.0,
                      machine_busy=0.5, load_before=0.0, load_after=0.0, seed=0)
@@ -67,6 +68,7 @@ def test_ratios_are_to_one_board_in_the_same_round():
     replicas = next(s for s in report.summarise(rounds) if s.layout == "replicas-2")
     assert (replicas.ratio.low, replicas.ratio.high) == pytest.approx((1.9, 1.9))
     assert replicas.lone_ratio.median == pytest.approx(1.1)
+    assert replicas.lone_transfer_ms == pytest.approx([16.5])  # median of 11 and 22 ms
     assert (replicas.fps.low, replicas.fps.high) == (9.5, 19.0)
 
 

@@ -23,6 +23,7 @@ import argparse
 import json
 import logging
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -227,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         rounds: list[list[RunResult]] = []
         with Cluster(count, cpu, link, period_us=args.period_us,
                      fill_idle=not args.no_idle_fill) as cluster:
+            wake = cluster.wake_lateness()
             profile = args.profile
             if profile is None and not args.no_plan:
                 base = layouts.one_board(args.model, Path(work))
@@ -248,14 +250,14 @@ def main(argv: list[str] | None = None) -> int:
     summaries = report.summarise(rounds)
     loads = [run.load_after for runs in rounds for run in runs]
     header = {"command": command_line(), "machine": machine(), "cpu": cpu,
-              "calibration": calibration, "link_mbps": args.link_mbps,
+              "calibration": calibration, "wake_lateness_ms": wake, "link_mbps": args.link_mbps,
               "phases": phases.__dict__, "minutes": minutes}
     report.write_json(args.out / "cluster.json", header, rounds, summaries)
     images = {"throughput": args.out / "throughput.png", "cpu": args.out / "cpu.png"}
     report.plot_throughput(images["throughput"], summaries)
     report.plot_cpu(images["cpu"], summaries)
     notes = [describe_setup(args, calibration, count=count, cpu=cpu, loads=loads,
-                            minutes=minutes), *notes]
+                            minutes=minutes, wake=wake), *notes]
     relative = {key: os.path.relpath(path, BENCHMARKS.parent) for key, path in images.items()}
     body = report.markdown(summaries, notes, relative)
     print(body)
@@ -265,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def describe_setup(args: argparse.Namespace, calibration: str, *, count: int, cpu: float,
-                   loads: list[float], minutes: float) -> str:
+                   loads: list[float], minutes: float, wake: list[float]) -> str:
     link = (f"each in its own network namespace with a {args.link_mbps:g} Mbit/s link (tbf "
             "both ways) to the broker" if args.link_mbps > 0 else "all on loopback")
     period = args.period_us or boards.shortest_period_us(cpu)
@@ -278,7 +280,9 @@ def describe_setup(args: argparse.Namespace, calibration: str, *, count: int, cp
     return (
         f"`{args.model.name}`, {len(list_images(args.images))} photos (shuffled per run), "
         f"1 interpreter thread per daemon. Boards: {calibration} (a quota of "
-        f"{round(cpu * period)} µs every {period} µs{fill}); {link}. Together the "
+        f"{round(cpu * period)} µs every {period} µs{fill}; a process asleep on a board woke "
+        f"{statistics.median(wake):.2f} ms late, median of {len(wake)} sleeps, 90th percentile "
+        f"{statistics.quantiles(wake, n=10)[-1]:.2f} ms); {link}. Together the "
         f"{count} boards' quotas are {cpu * count:.2f} of this machine's {os.cpu_count()} "
         "cores; mosquitto, the camera (aiotedge's Camera, pacing itself by "
         f"{args.in_flight_per_board} frames in flight per board) and the bench run outside "

@@ -668,9 +668,40 @@ def seconds_per_frame(argv: Sequence[str], fraction: float, *,
     return float(output.split()[-1])
 
 
+def wake_lateness(board: Board, samples: int = 200, *, timeout: float = 60.0) -> list[float]:
+    """How late (ms) a process on the board wakes from a sleep, with whatever else runs there
+    (its idle loop): the wait a frame's message meets at every hop, besides the board's pace."""
+    proc = board.popen([sys.executable, "-c", _WAKE, str(samples)], stdout=subprocess.PIPE,
+                       text=True)
+    output, _ = proc.communicate(timeout=timeout)
+    if proc.returncode:
+        raise BoardError(f"the wake-up probe on {board.name} exited with status {proc.returncode}")
+    return [float(word) for word in output.split()]
+
+
 # The self-test's workloads, run by the board's Python (`python -c CODE ARGS`).
 _SPIN = "while True: pass"
-_FILL_IDLE = "import os\nos.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\n" + _SPIN
+# The idle loop yields about every 50 µs: the kernel charges a task's time to the quota when it
+# switches or at its tick (4 ms at HZ=250), so a loop that never yields overruns the quota by
+# up to a tick, and the board then sits throttled for periods to pay it back: a daemon woken
+# meanwhile waited a median 4 to 7 ms (`wake_lateness`), against none on a slower CPU.
+_FILL_IDLE = """import os
+os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+while True:
+    for _ in range(2000):
+        pass
+    os.sched_yield()
+"""
+# How late a sleeper wakes: sleeps of 5 to 30 ms at random, each one's oversleep in ms.
+_WAKE = """import random, sys, time
+late = []
+for _ in range(int(sys.argv[1])):
+    wanted = random.uniform(0.005, 0.03)
+    started = time.perf_counter()
+    time.sleep(wanted)
+    late.append((time.perf_counter() - started - wanted) * 1000)
+print(*late)
+"""
 _FRAMES = """import sys, time
 def frame():
     total = 0

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from aiotedge.config.schema import BrokerConfig, CameraConfig
 from aiotedge.nodes.broker import free_port
-from bench.cluster.boards import Board, CpuStats, Link, LinkBytes
+from bench.cluster.boards import Board, CpuStats, Link, LinkBytes, wake_lateness
 from bench.cluster.layouts import Layout
 from bench.reliability.harness import Broker
 from bench.reliability.procfs import sample
@@ -81,8 +81,10 @@ class RunResult:
     predicted_fps: float | None
     fps: float
     lone_latency_ms: float
-    #: median of the lone frames' time in each stage, capture or previous output to output
-    lone_stage_ms: list[float]
+    #: medians over the lone frames, per stage: capture or the previous stage's output to
+    #: this stage's network thread, and from there to its output (decode, segment, encode)
+    lone_transfer_ms: list[float]
+    lone_compute_ms: list[float]
     frames: int
     seconds: float
     #: what the broker read and wrote (MQTT bytes), per frame: its link's load
@@ -157,6 +159,14 @@ class Cluster:
 
     def __exit__(self, *_exc: object) -> None:
         self._exit.close()
+
+    def wake_lateness(self) -> list[float]:
+        """How late a sleeper on a board wakes (ms), with the board's idle loop as in a run."""
+        board = self.boards[0]
+        with ExitStack() as stack:
+            if self.fill_idle:
+                stack.callback(_stop, board.fill_idle())
+            return wake_lateness(board)
 
     def run(self, layout: Layout, photos: list[tuple[str, bytes]], phases: Phases, *,
             seed: int, camera: CameraConfig | None = None) -> RunResult:
@@ -285,18 +295,18 @@ def _result(layout: Layout, arrivals: list[Arrival], lone: list[Arrival], *, in_
             bytes_out_per_frame=link.from_board / done if link and done else 0.0,
             rss_ready_mb=ready[node], rss_peak_mb=peaks[node],
         ))
-    stages = len(lone[0].prediction.stages)
-    lone_stage_ms = [
-        statistics.median(a.prediction.stages[k].transfer_ms + a.prediction.stages[k].compute_ms
-                          for a in lone)
-        for k in range(stages)
-    ]
+    stages = range(len(lone[0].prediction.stages))
+    lone_transfer_ms = [statistics.median(a.prediction.stages[k].transfer_ms for a in lone)
+                        for k in stages]
+    lone_compute_ms = [statistics.median(a.prediction.stages[k].compute_ms for a in lone)
+                       for k in stages]
     return RunResult(
         layout=layout.name, strategy=layout.strategy, boards=layout.boards,
         describe=layout.describe(), predicted_fps=layout.predicted_fps,
         fps=steady_fps(arrivals, in_flight),
         lone_latency_ms=statistics.median(a.prediction.latency_ms for a in lone),
-        lone_stage_ms=lone_stage_ms, frames=frames, seconds=seconds,
+        lone_transfer_ms=lone_transfer_ms, lone_compute_ms=lone_compute_ms,
+        frames=frames, seconds=seconds,
         broker_bytes_per_frame=(after.broker_io - before.broker_io) / frames,
         broker_cpu_ms_per_frame=(after.broker_cpu - before.broker_cpu) * 1000 / frames,
         camera_cpu_ms_per_frame=(after.own_cpu - before.own_cpu) * 1000 / frames,

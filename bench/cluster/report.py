@@ -47,6 +47,10 @@ class Summary:
     ratio: Spread
     lone_ms: Spread
     lone_ratio: Spread
+    #: per stage, medians over rounds of the lone frames' medians: camera or previous stage to
+    #: this stage's network thread, and from there to its output
+    lone_transfer_ms: list[float]
+    lone_compute_ms: list[float]
     predicted_fps: float | None
     broker_kb_per_frame: Spread
     #: CPU ms per frame outside the quotas: mosquitto, the camera's process
@@ -79,6 +83,8 @@ def summarise(rounds: list[list[RunResult]]) -> list[Summary]:
             lone_ms=Spread.of(run.lone_latency_ms for run, _ in pairs),
             lone_ratio=Spread.of(run.lone_latency_ms / base.lone_latency_ms
                                  for run, base in pairs),
+            lone_transfer_ms=_stage_medians([run.lone_transfer_ms for run, _ in pairs]),
+            lone_compute_ms=_stage_medians([run.lone_compute_ms for run, _ in pairs]),
             predicted_fps=first.predicted_fps,
             broker_kb_per_frame=Spread.of(run.broker_bytes_per_frame / 1000 for run, _ in pairs),
             broker_cpu_ms=Spread.of(run.broker_cpu_ms_per_frame for run, _ in pairs),
@@ -87,6 +93,10 @@ def summarise(rounds: list[list[RunResult]]) -> list[Summary]:
             per_board=_per_board([run.per_board for run, _ in pairs]),
         ))
     return summaries
+
+
+def _stage_medians(rounds: list[list[float]]) -> list[float]:
+    return [statistics.median(values) for values in zip(*rounds, strict=True)]
 
 
 def _per_board(rounds: list[list[BoardResult]]) -> list[dict[str, float | int | str]]:
@@ -239,6 +249,22 @@ def markdown(summaries: list[Summary], notes: list[str], images: dict[str, str])
         "board):",
         table(("boards", *strategies), lone_rows),
     ]
+    most_stages = max(len(s.lone_compute_ms) for s in summaries)
+    if most_stages > 1:
+        def stages(s: Summary) -> list[str]:
+            cells = [f"{transfer:.1f} / {compute:.1f}" for transfer, compute
+                     in zip(s.lone_transfer_ms, s.lone_compute_ms, strict=True)]
+            return cells + [""] * (most_stages - len(cells))
+
+        where = [(s.layout, *stages(s),
+                  f"{sum(s.lone_transfer_ms):.1f} / {sum(s.lone_compute_ms):.1f}")
+                 for s in summaries if s.strategy in (ONE_BOARD, "pipeline")]
+        parts += ["Where a lone frame's time goes (medians, ms): into each stage (from the "
+                  "camera's capture or the previous stage's output to the stage's network "
+                  "thread: encode, publish, the links, the broker, waking the board) / in it "
+                  "(decode, the segment, the photo's decoding at stage 0):",
+                  table(("layout", *(f"stage {k}" for k in range(most_stages)), "all"),
+                        where)]
     if predicted:
         parts += ["The planner's prediction against the measurement:",
                   table(("layout", "plan", "predicted frames/s", "measured", "error"),
