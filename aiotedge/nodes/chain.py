@@ -15,7 +15,8 @@ from collections.abc import Iterable
 
 from aiotedge.config.schema import BrokerConfig
 from aiotedge.contracts.events import NodeInfo
-from aiotedge.contracts.topics import ONLINE, Topics
+from aiotedge.contracts.topics import Topics
+from aiotedge.nodes.health import PipelineView
 from aiotedge.nodes.lifecycle import wait_for_broker
 from aiotedge.nodes.session import MqttSession, read_retained
 
@@ -39,18 +40,20 @@ def check_chain(broker: BrokerConfig, topics: Topics, me: NodeInfo,
                                  topics.probe(session.client_id))
     finally:
         session.stop()
-    online = {topic.rsplit("/", 1)[1] for topic, payload in retained.items()
-              if topic.startswith(topics.availability("")) and payload.decode() == ONLINE}
-    neighbours = [info for topic, payload in retained.items()
-                  if topic.startswith(topics.info("")) and (info := NodeInfo.parse(payload))
-                  and info.node in online]
-    errors, warnings = chain_problems(me, neighbours)
+    neighbours = online_nodes(PipelineView.from_retained(retained, topics))
+    errors, warnings = chain_problems(me, neighbours.values())
     for warning in warnings:
         log.warning("%s", warning)
     for error in errors:
         log.error("not starting: %s", error)
     previous = NodeInfo.parse(retained.get(topics.info(me.node), b""))
     return not errors, previous
+
+
+def online_nodes(view: PipelineView) -> dict[str, NodeInfo]:
+    """Node name -> what it runs, for every node online that said what it runs."""
+    return {node.name: node.info for node in view.nodes.values()
+            if node.online and node.info is not None}
 
 
 def chain_problems(me: NodeInfo, online: Iterable[NodeInfo]) -> tuple[list[str], list[str]]:
