@@ -41,7 +41,8 @@ def clip(text: str, limit: int) -> str:
 
 @dataclass(frozen=True)
 class ErrorEvent:
-    """A frame refused (bad input) or lost (no result in time); one JSON object per event."""
+    """A frame refused (bad input) or lost (no result in time), or an online neighbour that
+    does not fit a stage (no frame then); one JSON object per event."""
 
     node: str
     reason: str

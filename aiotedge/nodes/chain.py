@@ -1,10 +1,11 @@
-"""Whether a stage fits between the stages that are online now, from their retained info.
+"""Whether a stage fits between the stages that are online, from their retained info.
 
 Boards are set up one by one, by hand: two of them can end up with segments of different
 splits, or two with the same stage and no shared group. Each stage says what it runs
 (`NodeInfo`, retained on `.../info/<node>`), and a stage that starts reads what its online
 neighbours run and refuses to start when the chain would break, instead of refusing every
-frame later.
+frame later. Boards started at the same moment all pass that check, none seeing the others
+online yet: so a running stage keeps watching its neighbours and reports one that does not fit.
 """
 
 from __future__ import annotations
@@ -13,10 +14,14 @@ import logging
 import threading
 from collections.abc import Iterable
 
+import paho.mqtt.client as mqtt
+
 from aiotedge.config.schema import BrokerConfig
-from aiotedge.contracts.events import NodeInfo
-from aiotedge.contracts.topics import ONLINE, Topics
+from aiotedge.contracts.events import ErrorEvent, NodeInfo
+from aiotedge.contracts.topics import Topics
+from aiotedge.nodes.health import PipelineView
 from aiotedge.nodes.lifecycle import wait_for_broker
+from aiotedge.nodes.metrics import Counters
 from aiotedge.nodes.session import MqttSession, read_retained
 
 log = logging.getLogger(__name__)
@@ -39,12 +44,8 @@ def check_chain(broker: BrokerConfig, topics: Topics, me: NodeInfo,
                                  topics.probe(session.client_id))
     finally:
         session.stop()
-    online = {topic.rsplit("/", 1)[1] for topic, payload in retained.items()
-              if topic.startswith(topics.availability("")) and payload.decode() == ONLINE}
-    neighbours = [info for topic, payload in retained.items()
-                  if topic.startswith(topics.info("")) and (info := NodeInfo.parse(payload))
-                  and info.node in online]
-    errors, warnings = chain_problems(me, neighbours)
+    neighbours = online_nodes(PipelineView.from_retained(retained, topics))
+    errors, warnings = chain_problems(me, neighbours.values())
     for warning in warnings:
         log.warning("%s", warning)
     for error in errors:
@@ -53,8 +54,59 @@ def check_chain(broker: BrokerConfig, topics: Topics, me: NodeInfo,
     return not errors, previous
 
 
+class ChainWatch:
+    """Reports, while a stage serves, each online neighbour that does not fit it.
+
+    Follows the nodes' retained info and availability on the stage's own session (QoS 0: the
+    stage acknowledges its QoS 1 messages by hand). A problem is reported once, when it
+    appears: logged, counted (`chain_errors`) and published as an error event naming the other
+    node; the same retained messages said again (a reconnect) report nothing new. The stage
+    keeps serving: which of two boards that do not fit is the wrong one cannot be told here.
+    A problem that clears (the neighbour went offline, or came back fitting) is logged, and
+    reported again if it comes back.
+    """
+
+    def __init__(self, session: MqttSession, topics: Topics, me: NodeInfo, counters: Counters,
+                 qos: int) -> None:
+        self._session = session
+        self._topics = topics
+        self._me = me
+        self._counters = counters
+        self._qos = qos
+        self._view = PipelineView()
+        #: each problem reported and not cleared since -> the info topic of the node it is about
+        self._reported: dict[str, str] = {}
+        for topic_filter in (topics.all_availability, topics.all_info):
+            session.subscribe(topic_filter, self._on_node, qos=0)
+
+    def _on_node(self, message: mqtt.MQTTMessage) -> None:
+        """On the network thread, the only one that touches the view: no lock."""
+        self._view.update(self._topics, message.topic, message.payload)
+        found = {problem: self._topics.info(name)
+                 for name, info in online_nodes(self._view).items()
+                 for problem in chain_problems(self._me, [info])[0]}
+        for problem in self._reported.keys() - found.keys():
+            log.info("chain problem gone: %s", problem)
+        for problem, topic in found.items():
+            if problem not in self._reported:
+                self._report(problem, topic)
+        self._reported = found
+
+    def _report(self, problem: str, topic: str) -> None:
+        log.error("chain broken, serving on: %s", problem)
+        self._counters.add("chain_errors")
+        event = ErrorEvent(node=self._me.node, reason=problem, stage=self._me.stage, topic=topic)
+        self._session.publish(self._topics.errors, event.to_json(), qos=self._qos)
+
+
+def online_nodes(view: PipelineView) -> dict[str, NodeInfo]:
+    """Node name -> what it runs, for every node online that said what it runs."""
+    return {node.name: node.info for node in view.nodes.values()
+            if node.online and node.info is not None}
+
+
 def chain_problems(me: NodeInfo, online: Iterable[NodeInfo]) -> tuple[list[str], list[str]]:
-    """(errors, warnings) about starting `me` beside the nodes that are online now.
+    """(errors, warnings) about `me` serving beside the nodes that are online now.
 
     Errors break frames (tensors that cannot pass between neighbours, two copies of a stage
     that would both process every frame); warnings are worth a look (another manifest with

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 COUNTER_NAMES = (
     "frames_in", "frames_out", "rejected", "dropped", "duplicates", "bytes_in", "bytes_out",
+    "chain_errors",
 )
 #: histogram buckets (seconds): a 1 ms hop on a fast machine up to a minute behind a queue
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -202,6 +203,10 @@ STAGE_COUNTERS = {
                    "Repeats of a frame attempt already handled (broker redeliveries), dropped."),
     "bytes_in": ("aiotedge_stage_received_bytes", "Bytes of the frames the stage took."),
     "bytes_out": ("aiotedge_stage_sent_bytes", "Bytes of the results the stage published."),
+    "chain_errors": ("aiotedge_stage_chain_errors",
+                     "Online neighbours found not to fit this stage (segments of another split, "
+                     "or a copy of the stage outside its share group), each reported on the "
+                     "pipeline's errors topic."),
 }
 #: the stage's histograms: NodeStats attribute -> (metric name, HELP)
 STAGE_TIMINGS = {

@@ -33,7 +33,7 @@ from aiotedge.contracts.manifest import Manifest
 from aiotedge.contracts.wire import Frame, Hop, decode_activation, decode_photo, encode_frame
 from aiotedge.media.image import decode_image, preprocess
 from aiotedge.nodes import systemd
-from aiotedge.nodes.chain import check_chain
+from aiotedge.nodes.chain import ChainWatch, check_chain
 from aiotedge.nodes.dedup import RecentIds
 from aiotedge.nodes.health import PipelineAvailability
 from aiotedge.nodes.homeassistant import HomeAssistantBridge
@@ -396,6 +396,9 @@ def run_stage(config: NodeConfig, stop: threading.Event | None = None) -> int:
     if previous is not None and previous.share_group != config.stage.share_group:
         node.forget_subscription(previous.share_group)
     pipeline = PipelineAvailability(node.session, config.topics, node.node)
+    # follows the neighbours for as long as the session runs: the check above saw only
+    # those online already
+    ChainWatch(node.session, config.topics, node.info, node.counters, config.pipeline.qos)
     bridge = None
     if config.homeassistant.discovery and node.is_last:
         bridge = HomeAssistantBridge(node.session, config.topics, manifest, node.node,

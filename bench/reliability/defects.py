@@ -453,8 +453,10 @@ def chain_check(ctx: Context) -> Row:
     """Three boards whose manifests come from different splits: stage 0 from the 5-stage
     split of the int8 test CNN (its output is 1x20x16x16), stages 1 and 2 from the 3-stage split
     (stage 1 takes 1x10x8x32). Each stage's own segment matches its own manifest, so each starts;
-    the pipeline is broken all the same. It should be found at start (a stage refusing to
-    start, or an error event before the first frame); today every frame is refused one by one."""
+    started at the same moment, none may see the others online at its check at start. The
+    pipeline is broken all the same. It should be found before the first frame (a stage
+    refusing to start, or an error event from a running stage whose neighbour does not fit);
+    otherwise every frame is refused one by one."""
     first, rest = ctx.workload.int8_five, ctx.workload.int8
     assert not first.stages[0].output.matches(rest.stages[1].input)
     frames = 10
@@ -471,8 +473,12 @@ def chain_check(ctx: Context) -> Row:
             d.process is not None and d.process.poll() is not None for d in run.stages.values()),
             run.deadline, 30, "stages online or refusing")
         with observer.changed:
-            early_events = len(observer.errors)
             refused = sorted(nodes - observer.online)  # exited, or staying offline
+        if not refused:  # all serving: the running stages should report their neighbours
+            observer.wait(lambda: bool(observer.errors), run.deadline, 30,
+                          "an error event about the chain")
+        with observer.changed:
+            early_events = len(observer.errors)
         if not refused and not early_events:  # not found: frames show what happens instead
             run.feed(ctx.workload.test_photos, frames, fps=STEADY_FPS)
             run.settle()
