@@ -72,10 +72,10 @@ def test_stats_are_retained_per_node(broker, split3, photos):
         list(pipeline.predict(photos))
     status = collect_status(broker.address, pipeline.topics)
     assert set(status) == {"local-stage0", "local-stage1", "local-stage2"}
-    for info in status.values():
-        assert info["availability"] == "offline"
+    for node, info in status.items():
+        assert info["availability"] == "offline", node
         stats = info["stats"]
-        assert stats["frames_in"] == stats["frames_out"] == len(photos)
+        assert stats["frames_in"] == stats["frames_out"] == len(photos), f"{node}: {stats}"
         assert stats["inference_ms"]["p50"] > 0
         assert stats["rss_mb"] > 0
         json.dumps(stats)

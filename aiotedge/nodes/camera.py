@@ -445,14 +445,19 @@ def run_camera(config: NodeConfig, stop: threading.Event | None = None) -> int:
     if cam.preprocess != "none" and model is None:
         camera.wait_for_model(MODEL_WAIT)
     done = threading.Event()
+    reporter = threading.Thread(target=camera.report_stats, args=(config.stats.interval, done),
+                                name="stats", daemon=True)
     if config.stats.interval > 0:
-        threading.Thread(target=camera.report_stats, args=(config.stats.interval, done),
-                         name="stats", daemon=True).start()
+        reporter.start()
     systemd.notify(f"READY=1\nSTATUS=camera {cam.name} reading {source.name}")
     log.info("camera %s: reading %s", cam.name, source.name)
     sent = camera.run(source, frames=cam.frames, stop=stop)
     systemd.notify("STOPPING=1")
     done.set()
+    # a snapshot the reporter took before the final one must not be published after it (the
+    # broker would retain it)
+    if reporter.is_alive():
+        reporter.join()
     camera.publish_stats()
     session.stop()
     return camera.outcome(sent)

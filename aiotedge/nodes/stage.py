@@ -125,7 +125,8 @@ class StageNode:
         )
 
     def stop(self, timeout: float = 20.0) -> None:
-        """Stop taking frames, finish those already queued, say offline.
+        """Stop taking frames, finish those already queued, publish the final stats (the
+        last ones: retained), say offline.
 
         Frames that arrive from now on are left unacknowledged: with QoS 1 the broker keeps
         them for this node's next start (or, for a replica, its next connection).
@@ -140,6 +141,10 @@ class StageNode:
         self._worker.join(timeout)
         if not self.session.wait_acknowledged(timeout):
             log.warning("%d results not acknowledged by the broker", self.session.unacknowledged)
+        # The reporter may be between its snapshot and its publish: published after the final
+        # stats, that older snapshot would be what the broker retains.
+        if self._reporter.is_alive():
+            self._reporter.join(timeout)
         self.publish_stats()
         self.session.stop()
         log.info("stage %d stopped: %s", self.index, self.counters.snapshot())
