@@ -214,12 +214,26 @@ def test_cleanup_leftovers_removes_a_dead_runs_and_spares_a_live_one():
     assert not link_exists(veth)
 
 
-def test_calibrate_scales_the_quota_by_the_time_per_frame():
+def test_calibrate_runs_the_command_on_a_board_and_reads_its_time_per_frame():
     need("cpu")
-    # A command whose frames always take 50 ms: half the 100 ms target at 0.5 core -> 0.25 core.
-    found = boards.calibrate([sys.executable, "-c", "print(0.05)"], 0.1, probe_fraction=0.5)
-    assert found.fraction == pytest.approx(0.25)
-    assert (found.probe_seconds, found.check_seconds) == (0.05, 0.05)
+    # frames of 100 ms at 0.5 core: the 100 ms target needs 0.5 core, which the check confirms
+    found = boards.calibrate([sys.executable, "-c", "print(0.1)"], 0.1, probe_fraction=0.5)
+    assert found.fraction == pytest.approx(0.5)
+    assert (found.probe_seconds, found.check_seconds) == (0.1, 0.1)
+
+
+@pytest.mark.parametrize(("times", "fraction", "checked"), [
+    ([0.05, 0.1], 0.25, 0.1),  # 50 ms at 0.5 core: 0.25 core for 100 ms, confirmed
+    ([0.05, 0.08, 0.1], 0.2, 0.1),  # the machine sped up after the probe: corrected once
+    ([0.05, 0.08, 0.08, 0.08], 0.16, 0.08),  # never within 5%: the last check is kept
+])
+def test_calibrate_corrects_the_quota_while_the_check_misses_the_target(
+        monkeypatch, times, fraction, checked):
+    runs = iter(times)
+    monkeypatch.setattr(boards, "seconds_per_frame", lambda *_args, **_kw: next(runs))
+    found = boards.calibrate(["frames"], 0.1, probe_fraction=0.5)
+    assert (found.fraction, found.check_seconds) == pytest.approx((fraction, checked))
+    assert next(runs, None) is None  # every run used, none more
 
 
 def test_without_cgroup_mounts_the_reason_says_so():
