@@ -1,5 +1,5 @@
-"""ChainWatch alone: a running stage reporting neighbours that do not fit it, on a fake session
-whose messages the test delivers by hand.
+"""ChainWatch: a running stage reporting neighbours that do not fit it, following the view its
+PipelineAvailability keeps, on a fake session whose messages the test delivers by hand.
 
 The check at start, against a real mosquitto and real stage daemons, is in test_faults; the
 watching in a running pipeline in test_reliability (chain-check).
@@ -16,6 +16,7 @@ from aiotedge.contracts.events import ErrorEvent, NodeInfo
 from aiotedge.contracts.tensors import TensorSpec
 from aiotedge.contracts.topics import OFFLINE, ONLINE, Topics
 from aiotedge.nodes.chain import ChainWatch
+from aiotedge.nodes.health import PipelineAvailability
 from aiotedge.nodes.metrics import Counters
 
 TOPICS = Topics("unit")
@@ -34,11 +35,12 @@ def stage0(output: TensorSpec, manifest: str) -> bytes:
 
 
 class FakeSession:
-    """Keeps the watcher's handlers and what it publishes; `deliver` plays the broker."""
+    """Keeps the handlers and what the watch publishes; `deliver` plays the broker."""
 
     def __init__(self) -> None:
         self.handlers: dict[str, object] = {}
         self.published: list[tuple[str, str, int]] = []
+        self.announced: list[tuple[str, str]] = []
 
     def subscribe(self, topic, handler, qos=1) -> None:
         assert qos == 0  # a stage acknowledges its QoS 1 messages by hand
@@ -48,6 +50,9 @@ class FakeSession:
         assert not retain
         self.published.append((topic, payload, qos))
 
+    def announce(self, topic: str, payload: str) -> None:
+        self.announced.append((topic, payload))  # the pipeline's availability
+
     def deliver(self, topic: str, payload: bytes) -> None:
         self.handlers[topic.rsplit("/", 1)[0] + "/+"](SimpleNamespace(topic=topic,
                                                                        payload=payload))
@@ -56,7 +61,8 @@ class FakeSession:
 @pytest.fixture
 def watched() -> tuple[FakeSession, Counters]:
     session, counters = FakeSession(), Counters()
-    ChainWatch(session, TOPICS, ME, counters, qos=1)
+    watch = ChainWatch(session, TOPICS, ME, counters, qos=1)
+    PipelineAvailability(session, TOPICS, ME.node, followers=[watch.check])
     return session, counters
 
 

@@ -14,8 +14,6 @@ import logging
 import threading
 from collections.abc import Iterable
 
-import paho.mqtt.client as mqtt
-
 from aiotedge.config.schema import BrokerConfig
 from aiotedge.contracts.events import ErrorEvent, NodeInfo
 from aiotedge.contracts.topics import Topics
@@ -57,8 +55,8 @@ def check_chain(broker: BrokerConfig, topics: Topics, me: NodeInfo,
 class ChainWatch:
     """Reports, while a stage serves, each online neighbour that does not fit it.
 
-    Follows the nodes' retained info and availability on the stage's own session (QoS 0: the
-    stage acknowledges its QoS 1 messages by hand). A problem is reported once, when it
+    Follows the pipeline's view the stage keeps from the nodes' retained info and availability
+    (`check`, given to PipelineAvailability as a follower). A problem is reported once, when it
     appears: logged, counted (`chain_errors`) and published as an error event naming the other
     node; the same retained messages said again (a reconnect) report nothing new. The stage
     keeps serving: which of two boards that do not fit is the wrong one cannot be told here.
@@ -73,17 +71,13 @@ class ChainWatch:
         self._me = me
         self._counters = counters
         self._qos = qos
-        self._view = PipelineView()
         #: each problem reported and not cleared since -> the info topic of the node it is about
         self._reported: dict[str, str] = {}
-        for topic_filter in (topics.all_availability, topics.all_info):
-            session.subscribe(topic_filter, self._on_node, qos=0)
 
-    def _on_node(self, message: mqtt.MQTTMessage) -> None:
-        """On the network thread, the only one that touches the view: no lock."""
-        self._view.update(self._topics, message.topic, message.payload)
+    def check(self, view: PipelineView) -> None:
+        """After every change of the view (on the network thread, under the view's lock)."""
         found = {problem: self._topics.info(name)
-                 for name, info in online_nodes(self._view).items()
+                 for name, info in online_nodes(view).items()
                  for problem in chain_problems(self._me, [info])[0]}
         for problem in self._reported.keys() - found.keys():
             log.info("chain problem gone: %s", problem)

@@ -12,6 +12,7 @@ import json
 import logging
 import threading
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -181,13 +182,17 @@ class PipelineAvailability:
 
     Every stage does it, from the same retained messages, so the topic stays right whichever
     stage stops or dies (the others see its Last Will); a stage that stops on purpose updates
-    it first. Subscribed at QoS 0: a stage acknowledges its QoS 1 messages by hand.
+    it first. Subscribed at QoS 0: a stage acknowledges its QoS 1 messages by hand. The view
+    it keeps is handed to each of `followers` after every node's message (the stage's chain
+    watch), so a stage follows its pipeline once.
     """
 
-    def __init__(self, session: Any, topics: Topics, node: str) -> None:
+    def __init__(self, session: Any, topics: Topics, node: str,
+                 followers: Sequence[Callable[[PipelineView], None]] = ()) -> None:
         self._session = session
         self._topics = topics
         self._node = node
+        self._followers = tuple(followers)
         self._view = PipelineView()
         self._said: str | None = None
         self._lock = threading.Lock()
@@ -204,6 +209,8 @@ class PipelineAvailability:
         with self._lock:
             self._view.update(self._topics, message.topic, message.payload)
             self._say(self._view)
+            for follow in self._followers:
+                follow(self._view)
 
     def _on_pipeline(self, message: mqtt.MQTTMessage) -> None:
         with self._lock:

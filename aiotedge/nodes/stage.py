@@ -400,10 +400,11 @@ def run_stage(config: NodeConfig, stop: threading.Event | None = None) -> int:
         return 2
     if previous is not None and previous.share_group != config.stage.share_group:
         node.forget_subscription(previous.share_group)
-    pipeline = PipelineAvailability(node.session, config.topics, node.node)
-    # follows the neighbours for as long as the session runs: the check above saw only
-    # those online already
-    ChainWatch(node.session, config.topics, node.info, node.counters, config.pipeline.qos)
+    # the check above saw only the neighbours online already: the watch follows them on
+    watch = ChainWatch(node.session, config.topics, node.info, node.counters,
+                       config.pipeline.qos)
+    pipeline = PipelineAvailability(node.session, config.topics, node.node,
+                                    followers=[watch.check])
     bridge = None
     if config.homeassistant.discovery and node.is_last:
         bridge = HomeAssistantBridge(node.session, config.topics, manifest, node.node,
