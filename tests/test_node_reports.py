@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import threading
 import urllib.request
 
 import pytest
@@ -14,11 +15,36 @@ from aiotedge.nodes.broker import free_port
 from aiotedge.nodes.metrics import (
     LatencyWindow,
     NodeStats,
+    StatsReporter,
     Timing,
     camera_metrics,
     serve_prometheus,
     stage_metrics,
 )
+
+
+def test_the_stats_published_at_stop_are_the_last_ones():
+    callers: list[str] = []
+    ticked = threading.Event()
+
+    def publish() -> None:
+        callers.append(threading.current_thread().name)
+        ticked.set()
+
+    reporter = StatsReporter(publish, interval=0.01)
+    reporter.start()
+    assert ticked.wait(10), "the reporter never published"
+    reporter.stop()
+    assert callers[-1] == threading.current_thread().name  # the final stats, from stop()
+    assert set(callers[:-1]) == {"stats"}  # the periodic ones, from the reporter's thread
+
+
+def test_without_an_interval_the_stats_are_published_at_stop_only():
+    callers: list[str] = []
+    reporter = StatsReporter(lambda: callers.append("published"), interval=0)
+    reporter.start()
+    reporter.stop()
+    assert callers == ["published"]
 
 
 def test_latency_percentiles_come_from_the_recent_window():

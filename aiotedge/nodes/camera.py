@@ -42,7 +42,13 @@ from aiotedge.media.sources.base import CapturedFrame
 from aiotedge.media.sources.live import LiveReader
 from aiotedge.nodes import systemd
 from aiotedge.nodes.lifecycle import connect_once, stop_on_signals, wait_for_broker
-from aiotedge.nodes.metrics import Metric, NodeStats, camera_metrics, serve_prometheus
+from aiotedge.nodes.metrics import (
+    Metric,
+    NodeStats,
+    StatsReporter,
+    camera_metrics,
+    serve_prometheus,
+)
 from aiotedge.nodes.session import MqttSession
 
 log = logging.getLogger(__name__)
@@ -395,12 +401,11 @@ class Camera:
                              retain=True)
         return snapshot
 
-    def report_stats(self, interval: float, stop: threading.Event) -> None:
-        """Retained stats every `interval` seconds until `stop`; the state also to systemd."""
-        while not stop.wait(interval):
-            stats = self.publish_stats()
-            systemd.notify(f"STATUS=camera {self.options.name}: {stats['source_state']}, "
-                           f"{stats['published']} published, {stats['dropped']} dropped")
+    def report_stats(self) -> None:
+        """Retained stats, and the state to systemd (`systemctl status`)."""
+        stats = self.publish_stats()
+        systemd.notify(f"STATUS=camera {self.options.name}: {stats['source_state']}, "
+                       f"{stats['published']} published, {stats['dropped']} dropped")
 
 
 # -- the daemon -------------------------------------------------------------------------------
@@ -444,20 +449,12 @@ def run_camera(config: NodeConfig, stop: threading.Event | None = None) -> int:
     session.set_online()
     if cam.preprocess != "none" and model is None:
         camera.wait_for_model(MODEL_WAIT)
-    done = threading.Event()
-    reporter = threading.Thread(target=camera.report_stats, args=(config.stats.interval, done),
-                                name="stats", daemon=True)
-    if config.stats.interval > 0:
-        reporter.start()
+    reporter = StatsReporter(camera.report_stats, config.stats.interval)
+    reporter.start()
     systemd.notify(f"READY=1\nSTATUS=camera {cam.name} reading {source.name}")
     log.info("camera %s: reading %s", cam.name, source.name)
     sent = camera.run(source, frames=cam.frames, stop=stop)
     systemd.notify("STOPPING=1")
-    done.set()
-    # a snapshot the reporter took before the final one must not be published after it (the
-    # broker would retain it)
-    if reporter.is_alive():
-        reporter.join()
-    camera.publish_stats()
+    reporter.stop()
     session.stop()
     return camera.outcome(sent)

@@ -235,6 +235,32 @@ CAMERA_COUNTERS = {
 }
 
 
+class StatsReporter:
+    """Publishes a node's retained stats every `interval` seconds (0: never) on a thread of its
+    own, and once more at `stop`, after any publish the thread had begun: the broker retains
+    the last stats it gets, so an older snapshot must never follow the final one."""
+
+    def __init__(self, publish: Callable[[], object], interval: float) -> None:
+        self._publish = publish
+        self._interval = interval
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="stats", daemon=True)
+
+    def start(self) -> None:
+        if self._interval > 0:
+            self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        self._publish()
+
+    def _run(self) -> None:
+        while not self._stopping.wait(self._interval):
+            self._publish()
+
+
 @dataclass(frozen=True)
 class Metric:
     """One metric family to expose, free of prometheus_client (an optional extra)."""

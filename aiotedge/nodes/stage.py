@@ -38,7 +38,13 @@ from aiotedge.nodes.dedup import RecentIds
 from aiotedge.nodes.health import PipelineAvailability
 from aiotedge.nodes.homeassistant import HomeAssistantBridge
 from aiotedge.nodes.lifecycle import stop_on_signals, wait_for_broker
-from aiotedge.nodes.metrics import Metric, NodeStats, serve_prometheus, stage_metrics
+from aiotedge.nodes.metrics import (
+    Metric,
+    NodeStats,
+    StatsReporter,
+    serve_prometheus,
+    stage_metrics,
+)
 from aiotedge.nodes.session import MqttSession
 from aiotedge.tflite.runtime import Segment, open_segment
 
@@ -92,7 +98,7 @@ class StageNode:
         #: its queue runs dry
         self._loaded = False
         self._worker = threading.Thread(target=self._run_worker, name="inference", daemon=True)
-        self._reporter = threading.Thread(target=self._report_stats, name="stats", daemon=True)
+        self._reporter = StatsReporter(self.publish_stats, config.stats.interval)
 
     def forget_subscription(self, share_group: str) -> None:
         """Drop the input subscription of an earlier run with another share group.
@@ -113,8 +119,7 @@ class StageNode:
             share_group=self.settings.share_group or None,
         )
         self.session.start()
-        if self.config.stats.interval > 0:
-            self._reporter.start()
+        self._reporter.start()
 
     def announce_online(self) -> None:
         self.session.announce(self.topics.info(self.node), self.info.to_json())
@@ -141,11 +146,7 @@ class StageNode:
         self._worker.join(timeout)
         if not self.session.wait_acknowledged(timeout):
             log.warning("%d results not acknowledged by the broker", self.session.unacknowledged)
-        # The reporter may be between its snapshot and its publish: published after the final
-        # stats, that older snapshot would be what the broker retains.
-        if self._reporter.is_alive():
-            self._reporter.join(timeout)
-        self.publish_stats()
+        self._reporter.stop(timeout)
         self.session.stop()
         log.info("stage %d stopped: %s", self.index, self.counters.snapshot())
 
@@ -174,10 +175,6 @@ class StageNode:
     def publish_stats(self) -> None:
         payload = json.dumps(self.stats_snapshot())
         self.session.publish(self.topics.stats(self.node), payload, qos=0, retain=True)
-
-    def _report_stats(self) -> None:
-        while not self._stopping.wait(self.config.stats.interval):
-            self.publish_stats()
 
     # -- network thread -------------------------------------------------------------------
 
