@@ -653,39 +653,42 @@ def calibrate(argv: Sequence[str], target_seconds: float, *, probe_fraction: flo
     as the last word of its output. CPU-bound work slows in proportion to the quota, so one run
     at probe_fraction gives the fraction; a run at that fraction checks it, and while the check
     is more than `tolerance` off (the shared machine's speed moved between the runs) the
-    fraction is corrected by it and checked again, up to `checks` times."""
+    fraction is corrected by it and checked again, up to `checks` runs in all."""
     probe = seconds_per_frame(argv, probe_fraction, period_us=period_us, timeout=timeout)
     fraction = probe_fraction * probe / target_seconds
-    for attempt in range(1, checks + 1):
-        check = seconds_per_frame(argv, fraction, period_us=period_us, timeout=timeout)
-        if abs(check / target_seconds - 1) <= tolerance or attempt == checks:
-            return Calibration(fraction, target_seconds, probe_fraction, probe, check)
+    check = seconds_per_frame(argv, fraction, period_us=period_us, timeout=timeout)
+    for _ in range(checks - 1):
+        if abs(check / target_seconds - 1) <= tolerance:
+            break
         log.info("calibration: %.1f ms per frame at %.3f core, %.0f%% off the target; "
                  "correcting", check * 1000, fraction, (check / target_seconds - 1) * 100)
         fraction *= check / target_seconds
-    raise ValueError("checks must be at least 1")
+        check = seconds_per_frame(argv, fraction, period_us=period_us, timeout=timeout)
+    return Calibration(fraction, target_seconds, probe_fraction, probe, check)
 
 
 def seconds_per_frame(argv: Sequence[str], fraction: float, *,
                       period_us: int | None = None, timeout: float = 600.0) -> float:
     """Run argv on a board of `fraction` core; the last word it prints, as seconds per frame."""
     with Board("calibrate", fraction, period_us=period_us) as board:
-        proc = board.popen(argv, stdout=subprocess.PIPE, text=True)
-        output, _ = proc.communicate(timeout=timeout)
-    if proc.returncode:
-        raise BoardError(f"`{shlex.join(argv)}` exited with status {proc.returncode}")
-    return float(output.split()[-1])
+        return float(output_of(board, argv, timeout).split()[-1])
 
 
 def wake_lateness(board: Board, samples: int = 200, *, timeout: float = 60.0) -> list[float]:
     """How late (ms) a process on the board wakes from a sleep, with whatever else runs there
     (its idle loop): the wait a frame's message meets at every hop, besides the board's pace."""
-    proc = board.popen([sys.executable, "-c", _WAKE, str(samples)], stdout=subprocess.PIPE,
-                       text=True)
+    output = output_of(board, [sys.executable, "-c", _WAKE, str(samples)], timeout)
+    return [float(word) for word in output.split()]
+
+
+def output_of(board: Board, argv: Sequence[str], timeout: float) -> str:
+    """What argv, run on the board to its end, printed; BoardError if it failed."""
+    proc = board.popen(argv, stdout=subprocess.PIPE, text=True)
     output, _ = proc.communicate(timeout=timeout)
     if proc.returncode:
-        raise BoardError(f"the wake-up probe on {board.name} exited with status {proc.returncode}")
-    return [float(word) for word in output.split()]
+        raise BoardError(f"`{shlex.join(argv)}` on {board.name} exited with status "
+                         f"{proc.returncode}")
+    return output
 
 
 # The self-test's workloads, run by the board's Python (`python -c CODE ARGS`).
