@@ -10,6 +10,8 @@ import argparse
 import dataclasses
 import json
 import logging
+import sys
+import tempfile
 from pathlib import Path
 
 from aiotedge import __version__
@@ -51,8 +53,9 @@ from aiotedge.tflite.profiling import (
 
 log = logging.getLogger("aiotedge")
 
-#: the pipeline name `aiotedge run` uses unless told otherwise
+#: the pipeline and camera names `aiotedge run` uses unless told otherwise
 LOCAL_PIPELINE = "local"
+LOCAL_CAMERA = "local"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -192,12 +195,18 @@ def build_parser() -> argparse.ArgumentParser:
                        "manifest, and as many processes per stage as it has boards "
                        "(required, or --manifest)")
     _add_source_flags(run)
+    run.add_argument("--name", help=f"camera name carried by every frame (default: "
+                     f"{LOCAL_CAMERA})")
     run.add_argument("--frames", type=int,
                      help="stop after this many predictions (default: the source's end)")
     run.add_argument("--threads", type=int, help="interpreter threads per stage "
                      "(default: the runtime's choice)")
     _add_fps_flag(run)
     run.add_argument("--json", action="store_true", help="print the raw JSON predictions")
+    run.add_argument("--log-file", type=Path, metavar="FILE",
+                     help="where the daemons' log goes; the terminal shows the predictions, "
+                          "warnings and errors, and a summary (default: aiotedge-run-"
+                          "<pipeline>.log in the temporary folder; with -v: the terminal)")
     run.set_defaults(handler=_cmd_run)
     return parser
 
@@ -348,15 +357,22 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from aiotedge.nodes.local import LocalPipeline, plan_replicas
+    from aiotedge.nodes.local import LocalPipeline, RunSummary, log_to_file, plan_replicas
 
-    config = _node_config(args, "camera", **_source_keys(args), fps=args.fps).override(
-        "stage", threads=args.threads)
+    config = _node_config(args, "camera", **_source_keys(args), name=args.name, fps=args.fps,
+                          frames=args.frames).override("stage", threads=args.threads)
     if args.pipeline is None and not config.given("pipeline", "name"):
         config = config.override("pipeline", name=LOCAL_PIPELINE)
+    if args.name is None and not config.given("camera", "name"):
+        config = config.override("camera", name=LOCAL_CAMERA)
     external = args.broker or config.given("broker")
     manifest = Manifest.load(args.manifest or args.plan)
     source = open_source(config.camera, "--source")
+    log_file = None
+    if not args.verbose:
+        log_file = args.log_file or Path(tempfile.gettempdir()) / (
+            f"aiotedge-run-{config.pipeline.name}.log")
+        log_to_file(log_file)
     stop = stop_on_signals()
     with LocalPipeline(
         manifest,
@@ -364,11 +380,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
         broker=config.broker if external else None,
         stage=config.stage,
         stats=config.stats,
-        fps=config.camera.fps,
+        camera=config.camera,
         verbose=args.verbose,
         replicas=plan_replicas(args.plan) if args.plan else None,
     ) as pipeline:
-        for name, prediction in pipeline.predict(source, frames=args.frames, stop=stop):
+        summary = RunSummary()
+        in_flight = config.camera.in_flight if config.given("camera", "in_flight") else None
+        for name, prediction in pipeline.predict(source, frames=config.camera.frames, stop=stop,
+                                                 in_flight=in_flight):
+            summary.add(prediction)
             print(prediction.to_json() if args.json else f"{name:24} {prediction.summary()}",
                   flush=True)
+        counters = pipeline.camera.counters.snapshot()
+    print(summary.line(counters) + (f"; the daemons' log: {log_file}" if log_file else ""),
+          file=sys.stderr if args.json else sys.stdout, flush=True)
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import subprocess
 import sys
@@ -18,10 +19,13 @@ from aiotedge.contracts.topics import Topics
 from aiotedge.media.sources import Stills
 from aiotedge.nodes.broker import LocalBroker
 from aiotedge.nodes.camera import Camera
-from aiotedge.nodes.local import LocalPipeline
+from aiotedge.nodes.local import LOCAL_CAMERA, LocalPipeline
 from aiotedge.nodes.session import MqttSession
 from aiotedge.nodes.status import collect_status
 from tests.conftest import wait_all_online, whole_model_top
+
+#: frames without a result are sent again after 5 s, not the default 30
+QUICK_RESENDS = dataclasses.replace(LOCAL_CAMERA, frame_timeout=5.0)
 
 #: bound for one awaited event (a message, a line of log); never a synchronisation
 TIMEOUT = 60.0
@@ -179,7 +183,7 @@ def test_a_broker_restart_mid_stream_loses_no_frame(broker, split3, generated_fr
     frames = 40
     expected = {name: whole_model_top(split3, data) for name, data in generated_frames}
     seqs = []
-    with LocalPipeline(split3, broker=broker.address, frame_timeout=5.0) as pipeline:
+    with LocalPipeline(split3, broker=broker.address, camera=QUICK_RESENDS) as pipeline:
         for count, (name, prediction) in enumerate(
             pipeline.predict(generated_frames, frames=frames, in_flight=6), start=1
         ):
