@@ -173,9 +173,11 @@ def test_aiotedge_run_reads_a_video_and_names_its_frames(split3, generated_frame
     video = write_video(tmp_path / "clip.mkv", pictures, hold=2, lossless=True)
     run = subprocess.run(
         [sys.executable, "-m", "aiotedge", "run", "--manifest", str(split3.directory),
-         "--source", str(video)], capture_output=True, text=True, timeout=120, check=False)
+         "--source", str(video), "--log-file", str(tmp_path / "run.log")],
+        capture_output=True, text=True, timeout=120, check=False)
     assert run.returncode == 0, run.stderr
-    names = sorted(line.split()[0] for line in run.stdout.splitlines())
+    *predictions, _summary = run.stdout.splitlines()
+    names = sorted(line.split()[0] for line in predictions)
     assert names == [f"clip.mkv#t={n / 10:.3f}" for n in range(4)]
 
 
