@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import queue
+import time
 
 import pytest
 
 from aiotedge.config.schema import StatsConfig
+from aiotedge.contracts.events import Prediction
+from aiotedge.contracts.wire import Frame, encode_frame
 from aiotedge.nodes.local import LocalPipeline
+from aiotedge.nodes.session import MqttSession
 from aiotedge.nodes.status import collect_status
 from tests.conftest import wait_all_online, whole_model_top
 
@@ -79,3 +85,40 @@ def test_stats_are_retained_per_node(broker, split3, photos):
         assert stats["inference_ms"]["p50"] > 0
         assert stats["rss_mb"] > 0
         json.dumps(stats)
+
+
+def test_a_frame_sent_again_is_answered_once_by_replicas_of_the_last_stage(
+    broker, split3, photos
+):
+    """A camera sends a late frame again (a new attempt): with the last stage's replicas away
+    across a broker restart, plain subscribers got 23 duplicates for 80 frames."""
+    subscriber = MqttSession(broker.address, "subscriber")
+    answers: queue.Queue[Prediction] = queue.Queue()
+    with LocalPipeline(split3, broker=broker.address, replicas={2: 2}) as pipeline:
+        subscriber.subscribe(pipeline.topics.predictions,
+                             lambda message: answers.put(Prediction.parse(message.payload)))
+        subscriber.start()
+        assert subscriber.wait_connected(10)
+        frames = [Frame(f"again-{n}", "cam", n, time.time(), image=data)
+                  for n, (_, data) in enumerate(photos[:6])]
+        for attempt in (1, 2, 3):  # every frame answered before it is sent again
+            for frame in frames:
+                subscriber.publish(pipeline.topics.stage_input(0),
+                                   encode_frame(dataclasses.replace(frame, attempt=attempt)),
+                                   qos=1)
+            if attempt == 1:
+                first = sorted(answers.get(timeout=60).frame_id for _ in frames)
+        # an answer to a frame sent again would come before the answer to this last one
+        subscriber.publish(pipeline.topics.stage_input(0),
+                           encode_frame(Frame("last", "cam", 99, time.time(),
+                                              image=photos[0][1])), qos=1)
+        later = []
+        while (prediction := answers.get(timeout=60)).frame_id != "last":
+            later.append(prediction.frame_id)
+    subscriber.stop()
+    stats = {node: info["stats"] for node, info in
+             collect_status(broker.address, pipeline.topics).items()}
+    assert first == sorted(frame.frame_id for frame in frames)
+    assert later == []
+    replicas = [stats["local-stage2-r0"], stats["local-stage2-r1"]]
+    assert sum(r["duplicates"] for r in replicas) == 2 * len(frames), replicas

@@ -73,7 +73,9 @@ class FakeSession:
     """Records what the node asks of its MQTT session; hands the node's handler to the test."""
 
     def __init__(self) -> None:
+        #: the first subscription's handler (the stage's input), and every one by topic
         self.handler = None
+        self.handlers: dict[str, object] = {}
         self.subscriptions: list[tuple[str, int, str | None]] = []
         self.forwarded: queue.Queue[tuple[str, bytes, int]] = queue.Queue()
         self.published: queue.Queue[tuple[str, bytes | str]] = queue.Queue()
@@ -84,7 +86,8 @@ class FakeSession:
         self.waiting = False
 
     def subscribe(self, topic, handler, qos=1, share_group=None) -> None:
-        self.handler = handler
+        self.handler = self.handler or handler
+        self.handlers[topic] = handler
         self.subscriptions.append((topic, qos, share_group))
 
     def start(self) -> None:
@@ -143,10 +146,10 @@ def activation(frame_id: str, attempt: int = 1) -> bytes:
                               scale=HIDDEN.scale, zero_point=HIDDEN.zero_point))
 
 
-def photo_frame(frame_id: str) -> bytes:
+def photo_frame(frame_id: str, attempt: int = 1, colour=(200, 10, 10)) -> bytes:
     out = io.BytesIO()
-    Image.new("RGB", (8, 8), (200, 10, 10)).save(out, format="PNG")
-    return encode_frame(Frame(frame_id, "cam", 0, 1.0, image=out.getvalue()))
+    Image.new("RGB", (8, 8), colour).save(out, format="PNG")
+    return encode_frame(Frame(frame_id, "cam", 0, 1.0, attempt=attempt, image=out.getvalue()))
 
 
 def deliver(session: FakeSession, msg: mqtt.MQTTMessage) -> None:
@@ -183,8 +186,8 @@ def test_the_last_stage_forwards_a_prediction():
 
 
 def test_a_duplicate_is_acknowledged_and_dropped_but_a_new_attempt_is_computed():
-    node, session, _ = node_for(1)
-    first, again, retry = (message("aiotedge-frames/unit/stage/1", activation("d-1", attempt))
+    node, session, _ = node_for(0)
+    first, again, retry = (message("aiotedge-frames/unit/stage/0", photo_frame("d-1", attempt))
                            for attempt in (1, 1, 2))
     for msg in (first, again, retry):
         session.handler(msg)
@@ -194,6 +197,72 @@ def test_a_duplicate_is_acknowledged_and_dropped_but_a_new_attempt_is_computed()
     assert session.acked == [again.mid]
     assert node.counters.get("duplicates") == 1
     assert session.forwarded.empty()
+
+
+def test_the_last_stage_answers_a_frame_once_whatever_its_attempts():
+    """A camera sends a late frame again: both attempts reach the last stage, and plain
+    subscribers of the predictions got both answers (23 duplicates for 80 frames)."""
+    node, session, _ = node_for(1)
+    first, retry = (message("aiotedge-frames/unit/stage/1", activation("l-1", attempt))
+                    for attempt in (1, 2))
+    session.handler(first)
+    assert session.forwarded.get(timeout=TIMEOUT)[2] == first.mid
+    session.handler(retry)
+    node.stop()
+    assert session.forwarded.empty()
+    assert session.acked == [retry.mid]
+    assert node.counters.get("duplicates") == 1
+
+
+def test_a_frame_the_last_stage_rejected_is_answered_when_it_comes_again():
+    node, session, segment = node_for(1)
+    segment.output = np.full(SCORES.shape, 1, dtype=np.uint8)
+    node.spec = dataclasses.replace(node.spec, output=dataclasses.replace(
+        SCORES, scale=float("nan")))  # a model whose output is not finite
+    session.handler(message("aiotedge-frames/unit/stage/1", activation("r-1", 1)))
+    node.spec = manifest().stage(1)
+    retry = message("aiotedge-frames/unit/stage/1", activation("r-1", 2))
+    session.handler(retry)
+    answered = session.forwarded.get(timeout=TIMEOUT)[2]
+    node.stop()
+    assert answered == retry.mid
+    assert node.counters.get("rejected") == 1
+
+
+def test_a_replica_of_the_last_stage_does_not_answer_a_frame_its_sibling_answered():
+    config = NodeConfig(pipeline=PipelineConfig(name="unit"),
+                        stage=StageConfig(index=1, node="s-b", share_group="stage1"),
+                        stats=StatsConfig(interval=0))
+    split, session = manifest(), FakeSession()
+    node = StageNode(config, split, session, FakeSegment(split.stages[1]))
+    node.start()
+    sibling, _, _ = node_for(1)
+    sibling.session.handler(message("aiotedge-frames/unit/stage/1", activation("s-1")))
+    _, prediction, _ = sibling.session.forwarded.get(timeout=TIMEOUT)
+    sibling.stop()
+    session.handlers["aiotedge/unit/predictions"](message("aiotedge/unit/predictions",
+                                                          prediction, qos=0))
+    session.handler(message("aiotedge-frames/unit/stage/1", activation("s-1", attempt=2)))
+    node.stop()
+    assert session.forwarded.empty()
+    assert node.counters.get("duplicates") == 1
+    assert ("aiotedge/unit/predictions", 0, None) in session.subscriptions
+
+
+def test_another_picture_under_a_frame_id_taken_is_refused_at_stage_zero():
+    """Bad photos reusing a seen frame id were counted as duplicates, with no error event."""
+    node, session, _ = node_for(0)
+    session.handler(message("aiotedge-frames/unit/stage/0", photo_frame("c-1")))
+    session.forwarded.get(timeout=TIMEOUT)
+    other = message("aiotedge-frames/unit/stage/0", photo_frame("c-1", colour=(1, 2, 3)))
+    session.handler(other)
+    topic, payload = session.published.get(timeout=TIMEOUT)
+    node.stop()
+    event = ErrorEvent.parse(payload.encode())
+    assert topic == "aiotedge/unit/errors" and event.frame_id == "c-1"
+    assert "was taken already with other content" in event.reason
+    assert session.acked == [other.mid]
+    assert node.counters.get("duplicates") == 0
 
 
 def test_a_rejected_message_gets_an_error_event_and_is_acknowledged_at_once():
@@ -263,7 +332,7 @@ def test_the_input_is_a_plain_subscription_unless_the_stage_has_a_share_group(sh
     node = StageNode(config, split, session, FakeSegment(split.stages[1]))
     node.start()
     node.stop()
-    assert session.subscriptions == [("aiotedge-frames/unit/stage/1", 1, share_group or None)]
+    assert session.subscriptions[0] == ("aiotedge-frames/unit/stage/1", 1, share_group or None)
 
 
 def test_node_info_says_what_the_stage_runs():

@@ -1,25 +1,35 @@
-"""Dropping frames seen before: QoS 1 redelivery after a crash may repeat a frame."""
+"""Dropping frames seen before: QoS 1 redelivery after a crash may repeat a frame, and a
+camera sends a frame again (a new attempt) when its result is late rather than lost."""
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Hashable
 
 
 class RecentIds:
-    """The last `size` frame ids; `seen()` answers and remembers in one step."""
+    """The last `size` ids, each with a value of its own (a digest of the content, say);
+    `seen()` answers and remembers in one step."""
 
     def __init__(self, size: int = 4096) -> None:
-        self._ids: OrderedDict[str, None] = OrderedDict()
+        self._ids: OrderedDict[str, Hashable] = OrderedDict()
         self._size = size
         self._lock = threading.Lock()
 
-    def seen(self, frame_id: str) -> bool:
+    def __contains__(self, frame_id: str) -> bool:
+        with self._lock:
+            return frame_id in self._ids
+
+    def seen(self, frame_id: str, value: Hashable = None) -> Hashable | None:
+        """The value `frame_id` was remembered with (None: not seen; it is remembered now).
+
+        A value of None is remembered as True, so that a seen id always answers truthy."""
         with self._lock:
             if frame_id in self._ids:
                 self._ids.move_to_end(frame_id)
-                return True
-            self._ids[frame_id] = None
+                return self._ids[frame_id]
+            self._ids[frame_id] = True if value is None else value
             if len(self._ids) > self._size:
                 self._ids.popitem(last=False)
-            return False
+            return None

@@ -19,6 +19,7 @@ import math
 import queue
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -28,7 +29,13 @@ import paho.mqtt.client as mqtt
 
 from aiotedge.config.schema import NodeConfig
 from aiotedge.contracts.errors import ConfigError, ImageError, WireError
-from aiotedge.contracts.events import ErrorEvent, NodeInfo, build_prediction, top_k
+from aiotedge.contracts.events import (
+    ErrorEvent,
+    NodeInfo,
+    Prediction,
+    build_prediction,
+    top_k,
+)
 from aiotedge.contracts.manifest import Manifest
 from aiotedge.contracts.wire import Frame, Hop, decode_activation, decode_photo, encode_frame
 from aiotedge.media.image import decode_image, preprocess
@@ -88,6 +95,9 @@ class StageNode:
         self.stats = NodeStats()
         self.counters = self.stats.counters
         self._recent = RecentIds()
+        #: the last stage: frames answered already, by this node or (seen on the predictions
+        #: topic) by a replica of it
+        self._answered = RecentIds()
         self._stopping = threading.Event()
         self._queue: queue.Queue[_QueuedMessage | None] = queue.Queue(self.settings.queue_size)
         #: held while the network thread computes a frame itself; stop() waits for it
@@ -118,6 +128,8 @@ class StageNode:
             self.qos,
             share_group=self.settings.share_group or None,
         )
+        if self.is_last and self.settings.share_group:
+            self.session.subscribe(self.topics.predictions, self._on_sibling_prediction, qos=0)
         self.session.start()
         self._reporter.start()
 
@@ -277,7 +289,7 @@ class StageNode:
         try:
             frame = self._decode(message.payload)
             frame_id = frame.frame_id
-            if self._recent.seen(f"{frame_id}#{frame.attempt}"):
+            if self._is_duplicate(message, frame):
                 self.counters.add("duplicates")
                 log.info("dropped a duplicate of %s", frame_id)
                 self.session.ack(message)
@@ -292,6 +304,28 @@ class StageNode:
             self._reject(message, f"internal error: {exc!r}", frame_id)
         self.stats.service.add(time.perf_counter() - taken)
 
+    def _is_duplicate(self, message: mqtt.MQTTMessage, frame: Frame) -> bool:
+        """A copy of an attempt taken before (a redelivery), or a frame the last stage, or a
+        replica of it, has answered already (a camera's resend of a late, not lost, frame):
+        at-least-once inside the pipeline, once for the predictions' subscribers.
+
+        At stage 0 the same attempt must also be the same message: a camera's redelivered
+        frame is, byte for byte; another picture under a frame id already taken is refused.
+        Later stages cannot tell: a stage that computes a frame again stamps other times.
+        """
+        content = zlib.crc32(message.payload) if self.index == 0 else None
+        earlier = self._recent.seen(f"{frame.frame_id}#{frame.attempt}", content)
+        if earlier is not None and content is not None and earlier != content:
+            raise WireError(f"frame id {frame.frame_id!r} (attempt {frame.attempt}) was taken "
+                            "already with other content", frame.frame_id)
+        return earlier is not None or (self.is_last and frame.frame_id in self._answered)
+
+    def _on_sibling_prediction(self, message: mqtt.MQTTMessage) -> None:
+        """A replica of the last stage answered a frame: this one need not answer it again."""
+        prediction = Prediction.parse(message.payload)
+        if prediction is not None:
+            self._answered.seen(prediction.frame_id)
+
     def _handle(self, message: mqtt.MQTTMessage, frame: Frame, received: float) -> None:
         tensor = self._input_tensor(frame)
         started = time.perf_counter()
@@ -304,6 +338,7 @@ class StageNode:
                 raise UnusableOutputError("the model's output is not finite (NaN or infinity): "
                                           "no prediction can be made of it")
             payload = build_prediction(frame, top, hop).to_json().encode()
+            self._answered.seen(frame.frame_id)
         else:
             payload = encode_frame(frame.with_tensor(output, self.spec.output, hop),
                                    self.spec.output_codec)
