@@ -7,15 +7,17 @@ import queue
 import subprocess
 import sys
 import threading
+import time
 
 import msgpack
 import pytest
 from aiotedge_converter.cli import main as convert
 
 from aiotedge.config.schema import CameraConfig
-from aiotedge.contracts.events import ErrorEvent
+from aiotedge.contracts.events import ErrorEvent, Prediction
 from aiotedge.contracts.manifest import Manifest
 from aiotedge.contracts.topics import Topics
+from aiotedge.contracts.wire import Frame, encode_frame
 from aiotedge.media.sources import Stills
 from aiotedge.nodes.broker import LocalBroker
 from aiotedge.nodes.camera import Camera
@@ -175,6 +177,42 @@ def test_a_camera_faster_than_the_pipeline_loses_no_frame_at_qos1(split3, genera
         session.stop()
     assert camera.counters.get("answered") == frames
     assert camera.counters.get("unanswered") == 0
+
+
+def test_frames_another_publisher_lost_at_the_broker_are_counted_at_stage_zero(
+    split3, generated_frames
+):
+    """A script publishing at 150 fps lost 1,899 of 3,000 QoS 1 frames at the broker's queue
+    limit, visible only in the broker's $SYS counter: no aiotedge counter moved."""
+    frames = 200
+    photo = generated_frames[0][1]
+    answered: queue.Queue[str] = queue.Queue()
+    came: set[str] = set()
+    with LocalBroker(extra_config="max_queued_messages 20") as small_queues:
+        with LocalPipeline(split3, broker=small_queues.address) as pipeline:
+            script = connected(small_queues, "a-script")
+            script.subscribe(pipeline.topics.predictions, lambda message: answered.put(
+                Prediction.parse(message.payload).frame_id))
+            for seq in range(frames):  # as fast as it can: far beyond what the stages take
+                script.publish(pipeline.topics.stage_input(0),
+                               encode_frame(Frame(f"s-{seq}", "script", seq, time.time(),
+                                                  image=photo)), qos=1)
+            # one more, sent again until answered (the broker drops it too while stage 0's
+            # queue is full): every frame before it is out by then
+            for attempt in range(1, 13):
+                script.publish(pipeline.topics.stage_input(0),
+                               encode_frame(Frame("s-last", "script", frames, time.time(),
+                                                  attempt=attempt, image=photo)), qos=1)
+                try:
+                    while "s-last" not in came:
+                        came.add(answered.get(timeout=TIMEOUT / 12))
+                    break
+                except queue.Empty:
+                    continue
+            script.stop()
+        stats = collect_status(small_queues.address, pipeline.topics)["local-stage0"]["stats"]
+    assert "s-last" in came
+    assert 0 < stats["missed"] == frames - (len(came) - 1), stats
 
 
 @pytest.mark.parametrize("kill", [False, True], ids=["SIGTERM", "SIGKILL"])

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 COUNTER_NAMES = (
     "frames_in", "frames_out", "rejected", "dropped", "duplicates", "bytes_in", "bytes_out",
-    "chain_errors",
+    "chain_errors", "missed", "arrived_late",
 )
 #: histogram buckets (seconds): a 1 ms hop on a fast machine up to a minute behind a queue
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -207,6 +207,12 @@ STAGE_COUNTERS = {
                      "Online neighbours found not to fit this stage (segments of another split, "
                      "or a copy of the stage outside its share group), each reported on the "
                      "pipeline's errors topic."),
+    "missed": ("aiotedge_stage_missed_frames",
+               "Stage 0: frame numbers of a source that never came (a gap in its seq: lost "
+               "before stage 0, at the broker's queue limit say), counted when a later one "
+               "came; minus arrived_late, the frames lost."),
+    "arrived_late": ("aiotedge_stage_late_frames",
+                     "Stage 0: frames counted missed that came after all (a camera's resend)."),
 }
 #: the stage's histograms: NodeStats attribute -> (metric name, HELP)
 STAGE_TIMINGS = {

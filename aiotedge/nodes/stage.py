@@ -42,6 +42,7 @@ from aiotedge.media.image import decode_image, preprocess
 from aiotedge.nodes import systemd
 from aiotedge.nodes.chain import ChainWatch, check_chain
 from aiotedge.nodes.dedup import RecentIds
+from aiotedge.nodes.gaps import SequenceGaps
 from aiotedge.nodes.health import PipelineAvailability
 from aiotedge.nodes.homeassistant import HomeAssistantBridge
 from aiotedge.nodes.lifecycle import stop_on_signals, wait_for_broker
@@ -58,6 +59,8 @@ from aiotedge.tflite.runtime import Segment, open_segment
 log = logging.getLogger(__name__)
 
 _QueuedMessage = tuple[mqtt.MQTTMessage, float]
+#: seconds between two warnings about missed frames at most (their count is in the stats)
+SAY_MISSED_EVERY = 10.0
 
 
 class UnusableOutputError(ValueError):
@@ -98,6 +101,11 @@ class StageNode:
         #: the last stage: frames answered already, by this node or (seen on the predictions
         #: topic) by a replica of it
         self._answered = RecentIds()
+        #: stage 0 alone (a replica sees only its share of the frames): gaps in each source's
+        #: frame numbers
+        self._gaps = (SequenceGaps() if self.index == 0 and not self.settings.share_group
+                      else None)
+        self._missed_said_at = -SAY_MISSED_EVERY
         self._stopping = threading.Event()
         self._queue: queue.Queue[_QueuedMessage | None] = queue.Queue(self.settings.queue_size)
         #: held while the network thread computes a frame itself; stop() waits for it
@@ -294,6 +302,8 @@ class StageNode:
                 log.info("dropped a duplicate of %s", frame_id)
                 self.session.ack(message)
                 return
+            if self._gaps is not None:
+                self._follow_numbers(frame)
             self._handle(message, frame, received)
         except WireError as exc:
             self._reject(message, exc.reason, exc.frame_id)
@@ -319,6 +329,21 @@ class StageNode:
             raise WireError(f"frame id {frame.frame_id!r} (attempt {frame.attempt}) was taken "
                             "already with other content", frame.frame_id)
         return earlier is not None or (self.is_last and frame.frame_id in self._answered)
+
+    def _follow_numbers(self, frame: Frame) -> None:
+        """Count the frames of a source that never reached this stage 0 (any publisher's)."""
+        assert self._gaps is not None
+        arrival = self._gaps.arrived(frame.source, frame.seq)
+        if arrival.late:
+            self.counters.add("arrived_late")
+        now = time.monotonic()
+        if arrival.skipped:
+            self.counters.add("missed", arrival.skipped)
+        if arrival.skipped and now - self._missed_said_at >= SAY_MISSED_EVERY:
+            self._missed_said_at = now
+            log.warning("%d frame(s) of %s before #%d never came (%d missed so far): lost on "
+                        "the way here, at the broker's queue limit say", arrival.skipped,
+                        frame.source, frame.seq, self.counters.get("missed"))
 
     def _on_sibling_prediction(self, message: mqtt.MQTTMessage) -> None:
         """A replica of the last stage answered a frame: this one need not answer it again."""
