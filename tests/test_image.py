@@ -194,6 +194,16 @@ def test_a_16_bit_png_decodes_like_its_8_bit_counterpart(channels):
     np.testing.assert_allclose(from_16_bit, from_8_bit, atol=1)
 
 
+@pytest.mark.parametrize("bits", [10, 12, 14])
+def test_a_16_bit_grey_png_of_a_narrower_sensor_decodes_like_its_8_bit_photo(bits):
+    """12-bit data in a 16-bit PNG decoded near black (0 of 10 photos right)."""
+    photo = np.tile(np.arange(256, dtype=np.uint16), (4, 1))
+    photo[0, 0] = 255  # the brightest value is there, whatever the photo
+    stored = (photo << (bits - 8)) | ((1 << (bits - 8)) - 1)  # the sensor's low bits set
+    decoded = np.asarray(decode_image(png16(stored[..., None])).convert("L"))
+    np.testing.assert_array_equal(decoded, photo)
+
+
 def test_wide_grey_is_scaled_and_what_has_no_8_bit_form_is_refused():
     grey = Image.fromarray(np.array([[0, 256, 32768, 65535]], dtype=np.int32))
     assert grey.mode == "I"  # how older Pillow versions open a 16-bit grey PNG

@@ -110,8 +110,12 @@ def decode_image(data: bytes) -> Image.Image:
 def eight_bit(image: Image.Image) -> Image.Image:
     """The image in a mode `preprocess` converts to RGB exactly, or an ImageError saying why not.
 
-    16-bit grey keeps the high byte, as Pillow does for 16-bit colour, so a grey photo decodes
-    alike whichever way it was saved.
+    16-bit grey keeps the high byte of its significant bits. Sensors of 10, 12 or 14 bits
+    (thermal and depth cameras, machine-vision ones) store their values unscaled in 16-bit
+    PNGs: keeping the high byte of 16 would make their photos near black. The number of
+    significant bits is taken as the fewest even number, 8 at least, that holds the brightest
+    value: a full-range photo decodes as Pillow decodes 16-bit colour, a 12-bit one as the
+    8-bit photo it shows.
     """
     if image.mode in EIGHT_BIT_MODES:
         return image
@@ -120,7 +124,9 @@ def eight_bit(image: Image.Image) -> Image.Image:
     values = np.asarray(image)
     if values.min() < 0 or values.max() > 0xFFFF:
         raise ImageError("16-bit grey image with values outside 0..65535")
-    return Image.fromarray((values >> 8).astype(np.uint8))
+    bits = int(values.max()).bit_length()
+    bits = max(8, bits + bits % 2)
+    return Image.fromarray((values >> (bits - 8)).astype(np.uint8))
 
 
 def model_size(image: Image.Image, prep: Preprocessing) -> Image.Image:
