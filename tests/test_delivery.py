@@ -77,7 +77,10 @@ def test_stats_are_retained_per_node(broker, split3, photos):
                        ) as pipeline:
         list(pipeline.predict(photos))
     status = collect_status(broker.address, pipeline.topics)
-    assert set(status) == {"local-stage0", "local-stage1", "local-stage2"}
+    assert set(status) == {"local", "local-stage0", "local-stage1", "local-stage2"}
+    camera = status.pop("local")
+    assert camera["availability"] == "offline"
+    assert camera["stats"]["published"] == camera["stats"]["answered"] == len(photos)
     for node, info in status.items():
         assert info["availability"] == "offline", node
         stats = info["stats"]

@@ -214,6 +214,20 @@ def test_the_last_stage_answers_a_frame_once_whatever_its_attempts():
     assert node.counters.get("duplicates") == 1
 
 
+def test_after_a_reconnection_the_last_stage_answers_a_frame_sent_again():
+    """A broker killed before it saved them loses predictions it had acknowledged: the
+    camera's resend must be answered, or the frame is lost for good."""
+    node, session, _ = node_for(1)
+    session.handler(message("aiotedge-frames/unit/stage/1", activation("k-1", 1)))
+    session.forwarded.get(timeout=TIMEOUT)
+    session.reconnects += 1
+    retry = message("aiotedge-frames/unit/stage/1", activation("k-1", 2))
+    session.handler(retry)
+    answered = session.forwarded.get(timeout=TIMEOUT)[2]
+    node.stop()
+    assert answered == retry.mid
+
+
 def test_a_frame_the_last_stage_rejected_is_answered_when_it_comes_again():
     node, session, segment = node_for(1)
     segment.output = np.full(SCORES.shape, 1, dtype=np.uint8)

@@ -198,6 +198,7 @@ class LocalPipeline:
             self.broker = local.address
         # kept by the broker for a minute: predictions published while it reconnects wait
         self.session = MqttSession(self.broker, f"run-{self.topics.pipeline}-{id(self):x}",
+                                   self.topics.availability(self._camera_config.name),
                                    session_expiry=60, one_shot=True)
         self.session.subscribe(self.topics.all_availability, self._on_availability, qos=1)
         self.session.subscribe(self.topics.predictions, self._on_prediction, qos=1)
@@ -208,6 +209,7 @@ class LocalPipeline:
             ModelInput(self.manifest.preprocessing, self.manifest.stage(0).input),
         )
         connect_once(self.session)  # an external broker that cannot be used: say why, now
+        self.session.set_online()
         self._exit.callback(self.session.stop)
         reporter = StatsReporter(self.camera.publish_stats, self.stats.interval)
         reporter.start()

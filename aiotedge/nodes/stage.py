@@ -101,6 +101,8 @@ class StageNode:
         #: the last stage: frames answered already, by this node or (seen on the predictions
         #: topic) by a replica of it
         self._answered = RecentIds()
+        #: the connection (the session's count of reconnects) those answers went out on
+        self._answered_connection = 0
         #: stage 0 alone (a replica sees only its share of the frames): gaps in each source's
         #: frame numbers
         self._gaps = (SequenceGaps() if self.index == 0 and not self.settings.share_group
@@ -328,6 +330,10 @@ class StageNode:
         if earlier is not None and content is not None and earlier != content:
             raise WireError(f"frame id {frame.frame_id!r} (attempt {frame.attempt}) was taken "
                             "already with other content", frame.frame_id)
+        if self.is_last and self.session.reconnects != self._answered_connection:
+            # the broker may have lost answers it had taken (killed before it saved them): a
+            # frame sent again since is answered again rather than perhaps never
+            self._answered, self._answered_connection = RecentIds(), self.session.reconnects
         return earlier is not None or (self.is_last and frame.frame_id in self._answered)
 
     def _follow_numbers(self, frame: Frame) -> None:
