@@ -58,6 +58,10 @@ class BrokerConfig:
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
+    #: the broker refuses every subscription outside a user's rights (mosquitto with
+    #: secure-dynsec.conf), so no other user can join a stage's share group; a stage with a
+    #: share_group cannot tell by itself and warns at start unless this says so
+    checks_subscriptions: bool = False
 
     def __post_init__(self) -> None:
         require("host", host_name(self.host), HOST)
