@@ -13,6 +13,7 @@ import re
 import secrets
 import ssl
 import subprocess
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,9 +25,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from aiotedge.config.schema import BrokerConfig, NodeConfig
-from aiotedge.contracts.events import Prediction, Score
+from aiotedge.contracts.events import NodeInfo, Prediction, Score
+from aiotedge.contracts.tensors import TensorSpec
 from aiotedge.contracts.topics import Topics
 from aiotedge.nodes.broker import LocalBroker
+from aiotedge.nodes.chain import check_chain
 from aiotedge.nodes.homeassistant import HomeAssistantBridge, health_sensors, label_sensor
 from aiotedge.nodes.session import MqttSession
 from aiotedge.nodes.stage import stage_session
@@ -404,44 +407,79 @@ def check_home_assistant(broker: LocalBroker, pki: Path, passwords: dict[str, Pa
         home_assistant.close()
 
 
-def check_client_id_takeover(broker: LocalBroker, pki: Path, passwords: dict[str, Path]) -> None:
-    """The watcher, connecting again and again with stage 0's client id (its node name, which
-    every user reads on availability/+) and a clean start, neither disconnects stage 0 nor
-    ends its session: each frame the camera sends meanwhile reaches it on its first connection.
-    """
+def stage0_config(broker: LocalBroker, pki: Path, passwords: dict[str, Path]) -> NodeConfig:
+    """stage0.toml, logging in to `broker` with the test CA and password."""
     config = load_cluster()["stage0"]
-    topics = config.topics
-    settings = dataclasses.replace(config.broker, host="127.0.0.1", port=broker.tls_port,
-                                   ca_file=str(pki / "ca.crt"),
-                                   password_file=str(passwords[config.broker.username]))
-    stage = stage_session(dataclasses.replace(config, broker=settings))
-    inbox: queue.Queue[bytes] = queue.Queue()
+    return dataclasses.replace(config, broker=dataclasses.replace(
+        config.broker, host="127.0.0.1", port=broker.tls_port, ca_file=str(pki / "ca.crt"),
+        password_file=str(passwords[config.broker.username])))
+
+
+def serving_stage(config: NodeConfig, inbox: queue.Queue[bytes]) -> MqttSession:
+    """A stage's own session (`stage_session`), connected and subscribed to its input, putting
+    each frame in `inbox` and acknowledging it."""
+    stage = stage_session(config)
 
     def take(message: mqtt.MQTTMessage) -> None:
         inbox.put(message.payload)
         stage.ack(message)
 
-    stage.subscribe(topics.stage_input(0), take)
-    camera = Probe(broker.tls_port, pki, "cam0", passwords["cam0"].read_text().strip())
+    stage.subscribe(config.topics.stage_input(config.stage.index), take)
     stage.start()
+    assert stage.wait_connected(TIMEOUT)
+    # it subscribes as it connects, and the broker handles its packets in order
+    stage.publish(config.topics.availability(stage.client_id), "online", qos=1,
+                  retain=True).wait_for_publish(TIMEOUT)
+    return stage
+
+
+def check_client_id_takeover(broker: LocalBroker, pki: Path, passwords: dict[str, Path]) -> None:
+    """The watcher, connecting again and again with stage 0's client id (its node name, which
+    every user reads on availability/+) and a clean start, neither disconnects stage 0 nor
+    ends its session: each frame the camera sends meanwhile reaches it on its first connection.
+    """
+    config = stage0_config(broker, pki, passwords)
+    inbox: queue.Queue[bytes] = queue.Queue()
+    stage = serving_stage(config, inbox)
+    camera = Probe(broker.tls_port, pki, "cam0", passwords["cam0"].read_text().strip())
     try:
-        assert stage.wait_connected(TIMEOUT)
-        # it subscribes as it connects, and the broker handles its packets in order
-        stage.publish(topics.availability(stage.client_id), "online", qos=1,
-                      retain=True).wait_for_publish(TIMEOUT)
         assert not refused(camera.connect())
         for attempt in range(TAKEOVERS):
             thief = Probe(broker.tls_port, pki, "watcher",
                           passwords["watcher"].read_text().strip(), client_id=stage.client_id)
             assert not refused(code := thief.connect()), code
             frame = f"frame {attempt}"
-            assert not camera.publish(topics.stage_input(0), frame).is_failure
+            assert not camera.publish(config.topics.stage_input(0), frame).is_failure
             assert next_item(inbox, "stage 0") == frame.encode()
             thief.close()
         assert (stage.reconnects, stage.last_problem) == (0, None)
     finally:
         stage.stop()
         camera.close()
+
+
+def check_frames_wait_for_a_restarting_stage(broker: LocalBroker, pki: Path,
+                                             passwords: dict[str, Path]) -> None:
+    """A frame sent while stage 0 is stopped reaches it when it is back, after the check of
+    its neighbours it makes at start (run_stage) on a connection of its own."""
+    config = stage0_config(broker, pki, passwords)
+    inbox: queue.Queue[bytes] = queue.Queue()
+    serving_stage(config, inbox).stop()
+    camera = Probe(broker.tls_port, pki, "cam0", passwords["cam0"].read_text().strip())
+    try:
+        assert not refused(camera.connect())
+        assert not camera.publish(config.topics.stage_input(0), "sent while away").is_failure
+    finally:
+        camera.close()
+    spec = TensorSpec("photo", (1, 4, 4, 3), "uint8", 1.0, 0)
+    me = NodeInfo(node=config.stage.node_name, stage=0, stages=STAGES, manifest="0" * 64,
+                  model="model.tflite", input=spec, output=spec)
+    assert check_chain(config.broker, config.topics, me, threading.Event()) is not None
+    stage = serving_stage(config, inbox)
+    try:
+        assert next_item(inbox, "stage 0, back") == b"sent while away"
+    finally:
+        stage.stop()
 
 
 def check_one_connection_per_user(broker: LocalBroker, pki: Path,
