@@ -24,7 +24,8 @@ run it again, restart mosquitto (the plugin reads its file only at start).
 Every user of the password file must get a part here, and each gets the roles that make up its
 rights (dynsec 2.0 has no %u or %c, so the rights naming a user are a role of their own):
   every user   writes availability/<user>, info/<user>, stats/<user>; reads availability/+ and
-               info/+; reads and writes probe/+ (aiotedge.acl: probe/<client id> only)
+               info/+; reads and writes probe/+, as in aiotedge.acl (a client's id is its
+               user name, use_username_as_clientid, which it is not told)
   stage k      subscribes to stage/<k> and `$share/<any group>/.../stage/<k>`, receives it;
                writes stage/<k+1>, errors; reads and writes the pipeline's availability
   last stage   also reads and writes predictions, label/+ and its Home Assistant discovery

@@ -13,6 +13,7 @@ import re
 import secrets
 import ssl
 import subprocess
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,11 +25,14 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from aiotedge.config.schema import BrokerConfig, NodeConfig
-from aiotedge.contracts.events import Prediction, Score
+from aiotedge.contracts.events import NodeInfo, Prediction, Score
+from aiotedge.contracts.tensors import TensorSpec
 from aiotedge.contracts.topics import Topics
 from aiotedge.nodes.broker import LocalBroker
+from aiotedge.nodes.chain import check_chain
 from aiotedge.nodes.homeassistant import HomeAssistantBridge, health_sensors, label_sensor
 from aiotedge.nodes.session import MqttSession
+from aiotedge.nodes.stage import stage_session
 from aiotedge.nodes.status import collect_status
 from tests.conftest import REPO
 
@@ -39,8 +43,12 @@ PLAIN_CONF = MOSQUITTO_CONFIGS / "aiotedge.conf"
 ACL = MOSQUITTO_CONFIGS / "aiotedge.acl"
 CLUSTER = REPO / "configs" / "cluster"
 STAGES = 5
+#: a second board serving stage 2, added as docs/deploy-pi-cluster.md says
+REPLICA = "stage2b"
 #: upper bound for one awaited event (a CONNACK, a PUBACK, a message); never a synchronisation
 TIMEOUT = 15.0
+#: times the thief connects with a stage's client id
+TAKEOVERS = 3
 NOT_AUTHORIZED = 0x87
 T = TypeVar("T")
 
@@ -112,12 +120,21 @@ def shipped_conf(path: Path, pki: Path, tls_port: int, require_certificate: bool
 
 
 def secure_conf(pki: Path, broker_passwords: Path, tls_port: int,
-                require_certificate: bool = False) -> str:
-    """secure.conf, with the shipped ACL and a throwaway password file."""
+                require_certificate: bool = False, acl: Path = ACL) -> str:
+    """secure.conf, with the shipped ACL (or `acl`) and a throwaway password file."""
     return shipped_conf(SECURE_CONF, pki, tls_port, require_certificate, {
         "/etc/mosquitto/aiotedge.passwd": str(broker_passwords),
-        "/etc/mosquitto/aiotedge.acl": str(ACL),
+        "/etc/mosquitto/aiotedge.acl": str(acl),
     })
+
+
+def write_acl_with_replica(out: Path) -> Path:
+    """The shipped ACL and the replica's user with stage 2's `topic` lines, as it says."""
+    text = ACL.read_text()
+    stage2 = re.search(r"^user stage2\n((?:topic .*\n)+)", text, flags=re.MULTILINE)
+    assert stage2, "aiotedge.acl has no `user stage2` block: update this test"
+    out.write_text(f"{text}\nuser {REPLICA}\n{stage2.group(1)}")
+    return out
 
 
 def dynsec_conf(pki: Path, dynsec_file: Path, tls_port: int,
@@ -138,11 +155,12 @@ class Probe:
     """
 
     def __init__(self, port: int, pki: Path | None, user: str | None = None,
-                 password: str | None = None, client_cert: bool = False) -> None:
+                 password: str | None = None, client_cert: bool = False, *,
+                 client_id: str | None = None) -> None:
         self.events: queue.Queue[tuple] = queue.Queue()
         self.messages: queue.Queue[tuple[str, str]] = queue.Queue()
         self.port = port
-        self.client_id = f"probe-{user}-{secrets.token_hex(3)}"
+        self.client_id = client_id or f"probe-{user}-{secrets.token_hex(3)}"
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5,
                                   client_id=self.client_id)
         if user:
@@ -389,12 +407,104 @@ def check_home_assistant(broker: LocalBroker, pki: Path, passwords: dict[str, Pa
         home_assistant.close()
 
 
+def stage0_config(broker: LocalBroker, pki: Path, passwords: dict[str, Path]) -> NodeConfig:
+    """stage0.toml, logging in to `broker` with the test CA and password."""
+    config = load_cluster()["stage0"]
+    return dataclasses.replace(config, broker=dataclasses.replace(
+        config.broker, host="127.0.0.1", port=broker.tls_port, ca_file=str(pki / "ca.crt"),
+        password_file=str(passwords[config.broker.username])))
+
+
+def serving_stage(config: NodeConfig, inbox: queue.Queue[bytes]) -> MqttSession:
+    """A stage's own session (`stage_session`), connected and subscribed to its input, putting
+    each frame in `inbox` and acknowledging it."""
+    stage = stage_session(config)
+
+    def take(message: mqtt.MQTTMessage) -> None:
+        inbox.put(message.payload)
+        stage.ack(message)
+
+    stage.subscribe(config.topics.stage_input(config.stage.index), take)
+    stage.start()
+    assert stage.wait_connected(TIMEOUT)
+    # it subscribes as it connects, and the broker handles its packets in order
+    stage.publish(config.topics.availability(stage.client_id), "online", qos=1,
+                  retain=True).wait_for_publish(TIMEOUT)
+    return stage
+
+
+def check_client_id_takeover(broker: LocalBroker, pki: Path, passwords: dict[str, Path]) -> None:
+    """The watcher, connecting again and again with stage 0's client id (its node name, which
+    every user reads on availability/+) and a clean start, neither disconnects stage 0 nor
+    ends its session: each frame the camera sends meanwhile reaches it on its first connection.
+    """
+    config = stage0_config(broker, pki, passwords)
+    inbox: queue.Queue[bytes] = queue.Queue()
+    stage = serving_stage(config, inbox)
+    camera = Probe(broker.tls_port, pki, "cam0", passwords["cam0"].read_text().strip())
+    try:
+        assert not refused(camera.connect())
+        for attempt in range(TAKEOVERS):
+            thief = Probe(broker.tls_port, pki, "watcher",
+                          passwords["watcher"].read_text().strip(), client_id=stage.client_id)
+            assert not refused(code := thief.connect()), code
+            frame = f"frame {attempt}"
+            assert not camera.publish(config.topics.stage_input(0), frame).is_failure
+            assert next_item(inbox, "stage 0") == frame.encode()
+            thief.close()
+        assert (stage.reconnects, stage.last_problem) == (0, None)
+    finally:
+        stage.stop()
+        camera.close()
+
+
+def check_frames_wait_for_a_restarting_stage(broker: LocalBroker, pki: Path,
+                                             passwords: dict[str, Path]) -> None:
+    """A frame sent while stage 0 is stopped reaches it when it is back, after the check of
+    its neighbours it makes at start (run_stage) on a connection of its own."""
+    config = stage0_config(broker, pki, passwords)
+    inbox: queue.Queue[bytes] = queue.Queue()
+    serving_stage(config, inbox).stop()
+    camera = Probe(broker.tls_port, pki, "cam0", passwords["cam0"].read_text().strip())
+    try:
+        assert not refused(camera.connect())
+        assert not camera.publish(config.topics.stage_input(0), "sent while away").is_failure
+    finally:
+        camera.close()
+    spec = TensorSpec("photo", (1, 4, 4, 3), "uint8", 1.0, 0)
+    me = NodeInfo(node=config.stage.node_name, stage=0, stages=STAGES, manifest="0" * 64,
+                  model="model.tflite", input=spec, output=spec)
+    assert check_chain(config.broker, config.topics, me, threading.Event()) is not None
+    stage = serving_stage(config, inbox)
+    try:
+        assert next_item(inbox, "stage 0, back") == b"sent while away"
+    finally:
+        stage.stop()
+
+
+def check_one_connection_per_user(broker: LocalBroker, pki: Path,
+                                  passwords: dict[str, Path]) -> None:
+    """What binding client ids to users costs: a user's second connection, whatever client id
+    it sends, ends its first (two tools of one user at once need two users)."""
+    password = passwords["watcher"].read_text().strip()
+    first = Probe(broker.tls_port, pki, "watcher", password)
+    second = Probe(broker.tls_port, pki, "watcher", password)
+    try:
+        assert not refused(first.connect()) and not refused(second.connect())
+        assert next_item(first.events, "the first connection")[0] == "disconnect"
+    finally:
+        second.close()
+        first.close()
+
+
 def check_publish_rights(probes: Callable[[str], Probe], config: NodeConfig,
-                         watcher_filter: str, also_granted: frozenset[str] = frozenset()) -> None:
-    """The node may publish its own topics (and `also_granted`), nothing else; a watcher
-    subscribed to `watcher_filter` sees exactly what went through."""
+                         watcher_filter: str) -> None:
+    """The node may publish its own topics and every probe topic, nothing else; a watcher
+    subscribed to `watcher_filter` sees exactly what went through. (A client's id is its user
+    name, whatever id it sent and names its probe topic after, so neither setup can tie a probe
+    topic to its client.)"""
     node = node_name(config)
-    allowed = allowed_writes(config) | also_granted
+    allowed = allowed_writes(config) | {Topics("greenhouse").probe("someone-else")}
     watcher = probes("watcher")
     watcher.subscribe(watcher_filter)
     publisher = probes(config.broker.username)
@@ -433,18 +543,17 @@ def check_deliveries(probes: Callable[[str], Probe],
     for topic in published:  # the node whose job it is to publish it
         writers[topic] = next(c.broker.username for c in configs.values()
                               if topic in allowed_writes(c))
+    # one connection per user: a second one would end the first (use_username_as_clientid)
     readers = {name: probes(config.broker.username) for name, config in configs.items()}
     readers["watcher"] = probes("watcher")
+    logins = {name if name == "watcher" else configs[name].broker.username: reader
+              for name, reader in readers.items()}
     for name, reader in readers.items():
         for topic_filter in filters(name):
             reader.subscribe(topic_filter)
-    clients = {}
     for round_number in (1, 2):
         for topic in published:
-            user = writers[topic]
-            if user not in clients:
-                clients[user] = probes(user)
-            assert not clients[user].publish(topic, f"{round_number}").is_failure
+            assert not logins[writers[topic]].publish(topic, f"{round_number}").is_failure
     for name, reader in readers.items():
         expected = ({t for t in published if t.startswith((f"{topics.base}/",
                                                             topics.snapshot("")))}
@@ -462,9 +571,10 @@ def check_deliveries(probes: Callable[[str], Probe],
 FRAMES = 20
 THEFT_STAGE = 2
 STAGE_USER = f"stage{THEFT_STAGE}"
-#: who publishes the frames, and whose login the thief uses (as in the incident: stage 1's
-#: credentials), which may write stage 2's input but not read it
-UPSTREAM = THIEF = f"stage{THEFT_STAGE - 1}"
+#: who publishes the frames into stage 2 (as stage 1 does)
+UPSTREAM = f"stage{THEFT_STAGE - 1}"
+#: whose login the thief uses: the read-only tools', which may not read frames
+THIEF = "watcher"
 
 
 @dataclasses.dataclass
@@ -477,18 +587,19 @@ class Theft:
 
 
 def theft(broker: LocalBroker, pki: Path, passwords: dict[str, Path], replicas: int) -> Theft:
-    """Stage 2 served by `replicas` real sessions of its user (in share group `stage2` when
-    more than one, else plainly subscribed); a thief, logged in as stage1, subscribes to stage
-    2's input plainly and in share groups, its replicas' included; stage1 publishes FRAMES
-    frames into stage 2 (as stage 1 does)."""
+    """Stage 2 served by stage2 and, with `replicas` 2, its replica stage2b (each a user of
+    its own, in share group `stage2`; one replica: plainly subscribed); a thief, logged in as
+    the watcher, subscribes to stage 2's input plainly and in share groups, its replicas'
+    included; stage1 publishes FRAMES frames into stage 2 (as stage 1 does)."""
     topics = Topics("greenhouse")
     stage_input = topics.stage_input(THEFT_STAGE)
     group = STAGE_USER if replicas > 1 else None
-    settings = BrokerConfig("127.0.0.1", broker.tls_port, username=STAGE_USER,
-                            password_file=str(passwords[STAGE_USER]), tls=True,
-                            ca_file=str(pki / "ca.crt"))
-    inboxes: list[queue.Queue[bytes]] = [queue.Queue() for _ in range(replicas)]
-    sessions = [MqttSession(settings, f"{STAGE_USER}-replica{n}") for n in range(replicas)]
+    users = [STAGE_USER, REPLICA][:replicas]
+    inboxes: list[queue.Queue[bytes]] = [queue.Queue() for _ in users]
+    sessions = [MqttSession(BrokerConfig("127.0.0.1", broker.tls_port, username=user,
+                                         password_file=str(passwords[user]), tls=True,
+                                         ca_file=str(pki / "ca.crt")), user)
+                for user in users]
     thief = Probe(broker.tls_port, pki, THIEF, passwords[THIEF].read_text().strip())
     upstream = Probe(broker.tls_port, pki, UPSTREAM, passwords[UPSTREAM].read_text().strip())
     try:
@@ -499,7 +610,7 @@ def theft(broker: LocalBroker, pki: Path, passwords: dict[str, Path], replicas: 
             assert session.wait_connected(TIMEOUT)
             # a session subscribes as it connects; the broker handles its packets in order,
             # so once this is acknowledged the subscription is in place
-            info = session.publish(topics.availability(STAGE_USER), "online", qos=1)
+            info = session.publish(topics.availability(session.client_id), "online", qos=1)
             info.wait_for_publish(TIMEOUT)
             assert info.is_published()
         assert not refused(thief.connect()) and not refused(upstream.connect())

@@ -122,7 +122,8 @@ def test_an_int_is_accepted_where_a_float_is_expected(tmp_path):
         ('[camera]\nimages = "photos"\n', "unknown key 'images'"),
         ("[camera]\nfps = -1\n", "key 'fps' must be 0 or at least 1/86400 (one frame a day)"),
         ("[camera]\nfps = 1e-9\n", "[camera] key 'fps' must be 0 or at least 1/86400"),
-        ("[camera]\nin_flight = 0\n", "[camera] key 'in_flight' must be 1 or more, got 0"),
+        ("[camera]\nin_flight = 0\n", "[camera] key 'in_flight' must be 1 to 256, got 0"),
+        ("[camera]\nin_flight = 2000\n", "[camera] key 'in_flight' must be 1 to 256, got 2000"),
         ("[camera]\nframes = 0\n", "[camera] key 'frames' must be 1 or more, got 0"),
         # [stats]
         ("[stats]\ninterval = -1\n", "[stats] key 'interval' must be 0 to 86400, got -1.0"),
@@ -158,6 +159,7 @@ queue_size = 65535
 max_message_bytes = 268435455
 [camera]
 fps = 1.1574074074074073e-05
+in_flight = 256
 [stats]
 interval = 86400
 prometheus_port = 65535
@@ -165,6 +167,7 @@ prometheus_port = 65535
     assert (config.broker.keepalive, config.pipeline.session_expiry) == (65535, 4294967295)
     assert (config.stage.queue_size, config.stage.max_message_bytes) == (65535, 268435455)
     assert config.camera.fps == pytest.approx(1 / 86400)
+    assert config.camera.in_flight == 256
 
 
 @pytest.mark.parametrize(

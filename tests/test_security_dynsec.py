@@ -25,13 +25,17 @@ from tests.security import (
     DYNSEC_CONF,
     FRAMES,
     NOT_AUTHORIZED,
+    REPLICA,
     SECURE_CONF,
     STAGES,
     acl_users,
+    check_client_id_takeover,
     check_cluster_logins,
     check_deliveries,
+    check_frames_wait_for_a_restarting_stage,
     check_home_assistant,
     check_logins,
+    check_one_connection_per_user,
     check_publish_rights,
     check_status_tool,
     conf_settings,
@@ -42,8 +46,6 @@ from tests.security import (
 )
 
 SCRIPT = REPO / "scripts" / "dynsec-json.py"
-#: a second board serving stage 2, added as docs/deploy-pi-cluster.md says
-REPLICA = "stage2b"
 TOPICS = Topics("greenhouse")
 
 
@@ -145,6 +147,25 @@ def test_each_cluster_config_logs_in_over_tls_with_its_password_file(
     check_cluster_logins(secure_broker(), pki, passwords)
 
 
+# -- client ids: bound to their user ------------------------------------------------------------
+
+
+def test_no_user_can_take_a_stages_client_id(secure_broker, pki, passwords):
+    check_client_id_takeover(secure_broker(), pki, passwords)
+
+
+def test_a_users_second_connection_ends_its_first(secure_broker, pki, passwords):
+    check_one_connection_per_user(secure_broker(), pki, passwords)
+
+
+@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception, reason=(
+    "a stage's start-up check (aiotedge/nodes/chain.py) connects on its own, now under the "
+    "stage's client id (its user name) with a clean start, and ends the session the broker "
+    "kept for the stage: the check must run on the stage's own connection"))
+def test_frames_sent_while_a_stage_is_away_wait_for_it(secure_broker, pki, passwords):
+    check_frames_wait_for_a_restarting_stage(secure_broker(), pki, passwords)
+
+
 def test_aiotedge_status_works_with_the_watcher_config(secure_broker, pki, passwords):
     check_status_tool(secure_broker(), pki, passwords)
 
@@ -156,9 +177,7 @@ def test_aiotedge_status_works_with_the_watcher_config(secure_broker, pki, passw
                                   REPLICA])
 def test_a_node_may_publish_only_to_its_own_topics(probes, node):
     config = replica_config() if node == REPLICA else load_cluster()[node]
-    # dynsec 2.0 has no %c: every user may use every probe topic, not only its client id's
-    check_publish_rights(probes, config, watcher_filter=f"{TOPICS.base}/#",
-                         also_granted=frozenset({TOPICS.probe("someone-else")}))
+    check_publish_rights(probes, config, watcher_filter=f"{TOPICS.base}/#")
 
 
 def needed_filters(config: NodeConfig | str) -> list[str]:

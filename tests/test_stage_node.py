@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import logging
 import queue
 import threading
 
@@ -18,7 +19,13 @@ import paho.mqtt.client as mqtt
 import pytest
 from PIL import Image
 
-from aiotedge.config.schema import NodeConfig, PipelineConfig, StageConfig, StatsConfig
+from aiotedge.config.schema import (
+    BrokerConfig,
+    NodeConfig,
+    PipelineConfig,
+    StageConfig,
+    StatsConfig,
+)
 from aiotedge.contracts.events import ErrorEvent, NodeInfo, Prediction
 from aiotedge.contracts.manifest import Manifest, Preprocessing, SourceModel, StageSpec
 from aiotedge.contracts.tensors import TensorSpec
@@ -347,6 +354,29 @@ def test_the_input_is_a_plain_subscription_unless_the_stage_has_a_share_group(sh
     node.start()
     node.stop()
     assert session.subscriptions[0] == ("aiotedge-frames/unit/stage/1", 1, share_group or None)
+
+
+@pytest.mark.parametrize(("share_group", "checks_subscriptions", "warned"), [
+    ("replicas", False, True), ("replicas", True, False), ("", False, False)])
+def test_a_replica_warns_at_start_unless_the_broker_is_said_to_check_subscriptions(
+    caplog, share_group, checks_subscriptions, warned
+):
+    """Under secure.conf (or an open broker) any user can join the group and take frames."""
+    config = NodeConfig(broker=BrokerConfig(checks_subscriptions=checks_subscriptions),
+                        pipeline=PipelineConfig(name="unit"),
+                        stage=StageConfig(index=1, node="s", share_group=share_group),
+                        stats=StatsConfig(interval=0))
+    split = manifest()
+    node = StageNode(config, split, FakeSession(), FakeSegment(split.stages[1]))
+    with caplog.at_level(logging.WARNING, logger="aiotedge.nodes.stage"):
+        node.start()
+        node.stop()
+    lines = [record.getMessage() for record in caplog.records
+             if "checks_subscriptions" in record.getMessage()]
+    assert len(lines) == (1 if warned else 0)
+    if warned:
+        assert lines[0].startswith("share group 'replicas': any user of a broker")
+        assert "secure-dynsec.conf" in lines[0] and "\n" not in lines[0]
 
 
 def test_node_info_says_what_the_stage_runs():

@@ -58,6 +58,10 @@ class BrokerConfig:
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
+    #: the broker refuses every subscription outside a user's rights (mosquitto with
+    #: secure-dynsec.conf), so no other user can join a stage's share group; a stage with a
+    #: share_group cannot tell by itself and warns at start unless this says so
+    checks_subscriptions: bool = False
 
     def __post_init__(self) -> None:
         require("host", host_name(self.host), HOST)
@@ -166,6 +170,13 @@ def parse_address(address: str) -> dict[str, Any]:
 
 #: the longest wait the node takes (stats interval, camera frame period): a day
 _MAX_PERIOD = 86400
+#: frames a camera keeps without a result at most. Each may wait in the broker's queue for
+#: stage 0, which mosquitto caps at max_queued_messages beyond the in-flight window (1000 by
+#: default and in configs/mosquitto/aiotedge.conf; all cameras share it), dropping the rest even
+#: at QoS 1; and the camera keeps each in memory to send it again (a 224x224 float32 tensor is
+#: 0.6 MB: 256 are 154 MB; a Raspberry Pi Zero 2 has 512 MB). Two frames per board keep a
+#: pipeline busy (docs/deploy-pi-cluster.md): 256 are enough for 128 boards.
+MAX_IN_FLIGHT = 256
 
 
 @dataclass(frozen=True)
@@ -290,7 +301,7 @@ class CameraConfig:
         require("name", topic_level(self.name), TOPIC_LEVEL)
         require("fps", self.fps == 0 or self.fps >= 1 / _MAX_PERIOD,
                 f"0 or at least 1/{_MAX_PERIOD} (one frame a day), got {self.fps}")
-        require_range("in_flight", self.in_flight, 1)
+        require_range("in_flight", self.in_flight, 1, MAX_IN_FLIGHT)
         if self.loop and self.watch:
             raise ConfigError("keys 'loop' and 'watch' are both set: a folder is either "
                               "sent round and round or watched for new photos")

@@ -131,6 +131,12 @@ class StageNode:
         self.session.unsubscribe_on_connect(old)
 
     def start(self) -> None:
+        if self.settings.share_group and not self.config.broker.checks_subscriptions:
+            log.warning("share group %r: any user of a broker that does not check "
+                        "subscriptions can join it and take frames, which are then lost; run "
+                        "the broker with secure-dynsec.conf and set [broker] "
+                        "checks_subscriptions = true (docs/deploy-pi-cluster.md, section 8)",
+                        self.settings.share_group)
         self._worker.start()
         self.session.subscribe(
             self.input_topic,
