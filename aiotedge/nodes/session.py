@@ -8,6 +8,7 @@ stops, with a Last Will so the broker says `offline` for a node that died.
 from __future__ import annotations
 
 import logging
+import secrets
 import select
 import socket
 import ssl
@@ -125,8 +126,14 @@ class MqttSession:
             self._connect_properties.SessionExpiryInterval = session_expiry
         if receive_maximum:
             self._connect_properties.ReceiveMaximum = receive_maximum
+        #: says which process said `online`: each node's availability carries it
+        self._instance = secrets.token_hex(4)
+        #: whether this client id was online in another client when ours last connected
+        #: (the broker then closed that one's connection in favour of ours)
+        self._displaced_twin = False
         if availability_topic:
             self._client.will_set(availability_topic, OFFLINE, qos=1, retain=True)
+            self.subscribe(availability_topic, self._on_own_availability, qos=0)
 
     @property
     def client(self) -> mqtt.Client:
@@ -172,7 +179,14 @@ class MqttSession:
         """
         self._announcements[topic] = payload
         if self._connected.is_set():
-            self.publish(topic, payload, qos=1, retain=True)
+            self._announce_now(topic, payload)
+
+    def _announce_now(self, topic: str, payload: str) -> None:
+        properties = None
+        if topic == self._availability_topic:  # signed, so that a twin can tell it is not its own
+            properties = Properties(PacketTypes.PUBLISH)
+            properties.UserProperty = (_INSTANCE, self._instance)
+        self._client.publish(topic, payload, qos=1, retain=True, properties=properties)
 
     def ack(self, message: mqtt.MQTTMessage) -> None:
         if message.qos > 0:
@@ -326,7 +340,10 @@ class MqttSession:
             self._connection_failed(f"the broker refused the connection: {reason_code}"
                                     + _REFUSAL_HINTS.get(reason_code.value, ""))
             return
-        if self.connection_problem:
+        self._displaced_twin = False
+        if self.connection_problem and self.connection_problem == self._twin_problem():
+            log.debug("connected to %s again (after: %s)", self.url, self.connection_problem)
+        elif self.connection_problem:
             log.log(self._progress_level, "connected to %s (after: %s)", self.url,
                     self.connection_problem)
         else:
@@ -342,7 +359,7 @@ class MqttSession:
         for topic, qos in self._subscriptions.items():
             self._subscribe(topic, qos)
         for topic, payload in self._announcements.items():
-            client.publish(topic, payload, qos=1, retain=True)
+            self._announce_now(topic, payload)
         self._connected.set()
         self._attempt_ended()
 
@@ -401,7 +418,10 @@ class MqttSession:
         self._connected.clear()
         if reason_code.value == 0:
             return
-        if was_connected:
+        if was_connected and (reason_code.value == _SESSION_TAKEN_OVER or (
+                self._displaced_twin and not flags.is_disconnect_packet_from_server)):
+            self._lost_to_twin()
+        elif was_connected:
             log.warning("lost the broker connection (%s); reconnecting", reason_code)
             self.last_problem = f"lost the connection: {reason_code}"
         elif not (self._answered or flags.is_disconnect_packet_from_server):
@@ -411,6 +431,38 @@ class MqttSession:
                 + ("" if self.broker.tls
                    else " (a TLS port? then set tls = true, or mqtts:// in --broker)")
             )
+
+    def _on_own_availability(self, message: mqtt.MQTTMessage) -> None:
+        """Note whether another client with our id had said `online` (the retained message
+        the broker sends as we subscribe: that client was online until our connection came)."""
+        said_by = dict(getattr(message.properties, "UserProperty", None) or []).get(_INSTANCE)
+        if message.payload == ONLINE.encode() and said_by != self._instance:
+            self._displaced_twin = True
+
+    def _twin_problem(self) -> str:
+        node = (self._availability_topic or self.client_id).rsplit("/", 1)[-1]
+        return (f"another client connected with this node's client id {self.client_id}: two "
+                f"nodes share the name {node}? Give each its own ([stage] node, [camera] name); "
+                f"meanwhile retrying every {RECONNECT_MAX_DELAY:.0f} s")
+
+    def _lost_to_twin(self) -> None:
+        """The broker gave our client id to another client: MQTT v5's DISCONNECT 0x8E
+        "Session taken over", or (mosquitto 2.0 closes the connection without it) a close right
+        after our connection had displaced an online client with our id.
+
+        Said once, not at every turn. Retrying every second would let each of the two nodes hold
+        the connection for a second at a time: neither does any work, and both flood the log.
+        Giving up would leave the pipeline without this node once the other one is renamed or
+        stopped. So we retry at the slowest pace: each holds the id for about that long in turn,
+        and the pipeline keeps working meanwhile; the fix (a name of its own) brings this one
+        back by itself.
+        """
+        problem = self._twin_problem()
+        if problem != self.last_problem:
+            log.warning("%s", problem)
+        self.connection_problem = self.last_problem = problem
+        self._client.reconnect_delay_set(min_delay=RECONNECT_MAX_DELAY,  # type: ignore[arg-type]
+                                         max_delay=RECONNECT_MAX_DELAY)  # type: ignore[arg-type]
 
 
 def read_retained(
@@ -441,6 +493,10 @@ def read_retained(
 
 
 _NO_MATCHING_SUBSCRIBERS = 0x10
+#: MQTT v5 DISCONNECT reason: another client connected with our client id
+_SESSION_TAKEN_OVER = 0x8E
+#: the user property naming the process that said a node's availability
+_INSTANCE = "aiotedge-instance"
 
 #: OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH and X509_V_ERR_IP_ADDRESS_MISMATCH
 _NAME_MISMATCH = (62, 64)
