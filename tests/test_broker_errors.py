@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from aiotedge.nodes.broker import free_port
+from aiotedge.nodes.broker import LocalBroker, free_port
 from aiotedge.nodes.session import (
     RECONNECT_MAX_DELAY,
     RECONNECT_MIN_DELAY,
     RECONNECT_QUICK_TRIES,
+    MqttSession,
     reconnect_delay,
 )
 from tests.test_cli import assert_one_line_error
@@ -125,3 +126,38 @@ def test_the_reconnect_delay_stays_short_until_failures_repeat():
     later = [reconnect_delay(n) for n in range(RECONNECT_QUICK_TRIES, RECONNECT_QUICK_TRIES + 8)]
     assert later == sorted(later) and later[-1] == RECONNECT_MAX_DELAY
     assert reconnect_delay(10**6) == RECONNECT_MAX_DELAY
+
+
+def test_status_of_a_pipeline_nobody_runs_says_so_rather_than_that_the_broker_is_silent(secure):
+    """The shipped ACL grants the probe topic `status` publishes to only on its pipeline:
+    mosquitto answers the publish with PUBACK 0x87, and nothing of that pipeline came."""
+    _, flags = secure
+    result = aiotedge("status", "--pipeline", "greenhuose", *flags())
+    assert_one_line_error(
+        result, "no node of pipeline 'greenhuose' has reported to this login (a typo in "
+                "--pipeline?); and the broker refused user watcher the publish to "
+                "aiotedge/greenhuose/probe/status-")
+    assert result.stderr.rstrip().endswith(
+        "(Not authorized), as an ACL does on a pipeline it does not name")
+
+
+def test_status_where_this_login_may_read_but_not_probe_says_access_denied(tmp_path):
+    """An ACL that lets a login read the pipeline but not write the probe topic `status`
+    publishes to (mosquitto 2.0's acl_file grants every subscription; a denied publish gets
+    PUBACK 0x87): the nodes are there, so the cause is the login's rights."""
+    acl = tmp_path / "aiotedge.acl"
+    acl.write_text("topic read aiotedge/#\ntopic write aiotedge/shelf/availability/+\n")
+    with LocalBroker(extra_config=f"acl_file {acl}\n") as broker:
+        writer = MqttSession(broker.address, "s0")
+        writer.start()
+        assert writer.wait_connected(10)
+        writer.publish("aiotedge/shelf/availability/s0", "online", qos=1,
+                       retain=True).wait_for_publish(10)
+        writer.stop()
+        result = aiotedge("status", "--broker", f"127.0.0.1:{broker.port}", "--pipeline",
+                          "shelf")
+    assert_one_line_error(result, "pipeline shelf: access denied: the broker refused this "
+                                  "client the publish to aiotedge/shelf/probe/status-")
+    assert result.stderr.rstrip().endswith(
+        "(Not authorized) (the broker's ACL must let this login read aiotedge/shelf/# and "
+        "write aiotedge/shelf/probe/<client id>)")

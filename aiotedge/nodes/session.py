@@ -31,6 +31,8 @@ from aiotedge.contracts.topics import OFFLINE, ONLINE
 log = logging.getLogger(__name__)
 
 MessageHandler = Callable[[mqtt.MQTTMessage], None]
+#: called with the broker's answer (e.g. "Not authorized") when it refuses a subscription
+RefusalHandler = Callable[[str], None]
 #: seconds between attempts to reach the broker: the first RECONNECT_QUICK_TRIES at the
 #: minimum, so a node is back within about a second of a broker restart; then doubling up to
 #: the maximum, so a broker that stays away is not hammered
@@ -68,6 +70,7 @@ class MqttSession:
         self.client_id = client_id
         self._progress_level = logging.DEBUG if one_shot else logging.INFO
         self._problem_level = logging.DEBUG if one_shot else logging.WARNING
+        self._refusal_level = logging.DEBUG if one_shot else logging.ERROR
         self._availability_topic = availability_topic
         self._subscriptions: dict[str, int] = {}
         self._stale_subscriptions: list[str] = []
@@ -97,6 +100,7 @@ class MqttSession:
         self._client.on_publish = self._on_publish
         self._client.on_subscribe = self._on_subscribe
         self._subscribing: dict[int, str] = {}
+        self._refusal_handlers: dict[str, RefusalHandler] = {}
         self._pending_lock = threading.Lock()
         self._acked = threading.Condition(self._pending_lock)
         #: our QoS 1 publish's mid -> what to do once the broker has it, and its topic
@@ -140,14 +144,19 @@ class MqttSession:
         return self._client
 
     def subscribe(
-        self, topic: str, handler: MessageHandler, qos: int = 1, share_group: str | None = None
+        self, topic: str, handler: MessageHandler, qos: int = 1, share_group: str | None = None,
+        on_refused: RefusalHandler | None = None,
     ) -> None:
         """Route messages on `topic` to `handler` (called on the network thread).
 
         Several handlers may share a topic; each sees every message. With `share_group`, the
         clients subscribed in that group share the messages (MQTT v5 `$share/<group>/<topic>`):
-        each message goes to one of them.
+        each message goes to one of them. `on_refused` hears it if the broker refuses the
+        subscription (its ACL, typically).
         """
+        subscription = f"$share/{share_group}/{topic}" if share_group else topic
+        if on_refused is not None:
+            self._refusal_handlers[subscription] = on_refused
         handlers = self._handlers.setdefault(topic, [])
         handlers.append(handler)
         if len(handlers) > 1:
@@ -155,7 +164,6 @@ class MqttSession:
         self._client.message_callback_add(
             topic, lambda _client, _userdata, msg: _dispatch(handlers, msg)
         )
-        subscription = f"$share/{share_group}/{topic}" if share_group else topic
         self._subscriptions[subscription] = qos
         if self._connected.is_set():
             self._subscribe(subscription, qos)
@@ -373,8 +381,12 @@ class MqttSession:
 
     def _on_subscribe(self, _client, _userdata, mid, reason_codes, _properties) -> None:
         topic = self._subscribing.pop(mid, "?")
-        if any(code.is_failure for code in reason_codes):
-            log.error("broker refused the subscription to %s: %s", topic, reason_codes)
+        refusals = [str(code) for code in reason_codes if code.is_failure]
+        if refusals:
+            log.log(self._refusal_level, "broker refused the subscription to %s: %s", topic,
+                    ", ".join(refusals))
+            if (on_refused := self._refusal_handlers.get(topic)) is not None:
+                on_refused(", ".join(refusals))
         else:
             log.log(self._progress_level, "subscribed to %s", topic)
 
@@ -405,7 +417,8 @@ class MqttSession:
                 self.unrouted += 1
         if refused:
             # Publishing again would be refused again: the input is acknowledged all the same.
-            log.error("the broker refused the publish to %s: %s", topic, reason_code)
+            log.log(self._refusal_level, "the broker refused the publish to %s: %s", topic,
+                    reason_code)
         elif reason_code.value == _NO_MATCHING_SUBSCRIBERS and (
             self.unrouted == 1 or self.unrouted % 100 == 0
         ):
@@ -457,38 +470,78 @@ class MqttSession:
         and the pipeline keeps working meanwhile; the fix (a name of its own) brings this one
         back by itself.
         """
-        problem = self._twin_problem()
-        if problem != self.last_problem:
-            log.warning("%s", problem)
+        problem, said = self._twin_problem(), self.last_problem
         self.connection_problem = self.last_problem = problem
         self._client.reconnect_delay_set(min_delay=RECONNECT_MAX_DELAY,  # type: ignore[arg-type]
                                          max_delay=RECONNECT_MAX_DELAY)  # type: ignore[arg-type]
+        if problem != said:
+            log.warning("%s", problem)
+
+
+class RetainedRefusedError(BrokerError):
+    """The broker refused what reading the retained messages needs (its ACL, typically)."""
+
+    def __init__(self, refusals: list[str], retained: dict[str, bytes], reading: bool) -> None:
+        super().__init__("the broker refused " + "; ".join(refusals))
+        #: whether a subscription was refused (else only the probe publish was)
+        self.reading = reading
+        #: what had arrived by then: the broker sends it before answering our later packets
+        self.retained = retained
 
 
 def read_retained(
-    session: MqttSession, filters: Sequence[str], probe_topic: str, timeout: float = 10.0
+    session: MqttSession, filters: Sequence[str], probe_topic: str, timeout: float = 10.0,
+    follow: MessageHandler | None = None,
 ) -> dict[str, bytes]:
     """Topic -> payload of the retained messages on `filters`, from a connected session.
 
     The broker sends the retained messages in answer to a subscription, before anything
     published after it: a probe message we send ourselves once subscribed marks their end.
     The session must be one nothing else blocks (its network thread delivers the messages).
+    Raises RetainedRefusedError when the broker refuses a subscription or the probe: the probe
+    would then never come (mosquitto answers a publish its ACL denies with PUBACK 0x87 "Not
+    authorized", a denied subscription with SUBACK 0x87). With `follow`, that handler hears
+    every message on `filters` too, from the retained ones on, for as long as the session lasts.
     """
     retained: dict[str, bytes] = {}
+    refusals: list[str] = []
+    reading = False
     done = threading.Event()
+    user = f"user {session.broker.username}" if session.broker.username else "this client"
 
     def record(message: mqtt.MQTTMessage) -> None:
-        if message.payload:  # an empty retained message is a deleted one
+        if follow is not None:
+            follow(message)
+        if message.payload and not done.is_set():  # an empty retained message: deleted
             retained[message.topic] = message.payload
 
+    def refused(what: str) -> None:
+        refusals.append(what)
+        done.set()
+
+    def subscription_refused(topic_filter: str) -> Callable[[str], None]:
+        def refused_reading(reason: str) -> None:
+            nonlocal reading
+            reading = True
+            refused(f"{user} the subscription to {topic_filter} ({reason})")
+        return refused_reading
+
+    def published(denied: bool) -> None:
+        if denied:
+            refused(f"{user} the publish to {probe_topic} (Not authorized)")
+
     for topic_filter in filters:
-        session.subscribe(topic_filter, record, qos=1)
-    session.subscribe(probe_topic, lambda _message: done.set(), qos=1)
-    session.publish(probe_topic, b"", qos=1)
+        session.subscribe(topic_filter, record, qos=1,
+                          on_refused=subscription_refused(topic_filter))
+    session.subscribe(probe_topic, lambda _message: done.set(), qos=1,
+                      on_refused=subscription_refused(probe_topic))
+    session.publish_confirmed(probe_topic, b"", 1, published)
     if not done.wait(timeout):
         raise BrokerError(
             f"the broker at {session.broker} did not answer within {timeout:.0f} s"
         )
+    if refusals:
+        raise RetainedRefusedError(refusals, dict(retained), reading)
     return retained
 
 

@@ -13,11 +13,16 @@ import time
 from typing import Any
 
 from aiotedge.config.schema import BrokerConfig
-from aiotedge.contracts.errors import ConfigError
+from aiotedge.contracts.errors import BrokerError, ConfigError
 from aiotedge.contracts.topics import Topics
 from aiotedge.nodes.health import NodeView, PipelineView
 from aiotedge.nodes.lifecycle import connect_once, stop_on_signals
-from aiotedge.nodes.session import MqttSession, read_retained
+from aiotedge.nodes.session import (
+    MessageHandler,
+    MqttSession,
+    RetainedRefusedError,
+    read_retained,
+)
 
 HEADER = ("node", "state", "stage", "model (manifest)", "fps", "latency p50/p99 ms",
           "infer p50 ms", "queue", "in", "out", "rejected", "dropped", "stats")
@@ -35,11 +40,30 @@ def read_pipeline(broker: BrokerConfig, topics: Topics, timeout: float = 10.0) -
     session = MqttSession(broker, f"status-{secrets.token_hex(4)}", one_shot=True)
     connect_once(session, timeout)
     try:
-        retained = read_retained(session, _filters(topics), topics.probe(session.client_id),
-                                 timeout)
+        retained = _read(session, topics, timeout)
     finally:
         session.stop()
     return PipelineView.from_retained(retained, topics)
+
+
+def _read(session: MqttSession, topics: Topics, timeout: float = 10.0,
+          follow: MessageHandler | None = None) -> dict[str, bytes]:
+    """The pipeline's retained messages; BrokerError saying what the broker refused, and
+    whether that pipeline has nodes at all."""
+    try:
+        return read_retained(session, _filters(topics), topics.probe(session.client_id),
+                             timeout, follow)
+    except RetainedRefusedError as exc:
+        if exc.reading or exc.retained:
+            # its nodes are there (or may be): this login lacks a right on them
+            raise BrokerError(
+                f"pipeline {topics.pipeline}: access denied: {exc} (the broker's ACL must let "
+                f"this login read {topics.base}/# and write {topics.probe('<client id>')})"
+            ) from None
+        raise BrokerError(
+            f"no node of pipeline {topics.pipeline!r} has reported to this login (a typo in "
+            f"--pipeline?); and {exc}, as an ACL does on a pipeline it does not name"
+        ) from None
 
 
 def collect_status(broker: BrokerConfig, topics: Topics, timeout: float = 10.0
@@ -114,8 +138,6 @@ def watch_status(broker: BrokerConfig, topics: Topics, interval: float,
             view.update(topics, message.topic, message.payload)
 
     session = MqttSession(broker, f"status-{secrets.token_hex(4)}", one_shot=True)
-    for topic_filter in _filters(topics):
-        session.subscribe(topic_filter, take, qos=0)
     connect_once(session)
 
     def screen() -> Group:
@@ -134,7 +156,7 @@ def watch_status(broker: BrokerConfig, topics: Topics, interval: float,
                               for note in notes))
 
     try:
-        read_retained(session, [], topics.probe(session.client_id))  # a whole first screen
+        _read(session, topics, follow=take)  # a whole first screen, then follows them
         with Live(screen(), console=Console(), auto_refresh=False) as live:
             while not stop.wait(interval):
                 live.update(screen(), refresh=True)
