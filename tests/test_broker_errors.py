@@ -5,13 +5,19 @@ is refused the same way; daemons keep retrying, quickly at first."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
+from aiotedge.config.schema import BrokerConfig
+from aiotedge.contracts.errors import BrokerError
 from aiotedge.nodes.broker import LocalBroker, free_port
+from aiotedge.nodes.lifecycle import connect_once
 from aiotedge.nodes.session import (
     RECONNECT_MAX_DELAY,
     RECONNECT_MIN_DELAY,
@@ -25,6 +31,10 @@ from tests.test_cli import assert_one_line_error
 def aiotedge(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "aiotedge", *args], capture_output=True,
                           text=True, timeout=90, check=False)
+
+
+#: bound for one awaited event; never a synchronisation
+TIMEOUT = 15.0
 
 
 @pytest.fixture
@@ -161,3 +171,49 @@ def test_status_where_this_login_may_read_but_not_probe_says_access_denied(tmp_p
     assert result.stderr.rstrip().endswith(
         "(Not authorized) (the broker's ACL must let this login read aiotedge/shelf/# and "
         "write aiotedge/shelf/probe/<client id>)")
+
+
+@pytest.fixture
+def silent_server():
+    """A TCP listener that accepts connections and never says a word (not an MQTT broker)."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        accepted: list[socket.socket] = []
+        stop = threading.Event()
+
+        def accept() -> None:
+            server.settimeout(0.2)
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    accepted.append(server.accept()[0])
+
+        thread = threading.Thread(target=accept, daemon=True)
+        thread.start()
+        yield server.getsockname()[1]
+        stop.set()
+        thread.join()
+        for connection in accepted:
+            connection.close()
+
+
+def test_a_daemon_says_that_a_silent_listener_gave_no_connack_and_does_not_blame_tls(
+        silent_server):
+    """paho gives up waiting for the CONNACK after the keepalive (a second here)."""
+    broker = BrokerConfig("127.0.0.1", silent_server, keepalive=1)
+    session = MqttSession(broker, "stage0-pi")
+    session.start()
+    try:
+        assert session.first_attempt(TIMEOUT) == (
+            f"connected to 127.0.0.1:{silent_server} but no MQTT answer (CONNACK) within 1 s: "
+            "is it an MQTT broker, and the right port?")
+    finally:
+        session.stop()
+
+
+def test_a_command_says_that_a_silent_listener_gave_no_connack(silent_server):
+    session = MqttSession(BrokerConfig("127.0.0.1", silent_server), "status-1", one_shot=True)
+    with pytest.raises(BrokerError) as raised:
+        connect_once(session, timeout=1)
+    assert str(raised.value) == (
+        f"cannot use the broker at mqtt://127.0.0.1:{silent_server}: connected to "
+        f"127.0.0.1:{silent_server} but no MQTT answer (CONNACK) within 1 s: is it an MQTT "
+        "broker, and the right port?")

@@ -118,7 +118,8 @@ class MqttSession:
         self._ever_connected = False
         self._attempt_done = threading.Condition()
         self._attempts = 0
-        #: whether the broker answered (CONNACK) on the current socket
+        #: whether a TCP connection is open (the current socket), and the broker answered on it
+        self._socket_open = False
         self._answered = False
         #: mid -> (when, reason) for answers on_publish saw before the publisher recorded
         #: the mid (bounded: most are publishes nobody waits for; a publisher trusts only
@@ -289,6 +290,9 @@ class MqttSession:
         """
         with self._attempt_done:
             if not self._attempt_done.wait_for(lambda: self._attempts > 0, timeout):
+                if self._socket_open and not self._answered:
+                    raise BrokerError(f"cannot use the broker at {self.url}: "
+                                      + self._no_connack(timeout))
                 raise BrokerError(f"no answer from the broker at {self.broker} "
                                    f"within {timeout:.0f} s")
         return None if self._connected.is_set() else self.connection_problem
@@ -338,8 +342,12 @@ class MqttSession:
             self._attempts += 1
             self._attempt_done.notify_all()
 
+    def _no_connack(self, seconds: float) -> str:
+        return (f"connected to {self.broker} but no MQTT answer (CONNACK) within {seconds:.0f} "
+                "s: is it an MQTT broker, and the right port?")
+
     def _on_socket_open(self, _client, _userdata, sock: socket.socket) -> None:
-        self._answered = False
+        self._socket_open, self._answered = True, False
         _disable_nagle(sock)
 
     def _on_connect(self, client, _userdata, _flags, reason_code, _properties) -> None:
@@ -429,6 +437,7 @@ class MqttSession:
     def _on_disconnect(self, _client, _userdata, flags, reason_code, _properties) -> None:
         was_connected = self._connected.is_set()
         self._connected.clear()
+        self._socket_open = False
         if reason_code.value == 0:
             return
         if was_connected and (reason_code.value == _SESSION_TAKEN_OVER or (
@@ -437,6 +446,10 @@ class MqttSession:
         elif was_connected:
             log.warning("lost the broker connection (%s); reconnecting", reason_code)
             self.last_problem = f"lost the connection: {reason_code}"
+        elif not self._answered and reason_code.value == _KEEP_ALIVE_TIMEOUT:
+            # paho gives up on a CONNACK after the keepalive: the other end holds the connection
+            # open and says nothing (not an MQTT broker; or a TLS port, when tls is on)
+            self._connection_failed(self._no_connack(self.broker.keepalive))
         elif not (self._answered or flags.is_disconnect_packet_from_server):
             # closed before any CONNACK: typically plain MQTT spoken to a TLS listener
             self._connection_failed(
@@ -546,6 +559,8 @@ def read_retained(
 
 
 _NO_MATCHING_SUBSCRIBERS = 0x10
+#: the reason paho gives when nothing came from the broker within the keepalive
+_KEEP_ALIVE_TIMEOUT = 0x8D
 #: MQTT v5 DISCONNECT reason: another client connected with our client id
 _SESSION_TAKEN_OVER = 0x8E
 #: the user property naming the process that said a node's availability
