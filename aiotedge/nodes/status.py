@@ -24,10 +24,12 @@ from aiotedge.nodes.session import (
     read_retained,
 )
 
-HEADER = ("node", "state", "stage", "model (manifest)", "fps", "latency p50/p99 ms",
-          "infer p50 ms", "queue", "in", "out", "rejected", "dropped", "stats")
-#: columns `--watch` never cuts short: node, state, stage, fps, latency, queue
-_KEPT = {0, 1, 2, 4, 5, 7}
+#: short headers, so that a pipeline fits 80 columns; the model is said once, in the summary
+HEADER = ("node", "state", "stage", "fps", "latency", "infer", "queue", "in", "out", "rej",
+          "drop", "age")
+LEGEND = "latency p50/p99 and infer p50 in ms; rej(ected), drop(ped) frames; age of stats"
+#: the columns of figures, aligned to the right
+_FIGURES = range(3, len(HEADER))
 
 
 def _filters(topics: Topics) -> list[str]:
@@ -109,14 +111,17 @@ def status_lines(view: PipelineView, pipeline: str, now: float | None = None
 
 
 def format_status(view: PipelineView, pipeline: str, now: float | None = None) -> str:
+    """The summary, one line per node (one space between columns, as `--watch` has, to fit
+    80 columns), the legend and the notes."""
     summary, rows, notes = status_lines(view, pipeline, now)
     if not view.nodes:
         return f"{summary}\nno node has reported on this pipeline"
     table = [HEADER, *rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(HEADER))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-             for row in table]
-    return "\n".join([summary, *lines, *notes])
+    lines = [" ".join(cell.rjust(width) if column in _FIGURES else cell.ljust(width)
+                      for column, (cell, width) in enumerate(zip(row, widths, strict=True)))
+             .rstrip() for row in table]
+    return "\n".join([summary, *lines, LEGEND, *notes])
 
 
 def watch_status(broker: BrokerConfig, topics: Topics, interval: float,
@@ -143,17 +148,20 @@ def watch_status(broker: BrokerConfig, topics: Topics, interval: float,
     def screen() -> Group:
         with lock:
             summary, rows, notes = status_lines(view, topics.pipeline)
-        table = Table(box=None, pad_edge=False)
+        # one space between columns, as the plain table; no figure is ever cut: only a node
+        # name too long for the terminal folds onto a second line
+        table = Table(box=None, pad_edge=False, padding=(0, 1, 0, 0))
         for column, title in enumerate(HEADER):
-            # one line per node; in a narrow terminal the other columns are cut short first
-            whole = max((len(row[column]) for row in rows), default=0) if column in _KEPT else 0
-            table.add_column(title, no_wrap=True, overflow="ellipsis", min_width=whole)
+            table.add_column(title, justify="right" if column in _FIGURES else "left",
+                             no_wrap=column > 0, overflow="fold",
+                             min_width=max([len(title), *(len(row[column]) for row in rows)]))
         for row in rows:
             table.add_row(*row, style=None if row[1] == "online" else "bold red")
         stamp = time.strftime("%H:%M:%S")
         return Group(Text(f"{summary}   ({stamp}, every {interval:g} s; Ctrl-C quits)"),
-                     table, *(Text(note, style="red" if note.startswith("problem") else "dim")
-                              for note in notes))
+                     table, Text(LEGEND, style="dim"),
+                     *(Text(note, style="red" if note.startswith("problem") else "dim")
+                       for note in notes))
 
     try:
         _read(session, topics, follow=take)  # a whole first screen, then follows them
@@ -181,23 +189,17 @@ def _summary(view: PipelineView, pipeline: str) -> str:
 
 
 def _row(node: NodeView, view: PipelineView, now: float) -> tuple[str, ...]:
-    info = node.info
-    model = ""
-    if info is not None:
-        model = f"{info.model} ({info.manifest[:8]})"
-        if node.name in view.odd_ones:
-            model += " OTHER SPLIT"
+    """One node's cells; the model is the summary's, so only a node on another one says so."""
     return (
-        node.name,
+        node.name + (" (OTHER SPLIT)" if node.name in view.odd_ones else ""),
         node.availability or "?",
         "" if node.stage is None else str(node.stage),
-        model,
         _number(node.figure("fps"), 1),
         _pair(node, "latency_ms"),
         _number(node.figure("inference_ms", "p50"), 1),
-        *(_number(node.figure(key), 0) for key in
-          ("queue_depth", "frames_in", "frames_out", "rejected", "dropped")),
-        _seen(node.last_seen, now) if node.last_seen else "",
+        _number(node.figure("queue_depth"), 0),
+        *(_count(node.figure(key)) for key in ("frames_in", "frames_out", "rejected", "dropped")),
+        _age(node.last_seen, now) if node.last_seen else "",
     )
 
 
@@ -210,11 +212,26 @@ def _number(value: float | None, decimals: int) -> str:
     return "" if value is None else f"{value:.{decimals}f}"
 
 
+def _count(value: float | None) -> str:
+    """A frame count in at most 5 characters: 9999, 12.3k, 123k, 1.2M (--json has them whole)."""
+    if value is None:
+        return ""
+    if value >= 999_500:  # not "1000k"
+        scaled, unit = value / 1e6, "M"
+    elif value >= 1e4:
+        scaled, unit = value / 1e3, "k"
+    else:
+        return f"{value:.0f}"
+    return f"{scaled:.1f}{unit}" if scaled < 99.95 else f"{scaled:.0f}{unit}"
+
+
 def _seen(timestamp: float | None, now: float) -> str:
-    if timestamp is None:
-        return "never seen"
+    return "never seen" if timestamp is None else f"{_age(timestamp, now)} ago"
+
+
+def _age(timestamp: float, now: float) -> str:
     age = max(0.0, now - timestamp)
     for unit, seconds in (("d", 86400), ("h", 3600), ("min", 60)):
         if age >= seconds:
-            return f"{age / seconds:.0f} {unit} ago"
-    return f"{age:.0f} s ago"
+            return f"{age / seconds:.0f} {unit}"
+    return f"{age:.0f} s"
