@@ -86,12 +86,17 @@ def twin_problem(client_id: str, node: str) -> str:
             f"retrying every {RECONNECT_MAX_DELAY:.0f} s")
 
 
-def test_two_nodes_with_one_name_are_told_so_once_and_fight_for_it_slowly(broker, said):
+@pytest.mark.parametrize("follows_the_pipeline", [False, True])
+def test_two_nodes_with_one_name_are_told_so_once_and_fight_for_it_slowly(
+        broker, said, follows_the_pipeline):
     """mosquitto 2.0 closes the older connection without a reason code: each of the two
     notices that it displaced the other (its retained `online`) and, when its own connection
-    goes, says why once and retries at the slowest pace, not every second."""
+    goes, says why once and retries at the slowest pace, not every second. A stage hears its
+    own availability through `availability/+`, a camera through a subscription of its own."""
     twins = [MqttSession(broker.address, "stage1-pi", "test/availability/stage1-pi",
                          session_expiry=3600) for _ in range(2)]
+    if follows_the_pipeline:
+        twins[0].subscribe("test/availability/+", lambda _message: None, qos=0)
     try:
         for twin in twins:
             twin.start()
@@ -118,3 +123,27 @@ def test_a_session_taken_over_is_named_from_its_reason_code(said):
         session._on_disconnect(session.client, None, DisconnectFlags(True), taken_over, None)
     assert said.lines.count(twin_problem("camera-cam0", "cam0")) == 1
     assert session.connection_problem == twin_problem("camera-cam0", "cam0")
+
+
+def test_a_node_following_every_availability_hears_its_own_once(broker):
+    """Its own availability is not subscribed twice (the broker would send every message once
+    per matching subscription, to every handler)."""
+    heard: list[tuple[str, bytes]] = []
+    marker = threading.Event()
+
+    def hear(message) -> None:
+        heard.append((message.topic, message.payload))
+        if message.topic == "test/availability/marker":
+            marker.set()
+
+    session = MqttSession(broker.address, "s0", "test/availability/s0")
+    session.subscribe("test/availability/+", hear, qos=0)
+    session.start()
+    try:
+        assert session.wait_connected(TIMEOUT)
+        session.set_online()
+        session.publish("test/availability/marker", b"x", qos=1)  # after it, in order
+        assert marker.wait(TIMEOUT)
+        assert heard.count(("test/availability/s0", b"online")) == 1, heard
+    finally:
+        session.stop()

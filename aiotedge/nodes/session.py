@@ -138,7 +138,8 @@ class MqttSession:
         self._displaced_twin = False
         if availability_topic:
             self._client.will_set(availability_topic, OFFLINE, qos=1, retain=True)
-            self.subscribe(availability_topic, self._on_own_availability, qos=0)
+            self._client.message_callback_add(
+                availability_topic, lambda _client, _userdata, msg: self._on_own_availability(msg))
 
     @property
     def client(self) -> mqtt.Client:
@@ -374,6 +375,8 @@ class MqttSession:
             client.unsubscribe(topic)
         for topic, qos in self._subscriptions.items():
             self._subscribe(topic, qos)
+        if self._availability_topic and not self._hears_own_availability():
+            self._subscribe(self._availability_topic, 0)
         for topic, payload in self._announcements.items():
             self._announce_now(topic, payload)
         self._connected.set()
@@ -457,6 +460,12 @@ class MqttSession:
                 + ("" if self.broker.tls
                    else " (a TLS port? then set tls = true, or mqtts:// in --broker)")
             )
+
+    def _hears_own_availability(self) -> bool:
+        """Whether a subscription of ours (`availability/+`, a stage's) brings our own
+        availability: a second one would bring each message twice, to every handler."""
+        return any(mqtt.topic_matches_sub(topic_filter, self._availability_topic or "")
+                   for topic_filter in self._subscriptions)
 
     def _on_own_availability(self, message: mqtt.MQTTMessage) -> None:
         """Note whether another client with our id had said `online` (the retained message
