@@ -5,17 +5,24 @@ is refused the same way; daemons keep retrying, quickly at first."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
-from aiotedge.nodes.broker import free_port
+from aiotedge.config.schema import BrokerConfig
+from aiotedge.contracts.errors import BrokerError
+from aiotedge.nodes.broker import LocalBroker, free_port
+from aiotedge.nodes.lifecycle import connect_once
 from aiotedge.nodes.session import (
     RECONNECT_MAX_DELAY,
     RECONNECT_MIN_DELAY,
     RECONNECT_QUICK_TRIES,
+    MqttSession,
     reconnect_delay,
 )
 from tests.test_cli import assert_one_line_error
@@ -24,6 +31,10 @@ from tests.test_cli import assert_one_line_error
 def aiotedge(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "aiotedge", *args], capture_output=True,
                           text=True, timeout=90, check=False)
+
+
+#: bound for one awaited event; never a synchronisation
+TIMEOUT = 15.0
 
 
 @pytest.fixture
@@ -125,3 +136,84 @@ def test_the_reconnect_delay_stays_short_until_failures_repeat():
     later = [reconnect_delay(n) for n in range(RECONNECT_QUICK_TRIES, RECONNECT_QUICK_TRIES + 8)]
     assert later == sorted(later) and later[-1] == RECONNECT_MAX_DELAY
     assert reconnect_delay(10**6) == RECONNECT_MAX_DELAY
+
+
+def test_status_of_a_pipeline_nobody_runs_says_so_rather_than_that_the_broker_is_silent(secure):
+    """The shipped ACL grants the probe topic `status` publishes to only on its pipeline:
+    mosquitto answers the publish with PUBACK 0x87, and nothing of that pipeline came."""
+    _, flags = secure
+    result = aiotedge("status", "--pipeline", "greenhuose", *flags())
+    assert_one_line_error(
+        result, "no node of pipeline 'greenhuose' has reported to this login (a typo in "
+                "--pipeline?); and the broker refused user watcher the publish to "
+                "aiotedge/greenhuose/probe/status-")
+    assert result.stderr.rstrip().endswith(
+        "(Not authorized), as an ACL does on a pipeline it does not name")
+
+
+def test_status_where_this_login_may_read_but_not_probe_says_access_denied(tmp_path):
+    """An ACL that lets a login read the pipeline but not write the probe topic `status`
+    publishes to (mosquitto 2.0's acl_file grants every subscription; a denied publish gets
+    PUBACK 0x87): the nodes are there, so the cause is the login's rights."""
+    acl = tmp_path / "aiotedge.acl"
+    acl.write_text("topic read aiotedge/#\ntopic write aiotedge/shelf/availability/+\n")
+    with LocalBroker(extra_config=f"acl_file {acl}\n") as broker:
+        writer = MqttSession(broker.address, "s0")
+        writer.start()
+        assert writer.wait_connected(10)
+        writer.publish("aiotedge/shelf/availability/s0", "online", qos=1,
+                       retain=True).wait_for_publish(10)
+        writer.stop()
+        result = aiotedge("status", "--broker", f"127.0.0.1:{broker.port}", "--pipeline",
+                          "shelf")
+    assert_one_line_error(result, "pipeline shelf: access denied: the broker refused this "
+                                  "client the publish to aiotedge/shelf/probe/status-")
+    assert result.stderr.rstrip().endswith(
+        "(Not authorized) (the broker's ACL must let this login read aiotedge/shelf/# and "
+        "write aiotedge/shelf/probe/<client id>)")
+
+
+@pytest.fixture
+def silent_server():
+    """A TCP listener that accepts connections and never says a word (not an MQTT broker)."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        accepted: list[socket.socket] = []
+        stop = threading.Event()
+
+        def accept() -> None:
+            server.settimeout(0.2)
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    accepted.append(server.accept()[0])
+
+        thread = threading.Thread(target=accept, daemon=True)
+        thread.start()
+        yield server.getsockname()[1]
+        stop.set()
+        thread.join()
+        for connection in accepted:
+            connection.close()
+
+
+def test_a_daemon_says_that_a_silent_listener_gave_no_connack_and_does_not_blame_tls(
+        silent_server):
+    """paho gives up waiting for the CONNACK after the keepalive (a second here)."""
+    broker = BrokerConfig("127.0.0.1", silent_server, keepalive=1)
+    session = MqttSession(broker, "stage0-pi")
+    session.start()
+    try:
+        assert session.first_attempt(TIMEOUT) == (
+            f"connected to 127.0.0.1:{silent_server} but no MQTT answer (CONNACK) within 1 s: "
+            "is it an MQTT broker, and the right port?")
+    finally:
+        session.stop()
+
+
+def test_a_command_says_that_a_silent_listener_gave_no_connack(silent_server):
+    session = MqttSession(BrokerConfig("127.0.0.1", silent_server), "status-1", one_shot=True)
+    with pytest.raises(BrokerError) as raised:
+        connect_once(session, timeout=1)
+    assert str(raised.value) == (
+        f"cannot use the broker at mqtt://127.0.0.1:{silent_server}: connected to "
+        f"127.0.0.1:{silent_server} but no MQTT answer (CONNACK) within 1 s: is it an MQTT "
+        "broker, and the right port?")

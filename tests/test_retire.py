@@ -92,3 +92,20 @@ def test_an_online_node_is_not_retired(broker):
     assert_one_line_error(retire(broker, "s2"), "s2 is online: stop it first")
     assert DISCOVERY in retained_now(broker)
     assert_one_line_error(retire(broker, "s9"), "no node 's9' has reported on pipeline shelf")
+
+
+def test_an_online_node_is_told_to_stop_by_its_unit_named_after_its_config_file(broker,
+                                                                                tmp_path):
+    """aiotedge-stage@NAME reads /etc/aiotedge/NAME.toml: the unit is the config's name, which
+    need not be the node's."""
+    leave_behind(broker, "s2", 2, "online")
+    assert_one_line_error(retire(broker, "s2"), "s2 is online: stop it first (on its board: "
+                          "sudo systemctl stop aiotedge-stage@NAME, for its config "
+                          "/etc/aiotedge/NAME.toml), then retire it")
+    config = tmp_path / "greenhouse-top.toml"
+    config.write_text(f'[broker]\nhost = "127.0.0.1"\nport = {broker.port}\n\n'
+                      '[pipeline]\nname = "shelf"\n\n[stage]\nnode = "s2"\n')
+    done = subprocess.run([sys.executable, "-m", "aiotedge", "retire", "--config", str(config)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert_one_line_error(done, "s2 is online: stop it first (sudo systemctl stop "
+                                "aiotedge-stage@greenhouse-top), then retire it")

@@ -285,3 +285,20 @@ def test_a_user_without_read_rights_cannot_take_a_stages_frames(
     taken = theft(secure_broker(), pki, passwords, replicas)
     assert taken.received == FRAMES
     assert taken.thief_granted == []
+
+
+def test_aiotedge_status_as_a_login_that_may_not_read_the_stats_names_the_refusal(
+        secure_broker, pki, passwords):
+    """The plugin refuses a subscription with SUBACK 0x87: status says which, rather than
+    that the broker did not answer (a node's user reads availability and info, not stats)."""
+    from tests.test_cli import assert_one_line_error
+
+    broker = secure_broker()
+    result = subprocess.run(
+        [sys.executable, "-m", "aiotedge", "status", "--pipeline", "greenhouse", "--broker",
+         f"mqtts://127.0.0.1:{broker.tls_port}", "--ca-file", str(pki / "ca.crt"),
+         "--username", "cam0", "--password-file", str(passwords["cam0"])],
+        capture_output=True, text=True, timeout=60, check=False)
+    assert_one_line_error(result, "pipeline greenhouse: access denied: the broker refused user "
+                                  "cam0 the subscription to aiotedge/greenhouse/stats/+ (Not "
+                                  "authorized)")

@@ -65,16 +65,17 @@ def test_a_healthy_pipeline_with_replicas_and_its_bottleneck():
     stage, capacity = view.bottleneck
     assert (stage, round(capacity)) == (2, 33)  # stage 1's replicas serve 40 fps together
     text = format_status(view, "shelf", now=NOW + 5)
-    summary, header, *rows = text.splitlines()
+    summary, header, *rows, legend = text.splitlines()
     assert summary == ("pipeline shelf: available; 3 stages of net.tflite (manifest "
                        "aaaaaaaaaaaa); bottleneck: stage 2, 33.3 fps at most")
-    assert header.split()[:4] == ["node", "state", "stage", "model"]
+    assert header.split() == ["node", "state", "stage", "fps", "latency", "infer", "queue", "in",
+                              "out", "rej", "drop", "age"]
     assert [row.split()[:3] for row in rows] == [
         ["s0", "online", "0"], ["s1a", "online", "1"], ["s1b", "online", "1"],
         ["s2", "online", "2"], ["cam0", "online"]]
-    assert rows[0].split()[3:10] == ["net.tflite", "(aaaaaaaa)", "2.0", "120/180", "8.0", "1",
-                                     "40"]
-    assert rows[0].endswith("5 s ago")
+    assert rows[0].split() == ["s0", "online", "0", "2.0", "120/180", "8.0", "1", "40", "40",
+                               "0", "0", "5", "s"]  # the model is the summary's, once
+    assert legend.startswith("latency p50/p99 and infer p50 in ms")
 
 
 def test_nodes_that_have_gone_are_summed_up_with_when_they_were_last_seen():
@@ -96,9 +97,9 @@ def test_a_stage_nobody_serves_and_a_board_on_another_split_are_problems():
     text = format_status(view, "shelf", now=NOW)
     assert text.splitlines()[0].startswith("pipeline shelf: NOT available")
     s1 = next(line for line in text.splitlines() if line.startswith("s1 "))
-    assert s1.split()[:3] == ["s1", "offline", "1"] and s1.endswith("2 min ago")
+    assert s1.split()[:3] == ["s1", "offline", "1"] and s1.endswith("2 min")
     s2 = next(line for line in text.splitlines() if line.startswith("s2 "))
-    assert "OTHER SPLIT" in s2
+    assert s2.startswith("s2 (OTHER SPLIT) online")
     assert text.splitlines()[-2:] == [
         "problem: stage 1 has no node online",
         "problem: s2 runs manifest bbbbbbbbbbbb, the others aaaaaaaaaaaa: a board with another "
@@ -193,3 +194,45 @@ def test_status_watch_draws_the_pipeline_and_exits_with_its_health(broker, capsy
     assert "pipeline shelf: NOT available" in screen
     assert "problem: stage 0 has no node online" in screen
     assert "s1b" in screen
+
+
+def busy_board(name: str, state: str, stage: int, seen: float) -> dict:
+    """A board that has run for days: counts in the millions, slow figures, a long name."""
+    retained = node(name, state, stage, seen=seen)
+    retained[TOPICS.stats(name)] = json.dumps({
+        "stage": stage, "fps": 12.3, "frames_in": 1_234_567, "frames_out": 1_234_210,
+        "rejected": 12, "dropped": 345, "queue_depth": 16,
+        "inference_ms": {"p50": 123.4, "p99": 150.0}, "latency_ms": {"p50": 1234, "p99": 5678},
+        "timestamp": seen}).encode()
+    return retained
+
+
+@pytest.mark.parametrize("width", [80, 140])
+def test_status_watch_shows_every_figure_whole_at_80_and_140_columns(broker, capsys,
+                                                                     monkeypatch, width):
+    """rich's Console takes the terminal's width from COLUMNS when it is not a terminal."""
+    pytest.importorskip("rich", reason="the status extra is not installed")
+    import time
+
+    seen = time.time() - 12 * 60
+    retained = {**busy_board("stage0-pi4-a", ONLINE, 0, seen),
+                **busy_board("stage1-pi4-b", "offline", 1, seen),
+                **busy_board("stage2-pi4-c", ONLINE, 2, seen)}
+    publish_retained(broker, retained)
+    monkeypatch.setenv("COLUMNS", str(width))
+    stop = threading.Event()
+    stop.set()
+    watch_status(broker.address, TOPICS, 1.0, stop)
+    screen = capsys.readouterr().out
+    table = [line.split() for line in screen.splitlines()]
+    assert ["node", "state", "stage", "fps", "latency", "infer", "queue", "in", "out", "rej",
+            "drop", "age"] in table
+    for name, state in (("stage0-pi4-a", "online"), ("stage1-pi4-b", "offline"),
+                        ("stage2-pi4-c", "online")):
+        assert [name, state, name[5], "12.3", "1234/5678", "123.4", "16", "1.2M", "1.2M", "12",
+                "345", "12", "min"] in table, screen
+    assert "…" not in screen and max(len(line) for line in screen.splitlines()) <= width
+    assert screen.count("net.tflite") == 1  # in the summary, not on every row
+    plain = format_status(PipelineView.from_retained(retained, TOPICS), "shelf")
+    table_and_legend = plain.splitlines()[1:6]  # the summary and the notes are sentences
+    assert max(len(line) for line in table_and_legend) <= 80, plain

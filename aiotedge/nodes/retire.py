@@ -13,10 +13,11 @@ from __future__ import annotations
 import logging
 import secrets
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from aiotedge.config.schema import NodeConfig
+from aiotedge.config.schema import FLAGS, NodeConfig
 from aiotedge.contracts.errors import ConfigError
-from aiotedge.nodes.health import PipelineView
+from aiotedge.nodes.health import NodeView, PipelineView
 from aiotedge.nodes.homeassistant import discovery_filter
 from aiotedge.nodes.lifecycle import connect_once
 from aiotedge.nodes.session import MqttSession, read_retained
@@ -52,8 +53,8 @@ def retire(config: NodeConfig, node: str) -> Retired:
             raise ConfigError(f"no node {node!r} has reported on pipeline {topics.pipeline} "
                               "(--node, --pipeline)")
         if me.online:
-            raise ConfigError(f"{node} is online: stop it first (e.g. sudo systemctl stop "
-                              f"aiotedge-stage@{node}), then retire it")
+            raise ConfigError(f"{node} is online: stop it first ({_how_to_stop(config, me)}), "
+                              "then retire it")
         done = Retired(node)
         own = {topics.availability(node), topics.info(node), topics.stats(node)}
         info = me.info
@@ -71,6 +72,15 @@ def retire(config: NodeConfig, node: str) -> Retired:
     for client_id in (node, f"camera-{node}"):  # a stage's session, or a camera's
         _end_session(config, client_id)
     return done
+
+
+def _how_to_stop(config: NodeConfig, node: NodeView) -> str:
+    """Its systemd unit is named after its config file (aiotedge-stage@NAME reads
+    /etc/aiotedge/NAME.toml), which may not be its node name."""
+    unit = f"aiotedge-{'camera' if node.stage is None else 'stage'}"
+    if config.source != FLAGS:
+        return f"sudo systemctl stop {unit}@{Path(config.source).stem}"
+    return f"on its board: sudo systemctl stop {unit}@NAME, for its config /etc/aiotedge/NAME.toml"
 
 
 def _end_session(config: NodeConfig, client_id: str) -> None:

@@ -8,6 +8,7 @@ stops, with a Last Will so the broker says `offline` for a node that died.
 from __future__ import annotations
 
 import logging
+import secrets
 import select
 import socket
 import ssl
@@ -30,6 +31,8 @@ from aiotedge.contracts.topics import OFFLINE, ONLINE
 log = logging.getLogger(__name__)
 
 MessageHandler = Callable[[mqtt.MQTTMessage], None]
+#: called with the broker's answer (e.g. "Not authorized") when it refuses a subscription
+RefusalHandler = Callable[[str], None]
 #: seconds between attempts to reach the broker: the first RECONNECT_QUICK_TRIES at the
 #: minimum, so a node is back within about a second of a broker restart; then doubling up to
 #: the maximum, so a broker that stays away is not hammered
@@ -67,6 +70,7 @@ class MqttSession:
         self.client_id = client_id
         self._progress_level = logging.DEBUG if one_shot else logging.INFO
         self._problem_level = logging.DEBUG if one_shot else logging.WARNING
+        self._refusal_level = logging.DEBUG if one_shot else logging.ERROR
         self._availability_topic = availability_topic
         self._subscriptions: dict[str, int] = {}
         self._stale_subscriptions: list[str] = []
@@ -96,6 +100,7 @@ class MqttSession:
         self._client.on_publish = self._on_publish
         self._client.on_subscribe = self._on_subscribe
         self._subscribing: dict[int, str] = {}
+        self._refusal_handlers: dict[str, RefusalHandler] = {}
         self._pending_lock = threading.Lock()
         self._acked = threading.Condition(self._pending_lock)
         #: our QoS 1 publish's mid -> what to do once the broker has it, and its topic
@@ -113,7 +118,8 @@ class MqttSession:
         self._ever_connected = False
         self._attempt_done = threading.Condition()
         self._attempts = 0
-        #: whether the broker answered (CONNACK) on the current socket
+        #: whether a TCP connection is open (the current socket), and the broker answered on it
+        self._socket_open = False
         self._answered = False
         #: mid -> (when, reason) for answers on_publish saw before the publisher recorded
         #: the mid (bounded: most are publishes nobody waits for; a publisher trusts only
@@ -125,22 +131,34 @@ class MqttSession:
             self._connect_properties.SessionExpiryInterval = session_expiry
         if receive_maximum:
             self._connect_properties.ReceiveMaximum = receive_maximum
+        #: says which process said `online`: each node's availability carries it
+        self._instance = secrets.token_hex(4)
+        #: whether this client id was online in another client when ours last connected
+        #: (the broker then closed that one's connection in favour of ours)
+        self._displaced_twin = False
         if availability_topic:
             self._client.will_set(availability_topic, OFFLINE, qos=1, retain=True)
+            self._client.message_callback_add(
+                availability_topic, lambda _client, _userdata, msg: self._on_own_availability(msg))
 
     @property
     def client(self) -> mqtt.Client:
         return self._client
 
     def subscribe(
-        self, topic: str, handler: MessageHandler, qos: int = 1, share_group: str | None = None
+        self, topic: str, handler: MessageHandler, qos: int = 1, share_group: str | None = None,
+        on_refused: RefusalHandler | None = None,
     ) -> None:
         """Route messages on `topic` to `handler` (called on the network thread).
 
         Several handlers may share a topic; each sees every message. With `share_group`, the
         clients subscribed in that group share the messages (MQTT v5 `$share/<group>/<topic>`):
-        each message goes to one of them.
+        each message goes to one of them. `on_refused` hears it if the broker refuses the
+        subscription (its ACL, typically).
         """
+        subscription = f"$share/{share_group}/{topic}" if share_group else topic
+        if on_refused is not None:
+            self._refusal_handlers[subscription] = on_refused
         handlers = self._handlers.setdefault(topic, [])
         handlers.append(handler)
         if len(handlers) > 1:
@@ -148,7 +166,6 @@ class MqttSession:
         self._client.message_callback_add(
             topic, lambda _client, _userdata, msg: _dispatch(handlers, msg)
         )
-        subscription = f"$share/{share_group}/{topic}" if share_group else topic
         self._subscriptions[subscription] = qos
         if self._connected.is_set():
             self._subscribe(subscription, qos)
@@ -172,7 +189,14 @@ class MqttSession:
         """
         self._announcements[topic] = payload
         if self._connected.is_set():
-            self.publish(topic, payload, qos=1, retain=True)
+            self._announce_now(topic, payload)
+
+    def _announce_now(self, topic: str, payload: str) -> None:
+        properties = None
+        if topic == self._availability_topic:  # signed, so that a twin can tell it is not its own
+            properties = Properties(PacketTypes.PUBLISH)
+            properties.UserProperty = (_INSTANCE, self._instance)
+        self._client.publish(topic, payload, qos=1, retain=True, properties=properties)
 
     def ack(self, message: mqtt.MQTTMessage) -> None:
         if message.qos > 0:
@@ -267,6 +291,9 @@ class MqttSession:
         """
         with self._attempt_done:
             if not self._attempt_done.wait_for(lambda: self._attempts > 0, timeout):
+                if self._socket_open and not self._answered:
+                    raise BrokerError(f"cannot use the broker at {self.url}: "
+                                      + self._no_connack(timeout))
                 raise BrokerError(f"no answer from the broker at {self.broker} "
                                    f"within {timeout:.0f} s")
         return None if self._connected.is_set() else self.connection_problem
@@ -316,8 +343,12 @@ class MqttSession:
             self._attempts += 1
             self._attempt_done.notify_all()
 
+    def _no_connack(self, seconds: float) -> str:
+        return (f"connected to {self.broker} but no MQTT answer (CONNACK) within {seconds:.0f} "
+                "s: is it an MQTT broker, and the right port?")
+
     def _on_socket_open(self, _client, _userdata, sock: socket.socket) -> None:
-        self._answered = False
+        self._socket_open, self._answered = True, False
         _disable_nagle(sock)
 
     def _on_connect(self, client, _userdata, _flags, reason_code, _properties) -> None:
@@ -326,7 +357,10 @@ class MqttSession:
             self._connection_failed(f"the broker refused the connection: {reason_code}"
                                     + _REFUSAL_HINTS.get(reason_code.value, ""))
             return
-        if self.connection_problem:
+        self._displaced_twin = False
+        if self.connection_problem and self.connection_problem == self._twin_problem():
+            log.debug("connected to %s again (after: %s)", self.url, self.connection_problem)
+        elif self.connection_problem:
             log.log(self._progress_level, "connected to %s (after: %s)", self.url,
                     self.connection_problem)
         else:
@@ -341,8 +375,10 @@ class MqttSession:
             client.unsubscribe(topic)
         for topic, qos in self._subscriptions.items():
             self._subscribe(topic, qos)
+        if self._availability_topic and not self._hears_own_availability():
+            self._subscribe(self._availability_topic, 0)
         for topic, payload in self._announcements.items():
-            client.publish(topic, payload, qos=1, retain=True)
+            self._announce_now(topic, payload)
         self._connected.set()
         self._attempt_ended()
 
@@ -356,8 +392,12 @@ class MqttSession:
 
     def _on_subscribe(self, _client, _userdata, mid, reason_codes, _properties) -> None:
         topic = self._subscribing.pop(mid, "?")
-        if any(code.is_failure for code in reason_codes):
-            log.error("broker refused the subscription to %s: %s", topic, reason_codes)
+        refusals = [str(code) for code in reason_codes if code.is_failure]
+        if refusals:
+            log.log(self._refusal_level, "broker refused the subscription to %s: %s", topic,
+                    ", ".join(refusals))
+            if (on_refused := self._refusal_handlers.get(topic)) is not None:
+                on_refused(", ".join(refusals))
         else:
             log.log(self._progress_level, "subscribed to %s", topic)
 
@@ -388,7 +428,8 @@ class MqttSession:
                 self.unrouted += 1
         if refused:
             # Publishing again would be refused again: the input is acknowledged all the same.
-            log.error("the broker refused the publish to %s: %s", topic, reason_code)
+            log.log(self._refusal_level, "the broker refused the publish to %s: %s", topic,
+                    reason_code)
         elif reason_code.value == _NO_MATCHING_SUBSCRIBERS and (
             self.unrouted == 1 or self.unrouted % 100 == 0
         ):
@@ -399,11 +440,19 @@ class MqttSession:
     def _on_disconnect(self, _client, _userdata, flags, reason_code, _properties) -> None:
         was_connected = self._connected.is_set()
         self._connected.clear()
+        self._socket_open = False
         if reason_code.value == 0:
             return
-        if was_connected:
+        if was_connected and (reason_code.value == _SESSION_TAKEN_OVER or (
+                self._displaced_twin and not flags.is_disconnect_packet_from_server)):
+            self._lost_to_twin()
+        elif was_connected:
             log.warning("lost the broker connection (%s); reconnecting", reason_code)
             self.last_problem = f"lost the connection: {reason_code}"
+        elif not self._answered and reason_code.value == _KEEP_ALIVE_TIMEOUT:
+            # paho gives up on a CONNACK after the keepalive: the other end holds the connection
+            # open and says nothing (not an MQTT broker; or a TLS port, when tls is on)
+            self._connection_failed(self._no_connack(self.broker.keepalive))
         elif not (self._answered or flags.is_disconnect_packet_from_server):
             # closed before any CONNACK: typically plain MQTT spoken to a TLS listener
             self._connection_failed(
@@ -412,35 +461,119 @@ class MqttSession:
                    else " (a TLS port? then set tls = true, or mqtts:// in --broker)")
             )
 
+    def _hears_own_availability(self) -> bool:
+        """Whether a subscription of ours (`availability/+`, a stage's) brings our own
+        availability: a second one would bring each message twice, to every handler."""
+        return any(mqtt.topic_matches_sub(topic_filter, self._availability_topic or "")
+                   for topic_filter in self._subscriptions)
+
+    def _on_own_availability(self, message: mqtt.MQTTMessage) -> None:
+        """Note whether another client with our id had said `online` (the retained message
+        the broker sends as we subscribe: that client was online until our connection came)."""
+        said_by = dict(getattr(message.properties, "UserProperty", None) or []).get(_INSTANCE)
+        if message.payload == ONLINE.encode() and said_by != self._instance:
+            self._displaced_twin = True
+
+    def _twin_problem(self) -> str:
+        node = (self._availability_topic or self.client_id).rsplit("/", 1)[-1]
+        return (f"another client connected with this node's client id {self.client_id}: two "
+                f"nodes share the name {node}? Give each its own ([stage] node, [camera] name); "
+                f"meanwhile retrying every {RECONNECT_MAX_DELAY:.0f} s")
+
+    def _lost_to_twin(self) -> None:
+        """The broker gave our client id to another client: MQTT v5's DISCONNECT 0x8E
+        "Session taken over", or (mosquitto 2.0 closes the connection without it) a close right
+        after our connection had displaced an online client with our id.
+
+        Said once, not at every turn. Retrying every second would let each of the two nodes hold
+        the connection for a second at a time: neither does any work, and both flood the log.
+        Giving up would leave the pipeline without this node once the other one is renamed or
+        stopped. So we retry at the slowest pace: each holds the id for about that long in turn,
+        and the pipeline keeps working meanwhile; the fix (a name of its own) brings this one
+        back by itself.
+        """
+        problem, said = self._twin_problem(), self.last_problem
+        self.connection_problem = self.last_problem = problem
+        self._client.reconnect_delay_set(min_delay=RECONNECT_MAX_DELAY,  # type: ignore[arg-type]
+                                         max_delay=RECONNECT_MAX_DELAY)  # type: ignore[arg-type]
+        if problem != said:
+            log.warning("%s", problem)
+
+
+class RetainedRefusedError(BrokerError):
+    """The broker refused what reading the retained messages needs (its ACL, typically)."""
+
+    def __init__(self, refusals: list[str], retained: dict[str, bytes], reading: bool) -> None:
+        super().__init__("the broker refused " + "; ".join(refusals))
+        #: whether a subscription was refused (else only the probe publish was)
+        self.reading = reading
+        #: what had arrived by then: the broker sends it before answering our later packets
+        self.retained = retained
+
 
 def read_retained(
-    session: MqttSession, filters: Sequence[str], probe_topic: str, timeout: float = 10.0
+    session: MqttSession, filters: Sequence[str], probe_topic: str, timeout: float = 10.0,
+    follow: MessageHandler | None = None,
 ) -> dict[str, bytes]:
     """Topic -> payload of the retained messages on `filters`, from a connected session.
 
     The broker sends the retained messages in answer to a subscription, before anything
     published after it: a probe message we send ourselves once subscribed marks their end.
     The session must be one nothing else blocks (its network thread delivers the messages).
+    Raises RetainedRefusedError when the broker refuses a subscription or the probe: the probe
+    would then never come (mosquitto answers a publish its ACL denies with PUBACK 0x87 "Not
+    authorized", a denied subscription with SUBACK 0x87). With `follow`, that handler hears
+    every message on `filters` too, from the retained ones on, for as long as the session lasts.
     """
     retained: dict[str, bytes] = {}
+    refusals: list[str] = []
+    reading = False
     done = threading.Event()
+    user = f"user {session.broker.username}" if session.broker.username else "this client"
 
     def record(message: mqtt.MQTTMessage) -> None:
-        if message.payload:  # an empty retained message is a deleted one
+        if follow is not None:
+            follow(message)
+        if message.payload and not done.is_set():  # an empty retained message: deleted
             retained[message.topic] = message.payload
 
+    def refused(what: str) -> None:
+        refusals.append(what)
+        done.set()
+
+    def subscription_refused(topic_filter: str) -> Callable[[str], None]:
+        def refused_reading(reason: str) -> None:
+            nonlocal reading
+            reading = True
+            refused(f"{user} the subscription to {topic_filter} ({reason})")
+        return refused_reading
+
+    def published(denied: bool) -> None:
+        if denied:
+            refused(f"{user} the publish to {probe_topic} (Not authorized)")
+
     for topic_filter in filters:
-        session.subscribe(topic_filter, record, qos=1)
-    session.subscribe(probe_topic, lambda _message: done.set(), qos=1)
-    session.publish(probe_topic, b"", qos=1)
+        session.subscribe(topic_filter, record, qos=1,
+                          on_refused=subscription_refused(topic_filter))
+    session.subscribe(probe_topic, lambda _message: done.set(), qos=1,
+                      on_refused=subscription_refused(probe_topic))
+    session.publish_confirmed(probe_topic, b"", 1, published)
     if not done.wait(timeout):
         raise BrokerError(
             f"the broker at {session.broker} did not answer within {timeout:.0f} s"
         )
+    if refusals:
+        raise RetainedRefusedError(refusals, dict(retained), reading)
     return retained
 
 
 _NO_MATCHING_SUBSCRIBERS = 0x10
+#: the reason paho gives when nothing came from the broker within the keepalive
+_KEEP_ALIVE_TIMEOUT = 0x8D
+#: MQTT v5 DISCONNECT reason: another client connected with our client id
+_SESSION_TAKEN_OVER = 0x8E
+#: the user property naming the process that said a node's availability
+_INSTANCE = "aiotedge-instance"
 
 #: OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH and X509_V_ERR_IP_ADDRESS_MISMATCH
 _NAME_MISMATCH = (62, 64)

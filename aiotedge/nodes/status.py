@@ -13,16 +13,23 @@ import time
 from typing import Any
 
 from aiotedge.config.schema import BrokerConfig
-from aiotedge.contracts.errors import ConfigError
+from aiotedge.contracts.errors import BrokerError, ConfigError
 from aiotedge.contracts.topics import Topics
 from aiotedge.nodes.health import NodeView, PipelineView
 from aiotedge.nodes.lifecycle import connect_once, stop_on_signals
-from aiotedge.nodes.session import MqttSession, read_retained
+from aiotedge.nodes.session import (
+    MessageHandler,
+    MqttSession,
+    RetainedRefusedError,
+    read_retained,
+)
 
-HEADER = ("node", "state", "stage", "model (manifest)", "fps", "latency p50/p99 ms",
-          "infer p50 ms", "queue", "in", "out", "rejected", "dropped", "stats")
-#: columns `--watch` never cuts short: node, state, stage, fps, latency, queue
-_KEPT = {0, 1, 2, 4, 5, 7}
+#: short headers, so that a pipeline fits 80 columns; the model is said once, in the summary
+HEADER = ("node", "state", "stage", "fps", "latency", "infer", "queue", "in", "out", "rej",
+          "drop", "age")
+LEGEND = "latency p50/p99 and infer p50 in ms; rej(ected), drop(ped) frames; age of stats"
+#: the columns of figures, aligned to the right
+_FIGURES = range(3, len(HEADER))
 
 
 def _filters(topics: Topics) -> list[str]:
@@ -35,11 +42,30 @@ def read_pipeline(broker: BrokerConfig, topics: Topics, timeout: float = 10.0) -
     session = MqttSession(broker, f"status-{secrets.token_hex(4)}", one_shot=True)
     connect_once(session, timeout)
     try:
-        retained = read_retained(session, _filters(topics), topics.probe(session.client_id),
-                                 timeout)
+        retained = _read(session, topics, timeout)
     finally:
         session.stop()
     return PipelineView.from_retained(retained, topics)
+
+
+def _read(session: MqttSession, topics: Topics, timeout: float = 10.0,
+          follow: MessageHandler | None = None) -> dict[str, bytes]:
+    """The pipeline's retained messages; BrokerError saying what the broker refused, and
+    whether that pipeline has nodes at all."""
+    try:
+        return read_retained(session, _filters(topics), topics.probe(session.client_id),
+                             timeout, follow)
+    except RetainedRefusedError as exc:
+        if exc.reading or exc.retained:
+            # its nodes are there (or may be): this login lacks a right on them
+            raise BrokerError(
+                f"pipeline {topics.pipeline}: access denied: {exc} (the broker's ACL must let "
+                f"this login read {topics.base}/# and write {topics.probe('<client id>')})"
+            ) from None
+        raise BrokerError(
+            f"no node of pipeline {topics.pipeline!r} has reported to this login (a typo in "
+            f"--pipeline?); and {exc}, as an ACL does on a pipeline it does not name"
+        ) from None
 
 
 def collect_status(broker: BrokerConfig, topics: Topics, timeout: float = 10.0
@@ -85,14 +111,17 @@ def status_lines(view: PipelineView, pipeline: str, now: float | None = None
 
 
 def format_status(view: PipelineView, pipeline: str, now: float | None = None) -> str:
+    """The summary, one line per node (one space between columns, as `--watch` has, to fit
+    80 columns), the legend and the notes."""
     summary, rows, notes = status_lines(view, pipeline, now)
     if not view.nodes:
         return f"{summary}\nno node has reported on this pipeline"
     table = [HEADER, *rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(HEADER))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-             for row in table]
-    return "\n".join([summary, *lines, *notes])
+    lines = [" ".join(cell.rjust(width) if column in _FIGURES else cell.ljust(width)
+                      for column, (cell, width) in enumerate(zip(row, widths, strict=True)))
+             .rstrip() for row in table]
+    return "\n".join([summary, *lines, LEGEND, *notes])
 
 
 def watch_status(broker: BrokerConfig, topics: Topics, interval: float,
@@ -114,27 +143,28 @@ def watch_status(broker: BrokerConfig, topics: Topics, interval: float,
             view.update(topics, message.topic, message.payload)
 
     session = MqttSession(broker, f"status-{secrets.token_hex(4)}", one_shot=True)
-    for topic_filter in _filters(topics):
-        session.subscribe(topic_filter, take, qos=0)
     connect_once(session)
 
     def screen() -> Group:
         with lock:
             summary, rows, notes = status_lines(view, topics.pipeline)
-        table = Table(box=None, pad_edge=False)
+        # one space between columns, as the plain table; no figure is ever cut: only a node
+        # name too long for the terminal folds onto a second line
+        table = Table(box=None, pad_edge=False, padding=(0, 1, 0, 0))
         for column, title in enumerate(HEADER):
-            # one line per node; in a narrow terminal the other columns are cut short first
-            whole = max((len(row[column]) for row in rows), default=0) if column in _KEPT else 0
-            table.add_column(title, no_wrap=True, overflow="ellipsis", min_width=whole)
+            table.add_column(title, justify="right" if column in _FIGURES else "left",
+                             no_wrap=column > 0, overflow="fold",
+                             min_width=max([len(title), *(len(row[column]) for row in rows)]))
         for row in rows:
             table.add_row(*row, style=None if row[1] == "online" else "bold red")
         stamp = time.strftime("%H:%M:%S")
         return Group(Text(f"{summary}   ({stamp}, every {interval:g} s; Ctrl-C quits)"),
-                     table, *(Text(note, style="red" if note.startswith("problem") else "dim")
-                              for note in notes))
+                     table, Text(LEGEND, style="dim"),
+                     *(Text(note, style="red" if note.startswith("problem") else "dim")
+                       for note in notes))
 
     try:
-        read_retained(session, [], topics.probe(session.client_id))  # a whole first screen
+        _read(session, topics, follow=take)  # a whole first screen, then follows them
         with Live(screen(), console=Console(), auto_refresh=False) as live:
             while not stop.wait(interval):
                 live.update(screen(), refresh=True)
@@ -159,23 +189,17 @@ def _summary(view: PipelineView, pipeline: str) -> str:
 
 
 def _row(node: NodeView, view: PipelineView, now: float) -> tuple[str, ...]:
-    info = node.info
-    model = ""
-    if info is not None:
-        model = f"{info.model} ({info.manifest[:8]})"
-        if node.name in view.odd_ones:
-            model += " OTHER SPLIT"
+    """One node's cells; the model is the summary's, so only a node on another one says so."""
     return (
-        node.name,
+        node.name + (" (OTHER SPLIT)" if node.name in view.odd_ones else ""),
         node.availability or "?",
         "" if node.stage is None else str(node.stage),
-        model,
         _number(node.figure("fps"), 1),
         _pair(node, "latency_ms"),
         _number(node.figure("inference_ms", "p50"), 1),
-        *(_number(node.figure(key), 0) for key in
-          ("queue_depth", "frames_in", "frames_out", "rejected", "dropped")),
-        _seen(node.last_seen, now) if node.last_seen else "",
+        _number(node.figure("queue_depth"), 0),
+        *(_count(node.figure(key)) for key in ("frames_in", "frames_out", "rejected", "dropped")),
+        _age(node.last_seen, now) if node.last_seen else "",
     )
 
 
@@ -188,11 +212,26 @@ def _number(value: float | None, decimals: int) -> str:
     return "" if value is None else f"{value:.{decimals}f}"
 
 
+def _count(value: float | None) -> str:
+    """A frame count in at most 5 characters: 9999, 12.3k, 123k, 1.2M (--json has them whole)."""
+    if value is None:
+        return ""
+    if value >= 999_500:  # not "1000k"
+        scaled, unit = value / 1e6, "M"
+    elif value >= 1e4:
+        scaled, unit = value / 1e3, "k"
+    else:
+        return f"{value:.0f}"
+    return f"{scaled:.1f}{unit}" if scaled < 99.95 else f"{scaled:.0f}{unit}"
+
+
 def _seen(timestamp: float | None, now: float) -> str:
-    if timestamp is None:
-        return "never seen"
+    return "never seen" if timestamp is None else f"{_age(timestamp, now)} ago"
+
+
+def _age(timestamp: float, now: float) -> str:
     age = max(0.0, now - timestamp)
     for unit, seconds in (("d", 86400), ("h", 3600), ("min", 60)):
         if age >= seconds:
-            return f"{age / seconds:.0f} {unit} ago"
-    return f"{age:.0f} s ago"
+            return f"{age / seconds:.0f} {unit}"
+    return f"{age:.0f} s"
