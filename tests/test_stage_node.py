@@ -92,7 +92,7 @@ class FakeSession:
         #: what input_waiting() answers: whether a message waits unread on the connection
         self.waiting = False
 
-    def subscribe(self, topic, handler, qos=1, share_group=None) -> None:
+    def subscribe(self, topic, handler, qos=1, share_group=None, *, retained=True) -> None:
         self.handler = self.handler or handler
         self.handlers[topic] = handler
         self.subscriptions.append((topic, qos, share_group))

@@ -23,6 +23,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from aiotedge.config.schema import BrokerConfig
 from aiotedge.contracts.errors import BrokerError
@@ -72,7 +73,7 @@ class MqttSession:
         self._problem_level = logging.DEBUG if one_shot else logging.WARNING
         self._refusal_level = logging.DEBUG if one_shot else logging.ERROR
         self._availability_topic = availability_topic
-        self._subscriptions: dict[str, int] = {}
+        self._subscriptions: dict[str, SubscribeOptions] = {}
         self._stale_subscriptions: list[str] = []
         self._handlers: dict[str, list[MessageHandler]] = {}
         self._connected = threading.Event()
@@ -147,14 +148,16 @@ class MqttSession:
 
     def subscribe(
         self, topic: str, handler: MessageHandler, qos: int = 1, share_group: str | None = None,
-        on_refused: RefusalHandler | None = None,
+        *, on_refused: RefusalHandler | None = None, retained: bool = True,
     ) -> None:
         """Route messages on `topic` to `handler` (called on the network thread).
 
         Several handlers may share a topic; each sees every message. With `share_group`, the
         clients subscribed in that group share the messages (MQTT v5 `$share/<group>/<topic>`):
         each message goes to one of them. `on_refused` hears it if the broker refuses the
-        subscription (its ACL, typically).
+        subscription (its ACL, typically). `retained=False`: the broker sends no retained
+        message when subscribing (MQTT v5 Retain Handling 2): a frame someone published
+        retained would otherwise be taken again at every (re)connection.
         """
         subscription = f"$share/{share_group}/{topic}" if share_group else topic
         if on_refused is not None:
@@ -166,9 +169,12 @@ class MqttSession:
         self._client.message_callback_add(
             topic, lambda _client, _userdata, msg: _dispatch(handlers, msg)
         )
-        self._subscriptions[subscription] = qos
+        options = SubscribeOptions(qos=qos, retainHandling=(
+            SubscribeOptions.RETAIN_SEND_ON_SUBSCRIBE if retained
+            else SubscribeOptions.RETAIN_DO_NOT_SEND))
+        self._subscriptions[subscription] = options
         if self._connected.is_set():
-            self._subscribe(subscription, qos)
+            self._subscribe(subscription, options)
 
     def unsubscribe_on_connect(self, topic_filter: str) -> None:
         """Remove a subscription the broker may hold from an earlier run (no handler here)."""
@@ -373,10 +379,10 @@ class MqttSession:
         self._set_reconnect_delay()
         for topic in self._stale_subscriptions:
             client.unsubscribe(topic)
-        for topic, qos in self._subscriptions.items():
-            self._subscribe(topic, qos)
+        for topic, options in self._subscriptions.items():
+            self._subscribe(topic, options)
         if self._availability_topic and not self._hears_own_availability():
-            self._subscribe(self._availability_topic, 0)
+            self._subscribe(self._availability_topic, SubscribeOptions(qos=0))
         for topic, payload in self._announcements.items():
             self._announce_now(topic, payload)
         self._connected.set()
@@ -386,8 +392,8 @@ class MqttSession:
         # paho calls this from inside its `except OSError` around the connection attempt
         self._connection_failed(describe_connection_error(sys.exc_info()[1], self.broker))
 
-    def _subscribe(self, topic: str, qos: int) -> None:
-        _, mid = self._client.subscribe(topic, qos)
+    def _subscribe(self, topic: str, options: SubscribeOptions) -> None:
+        _, mid = self._client.subscribe(topic, options=options)
         self._subscribing[mid] = topic
 
     def _on_subscribe(self, _client, _userdata, mid, reason_codes, _properties) -> None:

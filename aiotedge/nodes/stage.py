@@ -143,6 +143,7 @@ class StageNode:
             self._on_message,
             self.qos,
             share_group=self.settings.share_group or None,
+            retained=False,  # a frame published retained is computed once, not at every start
         )
         if self.is_last and self.settings.share_group:
             self.session.subscribe(self.topics.predictions, self._on_sibling_prediction, qos=0)
