@@ -18,7 +18,8 @@ from aiotedge.nodes.homeassistant import (
     label_sensor,
     label_state,
 )
-from tests.homeassistant_schema import problems
+from tests.homeassistant_schema import IGNORED, problems, sensor_state
+from tests.homeassistant_schema import render as render_payload
 
 TOPICS = Topics("garden")
 MODEL = SimpleNamespace(source=SimpleNamespace(file="mobilenet_v2.tflite"))
@@ -26,9 +27,9 @@ STATS = {"fps": 1.8, "latency_ms": {"p50": 412.5, "p99": 530.1}, "frames_out": 1
 
 
 def render(template: str, payload: dict) -> str:
-    """A value template as Home Assistant renders it: Jinja2 with `value_json`."""
-    jinja2 = pytest.importorskip("jinja2", reason="jinja2 is in the test extra")
-    return jinja2.Environment().from_string(template).render(value_json=payload)
+    """A value template as Home Assistant renders it, on `payload` as it travels (JSON)."""
+    pytest.importorskip("jinja2", reason="jinja2 is in the test extra")
+    return render_payload(template, json.dumps(payload).encode())
 
 
 def prediction(source: str, label: str, score: float = 0.9, seq: int = 0) -> Prediction:
@@ -85,10 +86,31 @@ def test_health_sensors_read_the_last_stages_stats():
     for config in sensors.values():
         assert config["state_topic"] == TOPICS.stats("stage4")
         assert config["entity_category"] == "diagnostic"
-    assert render(sensors["fps"]["value_template"], STATS) == "1.8"
-    assert render(sensors["latency"]["value_template"], STATS) == "412.5"
-    # before any frame: null, which Home Assistant shows as unknown (not "None", an error)
-    assert render(sensors["latency"]["value_template"], {"latency_ms": {"p50": None}}) == "null"
+    assert sensor_state(sensors["fps"], json.dumps(STATS).encode()) == 1.8
+    assert sensor_state(sensors["latency"], json.dumps(STATS).encode()) == 412.5
+
+
+def test_the_latency_before_any_frame_is_unknown_to_home_assistant():
+    """A fresh stage's stats say `"latency_ms": {"p50": null}`: Home Assistant's numeric sensor
+    must get `None` (unknown), not a text such as `null`, which it refuses with a ValueError."""
+    pytest.importorskip("jinja2", reason="jinja2 is in the test extra")
+    latency = dict(health_sensors(TOPICS, MODEL, "stage4"))[
+        "homeassistant/sensor/aiotedge_garden/latency/config"]
+    fresh = json.dumps({**STATS, "fps": 0.0, "latency_ms": {"p50": None, "p99": None}})
+    assert sensor_state(latency, fresh.encode()) is None
+    assert sensor_state(latency, b'{"latency_ms": {"p50": 0}}') == 0.0
+    assert sensor_state(latency, b'{"latency_ms": {"p50": 7.25}}') == 7.25
+
+
+def test_the_home_assistant_model_refuses_what_home_assistant_refuses():
+    """The check above means something: text in a numeric sensor is an error, `None` not."""
+    pytest.importorskip("jinja2", reason="jinja2 is in the test extra")
+    numeric = {"state_topic": "t", "unit_of_measurement": "ms", "value_template": "{{ 'null' }}"}
+    with pytest.raises(ValueError, match="non-numeric value: 'null'"):
+        sensor_state(numeric, b"{}")
+    assert sensor_state({**numeric, "value_template": "{{ value_json.x }}"}, b'{"x": null}') \
+        is None
+    assert sensor_state({**numeric, "value_template": "{{ value_json.y }}"}, b"{}") is IGNORED
 
 
 class FakeSession:

@@ -91,8 +91,9 @@ def health_sensors(topics: Topics, manifest: Manifest, node: str,
                 "value_template": "{{ value_json.fps }}"},
         "latency": {"name": "Latency", "device_class": "duration",
                     "unit_of_measurement": "ms", "suggested_display_precision": 0,
-                    # null: no frame in the window yet (Home Assistant then says unknown)
-                    "value_template": "{{ value_json.latency_ms.p50 | default('null', true) }}"},
+                    # null before any frame: rendered `None`, which Home Assistant's sensor
+                    # takes for unknown (any other text must be a number)
+                    "value_template": "{{ value_json.latency_ms.p50 }}"},
     }
     announced = []
     for object_id, specific in sensors.items():
