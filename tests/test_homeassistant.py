@@ -54,6 +54,20 @@ def test_discovery_payloads_follow_home_assistants_documented_schema(announced):
     assert config["device"]["model"] == "mobilenet_v2.tflite"
 
 
+def test_with_replicas_of_the_last_stage_the_entities_follow_the_pipeline_not_one_replica():
+    """Each replica announces the same entities; whichever announced last must not take them
+    down when it stops while another serves. Without replicas the last stage's own Last Will
+    still counts (every board gone at once leaves nobody to update the pipeline's)."""
+    for topic, config in [*health_sensors(TOPICS, MODEL, "stage4b", replicated=True),
+                          label_sensor(TOPICS, MODEL, "stage4b", "cam0", replicated=True)]:
+        assert problems(topic, config) == []
+        assert config["availability"][0] == {"topic": TOPICS.pipeline_availability}
+        assert {"topic": TOPICS.availability("stage4b")} not in config["availability"]
+    _, camera = label_sensor(TOPICS, MODEL, "stage4b", "cam0", replicated=True)
+    assert camera["availability"] == [{"topic": TOPICS.pipeline_availability},
+                                      {"topic": TOPICS.availability("cam0")}]
+
+
 def test_the_schema_check_finds_what_the_old_payload_did_wrong():
     old = {"name": "Prediction", "unique_id": "aiotedge_garden_prediction",
            "object_id": "aiotedge_garden_prediction", "state_topic": "aiotedge/garden/predictions",

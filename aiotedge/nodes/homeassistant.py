@@ -44,10 +44,19 @@ def device(topics: Topics, manifest: Manifest) -> dict[str, Any]:
 ORIGIN = {"name": "aiotedge", "sw_version": __version__}
 
 
-def availability(topics: Topics, node: str, source: str | None = None) -> dict[str, Any]:
-    """Available when the whole pipeline is (every stage has a node online: replicas count),
-    the node announcing is, and for a camera's sensor, that camera is."""
-    topics_needed = [topics.pipeline_availability, topics.availability(node)]
+def availability(topics: Topics, node: str, source: str | None = None,
+                 replicated: bool = False) -> dict[str, Any]:
+    """Available while the whole pipeline is (every stage has a node online, whichever of its
+    replicas), and for a camera's sensor, while that camera is.
+
+    A last stage without replicas (no share group) is listed too: its Last Will then makes the
+    entities unavailable even when every board went at once and no stage is left to update
+    the pipeline's availability. Replicas are not: the entities stay while any of them serves,
+    whichever announced last.
+    """
+    topics_needed = [topics.pipeline_availability]
+    if not replicated:
+        topics_needed.append(topics.availability(node))
     if source is not None:
         topics_needed.append(topics.availability(source))
     return {"availability": [{"topic": topic} for topic in topics_needed],
@@ -59,7 +68,7 @@ def config_topic(prefix: str, topics: Topics, object_id: str) -> str:
 
 
 def label_sensor(topics: Topics, manifest: Manifest, node: str, source: str,
-                 prefix: str = "homeassistant") -> Announcement:
+                 prefix: str = "homeassistant", *, replicated: bool = False) -> Announcement:
     """A camera's sensor: its state is the first name of the top-1 label (`hotdog`)."""
     object_id = f"{_slug(source)}_label"
     unique_id = f"{node_id(topics)}_{object_id}"
@@ -73,17 +82,17 @@ def label_sensor(topics: Topics, manifest: Manifest, node: str, source: str,
         "json_attributes_topic": topics.label(source),
         "json_attributes_template": "{{ {'labels': value_json.labels, "
                                     "'class': value_json.index} | tojson }}",
-        **availability(topics, node, source),
+        **availability(topics, node, source, replicated),
         "device": device(topics, manifest),
         "origin": ORIGIN,
     }
 
 
-def health_sensors(topics: Topics, manifest: Manifest, node: str,
-                   prefix: str = "homeassistant") -> list[Announcement]:
+def health_sensors(topics: Topics, manifest: Manifest, node: str, prefix: str = "homeassistant",
+                   *, replicated: bool = False) -> list[Announcement]:
     """The pipeline's throughput and latency, from the last stage's stats message."""
     common = {"state_topic": topics.stats(node), "state_class": "measurement",
-              "entity_category": "diagnostic", **availability(topics, node),
+              "entity_category": "diagnostic", **availability(topics, node, None, replicated),
               "device": device(topics, manifest), "origin": ORIGIN}
     sensors = {
         "fps": {"name": "Frames per second", "icon": "mdi:speedometer",
@@ -120,12 +129,13 @@ class HomeAssistantBridge:
     """
 
     def __init__(self, session: Any, topics: Topics, manifest: Manifest, node: str,
-                 prefix: str = "homeassistant") -> None:
+                 prefix: str = "homeassistant", *, replicated: bool = False) -> None:
         self._session = session
         self._topics = topics
         self._manifest = manifest
         self._node = node
         self._prefix = prefix
+        self._replicated = replicated
         self._lock = threading.Lock()
         #: source -> its label state as last published
         self._labels: dict[str, dict[str, Any]] = {}
@@ -136,7 +146,7 @@ class HomeAssistantBridge:
     def start(self) -> None:
         """Announce the health sensors (camera sensors follow their first prediction)."""
         for topic, config in health_sensors(self._topics, self._manifest, self._node,
-                                            self._prefix):
+                                            self._prefix, replicated=self._replicated):
             self._announce(topic, config)
 
     def _announce(self, topic: str, config: dict[str, Any]) -> None:
@@ -156,7 +166,7 @@ class HomeAssistantBridge:
             self._labels[source] = state
         if new_source:
             self._announce(*label_sensor(self._topics, self._manifest, self._node, source,
-                                         self._prefix))
+                                         self._prefix, replicated=self._replicated))
         if changed:
             self._session.publish(self._topics.label(source), json.dumps(state), qos=1,
                                   retain=True)

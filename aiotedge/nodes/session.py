@@ -174,6 +174,10 @@ class MqttSession:
         if self._connected.is_set():
             self.publish(topic, payload, qos=1, retain=True)
 
+    def withdraw(self, topic: str) -> None:
+        """Stop saying `topic` again after reconnects (what the broker holds stays)."""
+        self._announcements.pop(topic, None)
+
     def ack(self, message: mqtt.MQTTMessage) -> None:
         if message.qos > 0:
             self._client.ack(message.mid, message.qos)
