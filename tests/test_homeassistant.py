@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
+import paho.mqtt.client as mqtt
 import pytest
 
 from aiotedge.contracts.events import Prediction, Score
@@ -131,6 +132,8 @@ class FakeSession:
     def __init__(self) -> None:
         self.handlers: dict[str, object] = {}
         self.published: list[tuple[str, dict]] = []
+        #: what it would say again after a reconnect
+        self.announced: set[str] = set()
 
     def subscribe(self, topic, handler, qos=1) -> None:
         assert qos == 0  # the last stage acknowledges its QoS 1 messages by hand
@@ -141,10 +144,16 @@ class FakeSession:
         self.published.append((topic, json.loads(payload)))
 
     def announce(self, topic, payload) -> None:  # retained, and again after reconnects
+        self.announced.add(topic)
         self.publish(topic, payload, retain=True)
 
+    def withdraw(self, topic) -> None:
+        self.announced.discard(topic)
+
     def deliver(self, topic: str, payload: bytes, retain: bool = False) -> None:
-        self.handlers[topic](SimpleNamespace(topic=topic, payload=payload, retain=retain))
+        for topic_filter, handler in self.handlers.items():
+            if mqtt.topic_matches_sub(topic_filter, topic):
+                handler(SimpleNamespace(topic=topic, payload=payload, retain=retain))
 
     def topics(self) -> list[str]:
         return [topic for topic, _ in self.published]
@@ -182,3 +191,25 @@ def test_discovery_is_said_again_when_home_assistant_comes_back():
     assert session.published == []
     session.deliver("ha/status", b"online")
     assert sorted(session.topics()) == sorted(announced)
+
+
+def test_a_device_deleted_in_home_assistant_is_not_announced_again_while_the_stage_runs():
+    """Home Assistant deletes a device by clearing its discovery messages (an empty retained
+    message on each); zigbee2mqtt then leaves it deleted until it restarts, and so does the
+    last stage: not on Home Assistant's birth, not after a reconnect, not for a new camera."""
+    session = FakeSession()
+    HomeAssistantBridge(session, TOPICS, MODEL, "stage4", prefix="ha").start()
+    session.deliver(TOPICS.predictions, prediction("cam0", "pizza").to_json().encode())
+    announced = sorted(t for t in session.topics() if t.startswith("ha/"))
+    session.deliver(announced[0], json.dumps({"name": "from a replica"}).encode())  # not a clear
+    session.published.clear()
+    session.deliver("ha/status", b"online")
+    assert sorted(session.topics()) == announced
+    session.published.clear()
+    for topic in announced:  # as Home Assistant does
+        session.deliver(topic, b"")
+    assert session.announced == set()  # not said again after a reconnect
+    session.deliver("ha/status", b"online")
+    session.deliver(TOPICS.predictions, prediction("cam1", "hotdog").to_json().encode())
+    session.deliver(TOPICS.predictions, prediction("cam0", "hotdog").to_json().encode())
+    assert session.topics() == [TOPICS.label("cam1"), TOPICS.label("cam0")]  # labels only

@@ -7,7 +7,8 @@ current discovery schema (`default_entity_id`, an `origin` block, availability a
 published, retained, on `.../label/<source>` only when it changes, so a camera at 2 fps showing
 the same thing all day is one state, not 170,000 recorder rows. Discovery is said again when
 Home Assistant says it is back (its birth message on `<prefix>/status`) and removed by
-`aiotedge retire` (`remove_discovery`).
+`aiotedge retire` (`discovery_filter`). A device deleted in Home Assistant (which clears its
+discovery messages) is not announced again while the stage runs, as zigbee2mqtt does.
 """
 
 from __future__ import annotations
@@ -124,8 +125,11 @@ class HomeAssistantBridge:
     """Announces the pipeline's entities and keeps each camera's label state.
 
     Listens on the last stage's own session, at QoS 0 (the stage acknowledges its QoS 1
-    messages by hand): to the predictions, to learn cameras and their labels, and to Home
-    Assistant's status, to say discovery again when Home Assistant restarts.
+    messages by hand): to the predictions, to learn cameras and their labels; to Home
+    Assistant's status, to say discovery again when Home Assistant restarts; and to the
+    pipeline's discovery topics, to learn that the device was deleted in Home Assistant (it
+    clears their retained messages). Then nothing is announced again, not after Home
+    Assistant's restarts, nor the broker's, nor for a new camera, until this stage restarts.
     """
 
     def __init__(self, session: Any, topics: Topics, manifest: Manifest, node: str,
@@ -140,8 +144,10 @@ class HomeAssistantBridge:
         #: source -> its label state as last published
         self._labels: dict[str, dict[str, Any]] = {}
         self._announced: dict[str, dict[str, Any]] = {}
+        self._removed = False
         session.subscribe(topics.predictions, self._on_prediction, qos=0)
         session.subscribe(f"{prefix}/status", self._on_home_assistant, qos=0)
+        session.subscribe(discovery_filter(topics, prefix), self._on_discovery, qos=0)
 
     def start(self) -> None:
         """Announce the health sensors (camera sensors follow their first prediction)."""
@@ -152,6 +158,8 @@ class HomeAssistantBridge:
     def _announce(self, topic: str, config: dict[str, Any]) -> None:
         """Retained, and said again after every reconnect (a broker without persistence)."""
         with self._lock:
+            if self._removed:
+                return
             self._announced[topic] = config
         self._session.announce(topic, json.dumps(config))
 
@@ -174,11 +182,30 @@ class HomeAssistantBridge:
     def _on_home_assistant(self, message: mqtt.MQTTMessage) -> None:
         if message.payload.decode(errors="replace") != ONLINE or message.retain:
             return
-        log.info("Home Assistant is back: announcing the pipeline's entities again")
         with self._lock:
             announced = list(self._announced.items())
+        if not announced:
+            return
+        log.info("Home Assistant is back: announcing the pipeline's entities again")
         for topic, config in announced:
             self._session.publish(topic, json.dumps(config), qos=1, retain=True)
+
+    def _on_discovery(self, message: mqtt.MQTTMessage) -> None:
+        """An empty message on one of our discovery topics: someone cleared it, Home
+        Assistant when its user deletes the device (the broker never keeps an empty retained
+        message, so this is never an old one)."""
+        if message.payload:
+            return
+        with self._lock:
+            if message.topic not in self._announced:
+                return
+            self._removed = True
+            announced, self._announced = list(self._announced), {}
+        for topic in announced:
+            self._session.withdraw(topic)
+        log.warning("the Home Assistant device aiotedge %s was deleted (%s cleared): not "
+                    "announcing it again until this stage restarts", self._topics.pipeline,
+                    message.topic)
 
 
 def discovery_filter(topics: Topics, prefix: str = "homeassistant") -> str:
