@@ -105,12 +105,13 @@ IGNORED = object()
 
 
 def render(template: str, payload: bytes) -> str:
-    """A value template as Home Assistant renders it: Jinja2's immutable sandbox, `value_json`
-    the payload parsed as JSON (null is None), and the result taken as text."""
+    """A value template as Home Assistant renders it (its `async_render_with_possible_json_value`):
+    Jinja2's immutable sandbox, `value` the payload as text, `value_json` the payload parsed as
+    JSON (null is None), the result taken as text and stripped."""
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    environment = ImmutableSandboxedEnvironment()
-    return str(environment.from_string(template).render(value_json=json.loads(payload)))
+    compiled = ImmutableSandboxedEnvironment().from_string(template)
+    return compiled.render(value=payload.decode(), value_json=json.loads(payload)).strip()
 
 
 def numeric(config: dict[str, Any]) -> bool:
@@ -128,7 +129,7 @@ def sensor_state(config: dict[str, Any], payload: bytes) -> Any:
     the ValueError Home Assistant raises (`... has the non-numeric value: 'null'`).
     """
     value = render(config.get("value_template", "{{ value }}"), payload)
-    if not value.strip():
+    if not value:
         return IGNORED
     if value == PAYLOAD_NONE:
         return None

@@ -155,8 +155,8 @@ def test_the_entities_stay_available_while_a_replica_of_the_last_stage_serves(br
     stages.start("s2a", 2, share_group="stage2", discovery=True)
     stages.start("s2b", 2, share_group="stage2", discovery=True)
     recorder.wait_said(PIPELINE, "online")
-    recorder.wait_for(lambda: len({t for t, _ in recorder.messages
-                                   if t.startswith(DISCOVERY)}) == 2, "the health sensors")
+    recorder.wait_for(lambda: len([t for t, _ in recorder.messages  # two from each replica
+                                   if t.startswith(DISCOVERY)]) == 4, "the health sensors")
     retained = retained_now(broker)
     announced = entities(retained)
     assert announced and all(available(config, retained) for config in announced.values())
