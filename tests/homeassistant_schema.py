@@ -114,11 +114,17 @@ def render(template: str, payload: bytes) -> str:
     return compiled.render(value=payload.decode(), value_json=json.loads(payload)).strip()
 
 
+#: device classes whose state is not a number (Home Assistant's NON_NUMERIC_DEVICE_CLASSES)
+NON_NUMERIC_DEVICE_CLASSES = {"date", "enum", "timestamp"}
+
+
 def numeric(config: dict[str, Any]) -> bool:
-    """Whether Home Assistant expects a number of the sensor: it has a unit, a state class or
-    a display precision (or a numeric device class, none of which it has without them here)."""
+    """Whether Home Assistant expects a number of the sensor (its `_numeric_state_expected`):
+    a unit, a state class, a display precision or a device class, unless a non-numeric one."""
+    if config.get("device_class") in NON_NUMERIC_DEVICE_CLASSES:
+        return False
     return any(key in config for key in ("unit_of_measurement", "state_class",
-                                         "suggested_display_precision"))
+                                         "suggested_display_precision", "device_class"))
 
 
 def sensor_state(config: dict[str, Any], payload: bytes) -> Any:

@@ -253,7 +253,7 @@ def test_only_the_first_online_stage_by_name_says_it_and_only_when_it_changes():
         broadcast(TOPICS.info(node), info(node, stage))
         broadcast(TOPICS.availability(node), b"online")
     assert said == [("s0", "online")]
-    keepers["s1"].leaving()  # not the owner: says nothing; the owner sees its Last Will
+    keepers["s1"].leaving()  # not the owner: says nothing; the owner sees it go
     broadcast(TOPICS.availability("s1"), b"offline")
     broadcast(TOPICS.availability("s1"), b"online")
     assert said == [("s0", "online"), ("s0", "offline"), ("s0", "online")]
