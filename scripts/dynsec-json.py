@@ -36,6 +36,8 @@ rights (dynsec 2.0 has no %u or %c, so the rights naming a user are a role of th
                cameras' snapshots
   homeassistant  subscribes to and receives homeassistant/#, aiotedge/<pipeline>/# and the
                cameras' snapshots; writes homeassistant/status (its birth and Last Will)
+               and the pipeline's discovery topics (.../+/config: deleting the device
+               clears them)
 Anything else is refused (defaultACLAccess false; unsubscribing stays allowed).
 
 Standard library only: it runs on the broker host without aiotedge installed.
@@ -141,9 +143,11 @@ def build(pipeline: str, stages: int, duties: dict[str, str],
     snapshots = f"{PREFIX}-frames/{pipeline}/snapshot/+"
     roles.append(role(f"{pipeline}-watcher", "read-only tools",
                       acls("rp", f"{base}/#", snapshots)))
+    # deleting the device in Home Assistant clears its discovery messages
+    discovery_configs = discovery.removesuffix("#") + "+/config"
     roles.append(role(f"{pipeline}-homeassistant", "Home Assistant",
                       acls("rp", f"{HOMEASSISTANT_PREFIX}/#", f"{base}/#", snapshots)
-                      + acls("s", f"{HOMEASSISTANT_PREFIX}/status")))
+                      + acls("s", f"{HOMEASSISTANT_PREFIX}/status", discovery_configs)))
 
     clients = []
     for user, duty in duties.items():

@@ -1,6 +1,7 @@
 """Home Assistant's documented MQTT discovery schema for a sensor, as the tests check payloads
 against it: every key the payload uses must be documented, of the documented type, and the
-required ones present.
+required ones present. And what Home Assistant's MQTT sensor makes of a state message
+(`sensor_state`), its availability list (`available`).
 
 From the MQTT sensor page (home-assistant.io/integrations/sensor.mqtt, its "Configuration
 Variables") and the discovery section of the MQTT page (home-assistant.io/integrations/mqtt:
@@ -10,6 +11,7 @@ Assistant 2025.10 (`object_id` stops working in 2026.4): it is listed here, `obj
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -92,3 +94,67 @@ def _typed(data: dict[str, Any], documented: dict[str, str], where: str) -> list
                 documented[key] == "integer" and isinstance(value, bool)):
             found.append(f"{where}{key!r} must be a {documented[key]}, got {value!r}")
     return found
+
+
+# -- what Home Assistant does with the messages -------------------------------------------------
+
+#: what a rendered value template says for "unknown" (Home Assistant's mqtt const PAYLOAD_NONE)
+PAYLOAD_NONE = "None"
+#: a state message the sensor ignores (its template rendered nothing)
+IGNORED = object()
+
+
+def render(template: str, payload: bytes) -> str:
+    """A value template as Home Assistant renders it (its `async_render_with_possible_json_value`):
+    Jinja2's immutable sandbox, `value` the payload as text, `value_json` the payload parsed as
+    JSON (null is None), the result taken as text and stripped."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    compiled = ImmutableSandboxedEnvironment().from_string(template)
+    return compiled.render(value=payload.decode(), value_json=json.loads(payload)).strip()
+
+
+#: device classes whose state is not a number (Home Assistant's NON_NUMERIC_DEVICE_CLASSES)
+NON_NUMERIC_DEVICE_CLASSES = {"date", "enum", "timestamp"}
+
+
+def numeric(config: dict[str, Any]) -> bool:
+    """Whether Home Assistant expects a number of the sensor (its `_numeric_state_expected`):
+    a unit, a state class, a display precision or a device class, unless a non-numeric one."""
+    if config.get("device_class") in NON_NUMERIC_DEVICE_CLASSES:
+        return False
+    return any(key in config for key in ("unit_of_measurement", "state_class",
+                                         "suggested_display_precision", "device_class"))
+
+
+def sensor_state(config: dict[str, Any], payload: bytes) -> Any:
+    """The state Home Assistant's MQTT sensor takes from a message on its state topic.
+
+    The value template rendered: empty, the message is ignored (IGNORED); `None`, the state is
+    unknown (None); else, for a numeric sensor, a number, and any other text is refused with
+    the ValueError Home Assistant raises (`... has the non-numeric value: 'null'`).
+    """
+    value = render(config.get("value_template", "{{ value }}"), payload)
+    if not value:
+        return IGNORED
+    if value == PAYLOAD_NONE:
+        return None
+    if not numeric(config):
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"Sensor {config.get('default_entity_id')} has a unit or state class, "
+                         f"thus indicating it has a numeric value; however, it has the "
+                         f"non-numeric value: {value!r}") from None
+
+
+def available(config: dict[str, Any], retained: dict[str, bytes]) -> bool:
+    """Whether Home Assistant shows the entity available, from what the broker holds on its
+    availability topics (no message yet on a topic: not available). Modes `all` and `any`
+    (`latest` needs the order of the messages)."""
+    mode = config.get("availability_mode", "latest")
+    assert mode in ("all", "any"), mode
+    said = [retained.get(item["topic"], b"").decode() == item.get("payload_available", "online")
+            for item in config["availability"]]
+    return all(said) if mode == "all" else any(said)

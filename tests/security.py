@@ -402,6 +402,7 @@ def check_home_assistant(broker: LocalBroker, pki: Path, passwords: dict[str, Pa
                                           "online").is_failure
         assert collect(home_assistant, announced, "Home Assistant, after its birth").keys() \
             >= announced
+        check_device_deleted(home_assistant, stage4, config, announced)
     finally:
         stage4.stop()
         home_assistant.close()
@@ -495,6 +496,28 @@ def check_one_connection_per_user(broker: LocalBroker, pki: Path,
     finally:
         second.close()
         first.close()
+
+
+def check_device_deleted(home_assistant: Probe, stage4: MqttSession, config: NodeConfig,
+                         announced: set[str]) -> None:
+    """Deleting the device in Home Assistant clears its discovery messages (an empty retained
+    message on each, which its user may write, on those topics only); they stay cleared when
+    Home Assistant comes back and when the last stage sees a new camera."""
+    topics, prefix = Topics(config.pipeline.name, config.pipeline.prefix), \
+        config.homeassistant.prefix
+    for topic in sorted(announced):
+        assert not home_assistant.publish(topic, "", retain=True).is_failure, topic
+    assert home_assistant.publish(f"{prefix}/sensor/other/config", "", retain=True).value \
+        == NOT_AUTHORIZED
+    assert not home_assistant.publish(f"{prefix}/status", "online").is_failure
+    # the new camera's label comes after anything the last stage says of the birth or of it
+    later = Prediction("cam1-1-0", "cam1", 0, 0.0, [Score(7, "hotdog, hot dog", 0.9)], 40.0, [])
+    stage4.publish(topics.predictions, later.to_json(), qos=1)
+    said = []
+    while (message := next_item(home_assistant.messages, "Home Assistant"))[0] \
+            != topics.label("cam1"):
+        said.append(message)
+    assert [topic for topic, payload in said if topic.endswith("/config") and payload] == []
 
 
 def check_publish_rights(probes: Callable[[str], Probe], config: NodeConfig,

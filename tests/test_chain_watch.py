@@ -53,6 +53,9 @@ class FakeSession:
     def announce(self, topic: str, payload: str) -> None:
         self.announced.append((topic, payload))  # the pipeline's availability
 
+    def withdraw(self, topic: str) -> None:  # the pipeline's availability: another node says it
+        pass
+
     def deliver(self, topic: str, payload: bytes) -> None:
         self.handlers[topic.rsplit("/", 1)[0] + "/+"](SimpleNamespace(topic=topic,
                                                                        payload=payload))

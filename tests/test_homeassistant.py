@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
+import paho.mqtt.client as mqtt
 import pytest
 
 from aiotedge.contracts.events import Prediction, Score
@@ -18,7 +19,8 @@ from aiotedge.nodes.homeassistant import (
     label_sensor,
     label_state,
 )
-from tests.homeassistant_schema import problems
+from tests.homeassistant_schema import IGNORED, problems, sensor_state
+from tests.homeassistant_schema import render as render_payload
 
 TOPICS = Topics("garden")
 MODEL = SimpleNamespace(source=SimpleNamespace(file="mobilenet_v2.tflite"))
@@ -26,9 +28,9 @@ STATS = {"fps": 1.8, "latency_ms": {"p50": 412.5, "p99": 530.1}, "frames_out": 1
 
 
 def render(template: str, payload: dict) -> str:
-    """A value template as Home Assistant renders it: Jinja2 with `value_json`."""
-    jinja2 = pytest.importorskip("jinja2", reason="jinja2 is in the test extra")
-    return jinja2.Environment().from_string(template).render(value_json=payload)
+    """A value template as Home Assistant renders it, on `payload` as it travels (JSON)."""
+    pytest.importorskip("jinja2", reason="jinja2 is in the test extra")
+    return render_payload(template, json.dumps(payload).encode())
 
 
 def prediction(source: str, label: str, score: float = 0.9, seq: int = 0) -> Prediction:
@@ -51,6 +53,20 @@ def test_discovery_payloads_follow_home_assistants_documented_schema(announced):
     assert {"topic": TOPICS.availability("stage4")} in config["availability"]
     assert config["device"]["identifiers"] == ["aiotedge_garden"]
     assert config["device"]["model"] == "mobilenet_v2.tflite"
+
+
+def test_with_replicas_of_the_last_stage_the_entities_follow_the_pipeline_not_one_replica():
+    """Each replica announces the same entities; whichever announced last must not take them
+    down when it stops while another serves. Without replicas the last stage's own Last Will
+    still counts (every board gone at once leaves nobody to update the pipeline's)."""
+    for topic, config in [*health_sensors(TOPICS, MODEL, "stage4b", replicated=True),
+                          label_sensor(TOPICS, MODEL, "stage4b", "cam0", replicated=True)]:
+        assert problems(topic, config) == []
+        assert config["availability"][0] == {"topic": TOPICS.pipeline_availability}
+        assert {"topic": TOPICS.availability("stage4b")} not in config["availability"]
+    _, camera = label_sensor(TOPICS, MODEL, "stage4b", "cam0", replicated=True)
+    assert camera["availability"] == [{"topic": TOPICS.pipeline_availability},
+                                      {"topic": TOPICS.availability("cam0")}]
 
 
 def test_the_schema_check_finds_what_the_old_payload_did_wrong():
@@ -85,16 +101,39 @@ def test_health_sensors_read_the_last_stages_stats():
     for config in sensors.values():
         assert config["state_topic"] == TOPICS.stats("stage4")
         assert config["entity_category"] == "diagnostic"
-    assert render(sensors["fps"]["value_template"], STATS) == "1.8"
-    assert render(sensors["latency"]["value_template"], STATS) == "412.5"
-    # before any frame: null, which Home Assistant shows as unknown (not "None", an error)
-    assert render(sensors["latency"]["value_template"], {"latency_ms": {"p50": None}}) == "null"
+    assert sensor_state(sensors["fps"], json.dumps(STATS).encode()) == 1.8
+    assert sensor_state(sensors["latency"], json.dumps(STATS).encode()) == 412.5
+
+
+def test_the_latency_before_any_frame_is_unknown_to_home_assistant():
+    """A fresh stage's stats say `"latency_ms": {"p50": null}`: Home Assistant's numeric sensor
+    must get `None` (unknown), not a text such as `null`, which it refuses with a ValueError."""
+    pytest.importorskip("jinja2", reason="jinja2 is in the test extra")
+    latency = dict(health_sensors(TOPICS, MODEL, "stage4"))[
+        "homeassistant/sensor/aiotedge_garden/latency/config"]
+    fresh = json.dumps({**STATS, "fps": 0.0, "latency_ms": {"p50": None, "p99": None}})
+    assert sensor_state(latency, fresh.encode()) is None
+    assert sensor_state(latency, b'{"latency_ms": {"p50": 0}}') == 0.0
+    assert sensor_state(latency, b'{"latency_ms": {"p50": 7.25}}') == 7.25
+
+
+def test_the_home_assistant_model_refuses_what_home_assistant_refuses():
+    """The check above means something: text in a numeric sensor is an error, `None` not."""
+    pytest.importorskip("jinja2", reason="jinja2 is in the test extra")
+    numeric = {"state_topic": "t", "unit_of_measurement": "ms", "value_template": "{{ 'null' }}"}
+    with pytest.raises(ValueError, match="non-numeric value: 'null'"):
+        sensor_state(numeric, b"{}")
+    assert sensor_state({**numeric, "value_template": "{{ value_json.x }}"}, b'{"x": null}') \
+        is None
+    assert sensor_state({**numeric, "value_template": "{{ value_json.y }}"}, b"{}") is IGNORED
 
 
 class FakeSession:
     def __init__(self) -> None:
         self.handlers: dict[str, object] = {}
         self.published: list[tuple[str, dict]] = []
+        #: what it would say again after a reconnect
+        self.announced: set[str] = set()
 
     def subscribe(self, topic, handler, qos=1) -> None:
         assert qos == 0  # the last stage acknowledges its QoS 1 messages by hand
@@ -105,10 +144,16 @@ class FakeSession:
         self.published.append((topic, json.loads(payload)))
 
     def announce(self, topic, payload) -> None:  # retained, and again after reconnects
+        self.announced.add(topic)
         self.publish(topic, payload, retain=True)
 
+    def withdraw(self, topic) -> None:
+        self.announced.discard(topic)
+
     def deliver(self, topic: str, payload: bytes, retain: bool = False) -> None:
-        self.handlers[topic](SimpleNamespace(topic=topic, payload=payload, retain=retain))
+        for topic_filter, handler in self.handlers.items():
+            if mqtt.topic_matches_sub(topic_filter, topic):
+                handler(SimpleNamespace(topic=topic, payload=payload, retain=retain))
 
     def topics(self) -> list[str]:
         return [topic for topic, _ in self.published]
@@ -146,3 +191,25 @@ def test_discovery_is_said_again_when_home_assistant_comes_back():
     assert session.published == []
     session.deliver("ha/status", b"online")
     assert sorted(session.topics()) == sorted(announced)
+
+
+def test_a_device_deleted_in_home_assistant_is_not_announced_again_while_the_stage_runs():
+    """Home Assistant deletes a device by clearing its discovery messages (an empty retained
+    message on each); zigbee2mqtt then leaves it deleted until it restarts, and so does the
+    last stage: not on Home Assistant's birth, not after a reconnect, not for a new camera."""
+    session = FakeSession()
+    HomeAssistantBridge(session, TOPICS, MODEL, "stage4", prefix="ha").start()
+    session.deliver(TOPICS.predictions, prediction("cam0", "pizza").to_json().encode())
+    announced = sorted(t for t in session.topics() if t.startswith("ha/"))
+    session.deliver(announced[0], json.dumps({"name": "from a replica"}).encode())  # not a clear
+    session.published.clear()
+    session.deliver("ha/status", b"online")
+    assert sorted(session.topics()) == announced
+    session.published.clear()
+    for topic in announced:  # as Home Assistant does
+        session.deliver(topic, b"")
+    assert session.announced == set()  # not said again after a reconnect
+    session.deliver("ha/status", b"online")
+    session.deliver(TOPICS.predictions, prediction("cam1", "hotdog").to_json().encode())
+    session.deliver(TOPICS.predictions, prediction("cam0", "hotdog").to_json().encode())
+    assert session.topics() == [TOPICS.label("cam1"), TOPICS.label("cam0")]  # labels only

@@ -8,14 +8,13 @@ import json
 import subprocess
 import sys
 import threading
-from types import SimpleNamespace
 
 import pytest
 
 from aiotedge.contracts.events import NodeInfo
 from aiotedge.contracts.tensors import TensorSpec
 from aiotedge.contracts.topics import OFFLINE, ONLINE, Topics
-from aiotedge.nodes.health import PipelineAvailability, PipelineView
+from aiotedge.nodes.health import PipelineView
 from aiotedge.nodes.session import MqttSession
 from aiotedge.nodes.status import (
     collect_status,
@@ -110,41 +109,6 @@ def test_an_empty_pipeline_is_a_problem():
     view = PipelineView()
     assert status_exit(view) == 1
     assert format_status(view, "nobody").splitlines()[-1] == "no node has reported on this pipeline"
-
-
-class FakeSession:
-    def __init__(self) -> None:
-        self.handlers: dict[str, object] = {}
-        self.said: list[str] = []
-
-    def subscribe(self, topic, handler, qos=1) -> None:
-        assert qos == 0  # a stage acknowledges its QoS 1 messages by hand
-        self.handlers[topic] = handler
-
-    def announce(self, topic, payload) -> None:  # retained, and again after reconnects
-        assert topic == TOPICS.pipeline_availability
-        self.said.append(payload)
-
-    def deliver(self, topic: str, payload: bytes) -> None:
-        handler = self.handlers[topic if topic == TOPICS.pipeline_availability
-                                else topic.rsplit("/", 1)[0] + "/+"]
-        handler(SimpleNamespace(topic=topic, payload=payload))
-
-
-def test_the_pipeline_availability_follows_its_stages():
-    session = FakeSession()
-    availability = PipelineAvailability(session, TOPICS, "s2")
-    session.deliver(TOPICS.pipeline_availability, b"online")  # from before: now wrong
-    assert session.said == ["offline"]
-    for name, stage in (("s0", 0), ("s1", 1), ("s2", 2)):
-        session.deliver(TOPICS.info(name), info(name, stage))
-        session.deliver(TOPICS.availability(name), b"online")
-    assert session.said == ["offline", "online"]
-    session.deliver(TOPICS.availability("s1"), b"offline")  # its Last Will
-    session.deliver(TOPICS.availability("s1"), b"online")
-    assert session.said == ["offline", "online", "offline", "online"]
-    availability.leaving()  # s2 stops: nobody else serves stage 2
-    assert session.said[-1] == "offline"
 
 
 # -- against a real broker ----------------------------------------------------------------------

@@ -2,7 +2,7 @@
 serves on which manifest, which nodes have gone, the bottleneck, and whether the pipeline as a
 whole can serve frames.
 
-`aiotedge status` shows it. Every stage keeps the pipeline's retained availability
+`aiotedge status` shows it. One stage keeps the pipeline's retained availability
 (`<prefix>/<pipeline>/availability`, like Frigate's `available`) up to date with it.
 """
 
@@ -177,14 +177,20 @@ def _json_object(payload: bytes) -> dict[str, Any]:
 
 
 class PipelineAvailability:
-    """Keeps the pipeline's retained availability true from a stage's own session: `online`
-    while every stage has a node online, `offline` otherwise.
+    """Keeps the pipeline's retained availability from a stage's own session: `online` while
+    every stage has a node online, `offline` otherwise; it changes only when that changes.
 
-    Every stage does it, from the same retained messages, so the topic stays right whichever
-    stage stops or dies (the others see its Last Will); a stage that stops on purpose updates
-    it first. Subscribed at QoS 0: a stage acknowledges its QoS 1 messages by hand. The view
-    it keeps is handed to each of `followers` after every node's message (the stage's chain
-    watch), so a stage follows its pipeline once.
+    One stage node says it, the owner: the online stage node first by name. Every stage sees
+    the nodes' messages in the broker's order, so they agree on the owner without talking.
+    (When every stage said it, each from a view a moment old, one stage stopping made it flap:
+    offline, online, online, offline within 10 ms.) The owner says it when it differs from
+    what the broker holds, and again after its reconnects; `offline` is not said over an
+    absent one (a pipeline `aiotedge retire` removed stays removed). An owner that stops says
+    the pipeline as it will be without it; its successor, seeing the same, leaves it alone.
+    A dead owner's Last Will makes the next one owner. Subscribed at QoS 0: a stage
+    acknowledges its QoS 1 messages by hand. The view it keeps is handed to each of
+    `followers` after every node's message (the stage's chain watch), so a stage follows its
+    pipeline once.
     """
 
     def __init__(self, session: Any, topics: Topics, node: str,
@@ -194,33 +200,53 @@ class PipelineAvailability:
         self._node = node
         self._followers = tuple(followers)
         self._view = PipelineView()
-        self._said: str | None = None
+        #: what the broker holds on the pipeline's topic, as last seen ("": nothing)
+        self._held = ""
+        self._left = False
         self._lock = threading.Lock()
         for topic_filter in (topics.all_availability, topics.all_info):
             session.subscribe(topic_filter, self._on_node, qos=0)
         session.subscribe(topics.pipeline_availability, self._on_pipeline, qos=0)
 
     def leaving(self) -> None:
-        """Before this node says offline: the pipeline as it will be without it."""
+        """Before this node says offline: the owner says the pipeline as it will be without
+        it; from now on this node says nothing more of it."""
         with self._lock:
-            self._say(self._view.copy_without(self._node))
+            if self._owns():
+                self._say(self._view.copy_without(self._node))
+            self._left = True
 
     def _on_node(self, message: mqtt.MQTTMessage) -> None:
         with self._lock:
             self._view.update(self._topics, message.topic, message.payload)
-            self._say(self._view)
+            self._keep()
             for follow in self._followers:
                 follow(self._view)
 
     def _on_pipeline(self, message: mqtt.MQTTMessage) -> None:
         with self._lock:
-            self._said = message.payload.decode(errors="replace")
+            self._held = message.payload.decode(errors="replace")
+            self._keep()
+
+    def _owns(self) -> bool:
+        stages = [n.name for n in self._view.nodes.values() if n.online and n.info is not None]
+        return bool(stages) and min(stages) == self._node
+
+    def _keep(self) -> None:
+        if self._left:
+            return
+        if self._owns():
             self._say(self._view)
+        else:  # the owner says it, after its reconnects too
+            self._session.withdraw(self._topics.pipeline_availability)
 
     def _say(self, view: PipelineView) -> None:
         state = ONLINE if view.available else OFFLINE
-        if state != self._said:
-            self._said = state
-            log.info("pipeline %s is %s", self._topics.pipeline, state)
-            # said again after a reconnect: a broker restarted without persistence forgets it
-            self._session.announce(self._topics.pipeline_availability, state)
+        if state == self._held or (state == OFFLINE and not self._held):
+            if not self._held:  # removed: a reconnect must not bring it back
+                self._session.withdraw(self._topics.pipeline_availability)
+            return
+        self._held = state
+        log.info("pipeline %s is %s", self._topics.pipeline, state)
+        # said again after a reconnect: a broker restarted without persistence forgets it
+        self._session.announce(self._topics.pipeline_availability, state)

@@ -7,7 +7,8 @@ current discovery schema (`default_entity_id`, an `origin` block, availability a
 published, retained, on `.../label/<source>` only when it changes, so a camera at 2 fps showing
 the same thing all day is one state, not 170,000 recorder rows. Discovery is said again when
 Home Assistant says it is back (its birth message on `<prefix>/status`) and removed by
-`aiotedge retire` (`remove_discovery`).
+`aiotedge retire` (`discovery_filter`). A device deleted in Home Assistant (which clears its
+discovery messages) is not announced again while the stage runs, as zigbee2mqtt does.
 """
 
 from __future__ import annotations
@@ -44,10 +45,19 @@ def device(topics: Topics, manifest: Manifest) -> dict[str, Any]:
 ORIGIN = {"name": "aiotedge", "sw_version": __version__}
 
 
-def availability(topics: Topics, node: str, source: str | None = None) -> dict[str, Any]:
-    """Available when the whole pipeline is (every stage has a node online: replicas count),
-    the node announcing is, and for a camera's sensor, that camera is."""
-    topics_needed = [topics.pipeline_availability, topics.availability(node)]
+def availability(topics: Topics, node: str, source: str | None = None,
+                 replicated: bool = False) -> dict[str, Any]:
+    """Available while the whole pipeline is (every stage has a node online, whichever of its
+    replicas), and for a camera's sensor, while that camera is.
+
+    A last stage without replicas (no share group) is listed too: its Last Will then makes the
+    entities unavailable even when every board went at once and no stage is left to update
+    the pipeline's availability. Replicas are not: the entities stay while any of them serves,
+    whichever announced last.
+    """
+    topics_needed = [topics.pipeline_availability]
+    if not replicated:
+        topics_needed.append(topics.availability(node))
     if source is not None:
         topics_needed.append(topics.availability(source))
     return {"availability": [{"topic": topic} for topic in topics_needed],
@@ -59,7 +69,7 @@ def config_topic(prefix: str, topics: Topics, object_id: str) -> str:
 
 
 def label_sensor(topics: Topics, manifest: Manifest, node: str, source: str,
-                 prefix: str = "homeassistant") -> Announcement:
+                 prefix: str = "homeassistant", *, replicated: bool = False) -> Announcement:
     """A camera's sensor: its state is the first name of the top-1 label (`hotdog`)."""
     object_id = f"{_slug(source)}_label"
     unique_id = f"{node_id(topics)}_{object_id}"
@@ -73,17 +83,17 @@ def label_sensor(topics: Topics, manifest: Manifest, node: str, source: str,
         "json_attributes_topic": topics.label(source),
         "json_attributes_template": "{{ {'labels': value_json.labels, "
                                     "'class': value_json.index} | tojson }}",
-        **availability(topics, node, source),
+        **availability(topics, node, source, replicated),
         "device": device(topics, manifest),
         "origin": ORIGIN,
     }
 
 
-def health_sensors(topics: Topics, manifest: Manifest, node: str,
-                   prefix: str = "homeassistant") -> list[Announcement]:
+def health_sensors(topics: Topics, manifest: Manifest, node: str, prefix: str = "homeassistant",
+                   *, replicated: bool = False) -> list[Announcement]:
     """The pipeline's throughput and latency, from the last stage's stats message."""
     common = {"state_topic": topics.stats(node), "state_class": "measurement",
-              "entity_category": "diagnostic", **availability(topics, node),
+              "entity_category": "diagnostic", **availability(topics, node, None, replicated),
               "device": device(topics, manifest), "origin": ORIGIN}
     sensors = {
         "fps": {"name": "Frames per second", "icon": "mdi:speedometer",
@@ -91,8 +101,9 @@ def health_sensors(topics: Topics, manifest: Manifest, node: str,
                 "value_template": "{{ value_json.fps }}"},
         "latency": {"name": "Latency", "device_class": "duration",
                     "unit_of_measurement": "ms", "suggested_display_precision": 0,
-                    # null: no frame in the window yet (Home Assistant then says unknown)
-                    "value_template": "{{ value_json.latency_ms.p50 | default('null', true) }}"},
+                    # null before any frame: rendered `None`, which Home Assistant's sensor
+                    # takes for unknown (any other text must be a number)
+                    "value_template": "{{ value_json.latency_ms.p50 }}"},
     }
     announced = []
     for object_id, specific in sensors.items():
@@ -114,33 +125,41 @@ class HomeAssistantBridge:
     """Announces the pipeline's entities and keeps each camera's label state.
 
     Listens on the last stage's own session, at QoS 0 (the stage acknowledges its QoS 1
-    messages by hand): to the predictions, to learn cameras and their labels, and to Home
-    Assistant's status, to say discovery again when Home Assistant restarts.
+    messages by hand): to the predictions, to learn cameras and their labels; to Home
+    Assistant's status, to say discovery again when Home Assistant restarts; and to the
+    pipeline's discovery topics, to learn that the device was deleted in Home Assistant (it
+    clears their retained messages). Then nothing is announced again, not after Home
+    Assistant's restarts, nor the broker's, nor for a new camera, until this stage restarts.
     """
 
     def __init__(self, session: Any, topics: Topics, manifest: Manifest, node: str,
-                 prefix: str = "homeassistant") -> None:
+                 prefix: str = "homeassistant", *, replicated: bool = False) -> None:
         self._session = session
         self._topics = topics
         self._manifest = manifest
         self._node = node
         self._prefix = prefix
+        self._replicated = replicated
         self._lock = threading.Lock()
         #: source -> its label state as last published
         self._labels: dict[str, dict[str, Any]] = {}
         self._announced: dict[str, dict[str, Any]] = {}
+        self._removed = False
         session.subscribe(topics.predictions, self._on_prediction, qos=0)
         session.subscribe(f"{prefix}/status", self._on_home_assistant, qos=0)
+        session.subscribe(discovery_filter(topics, prefix), self._on_discovery, qos=0)
 
     def start(self) -> None:
         """Announce the health sensors (camera sensors follow their first prediction)."""
         for topic, config in health_sensors(self._topics, self._manifest, self._node,
-                                            self._prefix):
+                                            self._prefix, replicated=self._replicated):
             self._announce(topic, config)
 
     def _announce(self, topic: str, config: dict[str, Any]) -> None:
         """Retained, and said again after every reconnect (a broker without persistence)."""
         with self._lock:
+            if self._removed:
+                return
             self._announced[topic] = config
         self._session.announce(topic, json.dumps(config))
 
@@ -155,7 +174,7 @@ class HomeAssistantBridge:
             self._labels[source] = state
         if new_source:
             self._announce(*label_sensor(self._topics, self._manifest, self._node, source,
-                                         self._prefix))
+                                         self._prefix, replicated=self._replicated))
         if changed:
             self._session.publish(self._topics.label(source), json.dumps(state), qos=1,
                                   retain=True)
@@ -163,11 +182,30 @@ class HomeAssistantBridge:
     def _on_home_assistant(self, message: mqtt.MQTTMessage) -> None:
         if message.payload.decode(errors="replace") != ONLINE or message.retain:
             return
-        log.info("Home Assistant is back: announcing the pipeline's entities again")
         with self._lock:
             announced = list(self._announced.items())
+        if not announced:
+            return
+        log.info("Home Assistant is back: announcing the pipeline's entities again")
         for topic, config in announced:
             self._session.publish(topic, json.dumps(config), qos=1, retain=True)
+
+    def _on_discovery(self, message: mqtt.MQTTMessage) -> None:
+        """An empty message on one of our discovery topics: someone cleared it, Home
+        Assistant when its user deletes the device (the broker never keeps an empty retained
+        message, so this is never an old one)."""
+        if message.payload:
+            return
+        with self._lock:
+            if message.topic not in self._announced:
+                return
+            self._removed = True
+            announced, self._announced = list(self._announced), {}
+        for topic in announced:
+            self._session.withdraw(topic)
+        log.warning("the Home Assistant device aiotedge %s was deleted (%s cleared): not "
+                    "announcing it again until this stage restarts", self._topics.pipeline,
+                    message.topic)
 
 
 def discovery_filter(topics: Topics, prefix: str = "homeassistant") -> str:

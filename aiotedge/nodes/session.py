@@ -204,6 +204,10 @@ class MqttSession:
             properties.UserProperty = (_INSTANCE, self._instance)
         self._client.publish(topic, payload, qos=1, retain=True, properties=properties)
 
+    def withdraw(self, topic: str) -> None:
+        """Stop saying `topic` again after reconnects (what the broker holds stays)."""
+        self._announcements.pop(topic, None)
+
     def ack(self, message: mqtt.MQTTMessage) -> None:
         if message.qos > 0:
             self._client.ack(message.mid, message.qos)

@@ -478,7 +478,8 @@ def run_stage(config: NodeConfig, stop: threading.Event | None = None) -> int:
     bridge = None
     if config.homeassistant.discovery and node.is_last:
         bridge = HomeAssistantBridge(node.session, config.topics, manifest, node.node,
-                                     config.homeassistant.prefix)
+                                     config.homeassistant.prefix,
+                                     replicated=bool(config.stage.share_group))
     node.start()
     if not wait_for_broker(node.session, stop):
         node.stop()
