@@ -13,7 +13,6 @@ import re
 import secrets
 import ssl
 import subprocess
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -30,8 +29,9 @@ from aiotedge.contracts.tensors import TensorSpec
 from aiotedge.contracts.topics import Topics
 from aiotedge.nodes.broker import LocalBroker
 from aiotedge.nodes.chain import check_chain
+from aiotedge.nodes.health import PipelineAvailability
 from aiotedge.nodes.homeassistant import HomeAssistantBridge, health_sensors, label_sensor
-from aiotedge.nodes.session import MqttSession
+from aiotedge.nodes.session import MqttSession, wait_settled
 from aiotedge.nodes.stage import stage_session
 from aiotedge.nodes.status import collect_status
 from tests.conftest import REPO
@@ -462,7 +462,7 @@ def check_client_id_takeover(broker: LocalBroker, pki: Path, passwords: dict[str
 def check_frames_wait_for_a_restarting_stage(broker: LocalBroker, pki: Path,
                                              passwords: dict[str, Path]) -> None:
     """A frame sent while stage 0 is stopped reaches it when it is back, after the check of
-    its neighbours it makes at start (run_stage) on a connection of its own."""
+    its neighbours it makes at start (run_stage), on its own connection, before it serves."""
     config = stage0_config(broker, pki, passwords)
     inbox: queue.Queue[bytes] = queue.Queue()
     serving_stage(config, inbox).stop()
@@ -475,9 +475,14 @@ def check_frames_wait_for_a_restarting_stage(broker: LocalBroker, pki: Path,
     spec = TensorSpec("photo", (1, 4, 4, 3), "uint8", 1.0, 0)
     me = NodeInfo(node=config.stage.node_name, stage=0, stages=STAGES, manifest="0" * 64,
                   model="model.tflite", input=spec, output=spec)
-    assert check_chain(config.broker, config.topics, me, threading.Event()) is not None
-    stage = serving_stage(config, inbox)
+    stage = stage_session(config)
+    pipeline = PipelineAvailability(stage, config.topics, me.node)
+    stage.subscribe(config.topics.stage_input(0), lambda message: inbox.put(message.payload))
+    stage.start()
     try:
+        assert stage.wait_connected(TIMEOUT)
+        wait_settled(stage, config.topics.probe(stage.client_id))
+        assert check_chain(pipeline.view(), me) == (True, None)
         assert next_item(inbox, "stage 0, back") == b"sent while away"
     finally:
         stage.stop()

@@ -133,10 +133,6 @@ def test_a_users_second_connection_ends_its_first(secure_broker, pki, passwords)
     check_one_connection_per_user(secure_broker(), pki, passwords)
 
 
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception, reason=(
-    "a stage's start-up check (aiotedge/nodes/chain.py) connects on its own, now under the "
-    "stage's client id (its user name) with a clean start, and ends the session the broker "
-    "kept for the stage: the check must run on the stage's own connection"))
 def test_frames_sent_while_a_stage_is_away_wait_for_it(secure_broker, pki, passwords):
     check_frames_wait_for_a_restarting_stage(secure_broker(), pki, passwords)
 

@@ -135,6 +135,7 @@ def node_for(index: int, qos: int = 1, queue_size: int = 4) -> tuple[StageNode, 
     session, segment = FakeSession(), FakeSegment(split.stages[index])
     node = StageNode(config, split, session, segment)
     node.start()
+    node.serve()
     return node, session, segment
 
 
@@ -179,6 +180,38 @@ def test_a_photo_is_preprocessed_run_and_forwarded_to_the_next_stage_acknowledgi
     np.testing.assert_array_equal(frame.tensor, segment.output)
     assert segment.inputs[0][0, 0, 0].tolist() == [200, 10, 10]  # mean 0, std 1: raw pixels
     assert session.subscriptions == [("aiotedge-frames/unit/stage/0", 1, None)]
+
+
+def unserved_node(index: int) -> tuple[StageNode, FakeSession, FakeSegment]:
+    """A node started (subscribed, connecting) but not yet serving: run_stage checks its
+    neighbours first."""
+    config = NodeConfig(pipeline=PipelineConfig(name="unit"),
+                        stage=StageConfig(index=index, node=f"stage{index}"),
+                        stats=StatsConfig(interval=0))
+    split, session = manifest(), FakeSession()
+    segment = FakeSegment(split.stages[index])
+    node = StageNode(config, split, session, segment)
+    node.start()
+    return node, session, segment
+
+
+def test_frames_before_serve_wait_and_are_computed_once_it_serves():
+    node, session, segment = unserved_node(1)
+    held = message("aiotedge-frames/unit/stage/1", activation("h-1"))
+    deliver(session, held)
+    assert segment.inputs == [] and session.acked == [] and session.forwarded.empty()
+    node.serve()
+    answered = session.forwarded.get(timeout=TIMEOUT)[2]
+    node.stop()
+    assert answered == held.mid
+
+
+def test_a_stage_stopped_before_it_serves_leaves_its_frames_with_the_broker():
+    """A stage that does not fit its neighbours stops (exit 2) without taking a frame."""
+    node, session, segment = unserved_node(1)
+    deliver(session, message("aiotedge-frames/unit/stage/1", activation("h-2")))
+    node.stop()
+    assert segment.inputs == [] and session.acked == [] and session.forwarded.empty()
 
 
 def test_the_last_stage_forwards_a_prediction():
@@ -257,6 +290,7 @@ def test_a_replica_of_the_last_stage_does_not_answer_a_frame_its_sibling_answere
     split, session = manifest(), FakeSession()
     node = StageNode(config, split, session, FakeSegment(split.stages[1]))
     node.start()
+    node.serve()
     sibling, _, _ = node_for(1)
     sibling.session.handler(message("aiotedge-frames/unit/stage/1", activation("s-1")))
     _, prediction, _ = sibling.session.forwarded.get(timeout=TIMEOUT)
@@ -352,6 +386,7 @@ def test_the_input_is_a_plain_subscription_unless_the_stage_has_a_share_group(sh
     split, session = manifest(), FakeSession()
     node = StageNode(config, split, session, FakeSegment(split.stages[1]))
     node.start()
+    node.serve()
     node.stop()
     assert session.subscriptions[0] == ("aiotedge-frames/unit/stage/1", 1, share_group or None)
 
@@ -370,6 +405,7 @@ def test_a_replica_warns_at_start_unless_the_broker_is_said_to_check_subscriptio
     node = StageNode(config, split, FakeSession(), FakeSegment(split.stages[1]))
     with caplog.at_level(logging.WARNING, logger="aiotedge.nodes.stage"):
         node.start()
+        node.serve()
         node.stop()
     lines = [record.getMessage() for record in caplog.records
              if "checks_subscriptions" in record.getMessage()]
@@ -399,6 +435,7 @@ def test_a_stage_sends_its_output_in_the_codec_its_manifest_names():
     session, segment = FakeSession(), FakeSegment(split.stages[0])
     node = StageNode(config, split, session, segment)
     node.start()
+    node.serve()
     session.handler(message("aiotedge-frames/unit/stage/0", photo_frame("z-1")))
     _, payload, _ = session.forwarded.get(timeout=TIMEOUT)
     node.stop()

@@ -11,45 +11,28 @@ online yet: so a running stage keeps watching its neighbours and reports one tha
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Iterable
 
-from aiotedge.config.schema import BrokerConfig
 from aiotedge.contracts.events import ErrorEvent, NodeInfo
 from aiotedge.contracts.topics import Topics
 from aiotedge.nodes.health import PipelineView
-from aiotedge.nodes.lifecycle import wait_for_broker
 from aiotedge.nodes.metrics import Counters
-from aiotedge.nodes.session import MqttSession, read_retained
+from aiotedge.nodes.session import MqttSession
 
 log = logging.getLogger(__name__)
 
 
-def check_chain(broker: BrokerConfig, topics: Topics, me: NodeInfo,
-                stop: threading.Event) -> tuple[bool, NodeInfo | None] | None:
-    """Whether this stage fits between the stages online now, and what it said about itself
-    when it last ran (None: told to stop first).
-
-    Read on a connection of its own, before the stage connects: the stage's own session may
-    get frames at once, which must wait until the check is done.
-    """
-    session = MqttSession(broker, f"{me.node}-check")
-    session.start()
-    try:
-        if not wait_for_broker(session, stop):
-            return None
-        retained = read_retained(session, [topics.all_info, topics.all_availability],
-                                 topics.probe(session.client_id))
-    finally:
-        session.stop()
-    neighbours = online_nodes(PipelineView.from_retained(retained, topics))
-    errors, warnings = chain_problems(me, neighbours.values())
+def check_chain(view: PipelineView, me: NodeInfo) -> tuple[bool, NodeInfo | None]:
+    """Whether this stage fits between the stages online in `view` (the pipeline as the
+    broker's retained messages said it when the stage connected), and what it said about
+    itself when it last ran (its own retained info; None the first time)."""
+    errors, warnings = chain_problems(me, online_nodes(view).values())
     for warning in warnings:
         log.warning("%s", warning)
     for error in errors:
         log.error("not starting: %s", error)
-    previous = NodeInfo.parse(retained.get(topics.info(me.node), b""))
-    return not errors, previous
+    own = view.nodes.get(me.node)
+    return not errors, own.info if own is not None else None
 
 
 class ChainWatch:

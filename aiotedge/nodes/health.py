@@ -208,6 +208,16 @@ class PipelineAvailability:
             session.subscribe(topic_filter, self._on_node, qos=0)
         session.subscribe(topics.pipeline_availability, self._on_pipeline, qos=0)
 
+    def view(self) -> PipelineView:
+        """The pipeline as the broker's messages so far say it is (a copy)."""
+        with self._lock:
+            return PipelineView(dict(self._view.nodes))
+
+    def follow(self, follower: Callable[[PipelineView], None]) -> None:
+        """Hand the view to `follower` too, after every node's message from now on."""
+        with self._lock:
+            self._followers += (follower,)
+
     def leaving(self) -> None:
         """Before this node says offline: the owner says the pipeline as it will be without
         it; from now on this node says nothing more of it."""

@@ -521,6 +521,18 @@ class RetainedRefusedError(BrokerError):
         self.retained = retained
 
 
+def wait_settled(session: MqttSession, probe_topic: str, timeout: float = 10.0) -> None:
+    """Return once the broker has sent what it held for the session's subscriptions when it
+    connected (their retained messages): a message of our own published after them comes
+    back after them. QoS 0 both ways, so it suits a session that acknowledges QoS 1 messages
+    by hand (a stage's)."""
+    back = threading.Event()
+    session.subscribe(probe_topic, lambda _message: back.set(), qos=0)
+    session.publish(probe_topic, b"", qos=0)
+    if not back.wait(timeout):
+        raise BrokerError(f"the broker at {session.url} did not answer within {timeout:.0f} s")
+
+
 def read_retained(
     session: MqttSession, filters: Sequence[str], probe_topic: str, timeout: float = 10.0,
     follow: MessageHandler | None = None,

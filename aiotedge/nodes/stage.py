@@ -53,7 +53,7 @@ from aiotedge.nodes.metrics import (
     serve_prometheus,
     stage_metrics,
 )
-from aiotedge.nodes.session import MqttSession
+from aiotedge.nodes.session import MqttSession, wait_settled
 from aiotedge.tflite.runtime import Segment, open_segment
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,8 @@ class StageNode:
                       else None)
         self._missed_said_at = -SAY_MISSED_EVERY
         self._stopping = threading.Event()
+        #: set by serve(): until then frames are held, neither computed nor acknowledged
+        self._serving = threading.Event()
         self._queue: queue.Queue[_QueuedMessage | None] = queue.Queue(self.settings.queue_size)
         #: held while the network thread computes a frame itself; stop() waits for it
         self._inline = threading.Lock()
@@ -150,6 +152,11 @@ class StageNode:
         self.session.start()
         self._reporter.start()
 
+    def serve(self) -> None:
+        """Compute frames from now on, those held since start() first: a stage that turns out
+        not to fit its neighbours stops without having taken any (the broker keeps them)."""
+        self._serving.set()
+
     def announce_online(self) -> None:
         self.session.announce(self.topics.info(self.node), self.info.to_json())
         self.session.set_online()
@@ -166,6 +173,11 @@ class StageNode:
         them for this node's next start (or, for a replica, its next connection).
         """
         self._stopping.set()
+        if not self._serving.is_set():  # the frames held stay unacknowledged, with the broker
+            self._worker.join(timeout)
+            self._reporter.stop(timeout)
+            self.session.stop()
+            return
         with self._inline:  # a frame being computed on the network thread is finished first
             pass
         try:
@@ -221,7 +233,7 @@ class StageNode:
             )
             return
         if message.qos > 0:
-            if not self._loaded and self._queue.unfinished_tasks == 0:
+            if self._serving.is_set() and not self._loaded and self._queue.unfinished_tasks == 0:
                 self._process_inline(message, received)
                 return
             # Receive Maximum keeps the broker within the queue's size, but mosquitto 2.0
@@ -278,6 +290,9 @@ class StageNode:
         network thread too)."""
         ping_every = systemd.watchdog_interval()
         next_ping = 0.0
+        while not self._serving.wait(timeout=1.0):  # frames are held until serve()
+            if self._stopping.is_set():
+                return
         while True:
             if ping_every and time.monotonic() >= next_ping and not self._inline_hung(ping_every):
                 systemd.notify("WATCHDOG=1")
@@ -452,7 +467,11 @@ def stage_session(config: NodeConfig) -> MqttSession:
 def run_stage(config: NodeConfig, stop: threading.Event | None = None) -> int:
     """A stage daemon from start to stop: 0 when stopped, 2 when it does not fit the chain.
 
-    `stop` defaults to SIGTERM/SIGINT (systemctl stop, Ctrl-C).
+    `stop` defaults to SIGTERM/SIGINT (systemctl stop, Ctrl-C). Whether the stage fits its
+    online neighbours is checked on its own connection, once the broker has sent it the
+    pipeline's retained state, and frames are held until then: a second connection under
+    the stage's client id (its user name on the secure brokers) would end the session the
+    broker kept for it, and with it the frames that waited while it was away.
     """
     stop = stop or stop_on_signals()
     manifest = load_stage_manifest(config)
@@ -462,19 +481,7 @@ def run_stage(config: NodeConfig, stop: threading.Event | None = None) -> int:
         serve_prometheus(config.stats, config.source,
                          {"pipeline": config.pipeline.name, "stage": str(node.index),
                           "node": node.node}, node.metrics)
-    checked = check_chain(config.broker, config.topics, node.info, stop)
-    if checked is None:
-        return 0
-    fits, previous = checked
-    if not fits:
-        return 2
-    if previous is not None and previous.share_group != config.stage.share_group:
-        node.forget_subscription(previous.share_group)
-    # the check above saw only the neighbours online already: the watch follows them on
-    watch = ChainWatch(node.session, config.topics, node.info, node.counters,
-                       config.pipeline.qos)
-    pipeline = PipelineAvailability(node.session, config.topics, node.node,
-                                    followers=[watch.check])
+    pipeline = PipelineAvailability(node.session, config.topics, node.node)
     bridge = None
     if config.homeassistant.discovery and node.is_last:
         bridge = HomeAssistantBridge(node.session, config.topics, manifest, node.node,
@@ -484,6 +491,17 @@ def run_stage(config: NodeConfig, stop: threading.Event | None = None) -> int:
     if not wait_for_broker(node.session, stop):
         node.stop()
         return 0
+    wait_settled(node.session, config.topics.probe(node.session.client_id))
+    fits, previous = check_chain(pipeline.view(), node.info)
+    if not fits:
+        node.stop()
+        return 2
+    if previous is not None and previous.share_group != config.stage.share_group:
+        node.forget_subscription(previous.share_group)
+    # the check above saw only the neighbours online already: the watch follows them on
+    pipeline.follow(ChainWatch(node.session, config.topics, node.info, node.counters,
+                               config.pipeline.qos).check)
+    node.serve()
     node.announce_online()
     if bridge is not None:
         bridge.start()

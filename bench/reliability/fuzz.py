@@ -14,6 +14,7 @@ import importlib
 import importlib.util
 import logging
 import os
+import zlib
 from collections import Counter
 from typing import Any
 
@@ -76,24 +77,32 @@ def as_payload(example: Any) -> bytes | None:
         return None
 
 
-def verdict(payload: bytes, spec: TensorSpec | None, seen: set[str]) -> str:
+def verdict(payload: bytes, spec: TensorSpec | None, seen: dict[str, int],
+            answered: set[str] | None) -> str:
     """What a stage should do with it: 'accept', 'refuse', 'duplicate' (a frame id and attempt
-    it has had: dropped before its image is looked at) or 'internal: ...' (a finding).
-    `seen` holds the frame ids and attempts the stage has had so far."""
+    it has had, dropped before its image is looked at; at the last stage, `answered` given, a
+    frame id it has answered) or 'internal: ...' (a finding). `seen` holds the frame ids and
+    attempts the stage has had so far, with the content's CRC at stage 0 (`spec` None), where
+    another content under an id and attempt taken is refused."""
     if len(payload) > MAX_MESSAGE_BYTES:
         return "refuse"
     try:
         frame = decode_photo(payload) if spec is None else decode_activation(payload, spec)
         key = f"{frame.frame_id}#{frame.attempt}"
+        content = zlib.crc32(payload) if spec is None else 0
         if key in seen:
+            return "duplicate" if seen[key] == content else "refuse"
+        seen[key] = content
+        if answered is not None and frame.frame_id in answered:
             return "duplicate"
-        seen.add(key)
         if frame.image is not None:
             decode_image(frame.image)
     except (WireError, ImageError):
         return "refuse"
     except Exception as exc:  # the oracle must survive what it is testing
         return f"internal: {type(exc).__name__}"
+    if answered is not None:
+        answered.add(frame.frame_id)
     return "accept"
 
 
@@ -115,13 +124,14 @@ def wire_fuzzer(ctx: Context) -> Row:
     plan: list[tuple[int, bytes, str]] = []
     names: set[str] = set()
     for stage, spec in enumerate(specs):
-        seen: set[str] = set()
+        seen: dict[str, int] = {}
+        answered: set[str] | None = set() if stage == len(specs) - 1 else None
         for name, strategy in strategies(module, spec).items():
             names.add(name)
             for example in draw(strategy, count):
                 payload = as_payload(example)
                 if payload is not None:
-                    plan.append((stage, payload, verdict(payload, spec, seen)))
+                    plan.append((stage, payload, verdict(payload, spec, seen, answered)))
     if not plan:
         row.skipped = f"{MODULE} has no function returning a strategy of payloads"
         return row
