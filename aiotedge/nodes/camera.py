@@ -103,7 +103,10 @@ class Camera:
         self.stats = NodeStats(CAMERA_COUNTERS)
         self.counters = self.stats.counters
         self._reader: LiveReader | None = None
-        #: captured, dropped and reconnects of earlier runs' readers
+        #: the source's state when no live reader says it: "reading" (a folder, a video read
+        #: as fast as the pipeline takes it), then "ended" or "stopped"
+        self._source_state = "reading"
+        #: captured, dropped, reconnects and attempts of earlier runs' readers
         self._earlier: Counter[str] = Counter()
         self._rate_base = (time.monotonic(), 0, 0)
         self._rejected_in_a_row = 0
@@ -161,6 +164,7 @@ class Camera:
             self._in_flight.clear()
         reader = LiveReader(source, condition=self._changed) if source.live else None
         self._reader = reader
+        self._source_state = "reading"
         published = 0
         try:
             if reader is not None:
@@ -172,10 +176,12 @@ class Camera:
                     if frames is not None and published >= frames:
                         break
         finally:
+            # what the final stats say: the source had no more frames, or the camera stopped
+            done = stop.is_set() or (frames is not None and published >= frames)
+            self._source_state = "stopped" if done else "ended"
             if reader is not None:
                 reader.stop()
-                self._earlier.update(captured=reader.captured, dropped=reader.dropped,
-                                     reconnects=reader.reconnects)
+                self._earlier.update(_reader_counts(reader))
                 self._reader = None
         self._wait_until(lambda: not self._in_flight, stop)
         return published
@@ -378,8 +384,7 @@ class Camera:
         reader = self._reader
         counts = Counter(self._earlier)
         if reader is not None:
-            counts.update(captured=reader.captured, dropped=reader.dropped,
-                          reconnects=reader.reconnects)
+            counts.update(_reader_counts(reader))
         published = self.counters.get("published")
         captured = counts["captured"] if counts["captured"] or reader else published
         now = time.monotonic()
@@ -390,9 +395,10 @@ class Camera:
             in_flight = len(self._in_flight)
         return self.stats.snapshot(
             captured=captured, dropped=counts["dropped"], reconnects=counts["reconnects"],
+            reconnect_attempts=counts["attempts"],
             fps=round((published - published_then) / elapsed, 2),
             capture_fps=round((captured - captured_then) / elapsed, 2),
-            in_flight=in_flight, source_state=reader.state if reader else "reading",
+            in_flight=in_flight, source_state=reader.state if reader else self._source_state,
         )
 
     def publish_stats(self) -> dict:
@@ -406,6 +412,12 @@ class Camera:
         stats = self.publish_stats()
         systemd.notify(f"STATUS=camera {self.options.name}: {stats['source_state']}, "
                        f"{stats['published']} published, {stats['dropped']} dropped")
+
+
+def _reader_counts(reader: LiveReader) -> dict[str, int]:
+    """What a live source's reader counted: frames read and dropped, outages, attempts."""
+    return {"captured": reader.captured, "dropped": reader.dropped,
+            "reconnects": reader.reconnects, "attempts": reader.attempts}
 
 
 # -- the daemon -------------------------------------------------------------------------------
