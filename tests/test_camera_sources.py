@@ -26,6 +26,7 @@ from aiotedge.contracts.wire import decode_photo
 from aiotedge.media.image import decode_image, list_images, model_size, read_photo
 from aiotedge.media.prepare import ModelInput
 from aiotedge.media.sources import FrameSource, Stills
+from aiotedge.media.sources.live import LiveReader
 from aiotedge.media.sources.stream import StreamSource
 from aiotedge.media.sources.video import VideoFileSource
 from aiotedge.nodes.broker import free_port
@@ -40,7 +41,14 @@ from tests.conftest import (
     AnsweringStage,
     whole_model_top,
 )
-from tests.media import MjpegCamera, RtspCamera, hls_camera, moving_pattern, write_video
+from tests.media import (
+    FreezingMjpegCamera,
+    MjpegCamera,
+    RtspCamera,
+    hls_camera,
+    moving_pattern,
+    write_video,
+)
 
 #: bound for one awaited event; never a synchronisation
 TIMEOUT = 60.0
@@ -254,6 +262,29 @@ def test_an_rtsp_camera_with_a_login_is_read_without_showing_the_password(
     logged = caplog.text
     assert f"rtsp://viewer:***@{server.path}" in logged
     assert "p@ss" not in logged and "p%40ss" not in logged
+
+
+def test_a_frozen_camera_is_said_to_have_stalled_and_is_read_again(caplog):
+    """A camera that keeps its connection and sends nothing more: said as a stall once it has
+    been silent for the timeout, one outage, never PyAV's "Immediate exit requested"."""
+    camera = FreezingMjpegCamera(before_freezing=3)
+    changed = threading.Condition()
+    reader = LiveReader(StreamSource(camera.url, timeout=1.0), (0.05, 0.1), changed)
+    try:
+        with changed:
+            reader.start()
+            assert changed.wait_for(lambda: reader.state.startswith("reconnecting"), TIMEOUT)
+            stalled_state = reader.state
+            # the second connection streams: frames beyond the first three
+            assert changed.wait_for(lambda: reader.captured > 5, TIMEOUT)
+    finally:
+        reader.stop()
+        camera.close()
+    assert stalled_state == "reconnecting: stalled: no frame for 1 s"
+    assert reader.reconnects == 1
+    assert f"{camera.url}: stalled: no frame for 1 s; reconnecting" in caplog.text
+    assert f"{camera.url}: streaming again after " in caplog.text
+    assert "ExitError" not in caplog.text and "Immediate exit" not in caplog.text
 
 
 def test_a_wrong_rtsp_password_is_said_without_the_password(broker, pattern_clip, caplog):
