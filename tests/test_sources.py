@@ -7,6 +7,8 @@ from __future__ import annotations
 import importlib.util
 import io
 import logging
+import os
+import queue
 import shutil
 import tempfile
 import threading
@@ -498,3 +500,51 @@ def test_a_folder_is_read_in_order_once_or_round_and_round(generated_photos, gen
         if len(looped) == len(generated_frames) + 1:
             stop.set()
     assert looped == [name for name, _ in generated_frames] + [generated_frames[0][0]]
+
+
+class _Said(logging.Handler):
+    """Sets `event` when a log message starts with `start`: what a test awaits."""
+
+    def __init__(self, start: str) -> None:
+        super().__init__()
+        self.start, self.event = start, threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith(self.start):
+            self.event.set()
+
+
+def test_a_watched_folder_sends_a_photo_moved_in_from_a_sibling_folder_once(tmp_path):
+    """The usual write-then-rename: written whole in a folder beside, then `mv`ed in (one
+    rename on one filesystem: no write, no close in the watched folder). Renamed again inside
+    the folder, it is the same photo: not sent twice."""
+    pytest.importorskip("watchdog")
+    drop, incoming = tmp_path / "drop", tmp_path / "incoming"
+    drop.mkdir()
+    incoming.mkdir()
+    (incoming / "moved.jpg").write_bytes(jpeg(50))
+    said = _Said("watching")
+    folder_log = logging.getLogger("aiotedge.media.sources.folder")
+    folder_log.addHandler(said)
+    folder_log.setLevel(logging.INFO)
+    frames: queue.Queue[CapturedFrame] = queue.Queue()
+    stop = threading.Event()
+    source = FolderSource(drop, watch=True)
+    reader = threading.Thread(target=lambda: [frames.put(f) for f in source.frames(stop)])
+    reader.start()
+    try:
+        assert said.event.wait(TIMEOUT)
+        os.rename(incoming / "moved.jpg", drop / "moved.jpg")  # mv incoming/moved.jpg drop/
+        sent = [frames.get(timeout=TIMEOUT)]
+        os.rename(drop / "moved.jpg", drop / "renamed.jpg")  # the same photo
+        (drop / "last.png").write_bytes(jpeg(90))  # written in place: sent when closed
+        sent.append(frames.get(timeout=TIMEOUT))
+        while sent[-1].name != "last.png":
+            sent.append(frames.get(timeout=TIMEOUT))
+    finally:
+        stop.set()
+        reader.join(TIMEOUT)
+        folder_log.removeHandler(said)
+    assert [(f.name, f.encoded) for f in sent] == [("moved.jpg", jpeg(50)),
+                                                   ("last.png", jpeg(90))]
+
