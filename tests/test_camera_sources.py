@@ -24,7 +24,7 @@ from aiotedge.contracts.manifest import Manifest
 from aiotedge.contracts.topics import Topics
 from aiotedge.contracts.wire import decode_photo
 from aiotedge.media.image import decode_image, list_images, model_size, read_photo
-from aiotedge.media.prepare import ModelInput
+from aiotedge.media.prepare import ModelInput, encode_png
 from aiotedge.media.sources import FrameSource, Stills
 from aiotedge.media.sources.live import LiveReader
 from aiotedge.media.sources.stream import StreamSource
@@ -173,6 +173,31 @@ def test_a_video_made_of_photos_gives_their_predictions_in_order(broker, photose
     assert [p.seq for p in results] == list(range(hold * len(photos)))
     assert [p.name for p in results] == [f"photos.mkv#t={n / 10:.3f}" for n in range(len(results))]
     assert [p.top for p in results] == [top for top in expected for _ in range(hold)]
+
+
+def test_decoded_frames_sent_as_they_are_get_the_whole_models_predictions(
+    broker, shared_data, split_into, tmp_path
+):
+    """A camera's H.264 (lossy, 4:2:0) with the default `preprocess = "none"`: every decoded
+    frame is predicted as the whole model predicts those very pixels (a JPEG q90 of them
+    changed the top-1 of 4 of these 40 frames)."""
+    av = pytest.importorskip("av")
+    manifest = split_into(SHARED_MODEL, 2, SHARED_LABELS)
+    clip = moving_pattern(tmp_path / "camera.mp4", seconds=4, size="320x240", fps=10)
+    with av.open(str(clip)) as container:
+        decoded = [frame.to_ndarray(format="rgb24")
+                   for frame in container.decode(container.streams.video[0])]
+    expected = [whole_model_top(manifest, encode_png(Image.fromarray(pixels)))
+                for pixels in decoded]
+    with LocalPipeline(manifest, broker=broker.address) as pipeline:
+        predictions = Predictions(broker, pipeline.topics)
+        with camera_running(broker, pipeline.topics, CameraConfig(name="h264"),
+                            VideoFileSource(clip)):
+            results = sorted(predictions.take(len(decoded)), key=lambda p: p.seq)
+        predictions.stop()
+    assert [p.seq for p in results] == list(range(len(decoded)))
+    assert [p.top[0].label for p in results] == [top[0].label for top in expected]
+    assert [p.top for p in results] == expected
 
 
 def test_aiotedge_run_reads_a_video_and_names_its_frames(split3, generated_frames, tmp_path):

@@ -81,8 +81,9 @@ class _InFlight:
 class Camera:
     """Publishes frames and listens for their results on the pipeline's topics.
 
-    `model` is stage 0's input when known up front (a manifest); otherwise, when asked to
-    preprocess, the camera learns it from stage 0's retained info.
+    `model` is stage 0's input when known up front (a manifest); otherwise the camera learns
+    it from stage 0's retained info: a camera asked to preprocess needs it for every frame, any
+    camera for decoded frames (video), which go as the input tensor (`prepare`).
     """
 
     def __init__(self, session: MqttSession, topics: Topics, options: CameraConfig,
@@ -114,7 +115,7 @@ class Camera:
         self._said_model_unknown = False
         session.subscribe(topics.predictions, self._on_prediction, qos=1)
         session.subscribe(topics.errors, self._on_error, qos=1)
-        if options.preprocess != "none" and model is None:
+        if model is None:  # stage 0 says its preprocessing: needed for decoded frames too
             session.subscribe(topics.all_info, self._on_info, qos=1)
 
     @property
@@ -221,9 +222,12 @@ class Camera:
     def publish(self, seq: int, captured: CapturedFrame) -> str | None:
         """Send one frame; None (counted `unusable`) when its picture cannot be prepared."""
         model = self.model
-        if model is None and self.options.preprocess != "none" and not self._said_model_unknown:
+        if model is None and not self._said_model_unknown and (
+            self.options.preprocess != "none" or captured.encoded is None
+        ):
             log.warning("stage 0's preprocessing is not known yet (no manifest given, and no "
-                        "stage 0 has said it): frames go as they are until it is")
+                        "stage 0 has said it): frames go as they are, decoded ones as PNG, "
+                        "until it is")
             self._said_model_unknown = True
         try:
             payload = prepare(captured, self.options.preprocess, model, self.options.jpeg_quality)
@@ -365,9 +369,10 @@ class Camera:
             return
         model = ModelInput(info.preprocessing, info.input)
         if model != self.model:
-            log.info("stage 0 (%s) takes %dx%d pictures as %s: preprocessing frames here (%s)",
+            log.info("stage 0 (%s) takes %dx%d pictures as %s: preprocessing %s here (%s)",
                      info.node, model.preprocessing.width, model.preprocessing.height,
-                     model.spec, self.options.preprocess)
+                     model.spec, "decoded frames" if self.options.preprocess == "none"
+                     else "frames", self.options.preprocess)
             with self._changed:
                 self.model = model
                 self._changed.notify_all()
