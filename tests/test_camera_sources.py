@@ -180,7 +180,7 @@ def test_decoded_frames_sent_as_they_are_get_the_whole_models_predictions(
 ):
     """A camera's H.264 (lossy, 4:2:0) with the default `preprocess = "none"`: every decoded
     frame is predicted as the whole model predicts those very pixels (a JPEG q90 of them
-    changed the top-1 of 4 of these 40 frames)."""
+    changed the top-1 of 5 of these 40 frames)."""
     av = pytest.importorskip("av")
     manifest = split_into(SHARED_MODEL, 2, SHARED_LABELS)
     clip = moving_pattern(tmp_path / "camera.mp4", seconds=4, size="320x240", fps=10)

@@ -225,9 +225,11 @@ class Camera:
         if model is None and not self._said_model_unknown and (
             self.options.preprocess != "none" or captured.encoded is None
         ):
-            log.warning("stage 0's preprocessing is not known yet (no manifest given, and no "
-                        "stage 0 has said it): frames go as they are, decoded ones as PNG, "
-                        "until it is")
+            # asked to preprocess, a warning; a decoded frame as a PNG is exact, only larger
+            log.log(logging.WARNING if self.options.preprocess != "none" else logging.INFO,
+                    "stage 0's preprocessing is not known yet (no manifest given, and no "
+                    "stage 0 has said it): frames go as they are, decoded ones as PNG, "
+                    "until it is")
             self._said_model_unknown = True
         try:
             payload = prepare(captured, self.options.preprocess, model, self.options.jpeg_quality)
