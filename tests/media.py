@@ -103,9 +103,11 @@ class MjpegCamera:
 
 
 class RtspCamera:
-    """An RTSP camera on 127.0.0.1 (tests/rtsp_server.py), with a login if given one."""
+    """An RTSP camera on 127.0.0.1 (tests/rtsp_server.py), with a login if given one; with
+    `freeze_after`, each client's stream stops after that many frames, its connection kept."""
 
-    def __init__(self, video: Path, port: int, login: str | None = None) -> None:
+    def __init__(self, video: Path, port: int, login: str | None = None,
+                 freeze_after: int | None = None) -> None:
         if not Path(SYSTEM_PYTHON).is_file() or subprocess.run(
             [SYSTEM_PYTHON, str(RTSP_SERVER), "--check"], capture_output=True, check=False
         ).returncode != 0:
@@ -113,7 +115,8 @@ class RtspCamera:
                         "(Debian packages python3-gi gir1.2-gst-rtsp-server-1.0 "
                         "gstreamer1.0-rtsp gstreamer1.0-plugins-good gstreamer1.0-plugins-bad)")
         self.command = [SYSTEM_PYTHON, str(RTSP_SERVER), str(video), str(port),
-                        *(["--user", login] if login else [])]
+                        *(["--user", login] if login else []),
+                        *(["--freeze-after", str(freeze_after)] if freeze_after else [])]
         self.path = f"127.0.0.1:{port}/test"
         self.process: subprocess.Popen | None = None
 

@@ -312,6 +312,31 @@ def test_a_frozen_camera_is_said_to_have_stalled_and_is_read_again(caplog):
     assert "ExitError" not in caplog.text and "Immediate exit" not in caplog.text
 
 
+def test_a_frozen_rtsp_camera_is_one_outage(pattern_clip, caplog):
+    """FFmpeg's RTSP reader gives out the last frame it held back at its first read timeout and
+    fails at the second: that frame is no sign of the camera streaming again."""
+    frames = 20
+    server = RtspCamera(pattern_clip, free_port(), freeze_after=frames).start()
+    changed = threading.Condition()
+    reader = LiveReader(StreamSource(f"rtsp://{server.path}", timeout=1.0), (0.05, 0.1),
+                        changed)
+    try:
+        with changed:
+            reader.start()
+            assert changed.wait_for(lambda: reader.state.startswith("reconnecting"), TIMEOUT)
+            stalled_state = reader.state
+            # the second connection streams: frames beyond the first connection's and one more
+            assert changed.wait_for(lambda: reader.captured > frames + 1, TIMEOUT)
+            outages = reader.reconnects
+    finally:
+        reader.stop()
+        server.kill()
+    assert stalled_state == "reconnecting: stalled: no frame for 1 s"
+    assert outages == 1
+    assert caplog.text.count("streaming again after") == 1, caplog.text
+    assert "ExitError" not in caplog.text and "Immediate exit" not in caplog.text
+
+
 def test_a_wrong_rtsp_password_is_said_without_the_password(broker, pattern_clip, caplog):
     server = RtspCamera(pattern_clip, free_port(), "viewer:right").start()
     source = StreamSource(f"rtsp://viewer:wrong@{server.path}", timeout=2.0)

@@ -96,13 +96,15 @@ class LiveReader:
             frame, self._slot = self._slot, None
             return frame
 
-    def _put(self, frame: CapturedFrame) -> None:
+    def _put(self, frame: CapturedFrame, resumed: bool) -> None:
+        """Keep `frame` as the newest; `resumed`: it says the source streams (again)."""
         with self._changed:
-            if self._down_since is not None:
+            if self._down_since is not None and resumed:
                 log.warning("%s: streaming again after %.1f s down", self.source.name,
                             time.monotonic() - self._down_since)
                 self._problem = self._down_since = None
-            self.state = "streaming"
+            if self._down_since is None:
+                self.state = "streaming"
             self._alive_at = time.monotonic()
             if self._slot is not None:
                 self.dropped += 1
@@ -131,9 +133,17 @@ class LiveReader:
             try:
                 # closed when left, so the source releases its device or connection at once
                 with closing(self.source.frames(self._stop)) as frames:
+                    previous: float | None = None
                     for frame in frames:
                         delay = self.backoff[0]
-                        self._put(frame)
+                        # a frame long after the one before on a stalled connection is the last
+                        # one held back (FFmpeg's RTSP reader gives it out at its first read
+                        # timeout, then fails at the second): only one soon after it says the
+                        # source streams again; a new connection's first frame does
+                        now = time.monotonic()
+                        after = self.source.stall_after
+                        self._put(frame, previous is None or not after or now - previous < after)
+                        previous = now
                         if self._stop.is_set():
                             break
                 if not self._stop.is_set():
