@@ -56,8 +56,8 @@ def prepare(frame: CapturedFrame, mode: str, model: ModelInput | None,
 
     "none" sends what the source has: a photo's bytes, an MJPEG camera's JPEG. A decoded frame
     (H.264 from a file or a camera) has no bytes of its own to pass on, and a lossy copy of it
-    changes stage 0's predictions (JPEG q90 4:2:0: 10 of 100 frames of a clip, q100 4:4:4
-    still 5: docs/cameras.md): it goes as the input tensor once stage 0's preprocessing is
+    changes stage 0's predictions (JPEG q90 4:2:0: 5 of 40 frames of a test clip; q100 4:4:4
+    still 5 of 100: docs/cameras.md): it goes as the input tensor once stage 0's preprocessing is
     known, as a PNG (lossless) until then, so stage 0 sees exactly the decoded pixels.
     "jpeg" sends the picture resized to the model's input, with colour at full resolution (at
     224 pixels, 4:2:0 subsampling changed more top-1 classes than the quality did); "tensor" the

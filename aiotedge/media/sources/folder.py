@@ -92,7 +92,6 @@ class FolderSource(FrameSource):
             observer.stop()
             observer.join()
 
-
     def _photo(self, path: str) -> bool:
         """Whether `path` (as watchdog gives it; "" for none) names a photo in the folder."""
         return bool(path) and Path(path).parent == self.folder and \
