@@ -526,6 +526,7 @@ def test_a_watched_folder_sends_a_photo_moved_in_from_a_sibling_folder_once(tmp_
     said = _Said("watching")
     folder_log = logging.getLogger("aiotedge.media.sources.folder")
     folder_log.addHandler(said)
+    level = folder_log.level
     folder_log.setLevel(logging.INFO)
     frames: queue.Queue[CapturedFrame] = queue.Queue()
     stop = threading.Event()
@@ -545,6 +546,7 @@ def test_a_watched_folder_sends_a_photo_moved_in_from_a_sibling_folder_once(tmp_
         stop.set()
         reader.join(TIMEOUT)
         folder_log.removeHandler(said)
+        folder_log.setLevel(level)
     assert [(f.name, f.encoded) for f in sent] == [("moved.jpg", jpeg(50)),
                                                    ("last.png", jpeg(90))]
 
