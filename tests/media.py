@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import http.server
+import io
 import shutil
+import socket
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -101,9 +103,11 @@ class MjpegCamera:
 
 
 class RtspCamera:
-    """An RTSP camera on 127.0.0.1 (tests/rtsp_server.py), with a login if given one."""
+    """An RTSP camera on 127.0.0.1 (tests/rtsp_server.py), with a login if given one; with
+    `freeze_after`, each client's stream stops after that many frames, its connection kept."""
 
-    def __init__(self, video: Path, port: int, login: str | None = None) -> None:
+    def __init__(self, video: Path, port: int, login: str | None = None,
+                 freeze_after: int | None = None) -> None:
         if not Path(SYSTEM_PYTHON).is_file() or subprocess.run(
             [SYSTEM_PYTHON, str(RTSP_SERVER), "--check"], capture_output=True, check=False
         ).returncode != 0:
@@ -111,7 +115,8 @@ class RtspCamera:
                         "(Debian packages python3-gi gir1.2-gst-rtsp-server-1.0 "
                         "gstreamer1.0-rtsp gstreamer1.0-plugins-good gstreamer1.0-plugins-bad)")
         self.command = [SYSTEM_PYTHON, str(RTSP_SERVER), str(video), str(port),
-                        *(["--user", login] if login else [])]
+                        *(["--user", login] if login else []),
+                        *(["--freeze-after", str(freeze_after)] if freeze_after else [])]
         self.path = f"127.0.0.1:{port}/test"
         self.process: subprocess.Popen | None = None
 
@@ -130,6 +135,59 @@ class RtspCamera:
             self.process.wait()
             self.process.stdout.close()
             self.process = None
+
+
+class FreezingMjpegCamera:
+    """An HTTP MJPEG camera on 127.0.0.1 that freezes: its first client gets a few JPEGs, then
+    nothing on a connection it keeps open (a hung camera); later clients get a JPEG every
+    `period` seconds, as a camera back to normal."""
+
+    BOUNDARY = b"frame"
+
+    def __init__(self, before_freezing: int = 3, period: float = 0.05) -> None:
+        self.before_freezing, self.period = before_freezing, period
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._server.getsockname()[1]}/stream.mjpg"
+        self._closed = threading.Event()
+        self._clients: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):  # closed
+            while True:
+                client, _ = self._server.accept()
+                self._clients.append(client)
+                threading.Thread(target=self._stream, args=(client, len(self._clients)),
+                                 daemon=True).start()
+
+    def _stream(self, client: socket.socket, number: int) -> None:
+        with contextlib.suppress(OSError):  # the reader went away
+            client.recv(65536)  # the request
+            client.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: multipart/x-mixed-replace;"
+                           b"boundary=" + self.BOUNDARY + b"\r\n\r\n")
+            sent = 0
+            while not self._closed.is_set():
+                if number == 1 and sent == self.before_freezing:
+                    self._closed.wait()  # frozen: the connection stays, nothing comes
+                    break
+                out = io.BytesIO()
+                Image.new("RGB", (64, 48), (sent % 256, 90, 160)).save(out, format="JPEG")
+                jpeg = out.getvalue()
+                client.sendall(b"--" + self.BOUNDARY + b"\r\nContent-Type: image/jpeg\r\n"
+                               b"Content-Length: %d\r\n\r\n" % len(jpeg) + jpeg + b"\r\n")
+                sent += 1
+                if number > 1:
+                    self._closed.wait(self.period)
+
+    def close(self) -> None:
+        self._closed.set()
+        with contextlib.suppress(OSError):
+            self._server.shutdown(socket.SHUT_RDWR)  # wakes the accept
+        self._server.close()
+        for client in self._clients:
+            client.close()
+        self._thread.join(TIMEOUT)
 
 
 @contextlib.contextmanager

@@ -1,13 +1,14 @@
 """An RTSP camera on loopback for the camera tests, from Debian's GStreamer packages only.
 
-    /usr/bin/python3 tests/rtsp_server.py VIDEO.mp4 PORT [--user USER:PASSWORD]
+    /usr/bin/python3 tests/rtsp_server.py VIDEO.mp4 PORT [--user USER:PASSWORD] [--freeze-after N]
 
 Run by the system interpreter, which has the GObject bindings (python3-gi,
 gir1.2-gst-rtsp-server-1.0, gstreamer1.0-rtsp, gstreamer1.0-plugins-base/good/bad): it serves
 rtsp://127.0.0.1:PORT/test, looping the file's H.264 without encoding it again (its access units
 are read once, then pushed for ever with rising timestamps, so a client sees one endless
-stream), and prints "serving" once it listens. `--check` only tries the imports: exit 0 when
-this machine can run it.
+stream), and prints "serving" once it listens. `--freeze-after N`: each client's stream stops
+after N frames while its connection stays open, as a camera that hangs. `--check` only tries
+the imports: exit 0 when this machine can run it.
 """
 
 from __future__ import annotations
@@ -48,9 +49,11 @@ def access_units(path: str) -> tuple[list[tuple[bytes, bool]], Gst.Caps]:
 class LoopingFactory(GstRtspServer.RTSPMediaFactory):
     """One shared stream for every client, made of the file's access units round and round."""
 
-    def __init__(self, units: list[tuple[bytes, bool]], caps: Gst.Caps, fps: int) -> None:
+    def __init__(self, units: list[tuple[bytes, bool]], caps: Gst.Caps, fps: int,
+                 freeze_after: int | None = None) -> None:
         super().__init__()
         self.units, self.caps, self.fps = units, caps, fps
+        self.freeze_after = freeze_after
         self.set_shared(True)
 
     def do_create_element(self, _url):
@@ -65,6 +68,8 @@ class LoopingFactory(GstRtspServer.RTSPMediaFactory):
         duration = Gst.SECOND // self.fps
 
         def need_data(appsrc, _length):
+            if self.freeze_after is not None and sent[0] >= self.freeze_after:
+                return  # frozen: nothing more, and the connection stays
             data, key = self.units[sent[0] % len(self.units)]
             buffer = Gst.Buffer.new_wrapped(data)
             buffer.pts = buffer.dts = sent[0] * duration
@@ -96,12 +101,13 @@ def main() -> None:
     parser.add_argument("port", nargs="?", type=int)
     parser.add_argument("--fps", type=int, default=30)
     parser.add_argument("--user", help="USER:PASSWORD a client must log in with (Basic)")
+    parser.add_argument("--freeze-after", type=int, help="frames each client gets, then none")
     parser.add_argument("--check", action="store_true")
     args = parser.parse_args()
     if args.check:
         return
     Gst.init(None)
-    factory = LoopingFactory(*access_units(args.video), args.fps)
+    factory = LoopingFactory(*access_units(args.video), args.fps, args.freeze_after)
     server = GstRtspServer.RTSPServer()
     server.set_address("127.0.0.1")
     server.set_service(str(args.port))

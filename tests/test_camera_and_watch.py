@@ -66,3 +66,20 @@ def test_watch_prints_each_prediction_once_and_survives_junk(broker):
     publisher.stop()
     assert watch.returncode == 0
     assert out.splitlines() == ["cam0#0 cat 0.750 12.5 ms", "cam0#1 cat 0.750 12.5 ms"]
+
+
+def test_the_final_stats_say_whether_the_source_ended_or_the_camera_stopped(
+    broker, generated_frames
+):
+    pipeline = AnsweringStage(broker, "final")
+    session = connected(broker, "camera-final")
+    camera = Camera(session, pipeline.topics, CameraConfig(name="final"))
+    assert camera.stats_snapshot()["source_state"] == "reading"
+    camera.run(Stills(generated_frames))  # to the last photo
+    ended = camera.stats_snapshot()
+    camera.run(Stills(generated_frames, loop=True), frames=2)  # stopped after two
+    stopped = camera.stats_snapshot()
+    session.stop()
+    pipeline.stop()
+    assert ended["source_state"] == "ended" and ended["published"] == len(generated_frames)
+    assert stopped["source_state"] == "stopped"

@@ -24,8 +24,9 @@ from aiotedge.contracts.manifest import Manifest
 from aiotedge.contracts.topics import Topics
 from aiotedge.contracts.wire import decode_photo
 from aiotedge.media.image import decode_image, list_images, model_size, read_photo
-from aiotedge.media.prepare import ModelInput
+from aiotedge.media.prepare import ModelInput, encode_png
 from aiotedge.media.sources import FrameSource, Stills
+from aiotedge.media.sources.live import LiveReader
 from aiotedge.media.sources.stream import StreamSource
 from aiotedge.media.sources.video import VideoFileSource
 from aiotedge.nodes.broker import free_port
@@ -40,7 +41,14 @@ from tests.conftest import (
     AnsweringStage,
     whole_model_top,
 )
-from tests.media import MjpegCamera, RtspCamera, hls_camera, moving_pattern, write_video
+from tests.media import (
+    FreezingMjpegCamera,
+    MjpegCamera,
+    RtspCamera,
+    hls_camera,
+    moving_pattern,
+    write_video,
+)
 
 #: bound for one awaited event; never a synchronisation
 TIMEOUT = 60.0
@@ -167,6 +175,31 @@ def test_a_video_made_of_photos_gives_their_predictions_in_order(broker, photose
     assert [p.top for p in results] == [top for top in expected for _ in range(hold)]
 
 
+def test_decoded_frames_sent_as_they_are_get_the_whole_models_predictions(
+    broker, shared_data, split_into, tmp_path
+):
+    """A camera's H.264 (lossy, 4:2:0) with the default `preprocess = "none"`: every decoded
+    frame is predicted as the whole model predicts those very pixels (a JPEG q90 of them
+    changed the top-1 of 5 of these 40 frames)."""
+    av = pytest.importorskip("av")
+    manifest = split_into(SHARED_MODEL, 2, SHARED_LABELS)
+    clip = moving_pattern(tmp_path / "camera.mp4", seconds=4, size="320x240", fps=10)
+    with av.open(str(clip)) as container:
+        decoded = [frame.to_ndarray(format="rgb24")
+                   for frame in container.decode(container.streams.video[0])]
+    expected = [whole_model_top(manifest, encode_png(Image.fromarray(pixels)))
+                for pixels in decoded]
+    with LocalPipeline(manifest, broker=broker.address) as pipeline:
+        predictions = Predictions(broker, pipeline.topics)
+        with camera_running(broker, pipeline.topics, CameraConfig(name="h264"),
+                            VideoFileSource(clip)):
+            results = sorted(predictions.take(len(decoded)), key=lambda p: p.seq)
+        predictions.stop()
+    assert [p.seq for p in results] == list(range(len(decoded)))
+    assert [p.top[0].label for p in results] == [top[0].label for top in expected]
+    assert [p.top for p in results] == expected
+
+
 def test_aiotedge_run_reads_a_video_and_names_its_frames(split3, generated_frames, tmp_path):
     pictures = [model_size(decode_image(data), split3.preprocessing)
                 for _, data in generated_frames[:2]]
@@ -256,6 +289,54 @@ def test_an_rtsp_camera_with_a_login_is_read_without_showing_the_password(
     logged = caplog.text
     assert f"rtsp://viewer:***@{server.path}" in logged
     assert "p@ss" not in logged and "p%40ss" not in logged
+
+
+def test_a_frozen_camera_is_said_to_have_stalled_and_is_read_again(caplog):
+    """A camera that keeps its connection and sends nothing more: said as a stall once it has
+    been silent for the timeout, one outage, never PyAV's "Immediate exit requested"."""
+    camera = FreezingMjpegCamera(before_freezing=3)
+    changed = threading.Condition()
+    reader = LiveReader(StreamSource(camera.url, timeout=1.0), (0.05, 0.1), changed)
+    try:
+        with changed:
+            reader.start()
+            assert changed.wait_for(lambda: reader.state.startswith("reconnecting"), TIMEOUT)
+            stalled_state = reader.state
+            # the second connection streams: frames beyond the first three
+            assert changed.wait_for(lambda: reader.captured > 5, TIMEOUT)
+    finally:
+        reader.stop()
+        camera.close()
+    assert stalled_state == "reconnecting: stalled: no frame for 1 s"
+    assert reader.reconnects == 1
+    assert f"{camera.url}: stalled: no frame for 1 s; reconnecting" in caplog.text
+    assert f"{camera.url}: streaming again after " in caplog.text
+    assert "ExitError" not in caplog.text and "Immediate exit" not in caplog.text
+
+
+def test_a_frozen_rtsp_camera_is_one_outage(pattern_clip, caplog):
+    """FFmpeg's RTSP reader gives out the last frame it held back at its first read timeout and
+    fails at the second: that frame is no sign of the camera streaming again."""
+    frames = 20
+    server = RtspCamera(pattern_clip, free_port(), freeze_after=frames).start()
+    changed = threading.Condition()
+    reader = LiveReader(StreamSource(f"rtsp://{server.path}", timeout=1.0), (0.05, 0.1),
+                        changed)
+    try:
+        with changed:
+            reader.start()
+            assert changed.wait_for(lambda: reader.state.startswith("reconnecting"), TIMEOUT)
+            stalled_state = reader.state
+            # the second connection streams: frames beyond the first connection's and one more
+            assert changed.wait_for(lambda: reader.captured > frames + 1, TIMEOUT)
+            outages = reader.reconnects
+    finally:
+        reader.stop()
+        server.kill()
+    assert stalled_state == "reconnecting: stalled: no frame for 1 s"
+    assert outages == 1
+    assert caplog.text.count("streaming again after") == 1, caplog.text
+    assert "ExitError" not in caplog.text and "Immediate exit" not in caplog.text
 
 
 def test_a_wrong_rtsp_password_is_said_without_the_password(broker, pattern_clip, caplog):

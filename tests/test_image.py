@@ -239,15 +239,21 @@ def test_a_camera_preprocesses_a_turned_photo_as_stage_zero_would(orientation, i
     np.testing.assert_allclose(np.asarray(small, dtype=int), upright, atol=24)
 
 
-def test_a_camera_sends_a_photo_untouched_and_decoded_frames_as_jpeg():
+def test_a_camera_sends_a_photo_untouched_and_decoded_frames_exactly():
     photo = png()
     assert prepare(CapturedFrame(1.0, "p", encoded=photo), "none", CAMERA_MODEL, 90) is photo
     # until stage 0's preprocessing is known, frames go as they are
     assert prepare(CapturedFrame(1.0, "p", encoded=photo), "tensor", None, 90) is photo
+    # a decoded frame has no bytes of its own: its exact pixels, as a PNG until the model is
+    # known, then as the tensor stage 0 would make of them
     decoded = CapturedFrame(1.0, "d", pixels=gradient)
-    jpeg = Image.open(io.BytesIO(prepare(decoded, "none", CAMERA_MODEL, 90)))
-    assert (jpeg.format, jpeg.size) == ("JPEG", (48, 32))
-    assert snapshot_jpeg(decoded, 90) == prepare(decoded, "none", CAMERA_MODEL, 90)
+    for mode in ("none", "jpeg", "tensor"):
+        lossless = Image.open(io.BytesIO(prepare(decoded, mode, None, 90)))
+        assert lossless.format == "PNG"
+        np.testing.assert_array_equal(np.asarray(lossless), gradient())
+    np.testing.assert_array_equal(prepare(decoded, "none", CAMERA_MODEL, 90), preprocess(
+        Image.fromarray(gradient()), CAMERA_MODEL.preprocessing, CAMERA_MODEL.spec))
+    assert Image.open(io.BytesIO(snapshot_jpeg(decoded, 90))).format == "JPEG"
     assert Image.open(io.BytesIO(snapshot_jpeg(CapturedFrame(1.0, "p", encoded=photo),
                                                90))).format == "JPEG"
     with pytest.raises(ImageError):

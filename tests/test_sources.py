@@ -7,6 +7,8 @@ from __future__ import annotations
 import importlib.util
 import io
 import logging
+import os
+import queue
 import shutil
 import tempfile
 import threading
@@ -104,12 +106,14 @@ def test_watch_is_for_folders_only(generated_photos):
 class ScriptedSource(FrameSource):
     """A live source whose connections follow a script: each entry is a number of frames to
     give and then how the connection ends ("drop": an exception; "end": the source ends;
-    "hold": it waits until `release` is set, as a camera that keeps streaming)."""
+    "hold": it waits until `release` is set, as a camera that keeps streaming; "freeze": the
+    same, then fails as PyAV does when its read timeout interrupts it)."""
 
     live = True
 
-    def __init__(self, script: list[tuple[int, str]]) -> None:
+    def __init__(self, script: list[tuple[int, str]], stall_after: float | None = None) -> None:
         self.name = "scripted"
+        self.stall_after = stall_after
         self.script = list(script)
         self.opened = 0
         self.closed = 0
@@ -124,9 +128,12 @@ class ScriptedSource(FrameSource):
                 yield CapturedFrame(time.time(), f"{self.opened}:{index}", encoded=jpeg(index))
             if ending == "drop":
                 raise SourceDroppedError(f"connection {self.opened} dropped")
-            if ending == "hold":
+            if ending in ("hold", "freeze"):
                 self.holding.set()
                 self.release.wait(TIMEOUT)
+            if ending == "freeze":
+                self.release.clear()
+                raise RuntimeError("[Errno 1414092869] Immediate exit requested")
         finally:
             self.closed += 1
 
@@ -152,7 +159,8 @@ def test_a_dropped_source_is_opened_again_and_said_so_once(caplog):
         assert reader.take(TIMEOUT).name == "4:2"
         source.release.set()
         reader.stop()
-    assert (source.opened, source.closed, reader.reconnects) == (4, 4, 3)
+    # one outage, however many attempts it took to open the source again
+    assert (source.opened, source.closed, reader.reconnects, reader.attempts) == (4, 4, 1, 3)
     assert reader.state == "ended"
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     # one line per change of reason, then one when it streams again
@@ -160,6 +168,44 @@ def test_a_dropped_source_is_opened_again_and_said_so_once(caplog):
     assert "connection 2 dropped" in warnings[1] and "connection 3 dropped" in warnings[2]
     assert warnings[3].startswith("scripted: streaming again after ")
     assert len(warnings) == 4
+
+
+def test_reconnects_count_outages_and_attempts_are_counted_apart():
+    source = ScriptedSource([(2, "drop"), (0, "drop"), (1, "drop"), (0, "drop"), (0, "drop"),
+                             (3, "hold")])
+    reader = LiveReader(source, FAST_BACKOFF).start()
+    assert source.holding.wait(TIMEOUT)
+    source.release.set()
+    reader.stop()
+    assert (reader.reconnects, reader.attempts) == (2, 5)
+
+
+def test_a_frozen_source_is_said_to_have_stalled_and_is_opened_again(caplog):
+    """A source that keeps its connection and sends nothing: the state says so once it has
+    been silent for `stall_after`, not when the library gives up; the library's interrupt
+    is never the reason shown; it counts as one outage."""
+    source = ScriptedSource([(2, "freeze"), (3, "hold")], stall_after=0.05)
+    changed = threading.Condition()
+    with caplog.at_level(logging.INFO):
+        reader = LiveReader(source, FAST_BACKOFF, condition=changed).start()
+        with changed:
+            assert changed.wait_for(lambda: reader.state != "streaming"
+                                    and source.holding.is_set(), TIMEOUT), reader.state
+        assert reader.state == "reconnecting: stalled: no frame for 0.05 s"
+        assert source.opened == 1  # said while the library still waits
+        source.holding.clear()
+        source.release.set()  # the library gives up: PyAV's ExitError
+        assert source.holding.wait(TIMEOUT)  # the second connection streams
+        with changed:
+            assert changed.wait_for(lambda: reader.state == "streaming", TIMEOUT)
+        source.release.set()
+        reader.stop()
+    assert (reader.reconnects, reader.attempts) == (1, 1)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings[0] == "scripted: stalled: no frame for 0.05 s; reconnecting (every 0.0 s " \
+        "at most)"
+    assert warnings[1].startswith("scripted: streaming again after ")
+    assert len(warnings) == 2 and "Immediate exit" not in caplog.text
 
 
 def test_a_source_that_ends_ends_the_reader():
@@ -296,7 +342,7 @@ def test_a_device_that_fails_and_comes_back_is_read_again():
     taken = reader.take(TIMEOUT)
     reader.stop()
     assert taken is not None and taken.encoded == jpeg(9)
-    assert reader.reconnects >= 2 and later.closed
+    assert reader.reconnects >= 1 and reader.attempts >= 2 and later.closed
 
 
 def test_stream_credentials_are_encoded_in_the_url_and_never_shown():
@@ -454,3 +500,53 @@ def test_a_folder_is_read_in_order_once_or_round_and_round(generated_photos, gen
         if len(looped) == len(generated_frames) + 1:
             stop.set()
     assert looped == [name for name, _ in generated_frames] + [generated_frames[0][0]]
+
+
+class _Said(logging.Handler):
+    """Sets `event` when a log message starts with `start`: what a test awaits."""
+
+    def __init__(self, start: str) -> None:
+        super().__init__()
+        self.start, self.event = start, threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith(self.start):
+            self.event.set()
+
+
+def test_a_watched_folder_sends_a_photo_moved_in_from_a_sibling_folder_once(tmp_path):
+    """The usual write-then-rename: written whole in a folder beside, then `mv`ed in (one
+    rename on one filesystem: no write, no close in the watched folder). Renamed again inside
+    the folder, it is the same photo: not sent twice."""
+    pytest.importorskip("watchdog")
+    drop, incoming = tmp_path / "drop", tmp_path / "incoming"
+    drop.mkdir()
+    incoming.mkdir()
+    (incoming / "moved.jpg").write_bytes(jpeg(50))
+    said = _Said("watching")
+    folder_log = logging.getLogger("aiotedge.media.sources.folder")
+    folder_log.addHandler(said)
+    level = folder_log.level
+    folder_log.setLevel(logging.INFO)
+    frames: queue.Queue[CapturedFrame] = queue.Queue()
+    stop = threading.Event()
+    source = FolderSource(drop, watch=True)
+    reader = threading.Thread(target=lambda: [frames.put(f) for f in source.frames(stop)])
+    reader.start()
+    try:
+        assert said.event.wait(TIMEOUT)
+        os.rename(incoming / "moved.jpg", drop / "moved.jpg")  # mv incoming/moved.jpg drop/
+        sent = [frames.get(timeout=TIMEOUT)]
+        os.rename(drop / "moved.jpg", drop / "renamed.jpg")  # the same photo
+        (drop / "last.png").write_bytes(jpeg(90))  # written in place: sent when closed
+        sent.append(frames.get(timeout=TIMEOUT))
+        while sent[-1].name != "last.png":
+            sent.append(frames.get(timeout=TIMEOUT))
+    finally:
+        stop.set()
+        reader.join(TIMEOUT)
+        folder_log.removeHandler(said)
+        folder_log.setLevel(level)
+    assert [(f.name, f.encoded) for f in sent] == [("moved.jpg", jpeg(50)),
+                                                   ("last.png", jpeg(90))]
+

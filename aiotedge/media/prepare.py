@@ -43,21 +43,33 @@ def encode_jpeg(image: Image.Image, quality: int, subsampling: int = SUBSAMPLING
     return out.getvalue()
 
 
+def encode_png(image: Image.Image) -> bytes:
+    """Lossless, at zlib's fastest level: the pixels exactly, for a third of raw RGB's bytes."""
+    out = io.BytesIO()
+    image.convert("RGB").save(out, format="PNG", compress_level=1)
+    return out.getvalue()
+
+
 def prepare(frame: CapturedFrame, mode: str, model: ModelInput | None,
             quality: int) -> bytes | np.ndarray:
     """The frame's payload: image bytes, or the model's input tensor.
 
-    "none" (or a model not known yet) sends what the source has (a decoded frame as a JPEG);
-    "jpeg" the picture resized to the model's input, with colour at full resolution (at 224
-    pixels, 4:2:0 subsampling changed more top-1 classes than the quality did: docs/cameras.md);
-    "tensor" the input tensor. Raises ImageError for a picture stage 0 could not use either.
+    "none" sends what the source has: a photo's bytes, an MJPEG camera's JPEG. A decoded frame
+    (H.264 from a file or a camera) has no bytes of its own to pass on, and a lossy copy of it
+    changes stage 0's predictions (JPEG q90 4:2:0: 5 of 40 frames of a test clip; q100 4:4:4
+    still 5 of 100: docs/cameras.md): it goes as the input tensor once stage 0's preprocessing is
+    known, as a PNG (lossless) until then, so stage 0 sees exactly the decoded pixels.
+    "jpeg" sends the picture resized to the model's input, with colour at full resolution (at
+    224 pixels, 4:2:0 subsampling changed more top-1 classes than the quality did); "tensor" the
+    input tensor; either as "none" until the model is known. Raises ImageError for a picture
+    stage 0 could not use either.
     """
-    if mode == "none" or model is None:
-        if frame.encoded is not None:
-            return frame.encoded
-        return encode_jpeg(frame.picture(), quality)
+    if frame.encoded is not None and (mode == "none" or model is None):
+        return frame.encoded
     picture = frame.picture()
-    if mode == "tensor":
+    if model is None:
+        return encode_png(picture)
+    if mode in ("none", "tensor"):
         return preprocess(picture, model.preprocessing, model.spec)
     return encode_jpeg(model_size(picture, model.preprocessing), quality, SUBSAMPLING_444)
 

@@ -81,8 +81,9 @@ class _InFlight:
 class Camera:
     """Publishes frames and listens for their results on the pipeline's topics.
 
-    `model` is stage 0's input when known up front (a manifest); otherwise, when asked to
-    preprocess, the camera learns it from stage 0's retained info.
+    `model` is stage 0's input when known up front (a manifest); otherwise the camera learns
+    it from stage 0's retained info: a camera asked to preprocess needs it for every frame, any
+    camera for decoded frames (video), which go as the input tensor (`prepare`).
     """
 
     def __init__(self, session: MqttSession, topics: Topics, options: CameraConfig,
@@ -103,7 +104,10 @@ class Camera:
         self.stats = NodeStats(CAMERA_COUNTERS)
         self.counters = self.stats.counters
         self._reader: LiveReader | None = None
-        #: captured, dropped and reconnects of earlier runs' readers
+        #: the source's state when no live reader says it: "reading" (a folder, a video read
+        #: as fast as the pipeline takes it), then "ended" or "stopped"
+        self._source_state = "reading"
+        #: captured, dropped, reconnects and attempts of earlier runs' readers
         self._earlier: Counter[str] = Counter()
         self._rate_base = (time.monotonic(), 0, 0)
         self._rejected_in_a_row = 0
@@ -111,7 +115,7 @@ class Camera:
         self._said_model_unknown = False
         session.subscribe(topics.predictions, self._on_prediction, qos=1)
         session.subscribe(topics.errors, self._on_error, qos=1)
-        if options.preprocess != "none" and model is None:
+        if model is None:  # stage 0 says its preprocessing: needed for decoded frames too
             session.subscribe(topics.all_info, self._on_info, qos=1)
 
     @property
@@ -161,6 +165,7 @@ class Camera:
             self._in_flight.clear()
         reader = LiveReader(source, condition=self._changed) if source.live else None
         self._reader = reader
+        self._source_state = "reading"
         published = 0
         try:
             if reader is not None:
@@ -172,10 +177,12 @@ class Camera:
                     if frames is not None and published >= frames:
                         break
         finally:
+            # what the final stats say: the source had no more frames, or the camera stopped
+            done = stop.is_set() or (frames is not None and published >= frames)
+            self._source_state = "stopped" if done else "ended"
             if reader is not None:
                 reader.stop()
-                self._earlier.update(captured=reader.captured, dropped=reader.dropped,
-                                     reconnects=reader.reconnects)
+                self._earlier.update(_reader_counts(reader))
                 self._reader = None
         self._wait_until(lambda: not self._in_flight, stop)
         return published
@@ -215,9 +222,14 @@ class Camera:
     def publish(self, seq: int, captured: CapturedFrame) -> str | None:
         """Send one frame; None (counted `unusable`) when its picture cannot be prepared."""
         model = self.model
-        if model is None and self.options.preprocess != "none" and not self._said_model_unknown:
-            log.warning("stage 0's preprocessing is not known yet (no manifest given, and no "
-                        "stage 0 has said it): frames go as they are until it is")
+        if model is None and not self._said_model_unknown and (
+            self.options.preprocess != "none" or captured.encoded is None
+        ):
+            # asked to preprocess, a warning; a decoded frame as a PNG is exact, only larger
+            log.log(logging.WARNING if self.options.preprocess != "none" else logging.INFO,
+                    "stage 0's preprocessing is not known yet (no manifest given, and no "
+                    "stage 0 has said it): frames go as they are, decoded ones as PNG, "
+                    "until it is")
             self._said_model_unknown = True
         try:
             payload = prepare(captured, self.options.preprocess, model, self.options.jpeg_quality)
@@ -359,9 +371,10 @@ class Camera:
             return
         model = ModelInput(info.preprocessing, info.input)
         if model != self.model:
-            log.info("stage 0 (%s) takes %dx%d pictures as %s: preprocessing frames here (%s)",
+            log.info("stage 0 (%s) takes %dx%d pictures as %s: preprocessing %s here (%s)",
                      info.node, model.preprocessing.width, model.preprocessing.height,
-                     model.spec, self.options.preprocess)
+                     model.spec, "decoded frames" if self.options.preprocess == "none"
+                     else "frames", self.options.preprocess)
             with self._changed:
                 self.model = model
                 self._changed.notify_all()
@@ -378,8 +391,7 @@ class Camera:
         reader = self._reader
         counts = Counter(self._earlier)
         if reader is not None:
-            counts.update(captured=reader.captured, dropped=reader.dropped,
-                          reconnects=reader.reconnects)
+            counts.update(_reader_counts(reader))
         published = self.counters.get("published")
         captured = counts["captured"] if counts["captured"] or reader else published
         now = time.monotonic()
@@ -390,9 +402,10 @@ class Camera:
             in_flight = len(self._in_flight)
         return self.stats.snapshot(
             captured=captured, dropped=counts["dropped"], reconnects=counts["reconnects"],
+            reconnect_attempts=counts["attempts"],
             fps=round((published - published_then) / elapsed, 2),
             capture_fps=round((captured - captured_then) / elapsed, 2),
-            in_flight=in_flight, source_state=reader.state if reader else "reading",
+            in_flight=in_flight, source_state=reader.state if reader else self._source_state,
         )
 
     def publish_stats(self) -> dict:
@@ -406,6 +419,12 @@ class Camera:
         stats = self.publish_stats()
         systemd.notify(f"STATUS=camera {self.options.name}: {stats['source_state']}, "
                        f"{stats['published']} published, {stats['dropped']} dropped")
+
+
+def _reader_counts(reader: LiveReader) -> dict[str, int]:
+    """What a live source's reader counted: frames read and dropped, outages, attempts."""
+    return {"captured": reader.captured, "dropped": reader.dropped,
+            "reconnects": reader.reconnects, "attempts": reader.attempts}
 
 
 # -- the daemon -------------------------------------------------------------------------------

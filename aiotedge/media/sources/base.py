@@ -76,6 +76,8 @@ class FrameSource(ABC):
     #: the source's name in logs, status and frame names; never holds a password
     name: str
     live: bool = False
+    #: seconds without a frame after which a live source counts as stalled (None: never)
+    stall_after: float | None = None
 
     @abstractmethod
     def frames(self, stop: threading.Event) -> Iterator[CapturedFrame]:

@@ -66,17 +66,19 @@ class FolderSource(FrameSource):
 
         def on_event(event) -> None:  # on the observer's thread
             if isinstance(event, closed):
-                path = Path(event.src_path)
-            elif isinstance(event, moved):
-                path = Path(event.dest_path)
+                path = event.src_path
+            elif isinstance(event, moved) and not self._photo(event.src_path):
+                # moved in: from outside the folder (`mv` from a folder beside it), or from a
+                # name that is no photo's (upload.part); a photo renamed in the folder was sent
+                path = event.dest_path
             else:
                 return
-            if path.parent == self.folder and path.suffix.lower() in IMAGE_SUFFIXES:
-                written.put(path)
+            if self._photo(path):
+                written.put(Path(path))
 
         handler = handler_class()
         handler.on_any_event = on_event
-        observer = observer_class()
+        observer = _full_events(observer_class)
         observer.schedule(handler, str(self.folder), recursive=False)
         observer.start()
         log.info("watching %s for new photos", self.folder)
@@ -89,6 +91,25 @@ class FolderSource(FrameSource):
         finally:
             observer.stop()
             observer.join()
+
+    def _photo(self, path: str) -> bool:
+        """Whether `path` (as watchdog gives it; "" for none) names a photo in the folder."""
+        return bool(path) and Path(path).parent == self.folder and \
+            Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def _full_events(observer_class: type):
+    """An observer that reports a file moved in from an unwatched folder as a move.
+
+    inotify says "moved to" for it, with no "moved from"; watchdog's inotify observer reports
+    that as created unless asked for full events, and "created" is also the first thing a
+    writer's new file says, long before it is whole. Other systems' observers have no such
+    switch, and no "closed" event either: watching needs inotify (Linux).
+    """
+    try:
+        return observer_class(generate_full_events=True)
+    except TypeError:
+        return observer_class()
 
 
 def _watchdog() -> tuple[type, type, type, type]:

@@ -4,6 +4,11 @@ A camera produces frames whether or not the pipeline has room for them. Queueing
 grow memory without bound while the pipeline (or the broker) is behind or away, and every frame
 sent would be older than the last; so the reader keeps only the newest frame, and the camera
 takes it when it can send one. Frames overwritten before anyone took them are counted.
+
+A source that keeps its connection and stops sending (a frozen camera) blocks the reader inside
+its library until the library's own read timeout gives up; a second thread notices the silence
+as soon as it is longer than the source's `stall_after`, so the state and the log say "stalled"
+at once instead of "streaming", and the library's interrupt is never the reason shown.
 """
 
 from __future__ import annotations
@@ -29,24 +34,37 @@ class LiveReader:
     def __init__(self, source: FrameSource,
                  backoff: tuple[float, float] = (BACKOFF_FIRST, BACKOFF_MAX),
                  condition: threading.Condition | None = None) -> None:
-        """`condition`, if given, is notified of every frame: a consumer waiting on it for
-        other things too (room to send) wakes when a frame comes."""
+        """`condition`, if given, is notified of every frame and change of state: a consumer
+        waiting on it for other things too (room to send) wakes when a frame comes."""
         self.source = source
         self.backoff = backoff
         self._slot: CapturedFrame | None = None
         self._changed = condition or threading.Condition()
         self._stop = threading.Event()
         self._ended = False
-        #: frames read, frames overwritten before they were taken, times the source dropped
+        #: frames read, frames overwritten before they were taken
         self.captured = 0
         self.dropped = 0
+        #: times the source went down (dropped, stalled, or could not be opened), however many
+        #: attempts each took to open it again; and those attempts
         self.reconnects = 0
+        self.attempts = 0
         #: "connecting", "streaming", "reconnecting: <why>" or "ended": for status and logs
         self.state = "connecting"
-        self._thread = threading.Thread(target=self._run, name="source-reader", daemon=True)
+        #: why the source is down, and since when (None: it is not)
+        self._problem: str | None = None
+        self._down_since: float | None = None
+        #: when the source last gave a frame, or was opened
+        self._alive_at = time.monotonic()
+        self._threads = [threading.Thread(target=self._run, name="source-reader", daemon=True)]
+        if source.stall_after:
+            self._threads.append(threading.Thread(target=self._watch_for_stalls,
+                                                  args=(source.stall_after,),
+                                                  name="source-stall-watch", daemon=True))
 
     def start(self) -> LiveReader:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
         return self
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -58,8 +76,9 @@ class LiveReader:
         self._stop.set()
         with self._changed:
             self._changed.notify_all()
-        self._thread.join(timeout)
-        if self._thread.is_alive():
+        for thread in self._threads:
+            thread.join(timeout)
+        if self._threads[0].is_alive():
             log.warning("%s: the reader did not stop within %.0f s", self.source.name, timeout)
 
     @property
@@ -77,49 +96,89 @@ class LiveReader:
             frame, self._slot = self._slot, None
             return frame
 
-    def _put(self, frame: CapturedFrame) -> None:
+    def _put(self, frame: CapturedFrame, resumed: bool) -> None:
+        """Keep `frame` as the newest; `resumed`: it says the source streams (again)."""
         with self._changed:
+            if self._down_since is not None and resumed:
+                log.warning("%s: streaming again after %.1f s down", self.source.name,
+                            time.monotonic() - self._down_since)
+                self._problem = self._down_since = None
+            if self._down_since is None:
+                self.state = "streaming"
+            self._alive_at = time.monotonic()
             if self._slot is not None:
                 self.dropped += 1
             self._slot = frame
             self.captured += 1
             self._changed.notify_all()
 
+    def _went_down(self, reason: str) -> None:
+        """Count an outage when one begins, and say why once per change of reason (called
+        under the lock)."""
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+            self.reconnects += 1
+        if reason != self._problem:
+            log.warning("%s: %s; reconnecting (every %.1f s at most)", self.source.name, reason,
+                        self.backoff[1])
+        self._problem = reason
+        self.state = f"reconnecting: {reason}"
+        self._changed.notify_all()
+
     def _run(self) -> None:
         delay = self.backoff[0]
-        problem: str | None = None
-        down_since = 0.0
         while not self._stop.is_set():
+            with self._changed:
+                self._alive_at = time.monotonic()
             try:
                 # closed when left, so the source releases its device or connection at once
                 with closing(self.source.frames(self._stop)) as frames:
+                    previous: float | None = None
                     for frame in frames:
-                        if problem is not None:
-                            log.warning("%s: streaming again after %.1f s down",
-                                        self.source.name, time.monotonic() - down_since)
-                            problem = None
-                        self.state = "streaming"
                         delay = self.backoff[0]
-                        self._put(frame)
+                        # a frame long after the one before on a stalled connection is the last
+                        # one held back (FFmpeg's RTSP reader gives it out at its first read
+                        # timeout, then fails at the second): only one soon after it says the
+                        # source streams again; a new connection's first frame does
+                        now = time.monotonic()
+                        after = self.source.stall_after
+                        self._put(frame, previous is None or not after or now - previous < after)
+                        previous = now
                         if self._stop.is_set():
                             break
                 if not self._stop.is_set():
                     log.info("%s: no more frames", self.source.name)
                     break
             except Exception as exc:  # whatever a library raises, the camera reconnects
-                reason = self.source.explain(exc)
-                if problem is None:
-                    down_since = time.monotonic()
-                if reason != problem:  # once per change of reason, not at every attempt
-                    log.warning("%s: %s; reconnecting (every %.1f s at most)",
-                                self.source.name, reason, self.backoff[1])
-                problem = reason
-                self.state = f"reconnecting: {reason}"
+                after = self.source.stall_after
+                with self._changed:
+                    # a library that gave up waiting (PyAV's "Immediate exit requested") after
+                    # a silence: the silence is the reason
+                    silent = after and time.monotonic() - self._alive_at >= after
+                    reason = stalled(after) if silent else self.source.explain(exc)
+                    self._went_down(reason)
             if self._stop.wait(delay):
                 break
-            self.reconnects += 1
+            self.attempts += 1
             delay = min(delay * 2, self.backoff[1])
         with self._changed:
             self._ended = True
             self.state = "ended"
             self._changed.notify_all()
+
+    def _watch_for_stalls(self, after: float) -> None:
+        """Say that the source stalled as soon as it has been silent for `after` seconds."""
+        with self._changed:
+            while not (self._stop.is_set() or self._ended):
+                quiet = time.monotonic() - self._alive_at
+                if self._down_since is not None:  # down already: the reader says why
+                    self._changed.wait()
+                elif quiet >= after:
+                    self._went_down(stalled(after))
+                else:
+                    self._changed.wait(after - quiet)
+
+
+def stalled(after: float) -> str:
+    """The reason a source that went silent is down: one text, so it is said once."""
+    return f"stalled: no frame for {after:g} s"

@@ -28,7 +28,7 @@ class StreamSource(FrameSource):
     def __init__(self, url: str, password: str | None = None, transport: str = "tcp",
                  timeout: float = 5.0, opener: Opener | None = None) -> None:
         self._url, self.name, self._secrets = with_credentials(url, password)
-        self.timeout = timeout
+        self.timeout = self.stall_after = timeout
         scheme = urlsplit(url).scheme.lower()
         self.options: dict[str, str] = {}
         if scheme.startswith("rtsp"):

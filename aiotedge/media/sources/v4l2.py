@@ -25,7 +25,7 @@ class V4L2Source(FrameSource):
     def __init__(self, device: str, size: str = "", fps: float = 0.0, pixel_format: str = "",
                  *, timeout: float = 5.0, opener: Opener | None = None) -> None:
         self.name = device
-        self.timeout = timeout
+        self.timeout = self.stall_after = timeout
         self.options = {"timestamps": "mono2abs"}
         if size:
             self.options["video_size"] = size
