@@ -21,13 +21,16 @@ fails fails the suite. How a block meets the machine it runs on, all of it defin
   are the project's; ``pip install`` is a no-op (this venv is the install; the install profiles
   are tested apart).
 * **Commands that run until stopped** (``LONG_RUNNING``: ``aiotedge stage``, ``aiotedge watch``,
-  ``status --watch``, a looping or watching camera, ``mosquitto_sub`` without ``-C``): they run
-  in the background while the rest of the block runs. At the end of the block every pipeline a
-  block's ``aiotedge stage`` serves must be healthy (``aiotedge status`` exit 0, checked at each
-  availability message), every background command must still be running, and then all of them
-  are stopped (SIGTERM) and awaited.
-* **What a document takes for granted** (``SERVED``): cameras.md sends frames to "the
-  pipeline" of the quickstart; here it is a split of the test CNN served on its broker.
+  ``status --watch``, a looping or watching camera, ``mosquitto_sub`` without ``-C``) run in
+  the background. A stage is a board: it runs until the end of the document (a later block
+  watches the pipeline an earlier one started), and the block that starts it ends when
+  ``aiotedge status`` for its pipeline exits 0 (tried at each availability message). The other
+  commands run while the rest of the block runs; at its end each must have connected to the
+  broker (its log counts the connections) and still run, then they are stopped with SIGTERM
+  and must end with status 0 (or by the signal). A stage that ends too early fails the block.
+* **What a document takes for granted** (``SERVED``): cameras.md and topics.md watch and feed
+  "the pipeline" of the quickstart; here a split of the test CNN, started by the same stage
+  commands before the document's first block.
 * **Known defects** (``XFAIL``): a block that fails for a defect being fixed elsewhere is a
   strict xfail naming it, so it turns into a failure once the fix lands.
 """
@@ -120,6 +123,7 @@ set -e -o pipefail
 pip() { if [ "$1" = install ]; then echo "(pip $*: this venv is the install)"; return 0; fi
         command pip "$@"; }
 DOCS_PIDS=(); DOCS_COMMANDS=(); DOCS_BOARDS=(); DOCS_LOG_START=$(wc -l <"$DOCS_BROKER_LOG")
+if [ -f "$DOCS_LOGS/boards" ]; then mapfile -t DOCS_BOARDS <"$DOCS_LOGS/boards"; fi
 docs_background() {  # a command that runs until the end of the block, its output in a log
     "$@" >"$DOCS_LOGS/$$-${#DOCS_PIDS[@]}.log" 2>&1 &
     DOCS_PIDS+=($!); DOCS_COMMANDS+=("$*")
@@ -133,7 +137,7 @@ docs_kill_background() {
 }
 trap docs_kill_background EXIT
 docs_show_logs() {
-    local log; for log in "$DOCS_LOGS"/*$$-*.log; do
+    local log; for log in "$DOCS_LOGS"/*$$-*.log "$DOCS_LOGS"/board-*.log; do
         echo "--- $(basename "$log")" >&2; tail -n 30 "$log" >&2
     done
 }
@@ -143,9 +147,9 @@ docs_all_running() {
             echo "ended before it was stopped: ${DOCS_COMMANDS[$i]}" >&2; return 1
         fi
     done
-    for i in "${!DOCS_BOARDS[@]}"; do
-        if ! kill -0 "${DOCS_BOARDS[$i]}" 2>/dev/null; then
-            echo "a stage ended: board-$$-$i.log" >&2; return 1
+    for i in "${DOCS_BOARDS[@]}"; do
+        if ! kill -0 "$i" 2>/dev/null; then
+            echo "a stage of this document ended (pid $i)" >&2; return 1
         fi
     done
 }
