@@ -40,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -242,6 +243,7 @@ class DocumentState:
     folder: Path
     broker: Any  # aiotedge.nodes.broker.LocalBroker
     evaluated: set[int] = field(default_factory=set)
+    closed: bool = False
 
     @property
     def address(self) -> str:
@@ -292,10 +294,18 @@ class DocumentState:
 
     def close(self) -> None:
         """Stop the stages the document's blocks started (SIGTERM: as systemd stops them)."""
+        if self.closed:
+            return
+        self.closed = True
         boards = self.folder.parent / "logs" / "boards"
+        exits = []  # a stage is not this process's child: its pidfd says when it has ended
         for pid in boards.read_text().split() if boards.exists() else []:
             with contextlib.suppress(ProcessLookupError):
+                exits.append(os.pidfd_open(int(pid)))
                 os.kill(int(pid), signal.SIGTERM)
+        for pidfd in exits:
+            select.select([pidfd], [], [], 30)
+            os.close(pidfd)
         self.broker.close()
 
 
@@ -417,4 +427,8 @@ def test_documented_commands(path: Path, position: int, request, document_states
         with contextlib.suppress(Exception, pytest.skip.Exception, pytest.fail.Exception):
             examples[earlier].evaluate()  # a block's failure is its own test's
     state.evaluated.add(position)
-    examples[position].evaluate()
+    try:
+        examples[position].evaluate()
+    finally:
+        if state.evaluated >= set(range(len(examples))):
+            state.close()  # the document's last block: its stages and broker go
