@@ -245,10 +245,6 @@ class DocumentState:
     evaluated: set[int] = field(default_factory=set)
     closed: bool = False
 
-    @property
-    def address(self) -> str:
-        return f"{self.broker.address.host}:{self.broker.port}"
-
     def environment(self) -> dict[str, str]:
         return dict(
             os.environ,
@@ -300,9 +296,13 @@ class DocumentState:
         boards = self.folder.parent / "logs" / "boards"
         exits = []  # a stage is not this process's child: its pidfd says when it has ended
         for pid in boards.read_text().split() if boards.exists() else []:
-            with contextlib.suppress(ProcessLookupError):
-                exits.append(os.pidfd_open(int(pid)))
-                os.kill(int(pid), signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError, FileNotFoundError):
+                pidfd = os.pidfd_open(int(pid))
+                if b"aiotedge" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    os.close(pidfd)  # it ended, and its number is another process's now
+                    continue
+                signal.pidfd_send_signal(pidfd, signal.SIGTERM)
+                exits.append(pidfd)
         for pidfd in exits:
             select.select([pidfd], [], [], 30)
             os.close(pidfd)
