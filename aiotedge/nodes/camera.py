@@ -475,5 +475,5 @@ def run_camera(config: NodeConfig, stop: threading.Event | None = None) -> int:
     sent = camera.run(source, frames=cam.frames, stop=stop)
     systemd.notify("STOPPING=1")
     reporter.stop()
-    session.stop()
+    session.stop(end_session=True)
     return camera.outcome(sent)

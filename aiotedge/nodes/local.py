@@ -210,7 +210,7 @@ class LocalPipeline:
         )
         connect_once(self.session)  # an external broker that cannot be used: say why, now
         self.session.set_online()
-        self._exit.callback(self.session.stop)
+        self._exit.callback(self.session.stop, end_session=True)
         reporter = StatsReporter(self.camera.publish_stats, self.stats.interval)
         reporter.start()
         self._exit.callback(reporter.stop)

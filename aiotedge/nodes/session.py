@@ -313,15 +313,25 @@ class MqttSession:
         if self._availability_topic:
             self.announce(self._availability_topic, ONLINE)
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Say `offline`, flush what is queued, disconnect."""
+    def stop(self, timeout: float = 5.0, end_session: bool = False) -> None:
+        """Say `offline`, flush what is queued, disconnect.
+
+        `end_session`: the broker drops the session now rather than when it expires (MQTT v5
+        DISCONNECT with Session Expiry Interval 0), for a client that will not come back for
+        what is published meanwhile: a camera's next run numbers its frames anew, so a session
+        left behind would only queue predictions for nobody, up to the broker's limit.
+        """
         if self._availability_topic and self._connected.is_set():
             info = self.publish(self._availability_topic, OFFLINE, qos=1, retain=True)
             try:
                 info.wait_for_publish(timeout)
             except (RuntimeError, ValueError) as exc:
                 log.warning("could not publish offline: %s", exc)
-        self._client.disconnect()
+        properties = None
+        if end_session:
+            properties = Properties(PacketTypes.DISCONNECT)
+            properties.SessionExpiryInterval = 0
+        self._client.disconnect(properties=properties)
         self._client.loop_stop()
 
     @property
