@@ -165,7 +165,7 @@ def test_install_board_installs_every_unit_where_the_units_expect_things():
         assert f"install -m 644 -o root -g root {UNITS / name} /etc/systemd/system/{name}" \
             in commands
     assert "systemctl enable aiotedge.target" in commands
-    # ExecStart's binary is the venv's entry point, with the systemd extra (sd_notify)
+    # ExecStart's binary is the venv's entry point, with the systemd extra (journald fields)
     venv = str(Path(INSTALLED_BINARY).parents[1])
     assert any(c.startswith(f"{venv}/bin/python -m pip install") and c.endswith("[systemd,metrics]")
                for c in commands), commands
@@ -266,14 +266,6 @@ name = "{name}"
 {more}""")
 
 
-def needs_sd_notify() -> None:
-    try:
-        from systemd import daemon  # noqa: F401
-    except ImportError:
-        pytest.skip("systemd-python is not installed (pip install .[systemd]): "
-                    "without it the daemons send no notifications")
-
-
 class NotifySocket:
     """What systemd listens on for a Type=notify service: an AF_UNIX datagram socket."""
 
@@ -306,6 +298,32 @@ class NotifySocket:
     def close(self) -> None:
         self.sock.close()
         self.path.unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("abstract", [False, True], ids=["path", "abstract"])
+def test_without_systemd_python_notify_sends_the_datagram_itself(tmp_path, monkeypatch,
+                                                                 abstract):
+    """A board's plain `pip install .` has no systemd-python: the states still reach
+    $NOTIFY_SOCKET, a path or (a leading '@') a name in the abstract namespace."""
+    from aiotedge.nodes import systemd
+
+    monkeypatch.setattr(systemd, "_sd_daemon", None)
+    if abstract:
+        name = f"aiotedge-test-{os.getpid()}-{time.monotonic_ns()}"
+        receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        receiver.bind("\0" + name)
+        monkeypatch.setenv("NOTIFY_SOCKET", "@" + name)
+    else:
+        notify = NotifySocket(tmp_path)
+        receiver = notify.sock
+        monkeypatch.setenv("NOTIFY_SOCKET", str(notify.path))
+    receiver.settimeout(TIMEOUT)
+    try:
+        for state in ("READY=1", "STATUS=serving stage 1", "WATCHDOG=1", "STOPPING=1"):
+            systemd.notify(state)
+            assert receiver.recv(4096).decode() == state
+    finally:
+        receiver.close()
 
 
 def daemon_env(notify: NotifySocket | None) -> dict[str, str]:
@@ -341,7 +359,6 @@ def subscribe(broker, topic: str) -> tuple[MqttSession, queue.Queue[str]]:
 
 
 def test_the_stage_daemon_notifies_ready_watchdog_and_stopping(broker, two_stages, tmp_path):
-    needs_sd_notify()
     config = stage_config(tmp_path / "stage1.toml", broker, two_stages, 1, "stage1-notify")
     notify = NotifySocket(tmp_path)
     log = tmp_path / "daemon.log"
@@ -366,7 +383,6 @@ def test_the_stage_daemon_notifies_ready_watchdog_and_stopping(broker, two_stage
 
 
 def test_the_camera_daemon_notifies_ready_and_stopping(broker, tmp_path):
-    needs_sd_notify()
     from PIL import Image
 
     photos = tmp_path / "photos"
