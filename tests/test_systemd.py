@@ -148,14 +148,23 @@ def test_the_camera_unit_may_open_video_devices_and_keeps_the_rest_of_the_sandbo
 INSTALL = REPO / "scripts" / "install-board.sh"
 
 
-def dry_run(*flags: str) -> tuple[list[str], str]:
-    """The commands install-board.sh would run (unquoted), and all it printed."""
+def dry_run_output(*flags: str) -> str:
+    """All install-board.sh --dry-run --no-apt printed: its commands are the lines `+ ...`."""
     result = subprocess.run(["bash", str(INSTALL), "--dry-run", "--no-apt", *flags],
                             capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
-    commands = [" ".join(shlex.split(line[2:])) for line in result.stdout.splitlines()
-                if line.startswith("+ ")]
-    return commands, result.stdout
+    return result.stdout
+
+
+def dry_run_argv(*flags: str) -> list[list[str]]:
+    """The commands install-board.sh would run, each as its argv."""
+    return [shlex.split(line[2:]) for line in dry_run_output(*flags).splitlines()
+            if line.startswith("+ ")]
+
+
+def dry_run(*flags: str) -> tuple[list[str], str]:
+    """The commands install-board.sh would run (unquoted), and all it printed."""
+    return [" ".join(argv) for argv in dry_run_argv(*flags)], dry_run_output(*flags)
 
 
 def test_install_board_installs_every_unit_where_the_units_expect_things():
@@ -219,11 +228,12 @@ def test_install_board_passes_shellcheck():
 # -- the daemons, run as the units run them ---------------------------------------------------
 
 
-def exec_start(unit: str, config: Path) -> list[str]:
-    """The unit's ExecStart for instance `config`, run from this checkout's interpreter."""
+def exec_start(unit: str, config: Path,
+               program: tuple[str, ...] = (sys.executable, "-m", "aiotedge")) -> list[str]:
+    """The unit's ExecStart for instance `config`, run by `program` (this checkout's)."""
     argv = shlex.split(unit_settings(unit)["ExecStart"])
     assert argv[0] == INSTALLED_BINARY
-    return [sys.executable, "-m", "aiotedge",
+    return [*program,
             *(str(config) if arg == "/etc/aiotedge/%i.toml" else arg for arg in argv[1:])]
 
 
