@@ -26,6 +26,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +53,10 @@ SOURCES = ("aiotedge", "converter", "setup.cfg", "pyproject.toml", "README.md")
 EXTRAS = {"board": "", "camera": "video,watch", "workstation": "converter"}
 PROFILES = ["board", "service", "camera", "workstation"]
 #: upper bound for one pip or venv command (the first run downloads TensorFlow)
-INSTALL_TIMEOUT = 1200
+INSTALL_TIMEOUT = 900
+
+#: `-m "not install_profiles"` leaves them out; a test's limit covers building its profile
+pytestmark = [pytest.mark.install_profiles, pytest.mark.timeout(INSTALL_TIMEOUT)]
 SERVICE_VENV = str(Path(INSTALLED_BINARY).parents[1])
 
 
@@ -118,40 +122,84 @@ def service_commands(wheel: Path, venv: Path) -> list[list[str]]:
     return commands
 
 
+def build(profile: str, venv: Venv, wheel: Path) -> Venv:
+    """`profile` installed into `venv` from `wheel`, as its user installs it."""
+    if profile == "service":
+        if shutil.which("pkg-config") is None or subprocess.run(
+                ["pkg-config", "--exists", "libsystemd"], check=False).returncode:
+            pytest.skip("building systemd-python needs libsystemd-dev and pkg-config "
+                        "(install-board.sh installs them with apt-get)")
+        for argv in service_commands(wheel, venv.path):
+            done = subprocess.run(argv, capture_output=True, text=True, env=clean_env(),
+                                  timeout=INSTALL_TIMEOUT, check=False)
+            assert done.returncode == 0, f"{argv}:\n{done.stdout}{done.stderr}"
+        return venv
+    # without a pip of its own, and nothing byte-compiled ahead (TensorFlow's thousands of
+    # modules): the profile's packages are what counts, and it is faster
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv.path)], check=True,
+                   env=clean_env(), timeout=INSTALL_TIMEOUT)
+    extras = f"[{EXTRAS[profile]}]" if EXTRAS[profile] else ""
+    pip("--python", str(venv.python), "install", "--no-compile",
+        f"aiotedge{extras} @ {wheel.as_uri()}")
+    return venv
+
+
+def wanted_profiles(session: pytest.Session) -> list[str]:
+    """The profiles the selected tests of this file use: a `profile` parameter or a
+    `<profile>_venv` fixture."""
+    wanted = []
+    for item in session.items:
+        if getattr(item, "module", None) is not sys.modules[__name__]:
+            continue
+        callspec = getattr(item, "callspec", None)
+        names = [callspec.params.get("profile")] if callspec else []
+        names += [name.removesuffix("_venv") for name in item.fixturenames]
+        wanted += [name for name in names if name in PROFILES and name not in wanted]
+    return wanted
+
+
 @pytest.fixture(scope="session")
-def installed(wheel, tmp_path_factory):
-    """`installed(profile) -> Venv`, each made once per session."""
-    made: dict[str, Venv] = {}
+def installed(wheel, tmp_path_factory, request):
+    """`installed(profile) -> Venv`. At the first call every profile the session's tests use
+    starts building, two at a time (pip waits on the disk and the network about as long as it
+    computes), so that a test waits for its own profile only."""
+    pool = ThreadPoolExecutor(max_workers=2)
+    builds: dict[str, Future[Venv]] = {}
+
+    def start(profile: str) -> None:
+        venv = Venv(tmp_path_factory.mktemp(profile) / "venv")
+        builds[profile] = pool.submit(build, profile, venv, wheel)
 
     def make(profile: str) -> Venv:
-        if profile not in made:
-            venv = Venv(tmp_path_factory.mktemp(profile) / "venv")
-            if profile == "service":
-                if shutil.which("pkg-config") is None or subprocess.run(
-                        ["pkg-config", "--exists", "libsystemd"], check=False).returncode:
-                    pytest.skip("building systemd-python needs libsystemd-dev and pkg-config "
-                                "(install-board.sh installs them with apt-get)")
-                for argv in service_commands(wheel, venv.path):
-                    done = subprocess.run(argv, capture_output=True, text=True, env=clean_env(),
-                                          timeout=INSTALL_TIMEOUT, check=False)
-                    assert done.returncode == 0, f"{argv}:\n{done.stdout}{done.stderr}"
-            else:
-                # without a pip of its own, and nothing byte-compiled ahead (TensorFlow's
-                # thousands of modules): the profile's packages are what counts, and faster
-                subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv.path)],
-                               check=True, env=clean_env(), timeout=INSTALL_TIMEOUT)
-                extras = f"[{EXTRAS[profile]}]" if EXTRAS[profile] else ""
-                pip("--python", str(venv.python), "install", "--no-compile",
-                    f"aiotedge{extras} @ {wheel.as_uri()}")
-            made[profile] = venv
-        return made[profile]
+        if not builds:
+            for name in wanted_profiles(request.session):
+                start(name)
+        if profile not in builds:
+            start(profile)
+        return builds[profile].result()
 
-    return make
+    yield make
+    pool.shutdown(cancel_futures=True)
 
 
 @pytest.fixture(params=PROFILES)
 def profile(request, installed) -> tuple[str, Venv]:
     return request.param, installed(request.param)
+
+
+@pytest.fixture
+def board_venv(installed) -> Venv:
+    return installed("board")
+
+
+@pytest.fixture
+def camera_venv(installed) -> Venv:
+    return installed("camera")
+
+
+@pytest.fixture
+def workstation_venv(installed) -> Venv:
+    return installed("workstation")
 
 
 # -- every --help ---------------------------------------------------------------------------
@@ -257,11 +305,11 @@ def test_the_quickstart_stage_notifies_systemd_and_serves(profile, broker, split
 # -- the board: the demo's converter commands, and one line for each missing extra ------------
 
 
-def test_the_demos_converter_commands_run_on_a_boards_install(installed, test_models,
+def test_the_demos_converter_commands_run_on_a_boards_install(board_venv, test_models,
                                                               test_labels, generated_photos,
                                                               tmp_path):
     """`make demo` installs the board package only: split, verify and analyze need no extra."""
-    venv = installed("board")
+    venv = board_venv
     convert = venv.program("aiotedge-convert")
     model, out = str(test_models["int8"]), str(tmp_path / "split")
     for argv in ([convert, "split", model, "--stages", "3", "--out", out, "--labels",
@@ -287,9 +335,9 @@ def node_toml(path: Path, broker, body: str) -> Path:
     return path
 
 
-def test_a_feature_whose_extra_is_missing_says_which_to_install(installed, broker, split3,
+def test_a_feature_whose_extra_is_missing_says_which_to_install(board_venv, broker, split3,
                                                                 test_models, tmp_path):
-    venv = installed("board")
+    venv = board_venv
     board, convert = venv.program("aiotedge"), venv.program("aiotedge-convert")
     manifest = json.dumps(str(split3.directory))
     metrics = node_toml(tmp_path / "metrics.toml", broker,
@@ -322,10 +370,10 @@ def test_a_feature_whose_extra_is_missing_says_which_to_install(installed, broke
 # -- the camera node and the workstation ----------------------------------------------------
 
 
-def test_a_camera_node_reads_a_video(installed, broker, tmp_path):
+def test_a_camera_node_reads_a_video(camera_venv, broker, tmp_path):
     from tests.media import moving_pattern
 
-    venv = installed("camera")
+    venv = camera_venv
     video = moving_pattern(tmp_path / "clip.mp4", seconds=1, size="160x120", fps=10)
     pipeline = AnsweringStage(broker, "cameras")
     try:
@@ -338,8 +386,8 @@ def test_a_camera_node_reads_a_video(installed, broker, tmp_path):
         pipeline.stop()
 
 
-def test_a_workstation_imports_plans_and_splits_a_keras_model(installed, tmp_path):
-    venv = installed("workstation")
+def test_a_workstation_imports_plans_and_splits_a_keras_model(workstation_venv, tmp_path):
+    venv = workstation_venv
     convert = venv.program("aiotedge-convert")
     model = tmp_path / "model.tflite"
     done = venv.run([convert, "import", "--arch", "mobilenet_v2", "--input-size", "32",
