@@ -302,23 +302,26 @@ def test_the_quickstart_stage_notifies_systemd_and_serves(profile, broker, split
         notify.close()
 
 
-# -- the board: the demo's converter commands, and one line for each missing extra ------------
+# -- the board: the demo's commands, and one line for each missing extra ----------------------
 
 
-def test_the_demos_converter_commands_run_on_a_boards_install(board_venv, test_models,
-                                                              test_labels, generated_photos,
-                                                              tmp_path):
-    """`make demo` installs the board package only: split, verify and analyze need no extra."""
+def test_the_demos_commands_run_on_a_boards_install(board_venv, test_models, test_labels,
+                                                    generated_photos, tmp_path):
+    """`make demo` installs the board package only: analyze, split, verify and run need no
+    extra (README.md, "What make demo does")."""
     venv = board_venv
     convert = venv.program("aiotedge-convert")
     model, out = str(test_models["int8"]), str(tmp_path / "split")
-    for argv in ([convert, "split", model, "--stages", "3", "--out", out, "--labels",
+    for argv in ([convert, "analyze", model],
+                 [convert, "split", model, "--stages", "3", "--out", out, "--labels",
                   str(test_labels)],
                  [convert, "verify", out, "--images", str(generated_photos)],
-                 [convert, "analyze", model]):
+                 [venv.program("aiotedge"), "run", "--manifest", out, "--source",
+                  str(generated_photos)]):
         done = venv.run(argv, tmp_path)
         assert done.returncode == 0, f"{shlex.join(argv)}:\n{done.stdout}{done.stderr}"
-    assert len(Manifest.load(out).stages) == 3
+    photos = sorted(path.name for path in generated_photos.iterdir())
+    assert all(name in done.stdout for name in photos), done.stdout  # a prediction each
 
 
 def one_line_naming(done: subprocess.CompletedProcess, extra: str) -> None:
