@@ -333,9 +333,14 @@ def serve_prometheus(stats: StatsConfig, source: str, labels: Mapping[str, str],
 
     Called before the node connects, so that a port in use stops it with the keys to fix.
     """
-    feature = f"{source}: key 'stats.prometheus_port'"
-    client = import_extra("prometheus_client", extra="metrics", feature=feature)
-    core = import_extra("prometheus_client.core", extra="metrics", feature=feature)
+    import_extra("prometheus_client", extra="metrics",
+                 feature=f"{source}: key 'stats.prometheus_port'")
+    from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
+    from prometheus_client.core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        HistogramMetricFamily,
+    )
 
     class _Collector:
         def collect(self):
@@ -343,23 +348,22 @@ def serve_prometheus(stats: StatsConfig, source: str, labels: Mapping[str, str],
                 names = [*labels, *(name for name, _ in metric.labels)]
                 values = [*labels.values(), *(value for _, value in metric.labels)]
                 if isinstance(metric.value, HistogramCounts):
-                    family = core.HistogramMetricFamily(metric.name, metric.help, labels=names)
+                    family = HistogramMetricFamily(metric.name, metric.help, labels=names)
                     family.add_metric(
                         values, [(_bound(b), c) for b, c in metric.value.buckets],
                         metric.value.total)
                 else:
-                    kind = (core.CounterMetricFamily if metric.kind == "counter"
-                            else core.GaugeMetricFamily)
+                    kind = CounterMetricFamily if metric.kind == "counter" else GaugeMetricFamily
                     family = kind(metric.name, metric.help, labels=names)
                     family.add_metric(values, metric.value)
                 yield family
 
-    registry = client.CollectorRegistry()
-    client.ProcessCollector(registry=registry)
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
     registry.register(_Collector())
     address, port = stats.prometheus_address, stats.prometheus_port
     try:
-        client.start_http_server(port, addr=address, registry=registry)
+        start_http_server(port, addr=address, registry=registry)
     except OSError as exc:
         raise ConfigError(
             f"{source}: keys 'stats.prometheus_address' and 'stats.prometheus_port': "
