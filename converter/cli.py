@@ -15,7 +15,7 @@ from pathlib import Path
 from aiotedge_converter import keras_import
 from aiotedge_converter.cluster import Links, cluster_from_profiles
 from aiotedge_converter.costs import cost_basis
-from aiotedge_converter.deploy import BOARDS_DIR, PLAN_NAME, write_deployment
+from aiotedge_converter.deploy import BOARDS_DIR, PLAN_NAME, toml_writer, write_deployment
 from aiotedge_converter.errors import ConverterError
 from aiotedge_converter.keras_layers import cuts_for_layer_counts, layers_done, parse_layer_counts
 from aiotedge_converter.metadata import ImportInfo, read_import_info
@@ -221,6 +221,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     graph = load_graph(args.model)
     if args.boards < 1:
         raise ConverterError(f"--boards must be at least 1, got {args.boards}")
+    if args.out:
+        toml_writer()  # refused before the planning, not after the segments are written
+    labels = read_labels(args.labels, graph) if args.labels else None
     links = Links(args.link_mbps, args.broker_link_mbps)
     cluster = cluster_from_profiles(graph, _load_profiles(args.profile or []), args.boards,
                                     links, args.stage0_input)
@@ -232,10 +235,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
         title = f"{graph.path.name if graph.path else 'model'} on {plural(args.boards, 'board')}"
         print(f"plot: {plot_cluster(cluster, strategies, title, args.plot)}")
     if args.out:
-        options = SplitOptions(labels=read_labels(args.labels) if args.labels else None,
-                               num_threads=args.threads)
+        options = SplitOptions(labels=labels, num_threads=args.threads)
         configs = write_deployment(graph, strategies, cluster, args.out, options=options,
-                                   pipeline=args.pipeline, broker=_broker(args.broker))
+                                   pipeline=args.pipeline, broker=_broker(args.broker),
+                                   discovery=args.homeassistant)
         print(f"wrote {plural(len(strategies.chosen[0].stages), 'segment')}, "
               f"{Path(args.out) / MANIFEST_NAME}, {Path(args.out) / PLAN_NAME} and "
               f"{plural(len(configs), 'board config')} in {Path(args.out) / BOARDS_DIR}/")
@@ -277,6 +280,9 @@ def _add_plan_parser(sub: argparse._SubParsersAction) -> None:
                       help="pipeline name in the board configs (greenhouse)")
     plan.add_argument("--broker", default="broker.lan:8883", metavar="HOST[:PORT]",
                       help="the broker in the board configs (broker.lan:8883, TLS)")
+    plan.add_argument("--homeassistant", action=argparse.BooleanOptionalAction, default=True,
+                      help="the last stage's boards announce the pipeline to Home Assistant "
+                      "([homeassistant] discovery = true in their configs; default: yes)")
     plan.set_defaults(func=cmd_plan)
 
 

@@ -12,9 +12,9 @@ import json
 import string
 from dataclasses import asdict
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
-import tomli_w
 from aiotedge_converter.cluster import (
     Cluster,
     ClusterPlan,
@@ -27,6 +27,7 @@ from aiotedge_converter.replicate import Strategies
 from aiotedge_converter.split import SplitOptions, split_model
 
 from aiotedge.config.schema import BrokerConfig, NodeConfig
+from aiotedge.contracts.extras import import_extra
 from aiotedge.nodes.local import PLAN_BOARDS as BOARDS_DIR
 from aiotedge.tflite.graph import Graph
 
@@ -48,17 +49,25 @@ def board_names(plan: ClusterPlan) -> list[list[str]]:
     return names
 
 
+def toml_writer() -> ModuleType:
+    """tomli_w, which writes the board configs: part of the converter extra, not of a board's
+    install, on which split, verify and a plan without --out run."""
+    return import_extra("tomli_w", extra="converter", feature="plan --out (the board configs)")
+
+
 def board_toml(sections: dict[str, dict[str, Any]], comment: str) -> str:
     """A node config file: a comment on top, then the sections (keys None are left out)."""
     header = "".join(f"# {line}\n" if line else "#\n" for line in comment.splitlines())
     tables = {name: {k: v for k, v in keys.items() if v is not None}
               for name, keys in sections.items()}
-    return header + "\n" + tomli_w.dumps(tables)
+    return header + "\n" + toml_writer().dumps(tables)
 
 
 def write_board_configs(out: Path, plan: ClusterPlan, cluster: Cluster, *, pipeline: str,
-                        broker: BrokerConfig) -> list[Path]:
-    """One config per board, named like its node, in out/boards/; checked by loading it."""
+                        broker: BrokerConfig, discovery: bool = True) -> list[Path]:
+    """One config per board, named like its node, in out/boards/; checked by loading it.
+    With `discovery`, the last stage's boards announce the pipeline to Home Assistant, as
+    configs/cluster/ does."""
     folder = out / BOARDS_DIR
     folder.mkdir(parents=True, exist_ok=True)
     for old in folder.glob("*.toml"):  # a plan written here before may have had more boards
@@ -84,6 +93,8 @@ def write_board_configs(out: Path, plan: ClusterPlan, cluster: Cluster, *, pipel
                           "node": name, "threads": cluster.kinds[kind].threads,
                           "share_group": f"stage{index}" if stage.boards > 1 else None},
             }
+            if discovery and index == len(plan.stages) - 1:
+                sections["homeassistant"] = {"discovery": True}
             path = folder / f"{name}.toml"
             path.write_text(board_toml(sections, comment))
             NodeConfig.load(path)  # what a board will read: refused here, not there
@@ -100,18 +111,21 @@ def segments_plan(plan: ClusterPlan, cluster: Cluster) -> Plan:
 
 
 def write_plan_files(graph: Graph, plan: ClusterPlan, cluster: Cluster, out: Path, *,
-                     options: SplitOptions, pipeline: str, broker: BrokerConfig) -> list[Path]:
+                     options: SplitOptions, pipeline: str, broker: BrokerConfig,
+                     discovery: bool = True) -> list[Path]:
     """Segments, manifest (with each stage's output codec) and board configs of one plan."""
     split_model(graph, segments_plan(plan, cluster), out, options,
                 output_codecs=[stage.codec for stage in plan.stages])
-    return write_board_configs(out, plan, cluster, pipeline=pipeline, broker=broker)
+    return write_board_configs(out, plan, cluster, pipeline=pipeline, broker=broker,
+                               discovery=discovery)
 
 
 def write_deployment(graph: Graph, strategies: Strategies, cluster: Cluster, out: Path, *,
-                     options: SplitOptions, pipeline: str, broker: BrokerConfig) -> list[Path]:
+                     options: SplitOptions, pipeline: str, broker: BrokerConfig,
+                     discovery: bool = True) -> list[Path]:
     """The chosen plan's files, and plan.json with all three forecasts."""
     configs = write_plan_files(graph, strategies.chosen[0], cluster, out, options=options,
-                               pipeline=pipeline, broker=broker)
+                               pipeline=pipeline, broker=broker, discovery=discovery)
     (out / PLAN_NAME).write_text(json.dumps(plan_record(strategies, cluster), indent=2) + "\n")
     return configs
 

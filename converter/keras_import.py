@@ -27,6 +27,7 @@ from aiotedge_converter.errors import ConverterError
 from aiotedge_converter.metadata import ImportInfo, KerasLayer, embed_import_info
 
 from aiotedge.contracts.errors import ImageError
+from aiotedge.contracts.extras import import_extra
 from aiotedge.contracts.manifest import Preprocessing
 from aiotedge.contracts.tensors import TensorSpec
 from aiotedge.media.image import decode_image, list_images, preprocess
@@ -72,16 +73,9 @@ class ArchSpec:
 
 
 def _tensorflow() -> Any:
-    """TensorFlow, or a ConverterError naming the extra to install."""
+    """TensorFlow, or a MissingExtraError naming the extra to install."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    try:
-        import tensorflow as tf
-    except ImportError as exc:
-        raise ConverterError(
-            f"import needs TensorFlow ({exc}); install the converter extra: "
-            "pip install 'aiotedge[converter]'"
-        ) from exc
-    return tf
+    return import_extra("tensorflow", extra="converter", feature="aiotedge-convert import")
 
 
 def flatten_layers(model: Any) -> list[KerasLayer]:
@@ -174,8 +168,7 @@ def _representative(
     tensors: list[np.ndarray], progress: bool
 ) -> Callable[[], Iterator[list[np.ndarray]]]:
     def dataset() -> Iterator[list[np.ndarray]]:
-        from tqdm import tqdm
-
+        tqdm = import_extra("tqdm", extra="converter", feature="int8 calibration").tqdm
         for tensor in tqdm(tensors, desc="calibrating", unit="image", disable=not progress):
             yield [tensor]
 

@@ -18,10 +18,10 @@ from typing import Any
 
 from aiotedge_converter.cluster import Cluster, ClusterPlan, Forecast
 from aiotedge_converter.costs import CostBasis
-from aiotedge_converter.errors import ConverterError
 from aiotedge_converter.planner import Plan
 from aiotedge_converter.replicate import Strategies
 
+from aiotedge.contracts.extras import import_extra
 from aiotedge.tflite.graph import Graph
 
 STAGE_COLOURS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3")
@@ -41,15 +41,9 @@ def _bars(graph: Graph, plan: Plan, basis: CostBasis) -> list[tuple[float, float
 
 
 def _pyplot() -> Any:
-    try:
-        import matplotlib
+    import_extra("matplotlib", extra="converter", feature="--plot").use("Agg")
+    import matplotlib.pyplot as plt
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        raise ConverterError(
-            f"--plot needs matplotlib ({exc}): pip install 'aiotedge[converter]'"
-        ) from exc
     return plt
 
 

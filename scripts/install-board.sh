@@ -9,7 +9,8 @@
 #
 #   - Debian packages: python3-venv, and what building systemd-python needs
 #   - a system user and group `aiotedge` (no login, no home) that the daemons run as
-#   - /opt/aiotedge/venv        aiotedge with its `systemd` (sd_notify, journald) and `metrics`
+#   - /opt/aiotedge/venv        aiotedge with its `systemd` (journald fields;
+#                               sd_notify works without it) and `metrics`
 #                               (Prometheus) extras
 #   - --camera: a camera node. The `video` (PyAV: webcams, IP cameras, video files) and
 #     `watch` (a watched folder) extras; on Raspberry Pi OS the Pi camera's Picamera2 (the apt

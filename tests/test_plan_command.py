@@ -144,3 +144,44 @@ def test_run_plan_needs_a_plan_folder(test_models, split_into, generated_photos)
     assert len(lines) == 1, done.stderr
     assert lines[0].endswith(f"{split.directory}: no board configs in boards/ (written by "
                              "aiotedge-convert plan --out)")
+
+
+def test_the_deploy_guides_plan_command_writes_labels_and_home_assistant_discovery(
+        test_models, test_labels, tmp_path, capsys):
+    """docs/deploy-pi-cluster.md section 2, word for word but the file names: a profile from
+    `aiotedge profile`, then `plan ... --labels ... --out`. The labels reach the manifest, and
+    the last stage's boards announce the pipeline to Home Assistant as configs/cluster/ does."""
+    profile = tmp_path / "pi4.json"
+    subprocess.run([sys.executable, "-m", "aiotedge", "profile", str(test_models["int8"]),
+                    "--out", str(profile), "--no-mqtt", "--runs", "1", "--rounds", "1",
+                    "--warmup", "0"], check=True, capture_output=True, timeout=120)
+    out = tmp_path / "greenhouse-v1"
+    assert convert(["plan", str(test_models["int8"]), "--boards", "5", "--profile", str(profile),
+                    "--link-mbps", "1000", "--broker-link-mbps", "1000", "--pipeline",
+                    "greenhouse", "--broker", "broker.lan:8883", "--labels", str(test_labels),
+                    "--out", f"{out}/"]) == 0, capsys.readouterr().err
+    manifest = Manifest.load(out)
+    assert list(manifest.labels) == test_labels.read_text().splitlines()
+    configs = {path.stem: NodeConfig.load(path) for path in (out / "boards").glob("*.toml")}
+    last = len(manifest.stages) - 1
+    assert configs and {name: c.homeassistant.discovery for name, c in configs.items()} == {
+        name: c.stage.index == last for name, c in configs.items()}
+    assert convert(["plan", str(test_models["int8"]), "--boards", "2", "--profile", str(profile),
+                    "--no-homeassistant", "--out", str(out)]) == 0
+    assert not any(NodeConfig.load(path).homeassistant.discovery
+                   for path in (out / "boards").glob("*.toml"))
+
+
+def test_plan_out_without_the_converter_extra_says_which_to_install(test_models, boards,
+                                                                    tmp_path, capsys,
+                                                                    monkeypatch):
+    """tomli_w writes the board configs; without it (a board's plain install) plan --out stops
+    in one line before it plans or writes anything."""
+    monkeypatch.setitem(sys.modules, "tomli_w", None)  # what `import tomli_w` then refuses
+    args = ["plan", str(test_models["int8"]), "--boards", "2", "--profile",
+            str(boards["front"]), "--out", str(tmp_path / "out")]
+    assert convert(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.endswith("pip install 'aiotedge[converter]'") and "plan --out" in err
+    assert not (tmp_path / "out").exists()

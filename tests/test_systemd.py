@@ -148,14 +148,23 @@ def test_the_camera_unit_may_open_video_devices_and_keeps_the_rest_of_the_sandbo
 INSTALL = REPO / "scripts" / "install-board.sh"
 
 
-def dry_run(*flags: str) -> tuple[list[str], str]:
-    """The commands install-board.sh would run (unquoted), and all it printed."""
+def dry_run_output(*flags: str) -> str:
+    """All install-board.sh --dry-run --no-apt printed: its commands are the lines `+ ...`."""
     result = subprocess.run(["bash", str(INSTALL), "--dry-run", "--no-apt", *flags],
                             capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
-    commands = [" ".join(shlex.split(line[2:])) for line in result.stdout.splitlines()
-                if line.startswith("+ ")]
-    return commands, result.stdout
+    return result.stdout
+
+
+def dry_run_argv(*flags: str) -> list[list[str]]:
+    """The commands install-board.sh would run, each as its argv."""
+    return [shlex.split(line[2:]) for line in dry_run_output(*flags).splitlines()
+            if line.startswith("+ ")]
+
+
+def dry_run(*flags: str) -> tuple[list[str], str]:
+    """The commands install-board.sh would run (unquoted), and all it printed."""
+    return [" ".join(argv) for argv in dry_run_argv(*flags)], dry_run_output(*flags)
 
 
 def test_install_board_installs_every_unit_where_the_units_expect_things():
@@ -165,7 +174,7 @@ def test_install_board_installs_every_unit_where_the_units_expect_things():
         assert f"install -m 644 -o root -g root {UNITS / name} /etc/systemd/system/{name}" \
             in commands
     assert "systemctl enable aiotedge.target" in commands
-    # ExecStart's binary is the venv's entry point, with the systemd extra (sd_notify)
+    # ExecStart's binary is the venv's entry point, with the systemd extra (journald fields)
     venv = str(Path(INSTALLED_BINARY).parents[1])
     assert any(c.startswith(f"{venv}/bin/python -m pip install") and c.endswith("[systemd,metrics]")
                for c in commands), commands
@@ -219,11 +228,12 @@ def test_install_board_passes_shellcheck():
 # -- the daemons, run as the units run them ---------------------------------------------------
 
 
-def exec_start(unit: str, config: Path) -> list[str]:
-    """The unit's ExecStart for instance `config`, run from this checkout's interpreter."""
+def exec_start(unit: str, config: Path,
+               program: tuple[str, ...] = (sys.executable, "-m", "aiotedge")) -> list[str]:
+    """The unit's ExecStart for instance `config`, run by `program` (this checkout's)."""
     argv = shlex.split(unit_settings(unit)["ExecStart"])
     assert argv[0] == INSTALLED_BINARY
-    return [sys.executable, "-m", "aiotedge",
+    return [*program,
             *(str(config) if arg == "/etc/aiotedge/%i.toml" else arg for arg in argv[1:])]
 
 
@@ -266,14 +276,6 @@ name = "{name}"
 {more}""")
 
 
-def needs_sd_notify() -> None:
-    try:
-        from systemd import daemon  # noqa: F401
-    except ImportError:
-        pytest.skip("systemd-python is not installed (pip install .[systemd]): "
-                    "without it the daemons send no notifications")
-
-
 class NotifySocket:
     """What systemd listens on for a Type=notify service: an AF_UNIX datagram socket."""
 
@@ -306,6 +308,32 @@ class NotifySocket:
     def close(self) -> None:
         self.sock.close()
         self.path.unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("abstract", [False, True], ids=["path", "abstract"])
+def test_without_systemd_python_notify_sends_the_datagram_itself(tmp_path, monkeypatch,
+                                                                 abstract):
+    """A board's plain `pip install .` has no systemd-python: the states still reach
+    $NOTIFY_SOCKET, a path or (a leading '@') a name in the abstract namespace."""
+    from aiotedge.nodes import systemd
+
+    monkeypatch.setattr(systemd, "_sd_daemon", None)
+    if abstract:
+        name = f"aiotedge-test-{os.getpid()}-{time.monotonic_ns()}"
+        receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        receiver.bind("\0" + name)
+        monkeypatch.setenv("NOTIFY_SOCKET", "@" + name)
+    else:
+        notify = NotifySocket(tmp_path)
+        receiver = notify.sock
+        monkeypatch.setenv("NOTIFY_SOCKET", str(notify.path))
+    receiver.settimeout(TIMEOUT)
+    try:
+        for state in ("READY=1", "STATUS=serving stage 1", "WATCHDOG=1", "STOPPING=1"):
+            systemd.notify(state)
+            assert receiver.recv(4096).decode() == state
+    finally:
+        receiver.close()
 
 
 def daemon_env(notify: NotifySocket | None) -> dict[str, str]:
@@ -341,7 +369,6 @@ def subscribe(broker, topic: str) -> tuple[MqttSession, queue.Queue[str]]:
 
 
 def test_the_stage_daemon_notifies_ready_watchdog_and_stopping(broker, two_stages, tmp_path):
-    needs_sd_notify()
     config = stage_config(tmp_path / "stage1.toml", broker, two_stages, 1, "stage1-notify")
     notify = NotifySocket(tmp_path)
     log = tmp_path / "daemon.log"
@@ -366,7 +393,6 @@ def test_the_stage_daemon_notifies_ready_watchdog_and_stopping(broker, two_stage
 
 
 def test_the_camera_daemon_notifies_ready_and_stopping(broker, tmp_path):
-    needs_sd_notify()
     from PIL import Image
 
     photos = tmp_path / "photos"

@@ -48,3 +48,12 @@ class BrokerError(AiotedgeError):
 
 class PipelineError(AiotedgeError):
     """A pipeline on this machine (`aiotedge run`) could not start or stopped answering."""
+
+
+class MissingExtraError(AiotedgeError):
+    """A feature needs an optional extra (setup.cfg's extras_require) this install lacks."""
+
+    def __init__(self, feature: str, extra: str, reason: str) -> None:
+        super().__init__(f"{feature} needs the '{extra}' extra ({reason}): "
+                         f"pip install 'aiotedge[{extra}]'")
+        self.extra = extra

@@ -23,6 +23,7 @@ import numpy as np
 
 from aiotedge.config.schema import StatsConfig
 from aiotedge.contracts.errors import ConfigError
+from aiotedge.contracts.extras import import_extra
 
 log = logging.getLogger(__name__)
 
@@ -338,6 +339,8 @@ def serve_prometheus(stats: StatsConfig, source: str, labels: Mapping[str, str],
 
     Called before the node connects, so that a port in use stops it with the keys to fix.
     """
+    import_extra("prometheus_client", extra="metrics",
+                 feature=f"{source}: key 'stats.prometheus_port'")
     from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
     from prometheus_client.core import (
         CounterMetricFamily,

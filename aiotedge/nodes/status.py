@@ -13,7 +13,8 @@ import time
 from typing import Any
 
 from aiotedge.config.schema import BrokerConfig
-from aiotedge.contracts.errors import BrokerError, ConfigError
+from aiotedge.contracts.errors import BrokerError
+from aiotedge.contracts.extras import import_extra
 from aiotedge.contracts.topics import Topics
 from aiotedge.nodes.health import NodeView, PipelineView
 from aiotedge.nodes.lifecycle import connect_once, stop_on_signals
@@ -128,13 +129,12 @@ def watch_status(broker: BrokerConfig, topics: Topics, interval: float,
                  stop: threading.Event | None = None) -> int:
     """Redraw the status in place every `interval` s until Ctrl-C; the exit status of the
     last view. Follows the retained topics live on one connection."""
-    try:
-        from rich.console import Console, Group
-        from rich.live import Live
-        from rich.table import Table
-        from rich.text import Text
-    except ImportError:
-        raise ConfigError("flags: --watch needs rich (pip install 'aiotedge[status]')") from None
+    import_extra("rich", extra="status", feature="flags: --watch")
+    from rich.console import Console, Group
+    from rich.live import Live
+    from rich.table import Table
+    from rich.text import Text
+
     stop = stop or stop_on_signals()
     view, lock = PipelineView(), threading.Lock()
 

@@ -15,7 +15,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from aiotedge.contracts.errors import ConfigError, ImageError
+from aiotedge.contracts.errors import ImageError
+from aiotedge.contracts.extras import import_extra
 from aiotedge.media.image import IMAGE_SUFFIXES, list_images, read_photo
 from aiotedge.media.sources.base import CapturedFrame, FrameSource
 
@@ -114,10 +115,8 @@ def _full_events(observer_class: type):
 
 def _watchdog() -> tuple[type, type, type, type]:
     """The watchdog library's observer, handler and the two events that mean "written"."""
-    try:
-        from watchdog.events import FileClosedEvent, FileMovedEvent, FileSystemEventHandler
-        from watchdog.observers import Observer
-    except ImportError:
-        raise ConfigError("watching a folder needs the watchdog library: "
-                          "pip install 'aiotedge[watch]'") from None
+    import_extra("watchdog", extra="watch", feature="watching a folder")
+    from watchdog.events import FileClosedEvent, FileMovedEvent, FileSystemEventHandler
+    from watchdog.observers import Observer
+
     return Observer, FileSystemEventHandler, FileClosedEvent, FileMovedEvent

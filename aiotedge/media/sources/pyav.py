@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from aiotedge.contracts.errors import ConfigError
+from aiotedge.contracts.extras import import_extra
 from aiotedge.media.sources.base import CapturedFrame
 
 #: `av.open`, or a stand-in with its signature (tests)
@@ -22,12 +22,8 @@ Opener = Callable[..., Any]
 
 
 def pyav_open(what: str) -> Opener:
-    """`av.open`; a ConfigError saying how to install PyAV when it is missing."""
-    try:
-        import av
-    except ImportError:
-        raise ConfigError(f"reading {what} needs PyAV: pip install 'aiotedge[video]'") from None
-    return av.open
+    """`av.open`; a MissingExtraError saying how to install PyAV when it is missing."""
+    return import_extra("av", extra="video", feature=f"reading {what}").open
 
 
 @dataclass(frozen=True)
