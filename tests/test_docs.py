@@ -31,8 +31,6 @@ fails fails the suite. How a block meets the machine it runs on, all of it defin
 * **What a document takes for granted** (``SERVED``): cameras.md and topics.md watch and feed
   "the pipeline" of the quickstart; here a split of the test CNN, started by the same stage
   commands before the document's first block.
-* **Known defects** (``XFAIL``): a block that fails for a defect being fixed elsewhere is a
-  strict xfail naming it, so it turns into a failure once the fix lands.
 """
 
 from __future__ import annotations
@@ -118,15 +116,6 @@ SERVED = {
     "docs/topics.md": ("split/", "greenhouse"),
 }
 
-PLAN_LABELS = (
-    "defect: `aiotedge-convert plan ... --labels` crashes with TypeError: read_labels() "
-    "missing 1 required positional argument: 'graph'"
-)
-#: (document, text in the block) -> the defect that makes it fail today.
-XFAIL = {
-    ("docs/deploy-pi-cluster.md", "aiotedge-convert plan"): PLAN_LABELS,
-    ("docs/converter.md", "aiotedge-convert plan"): PLAN_LABELS,
-}
 
 PRELUDE = r"""
 set -e -o pipefail
@@ -341,13 +330,7 @@ def _shell_blocks() -> Iterator[Any]:
     for path, document in PARSED.items():
         for position, example in enumerate(document):
             if _is_block(example):
-                marks = [
-                    pytest.mark.xfail(strict=True, reason=reason)
-                    for (doc, text), reason in XFAIL.items()
-                    if doc == _relative(path) and text in example.parsed
-                ]
-                yield pytest.param(path, position, id=f"{_relative(path)}:{example.line}",
-                                   marks=marks)  # fmt: skip
+                yield pytest.param(path, position, id=f"{_relative(path)}:{example.line}")
 
 
 def _uses(text: str, name: str) -> bool:
