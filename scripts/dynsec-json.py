@@ -32,8 +32,8 @@ rights (dynsec 2.0 has no %u or %c, so the rights naming a user are a role of th
                topics; reads homeassistant/status
   camera       writes stage/0, errors and its own snapshot (aiotedge-frames/<pipeline>/snapshot/
                <user>); subscribes to and receives predictions and errors
-  watcher      subscribes to and receives aiotedge/<pipeline>/# (no share group) and the
-               cameras' snapshots
+  watcher      subscribes to and receives aiotedge/<pipeline>/# (no share group), the
+               cameras' snapshots and the broker's count of dropped messages ($SYS)
   homeassistant  subscribes to and receives homeassistant/#, aiotedge/<pipeline>/# and the
                cameras' snapshots; writes homeassistant/status (its birth and Last Will)
                and the pipeline's discovery topics (.../+/config: deleting the device
@@ -56,6 +56,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+#: what `aiotedge status` reads of the broker's own: the messages it dropped at its queue limits
+BROKER_DROPPED = "$SYS/broker/publish/messages/dropped"
 PREFIX = "aiotedge"
 HOMEASSISTANT_PREFIX = "homeassistant"
 #: mosquitto 2.0 (src/password_mosq.h): the salt and hash sizes both the plugin and
@@ -142,7 +144,7 @@ def build(pipeline: str, stages: int, duties: dict[str, str],
                       + acls("rl", f"{base}/predictions", f"{base}/errors")))
     snapshots = f"{PREFIX}-frames/{pipeline}/snapshot/+"
     roles.append(role(f"{pipeline}-watcher", "read-only tools",
-                      acls("rp", f"{base}/#", snapshots)))
+                      acls("rp", f"{base}/#", snapshots, BROKER_DROPPED)))
     # deleting the device in Home Assistant clears its discovery messages
     discovery_configs = discovery.removesuffix("#") + "+/config"
     roles.append(role(f"{pipeline}-homeassistant", "Home Assistant",

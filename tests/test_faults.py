@@ -16,14 +16,14 @@ from aiotedge_converter.cli import main as convert
 from aiotedge.config.schema import CameraConfig
 from aiotedge.contracts.events import ErrorEvent, Prediction
 from aiotedge.contracts.manifest import Manifest
-from aiotedge.contracts.topics import Topics
+from aiotedge.contracts.topics import BROKER_DROPPED, Topics
 from aiotedge.contracts.wire import Frame, encode_frame
 from aiotedge.media.sources import Stills
 from aiotedge.nodes.broker import LocalBroker
 from aiotedge.nodes.camera import Camera
 from aiotedge.nodes.local import LOCAL_CAMERA, LocalPipeline
 from aiotedge.nodes.session import MqttSession
-from aiotedge.nodes.status import collect_status
+from aiotedge.nodes.status import collect_status, format_status, read_pipeline
 from tests.conftest import wait_all_online, whole_model_top
 
 #: frames without a result are sent again after 5 s, not the default 30
@@ -187,33 +187,44 @@ def test_frames_another_publisher_lost_at_the_broker_are_counted_at_stage_zero(
     frames = 200
     photo = generated_frames[0][1]
     answered: queue.Queue[str] = queue.Queue()
-    came: set[str] = set()
-    with LocalBroker(extra_config="max_queued_messages 20") as small_queues:
+    with LocalBroker(extra_config="max_queued_messages 20\nsys_interval 1") as small_queues:
         with LocalPipeline(split3, broker=small_queues.address) as pipeline:
             script = connected(small_queues, "a-script")
-            # QoS 0: sent at once, never held in the script's own queue, which is as short
             script.subscribe(pipeline.topics.predictions, lambda message: answered.put(
-                Prediction.parse(message.payload).frame_id), qos=0)
+                Prediction.parse(message.payload).frame_id))
             for seq in range(frames):  # as fast as it can: far beyond what the stages take
                 script.publish(pipeline.topics.stage_input(0),
                                encode_frame(Frame(f"s-{seq}", "script", seq, time.time(),
                                                   image=photo)), qos=1)
-            # one more, sent again until answered (the broker drops it too while stage 0's
-            # queue is full): every frame before it is out by then
-            for attempt in range(1, 13):
+            # then one more at a time, each numbered on, until one is answered (the broker
+            # drops them too while stage 0's queue is full): every frame before it has come
+            # to stage 0 or been dropped by then
+            for seq in range(frames, frames + 12):
                 script.publish(pipeline.topics.stage_input(0),
-                               encode_frame(Frame("s-last", "script", frames, time.time(),
-                                                  attempt=attempt, image=photo)), qos=1)
+                               encode_frame(Frame(f"s-{seq}", "script", seq, time.time(),
+                                                  image=photo)), qos=1)
                 try:
-                    while "s-last" not in came:
-                        came.add(answered.get(timeout=TIMEOUT / 12))
+                    while answered.get(timeout=TIMEOUT / 12) != f"s-{seq}":
+                        pass
                     break
                 except queue.Empty:
                     continue
             script.stop()
         stats = collect_status(small_queues.address, pipeline.topics)["local-stage0"]["stats"]
-    assert "s-last" in came
-    assert 0 < stats["missed"] == frames - (len(came) - 1), stats
+        # the broker says what it dropped every second (sys_interval): wait for its count
+        counts: queue.Queue[int] = queue.Queue()
+        broker_side = connected(small_queues, "broker-side")
+        broker_side.subscribe(BROKER_DROPPED, lambda message: counts.put(int(message.payload)))
+        while counts.get(timeout=TIMEOUT) < stats["missed"]:
+            pass
+        broker_side.stop()
+        view = read_pipeline(small_queues.address, pipeline.topics)
+    # every number up to the last, answered, came to stage 0 or was counted missed
+    assert stats["missed"] > 0
+    assert stats["frames_in"] + stats["missed"] == seq + 1, (seq, stats)
+    assert view.broker_dropped >= stats["missed"]
+    assert (f"broker: {view.broker_dropped} messages dropped at its queue limits"
+            in format_status(view, "local"))
 
 
 @pytest.mark.parametrize("kill", [False, True], ids=["SIGTERM", "SIGKILL"])

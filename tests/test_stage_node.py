@@ -29,6 +29,7 @@ from aiotedge.config.schema import (
 from aiotedge.contracts.events import ErrorEvent, NodeInfo, Prediction
 from aiotedge.contracts.manifest import Manifest, Preprocessing, SourceModel, StageSpec
 from aiotedge.contracts.tensors import TensorSpec
+from aiotedge.contracts.topics import BROKER_DROPPED
 from aiotedge.contracts.wire import Frame, decode_activation, encode_frame
 from aiotedge.nodes.stage import StageNode
 
@@ -89,6 +90,7 @@ class FakeSession:
         self.acked: list[int] = []
         self.refused = self.unrouted = self.unacknowledged = self.reconnects = 0
         self.last_problem = None
+        self.connected = True
         #: what input_waiting() answers: whether a message waits unread on the connection
         self.waiting = False
 
@@ -477,3 +479,13 @@ def test_a_tensor_a_camera_preprocessed_goes_into_stage_zero_as_it_is():
     node.stop()
     np.testing.assert_array_equal(segment.inputs[0], tensor)
     assert decode_activation(payload, HIDDEN).name == "door.jpg"  # carried on
+
+
+def test_stage_zero_exports_the_brokers_count_of_dropped_messages_where_it_follows_it():
+    node, session, _ = node_for(0)
+    assert "aiotedge_broker_dropped_messages" not in {m.name for m in node.metrics()}
+    node.follow_broker_drops()
+    session.handlers[BROKER_DROPPED](message(BROKER_DROPPED, b"1899", qos=0))
+    node.stop()
+    exported = {m.name: m.value for m in node.metrics()}
+    assert exported["aiotedge_broker_dropped_messages"] == 1899

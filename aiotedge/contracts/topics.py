@@ -9,6 +9,9 @@ from aiotedge.contracts.errors import ConfigError
 DEFAULT_PREFIX = "aiotedge"
 ONLINE = "online"
 OFFLINE = "offline"
+#: mosquitto's count of the messages it dropped at its queue limits (max_queued_messages,
+#: max_inflight_messages) since it started, even at QoS 1: what a publisher is never told
+BROKER_DROPPED = "$SYS/broker/publish/messages/dropped"
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from aiotedge.contracts.events import NodeInfo
-from aiotedge.contracts.topics import OFFLINE, ONLINE, Topics
+from aiotedge.contracts.topics import BROKER_DROPPED, OFFLINE, ONLINE, Topics
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,9 @@ class PipelineView:
     """Every node of one pipeline, and what follows from them."""
 
     nodes: dict[str, NodeView] = field(default_factory=dict)
+    #: messages the broker dropped at its queue limits since it started (None: it does not
+    #: say, or this login may not read its $SYS topics)
+    broker_dropped: int | None = None
 
     @classmethod
     def from_retained(cls, retained: dict[str, bytes], topics: Topics) -> PipelineView:
@@ -75,6 +78,9 @@ class PipelineView:
 
     def update(self, topics: Topics, topic: str, payload: bytes) -> None:
         """Take one retained message (an empty payload deletes what it held)."""
+        if topic == BROKER_DROPPED:
+            self.broker_dropped = int(payload) if payload.isdigit() else None
+            return
         kind, _, name = topic.removeprefix(f"{topics.base}/").partition("/")
         if not name or "/" in name or kind not in ("availability", "info", "stats"):
             return

@@ -287,10 +287,12 @@ def counter_metrics(counters: Mapping[str, int],
 
 
 def stage_metrics(stats: NodeStats, info: Mapping[str, str], *, queued: int, connected: bool,
-                  refused: int, unrouted: int, reconnects: int) -> list[Metric]:
+                  refused: int, unrouted: int, reconnects: int,
+                  broker_dropped: int | None = None) -> list[Metric]:
     """A stage's metric families; reads only (no window of the stats message moves).
 
     `info`: what the stage runs (version, model, manifest), as labels of a constant 1.
+    `broker_dropped`: the broker's own count of dropped messages, where the stage follows it.
     """
     metrics = list(counter_metrics(stats.counters.snapshot(), STAGE_COUNTERS))
     metrics += [
@@ -307,7 +309,7 @@ def stage_metrics(stats: NodeStats, info: Mapping[str, str], *, queued: int, con
     ]
     metrics += [Metric(name, "histogram", text, getattr(stats, attribute).histogram())
                 for attribute, (name, text) in STAGE_TIMINGS.items()]
-    return metrics + broker_metrics(connected, reconnects)
+    return metrics + broker_metrics(connected, reconnects, broker_dropped)
 
 
 def camera_metrics(counters: Mapping[str, int], *, in_flight: int, connected: bool,
@@ -321,14 +323,21 @@ def camera_metrics(counters: Mapping[str, int], *, in_flight: int, connected: bo
     ]
 
 
-def broker_metrics(connected: bool, reconnects: int) -> list[Metric]:
-    return [
+def broker_metrics(connected: bool, reconnects: int,
+                   dropped: int | None = None) -> list[Metric]:
+    metrics = [
         Metric("aiotedge_broker_connected", "gauge",
                "1 while the node is connected to the broker, else 0.", int(connected)),
         Metric("aiotedge_broker_reconnects", "counter",
                "Connections to the broker after the first one (broker restarts, network loss).",
                reconnects),
     ]
+    if dropped is not None:
+        metrics.append(Metric(
+            "aiotedge_broker_dropped_messages", "counter",
+            "Messages the broker dropped at its queue limits since it started, QoS 1 ones too "
+            "($SYS/broker/publish/messages/dropped, as mosquitto publishes it).", dropped))
+    return metrics
 
 
 def serve_prometheus(stats: StatsConfig, source: str, labels: Mapping[str, str],

@@ -37,6 +37,7 @@ from aiotedge.contracts.events import (
     top_k,
 )
 from aiotedge.contracts.manifest import Manifest
+from aiotedge.contracts.topics import BROKER_DROPPED
 from aiotedge.contracts.wire import Frame, Hop, decode_activation, decode_photo, encode_frame
 from aiotedge.media.image import decode_image, preprocess
 from aiotedge.nodes import systemd
@@ -121,6 +122,8 @@ class StageNode:
         self._loaded = False
         self._worker = threading.Thread(target=self._run_worker, name="inference", daemon=True)
         self._reporter = StatsReporter(self.publish_stats, config.stats.interval)
+        #: the broker's count of dropped messages, where followed (follow_broker_drops)
+        self.broker_dropped: int | None = None
 
     def forget_subscription(self, share_group: str) -> None:
         """Drop the input subscription of an earlier run with another share group.
@@ -210,8 +213,17 @@ class StageNode:
              "manifest": self.info.manifest},
             queued=self._queue.qsize(), connected=self.session.connected,
             refused=self.session.refused, unrouted=self.session.unrouted,
-            reconnects=self.session.reconnects,
+            reconnects=self.session.reconnects, broker_dropped=self.broker_dropped,
         )
+
+    def follow_broker_drops(self) -> None:
+        """Follow the broker's own count of dropped messages ($SYS), for Prometheus: what a
+        publisher lost at the broker's queue limits, whoever it is. Where this login may not
+        read it, the metric is absent."""
+        def take(message: mqtt.MQTTMessage) -> None:
+            self.broker_dropped = int(message.payload) if message.payload.isdigit() else None
+
+        self.session.subscribe(BROKER_DROPPED, take, qos=0)
 
     def publish_stats(self) -> None:
         payload = json.dumps(self.stats_snapshot())
@@ -481,6 +493,8 @@ def run_stage(config: NodeConfig, stop: threading.Event | None = None) -> int:
         serve_prometheus(config.stats, config.source,
                          {"pipeline": config.pipeline.name, "stage": str(node.index),
                           "node": node.node}, node.metrics)
+        if node.index == 0:  # where the frames of any publisher are lost at the broker
+            node.follow_broker_drops()
     pipeline = PipelineAvailability(node.session, config.topics, node.node)
     bridge = None
     if config.homeassistant.discovery and node.is_last:

@@ -15,7 +15,7 @@ from typing import Any
 from aiotedge.config.schema import BrokerConfig
 from aiotedge.contracts.errors import BrokerError
 from aiotedge.contracts.extras import import_extra
-from aiotedge.contracts.topics import Topics
+from aiotedge.contracts.topics import BROKER_DROPPED, Topics
 from aiotedge.nodes.health import NodeView, PipelineView
 from aiotedge.nodes.lifecycle import connect_once, stop_on_signals
 from aiotedge.nodes.session import (
@@ -44,9 +44,21 @@ def read_pipeline(broker: BrokerConfig, topics: Topics, timeout: float = 10.0) -
     connect_once(session, timeout)
     try:
         retained = _read(session, topics, timeout)
+        retained.update(_read_broker(session, topics, timeout))
     finally:
         session.stop()
     return PipelineView.from_retained(retained, topics)
+
+
+def _read_broker(session: MqttSession, topics: Topics, timeout: float = 10.0,
+                 follow: MessageHandler | None = None) -> dict[str, bytes]:
+    """The broker's own count of dropped messages, where it publishes it and this login may
+    read it ($SYS); nothing where not."""
+    try:
+        return read_retained(session, [BROKER_DROPPED], topics.probe(session.client_id),
+                             timeout, follow)
+    except RetainedRefusedError:
+        return {}
 
 
 def _read(session: MqttSession, topics: Topics, timeout: float = 10.0,
@@ -108,6 +120,9 @@ def status_lines(view: PipelineView, pipeline: str, now: float | None = None
         notes.append("gone: " + ", ".join(
             f"{n.name} ({_seen(n.last_seen, now)})" for n in gone))
     notes += [f"problem: {problem}" for problem in view.problems()]
+    if view.broker_dropped:
+        notes.append(f"broker: {view.broker_dropped} messages dropped at its queue limits since "
+                     "it started (frames among them count as missed at stage 0)")
     return _summary(view, pipeline), rows, notes
 
 
@@ -165,6 +180,7 @@ def watch_status(broker: BrokerConfig, topics: Topics, interval: float,
 
     try:
         _read(session, topics, follow=take)  # a whole first screen, then follows them
+        _read_broker(session, topics, follow=take)
         with Live(screen(), console=Console(), auto_refresh=False) as live:
             while not stop.wait(interval):
                 live.update(screen(), refresh=True)
