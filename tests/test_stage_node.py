@@ -164,7 +164,7 @@ def photo_frame(frame_id: str, attempt: int = 1, colour=(200, 10, 10)) -> bytes:
 
 def deliver(session: FakeSession, msg: mqtt.MQTTMessage) -> None:
     """Hand a message to the node as paho would: on a network thread of its own."""
-    network = threading.Thread(target=session.handler, args=(msg,), name="network")
+    network = threading.Thread(target=session.handler, args=(msg,), name="network", daemon=True)
     network.start()
     network.join(TIMEOUT)
     assert not network.is_alive()
@@ -206,6 +206,25 @@ def test_frames_before_serve_wait_and_are_computed_once_it_serves():
     answered = session.forwarded.get(timeout=TIMEOUT)[2]
     node.stop()
     assert answered == held.mid
+
+
+def test_more_frames_than_the_queue_holds_before_serve_never_block_the_network_thread():
+    """After a SIGKILL the broker sends a stage its unacknowledged frames again and more: the
+    network thread waited for room in the queue, and so never read the probe the start-up
+    check waited for (the restarted stage never came online)."""
+    config = NodeConfig(pipeline=PipelineConfig(name="unit"),
+                        stage=StageConfig(index=1, node="stage1", queue_size=2),
+                        stats=StatsConfig(interval=0))
+    split, session = manifest(), FakeSession()
+    node = StageNode(config, split, session, FakeSegment(split.stages[1]))
+    node.start()
+    sources = [message("aiotedge-frames/unit/stage/1", activation(f"b-{n}")) for n in range(5)]
+    for source in sources:
+        deliver(session, source)  # returns: nothing waits on the network thread
+    node.serve()
+    answered = [session.forwarded.get(timeout=TIMEOUT)[2] for _ in sources]
+    node.stop()
+    assert answered == [source.mid for source in sources]
 
 
 def test_a_stage_stopped_before_it_serves_leaves_its_frames_with_the_broker():

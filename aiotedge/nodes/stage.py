@@ -110,8 +110,12 @@ class StageNode:
                       else None)
         self._missed_said_at = -SAY_MISSED_EVERY
         self._stopping = threading.Event()
-        #: set by serve(): until then frames are held, neither computed nor acknowledged
+        #: set by serve(): until then frames are held, neither computed nor acknowledged, in
+        #: `_held` (not in the bounded queue: the network thread must never wait then, it
+        #: reads the messages the start-up check waits for)
         self._serving = threading.Event()
+        self._held: list[_QueuedMessage] = []
+        self._held_lock = threading.Lock()
         self._queue: queue.Queue[_QueuedMessage | None] = queue.Queue(self.settings.queue_size)
         #: held while the network thread computes a frame itself; stop() waits for it
         self._inline = threading.Lock()
@@ -158,7 +162,10 @@ class StageNode:
     def serve(self) -> None:
         """Compute frames from now on, those held since start() first: a stage that turns out
         not to fit its neighbours stops without having taken any (the broker keeps them)."""
-        self._serving.set()
+        with self._held_lock:
+            # frames go to the worker, behind the held ones, until it is idle
+            self._loaded = bool(self._held)
+            self._serving.set()
 
     def announce_online(self) -> None:
         self.session.announce(self.topics.info(self.node), self.info.to_json())
@@ -244,8 +251,13 @@ class StageNode:
                 f"{self.settings.max_message_bytes}",
             )
             return
+        if not self._serving.is_set():
+            with self._held_lock:
+                if not self._serving.is_set():
+                    self._held.append((message, received))
+                    return
         if message.qos > 0:
-            if self._serving.is_set() and not self._loaded and self._queue.unfinished_tasks == 0:
+            if not self._loaded and self._queue.unfinished_tasks == 0:
                 self._process_inline(message, received)
                 return
             # Receive Maximum keeps the broker within the queue's size, but mosquitto 2.0
@@ -305,6 +317,12 @@ class StageNode:
         while not self._serving.wait(timeout=1.0):  # frames are held until serve()
             if self._stopping.is_set():
                 return
+        with self._held_lock:
+            held, self._held = self._held, []
+        for item in held:
+            self._process(*item)
+        if held and self._queue.empty():  # as after a queued frame: ran dry
+            self._loaded = False
         while True:
             if ping_every and time.monotonic() >= next_ping and not self._inline_hung(ping_every):
                 systemd.notify("WATCHDOG=1")
