@@ -36,7 +36,7 @@ from aiotedge_converter.report import (
 from aiotedge_converter.split import SplitOptions, read_labels, split_model
 from aiotedge_converter.verify import ImageResult, verify
 
-from aiotedge.config.schema import BrokerConfig
+from aiotedge.config.sections import BrokerConfig
 from aiotedge.contracts.errors import AiotedgeError
 from aiotedge.contracts.manifest import MANIFEST_NAME
 from aiotedge.contracts.profile import INPUT_KINDS, Profile

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from aiotedge.config.schema import BrokerConfig, NodeConfig
+from aiotedge.config.loader import NodeConfig
+from aiotedge.config.sections import BrokerConfig
 from aiotedge.contracts.errors import ConfigError
 
 
