@@ -163,3 +163,12 @@ def test_version():
     result = subprocess.run([sys.executable, "-m", "aiotedge", "--version"], capture_output=True,
                             text=True, timeout=60, check=True)
     assert result.stdout.strip() == f"aiotedge {__version__}"
+
+
+def test_a_node_name_given_to_retire_is_checked_as_the_key_is():
+    result = subprocess.run(
+        [sys.executable, "-m", "aiotedge", "retire", "--node", "stage0/x", "--broker",
+         "127.0.0.1:1"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert_one_line_error(result, "flags: --node must be one topic level")
