@@ -23,7 +23,17 @@ def read_secret_file(filename: str, where: str) -> str:
         raise ConfigError(f"{where} is not UTF-8 text") from exc
 
 
-def check_readable(filename: str, where: str) -> None:
+def check_broker_files(broker: BrokerConfig, source: str) -> None:
+    """Open the files the [broker] keys name as paho will, each problem named with its key."""
+    for key in ("password_file", "ca_file", "cert_file", "key_file"):
+        filename = getattr(broker, key)
+        if filename is not None:
+            _check_readable(filename, f"{source}: key 'broker.{key}'")
+    if broker.tls:
+        _check_certificates(broker, source)
+
+
+def _check_readable(filename: str, where: str) -> None:
     """Opening is the test: permissions, ACLs and the service's sandbox all count."""
     try:
         with open(filename, "rb"):
@@ -43,7 +53,7 @@ def _refuse_passphrase() -> bytes:
     raise _EncryptedKeyError
 
 
-def check_certificates(broker: BrokerConfig, source: str) -> None:
+def _check_certificates(broker: BrokerConfig, source: str) -> None:
     """Load the CA, the client certificate and its key as paho's tls_set() will."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     # a certificate (chain) file loads as CA certificates: the check that it holds one

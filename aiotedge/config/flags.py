@@ -40,7 +40,7 @@ def add_section_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
             text += f" (required here or as {name}.{key})"
         else:
             shown = (shown_defaults or {}).get(key) or declared.shown_default
-            text += f" (default: {shown or shown_default(defaults[key])})"
+            text += f" (default: {shown or _shown(defaults[key])})"
         options: dict[str, Any] = {"dest": _dest(section, key), "help": text}
         kind = _value_type(hints[key])
         if kind is bool:  # a switch: None when not given, so that the file's value stays
@@ -83,7 +83,7 @@ def flag_given(args: argparse.Namespace, section: type, key: str) -> bool:
     return getattr(args, _dest(section, key), None) is not None
 
 
-def shown_default(value: object) -> str:
+def _shown(value: object) -> str:
     """A key's default as a flag's help shows it."""
     if value is None or value == "":
         return "none"

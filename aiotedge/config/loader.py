@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from aiotedge.config.checks import KeyValueError
-from aiotedge.config.files import check_certificates, check_readable
+from aiotedge.config.files import check_broker_files
 from aiotedge.config.sections import (
     BrokerConfig,
     CameraConfig,
@@ -84,13 +84,7 @@ class NodeConfig:
         the file nor the key, or end in a traceback. Not part of load(): the example configs
         name files that exist only on the boards they are for.
         """
-        broker = self.broker
-        for key in ("password_file", "ca_file", "cert_file", "key_file"):
-            filename = getattr(broker, key)
-            if filename is not None:
-                check_readable(filename, f"{self.source}: key 'broker.{key}'")
-        if broker.tls:
-            check_certificates(broker, self.source)
+        check_broker_files(self.broker, self.source)
 
     def override(self, section: str, **values: Any) -> NodeConfig:
         """A copy with the given keys of one section replaced; None means 'not given'."""
