@@ -7,7 +7,6 @@ aiotedge.nodes.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import sys
@@ -15,15 +14,14 @@ import tempfile
 from pathlib import Path
 
 from aiotedge import __version__
-from aiotedge.config.schema import (
-    BROKER_ADDRESSES,
+from aiotedge.config.flags import add_section_flags, flag_given, override_from_flags
+from aiotedge.config.loader import NodeConfig
+from aiotedge.config.sections import (
     BrokerConfig,
     CameraConfig,
-    NodeConfig,
     PipelineConfig,
     StageConfig,
     StatsConfig,
-    parse_address,
 )
 from aiotedge.contracts.errors import ConfigError
 from aiotedge.contracts.manifest import Manifest
@@ -56,6 +54,8 @@ log = logging.getLogger("aiotedge")
 #: the pipeline and camera names `aiotedge run` uses unless told otherwise
 LOCAL_PIPELINE = "local"
 LOCAL_CAMERA = "local"
+#: the [camera] keys that say what to read, flags of `camera` and `run` alike
+SOURCE_KEYS = ("source", "loop", "watch", "realtime")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,12 +70,6 @@ EPILOG = ("Exit status: 0 ok; 1 nothing got through (camera), or a node is not o
           "login), told in one line. Docs: README.md, docs/config.md.")
 
 
-def _default(section: type, key: str) -> str:
-    """A config key's default, for a flag's help: flags default to the config file's value."""
-    value = next(f.default for f in dataclasses.fields(section) if f.name == key)
-    return "none" if value is None or value == "" else str(value)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aiotedge", description=__doc__.split("\n")[0],
                                      epilog=EPILOG)
@@ -85,48 +79,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     stage = commands.add_parser("stage", help="serve one segment of a pipeline (a board daemon)")
     _add_node_flags(stage)
-    stage.add_argument("--manifest", help="manifest.json or the folder holding it "
-                       "(required here or as stage.manifest)")
-    stage.add_argument("--stage", dest="index", type=int,
-                       help="stage index, 0 = first (required here or as stage.index)")
-    stage.add_argument("--node", help="node name (default: stage<K>-<hostname>)")
-    stage.add_argument("--threads", type=int,
-                       help="interpreter threads (default: the runtime's choice)")
-    stage.add_argument("--queue-size", type=int, help="frames waiting for inference at most "
-                       f"(default: {_default(StageConfig, 'queue_size')})")
-    stage.add_argument("--share-group", help="replicas with the same group share frames "
-                       "(default: none)")
-    stage.add_argument("--max-message-bytes", type=int,
-                       help="refuse larger messages before decoding them "
-                            f"(default: {_default(StageConfig, 'max_message_bytes')})")
-    stage.add_argument("--stats-interval", type=float, help="seconds between stats messages "
-                       f"(default: {_default(StatsConfig, 'interval')})")
+    add_section_flags(stage, StageConfig, ("manifest", "index", "node", "threads", "queue_size",
+                                           "share_group", "max_message_bytes"))
+    add_section_flags(stage, StatsConfig, ("interval",))
     stage.set_defaults(handler=_cmd_stage)
 
     camera = commands.add_parser(
         "camera", help="publish a camera's frames into stage 0 (a device, a stream, a video, "
                        "a folder of photos; docs/cameras.md)")
     _add_node_flags(camera)
-    _add_source_flags(camera)
-    camera.add_argument("--name", help="camera name carried by every frame "
-                        f"(default: {_default(CameraConfig, 'name')})")
-    _add_fps_flag(camera)
-    camera.add_argument("--in-flight", type=int, help="frames awaiting their result at most "
-                        f"(default: {_default(CameraConfig, 'in_flight')})")
-    camera.add_argument("--frames", type=int, help="stop after this many frames "
-                        "(default: the source's end, or for ever)")
-    camera.add_argument("--size", help="WIDTHxHEIGHT asked of a device, V4L2 or Pi camera "
-                        "(default: the device's)")
-    camera.add_argument("--preprocess", choices=("none", "jpeg", "tensor"),
-                        help="send frames at stage 0's input size (jpeg) or as its input tensor "
-                             f"(default: {_default(CameraConfig, 'preprocess')})")
-    camera.add_argument("--manifest", help="stage 0's preprocessing from this manifest "
-                        "(default: from stage 0's retained info)")
-    camera.add_argument("--snapshot", action="store_true", default=None,
-                        help="publish the latest JPEG that got a prediction, retained "
-                             "(default: off)")
-    camera.add_argument("--stats-interval", type=float, help="seconds between stats messages "
-                        f"(default: {_default(StatsConfig, 'interval')})")
+    add_section_flags(camera, CameraConfig, (*SOURCE_KEYS, "name", "fps", "in_flight", "frames",
+                                             "size", "preprocess", "manifest", "snapshot"))
+    add_section_flags(camera, StatsConfig, ("interval",))
     camera.set_defaults(handler=_cmd_camera)
 
     watch = commands.add_parser("watch", help="print predictions as they arrive")
@@ -153,10 +117,39 @@ def build_parser() -> argparse.ArgumentParser:
         "retire", help="take a stopped node out for good: its broker session and retained "
                        "messages (the last stage: the pipeline's Home Assistant entities too)")
     _add_node_flags(retire)
-    retire.add_argument("--node", help="the node's name (default: [stage] node, or "
-                                       "stage<K>-<hostname> from [stage] index)")
+    add_section_flags(retire, StageConfig, ("node",), helps={"node": "the node's name"},
+                      shown_defaults={"node": "[stage] node, or stage<K>-<hostname> from "
+                                              "[stage] index"})
     retire.set_defaults(handler=_cmd_retire)
 
+    _add_profile_parser(commands)
+
+    run = commands.add_parser(
+        "run", help="run a whole pipeline on this machine (a private broker unless one is given)")
+    _add_node_flags(run, shown_defaults={"host": "a private mosquitto on a free port",
+                                         "name": LOCAL_PIPELINE})
+    model = run.add_mutually_exclusive_group(required=True)
+    model.add_argument("--manifest", help="manifest.json or the folder holding it "
+                       "(required, or --plan)")
+    model.add_argument("--plan", help="a folder written by aiotedge-convert plan: its "
+                       "manifest, and as many processes per stage as it has boards "
+                       "(required, or --manifest)")
+    add_section_flags(run, CameraConfig, (*SOURCE_KEYS, "name", "frames"),
+                      helps={"frames": "stop after this many predictions"},
+                      shown_defaults={"name": LOCAL_CAMERA, "frames": "the source's end"})
+    add_section_flags(run, StageConfig, ("threads",),
+                      helps={"threads": "interpreter threads per stage"})
+    add_section_flags(run, CameraConfig, ("fps",))
+    run.add_argument("--json", action="store_true", help="print the raw JSON predictions")
+    run.add_argument("--log-file", type=Path, metavar="FILE",
+                     help="where the daemons' log goes; the terminal shows the predictions, "
+                          "warnings and errors, and a summary (default: aiotedge-run-"
+                          "<pipeline>.log in the temporary folder; with -v: the terminal)")
+    run.set_defaults(handler=_cmd_run)
+    return parser
+
+
+def _add_profile_parser(commands: argparse._SubParsersAction) -> None:
     profile = commands.add_parser(
         "profile", help="measure on this board what each piece of a model costs, for the planner"
     )
@@ -184,80 +177,17 @@ def build_parser() -> argparse.ArgumentParser:
                               "mosquitto; default: measured)")
     profile.set_defaults(handler=_cmd_profile)
 
-    run = commands.add_parser(
-        "run", help="run a whole pipeline on this machine (a private broker unless one is given)")
-    _add_node_flags(run, broker_default="a private mosquitto on a free port",
-                    pipeline_default=LOCAL_PIPELINE)
-    model = run.add_mutually_exclusive_group(required=True)
-    model.add_argument("--manifest", help="manifest.json or the folder holding it "
-                       "(required, or --plan)")
-    model.add_argument("--plan", help="a folder written by aiotedge-convert plan: its "
-                       "manifest, and as many processes per stage as it has boards "
-                       "(required, or --manifest)")
-    _add_source_flags(run)
-    run.add_argument("--name", help=f"camera name carried by every frame (default: "
-                     f"{LOCAL_CAMERA})")
-    run.add_argument("--frames", type=int,
-                     help="stop after this many predictions (default: the source's end)")
-    run.add_argument("--threads", type=int, help="interpreter threads per stage "
-                     "(default: the runtime's choice)")
-    _add_fps_flag(run)
-    run.add_argument("--json", action="store_true", help="print the raw JSON predictions")
-    run.add_argument("--log-file", type=Path, metavar="FILE",
-                     help="where the daemons' log goes; the terminal shows the predictions, "
-                          "warnings and errors, and a summary (default: aiotedge-run-"
-                          "<pipeline>.log in the temporary folder; with -v: the terminal)")
-    run.set_defaults(handler=_cmd_run)
-    return parser
 
-
-def _add_node_flags(parser: argparse.ArgumentParser, *, broker_default: str = "",
-                    pipeline_default: str = "") -> None:
+def _add_node_flags(parser: argparse.ArgumentParser, *,
+                    shown_defaults: dict[str, str] | None = None) -> None:
+    """The flags every node takes: its config file, the broker, the pipeline, the login."""
     parser.add_argument("--config", help="node config file (TOML); flags override it "
                         "(default: none, the defaults of docs/config.md)")
-    parser.add_argument("--broker", metavar="ADDRESS", help=f"{BROKER_ADDRESSES} (default: "
-                        f"{broker_default or BrokerConfig()})")
-    parser.add_argument("--pipeline", help="pipeline name, a topic level (default: "
-                        f"{pipeline_default or _default(PipelineConfig, 'name')})")
-    parser.add_argument("--qos", type=int, choices=(0, 1), help="MQTT QoS for frames "
-                        f"(default: {_default(PipelineConfig, 'qos')})")
+    add_section_flags(parser, BrokerConfig, ("host",), shown_defaults=shown_defaults)
+    add_section_flags(parser, PipelineConfig, ("name", "qos"), shown_defaults=shown_defaults)
     login = parser.add_argument_group("broker login and TLS (or [broker] in --config)")
-    login.add_argument("--username", help="broker user (default: none)")
-    login.add_argument("--password-file", help="file holding the password, never the password "
-                       "itself on a command line (default: none)")
-    login.add_argument("--tls", action="store_true", default=None,
-                       help="connect with TLS (also: --broker mqtts://...)")
-    login.add_argument("--ca-file", help="CA certificate(s) to check the broker against "
-                       "(default: the system's)")
-    login.add_argument("--cert-file", help="client certificate, for mutual TLS (default: none)")
-    login.add_argument("--key-file", help="the client certificate's key (default: none, the "
-                       "certificate file's)")
-
-
-def _add_fps_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--fps", type=float, help="frame rate; 0 = the next frame as soon as a "
-                        f"result is back (default: {_default(CameraConfig, 'fps')})")
-
-
-def _add_source_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--source", "--images", dest="source",
-        help="a folder, an image or a video file, /dev/videoN, picamera2:N, rtsp://, http(s):// "
-             "(required here or as camera.source)")
-    parser.add_argument("--loop", action="store_true", default=None,
-                        help="a folder or a video: start again at the end (default: once)")
-    parser.add_argument("--watch", action="store_true", default=None,
-                        help="a folder: send each photo written into it from now on "
-                             "(default: off)")
-    parser.add_argument("--realtime", action="store_true", default=None,
-                        help="a video: at its own frame rate, dropping what the pipeline "
-                             "cannot take (default: every frame, as fast as the pipeline takes "
-                             "them)")
-
-
-def _source_keys(args: argparse.Namespace) -> dict[str, object]:
-    return {"source": args.source, "loop": args.loop, "watch": args.watch,
-            "realtime": args.realtime}
+    add_section_flags(login, BrokerConfig, ("username", "password_file", "tls", "ca_file",
+                                            "cert_file", "key_file"))
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -267,54 +197,36 @@ def _size(text: str) -> tuple[int, int]:
     return int(width), int(height)
 
 
-def _broker_flags(args: argparse.Namespace) -> dict[str, object]:
-    """The [broker] keys the flags set (None: not given)."""
-    keys: dict[str, object] = {
-        "username": args.username, "password_file": args.password_file, "tls": args.tls,
-        "ca_file": args.ca_file, "cert_file": args.cert_file, "key_file": args.key_file,
-    }
-    if args.broker:
-        try:
-            keys.update(parse_address(args.broker))
-        except ConfigError as exc:
-            raise ConfigError(f"flags: --broker {args.broker!r}: {exc}") from None
-    return keys
+def _node_config(args: argparse.Namespace,
+                 defaults: dict[str, dict[str, object]] | None = None) -> NodeConfig:
+    """The node's config file with the flags given on top, its files checked.
 
-
-def _node_config(args: argparse.Namespace, section: str, **flags: object) -> NodeConfig:
-    """The node's config file with the flags given on top, its files checked."""
+    `defaults`: a command's own defaults of some keys, where the file does not set them.
+    """
     config = NodeConfig.load(args.config)
-    config = config.override("broker", **_broker_flags(args))
-    config = config.override("pipeline", name=args.pipeline, qos=args.qos)
-    config = config.override(section, **flags)
+    for section, keys in (defaults or {}).items():
+        config = config.override(section, **{
+            key: value for key, value in keys.items() if not config.given(section, key)})
+    config = override_from_flags(config, args)
     config.check_files()
     return config
 
 
 def _cmd_stage(args: argparse.Namespace) -> int:
-    config = _node_config(
-        args, "stage", manifest=args.manifest, index=args.index, node=args.node,
-        threads=args.threads, queue_size=args.queue_size, share_group=args.share_group,
-        max_message_bytes=args.max_message_bytes,
-    ).override("stats", interval=args.stats_interval)
-    return run_stage(config)
+    return run_stage(_node_config(args))
 
 
 def _cmd_camera(args: argparse.Namespace) -> int:
-    return run_camera(_node_config(
-        args, "camera", **_source_keys(args), name=args.name, fps=args.fps,
-        in_flight=args.in_flight, frames=args.frames, size=args.size,
-        preprocess=args.preprocess, manifest=args.manifest, snapshot=args.snapshot,
-    ).override("stats", interval=args.stats_interval))
+    return run_camera(_node_config(args))
 
 
 def _cmd_watch(args: argparse.Namespace) -> int:
-    return run_watch(_node_config(args, "pipeline"), lambda line: print(line, flush=True),
+    return run_watch(_node_config(args), lambda line: print(line, flush=True),
                      count=args.count, as_json=args.json)
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    config = _node_config(args, "pipeline")
+    config = _node_config(args)
     if args.watch:
         return watch_status(config.broker, config.topics, args.interval)
     view = read_pipeline(config.broker, config.topics)
@@ -326,11 +238,11 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_retire(args: argparse.Namespace) -> int:
-    config = _node_config(args, "pipeline")
-    if args.node is None and not (config.stage.node or config.stage.index is not None):
+    config = _node_config(args)
+    if not (config.stage.node or config.stage.index is not None):
         raise ConfigError(f"{config.source}: which node? (--node, or key 'stage.node' or "
                           "'stage.index')")
-    retired = retire(config, args.node or config.stage.node_name)
+    retired = retire(config, config.stage.node_name)
     print(f"retired {retired.node}: its session and {len(retired.cleared)} retained messages")
     if retired.pipeline:
         print(f"and pipeline {config.pipeline.name} with it (its last stage): its availability, "
@@ -359,13 +271,9 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from aiotedge.nodes.local import LocalPipeline, RunSummary, log_to_file, plan_replicas
 
-    config = _node_config(args, "camera", **_source_keys(args), name=args.name, fps=args.fps,
-                          frames=args.frames).override("stage", threads=args.threads)
-    if args.pipeline is None and not config.given("pipeline", "name"):
-        config = config.override("pipeline", name=LOCAL_PIPELINE)
-    if args.name is None and not config.given("camera", "name"):
-        config = config.override("camera", name=LOCAL_CAMERA)
-    external = args.broker or config.given("broker")
+    config = _node_config(args, {"pipeline": {"name": LOCAL_PIPELINE},
+                                 "camera": {"name": LOCAL_CAMERA}})
+    external = flag_given(args, BrokerConfig, "host") or config.given("broker")
     manifest = Manifest.load(args.manifest or args.plan)
     source = open_source(config.camera, "--source")
     log_file = None

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from aiotedge_converter.cli import main as convert
 
-from aiotedge.config.schema import BrokerConfig
+from aiotedge.config.sections import BrokerConfig
 from aiotedge.contracts.events import Prediction
 from aiotedge.contracts.manifest import Manifest
 from aiotedge.contracts.wire import Frame, Hop, encode_frame

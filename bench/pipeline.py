@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from aiotedge_converter.cli import main as convert
 
-from aiotedge.config.schema import PipelineConfig, StageConfig
+from aiotedge.config.sections import PipelineConfig, StageConfig
 from aiotedge.contracts.manifest import Manifest
 from aiotedge.media.image import decode_image, list_images, preprocess, read_photo
 from aiotedge.nodes.broker import LocalBroker

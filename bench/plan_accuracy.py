@@ -28,7 +28,7 @@ from aiotedge_converter.deploy import write_plan_files
 from aiotedge_converter.replicate import plan_cluster
 from aiotedge_converter.split import SplitOptions
 
-from aiotedge.config.schema import BrokerConfig, PipelineConfig, StageConfig
+from aiotedge.config.sections import BrokerConfig, PipelineConfig, StageConfig
 from aiotedge.contracts.manifest import Manifest
 from aiotedge.media.image import decode_image, list_images
 from aiotedge.nodes.local import LocalPipeline, plan_replicas

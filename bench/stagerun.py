@@ -25,7 +25,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-from aiotedge.config.schema import BrokerConfig, CameraConfig
+from aiotedge.config.sections import BrokerConfig, CameraConfig
 from aiotedge.contracts.events import Prediction
 from aiotedge.contracts.manifest import Manifest
 from aiotedge.contracts.topics import Topics

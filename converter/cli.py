@@ -36,7 +36,8 @@ from aiotedge_converter.report import (
 from aiotedge_converter.split import SplitOptions, read_labels, split_model
 from aiotedge_converter.verify import ImageResult, verify
 
-from aiotedge.config.schema import BrokerConfig
+from aiotedge import __version__
+from aiotedge.config.sections import BrokerConfig
 from aiotedge.contracts.errors import AiotedgeError
 from aiotedge.contracts.manifest import MANIFEST_NAME
 from aiotedge.contracts.profile import INPUT_KINDS, Profile
@@ -45,8 +46,11 @@ from aiotedge.tflite.graph import Graph, load_graph
 PROG = "aiotedge-convert"
 EXIT_DIFFERENT = 1
 EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
 BALANCED = "balanced"
 LAYERS_PREFIX = "layers:"
+PLOT_HELP = "draw the plan (default: none)"
+LABELS_HELP = "class names, one a line (default: none)"
 
 
 def _parse_cuts(text: str) -> list[int]:
@@ -259,27 +263,32 @@ def _add_plan_parser(sub: argparse._SubParsersAction) -> None:
         "cut points and board counts) from measured profiles; prints the plan beside the pure "
         "pipeline and pure replicas. See docs/converter.md, section 7.")
     plan.add_argument("model", type=Path, metavar="MODEL.tflite")
-    plan.add_argument("--boards", type=int, required=True, metavar="N")
+    plan.add_argument("--boards", type=int, required=True, metavar="N",
+                      help="boards to plan for (required)")
     plan.add_argument("--profile", type=_parse_paths, required=True, metavar="P.json,...",
                       help="from `aiotedge profile`: one for N identical boards, or one per "
-                      "board")
-    plan.add_argument("--link-mbps", type=float, metavar="M", help="each board's link")
+                      "board (required)")
+    plan.add_argument("--link-mbps", type=float, metavar="M",
+                      help="each board's link (default: not a limit)")
     plan.add_argument("--broker-link-mbps", type=float, metavar="M",
-                      help="the broker's link (every message crosses it in and out)")
+                      help="the broker's link (every message crosses it in and out; default: "
+                      "not a limit)")
     plan.add_argument("--max-latency-ms", type=float, metavar="X",
-                      help="bound a lone frame's predicted latency")
-    plan.add_argument("--max-stages", type=int, metavar="S", help="at most S stages")
+                      help="bound a lone frame's predicted latency (default: no bound)")
+    plan.add_argument("--max-stages", type=int, metavar="S",
+                      help="at most S stages (default: up to one per board)")
     plan.add_argument("--stage0-input", choices=INPUT_KINDS, default="photo",
-                      help="what stage 0 receives: the camera's photo (default), a JPEG or a "
-                      "tensor at the model's size (preprocessed at the camera)")
+                      help="what stage 0 receives: the camera's photo, a JPEG or a tensor at "
+                      "the model's size (preprocessed at the camera) (default: %(default)s)")
     plan.add_argument("--out", type=Path, metavar="DIR",
-                      help="write the segments, manifest.json, plan.json and boards/*.toml")
-    plan.add_argument("--plot", type=Path, metavar="PLAN.png", help="draw the plan")
-    plan.add_argument("--labels", type=Path, metavar="FILE", help="class names, one a line")
+                      help="write the segments, manifest.json, plan.json and boards/*.toml "
+                      "(default: only print the plan)")
+    plan.add_argument("--plot", type=Path, metavar="PLAN.png", help=PLOT_HELP)
+    plan.add_argument("--labels", type=Path, metavar="FILE", help=LABELS_HELP)
     plan.add_argument("--pipeline", default="greenhouse",
-                      help="pipeline name in the board configs (greenhouse)")
+                      help="pipeline name in the board configs (default: %(default)s)")
     plan.add_argument("--broker", default="broker.lan:8883", metavar="HOST[:PORT]",
-                      help="the broker in the board configs (broker.lan:8883, TLS)")
+                      help="the broker in the board configs, with TLS (default: %(default)s)")
     plan.add_argument("--homeassistant", action=argparse.BooleanOptionalAction, default=True,
                       help="the last stage's boards announce the pipeline to Home Assistant "
                       "([homeassistant] discovery = true in their configs; default: yes)")
@@ -339,33 +348,41 @@ def _add_import_parser(sub: argparse._SubParsersAction) -> None:
     imp.add_argument(
         "model", type=Path, nargs="?", metavar="MODEL", help=".keras, .h5 or SavedModel dir"
     )
-    imp.add_argument("--out", type=Path, required=True, metavar="MODEL.tflite")
-    imp.add_argument("--quantize", choices=keras_import.QUANTIZATIONS, default="float32")
+    imp.add_argument("--out", type=Path, required=True, metavar="MODEL.tflite",
+                     help="where to write it (required)")
+    imp.add_argument("--quantize", choices=keras_import.QUANTIZATIONS, default="float32",
+                     help="the weights' and activations' type (default: %(default)s)")
     imp.add_argument(
-        "--calibration", type=Path, metavar="DIR", help="photos for int8 calibration"
+        "--calibration", type=Path, metavar="DIR",
+        help="photos for int8 calibration (default: none)"
     )
     imp.add_argument(
         "--calibration-count",
         type=int,
         default=keras_import.DEFAULT_CALIBRATION_COUNT,
         metavar="N",
-        help=f"use at most N calibration photos ({keras_import.DEFAULT_CALIBRATION_COUNT})",
+        help="use at most N calibration photos (default: %(default)s)",
     )
     imp.add_argument(
-        "--mean", type=float, default=127.5, help="input = (pixel - mean) / std (127.5)"
+        "--mean", type=float, default=127.5,
+        help="input = (pixel - mean) / std (default: %(default)s)"
     )
-    imp.add_argument("--std", type=float, default=127.5, help="see --mean (127.5)")
+    imp.add_argument("--std", type=float, default=127.5, help="see --mean (default: %(default)s)")
     imp.add_argument(
         "--io-dtype",
         choices=keras_import.IO_DTYPES,
         default="uint8",
-        help="input/output dtype of an int8 model (uint8)",
+        help="input/output dtype of an int8 model (default: %(default)s)",
     )
     arch = imp.add_argument_group("built-in architecture (instead of MODEL)")
-    arch.add_argument("--arch", choices=keras_import.ARCHITECTURES)
-    arch.add_argument("--input-size", type=int, metavar="S", help="input S x S x 3")
-    arch.add_argument("--alpha", type=float, default=1.0, metavar="A", help="width (1.0)")
-    arch.add_argument("--classes", type=int, metavar="K")
+    arch.add_argument("--arch", choices=keras_import.ARCHITECTURES,
+                      help="a built-in architecture (required without MODEL)")
+    arch.add_argument("--input-size", type=int, metavar="S",
+                      help="input S x S x 3 (required with --arch)")
+    arch.add_argument("--alpha", type=float, default=1.0, metavar="A",
+                      help="width (default: %(default)s)")
+    arch.add_argument("--classes", type=int, metavar="K",
+                      help="output classes (required with --arch)")
     arch.add_argument(
         "--weights", type=Path, metavar="FILE", help=".weights.h5 (default: random, seeded)"
     )
@@ -375,36 +392,40 @@ def _add_import_parser(sub: argparse._SubParsersAction) -> None:
 def _add_split_parser(sub: argparse._SubParsersAction) -> None:
     split = sub.add_parser("split", help="plan the stages, write segments and manifest.json")
     split.add_argument("model", type=Path, metavar="MODEL.tflite")
-    split.add_argument("--out", type=Path, required=True, metavar="DIR")
-    split.add_argument("--stages", type=int, metavar="N", help="number of stages")
+    split.add_argument("--out", type=Path, required=True, metavar="DIR",
+                       help="where the segments and manifest.json go (required)")
+    split.add_argument("--stages", type=int, metavar="N",
+                       help="number of stages (required unless --cuts, --strategy layers: or one "
+                       "--profile per stage give it)")
     split.add_argument(
         "--strategy",
         default=BALANCED,
         metavar="S",
-        help="balanced (default): minimise the slowest stage; layers:a,b,...: Keras layer "
-        "counts per stage (an imported Keras model)",
+        help="balanced: minimise the slowest stage; layers:a,b,...: Keras layer counts per "
+        "stage (an imported Keras model) (default: %(default)s)",
     )
     split.add_argument(
         "--cuts",
         type=_parse_cuts,
         metavar="i,j,...",
-        help="cut after these ops instead of planning (see analyze)",
+        help="cut after these ops instead of planning (see analyze; default: planned)",
     )
     split.add_argument(
         "--profile",
         type=_parse_paths,
         metavar="P0.json,...",
         help="measured costs from `aiotedge profile`: one for identical boards, or one per "
-        "stage in pipeline order",
+        "stage in pipeline order (default: the model's MACs)",
     )
     split.add_argument(
         "--link-mbps",
         type=float,
         metavar="M",
-        help="network speed; a stage costs max(compute, output bytes * 8 / M) (needs --profile)",
+        help="network speed; a stage costs max(compute, output bytes * 8 / M) (needs "
+        "--profile; default: not a limit)",
     )
-    split.add_argument("--plot", type=Path, metavar="PLAN.png", help="draw the plan")
-    split.add_argument("--labels", type=Path, metavar="FILE", help="class names, one a line")
+    split.add_argument("--plot", type=Path, metavar="PLAN.png", help=PLOT_HELP)
+    split.add_argument("--labels", type=Path, metavar="FILE", help=LABELS_HELP)
     split.add_argument(
         "--mean",
         type=float,
@@ -421,7 +442,7 @@ def _add_split_parser(sub: argparse._SubParsersAction) -> None:
         "--no-copy-source",
         dest="copy_source",
         action="store_false",
-        help="do not copy MODEL.tflite into DIR (verify then needs --model)",
+        help="do not copy MODEL.tflite into DIR (verify then needs --model; default: copied)",
     )
     split.set_defaults(func=cmd_split)
 
@@ -431,12 +452,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Import a Keras CNN, analyze its cut points, split it into stages, "
         "verify a split.",
-        epilog="Exit status: 0 ok, 1 verify found a difference, 2 error. "
-        "See docs/converter.md and docs/manifest.md.",
+        epilog="Exit status: 0 ok; 1 verify found a difference beyond tolerance; 2 a mistake "
+        "to fix (arguments, an unreadable model, invalid cuts), told in one line. Docs: "
+        "docs/converter.md, docs/manifest.md.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
-    parser.add_argument("--threads", type=int, default=None, help="interpreter threads")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="interpreter threads (default: the runtime's choice)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     analyze = sub.add_parser("analyze", help="print the valid cut points of a model")
     analyze.add_argument("model", type=Path, metavar="MODEL.tflite")
@@ -446,20 +470,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_split_parser(sub)
     _add_plan_parser(sub)
 
-    check = sub.add_parser("verify", help="run the chain of stages against the whole model")
+    check = sub.add_parser(
+        "verify", help="run the chain of stages against the whole model",
+        epilog="Exit status: 0 every image matches; 1 an image differs beyond tolerance; 2 a "
+               "mistake to fix, told in one line.")
     check.add_argument("dir", type=Path, metavar="DIR", help="directory holding manifest.json")
-    check.add_argument("--images", type=Path, required=True, metavar="DIR")
+    check.add_argument("--images", type=Path, required=True, metavar="DIR",
+                       help="photos to run through both (required)")
     check.add_argument(
         "--model",
         type=Path,
         metavar="SOURCE.tflite",
-        help="the source model when it is not next to the manifest",
+        help="the source model when it is not next to the manifest (default: the copy in "
+        "DIR)",
     )
     check.add_argument(
         "--reference",
         type=Path,
         metavar="FLOAT.tflite",
-        help="also compare with this model (e.g. the float32 import of a quantized split)",
+        help="also compare with this model (e.g. the float32 import of a quantized split; "
+        "default: none)",
     )
     check.set_defaults(func=cmd_verify)
     return parser
@@ -476,6 +506,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AiotedgeError as exc:  # a user's mistake: one line; anything else is a bug
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    except KeyboardInterrupt:  # Ctrl-C: no traceback, the status a shell gives (as aiotedge)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ from aiotedge_converter.planner import Plan, Stage
 from aiotedge_converter.replicate import Strategies
 from aiotedge_converter.split import SplitOptions, split_model
 
-from aiotedge.config.schema import BrokerConfig, NodeConfig
+from aiotedge.config.loader import NodeConfig
+from aiotedge.config.sections import BrokerConfig
 from aiotedge.contracts.extras import import_extra
 from aiotedge.nodes.local import PLAN_BOARDS as BOARDS_DIR
 from aiotedge.tflite.graph import Graph

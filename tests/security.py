@@ -23,7 +23,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from aiotedge.config.schema import BrokerConfig, NodeConfig
+from aiotedge.config.loader import NodeConfig
+from aiotedge.config.sections import BrokerConfig
 from aiotedge.contracts.events import NodeInfo, Prediction, Score
 from aiotedge.contracts.tensors import TensorSpec
 from aiotedge.contracts.topics import Topics

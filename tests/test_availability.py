@@ -12,7 +12,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from aiotedge.config.schema import HomeAssistantConfig, NodeConfig, PipelineConfig, StageConfig
+from aiotedge.config.loader import NodeConfig
+from aiotedge.config.sections import HomeAssistantConfig, PipelineConfig, StageConfig
 from aiotedge.contracts.events import NodeInfo
 from aiotedge.contracts.tensors import TensorSpec
 from aiotedge.contracts.topics import Topics

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from aiotedge.config.schema import BrokerConfig
+from aiotedge.config.sections import BrokerConfig
 from aiotedge.contracts.errors import BrokerError
 from aiotedge.nodes.broker import LocalBroker, free_port
 from aiotedge.nodes.lifecycle import connect_once

@@ -7,7 +7,7 @@ import sys
 
 import paho.mqtt.client as mqtt
 
-from aiotedge.config.schema import CameraConfig
+from aiotedge.config.sections import CameraConfig
 from aiotedge.contracts.events import Prediction, Score, StageTiming
 from aiotedge.contracts.topics import Topics
 from aiotedge.contracts.wire import decode_photo

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from aiotedge.config.schema import CameraConfig
+from aiotedge.config.sections import CameraConfig
 from aiotedge.contracts.events import Prediction
 from aiotedge.contracts.manifest import Manifest
 from aiotedge.contracts.topics import Topics

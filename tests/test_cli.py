@@ -8,6 +8,9 @@ import subprocess
 import sys
 
 import pytest
+from aiotedge_converter import cli as converter_cli
+from aiotedge_converter.cli import build_parser as build_converter_parser
+from aiotedge_converter.cli import main as convert
 
 from aiotedge import __version__
 from aiotedge.cli import build_parser
@@ -147,7 +150,9 @@ def test_a_bad_broker_flag_is_named():
     )
 
 
-def test_the_help_lists_every_command_and_every_flag_says_its_default():
+@pytest.mark.parametrize("build_parser", [build_parser, build_converter_parser],
+                         ids=["aiotedge", "aiotedge-convert"])
+def test_the_help_lists_every_command_and_every_flag_says_its_default(build_parser):
     parser = build_parser()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     top = parser.format_help()
@@ -163,3 +168,29 @@ def test_version():
     result = subprocess.run([sys.executable, "-m", "aiotedge", "--version"], capture_output=True,
                             text=True, timeout=60, check=True)
     assert result.stdout.strip() == f"aiotedge {__version__}"
+
+
+def test_the_converter_says_its_version_as_aiotedge_does(capsys):
+    with pytest.raises(SystemExit) as done:
+        convert(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.strip() == f"aiotedge-convert {__version__}"
+
+
+def test_ctrl_c_ends_the_converter_with_130_and_no_traceback(monkeypatch, capsys):
+    """As aiotedge does (nodes/lifecycle.exit_status): Ctrl-C in a long import or plan."""
+    def interrupted(graph_file):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(converter_cli, "load_graph", interrupted)
+    assert convert(["analyze", "model.tflite"]) == 130
+    assert capsys.readouterr().err == ""
+
+
+def test_a_node_name_given_to_retire_is_checked_as_the_key_is():
+    result = subprocess.run(
+        [sys.executable, "-m", "aiotedge", "retire", "--node", "stage0/x", "--broker",
+         "127.0.0.1:1"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert_one_line_error(result, "flags: --node must be one topic level")

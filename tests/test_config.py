@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import shutil
 import subprocess
@@ -9,7 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from aiotedge.config.schema import BrokerConfig, NodeConfig
+from aiotedge.cli import LOCAL_CAMERA, LOCAL_PIPELINE, build_parser
+from aiotedge.config.flags import override_from_flags
+from aiotedge.config.loader import NodeConfig
+from aiotedge.config.sections import BrokerConfig, key_flag
 from aiotedge.contracts.errors import ConfigError
 
 
@@ -345,3 +349,100 @@ def test_usable_broker_files_pass(tmp_path, pem, keys):
 def test_load_does_not_need_the_files_of_the_board_a_config_is_for(tmp_path):
     config = NodeConfig.load(write(tmp_path, '[broker]\ntls = true\nca_file = "/nowhere/ca.crt"\n'))
     assert config.broker.ca_file == "/nowhere/ca.crt"
+
+
+# -- the command line's flags, derived from the keys' declarations ----------------------------
+
+#: the flags that set no config key: a command's own options
+PLAIN_FLAGS = {
+    "every command": {"-h", "--help", "--config"},
+    "watch": {"--count", "--json"},
+    "status": {"--json", "--watch", "--interval"},
+    "profile": {"--out", "--threads", "--runs", "--rounds", "--warmup", "--photo",
+                "--photo-size", "--no-mqtt"},
+    "run": {"--manifest", "--plan", "--json", "--log-file"},
+}
+
+
+def commands() -> dict[str, argparse.ArgumentParser]:
+    parser = build_parser()
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
+def declared_flags(command: argparse.ArgumentParser):
+    """(action, section class, key, declaration) of each flag that sets a config key."""
+    sections = {name: type(value) for name, value in vars(NodeConfig()).items()
+                if dataclasses.is_dataclass(value)}
+    for action in command._actions:
+        section, dot, key = action.dest.partition(".")
+        if action.option_strings and dot:
+            yield action, sections[section], key, key_flag(sections[section], key)
+
+
+def test_every_flag_sets_its_declared_key_or_is_a_commands_own():
+    for name, command in commands().items():
+        plain = PLAIN_FLAGS["every command"] | PLAIN_FLAGS.get(name, set())
+        declared = {id(action) for action, *_ in declared_flags(command)}
+        for action in command._actions:
+            if action.option_strings and id(action) not in declared:
+                assert set(action.option_strings) <= plain, (name, action.option_strings)
+        for action, _, key, flag in declared_flags(command):
+            assert flag is not None, (name, action.dest)
+            assert action.option_strings == list(flag.names), (name, key)
+
+
+def sample(action: argparse.Action) -> tuple[list[str], object]:
+    """Command-line words that give this flag, and the value its key then has."""
+    if action.nargs == 0:
+        return [action.option_strings[0]], True
+    if action.choices:
+        value = next(iter(action.choices))
+    else:
+        value = {int: 2, float: 2.5}.get(action.type, "640x480" if "size" in action.dest
+                                           else "x")
+    return [action.option_strings[0], str(value)], value
+
+
+@pytest.mark.parametrize("left_out", ["camera.loop", "camera.watch"])  # one or the other
+def test_every_flag_given_overrides_its_key(left_out):
+    for name, command in commands().items():
+        words, expected = [name], {}
+        if name == "profile":  # no config key
+            continue
+        if name == "run":
+            words += ["--manifest", "m"]
+        for action, *_ in declared_flags(command):
+            if action.dest != left_out:
+                given, expected[action.dest] = sample(action)
+                words += given
+        args = build_parser().parse_args(words)
+        config = override_from_flags(NodeConfig(), args)
+        for dest, value in expected.items():
+            section, _, key = dest.partition(".")
+            assert getattr(getattr(config, section), key) == value, (name, dest)
+
+
+def test_the_help_shows_the_keys_defaults():
+    """Each flag's help gives the key's default; in words only where the value says nothing
+    (none, off) or a command has its own default (aiotedge run's private broker)."""
+    said_in_words = {("run", "broker.host"): "a private mosquitto on a free port",
+                     ("run", "pipeline.name"): LOCAL_PIPELINE,
+                     ("run", "camera.name"): LOCAL_CAMERA}
+    for name, command in commands().items():
+        for action, section, key, flag in declared_flags(command):
+            default = next(f.default for f in dataclasses.fields(section) if f.name == key)
+            if flag.required:
+                assert action.help.endswith(
+                    f"(required here or as {action.dest})"), (name, action.dest)
+                continue
+            if (name, action.dest) in said_in_words:
+                shown = said_in_words[name, action.dest]
+            elif flag.parse is not None:  # --broker: the address of the section's defaults
+                shown = str(section())
+            elif flag.shown_default:
+                assert default is None or default is False or default == "", (name, action.dest)
+                continue
+            else:
+                shown = ("none" if default is None or default == "" else
+                         "off" if default is False else str(default))
+            assert action.help.endswith(f"(default: {shown})"), (name, action.dest, action.help)

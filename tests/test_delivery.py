@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from aiotedge.config.schema import StatsConfig
+from aiotedge.config.sections import StatsConfig
 from aiotedge.contracts.events import Prediction
 from aiotedge.contracts.wire import Frame, encode_frame
 from aiotedge.nodes.local import LocalPipeline

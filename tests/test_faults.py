@@ -13,7 +13,7 @@ import msgpack
 import pytest
 from aiotedge_converter.cli import main as convert
 
-from aiotedge.config.schema import CameraConfig
+from aiotedge.config.sections import CameraConfig
 from aiotedge.contracts.events import ErrorEvent, Prediction
 from aiotedge.contracts.manifest import Manifest
 from aiotedge.contracts.topics import BROKER_DROPPED, Topics

@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 
-from aiotedge.config.schema import StatsConfig
+from aiotedge.config.sections import StatsConfig
 from aiotedge.nodes.broker import free_port
 from aiotedge.nodes.metrics import (
     LatencyWindow,

@@ -9,7 +9,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from aiotedge.config.schema import StageConfig
+from aiotedge.config.sections import StageConfig
 from aiotedge.contracts.manifest import Manifest
 from aiotedge.contracts.wire import Frame, encode_frame
 from aiotedge.media.image import list_images, read_photo

@@ -21,7 +21,8 @@ from aiotedge_converter.deploy import load_plan, write_deployment
 from aiotedge_converter.replicate import Strategies
 from aiotedge_converter.split import SplitOptions
 
-from aiotedge.config.schema import BrokerConfig, NodeConfig
+from aiotedge.config.loader import NodeConfig
+from aiotedge.config.sections import BrokerConfig
 from aiotedge.contracts.manifest import Manifest
 from aiotedge.contracts.profile import Profile
 from aiotedge.nodes.local import LocalPipeline, plan_replicas

@@ -18,7 +18,8 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from aiotedge.config.schema import BrokerConfig, NodeConfig
+from aiotedge.config.loader import NodeConfig
+from aiotedge.config.sections import BrokerConfig
 from aiotedge.contracts.errors import ConfigError
 from aiotedge.nodes.broker import LocalBroker, free_port
 from aiotedge.nodes.session import MqttSession

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from aiotedge.config.schema import NodeConfig
+from aiotedge.config.loader import NodeConfig
 from aiotedge.contracts.topics import Topics
 from tests.conftest import REPO
 from tests.security import (

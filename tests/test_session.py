@@ -11,7 +11,7 @@ from paho.mqtt.client import DisconnectFlags
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
-from aiotedge.config.schema import BrokerConfig
+from aiotedge.config.sections import BrokerConfig
 from aiotedge.nodes.session import RECONNECT_MAX_DELAY, MqttSession
 
 #: bound for one awaited event; never a synchronisation

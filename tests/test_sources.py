@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from aiotedge.config.schema import CameraConfig
+from aiotedge.config.sections import CameraConfig
 from aiotedge.contracts.errors import ConfigError
 from aiotedge.media.sources import FrameSource, SourceDroppedError, Stills, open_source
 from aiotedge.media.sources.base import CapturedFrame

@@ -19,13 +19,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from PIL import Image
 
-from aiotedge.config.schema import (
-    BrokerConfig,
-    NodeConfig,
-    PipelineConfig,
-    StageConfig,
-    StatsConfig,
-)
+from aiotedge.config.loader import NodeConfig
+from aiotedge.config.sections import BrokerConfig, PipelineConfig, StageConfig, StatsConfig
 from aiotedge.contracts.events import ErrorEvent, NodeInfo, Prediction
 from aiotedge.contracts.manifest import Manifest, Preprocessing, SourceModel, StageSpec
 from aiotedge.contracts.tensors import TensorSpec

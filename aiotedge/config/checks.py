@@ -1,6 +1,7 @@
-"""Value checks shared by the config dataclasses (aiotedge/config.py, BrokerConfig).
+"""Value checks shared by the config sections (aiotedge/config/sections.py).
 
-Each raises KeyValueError("key 'k' must be ..."); `config._build` adds the file and the section.
+Each raises KeyValueError("key 'k' must be ..."); the loader adds the file and the section, or
+names the flag that set the key.
 The limits come from MQTT 5 and the libraries (docs/config.md lists them with their source).
 """
 

@@ -12,7 +12,7 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from aiotedge.config.schema import BrokerConfig
+from aiotedge.config.sections import BrokerConfig
 from aiotedge.contracts.errors import BrokerError
 
 log = logging.getLogger(__name__)

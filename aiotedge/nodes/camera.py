@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 import paho.mqtt.client as mqtt
 
-from aiotedge.config.schema import CameraConfig, NodeConfig
+from aiotedge.config.loader import NodeConfig
+from aiotedge.config.sections import CameraConfig
 from aiotedge.contracts.errors import ConfigError, ImageError
 from aiotedge.contracts.events import ErrorEvent, NodeInfo, Prediction
 from aiotedge.contracts.manifest import Manifest

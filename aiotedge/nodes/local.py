@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 import paho.mqtt.client as mqtt
 
-from aiotedge.config.schema import (
+from aiotedge.config.loader import NodeConfig
+from aiotedge.config.sections import (
     BrokerConfig,
     CameraConfig,
-    NodeConfig,
     PipelineConfig,
     StageConfig,
     StatsConfig,

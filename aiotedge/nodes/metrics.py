@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from aiotedge.config.schema import StatsConfig
+from aiotedge.config.sections import StatsConfig
 from aiotedge.contracts.errors import ConfigError
 from aiotedge.contracts.extras import import_extra
 

@@ -15,7 +15,7 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aiotedge.config.schema import FLAGS, NodeConfig
+from aiotedge.config.loader import FLAGS, NodeConfig
 from aiotedge.contracts.errors import ConfigError
 from aiotedge.nodes.health import NodeView, PipelineView
 from aiotedge.nodes.homeassistant import discovery_filter

@@ -25,7 +25,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from aiotedge.config.schema import BrokerConfig
+from aiotedge.config.sections import BrokerConfig
 from aiotedge.contracts.errors import BrokerError
 from aiotedge.contracts.topics import OFFLINE, ONLINE
 

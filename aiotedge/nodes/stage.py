@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import paho.mqtt.client as mqtt
 
-from aiotedge.config.schema import NodeConfig
+from aiotedge.config.loader import NodeConfig
 from aiotedge.contracts.errors import ConfigError, ImageError, WireError
 from aiotedge.contracts.events import (
     ErrorEvent,

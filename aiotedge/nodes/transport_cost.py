@@ -23,7 +23,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt import __version__ as paho_version
 
-from aiotedge.config.schema import BrokerConfig
+from aiotedge.config.sections import BrokerConfig
 from aiotedge.contracts.errors import BrokerError
 from aiotedge.contracts.profile import Transport, TransportSample
 from aiotedge.nodes.broker import LocalBroker

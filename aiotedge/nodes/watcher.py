@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
 
-from aiotedge.config.schema import NodeConfig
+from aiotedge.config.loader import NodeConfig
 from aiotedge.contracts.events import Prediction
 from aiotedge.nodes.dedup import RecentIds
 from aiotedge.nodes.lifecycle import connect_once, stop_on_signals

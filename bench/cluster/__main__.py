@@ -33,7 +33,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from aiotedge.config.schema import CameraConfig, NodeConfig
+from aiotedge.config.loader import NodeConfig
+from aiotedge.config.sections import CameraConfig
 from aiotedge.contracts.errors import AiotedgeError
 from aiotedge.media.image import list_images, read_photo
 from bench.benchdoc import BENCHMARKS, command_line, machine, write_section

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from aiotedge_converter.cli import main as convert
 
-from aiotedge.config.schema import NodeConfig
+from aiotedge.config.loader import NodeConfig
 from aiotedge.contracts.manifest import MANIFEST_NAME, Manifest
 
 log = logging.getLogger(__name__)

@@ -29,7 +29,7 @@ from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from aiotedge.config.schema import BrokerConfig, CameraConfig
+from aiotedge.config.sections import BrokerConfig, CameraConfig
 from aiotedge.nodes.broker import free_port
 from bench.cluster.boards import Board, CpuStats, Link, LinkBytes, wake_lateness
 from bench.cluster.layouts import Layout

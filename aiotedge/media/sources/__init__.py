@@ -9,7 +9,7 @@ import stat
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from aiotedge.config.schema import CameraConfig
+from aiotedge.config.sections import CameraConfig
 from aiotedge.contracts.errors import AiotedgeError, ConfigError
 from aiotedge.media.image import IMAGE_SUFFIXES
 from aiotedge.media.sources.base import CapturedFrame, FrameSource, SourceDroppedError
