@@ -12,7 +12,7 @@ import threading
 import time
 from typing import Any
 
-from aiotedge.config.schema import BrokerConfig
+from aiotedge.config.sections import BrokerConfig
 from aiotedge.contracts.errors import BrokerError
 from aiotedge.contracts.extras import import_extra
 from aiotedge.contracts.topics import BROKER_DROPPED, Topics
