@@ -35,6 +35,7 @@ from aiotedge.nodes.homeassistant import HomeAssistantBridge, health_sensors, la
 from aiotedge.nodes.session import MqttSession, wait_settled
 from aiotedge.nodes.stage import stage_session
 from aiotedge.nodes.status import collect_status
+from aiotedge.nodes.transport import Received
 from tests.conftest import REPO
 
 MOSQUITTO_CONFIGS = REPO / "configs" / "mosquitto"
@@ -422,7 +423,7 @@ def serving_stage(config: NodeConfig, inbox: queue.Queue[bytes]) -> MqttSession:
     each frame in `inbox` and acknowledging it."""
     stage = stage_session(config)
 
-    def take(message: mqtt.MQTTMessage) -> None:
+    def take(message: Received) -> None:
         inbox.put(message.payload)
         stage.ack(message)
 

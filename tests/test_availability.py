@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Iterator
-from types import SimpleNamespace
 
 import pytest
 
@@ -21,6 +20,7 @@ from aiotedge.nodes.health import PipelineAvailability
 from aiotedge.nodes.retire import retire
 from aiotedge.nodes.session import MqttSession, read_retained
 from aiotedge.nodes.stage import run_stage
+from aiotedge.nodes.transport import MessageHandler, Received, RefusalHandler
 from tests.homeassistant_schema import available
 
 TOPICS = Topics("shelf")
@@ -200,27 +200,36 @@ def test_a_retired_pipeline_is_not_brought_back_by_the_stages_still_running(brok
 
 
 class FakeSession:
+    """It has the shape of the `Messaging` part of a session (tests/test_transport.py checks
+    it)."""
+
     def __init__(self) -> None:
-        self.handlers: dict[str, object] = {}
+        self.handlers: dict[str, MessageHandler] = {}
         self.said: list[str] = []
         #: what it would say again after a reconnect
         self.announced: dict[str, str] = {}
 
-    def subscribe(self, topic, handler, qos=1) -> None:
+    def subscribe(self, topic: str, handler: MessageHandler, qos: int = 1,
+                  share_group: str | None = None, *, on_refused: RefusalHandler | None = None,
+                  retained: bool = True) -> None:
         assert qos == 0  # a stage acknowledges its QoS 1 messages by hand
         self.handlers[topic] = handler
 
-    def announce(self, topic, payload) -> None:
+    def publish(self, topic: str, payload: bytes | str, qos: int = 0,
+                retain: bool = False) -> None:
+        raise AssertionError("the pipeline's availability is announced, never just published")
+
+    def announce(self, topic: str, payload: str) -> None:
         assert topic == PIPELINE
         self.said.append(payload)
         self.announced[topic] = payload
 
-    def withdraw(self, topic) -> None:
+    def withdraw(self, topic: str) -> None:
         self.announced.pop(topic, None)
 
     def deliver(self, topic: str, payload: bytes) -> None:
         handler = self.handlers[topic if topic == PIPELINE else topic.rsplit("/", 1)[0] + "/+"]
-        handler(SimpleNamespace(topic=topic, payload=payload))
+        handler(Received(topic, payload))
 
 
 SPEC = TensorSpec("t", (1, 4), "uint8", 0.5, 0)

@@ -8,7 +8,6 @@ watching in a running pipeline in test_reliability (chain-check).
 from __future__ import annotations
 
 import logging
-from types import SimpleNamespace
 
 import pytest
 
@@ -18,6 +17,7 @@ from aiotedge.contracts.topics import OFFLINE, ONLINE, Topics
 from aiotedge.nodes.chain import ChainWatch
 from aiotedge.nodes.health import PipelineAvailability
 from aiotedge.nodes.metrics import Counters
+from aiotedge.nodes.transport import MessageHandler, Received, RefusalHandler
 
 TOPICS = Topics("unit")
 PHOTO = TensorSpec("photo", (1, 4, 4, 3), "uint8", 1.0, 0)
@@ -35,18 +35,22 @@ def stage0(output: TensorSpec, manifest: str) -> bytes:
 
 
 class FakeSession:
-    """Keeps the handlers and what the watch publishes; `deliver` plays the broker."""
+    """Keeps the handlers and what the watch publishes; `deliver` plays the broker. It has the
+    shape of the `Messaging` part of a session (tests/test_transport.py checks it)."""
 
     def __init__(self) -> None:
-        self.handlers: dict[str, object] = {}
-        self.published: list[tuple[str, str, int]] = []
+        self.handlers: dict[str, MessageHandler] = {}
+        self.published: list[tuple[str, bytes | str, int]] = []
         self.announced: list[tuple[str, str]] = []
 
-    def subscribe(self, topic, handler, qos=1) -> None:
+    def subscribe(self, topic: str, handler: MessageHandler, qos: int = 1,
+                  share_group: str | None = None, *, on_refused: RefusalHandler | None = None,
+                  retained: bool = True) -> None:
         assert qos == 0  # a stage acknowledges its QoS 1 messages by hand
         self.handlers[topic] = handler
 
-    def publish(self, topic: str, payload: str, qos: int = 0, retain: bool = False) -> None:
+    def publish(self, topic: str, payload: bytes | str, qos: int = 0,
+                retain: bool = False) -> None:
         assert not retain
         self.published.append((topic, payload, qos))
 
@@ -57,8 +61,7 @@ class FakeSession:
         pass
 
     def deliver(self, topic: str, payload: bytes) -> None:
-        self.handlers[topic.rsplit("/", 1)[0] + "/+"](SimpleNamespace(topic=topic,
-                                                                       payload=payload))
+        self.handlers[topic.rsplit("/", 1)[0] + "/+"](Received(topic, payload))
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from aiotedge.nodes.homeassistant import (
     label_sensor,
     label_state,
 )
+from aiotedge.nodes.transport import MessageHandler, Received, RefusalHandler
 from tests.homeassistant_schema import IGNORED, problems, sensor_state
 from tests.homeassistant_schema import render as render_payload
 
@@ -129,31 +130,37 @@ def test_the_home_assistant_model_refuses_what_home_assistant_refuses():
 
 
 class FakeSession:
+    """It has the shape of the `Messaging` part of a session (tests/test_transport.py checks
+    it)."""
+
     def __init__(self) -> None:
-        self.handlers: dict[str, object] = {}
+        self.handlers: dict[str, MessageHandler] = {}
         self.published: list[tuple[str, dict]] = []
         #: what it would say again after a reconnect
         self.announced: set[str] = set()
 
-    def subscribe(self, topic, handler, qos=1) -> None:
+    def subscribe(self, topic: str, handler: MessageHandler, qos: int = 1,
+                  share_group: str | None = None, *, on_refused: RefusalHandler | None = None,
+                  retained: bool = True) -> None:
         assert qos == 0  # the last stage acknowledges its QoS 1 messages by hand
         self.handlers[topic] = handler
 
-    def publish(self, topic, payload, qos=0, retain=False) -> None:
+    def publish(self, topic: str, payload: bytes | str, qos: int = 0,
+                retain: bool = False) -> None:
         assert retain
         self.published.append((topic, json.loads(payload)))
 
-    def announce(self, topic, payload) -> None:  # retained, and again after reconnects
+    def announce(self, topic: str, payload: str) -> None:  # retained, and again after reconnects
         self.announced.add(topic)
         self.publish(topic, payload, retain=True)
 
-    def withdraw(self, topic) -> None:
+    def withdraw(self, topic: str) -> None:
         self.announced.discard(topic)
 
     def deliver(self, topic: str, payload: bytes, retain: bool = False) -> None:
         for topic_filter, handler in self.handlers.items():
             if mqtt.topic_matches_sub(topic_filter, topic):
-                handler(SimpleNamespace(topic=topic, payload=payload, retain=retain))
+                handler(Received(topic, payload, retain=retain))
 
     def topics(self) -> list[str]:
         return [topic for topic, _ in self.published]

@@ -71,6 +71,18 @@ def test_no_module_imports_from_a_layer_above_its_own(path):
     assert upward == [], f"{module_name(path)} (layer {own}) imports from above: {upward}"
 
 
+#: the one module that speaks to the MQTT client library; the rest see aiotedge.nodes.transport
+MQTT_CLIENT_MODULE = "aiotedge.nodes.session"
+
+
+def test_only_the_session_module_imports_the_mqtt_client_library():
+    """The nodes use the session through its interface and its own message type, so that the
+    client library can be changed, or faked in a unit test, in one place."""
+    importing = sorted(module_name(path) for path in SOURCES
+                       if any(name.split(".")[0] == "paho" for name in imported_modules(path)))
+    assert importing == [MQTT_CLIENT_MODULE], f"paho imported outside the session: {importing}"
+
+
 def test_every_package_is_installed():
     """setup.cfg lists the packages; one left out would be missing from a board's install."""
     listed = (REPO / "setup.cfg").read_text()

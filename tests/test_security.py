@@ -15,7 +15,6 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
 
 from aiotedge.config.loader import NodeConfig
@@ -23,6 +22,7 @@ from aiotedge.config.sections import BrokerConfig
 from aiotedge.contracts.errors import ConfigError
 from aiotedge.nodes.broker import LocalBroker, free_port
 from aiotedge.nodes.session import MqttSession
+from aiotedge.nodes.transport import Received
 from tests.security import (
     CLUSTER,
     DYNSEC_CONF,
@@ -222,7 +222,7 @@ def test_a_forwarded_result_the_acl_refuses_is_logged_counted_and_its_input_ackn
 ):
     """stage1 may not write to stage 3: the frame is not lost silently, nor redelivered forever."""
     broker = secure_broker()
-    inputs: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
+    inputs: queue.Queue[Received] = queue.Queue()
 
     def stage1_session() -> MqttSession:
         session = MqttSession(

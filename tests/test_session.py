@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 
@@ -13,6 +14,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from aiotedge.config.sections import BrokerConfig
 from aiotedge.nodes.session import RECONNECT_MAX_DELAY, MqttSession
+from aiotedge.nodes.transport import Received
 
 #: bound for one awaited event; never a synchronisation
 TIMEOUT = 10.0
@@ -147,3 +149,35 @@ def test_a_node_following_every_availability_hears_its_own_once(broker):
         assert heard.count(("test/availability/s0", b"online")) == 1, heard
     finally:
         session.stop()
+
+
+def test_a_handler_gets_our_own_message_and_acknowledging_it_frees_the_broker_to_send_more(
+        broker):
+    """What the client library hands over arrives as a `Received`: the topic, the payload,
+    QoS, the retain flag and the packet id. With Receive Maximum 1 the broker sends the next
+    QoS 1 message only once the one before is acknowledged, which takes that packet id."""
+    got: queue.Queue[Received] = queue.Queue()
+    sender = MqttSession(broker.address, "sender")
+    receiver = MqttSession(broker.address, "receiver", manual_ack=True, receive_maximum=1)
+    receiver.subscribe("test/received", got.put, qos=1)
+    sender.start()
+    try:
+        assert sender.wait_connected(TIMEOUT)
+        sender.publish("test/received", b"kept", qos=1, retain=True).wait_for_publish(TIMEOUT)
+        receiver.start()
+        first = got.get(timeout=TIMEOUT)  # the retained one, as the subscription is made
+        for payload in (b"one", b"two"):
+            sender.publish("test/received", payload, qos=1).wait_for_publish(TIMEOUT)
+        receiver.ack(first)
+        second = got.get(timeout=TIMEOUT)
+        receiver.ack(second)
+        third = got.get(timeout=TIMEOUT)
+        receiver.ack(third)
+    finally:
+        receiver.stop()
+        sender.stop()
+    assert type(first) is Received
+    assert (first.topic, first.payload, first.qos, first.retain) == (
+        "test/received", b"kept", 1, True)
+    assert [(m.payload, m.retain) for m in (second, third)] == [(b"one", False), (b"two", False)]
+    assert all(m.packet_id > 0 for m in (first, second, third))

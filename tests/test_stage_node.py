@@ -15,7 +15,6 @@ import threading
 
 import msgpack
 import numpy as np
-import paho.mqtt.client as mqtt
 import pytest
 from PIL import Image
 
@@ -27,6 +26,12 @@ from aiotedge.contracts.tensors import TensorSpec
 from aiotedge.contracts.topics import BROKER_DROPPED
 from aiotedge.contracts.wire import Frame, decode_activation, encode_frame
 from aiotedge.nodes.stage import StageNode
+from aiotedge.nodes.transport import (
+    MessageHandler,
+    PublishCallback,
+    Received,
+    RefusalHandler,
+)
 
 #: bound for one awaited event; never a synchronisation
 TIMEOUT = 10.0
@@ -73,38 +78,60 @@ class FakeSegment:
 
 
 class FakeSession:
-    """Records what the node asks of its MQTT session; hands the node's handler to the test."""
+    """Records what the node asks of its MQTT session; hands the node's handler to the test.
+
+    It has the shape of a `Session` (tests/test_transport.py checks it)."""
+
+    client_id, url = "stage-fake", "mqtt://fake:1883"
 
     def __init__(self) -> None:
         #: the first subscription's handler (the stage's input), and every one by topic
-        self.handler = None
-        self.handlers: dict[str, object] = {}
+        self.handler: MessageHandler | None = None
+        self.handlers: dict[str, MessageHandler] = {}
         self.subscriptions: list[tuple[str, int, str | None]] = []
-        self.forwarded: queue.Queue[tuple[str, bytes, int]] = queue.Queue()
+        self.forwarded: queue.Queue[tuple[str, bytes | str, int]] = queue.Queue()
         self.published: queue.Queue[tuple[str, bytes | str]] = queue.Queue()
         self.acked: list[int] = []
         self.refused = self.unrouted = self.unacknowledged = self.reconnects = 0
-        self.last_problem = None
+        self.connection_problem: str | None = None
+        self.last_problem: str | None = None
         self.connected = True
         #: what input_waiting() answers: whether a message waits unread on the connection
         self.waiting = False
 
-    def subscribe(self, topic, handler, qos=1, share_group=None, *, retained=True) -> None:
+    def subscribe(self, topic: str, handler: MessageHandler, qos: int = 1,
+                  share_group: str | None = None, *, on_refused: RefusalHandler | None = None,
+                  retained: bool = True) -> None:
         self.handler = self.handler or handler
         self.handlers[topic] = handler
         self.subscriptions.append((topic, qos, share_group))
 
+    def unsubscribe_on_connect(self, topic_filter: str) -> None:
+        pass
+
     def start(self) -> None:
         pass
 
-    def forward(self, topic: str, payload: bytes, qos: int, source: mqtt.MQTTMessage) -> None:
-        self.forwarded.put((topic, payload, source.mid))
+    def wait_connected(self, timeout: float | None = None) -> bool:
+        return self.connected
 
-    def publish(self, topic: str, payload, qos: int = 0, retain: bool = False) -> None:
+    def first_attempt(self, timeout: float | None = None) -> str | None:
+        return None
+
+    def forward(self, topic: str, payload: bytes | str, qos: int, source: Received) -> None:
+        self.forwarded.put((topic, payload, source.packet_id))
+
+    def publish(self, topic: str, payload: bytes | str, qos: int = 0,
+                retain: bool = False) -> None:
         self.published.put((topic, payload))
 
-    def ack(self, message: mqtt.MQTTMessage) -> None:
-        self.acked.append(message.mid)
+    def publish_confirmed(self, topic: str, payload: bytes | str, qos: int,
+                          on_confirmed: PublishCallback) -> None:
+        self.publish(topic, payload, qos)
+        on_confirmed(False)
+
+    def ack(self, message: Received) -> None:
+        self.acked.append(message.packet_id)
 
     def input_waiting(self) -> bool:
         return self.waiting
@@ -112,13 +139,16 @@ class FakeSession:
     def announce(self, topic: str, payload: str) -> None:
         self.published.put((topic, payload))
 
+    def withdraw(self, topic: str) -> None:
+        pass
+
     def set_online(self) -> None:
         pass
 
-    def wait_acknowledged(self, timeout, at_most: int = 0) -> bool:
+    def wait_acknowledged(self, timeout: float | None, at_most: int = 0) -> bool:
         return True
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 5.0, end_session: bool = False) -> None:
         pass
 
 
@@ -139,10 +169,10 @@ def node_for(index: int, qos: int = 1, queue_size: int = 4) -> tuple[StageNode, 
 _mids = iter(range(1, 1_000_000))
 
 
-def message(topic: str, payload: bytes, qos: int = 1) -> mqtt.MQTTMessage:
-    msg = mqtt.MQTTMessage(mid=next(_mids), topic=topic.encode())
-    msg.payload, msg.qos = payload, qos
-    return msg
+def message(topic: str, payload: bytes, qos: int = 1) -> Received:
+    """A message as the session hands it over, with a packet id of its own (at QoS 0 too, so
+    that a test can tell them apart)."""
+    return Received(topic, payload, qos, packet_id=next(_mids))
 
 
 def activation(frame_id: str, attempt: int = 1) -> bytes:
@@ -157,7 +187,7 @@ def photo_frame(frame_id: str, attempt: int = 1, colour=(200, 10, 10)) -> bytes:
     return encode_frame(Frame(frame_id, "cam", 0, 1.0, attempt=attempt, image=out.getvalue()))
 
 
-def deliver(session: FakeSession, msg: mqtt.MQTTMessage) -> None:
+def deliver(session: FakeSession, msg: Received) -> None:
     """Hand a message to the node as paho would: on a network thread of its own."""
     network = threading.Thread(target=session.handler, args=(msg,), name="network", daemon=True)
     network.start()
@@ -171,7 +201,7 @@ def test_a_photo_is_preprocessed_run_and_forwarded_to_the_next_stage_acknowledgi
     session.handler(source)
     topic, payload, answered = session.forwarded.get(timeout=TIMEOUT)
     node.stop()
-    assert (topic, answered) == ("aiotedge-frames/unit/stage/1", source.mid)
+    assert (topic, answered) == ("aiotedge-frames/unit/stage/1", source.packet_id)
     frame = decode_activation(payload, HIDDEN)
     assert frame.frame_id == "p-1" and [hop.stage for hop in frame.trace] == [0]
     np.testing.assert_array_equal(frame.tensor, segment.output)
@@ -200,7 +230,7 @@ def test_frames_before_serve_wait_and_are_computed_once_it_serves():
     node.serve()
     answered = session.forwarded.get(timeout=TIMEOUT)[2]
     node.stop()
-    assert answered == held.mid
+    assert answered == held.packet_id
 
 
 def test_more_frames_than_the_queue_holds_before_serve_never_block_the_network_thread():
@@ -249,8 +279,8 @@ def test_a_duplicate_is_acknowledged_and_dropped_but_a_new_attempt_is_computed()
         session.handler(msg)
     answered = {session.forwarded.get(timeout=TIMEOUT)[2] for _ in range(2)}
     node.stop()
-    assert answered == {first.mid, retry.mid}
-    assert session.acked == [again.mid]
+    assert answered == {first.packet_id, retry.packet_id}
+    assert session.acked == [again.packet_id]
     assert node.counters.get("duplicates") == 1
     assert session.forwarded.empty()
 
@@ -262,11 +292,11 @@ def test_the_last_stage_answers_a_frame_once_whatever_its_attempts():
     first, retry = (message("aiotedge-frames/unit/stage/1", activation("l-1", attempt))
                     for attempt in (1, 2))
     session.handler(first)
-    assert session.forwarded.get(timeout=TIMEOUT)[2] == first.mid
+    assert session.forwarded.get(timeout=TIMEOUT)[2] == first.packet_id
     session.handler(retry)
     node.stop()
     assert session.forwarded.empty()
-    assert session.acked == [retry.mid]
+    assert session.acked == [retry.packet_id]
     assert node.counters.get("duplicates") == 1
 
 
@@ -281,7 +311,7 @@ def test_after_a_reconnection_the_last_stage_answers_a_frame_sent_again():
     session.handler(retry)
     answered = session.forwarded.get(timeout=TIMEOUT)[2]
     node.stop()
-    assert answered == retry.mid
+    assert answered == retry.packet_id
 
 
 def test_a_frame_the_last_stage_rejected_is_answered_when_it_comes_again():
@@ -295,7 +325,7 @@ def test_a_frame_the_last_stage_rejected_is_answered_when_it_comes_again():
     session.handler(retry)
     answered = session.forwarded.get(timeout=TIMEOUT)[2]
     node.stop()
-    assert answered == retry.mid
+    assert answered == retry.packet_id
     assert node.counters.get("rejected") == 1
 
 
@@ -332,7 +362,7 @@ def test_another_picture_under_a_frame_id_taken_is_refused_at_stage_zero():
     event = ErrorEvent.parse(payload.encode())
     assert topic == "aiotedge/unit/errors" and event.frame_id == "c-1"
     assert "was taken already with other content" in event.reason
-    assert session.acked == [other.mid]
+    assert session.acked == [other.packet_id]
     assert node.counters.get("duplicates") == 0
 
 
@@ -346,7 +376,7 @@ def test_a_rejected_message_gets_an_error_event_and_is_acknowledged_at_once():
     assert topic == "aiotedge/unit/errors"
     assert (event.node, event.stage, event.topic) == ("stage1", 1, "aiotedge-frames/unit/stage/1")
     assert "not msgpack" in event.reason
-    assert session.acked == [bad.mid]
+    assert session.acked == [bad.packet_id]
     assert node.counters.get("rejected") == 1
     assert session.forwarded.empty()
 
@@ -357,7 +387,7 @@ def test_a_qos1_frame_at_an_idle_stage_is_computed_on_the_network_thread():
     deliver(session, source)
     forwarded = session.forwarded.get_nowait()  # before the network thread was given it back
     node.stop()
-    assert forwarded[2] == source.mid
+    assert forwarded[2] == source.packet_id
     assert segment.threads == ["network"]
 
 
@@ -373,7 +403,7 @@ def test_once_a_message_waits_behind_a_frame_the_next_ones_go_to_the_worker():
     segment.release()
     answered = [session.forwarded.get(timeout=TIMEOUT)[2] for _ in sources]
     node.stop()
-    assert answered == [source.mid for source in sources]
+    assert answered == [source.packet_id for source in sources]
     assert segment.threads == ["network", "inference", "inference"]
 
 
@@ -389,9 +419,9 @@ def test_at_qos0_a_full_queue_drops_the_oldest_waiting_frame():
     segment.release()
     answered = [session.forwarded.get(timeout=TIMEOUT)[2] for _ in range(3)]
     node.stop()
-    assert answered == [frames[0].mid, frames[2].mid, frames[3].mid]
+    assert answered == [frames[0].packet_id, frames[2].packet_id, frames[3].packet_id]
     assert node.counters.get("dropped") == 1
-    assert session.acked == [frames[1].mid]
+    assert session.acked == [frames[1].packet_id]
 
 
 @pytest.mark.parametrize("share_group", ["", "replicas"])

@@ -28,7 +28,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import paho.mqtt.client as mqtt
 
 from aiotedge.config.loader import NodeConfig
 from aiotedge.config.sections import CameraConfig
@@ -51,6 +50,7 @@ from aiotedge.nodes.metrics import (
     serve_prometheus,
 )
 from aiotedge.nodes.session import MqttSession
+from aiotedge.nodes.transport import Received, Session
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class Camera:
     camera for decoded frames (video), which go as the input tensor (`prepare`).
     """
 
-    def __init__(self, session: MqttSession, topics: Topics, options: CameraConfig,
+    def __init__(self, session: Session, topics: Topics, options: CameraConfig,
                  qos: int = 1, model: ModelInput | None = None) -> None:
         self.session = session
         self.topics = topics
@@ -335,7 +335,7 @@ class Camera:
         if refused:  # sending it again would be refused again
             self._settle(frame_id, "refused_by_broker")
 
-    def _on_prediction(self, message: mqtt.MQTTMessage) -> None:
+    def _on_prediction(self, message: Received) -> None:
         prediction = Prediction.parse(message.payload)
         entry = self._settle(prediction.frame_id if prediction else None, "answered")
         if entry is None or prediction is None:
@@ -355,7 +355,7 @@ class Camera:
             return
         self.session.publish(self.topics.snapshot(self.options.name), jpeg, qos=0, retain=True)
 
-    def _on_error(self, message: mqtt.MQTTMessage) -> None:
+    def _on_error(self, message: Received) -> None:
         event = ErrorEvent.parse(message.payload)
         if event is None or event.node == self.options.name:
             return
@@ -366,7 +366,7 @@ class Camera:
             log.error("the pipeline rejected the last %d frames, the last because: %s (%s has "
                       "every reason)", REJECTED_LOUDLY, event.reason, self.topics.errors)
 
-    def _on_info(self, message: mqtt.MQTTMessage) -> None:
+    def _on_info(self, message: Received) -> None:
         info = NodeInfo.parse(message.payload)
         if info is None or info.stage != 0 or info.preprocessing is None:
             return

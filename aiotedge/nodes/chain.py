@@ -17,7 +17,7 @@ from aiotedge.contracts.events import ErrorEvent, NodeInfo
 from aiotedge.contracts.topics import Topics
 from aiotedge.nodes.health import PipelineView
 from aiotedge.nodes.metrics import Counters
-from aiotedge.nodes.session import MqttSession
+from aiotedge.nodes.transport import Messaging
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class ChainWatch:
     reported again if it comes back.
     """
 
-    def __init__(self, session: MqttSession, topics: Topics, me: NodeInfo, counters: Counters,
+    def __init__(self, session: Messaging, topics: Topics, me: NodeInfo, counters: Counters,
                  qos: int) -> None:
         self._session = session
         self._topics = topics

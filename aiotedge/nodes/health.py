@@ -16,10 +16,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import paho.mqtt.client as mqtt
-
 from aiotedge.contracts.events import NodeInfo
 from aiotedge.contracts.topics import BROKER_DROPPED, OFFLINE, ONLINE, Topics
+from aiotedge.nodes.transport import Messaging, Received
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +198,7 @@ class PipelineAvailability:
     pipeline once.
     """
 
-    def __init__(self, session: Any, topics: Topics, node: str,
+    def __init__(self, session: Messaging, topics: Topics, node: str,
                  followers: Sequence[Callable[[PipelineView], None]] = ()) -> None:
         self._session = session
         self._topics = topics
@@ -232,14 +231,14 @@ class PipelineAvailability:
                 self._say(self._view.copy_without(self._node))
             self._left = True
 
-    def _on_node(self, message: mqtt.MQTTMessage) -> None:
+    def _on_node(self, message: Received) -> None:
         with self._lock:
             self._view.update(self._topics, message.topic, message.payload)
             self._keep()
             for follow in self._followers:
                 follow(self._view)
 
-    def _on_pipeline(self, message: mqtt.MQTTMessage) -> None:
+    def _on_pipeline(self, message: Received) -> None:
         with self._lock:
             self._held = message.payload.decode(errors="replace")
             self._keep()

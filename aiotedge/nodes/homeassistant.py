@@ -19,12 +19,11 @@ import re
 import threading
 from typing import Any
 
-import paho.mqtt.client as mqtt
-
 from aiotedge import __version__
 from aiotedge.contracts.events import Prediction
 from aiotedge.contracts.manifest import Manifest
 from aiotedge.contracts.topics import ONLINE, Topics
+from aiotedge.nodes.transport import Messaging, Received
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +131,7 @@ class HomeAssistantBridge:
     Assistant's restarts, nor the broker's, nor for a new camera, until this stage restarts.
     """
 
-    def __init__(self, session: Any, topics: Topics, manifest: Manifest, node: str,
+    def __init__(self, session: Messaging, topics: Topics, manifest: Manifest, node: str,
                  prefix: str = "homeassistant", *, replicated: bool = False) -> None:
         self._session = session
         self._topics = topics
@@ -163,7 +162,7 @@ class HomeAssistantBridge:
             self._announced[topic] = config
         self._session.announce(topic, json.dumps(config))
 
-    def _on_prediction(self, message: mqtt.MQTTMessage) -> None:
+    def _on_prediction(self, message: Received) -> None:
         prediction = Prediction.parse(message.payload)
         if prediction is None or not prediction.top:
             return
@@ -179,7 +178,7 @@ class HomeAssistantBridge:
             self._session.publish(self._topics.label(source), json.dumps(state), qos=1,
                                   retain=True)
 
-    def _on_home_assistant(self, message: mqtt.MQTTMessage) -> None:
+    def _on_home_assistant(self, message: Received) -> None:
         if message.payload.decode(errors="replace") != ONLINE or message.retain:
             return
         with self._lock:
@@ -190,7 +189,7 @@ class HomeAssistantBridge:
         for topic, config in announced:
             self._session.publish(topic, json.dumps(config), qos=1, retain=True)
 
-    def _on_discovery(self, message: mqtt.MQTTMessage) -> None:
+    def _on_discovery(self, message: Received) -> None:
         """An empty message on one of our discovery topics: someone cleared it, Home
         Assistant when its user deletes the device (the broker never keeps an empty retained
         message, so this is never an old one)."""

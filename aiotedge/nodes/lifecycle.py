@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from aiotedge.contracts.errors import AiotedgeError, BrokerError
 from aiotedge.nodes import systemd
-from aiotedge.nodes.session import MqttSession
+from aiotedge.nodes.transport import Session
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ def stop_on_signals() -> threading.Event:
     return stop
 
 
-def wait_for_broker(session: MqttSession, stop: threading.Event) -> bool:
+def wait_for_broker(session: Session, stop: threading.Event) -> bool:
     """True once connected; False if told to stop first (the broker may be down for long).
 
     The session logs why it cannot connect once per change of reason; systemd's status line
@@ -47,7 +47,7 @@ def wait_for_broker(session: MqttSession, stop: threading.Event) -> bool:
     return True
 
 
-def connect_once(session: MqttSession, timeout: float = FIRST_ATTEMPT_TIMEOUT) -> None:
+def connect_once(session: Session, timeout: float = FIRST_ATTEMPT_TIMEOUT) -> None:
     """For a one-shot command: connect, or stop the session and raise BrokerError saying why.
 
     A command run by hand or by a script must end with the reason, not retry like a daemon.

@@ -28,7 +28,6 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 import numpy as np
-import paho.mqtt.client as mqtt
 
 from aiotedge.config.loader import NodeConfig
 from aiotedge.config.sections import (
@@ -52,6 +51,7 @@ from aiotedge.nodes.lifecycle import connect_once, exit_status
 from aiotedge.nodes.metrics import StatsReporter
 from aiotedge.nodes.session import MqttSession
 from aiotedge.nodes.stage import run_stage
+from aiotedge.nodes.transport import Received
 
 log = logging.getLogger(__name__)
 
@@ -345,7 +345,7 @@ class LocalPipeline:
         for relay in self._relays.values():
             relay.join(timeout=5)
 
-    def _on_availability(self, message: mqtt.MQTTMessage) -> None:
+    def _on_availability(self, message: Received) -> None:
         node = message.topic.rsplit("/", 1)[-1]
         with self._online_changed:
             if message.payload.decode(errors="replace") == ONLINE:
@@ -354,7 +354,7 @@ class LocalPipeline:
                 self._online.discard(node)
             self._online_changed.notify_all()
 
-    def _on_prediction(self, message: mqtt.MQTTMessage) -> None:
+    def _on_prediction(self, message: Received) -> None:
         prediction = Prediction.parse(message.payload)
         if (prediction is not None and prediction.source == self.camera.options.name
                 and not self._recent.seen(prediction.frame_id)):

@@ -17,8 +17,10 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import paho.mqtt.client as mqtt
+from paho.mqtt import __version__ as paho_version
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -28,25 +30,31 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from aiotedge.config.sections import BrokerConfig
 from aiotedge.contracts.errors import BrokerError
 from aiotedge.contracts.topics import OFFLINE, ONLINE
+from aiotedge.nodes.transport import (
+    MessageHandler,
+    PublishCallback,
+    Received,
+    RefusalHandler,
+    Session,
+)
 
 log = logging.getLogger(__name__)
 
-MessageHandler = Callable[[mqtt.MQTTMessage], None]
-#: called with the broker's answer (e.g. "Not authorized") when it refuses a subscription
-RefusalHandler = Callable[[str], None]
+#: the MQTT client library under every session, as the transport measurement names it
+CLIENT_LIBRARY = f"paho-mqtt {paho_version}"
 #: seconds between attempts to reach the broker: the first RECONNECT_QUICK_TRIES at the
 #: minimum, so a node is back within about a second of a broker restart; then doubling up to
 #: the maximum, so a broker that stays away is not hammered
 RECONNECT_MIN_DELAY = 1.0
 RECONNECT_MAX_DELAY = 30.0
 RECONNECT_QUICK_TRIES = 10
-#: called with `refused` once the broker answered a QoS 1 publish
-PublishCallback = Callable[[bool], None]
 _EARLY_MIDS_KEPT = 1024
 
 
 class MqttSession:
-    """A paho client running its network loop in its own thread.
+    """A paho client running its network loop in its own thread; the nodes' `Session`.
+
+    It hands its handlers `Received` messages, made from paho's at the one place they arrive.
 
     `receive_maximum` caps how many unacknowledged QoS 1 messages the broker sends us at once,
     which with manual acks is what keeps a slow stage from being flooded. With
@@ -208,9 +216,9 @@ class MqttSession:
         """Stop saying `topic` again after reconnects (what the broker holds stays)."""
         self._announcements.pop(topic, None)
 
-    def ack(self, message: mqtt.MQTTMessage) -> None:
+    def ack(self, message: Received) -> None:
         if message.qos > 0:
-            self._client.ack(message.mid, message.qos)
+            self._client.ack(message.packet_id, message.qos)
 
     def publish_confirmed(
         self, topic: str, payload: bytes | str, qos: int, on_confirmed: PublishCallback
@@ -234,7 +242,7 @@ class MqttSession:
                 return
         self._confirmed(topic, early[1], on_confirmed)
 
-    def forward(self, topic: str, payload: bytes | str, qos: int, source: mqtt.MQTTMessage) -> None:
+    def forward(self, topic: str, payload: bytes | str, qos: int, source: Received) -> None:
         """Publish a result, acknowledging the `source` message only once the broker holds it.
 
         A node that dies between the two leaves its input unacknowledged, so the broker
@@ -244,9 +252,9 @@ class MqttSession:
         if source.qos == 0:
             self.publish(topic, payload, qos)
             return
-        mid, input_qos = source.mid, source.qos
+        packet_id, input_qos = source.packet_id, source.qos
         self.publish_confirmed(topic, payload, qos,
-                               lambda _refused: self._client.ack(mid, input_qos))
+                               lambda _refused: self._client.ack(packet_id, input_qos))
 
     def input_waiting(self) -> bool:
         """Whether bytes from the broker wait to be read: a message arrived meanwhile."""
@@ -531,7 +539,7 @@ class RetainedRefusedError(BrokerError):
         self.retained = retained
 
 
-def wait_settled(session: MqttSession, probe_topic: str, timeout: float = 10.0) -> None:
+def wait_settled(session: Session, probe_topic: str, timeout: float = 10.0) -> None:
     """Return once the broker has sent what it held for the session's subscriptions when it
     connected (their retained messages): a message of our own published after them comes
     back after them. QoS 0 both ways, so it suits a session that acknowledges QoS 1 messages
@@ -563,7 +571,7 @@ def read_retained(
     done = threading.Event()
     user = f"user {session.broker.username}" if session.broker.username else "this client"
 
-    def record(message: mqtt.MQTTMessage) -> None:
+    def record(message: Received) -> None:
         if follow is not None:
             follow(message)
         if message.payload and not done.is_set():  # an empty retained message: deleted
@@ -651,12 +659,18 @@ def describe_connection_error(error: BaseException | None, broker: BrokerConfig)
 
 
 def _dispatch(handlers: list[MessageHandler], message: mqtt.MQTTMessage) -> None:
-    """An exception in a handler would end paho's network loop, and with it the node."""
+    """Hand paho's message to the handlers as our own: the payload is not copied.
+
+    An exception in a handler would end paho's network loop, and with it the node.
+    """
+    # paho decodes a PUBLISH's payload as bytes (its type says bytearray too, for what it sends)
+    received = Received(message.topic, cast(bytes, message.payload), message.qos,
+                        message.retain, message.mid)
     for handler in handlers:
         try:
-            handler(message)
+            handler(received)
         except Exception:
-            log.exception("handler for %s failed on a message", message.topic)
+            log.exception("handler for %s failed on a message", received.topic)
 
 
 def _disable_nagle(sock: socket.socket) -> None:

@@ -25,7 +25,6 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-import paho.mqtt.client as mqtt
 
 from aiotedge.config.loader import NodeConfig
 from aiotedge.contracts.errors import ConfigError, ImageError, WireError
@@ -55,11 +54,12 @@ from aiotedge.nodes.metrics import (
     stage_metrics,
 )
 from aiotedge.nodes.session import MqttSession, wait_settled
+from aiotedge.nodes.transport import Received, Session
 from aiotedge.tflite.runtime import Segment, open_segment
 
 log = logging.getLogger(__name__)
 
-_QueuedMessage = tuple[mqtt.MQTTMessage, float]
+_QueuedMessage = tuple[Received, float]
 #: seconds between two warnings about missed frames at most (their count is in the stats)
 SAY_MISSED_EVERY = 10.0
 
@@ -71,7 +71,7 @@ class UnusableOutputError(ValueError):
 class StageNode:
     """One segment of the pipeline, served over MQTT through the session it is given."""
 
-    def __init__(self, config: NodeConfig, manifest: Manifest, session: MqttSession,
+    def __init__(self, config: NodeConfig, manifest: Manifest, session: Session,
                  segment: Segment) -> None:
         self.config = config
         self.settings = config.stage
@@ -227,7 +227,7 @@ class StageNode:
         """Follow the broker's own count of dropped messages ($SYS), for Prometheus: what a
         publisher lost at the broker's queue limits, whoever it is. Where this login may not
         read it, the metric is absent."""
-        def take(message: mqtt.MQTTMessage) -> None:
+        def take(message: Received) -> None:
             self.broker_dropped = int(message.payload) if message.payload.isdigit() else None
 
         self.session.subscribe(BROKER_DROPPED, take, qos=0)
@@ -238,7 +238,7 @@ class StageNode:
 
     # -- network thread -------------------------------------------------------------------
 
-    def _on_message(self, message: mqtt.MQTTMessage) -> None:
+    def _on_message(self, message: Received) -> None:
         if self._stopping.is_set():
             return  # unacknowledged: the broker delivers it again after the restart
         received = time.time()
@@ -296,7 +296,7 @@ class StageNode:
 
     # -- inference worker -----------------------------------------------------------------
 
-    def _process_inline(self, message: mqtt.MQTTMessage, received: float) -> None:
+    def _process_inline(self, message: Received, received: float) -> None:
         """Compute a frame on the network thread: the worker is idle and nothing is queued,
         and only this thread queues, so the two never run the segment at once."""
         with self._inline:
@@ -344,7 +344,7 @@ class StageNode:
         started = self._inline_since
         return started is not None and time.monotonic() - started > ping_every
 
-    def _process(self, message: mqtt.MQTTMessage, received: float) -> None:
+    def _process(self, message: Received, received: float) -> None:
         """Decode, drop a duplicate, compute and forward one frame; refuse what is bad."""
         frame_id = None
         taken = time.perf_counter()
@@ -368,7 +368,7 @@ class StageNode:
             self._reject(message, f"internal error: {exc!r}", frame_id)
         self.stats.service.add(time.perf_counter() - taken)
 
-    def _is_duplicate(self, message: mqtt.MQTTMessage, frame: Frame) -> bool:
+    def _is_duplicate(self, message: Received, frame: Frame) -> bool:
         """A copy of an attempt taken before (a redelivery), or a frame the last stage, or a
         replica of it, has answered already (a camera's resend of a late, not lost, frame):
         at-least-once inside the pipeline, once for the predictions' subscribers.
@@ -403,13 +403,13 @@ class StageNode:
                         "the way here, at the broker's queue limit say", arrival.skipped,
                         frame.source, frame.seq, self.counters.get("missed"))
 
-    def _on_sibling_prediction(self, message: mqtt.MQTTMessage) -> None:
+    def _on_sibling_prediction(self, message: Received) -> None:
         """A replica of the last stage answered a frame: this one need not answer it again."""
         prediction = Prediction.parse(message.payload)
         if prediction is not None:
             self._answered.seen(prediction.frame_id)
 
-    def _handle(self, message: mqtt.MQTTMessage, frame: Frame, received: float) -> None:
+    def _handle(self, message: Received, frame: Frame, received: float) -> None:
         tensor = self._input_tensor(frame)
         started = time.perf_counter()
         output = self.segment.run(tensor)
@@ -441,7 +441,7 @@ class StageNode:
         assert frame.tensor is not None  # a frame carries one or the other
         return frame.tensor
 
-    def _reject(self, message: mqtt.MQTTMessage, reason: str, frame_id: str | None = None) -> None:
+    def _reject(self, message: Received, reason: str, frame_id: str | None = None) -> None:
         """Count it, tell the errors topic, acknowledge it so it is not redelivered.
 
         The input is acknowledged at once, not when the broker has the event: an event that

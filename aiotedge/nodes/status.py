@@ -18,12 +18,8 @@ from aiotedge.contracts.extras import import_extra
 from aiotedge.contracts.topics import BROKER_DROPPED, Topics
 from aiotedge.nodes.health import NodeView, PipelineView
 from aiotedge.nodes.lifecycle import connect_once, stop_on_signals
-from aiotedge.nodes.session import (
-    MessageHandler,
-    MqttSession,
-    RetainedRefusedError,
-    read_retained,
-)
+from aiotedge.nodes.session import MqttSession, RetainedRefusedError, read_retained
+from aiotedge.nodes.transport import MessageHandler, Received
 
 #: short headers, so that a pipeline fits 80 columns; the model is said once, in the summary
 HEADER = ("node", "state", "stage", "fps", "latency", "infer", "queue", "in", "out", "rej",
@@ -153,7 +149,7 @@ def watch_status(broker: BrokerConfig, topics: Topics, interval: float,
     stop = stop or stop_on_signals()
     view, lock = PipelineView(), threading.Lock()
 
-    def take(message: Any) -> None:
+    def take(message: Received) -> None:
         with lock:
             view.update(topics, message.topic, message.payload)
 

@@ -20,14 +20,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import paho.mqtt.client as mqtt
-from paho.mqtt import __version__ as paho_version
-
 from aiotedge.config.sections import BrokerConfig
 from aiotedge.contracts.errors import BrokerError
 from aiotedge.contracts.profile import Transport, TransportSample
 from aiotedge.nodes.broker import LocalBroker
-from aiotedge.nodes.session import MqttSession
+from aiotedge.nodes.session import CLIENT_LIBRARY, MqttSession
+from aiotedge.nodes.transport import Received
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +71,7 @@ def _connected(broker: BrokerConfig, client_id: str, **options: Any) -> Iterator
 def measure_mqtt(sizes: Sequence[int], messages: int = MESSAGES) -> Transport:
     """Publish and receive CPU per message of each size, through a private mosquitto."""
     with LocalBroker() as broker:
-        inbox: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
+        inbox: queue.Queue[Received] = queue.Queue()
         with _connected(broker.address, "profile-receiver", manual_ack=True,
                         receive_maximum=4) as receiver, \
                 _connected(broker.address, "profile-sender") as sender:
@@ -81,12 +79,12 @@ def measure_mqtt(sizes: Sequence[int], messages: int = MESSAGES) -> Transport:
             _wait_routed(sender.session, receiver.session, inbox)
             samples = [_sample(size, messages, inbox, sender, receiver)
                        for size in sorted(set(sizes))]
-    return Transport(f"paho-mqtt {paho_version}, a private mosquitto on loopback, QoS 1",
+    return Transport(f"{CLIENT_LIBRARY}, a private mosquitto on loopback, QoS 1",
                      tuple(samples))
 
 
 def _wait_routed(sender: MqttSession, receiver: MqttSession,
-                 inbox: queue.Queue[mqtt.MQTTMessage]) -> None:
+                 inbox: queue.Queue[Received]) -> None:
     """Until the subscription is in place: probes published before it go nowhere."""
     deadline = time.monotonic() + TIMEOUT
     while time.monotonic() < deadline:
@@ -102,7 +100,7 @@ def _wait_routed(sender: MqttSession, receiver: MqttSession,
     raise BrokerError("the private broker did not route messages to the receiver")
 
 
-def _sample(size: int, messages: int, inbox: queue.Queue[mqtt.MQTTMessage],
+def _sample(size: int, messages: int, inbox: queue.Queue[Received],
             sender: _End, receiver: _End) -> TransportSample:
     """One message of `size` at a time: each end's CPU per message, and the wall time."""
     payload = bytes(size)

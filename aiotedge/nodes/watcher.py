@@ -7,13 +7,12 @@ import socket
 import threading
 from collections.abc import Callable
 
-import paho.mqtt.client as mqtt
-
 from aiotedge.config.loader import NodeConfig
 from aiotedge.contracts.events import Prediction
 from aiotedge.nodes.dedup import RecentIds
 from aiotedge.nodes.lifecycle import connect_once, stop_on_signals
 from aiotedge.nodes.session import MqttSession
+from aiotedge.nodes.transport import Received
 
 
 def run_watch(config: NodeConfig, write: Callable[[str], None], *, count: int | None = None,
@@ -26,7 +25,7 @@ def run_watch(config: NodeConfig, write: Callable[[str], None], *, count: int | 
     recent = RecentIds()
     seen = 0
 
-    def show(message: mqtt.MQTTMessage) -> None:
+    def show(message: Received) -> None:
         nonlocal seen
         prediction = Prediction.parse(message.payload)
         if prediction is None or recent.seen(prediction.frame_id):
