@@ -249,7 +249,7 @@ def test_more_frames_than_the_queue_holds_before_serve_never_block_the_network_t
     node.serve()
     answered = [session.forwarded.get(timeout=TIMEOUT)[2] for _ in sources]
     node.stop()
-    assert answered == [source.mid for source in sources]
+    assert answered == [source.packet_id for source in sources]
 
 
 def test_a_stage_stopped_before_it_serves_leaves_its_frames_with_the_broker():
