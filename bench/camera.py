@@ -273,8 +273,9 @@ def main() -> None:
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="bench-camera-"))
     split = workdir / "split"
-    assert convert(["split", str(SHARED_MODEL), "--stages", str(args.stages), "--out",
-                    str(split), "--labels", str(SHARED_LABELS)]) == 0
+    if convert(["split", str(SHARED_MODEL), "--stages", str(args.stages), "--out",
+                    str(split), "--labels", str(SHARED_LABELS)]) != 0:
+        raise SystemExit("aiotedge-convert split failed (its message is above)")
     manifest = Manifest.load(split)
     photos = [read_photo(path) for path in list_images(SHARED_IMAGES)]
     parts = []

@@ -65,8 +65,9 @@ def main() -> None:
     parser.add_argument("--starts", type=int, default=5, help="starts per stage (median)")
     args = parser.parse_args()
     out = Path(tempfile.mkdtemp(prefix="bench-split-"))
-    assert convert(["split", str(args.model), "--stages", str(args.stages),
-                    "--out", str(out)]) == 0
+    if convert(["split", str(args.model), "--stages", str(args.stages),
+                    "--out", str(out)]) != 0:
+        raise SystemExit("aiotedge-convert split failed (its message is above)")
     manifest = Manifest.load(out)
 
     events: dict[str, threading.Event] = {}

@@ -97,8 +97,9 @@ def main() -> None:
     args = parser.parse_args()
 
     out = Path(tempfile.mkdtemp(prefix="bench-split-"))
-    assert convert(["split", str(args.model), "--stages", str(args.stages),
-                    "--out", str(out)]) == 0
+    if convert(["split", str(args.model), "--stages", str(args.stages),
+                    "--out", str(out)]) != 0:
+        raise SystemExit("aiotedge-convert split failed (its message is above)")
     manifest = Manifest.load(out)
     photos = [(p.name, read_photo(p)) for p in list_images(args.images)]
 

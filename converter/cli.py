@@ -15,7 +15,7 @@ from pathlib import Path
 from aiotedge_converter import keras_import
 from aiotedge_converter.cluster import Links, cluster_from_profiles
 from aiotedge_converter.costs import cost_basis
-from aiotedge_converter.deploy import BOARDS_DIR, PLAN_NAME, toml_writer, write_deployment
+from aiotedge_converter.deploy import toml_writer, write_deployment
 from aiotedge_converter.errors import ConverterError
 from aiotedge_converter.keras_layers import cuts_for_layer_counts, layers_done, parse_layer_counts
 from aiotedge_converter.metadata import ImportInfo, read_import_info
@@ -40,6 +40,7 @@ from aiotedge import __version__
 from aiotedge.config.sections import BrokerConfig
 from aiotedge.contracts.errors import AiotedgeError
 from aiotedge.contracts.manifest import MANIFEST_NAME
+from aiotedge.contracts.plan import PLAN_BOARDS, PLAN_NAME
 from aiotedge.contracts.profile import INPUT_KINDS, Profile
 from aiotedge.tflite.graph import Graph, load_graph
 
@@ -245,7 +246,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
                                    discovery=args.homeassistant)
         print(f"wrote {plural(len(strategies.chosen[0].stages), 'segment')}, "
               f"{Path(args.out) / MANIFEST_NAME}, {Path(args.out) / PLAN_NAME} and "
-              f"{plural(len(configs), 'board config')} in {Path(args.out) / BOARDS_DIR}/")
+              f"{plural(len(configs), 'board config')} in {Path(args.out) / PLAN_BOARDS}/")
     return 0
 
 

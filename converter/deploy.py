@@ -29,10 +29,9 @@ from aiotedge_converter.split import SplitOptions, split_model
 from aiotedge.config.loader import NodeConfig
 from aiotedge.config.sections import BrokerConfig
 from aiotedge.contracts.extras import import_extra
-from aiotedge.nodes.local import PLAN_BOARDS as BOARDS_DIR
+from aiotedge.contracts.plan import PLAN_BOARDS, PLAN_NAME
 from aiotedge.tflite.graph import Graph
 
-PLAN_NAME = "plan.json"
 PLAN_VERSION = 1
 #: where the boards of docs/deploy-pi-cluster.md keep things
 BOARD_MODELS = "/opt/aiotedge/models"
@@ -69,7 +68,7 @@ def write_board_configs(out: Path, plan: ClusterPlan, cluster: Cluster, *, pipel
     """One config per board, named like its node, in out/boards/; checked by loading it.
     With `discovery`, the last stage's boards announce the pipeline to Home Assistant, as
     configs/cluster/ does."""
-    folder = out / BOARDS_DIR
+    folder = out / PLAN_BOARDS
     folder.mkdir(parents=True, exist_ok=True)
     for old in folder.glob("*.toml"):  # a plan written here before may have had more boards
         old.unlink()

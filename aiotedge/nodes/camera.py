@@ -43,6 +43,7 @@ from aiotedge.media.sources.live import LiveReader
 from aiotedge.nodes import systemd
 from aiotedge.nodes.lifecycle import connect_once, stop_on_signals, wait_for_broker
 from aiotedge.nodes.metrics import (
+    CAMERA_COUNTERS,
     Metric,
     NodeStats,
     StatsReporter,
@@ -63,9 +64,6 @@ REJECTED_LOUDLY = 5
 MODEL_WAIT = 5.0
 #: seconds between two snapshots at most: a dashboard needs no more
 SNAPSHOT_PERIOD = 1.0
-#: what a camera counts itself; what its source read and dropped comes from the source's reader
-CAMERA_COUNTERS = ("published", "answered", "rejected", "unanswered", "resent",
-                   "refused_by_broker", "unusable")
 
 
 @dataclass
@@ -102,7 +100,7 @@ class Camera:
         #: published, answered (a prediction), rejected (an error event from a stage),
         #: unanswered (no result after every attempt), resent, refused_by_broker, unusable
         #: (a picture that could not be prepared)
-        self.stats = NodeStats(CAMERA_COUNTERS)
+        self.stats = NodeStats(tuple(CAMERA_COUNTERS))
         self.counters = self.stats.counters
         self._reader: LiveReader | None = None
         #: the source's state when no live reader says it: "reading" (a folder, a video read

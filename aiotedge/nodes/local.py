@@ -40,6 +40,7 @@ from aiotedge.config.sections import (
 from aiotedge.contracts.errors import PipelineError
 from aiotedge.contracts.events import Prediction
 from aiotedge.contracts.manifest import Manifest
+from aiotedge.contracts.plan import PLAN_BOARDS
 from aiotedge.contracts.topics import ONLINE
 from aiotedge.media.prepare import ModelInput
 from aiotedge.media.sources import FrameSource, Stills
@@ -70,9 +71,6 @@ MAX_RESTARTS = 5
 _LOG_LINE = re.compile(r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL) ([\w.]+): (.*)$")
 #: a stage's last lines kept for the message that says why it stopped
 _TAIL_LINES = 20
-
-#: where `aiotedge-convert plan --out DIR` writes one node config per board
-PLAN_BOARDS = "boards"
 
 
 def plan_replicas(plan_dir: Path | str) -> dict[int, int]:

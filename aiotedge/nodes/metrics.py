@@ -226,7 +226,8 @@ STAGE_TIMINGS = {
                 "From capture at the camera to this stage's output (compares the boards' clocks: "
                 "keep them in sync)."),
 }
-#: the camera's counters (Camera.counters): key -> (metric name without `_total`, HELP)
+#: what a camera counts itself (Camera.counters; what its source read and dropped comes from
+#: the source's reader): key -> (metric name without `_total`, HELP)
 CAMERA_COUNTERS = {
     "published": ("aiotedge_camera_published_frames",
                   "Frames the camera published into stage 0 (not counting resends)."),
@@ -239,6 +240,8 @@ CAMERA_COUNTERS = {
                "Frames sent again because no result came within frame_timeout."),
     "refused_by_broker": ("aiotedge_camera_refused_frames",
                           "Frames the broker refused (its ACL)."),
+    "unusable": ("aiotedge_camera_unusable_frames",
+                 "Pictures the camera could not prepare (not sent; each logged)."),
 }
 
 
