@@ -30,6 +30,14 @@ from aiotedge.media.sources import open_source
 from aiotedge.nodes import systemd
 from aiotedge.nodes.camera import run_camera
 from aiotedge.nodes.lifecycle import exit_status, stop_on_signals
+from aiotedge.nodes.profiling import (
+    DEFAULT_PHOTO_SIZE,
+    DEFAULT_ROUNDS,
+    DEFAULT_RUNS,
+    DEFAULT_WARMUP,
+    measure_profile,
+    profile_report,
+)
 from aiotedge.nodes.retire import retire
 from aiotedge.nodes.stage import run_stage
 from aiotedge.nodes.status import (
@@ -40,14 +48,6 @@ from aiotedge.nodes.status import (
     watch_status,
 )
 from aiotedge.nodes.watcher import run_watch
-from aiotedge.tflite.profiling import (
-    DEFAULT_PHOTO_SIZE,
-    DEFAULT_ROUNDS,
-    DEFAULT_RUNS,
-    DEFAULT_WARMUP,
-    measure_profile,
-    profile_report,
-)
 
 log = logging.getLogger("aiotedge")
 

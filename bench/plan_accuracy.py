@@ -32,9 +32,9 @@ from aiotedge.config.sections import BrokerConfig, PipelineConfig, StageConfig
 from aiotedge.contracts.manifest import Manifest
 from aiotedge.media.image import decode_image, list_images
 from aiotedge.nodes.local import LocalPipeline, plan_replicas
+from aiotedge.nodes.profiling import DEFAULT_PHOTO_SIZE, measure_profile
 from aiotedge.nodes.transport_cost import measure_mqtt
 from aiotedge.tflite.graph import load_graph
-from aiotedge.tflite.profiling import DEFAULT_PHOTO_SIZE, measure_profile
 from bench.benchdoc import table, write_section
 from tests.conftest import SHARED_IMAGES, SHARED_MODEL
 

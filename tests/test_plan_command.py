@@ -26,8 +26,8 @@ from aiotedge.config.sections import BrokerConfig
 from aiotedge.contracts.manifest import Manifest
 from aiotedge.contracts.profile import Profile
 from aiotedge.nodes.local import LocalPipeline, plan_replicas
+from aiotedge.nodes.profiling import measure_profile
 from aiotedge.tflite.graph import load_graph
-from aiotedge.tflite.profiling import measure_profile
 from tests.conftest import whole_model_top
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -187,7 +187,7 @@ def test_profiling_never_loads_tensorflow(test_models):
     """The board side: interpreter and flatbuffers only, even with TensorFlow installed."""
     code = (
         "import sys\n"
-        "from aiotedge.tflite.profiling import measure_profile\n"
+        "from aiotedge.nodes.profiling import measure_profile\n"
         f"measure_profile({str(test_models['int8'])!r}, runs=1, warmup=0, rounds=1)\n"
         "loaded = [m for m in ('tensorflow', 'keras', 'matplotlib') if m in sys.modules]\n"
         "sys.exit(f'loaded {loaded}' if loaded else 0)\n"
