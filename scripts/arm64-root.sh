@@ -50,7 +50,7 @@ log() {
 # (its Debian packages). When it changes, the root is rebuilt; other edits here keep it.
 inputs_key() {
     {
-        declare -f build copy_checkout ensure_emulation in_root
+        declare -f build copy_checkout ensure_emulation
         declare -p SUITE MIRROR ROOT_PACKAGES BOARD_CHECKOUT TEST_VENV TEST_PACKAGES BOARD_VENV
         cat "$HERE/scripts/install-board.sh"
     } | sha256sum | cut -d' ' -f1
@@ -73,6 +73,9 @@ ensure_emulation() {
 }
 
 # Run a command in a root: private mounts (gone when it exits), the host's network namespace.
+# /proc and /dev but no /sys: with both the host's x86 /proc/cpuinfo and its /sys CPU list, the
+# CPU detection of XNNPACK (TFLite's arm64 kernels) crashes the process when it loads a model
+# (SIGSEGV in allocate_tensors); with /proc alone it falls back. A Pi has its own of both.
 in_root() {
     local root="$1"
     shift
@@ -85,7 +88,6 @@ in_root() {
     unshare --mount --propagation private -- bash -euo pipefail -c '
         root="$1"; shift; binds="$1"; shift
         mount -t proc proc "$root/proc"
-        mount --rbind /sys "$root/sys"
         mount --rbind /dev "$root/dev"
         for bind in $binds; do
             host="${bind%%:*}"; inside="$root${bind#*:}"

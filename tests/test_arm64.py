@@ -71,6 +71,10 @@ BOARD_TESTS = [
     "tests/test_wire.py",
     "tests/test_wire_fuzz.py",
 ]
+#: promtool (Prometheus's, a server's tool) checks the metric names: the same text on every
+#: architecture, checked by the host's suite
+NOT_ON_BOARD = ["tests/test_node_reports.py::test_stage_metrics_follow_prometheus_conventions",
+                "tests/test_node_reports.py::test_camera_metrics_follow_prometheus_conventions"]
 
 pytestmark = pytest.mark.skipif(
     not (ROOT / ".aiotedge-root-key").is_file()
@@ -97,6 +101,7 @@ def test_the_root_is_arm64_and_runs_the_board_install():
     assert out[1].startswith(f"{BOARD_VENV}/lib/python3.11/site-packages/aiotedge/")
 
 
+@pytest.mark.timeout(1800)  # emulated: several times slower than on the host
 def test_board_side_tests_pass_on_arm64():
     # -P and --import-mode=append: the tests import the aiotedge install-board.sh installed,
     # not the copy of the repository they run from
@@ -104,7 +109,8 @@ def test_board_side_tests_pass_on_arm64():
     result = subprocess.run(
         in_root("env", "-C", BOARD_CHECKOUT, f"AIOTEDGE_SHARED_DATA={SHARED_IN_ROOT}",
                 TEST_PYTHON, "-P", "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                "--import-mode=append", *BOARD_TESTS, binds=binds),
+                "--import-mode=append", *BOARD_TESTS,
+                *(f"--deselect={test}" for test in NOT_ON_BOARD), binds=binds),
         check=False, capture_output=True, text=True, timeout=1800,
     )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
@@ -137,7 +143,6 @@ def board_config(index: int, broker, manifest: str) -> dict:
     config["broker"] = {"host": broker.address.host, "port": broker.address.port}
     config["pipeline"]["name"] = PIPELINE
     config["stage"].update(manifest=manifest, index=index, node=f"stage{index}", threads=1)
-    config.pop("homeassistant", None)
     return config
 
 
@@ -216,6 +221,7 @@ def x86_64_predictions(demo, tmp_path_factory) -> dict[str, Prediction]:
         return predict(broker, demo)
 
 
+@pytest.mark.timeout(1200)
 def test_an_arm64_stage_daemon_computes_its_segment(broker, demo, tmp_path):
     """Stage 2 on arm64, as its unit runs it, given the host's stage-1 activations: its output
     against the host's, in quantization steps."""
@@ -267,6 +273,7 @@ def write_report(text: str) -> None:
             report.write(text)
 
 
+@pytest.mark.timeout(1200)
 @pytest.mark.parametrize("arm64", [{1, 3}, {0, 2, 4}], ids=["arm64-1-3", "arm64-0-2-4"])
 def test_a_mixed_architecture_pipeline_keeps_every_top1(
     broker, demo, x86_64_predictions, arm64, tmp_path
@@ -281,12 +288,14 @@ def test_a_mixed_architecture_pipeline_keeps_every_top1(
         assert [timing.stage for timing in got.stages] == [0, 1, 2, 3, 4]
         differences = [abs(a.score - b.score)
                        for a, b in zip(got.top, reference.top, strict=True)]
-        order = [s.index for s in got.top] == [s.index for s in reference.top]
+        classes = [s.index for s in got.top], [s.index for s in reference.top]
+        same = ("same" if classes[0] == classes[1] else
+                "same, reordered" if set(classes[0]) == set(classes[1]) else "other")
         rows.append(f"| {name} | {reference.top[0].label.split(',')[0]} | "
                     f"{reference.top[0].score:.3f} | {got.top[0].score:.3f} | "
-                    f"{max(differences):.3f} | {'same' if order else 'other'} |")
+                    f"{max(differences):.3f} | {same} |")
     on = ", ".join(map(str, sorted(arm64)))
     write_report(f"\nstages {on} on arm64, the others on x86_64:\n\n"
-                 "| photo | top-1 | x86_64 | mixed | max top-5 difference | top-5 order |\n"
+                 "| photo | top-1 | x86_64 | mixed | max top-5 difference | top-5 classes |\n"
                  "| --- | --- | --- | --- | --- | --- |\n" + "\n".join(rows) + "\n")
 
