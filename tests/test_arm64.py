@@ -147,13 +147,17 @@ def board_config(index: int, broker, manifest: str) -> dict:
 
 
 @contextmanager
-def stage_daemons(broker, manifest: Manifest, arm64: set[int], configs: Path) -> Iterator[None]:
-    """`aiotedge stage` for every stage: on the host (this venv), or in the arm64 root as its
-    unit runs it (user aiotedge, the board's venv, the split under /opt/aiotedge/models)."""
+def stage_daemons(broker, manifest: Manifest, arm64: set[int], configs: Path,
+                  stages: list[int] | None = None) -> Iterator[None]:
+    """`aiotedge stage` for each of `stages` (all by default): on the host (this venv), or in
+    the arm64 root as its unit runs it (user aiotedge, the board's venv, the split under
+    /opt/aiotedge/models)."""
+    stages = list(range(len(manifest.stages))) if stages is None else stages
     configs.mkdir(mode=0o755)
     binds = {configs: CONFIGS, manifest.directory: MODELS}
     with ExitStack() as stack:
-        for index in range(len(manifest.stages)):
+        daemons = {}
+        for index in stages:
             on_arm64 = index in arm64
             config = board_config(index, broker, MODELS if on_arm64 else str(manifest.directory))
             path = configs / f"stage{index}.toml"
@@ -163,17 +167,34 @@ def stage_daemons(broker, manifest: Manifest, arm64: set[int], configs: Path) ->
                             "stage", "--config", f"{CONFIGS}/{path.name}", binds=binds)
                     if on_arm64 else
                     [sys.executable, "-m", "aiotedge", "stage", "--config", str(path)])
-            log = (configs / f"stage{index}.log").open("w")
-            stack.callback(log.close)
-            daemon = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                      start_new_session=True)
+            log = configs / f"stage{index}.log"
+            with log.open("w") as output:
+                daemon = subprocess.Popen(argv, stdout=output, stderr=subprocess.STDOUT,
+                                          start_new_session=True)
             stack.callback(stop_daemon, daemon)
-        wait_all_online(broker, [f"stage{k}" for k in range(len(manifest.stages))], timeout=600)
+            daemons[log] = daemon
+        wait_online(broker, [f"stage{k}" for k in stages], daemons)
         yield
+
+
+def wait_online(broker, nodes: list[str], daemons: dict[Path, subprocess.Popen]) -> None:
+    """Until every node is online; a daemon that exits meanwhile fails the test with its log
+    (an emulated start takes seconds, so the wait is long)."""
+    for _ in range(60):
+        dead = [log for log, daemon in daemons.items() if daemon.poll() is not None]
+        if dead:
+            pytest.fail(f"{dead[0].stem} exited: {dead[0].read_text()[-3000:]}")
+        try:
+            return wait_all_online(broker, nodes, timeout=10)
+        except AssertionError:
+            continue
+    pytest.fail(f"not all of {nodes} online within 10 minutes")
 
 
 def stop_daemon(daemon: subprocess.Popen) -> None:
     """SIGTERM to its whole group (the root's wrapper, runuser, the daemon): it says offline."""
+    if daemon.poll() is not None:
+        return
     os.killpg(daemon.pid, signal.SIGTERM)
     try:
         daemon.wait(timeout=60)
@@ -238,18 +259,7 @@ def test_an_arm64_stage_daemon_computes_its_segment(broker, demo, tmp_path):
     expected = {}
     with ExitStack() as stack:
         stack.callback(session.stop)
-        configs = tmp_path / "configs"
-        configs.mkdir(mode=0o755)
-        config = board_config(2, broker, MODELS)
-        (configs / "stage2.toml").write_text(tomli_w.dumps(config))
-        (configs / "stage2.toml").chmod(0o644)
-        daemon = subprocess.Popen(
-            in_root("runuser", "-u", "aiotedge", "--", f"{BOARD_VENV}/bin/aiotedge", "stage",
-                    "--config", f"{CONFIGS}/stage2.toml",
-                    binds={configs: CONFIGS, five_stages.directory: MODELS}),
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        stack.callback(stop_daemon, daemon)
-        wait_all_online(broker, ["stage2"], timeout=600)
+        stack.enter_context(stage_daemons(broker, five_stages, {2}, tmp_path / "configs", [2]))
         for seq, (name, data) in enumerate(photos):
             first = five_stages.stage(0).input
             tensor = preprocess(decode_image(data), five_stages.preprocessing, first)
