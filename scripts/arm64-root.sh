@@ -5,9 +5,9 @@
 #   scripts/arm64-root.sh build      build the root unless the cached one is up to date
 #   scripts/arm64-root.sh install    install this checkout in the root as a stage board, as
 #                                    docs/deploy-pi-cluster.md section 5 says
-#   scripts/arm64-root.sh run [--bind HOST_PATH:ROOT_PATH]... CMD...
-#                                    run CMD in the root (its own mounts, the host's network)
-#   scripts/arm64-root.sh path       print the root's path
+#   scripts/arm64-root.sh run [--bind HOST_DIR:ROOT_DIR]... CMD...
+#                                    run CMD in the root (its own mounts, the host's network;
+#                                    the host's folders bound in read-only)
 #   scripts/arm64-root.sh test PYTHON [PYTEST_ARGS]...
 #                                    build, install, then tests/test_arm64.py with the host's
 #                                    PYTHON (make test-arm64); says how long it all took
@@ -15,8 +15,9 @@
 # The root is cached in $AIOTEDGE_ARM64_CACHE (default /var/cache/aiotedge): outside the
 # checkout, so a fresh clone, `git clean` or `make clean` keeps it (the cold build takes
 # minutes of emulated dpkg and pip), and no linter or test collector walks a Debian tree. It
-# is rebuilt when this script or install-board.sh (whose Debian packages it holds) changes.
-# Debian packages it needs on the host (debootstrap, qemu-user-static, binfmt-support) are
+# is rebuilt when this script's build or install-board.sh (whose Debian packages it holds)
+# changes.
+# Debian packages it needs on the host (debootstrap, qemu-user-static, binfmt-support, rsync) are
 # installed with apt-get when missing.
 
 set -euo pipefail
@@ -154,11 +155,10 @@ shift || true
 case "$command" in
     build) build ;;
     install) install_board ;;
-    path) echo "$ROOT" ;;
     run)
         binds=()
         while [ "${1:-}" = --bind ]; do
-            binds+=(--bind "${2:?--bind needs HOST_PATH:ROOT_PATH}")
+            binds+=(--bind "${2:?--bind needs HOST_DIR:ROOT_DIR}")
             shift 2
         done
         [ $# -gt 0 ] || fail "run needs a command"
