@@ -57,6 +57,15 @@ bench-cluster: deps-test deps-bench $(VENV)/.test-installed
 	$(BIN)/python -m bench.hop --model "$(MODEL)" --images "$(IMAGES)" --write-docs
 	$(BIN)/python -m bench.memory --model "$(MODEL)" --images "$(IMAGES)" --write-docs
 
+# arm64, as on a Raspberry Pi with the 64-bit OS: a Debian 12 arm64 root run by qemu-user
+# (cached in /var/cache/aiotedge, or AIOTEDGE_ARM64_CACHE), the board installed in it as
+# docs/deploy-pi-cluster.md says, then tests/test_arm64.py: the board-side tests in the root,
+# an arm64 stage daemon, and pipelines mixing x86_64 and arm64 stages. As root; not in `make
+# test`. The first run builds the root (about 20 minutes), later ones reuse it (about 5).
+.PHONY: test-arm64
+test-arm64: deps-test $(VENV)/.test-installed
+	scripts/arm64-root.sh test $(BIN)/python $(PYTEST_ARGS)
+
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check .
 
