@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 
 from bench.benchdoc import command_line, machine, table
@@ -112,7 +114,15 @@ def render(results: list[tuple[Scenario, Row]], mode: Mode, workload: Workload,
     ]) + "\n"
 
 
+def rows_path(document: Path) -> Path:
+    """The rows of the run as JSON, beside the document (another run can merge them)."""
+    return document.with_name(f"{document.stem}-rows.json")
+
+
 def write(results: list[tuple[Scenario, Row]], mode: Mode, workload: Workload, seconds: float,
           path: Path = DOCUMENT) -> Path:
     path.write_text(render(results, mode, workload, seconds))
+    rows = [{"name": chosen.name, "command": command_line(), "mode": mode.name,
+             "row": asdict(row)} for chosen, row in results]
+    rows_path(path).write_text(scrub(json.dumps(rows, indent=1)) + "\n")
     return path
