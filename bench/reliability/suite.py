@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from bench.reliability import defects, fuzz, scenarios
+from bench.reliability import defects, fuzz, round2, scenarios
 from bench.reliability.context import Context
 from bench.reliability.harness import Deadline, watchdog
 from bench.reliability.results import Row
@@ -59,6 +59,10 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("tls", defects.tls_failure),
     Scenario("chain-check", defects.chain_check),
     Scenario("refused-camera", defects.refused_camera),
+    Scenario("takeover-acl", partial(round2.client_id_takeover, setup="acl")),
+    Scenario("takeover-dynsec", partial(round2.client_id_takeover, setup="dynsec")),
+    Scenario("foreign-publisher", round2.foreign_publisher),
+    Scenario("replicas-restart", round2.replicas_restart),
 )
 
 
