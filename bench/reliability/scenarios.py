@@ -10,6 +10,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from aiotedge.config.schema import MAX_IN_FLIGHT
 from aiotedge.contracts.manifest import Manifest
 from aiotedge.contracts.wire import encode_frame
 from aiotedge.nodes.broker import free_port
@@ -309,10 +310,12 @@ def stage_away(ctx: Context) -> Row:
     with ctx.run("away") as run:
         run.start_stages()
         away = run.node_name(1)
-        # a window as large as the run: the camera goes on publishing while stage 1 is away
+        # a window as large as the run (or the largest there is): the camera goes on
+        # publishing while stage 1 is away
         # (the broker queues the frames for it), and waits for late results, not resending
         feed = run.feed(ctx.workload.photos, mode.frames, fps=STEADY_FPS,
-                        in_flight=mode.frames, frame_timeout=AWAY_FRAME_TIMEOUT)
+                        in_flight=min(mode.frames, MAX_IN_FLIGHT),
+                        frame_timeout=AWAY_FRAME_TIMEOUT)
         _frames_until(run, mode.frames // 4)
         run.stop_stage(away)
         _published_until(run, feed, mode.frames // 2)
