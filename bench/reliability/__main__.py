@@ -1,7 +1,8 @@
-"""`python -m bench.reliability [--fast] [--only NAME ...]`: the suite, into docs/reliability.md.
+"""`python -m bench.reliability [--fast] [--only NAME ...]`: the suite, into docs/reliability.md
+(rows of scenarios not run now are kept from its rows file, docs/reliability-rows.json).
 
-The full run (`make reliability`) takes up to half an hour; `--fast` is what the test suite
-runs, in about two minutes.
+The full run (`make reliability`) takes about an hour and a half, of which the soak feeds for
+an hour (`--soak-minutes` shortens it); `--fast` is what the test suite runs, in a few minutes.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true", help="print the table only")
     parser.add_argument("--soak-minutes", type=float, metavar="MIN",
                         help="feed the soak for this long (full run: 60 minutes)")
+    parser.add_argument("--note", default="",
+                        help="a sentence about this run for the report (what else ran beside)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -62,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.monotonic() - started
     print(document.rows_table([row for _, row in results]))
     if not args.no_write:
-        path = document.write(results, mode, workload, seconds, args.write)
+        path = document.write(results, mode, workload, seconds, args.write, note=args.note)
         print(f"wrote {path}")
     return 0
 
