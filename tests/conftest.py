@@ -151,22 +151,11 @@ def wait_all_online(broker, nodes: list[str], timeout: float = 60.0) -> None:
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory) -> Path:
     """A CA, the broker's certificate (for broker.lan, localhost and 127.0.0.1), a client's."""
-    from tests.security import issue, openssl
+    from tests.security import write_pki
 
     if shutil.which("openssl") is None:
         pytest.skip("openssl is not installed (sudo apt-get install openssl)")
-    directory = tmp_path_factory.mktemp("pki")
-    openssl(directory, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-            "-nodes", "-days", "2", "-subj", "/CN=aiotedge test CA",
-            "-addext", "basicConstraints=critical,CA:TRUE",
-            "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-            "-keyout", "ca.key", "-out", "ca.crt")
-    common = ("basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n"
-              "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n")
-    issue(directory, "broker", common + "extendedKeyUsage=serverAuth\n"
-          "subjectAltName=DNS:broker.lan,DNS:localhost,IP:127.0.0.1\n")
-    issue(directory, "client", common + "extendedKeyUsage=clientAuth\n")
-    return directory
+    return write_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture(scope="module")

@@ -100,6 +100,21 @@ def issue(directory: Path, name: str, extensions: str) -> None:
             "-CAcreateserial", "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.crt")
 
 
+def write_pki(directory: Path) -> Path:
+    """A CA, the broker's certificate (for broker.lan, localhost and 127.0.0.1), a client's."""
+    openssl(directory, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+            "-nodes", "-days", "2", "-subj", "/CN=aiotedge test CA",
+            "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+            "-keyout", "ca.key", "-out", "ca.crt")
+    common = ("basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+              "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n")
+    issue(directory, "broker", common + "extendedKeyUsage=serverAuth\n"
+          "subjectAltName=DNS:broker.lan,DNS:localhost,IP:127.0.0.1\n")
+    issue(directory, "client", common + "extendedKeyUsage=clientAuth\n")
+    return directory
+
+
 def shipped_conf(path: Path, pki: Path, tls_port: int, require_certificate: bool,
                  files: dict[str, str]) -> str:
     """A shipped config with its listener, certificates and `files` pointed at throwaway ones;

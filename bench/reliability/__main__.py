@@ -1,7 +1,8 @@
-"""`python -m bench.reliability [--fast] [--only NAME ...]`: the suite, into docs/reliability.md.
+"""`python -m bench.reliability [--fast] [--only NAME ...]`: the suite, into docs/reliability.md
+(rows of scenarios not run now are kept from its rows file, docs/reliability-rows.json).
 
-The full run (`make reliability`) takes up to half an hour; `--fast` is what the test suite
-runs, in about two minutes.
+The full run (`make reliability`) takes about an hour and a half, of which the soak feeds for
+an hour (`--soak-minutes` shortens it); `--fast` is what the test suite runs, in a few minutes.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import signal
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from bench.reliability import document
@@ -35,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write", type=Path, default=document.DOCUMENT,
                         help="where to write the report (default docs/reliability.md)")
     parser.add_argument("--no-write", action="store_true", help="print the table only")
+    parser.add_argument("--soak-minutes", type=float, metavar="MIN",
+                        help="feed the soak for this long (full run: 60 minutes)")
+    parser.add_argument("--note", default="",
+                        help="a sentence about this run for the report (what else ran beside)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -46,15 +52,20 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM unwinds like an exception, so every scenario stops what it started
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     mode = FAST if args.fast else FULL
+    if args.soak_minutes:
+        mode = replace(mode, soak_seconds=60 * args.soak_minutes,
+                       soak_fps=mode.soak_fps or FULL.soak_fps,
+                       long_timeout=max(mode.long_timeout, 60 * args.soak_minutes + 1200))
+    artifacts = None if args.no_write else args.write.parent
     started = time.monotonic()
     chosen = [scenario(name) for name in args.only] if args.only else list(SCENARIOS)
     with tempfile.TemporaryDirectory(prefix="aiotedge-rel-data-") as scratch:
         workload = Workload.build(Path(scratch), shared=not args.no_shared and not args.fast)
-        results = [(each, run_scenario(each, mode, workload)) for each in chosen]
+        results = [(each, run_scenario(each, mode, workload, artifacts)) for each in chosen]
     seconds = time.monotonic() - started
     print(document.rows_table([row for _, row in results]))
     if not args.no_write:
-        path = document.write(results, mode, workload, seconds, args.write)
+        path = document.write(results, mode, workload, seconds, args.write, note=args.note)
         print(f"wrote {path}")
     return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiotedge.contracts.manifest import Manifest
@@ -16,6 +17,8 @@ class Context:
     workload: Workload
     deadline: Deadline
     runs: list[Run] = field(default_factory=list)
+    #: where a scenario writes files beside the report (the soak's memory curve); None: nowhere
+    artifacts: Path | None = None
 
     def run(self, name: str, manifest: Manifest | None = None, **options: Any) -> Run:
         """A Run of `manifest` (default: the main pipeline), known to the scenario's watchdog."""

@@ -156,6 +156,8 @@ class Observer:
         self.errors: list[dict] = []
         self.largest_error_bytes = 0
         self.online: set[str] = set()
+        #: node -> times it went from online to offline (its will, or its own goodbye)
+        self.went_offline: Counter[str] = Counter()
         #: node -> its latest stats (queue depth tells whether it still has work)
         self.stats: dict[str, dict] = {}
         #: frame id -> (highest stage topic it was seen on, when: monotonic seconds)
@@ -208,8 +210,9 @@ class Observer:
         with self.changed:
             if message.payload == ONLINE.encode():
                 self.online.add(node)
-            else:
+            elif node in self.online:
                 self.online.discard(node)
+                self.went_offline[node] += 1
             self.changed.notify_all()
 
     def _on_stats(self, message: mqtt.MQTTMessage) -> None:
@@ -335,6 +338,7 @@ class Run:
         pipeline: str | None = None,
         credentials: Credentials | None = None,
         quiet: float = QUIET_SECONDS,
+        observer_user: str = OBSERVER_USER,
     ) -> None:
         self.name = name
         self.manifest = manifest
@@ -342,6 +346,7 @@ class Run:
         self.qos = qos
         self.topics = Topics(pipeline or f"rel{secrets.token_hex(3)}")
         self.credentials = credentials
+        self.observer_user = observer_user
         self.stage_flags = stage_flags
         self.launches = launches or {}
         self.quiet = quiet
@@ -381,7 +386,8 @@ class Run:
         self.broker.start()
         self._broker_stopped = False
         if self.observer is None:
-            self.observer = Observer(self.login(OBSERVER_USER), self.topics, self.check_alive)
+            self.observer = Observer(self.login(self.observer_user), self.topics,
+                                     self.check_alive)
             self.observer.session.start()
             self.exit.callback(self.observer.session.stop)
             if not self.observer.session.wait_connected(self.deadline.bound(10)):
@@ -413,9 +419,11 @@ class Run:
         if wait:
             self.wait_online()
 
-    def spawn(self, index: int) -> StageDaemon:
-        node = self.node_name(index)
-        launch = self.launches.get(index, StageLaunch())
+    def spawn(self, index: int, launch: StageLaunch | None = None) -> StageDaemon:
+        """Start stage `index` as the harness launches it, or as `launch` says (a replica: its
+        own node name)."""
+        launch = launch or self.launches.get(index, StageLaunch())
+        node = launch.node or self.node_name(index)
         command = [
             *launch.prefix, sys.executable, "-m", "aiotedge", "stage",
             "--manifest", str(launch.manifest or self.manifest.directory),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -69,11 +70,17 @@ class ProcSampler:
     pids: Callable[[], dict[str, int]]
     interval: float = 0.25
     usage: dict[str, Usage] = field(default_factory=dict)
+    #: > 0: also keep every node's RSS this often (seconds), as a curve over time
+    curve_every: float = 0.0
+    #: node -> [(seconds since the sampler started, RSS MB)], when curve_every > 0
+    curve: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="procfs", daemon=True)
+        self._started = time.monotonic()
+        self._curve_at = 0.0
 
     def start(self) -> ProcSampler:
         self._thread.start()
@@ -85,11 +92,17 @@ class ProcSampler:
         self.sample_now()
 
     def sample_now(self) -> None:
+        now = time.monotonic() - self._started
+        keep = self.curve_every > 0 and now - self._curve_at >= self.curve_every
+        if keep:
+            self._curve_at = now
         for node, pid in self.pids().items():
             taken = sample(pid)
             if taken is None:
                 continue
             with self._lock:
+                if keep:
+                    self.curve.setdefault(node, []).append((round(now, 1), taken.rss_mb))
                 if node in self.usage:
                     self.usage[node].add(taken)
                 else:
@@ -110,6 +123,10 @@ class ProcSampler:
     def snapshot(self) -> dict[str, Usage]:
         with self._lock:
             return {node: Usage(u.start, u.end, u.peak) for node, u in self.usage.items()}
+
+    def curve_snapshot(self) -> dict[str, list[tuple[float, float]]]:
+        with self._lock:
+            return {node: list(points) for node, points in self.curve.items()}
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):

@@ -38,8 +38,9 @@ class Row:
     findings: list[str] = field(default_factory=list)
     #: why the scenario did not run here
     skipped: str = ""
-    #: the defect of the issue this scenario measures, if any
-    defect: int | None = None
+    #: the defect of the issue this scenario measures, if any: its number in the first round,
+    #: "R2-<number>" in the second
+    defect: int | str | None = None
     seconds: float = 0.0
 
     def conclude(self) -> None:

@@ -8,12 +8,17 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from pathlib import Path
 
+from aiotedge.config.schema import MAX_IN_FLIGHT
 from aiotedge.contracts.manifest import Manifest
 from aiotedge.contracts.wire import encode_frame
 from aiotedge.nodes.broker import free_port
 from bench.reliability import faults, storm
 from bench.reliability.context import Context
+from bench.reliability.curve import growth
+from bench.reliability.curve import plot as plot_curve
+from bench.reliability.curve import save as save_curve
 from bench.reliability.harness import BROKER_NODE, Feed, Injector, Run, StageLaunch
 from bench.reliability.results import Row, Tally, bounded_memory, fill, tally
 from bench.reliability.workload import Photos, stage_inputs
@@ -305,10 +310,12 @@ def stage_away(ctx: Context) -> Row:
     with ctx.run("away") as run:
         run.start_stages()
         away = run.node_name(1)
-        # a window as large as the run: the camera goes on publishing while stage 1 is away
+        # a window as large as the run (or the largest there is): the camera goes on
+        # publishing while stage 1 is away
         # (the broker queues the frames for it), and waits for late results, not resending
         feed = run.feed(ctx.workload.photos, mode.frames, fps=STEADY_FPS,
-                        in_flight=mode.frames, frame_timeout=AWAY_FRAME_TIMEOUT)
+                        in_flight=min(mode.frames, MAX_IN_FLIGHT),
+                        frame_timeout=AWAY_FRAME_TIMEOUT)
         _frames_until(run, mode.frames // 4)
         run.stop_stage(away)
         _published_until(run, feed, mode.frames // 2)
@@ -432,24 +439,53 @@ def partition(ctx: Context) -> Row:
 
 #: growth of open fds or threads from start to end that counts as a leak
 LEAK_SLACK = 4
+#: how often the soak keeps every daemon's RSS for its memory curve, seconds
+CURVE_EVERY_S = 10.0
+#: how often a timed soak writes its curve so far (a run cut short still leaves one)
+CHECKPOINT_S = 60.0
+#: RSS growth over a timed soak's second half above which a stage has not levelled off, MB
+LEVEL_SLACK_MB = 1.0
+#: frames the timed soak's camera keeps without a result (its rate is soak_fps below this)
+SOAK_WINDOW = 32
+#: the memory curve's files beside the report: NAME.json and NAME.png
+SOAK_CURVE = "reliability-soak"
 
 
 def soak(ctx: Context) -> Row:
-    """Many frames in flight through the main pipeline, with every daemon's RSS, open file
+    """Frames through the main pipeline for a long time, with every daemon's RSS, open file
     descriptors and threads sampled from /proc four times a second; start (once online), end
-    and peak are reported. Memory must stay within 1.5x its start, fds and threads must not
-    grow, every prediction must equal the whole model's."""
-    frames = ctx.mode.soak_frames
+    and peak are reported. The full run feeds for an hour at 20 frames/s (a camera with a
+    window of 32 frames), keeps every daemon's RSS every 10 s as a memory curve
+    (docs/reliability-soak.json and .png) and compares each stage's growth over the second
+    half with the first (levels: medians of 5 min of samples at the start, the middle and the
+    end); the fast run sends a number of frames. Memory must stay within 1.5x its start, a
+    stage must grow at most 1 MB over the second half of a timed soak (levelled off), fds and
+    threads must not grow, every prediction must equal the whole model's."""
+    mode = ctx.mode
+    timed = mode.soak_seconds > 0
     with ctx.run("soak") as run:
+        run.sampler.curve_every = CURVE_EVERY_S
         run.start_stages()
-        run.feed(ctx.workload.photos, frames)
-        row = Row("soak", f"{frames:,} frames", "none")
+        if timed:
+            feed = run.feed(ctx.workload.photos, int(2 * mode.soak_seconds * mode.soak_fps),
+                            fps=mode.soak_fps, in_flight=SOAK_WINDOW)
+            _feed_for(run, feed, mode.soak_seconds, ctx.artifacts)
+        else:
+            run.feed(ctx.workload.photos, mode.soak_frames)
         run.settle()
         usage = run.usage()
         counted = tally(run, run.sent_ids(), ctx.workload.expected(run.manifest,
                         ctx.workload.photos), {})
+        if timed:
+            inputs = (f"{counted.sent:,} frames in {mode.soak_seconds / 60:.0f} min "
+                      f"({counted.sent / mode.soak_seconds:.1f} frames/s, "
+                      f"{mode.soak_fps:.0f} asked)")
+        else:
+            inputs = f"{mode.soak_frames:,} frames"
+        row = Row("soak", inputs, "none")
         fill(row, counted)
         run.stop_all_stages()
+        curve = run.sampler.curve_snapshot()
     bounded_memory(row, counted)
     parts = []
     for node, u in sorted(usage.items()):
@@ -460,5 +496,52 @@ def soak(ctx: Context) -> Row:
                                     or u.end.threads > u.start.threads + LEAK_SLACK):
             row.findings.append(f"{node}: fds {u.start.fds}→{u.end.fds}, threads "
                                 f"{u.start.threads}→{u.end.threads}")
+    if timed:
+        parts.append(_levelling(row, curve))
+        if ctx.artifacts is not None:
+            _write_curve(curve, ctx.artifacts, row.inputs, plot=True)
     row.note = "; ".join([*parts, row.note] if row.note else parts)
     return row
+
+
+def _feed_for(run: Run, feed: Feed, seconds: float, artifacts: Path | None) -> None:
+    """Let the camera publish for `seconds`, then stop it; the curve so far is written every
+    CHECKPOINT_S and every daemon checked alive."""
+    until = time.monotonic() + seconds
+    while (left := until - time.monotonic()) > 0:
+        time.sleep(run.deadline.bound(min(left, CHECKPOINT_S)))  # the soak's length
+        run.check_alive()
+        if artifacts is not None:
+            _write_curve(run.sampler.curve_snapshot(), artifacts,
+                         f"{feed.camera.published:,} frames so far", plot=False)
+    feed.stop()
+
+
+def _write_curve(curve: dict, artifacts: Path, what: str, plot: bool) -> None:
+    data = artifacts / f"{SOAK_CURVE}.json"
+    title = f"soak: RSS of every daemon, {scrub_node_names(what)}"
+    save_curve({scrub_node_names(n): p for n, p in curve.items()}, data, {"title": title})
+    if plot:
+        plot_curve(data, artifacts / f"{SOAK_CURVE}.png")
+
+
+def scrub_node_names(text: str) -> str:
+    """Node names without the run's random pipeline name: stage0, not relab12cd-stage0."""
+    return text.rsplit("-", 1)[-1] if text.startswith("rel") else text
+
+
+def _levelling(row: Row, curve: dict) -> str:
+    """Each node's growth over the first and the second half; a finding for a stage still
+    growing by more than LEVEL_SLACK_MB in the second."""
+    parts = []
+    for node, points in sorted(curve.items()):
+        grew = growth(points)
+        if grew is None:
+            continue
+        name = scrub_node_names(node)
+        parts.append(f"{name} {grew.start:.1f}→{grew.middle:.1f}→{grew.end:.1f} MB "
+                     f"({grew.first_half:+.1f} first half, {grew.second_half:+.1f} second)")
+        if node != BROKER_NODE and grew.second_half > LEVEL_SLACK_MB:
+            row.findings.append(f"{name} RSS still growing: {grew.second_half:+.1f} MB over "
+                                "the second half")
+    return "RSS levels at start→middle→end (medians of 5 min): " + ", ".join(parts)

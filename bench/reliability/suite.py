@@ -8,8 +8,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
-from bench.reliability import defects, fuzz, scenarios
+from bench.reliability import defects, fuzz, round2, scenarios
 from bench.reliability.context import Context
 from bench.reliability.harness import Deadline, watchdog
 from bench.reliability.results import Row
@@ -58,6 +59,10 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("tls", defects.tls_failure),
     Scenario("chain-check", defects.chain_check),
     Scenario("refused-camera", defects.refused_camera),
+    Scenario("takeover-acl", partial(round2.client_id_takeover, setup="acl")),
+    Scenario("takeover-dynsec", partial(round2.client_id_takeover, setup="dynsec")),
+    Scenario("foreign-publisher", round2.foreign_publisher),
+    Scenario("replicas-restart", round2.replicas_restart),
 )
 
 
@@ -65,14 +70,15 @@ def scenario(name: str) -> Scenario:
     return next(s for s in SCENARIOS if s.name == name)
 
 
-def run_scenario(chosen: Scenario, mode: Mode, workload: Workload) -> Row:
+def run_scenario(chosen: Scenario, mode: Mode, workload: Workload,
+                 artifacts: Path | None = None) -> Row:
     """Run one scenario within its hard timeout; a harness failure becomes a finding.
 
     Past the deadline every wait of the harness raises; past it plus GRACE_S the watchdog
     kills the scenario's daemons and brokers, so nothing can hold the suite.
     """
     timeout = mode.long_timeout if chosen.long else mode.timeout
-    context = Context(mode, workload, Deadline.after(timeout))
+    context = Context(mode, workload, Deadline.after(timeout), artifacts=artifacts)
     started = time.monotonic()
     log.info("scenario %s (%s, at most %.0f s)", chosen.name, mode.name, timeout)
     try:

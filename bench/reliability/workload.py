@@ -35,6 +35,10 @@ class Mode:
     #: times each heavy storm kind (bombs, huge fields, oversized) goes to each stage
     storm_heavy_repeats: int
     soak_frames: int
+    #: > 0: the soak feeds for this many seconds (at soak_fps) instead of soak_frames
+    soak_seconds: float
+    #: the soak camera's rate in duration mode
+    soak_fps: float
     #: stage restarts per signal (SIGKILL, SIGTERM)
     kills: int
     #: broker restarts per signal
@@ -58,14 +62,16 @@ class Mode:
 
 FAST = Mode(
     name="fast", frames=60, storm_messages=300, storm_heavy_repeats=1, soak_frames=400,
+    soak_seconds=0, soak_fps=0,
     kills=2, broker_restarts=1, partition_seconds=0, overload_frames=300, overload_queue=50,
     huge_field_bytes=1_000_000, timeout=90, long_timeout=120, quiet=2.0,
     broker_down=1.0,
 )
 FULL = Mode(
     name="full", frames=400, storm_messages=10_000, storm_heavy_repeats=4, soak_frames=20_000,
+    soak_seconds=3600, soak_fps=20,
     kills=3, broker_restarts=2, partition_seconds=10, overload_frames=4_000,
-    overload_queue=None, huge_field_bytes=7_000_000, timeout=600, long_timeout=1800, quiet=8.0,
+    overload_queue=None, huge_field_bytes=7_000_000, timeout=600, long_timeout=4800, quiet=8.0,
     broker_down=2.0,
 )
 
