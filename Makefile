@@ -39,7 +39,8 @@ test: deps-test $(VENV)/.test-installed
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# The reliability suite: real daemons and a real mosquitto under faults (up to ~30 min);
+# The reliability suite: real daemons and a real mosquitto under faults (about 1.5 hours, an
+# hour of it the soak; `--only NAME` re-runs one row);
 # writes docs/reliability.md. `make test` runs its fast variant (tests/test_reliability.py).
 reliability: deps-test $(VENV)/.test-installed
 	$(BIN)/python -m bench.reliability

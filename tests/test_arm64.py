@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import tomli_w
 
-from aiotedge.config.schema import CameraConfig
+from aiotedge.config.sections import CameraConfig
 from aiotedge.contracts.events import Prediction
 from aiotedge.contracts.manifest import Manifest
 from aiotedge.contracts.topics import Topics

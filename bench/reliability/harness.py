@@ -28,7 +28,7 @@ import msgpack
 import paho.mqtt.client as mqtt
 
 import aiotedge
-from aiotedge.config.schema import BrokerConfig, CameraConfig
+from aiotedge.config.sections import BrokerConfig, CameraConfig
 from aiotedge.contracts.events import Prediction, Score
 from aiotedge.contracts.manifest import Manifest
 from aiotedge.contracts.topics import ONLINE, Topics

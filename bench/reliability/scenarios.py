@@ -10,7 +10,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from aiotedge.config.schema import MAX_IN_FLIGHT
+from aiotedge.config.sections import MAX_IN_FLIGHT
 from aiotedge.contracts.manifest import Manifest
 from aiotedge.contracts.wire import encode_frame
 from aiotedge.nodes.broker import free_port

@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from aiotedge.config.schema import BrokerConfig
+from aiotedge.config.sections import BrokerConfig
 from aiotedge.nodes.broker import free_port
 from tests.conftest import REPO
 from tests.security import acl_users, dynsec_conf, secure_conf, write_pki
