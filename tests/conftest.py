@@ -122,6 +122,20 @@ def whole_model_top(manifest, photo: bytes, k: int = 5):
     return top_k(whole.run(tensor), whole.output_spec, manifest, k)
 
 
+def retained_now(broker, topics) -> dict[str, bytes]:
+    """Topic -> payload of what the broker retains now for a pipeline and Home Assistant."""
+    from aiotedge.nodes.session import MqttSession, read_retained
+
+    session = MqttSession(broker.address, "reader")
+    session.start()
+    assert session.wait_connected(10)
+    try:
+        return read_retained(session, [f"{topics.base}/#", "homeassistant/#"],
+                             topics.probe("reader"))
+    finally:
+        session.stop()
+
+
 def wait_all_online(broker, nodes: list[str], timeout: float = 60.0) -> None:
     """Block until every node has said `online` (they do so again after reconnecting)."""
     online: set[str] = set()

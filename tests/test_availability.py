@@ -18,9 +18,10 @@ from aiotedge.contracts.tensors import TensorSpec
 from aiotedge.contracts.topics import Topics
 from aiotedge.nodes.health import PipelineAvailability
 from aiotedge.nodes.retire import retire
-from aiotedge.nodes.session import MqttSession, read_retained
+from aiotedge.nodes.session import MqttSession
 from aiotedge.nodes.stage import run_stage
 from aiotedge.nodes.transport import MessageHandler, Received, RefusalHandler
+from tests.conftest import retained_now
 from tests.homeassistant_schema import available
 
 TOPICS = Topics("shelf")
@@ -133,17 +134,6 @@ def test_a_stage_that_stops_changes_the_pipelines_availability_once(running):
     assert recorder.said(PIPELINE)[1:] == ["offline"]
 
 
-def retained_now(broker) -> dict[str, bytes]:
-    session = MqttSession(broker.address, "reader")
-    session.start()
-    assert session.wait_connected(10)
-    try:
-        return read_retained(session, [f"{TOPICS.base}/#", "homeassistant/#"],
-                             TOPICS.probe("reader"))
-    finally:
-        session.stop()
-
-
 def entities(retained: dict[str, bytes]) -> dict[str, dict]:
     return {topic: json.loads(payload) for topic, payload in retained.items()
             if topic.startswith(f"{DISCOVERY}/")}
@@ -158,18 +148,18 @@ def test_the_entities_stay_available_while_a_replica_of_the_last_stage_serves(br
     recorder.wait_said(PIPELINE, "online")
     recorder.wait_for(lambda: len([t for t, _ in recorder.messages  # two from each replica
                                    if t.startswith(DISCOVERY)]) == 4, "the health sensors")
-    retained = retained_now(broker)
+    retained = retained_now(broker, TOPICS)
     announced = entities(retained)
     assert announced and all(available(config, retained) for config in announced.values())
     # the replica whose discovery messages the broker kept (each names its own stats)
     last = announced[f"{DISCOVERY}/fps/config"]["state_topic"].rsplit("/", 1)[-1]
     other = "s2b" if last == "s2a" else "s2a"
     stages.stop(last)
-    retained = retained_now(broker)
+    retained = retained_now(broker, TOPICS)
     assert all(available(config, retained) for config in entities(retained).values())
     stages.stop(other)
     recorder.wait_said(PIPELINE, "offline")
-    retained = retained_now(broker)
+    retained = retained_now(broker, TOPICS)
     assert not any(available(config, retained) for config in entities(retained).values())
     stages.stop_all()
     recorder.everything_in()
@@ -193,7 +183,7 @@ def test_a_retired_pipeline_is_not_brought_back_by_the_stages_still_running(brok
     recorder.wait_said(PIPELINE, "online", before)
     recorder.everything_in()
     assert recorder.said(PIPELINE)[before:] == ["", "online"]
-    assert not entities(retained_now(broker))
+    assert not entities(retained_now(broker, TOPICS))
 
 
 # -- the rule, on a fake session ------------------------------------------------------------------

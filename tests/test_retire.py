@@ -14,23 +14,13 @@ from paho.mqtt.enums import CallbackAPIVersion
 from aiotedge.contracts.events import NodeInfo
 from aiotedge.contracts.tensors import TensorSpec
 from aiotedge.contracts.topics import Topics
-from aiotedge.nodes.session import MqttSession, read_retained
+from aiotedge.nodes.session import MqttSession
+from tests.conftest import retained_now
 from tests.test_cli import assert_one_line_error
 
 TOPICS = Topics("shelf")
 SPEC = TensorSpec("t", (1, 4), "uint8", 0.5, 0)
 DISCOVERY = "homeassistant/sensor/aiotedge_shelf/cam0_label/config"
-
-
-def retained_now(broker) -> dict[str, bytes]:
-    session = MqttSession(broker.address, "reader")
-    session.start()
-    assert session.wait_connected(10)
-    try:
-        return read_retained(session, [f"{TOPICS.base}/#", "homeassistant/#"],
-                             TOPICS.probe("reader"))
-    finally:
-        session.stop()
 
 
 def leave_behind(broker, node: str, stage: int, state: str) -> None:
@@ -81,7 +71,7 @@ def test_retiring_the_last_stage_retires_the_pipelines_home_assistant_entities(b
         "retired s2: its session and 6 retained messages",
         "and pipeline shelf with it (its last stage): its availability, labels and Home "
         "Assistant entities"]
-    left = retained_now(broker)
+    left = retained_now(broker, TOPICS)
     assert sorted(left) == [TOPICS.availability("s1"), TOPICS.info("s1"), TOPICS.stats("s1")]
     assert not session_present(broker, "s2")
     assert session_present(broker, "s1")
@@ -90,7 +80,7 @@ def test_retiring_the_last_stage_retires_the_pipelines_home_assistant_entities(b
 def test_an_online_node_is_not_retired(broker):
     leave_behind(broker, "s2", 2, "online")
     assert_one_line_error(retire(broker, "s2"), "s2 is online: stop it first")
-    assert DISCOVERY in retained_now(broker)
+    assert DISCOVERY in retained_now(broker, TOPICS)
     assert_one_line_error(retire(broker, "s9"), "no node 's9' has reported on pipeline shelf")
 
 
