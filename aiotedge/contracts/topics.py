@@ -14,6 +14,11 @@ OFFLINE = "offline"
 BROKER_DROPPED = "$SYS/broker/publish/messages/dropped"
 
 
+def broker_count(payload: bytes) -> int | None:
+    """A $SYS counter's value (mosquitto publishes it as decimal text); None if it is not one."""
+    return int(payload) if payload.isdigit() else None
+
+
 @dataclass(frozen=True)
 class Topics:
     pipeline: str

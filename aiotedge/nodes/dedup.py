@@ -21,15 +21,14 @@ class RecentIds:
         with self._lock:
             return frame_id in self._ids
 
-    def seen(self, frame_id: str, value: Hashable = None) -> Hashable | None:
-        """The value `frame_id` was remembered with (None: not seen; it is remembered now).
-
-        A value of None is remembered as True, so that a seen id always answers truthy."""
+    def seen(self, frame_id: str, value: Hashable = True) -> Hashable | None:
+        """The value `frame_id` was remembered with; None when it was not seen (it is
+        remembered now, with `value`)."""
         with self._lock:
             if frame_id in self._ids:
                 self._ids.move_to_end(frame_id)
                 return self._ids[frame_id]
-            self._ids[frame_id] = True if value is None else value
+            self._ids[frame_id] = value
             if len(self._ids) > self._size:
                 self._ids.popitem(last=False)
             return None

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiotedge.contracts.events import NodeInfo
-from aiotedge.contracts.topics import BROKER_DROPPED, OFFLINE, ONLINE, Topics
+from aiotedge.contracts.topics import BROKER_DROPPED, OFFLINE, ONLINE, Topics, broker_count
 from aiotedge.nodes.transport import Messaging, Received
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ class PipelineView:
     def update(self, topics: Topics, topic: str, payload: bytes) -> None:
         """Take one retained message (an empty payload deletes what it held)."""
         if topic == BROKER_DROPPED:
-            self.broker_dropped = int(payload) if payload.isdigit() else None
+            self.broker_dropped = broker_count(payload)
             return
         kind, _, name = topic.removeprefix(f"{topics.base}/").partition("/")
         if not name or "/" in name or kind not in ("availability", "info", "stats"):

@@ -36,7 +36,7 @@ from aiotedge.contracts.events import (
     top_k,
 )
 from aiotedge.contracts.manifest import Manifest
-from aiotedge.contracts.topics import BROKER_DROPPED
+from aiotedge.contracts.topics import BROKER_DROPPED, broker_count
 from aiotedge.contracts.wire import Frame, Hop, decode_activation, decode_photo, encode_frame
 from aiotedge.media.image import decode_image, preprocess
 from aiotedge.nodes import systemd
@@ -228,7 +228,7 @@ class StageNode:
         publisher lost at the broker's queue limits, whoever it is. Where this login may not
         read it, the metric is absent."""
         def take(message: Received) -> None:
-            self.broker_dropped = int(message.payload) if message.payload.isdigit() else None
+            self.broker_dropped = broker_count(message.payload)
 
         self.session.subscribe(BROKER_DROPPED, take, qos=0)
 
@@ -377,9 +377,9 @@ class StageNode:
         frame is, byte for byte; another picture under a frame id already taken is refused.
         Later stages cannot tell: a stage that computes a frame again stamps other times.
         """
-        content = zlib.crc32(message.payload) if self.index == 0 else None
+        content = zlib.crc32(message.payload) if self.index == 0 else True
         earlier = self._recent.seen(f"{frame.frame_id}#{frame.attempt}", content)
-        if earlier is not None and content is not None and earlier != content:
+        if earlier is not None and earlier != content:
             raise WireError(f"frame id {frame.frame_id!r} (attempt {frame.attempt}) was taken "
                             "already with other content", frame.frame_id)
         if self.is_last and self.session.reconnects != self._answered_connection:
@@ -394,10 +394,10 @@ class StageNode:
         arrival = self._gaps.arrived(frame.source, frame.seq)
         if arrival.late:
             self.counters.add("arrived_late")
-        now = time.monotonic()
-        if arrival.skipped:
-            self.counters.add("missed", arrival.skipped)
-        if arrival.skipped and now - self._missed_said_at >= SAY_MISSED_EVERY:
+        if not arrival.skipped:
+            return
+        self.counters.add("missed", arrival.skipped)
+        if (now := time.monotonic()) - self._missed_said_at >= SAY_MISSED_EVERY:
             self._missed_said_at = now
             log.warning("%d frame(s) of %s before #%d never came (%d missed so far): lost on "
                         "the way here, at the broker's queue limit say", arrival.skipped,
