@@ -27,10 +27,9 @@ from aiotedge.contracts.errors import ConfigError
 from aiotedge.contracts.manifest import Manifest
 from aiotedge.media.image import read_photo
 from aiotedge.media.sources import open_source
-from aiotedge.nodes import systemd
-from aiotedge.nodes.camera import run_camera
-from aiotedge.nodes.lifecycle import exit_status, stop_on_signals
-from aiotedge.nodes.profiling import (
+from aiotedge.nodes.daemons.camera import run_camera
+from aiotedge.nodes.daemons.lifecycle import exit_status, stop_on_signals
+from aiotedge.nodes.daemons.profiling import (
     DEFAULT_PHOTO_SIZE,
     DEFAULT_ROUNDS,
     DEFAULT_RUNS,
@@ -38,16 +37,17 @@ from aiotedge.nodes.profiling import (
     measure_profile,
     profile_report,
 )
-from aiotedge.nodes.retire import retire
-from aiotedge.nodes.stage import run_stage
-from aiotedge.nodes.status import (
+from aiotedge.nodes.daemons.retire import retire
+from aiotedge.nodes.daemons.stage import run_stage
+from aiotedge.nodes.daemons.status import (
     format_status,
     nodes_json,
     read_pipeline,
     status_exit,
     watch_status,
 )
-from aiotedge.nodes.watcher import run_watch
+from aiotedge.nodes.daemons.watcher import run_watch
+from aiotedge.nodes.observe import systemd
 
 log = logging.getLogger("aiotedge")
 
@@ -252,7 +252,7 @@ def _cmd_retire(args: argparse.Namespace) -> int:
 
 def _cmd_profile(args: argparse.Namespace) -> int:
     """Measure, write PROFILE.json and print the table."""
-    from aiotedge.nodes.transport_cost import measure_mqtt
+    from aiotedge.nodes.daemons.transport_cost import measure_mqtt
 
     photo = read_photo(args.photo) if args.photo else None
     profile = measure_profile(
@@ -269,7 +269,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from aiotedge.nodes.local import LocalPipeline, RunSummary, log_to_file, plan_replicas
+    from aiotedge.nodes.daemons.local import LocalPipeline, RunSummary, log_to_file, plan_replicas
 
     config = _node_config(args, {"pipeline": {"name": LOCAL_PIPELINE},
                                  "camera": {"name": LOCAL_CAMERA}})

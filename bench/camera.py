@@ -48,8 +48,8 @@ from aiotedge.media.prepare import (
     ModelInput,
     encode_jpeg,
 )
-from aiotedge.nodes.broker import LocalBroker, free_port
-from aiotedge.nodes.status import collect_status
+from aiotedge.nodes.daemons.status import collect_status
+from aiotedge.nodes.mqtt.broker import LocalBroker, free_port
 from aiotedge.tflite.runtime import Segment
 from bench.benchdoc import table, write_section
 from tests.conftest import SHARED_IMAGES, SHARED_LABELS, SHARED_MODEL, AnsweringStage

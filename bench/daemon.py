@@ -22,9 +22,9 @@ from pathlib import Path
 from aiotedge_converter.cli import main as convert
 
 from aiotedge.contracts.manifest import Manifest
-from aiotedge.nodes.broker import LocalBroker
-from aiotedge.nodes.metrics import resident_bytes
-from aiotedge.nodes.session import MqttSession
+from aiotedge.nodes.mqtt.broker import LocalBroker
+from aiotedge.nodes.mqtt.session import MqttSession
+from aiotedge.nodes.observe.metrics import resident_bytes
 from bench.benchdoc import table, write_section
 from tests.conftest import SHARED_MODEL
 

@@ -37,8 +37,8 @@ from aiotedge.contracts.events import Prediction
 from aiotedge.contracts.manifest import Manifest
 from aiotedge.contracts.wire import Frame, Hop, encode_frame
 from aiotedge.media.image import list_images, read_photo
-from aiotedge.nodes.broker import LocalBroker
-from aiotedge.nodes.session import MqttSession
+from aiotedge.nodes.mqtt.broker import LocalBroker
+from aiotedge.nodes.mqtt.session import MqttSession
 from bench.benchdoc import table, write_section
 from bench.stagerun import Daemon, StageRun
 from tests.conftest import SHARED_IMAGES, SHARED_MODEL

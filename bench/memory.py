@@ -24,7 +24,7 @@ from pathlib import Path
 
 from aiotedge.contracts.manifest import Manifest
 from aiotedge.media.image import list_images, read_photo
-from aiotedge.nodes.broker import LocalBroker
+from aiotedge.nodes.mqtt.broker import LocalBroker
 from bench.benchdoc import table, write_section
 from bench.cluster.layouts import split_model
 from bench.cluster.measure import process_cpu_seconds

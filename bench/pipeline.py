@@ -27,9 +27,9 @@ from aiotedge_converter.cli import main as convert
 from aiotedge.config.sections import PipelineConfig, StageConfig
 from aiotedge.contracts.manifest import Manifest
 from aiotedge.media.image import decode_image, list_images, preprocess, read_photo
-from aiotedge.nodes.broker import LocalBroker
-from aiotedge.nodes.local import LocalPipeline
-from aiotedge.nodes.session import MqttSession
+from aiotedge.nodes.daemons.local import LocalPipeline
+from aiotedge.nodes.mqtt.broker import LocalBroker
+from aiotedge.nodes.mqtt.session import MqttSession
 from aiotedge.tflite.runtime import Segment
 from bench.benchdoc import table, write_section
 from tests.conftest import SHARED_IMAGES, SHARED_MODEL

@@ -31,9 +31,9 @@ from aiotedge_converter.split import SplitOptions
 from aiotedge.config.sections import BrokerConfig, PipelineConfig, StageConfig
 from aiotedge.contracts.manifest import Manifest
 from aiotedge.media.image import decode_image, list_images
-from aiotedge.nodes.local import LocalPipeline, plan_replicas
-from aiotedge.nodes.profiling import DEFAULT_PHOTO_SIZE, measure_profile
-from aiotedge.nodes.transport_cost import measure_mqtt
+from aiotedge.nodes.daemons.local import LocalPipeline, plan_replicas
+from aiotedge.nodes.daemons.profiling import DEFAULT_PHOTO_SIZE, measure_profile
+from aiotedge.nodes.daemons.transport_cost import measure_mqtt
 from aiotedge.tflite.graph import load_graph
 from bench.benchdoc import table, write_section
 from tests.conftest import SHARED_IMAGES, SHARED_MODEL

@@ -32,7 +32,7 @@ from aiotedge_converter.costs import cost_basis
 from aiotedge_converter.planner import plan_pipeline
 from aiotedge_converter.split import SplitOptions, split_model
 
-from aiotedge.nodes.profiling import measure_profile, sample_input
+from aiotedge.nodes.daemons.profiling import measure_profile, sample_input
 from aiotedge.tflite.graph import load_graph
 from aiotedge.tflite.runtime import Segment
 from bench.benchdoc import write_section

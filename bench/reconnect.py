@@ -19,8 +19,8 @@ import statistics
 import threading
 import time
 
-from aiotedge.nodes.broker import LocalBroker
-from aiotedge.nodes.session import MqttSession
+from aiotedge.nodes.mqtt.broker import LocalBroker
+from aiotedge.nodes.mqtt.session import MqttSession
 from bench.benchdoc import table, write_section
 
 OLD_MIN, OLD_MAX = 1, 30

@@ -31,9 +31,9 @@ from aiotedge.contracts.manifest import Manifest
 from aiotedge.contracts.topics import Topics
 from aiotedge.media.prepare import ModelInput
 from aiotedge.media.sources.stills import Stills
-from aiotedge.nodes.camera import Camera
-from aiotedge.nodes.health import PipelineView
-from aiotedge.nodes.session import MqttSession
+from aiotedge.nodes.daemons.camera import Camera
+from aiotedge.nodes.mqtt.session import MqttSession
+from aiotedge.nodes.observe.health import PipelineView
 from bench.reliability.harness import child_env
 
 log = logging.getLogger(__name__)

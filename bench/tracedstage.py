@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from aiotedge import cli
-from aiotedge.nodes import stage
+from aiotedge.nodes.daemons import stage
 from aiotedge.tflite.runtime import Segment
 
 

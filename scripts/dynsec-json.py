@@ -117,7 +117,7 @@ def build(pipeline: str, stages: int, duties: dict[str, str],
     of that name).
     """
     base = f"{PREFIX}/{pipeline}"
-    # aiotedge/nodes/homeassistant.py: node_id()
+    # aiotedge/nodes/observe/homeassistant.py: node_id()
     discovery = (f"{HOMEASSISTANT_PREFIX}/sensor/aiotedge_"
                  f"{re.sub(r'[^a-z0-9_]', '_', pipeline.lower())}/#")
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from aiotedge.nodes.broker import LocalBroker
+    from aiotedge.nodes.mqtt.broker import LocalBroker
     from tests.security import Probe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,7 +41,7 @@ def shared_data() -> Path:
 def broker():
     """A real mosquitto on a free loopback port; tests may `stop(kill=True)` and `start()` it."""
     from aiotedge.contracts.errors import BrokerError
-    from aiotedge.nodes.broker import LocalBroker
+    from aiotedge.nodes.mqtt.broker import LocalBroker
 
     try:
         local = LocalBroker().start()
@@ -124,7 +124,7 @@ def whole_model_top(manifest, photo: bytes, k: int = 5):
 
 def retained_now(broker, topics) -> dict[str, bytes]:
     """Topic -> payload of what the broker retains now for a pipeline and Home Assistant."""
-    from aiotedge.nodes.session import MqttSession, read_retained
+    from aiotedge.nodes.mqtt.session import MqttSession, read_retained
 
     session = MqttSession(broker.address, "reader")
     session.start()
@@ -147,7 +147,7 @@ def wait_all_online(broker, nodes: list[str], timeout: float = 60.0) -> None:
             (online.add if message.payload == b"online" else online.discard)(node)
             changed.notify_all()
 
-    from aiotedge.nodes.session import MqttSession
+    from aiotedge.nodes.mqtt.session import MqttSession
 
     watcher = MqttSession(broker.address, "availability-watcher")
     watcher.subscribe("aiotedge/local/availability/+", record)
@@ -215,7 +215,7 @@ def secure_broker(secure_config) -> Iterator[Callable[..., LocalBroker]]:
     LocalBroker also adds a plain loopback listener, under the same users and rights.
     """
     from aiotedge.contracts.errors import BrokerError
-    from aiotedge.nodes.broker import LocalBroker, free_port
+    from aiotedge.nodes.mqtt.broker import LocalBroker, free_port
 
     started = []
 
@@ -262,7 +262,7 @@ class AnsweringStage:
 
     def __init__(self, broker, pipeline: str) -> None:
         from aiotedge.contracts.topics import Topics
-        from aiotedge.nodes.session import MqttSession
+        from aiotedge.nodes.mqtt.session import MqttSession
 
         self.topics = Topics(pipeline)
         self.frames: list[bytes] = []

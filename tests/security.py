@@ -28,14 +28,14 @@ from aiotedge.config.sections import BrokerConfig
 from aiotedge.contracts.events import NodeInfo, Prediction, Score
 from aiotedge.contracts.tensors import TensorSpec
 from aiotedge.contracts.topics import Topics
-from aiotedge.nodes.broker import LocalBroker
-from aiotedge.nodes.chain import check_chain
-from aiotedge.nodes.health import PipelineAvailability
-from aiotedge.nodes.homeassistant import HomeAssistantBridge, health_sensors, label_sensor
-from aiotedge.nodes.session import MqttSession, wait_settled
-from aiotedge.nodes.stage import stage_session
-from aiotedge.nodes.status import collect_status
-from aiotedge.nodes.transport import Received
+from aiotedge.nodes.daemons.stage import stage_session
+from aiotedge.nodes.daemons.status import collect_status
+from aiotedge.nodes.mqtt.broker import LocalBroker
+from aiotedge.nodes.mqtt.session import MqttSession, wait_settled
+from aiotedge.nodes.mqtt.transport import Received
+from aiotedge.nodes.observe.chain import check_chain
+from aiotedge.nodes.observe.health import PipelineAvailability
+from aiotedge.nodes.observe.homeassistant import HomeAssistantBridge, health_sensors, label_sensor
 from tests.conftest import REPO
 
 MOSQUITTO_CONFIGS = REPO / "configs" / "mosquitto"

@@ -32,9 +32,9 @@ from aiotedge.contracts.wire import Frame, decode_activation, encode_frame
 from aiotedge.media.image import decode_image, list_images, preprocess, read_photo
 from aiotedge.media.prepare import ModelInput
 from aiotedge.media.sources import Stills
-from aiotedge.nodes.broker import LocalBroker
-from aiotedge.nodes.camera import Camera
-from aiotedge.nodes.session import MqttSession
+from aiotedge.nodes.daemons.camera import Camera
+from aiotedge.nodes.mqtt.broker import LocalBroker
+from aiotedge.nodes.mqtt.session import MqttSession
 from aiotedge.tflite.runtime import open_segment
 from tests.conftest import REPO, SHARED_DATA, SHARED_LABELS, SHARED_MODEL, wait_all_online
 

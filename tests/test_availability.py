@@ -16,11 +16,11 @@ from aiotedge.config.sections import HomeAssistantConfig, PipelineConfig, StageC
 from aiotedge.contracts.events import NodeInfo
 from aiotedge.contracts.tensors import TensorSpec
 from aiotedge.contracts.topics import Topics
-from aiotedge.nodes.health import PipelineAvailability
-from aiotedge.nodes.retire import retire
-from aiotedge.nodes.session import MqttSession
-from aiotedge.nodes.stage import run_stage
-from aiotedge.nodes.transport import MessageHandler, Received, RefusalHandler
+from aiotedge.nodes.daemons.retire import retire
+from aiotedge.nodes.daemons.stage import run_stage
+from aiotedge.nodes.mqtt.session import MqttSession
+from aiotedge.nodes.mqtt.transport import MessageHandler, Received, RefusalHandler
+from aiotedge.nodes.observe.health import PipelineAvailability
 from tests.conftest import retained_now
 from tests.homeassistant_schema import available
 

@@ -16,9 +16,9 @@ import pytest
 
 from aiotedge.config.sections import BrokerConfig
 from aiotedge.contracts.errors import BrokerError
-from aiotedge.nodes.broker import LocalBroker, free_port
-from aiotedge.nodes.lifecycle import connect_once
-from aiotedge.nodes.session import (
+from aiotedge.nodes.daemons.lifecycle import connect_once
+from aiotedge.nodes.mqtt.broker import LocalBroker, free_port
+from aiotedge.nodes.mqtt.session import (
     RECONNECT_MAX_DELAY,
     RECONNECT_MIN_DELAY,
     RECONNECT_QUICK_TRIES,

@@ -12,8 +12,8 @@ from aiotedge.contracts.events import Prediction, Score, StageTiming
 from aiotedge.contracts.topics import Topics
 from aiotedge.contracts.wire import decode_photo
 from aiotedge.media.sources import Stills
-from aiotedge.nodes.camera import Camera
-from aiotedge.nodes.session import MqttSession
+from aiotedge.nodes.daemons.camera import Camera
+from aiotedge.nodes.mqtt.session import MqttSession
 from tests.conftest import AnsweringStage
 
 

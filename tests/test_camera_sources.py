@@ -29,11 +29,11 @@ from aiotedge.media.sources import FrameSource, Stills
 from aiotedge.media.sources.live import LiveReader
 from aiotedge.media.sources.stream import StreamSource
 from aiotedge.media.sources.video import VideoFileSource
-from aiotedge.nodes.broker import free_port
-from aiotedge.nodes.camera import Camera
-from aiotedge.nodes.local import LocalPipeline
-from aiotedge.nodes.session import MqttSession
-from aiotedge.nodes.status import collect_status
+from aiotedge.nodes.daemons.camera import Camera
+from aiotedge.nodes.daemons.local import LocalPipeline
+from aiotedge.nodes.daemons.status import collect_status
+from aiotedge.nodes.mqtt.broker import free_port
+from aiotedge.nodes.mqtt.session import MqttSession
 from tests.conftest import (
     SHARED_IMAGES,
     SHARED_LABELS,

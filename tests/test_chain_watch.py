@@ -14,10 +14,10 @@ import pytest
 from aiotedge.contracts.events import ErrorEvent, NodeInfo
 from aiotedge.contracts.tensors import TensorSpec
 from aiotedge.contracts.topics import OFFLINE, ONLINE, Topics
-from aiotedge.nodes.chain import ChainWatch
-from aiotedge.nodes.health import PipelineAvailability
-from aiotedge.nodes.metrics import Counters
-from aiotedge.nodes.transport import MessageHandler, Received, RefusalHandler
+from aiotedge.nodes.mqtt.transport import MessageHandler, Received, RefusalHandler
+from aiotedge.nodes.observe.chain import ChainWatch
+from aiotedge.nodes.observe.health import PipelineAvailability
+from aiotedge.nodes.observe.metrics import Counters
 
 TOPICS = Topics("unit")
 PHOTO = TensorSpec("photo", (1, 4, 4, 3), "uint8", 1.0, 0)
@@ -78,7 +78,7 @@ def errors_logged(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 def test_a_neighbour_of_another_split_is_reported_once_and_cleared_when_it_goes(watched, caplog):
     session, counters = watched
-    caplog.set_level(logging.INFO, logger="aiotedge.nodes.chain")
+    caplog.set_level(logging.INFO, logger="aiotedge.nodes.observe.chain")
     session.deliver(TOPICS.info("stage0"), stage0(OTHER_HIDDEN, OTHER_SPLIT))
     assert session.published == []  # not online (yet): nothing to say
     session.deliver(TOPICS.availability("stage0"), ONLINE.encode())
@@ -114,7 +114,7 @@ def test_a_neighbour_of_another_split_is_reported_once_and_cleared_when_it_goes(
 
 def test_a_neighbour_back_with_a_fitting_segment_clears_the_problem(watched, caplog):
     session, counters = watched
-    caplog.set_level(logging.INFO, logger="aiotedge.nodes.chain")
+    caplog.set_level(logging.INFO, logger="aiotedge.nodes.observe.chain")
     session.deliver(TOPICS.availability("stage0"), ONLINE.encode())
     session.deliver(TOPICS.info("stage0"), stage0(OTHER_HIDDEN, OTHER_SPLIT))
     assert len(session.published) == 1

@@ -74,7 +74,7 @@ def test_ratios_are_to_one_board_in_the_same_round():
 
 def test_the_planners_pipeline_and_replicas_are_run_at_its_cuts_with_its_forecasts(
         test_models, tmp_path):
-    from aiotedge.nodes.profiling import measure_profile
+    from aiotedge.nodes.daemons.profiling import measure_profile
 
     profile = tmp_path / "board.json"
     profile.write_text(json.dumps(measure_profile(

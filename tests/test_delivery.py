@@ -12,9 +12,9 @@ import pytest
 from aiotedge.config.sections import StatsConfig
 from aiotedge.contracts.events import Prediction
 from aiotedge.contracts.wire import Frame, encode_frame
-from aiotedge.nodes.local import LocalPipeline
-from aiotedge.nodes.session import MqttSession
-from aiotedge.nodes.status import collect_status
+from aiotedge.nodes.daemons.local import LocalPipeline
+from aiotedge.nodes.daemons.status import collect_status
+from aiotedge.nodes.mqtt.session import MqttSession
 from tests.conftest import wait_all_online, whole_model_top
 
 FRAMES = 24

@@ -230,7 +230,7 @@ class DocumentState:
     """One document's folder, broker and served pipeline, and which of its examples ran."""
 
     folder: Path
-    broker: Any  # aiotedge.nodes.broker.LocalBroker
+    broker: Any  # aiotedge.nodes.mqtt.broker.LocalBroker
     evaluated: set[int] = field(default_factory=set)
     closed: bool = False
 
@@ -345,7 +345,7 @@ def _makes(text: str, name: str) -> bool:
 
 def _new_state(path: Path, request: pytest.FixtureRequest) -> DocumentState:
     """A folder with the docs' file names the document uses, but not those it makes."""
-    from aiotedge.nodes.broker import LocalBroker
+    from aiotedge.nodes.mqtt.broker import LocalBroker
 
     root = request.getfixturevalue("tmp_path_factory").mktemp(path.stem)
     folder = root / "home"

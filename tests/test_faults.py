@@ -19,11 +19,11 @@ from aiotedge.contracts.manifest import Manifest
 from aiotedge.contracts.topics import BROKER_DROPPED, Topics
 from aiotedge.contracts.wire import Frame, encode_frame
 from aiotedge.media.sources import Stills
-from aiotedge.nodes.broker import LocalBroker
-from aiotedge.nodes.camera import Camera
-from aiotedge.nodes.local import LOCAL_CAMERA, LocalPipeline
-from aiotedge.nodes.session import MqttSession
-from aiotedge.nodes.status import collect_status, format_status, read_pipeline
+from aiotedge.nodes.daemons.camera import Camera
+from aiotedge.nodes.daemons.local import LOCAL_CAMERA, LocalPipeline
+from aiotedge.nodes.daemons.status import collect_status, format_status, read_pipeline
+from aiotedge.nodes.mqtt.broker import LocalBroker
+from aiotedge.nodes.mqtt.session import MqttSession
 from tests.conftest import wait_all_online, whole_model_top
 
 #: frames without a result are sent again after 5 s, not the default 30

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aiotedge.nodes.gaps import REMEMBERED, Arrival, SequenceGaps
+from aiotedge.nodes.observe.gaps import REMEMBERED, Arrival, SequenceGaps
 
 
 def arrivals(numbers: list[int], source: str = "cam") -> list[Arrival]:

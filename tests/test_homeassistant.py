@@ -13,13 +13,13 @@ import pytest
 
 from aiotedge.contracts.events import Prediction, Score
 from aiotedge.contracts.topics import Topics
-from aiotedge.nodes.homeassistant import (
+from aiotedge.nodes.mqtt.transport import MessageHandler, Received, RefusalHandler
+from aiotedge.nodes.observe.homeassistant import (
     HomeAssistantBridge,
     health_sensors,
     label_sensor,
     label_state,
 )
-from aiotedge.nodes.transport import MessageHandler, Received, RefusalHandler
 from tests.homeassistant_schema import IGNORED, problems, sensor_state
 from tests.homeassistant_schema import render as render_payload
 

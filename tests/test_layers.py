@@ -3,6 +3,9 @@
     contracts (data every side shares)  <-  config  <-  tflite, media  <-  nodes  <-  cli
                                                                 the converter on top of all
 
+and inside nodes three floors: mqtt (the broker connection) <- observe (counting, following,
+reporting) <- daemons.
+
 tflite and media, one layer, do not import each other; relative imports and
 importlib.import_module of a written-out name count as imports.
 
@@ -20,16 +23,20 @@ import pytest
 
 from tests.conftest import REPO
 
-#: package prefix -> layer; a module may import from its own layer and the ones below
+#: package prefix -> layer; a module may import from its own layer and the ones below (the
+#: longest prefix that matches a module decides its layer)
 LAYERS = {
     "aiotedge.contracts": 0,
     "aiotedge.config": 1,
     "aiotedge.tflite": 2,
     "aiotedge.media": 2,
     "aiotedge.nodes": 3,
-    "aiotedge.cli": 4,
-    "aiotedge.__main__": 4,
-    "aiotedge_converter": 5,
+    "aiotedge.nodes.mqtt": 3,
+    "aiotedge.nodes.observe": 4,
+    "aiotedge.nodes.daemons": 5,
+    "aiotedge.cli": 6,
+    "aiotedge.__main__": 6,
+    "aiotedge_converter": 7,
 }
 #: the package itself holds only the version
 ROOT_LAYER = 0
@@ -44,9 +51,9 @@ def module_name(path: Path) -> str:
 
 def layer(module: str) -> int | None:
     """The layer of one of our modules; None for anything else (the standard library...)."""
-    for prefix, number in LAYERS.items():
-        if module == prefix or module.startswith(prefix + "."):
-            return number
+    matching = [prefix for prefix in LAYERS if module == prefix or module.startswith(prefix + ".")]
+    if matching:
+        return LAYERS[max(matching, key=len)]
     return ROOT_LAYER if module == "aiotedge" else None
 
 
@@ -114,8 +121,8 @@ def test_relative_and_importlib_imports_are_seen():
             "aiotedge.cli"} <= found
 
 
-#: the one module that speaks to the MQTT client library; the rest see aiotedge.nodes.transport
-MQTT_CLIENT_MODULE = "aiotedge.nodes.session"
+#: the one module that speaks to the MQTT client library; the rest see aiotedge.nodes.mqtt.transport
+MQTT_CLIENT_MODULE = "aiotedge.nodes.mqtt.session"
 
 
 def test_only_the_session_module_imports_the_mqtt_client_library():
@@ -163,7 +170,7 @@ def test_the_board_side_loads_neither_tensorflow_nor_the_converter_nor_camera_li
 STAGE_DAEMON = """
 import sys
 from aiotedge.cli import build_parser
-import aiotedge.nodes.stage
+import aiotedge.nodes.daemons.stage
 build_parser()
 print("SCHEMA LOADED", "ai_edge_litert.schema_py_generated" in sys.modules)
 """

@@ -11,8 +11,8 @@ import urllib.request
 import pytest
 
 from aiotedge.config.sections import StatsConfig
-from aiotedge.nodes.broker import free_port
-from aiotedge.nodes.metrics import (
+from aiotedge.nodes.mqtt.broker import free_port
+from aiotedge.nodes.observe.metrics import (
     LatencyWindow,
     NodeStats,
     StatsReporter,

@@ -25,8 +25,8 @@ from aiotedge.config.loader import NodeConfig
 from aiotedge.config.sections import BrokerConfig
 from aiotedge.contracts.manifest import Manifest
 from aiotedge.contracts.profile import Profile
-from aiotedge.nodes.local import LocalPipeline, plan_replicas
-from aiotedge.nodes.profiling import measure_profile
+from aiotedge.nodes.daemons.local import LocalPipeline, plan_replicas
+from aiotedge.nodes.daemons.profiling import measure_profile
 from aiotedge.tflite.graph import load_graph
 from tests.conftest import whole_model_top
 

@@ -18,7 +18,7 @@ from aiotedge.cli import build_parser
 from aiotedge.contracts.errors import ProfileError
 from aiotedge.contracts.manifest import Manifest, sha256_file
 from aiotedge.contracts.profile import Profile, Transport, TransportSample
-from aiotedge.nodes.lifecycle import exit_status
+from aiotedge.nodes.daemons.lifecycle import exit_status
 from aiotedge.tflite.graph import load_graph
 from tests.conftest import REPO
 
@@ -187,7 +187,7 @@ def test_profiling_never_loads_tensorflow(test_models):
     """The board side: interpreter and flatbuffers only, even with TensorFlow installed."""
     code = (
         "import sys\n"
-        "from aiotedge.nodes.profiling import measure_profile\n"
+        "from aiotedge.nodes.daemons.profiling import measure_profile\n"
         f"measure_profile({str(test_models['int8'])!r}, runs=1, warmup=0, rounds=1)\n"
         "loaded = [m for m in ('tensorflow', 'keras', 'matplotlib') if m in sys.modules]\n"
         "sys.exit(f'loaded {loaded}' if loaded else 0)\n"

@@ -14,7 +14,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from aiotedge.contracts.events import NodeInfo
 from aiotedge.contracts.tensors import TensorSpec
 from aiotedge.contracts.topics import Topics
-from aiotedge.nodes.session import MqttSession
+from aiotedge.nodes.mqtt.session import MqttSession
 from tests.conftest import retained_now
 from tests.test_cli import assert_one_line_error
 

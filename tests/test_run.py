@@ -20,8 +20,8 @@ import pytest
 from aiotedge.contracts.errors import PipelineError
 from aiotedge.contracts.manifest import Manifest
 from aiotedge.contracts.topics import Topics
-from aiotedge.nodes.local import LOCAL_CAMERA, LocalPipeline
-from aiotedge.nodes.session import MqttSession, read_retained
+from aiotedge.nodes.daemons.local import LOCAL_CAMERA, LocalPipeline
+from aiotedge.nodes.mqtt.session import MqttSession, read_retained
 
 FRAMES = 24
 #: frames without a result are sent again after 5 s, not the default 30
@@ -43,7 +43,7 @@ def test_a_stage_that_dies_is_started_again_and_no_frame_is_lost(
         assert pipeline.restarts == {"local-stage1": 1}
     assert sorted(seqs) == list(range(FRAMES))
     assert "local-stage1 exited with status -9; starting it again" in caplog.text
-    ready = [r.getMessage() for r in caplog.records if r.name == "aiotedge.nodes.stage"
+    ready = [r.getMessage() for r in caplog.records if r.name == "aiotedge.nodes.daemons.stage"
              and "stage 1 ready" in r.getMessage()]
     assert len(ready) == 2 and all(line.startswith("[local-stage1] ") for line in ready)
 

@@ -20,9 +20,9 @@ import pytest
 from aiotedge.config.loader import NodeConfig
 from aiotedge.config.sections import BrokerConfig
 from aiotedge.contracts.errors import ConfigError
-from aiotedge.nodes.broker import LocalBroker, free_port
-from aiotedge.nodes.session import MqttSession
-from aiotedge.nodes.transport import Received
+from aiotedge.nodes.mqtt.broker import LocalBroker, free_port
+from aiotedge.nodes.mqtt.session import MqttSession
+from aiotedge.nodes.mqtt.transport import Received
 from tests.security import (
     CLUSTER,
     DYNSEC_CONF,

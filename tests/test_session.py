@@ -13,8 +13,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
 from aiotedge.config.sections import BrokerConfig
-from aiotedge.nodes.session import RECONNECT_MAX_DELAY, MqttSession
-from aiotedge.nodes.transport import Received
+from aiotedge.nodes.mqtt.session import RECONNECT_MAX_DELAY, MqttSession
+from aiotedge.nodes.mqtt.transport import Received
 
 #: bound for one awaited event; never a synchronisation
 TIMEOUT = 10.0
@@ -73,7 +73,7 @@ class Said(logging.Handler):
 @pytest.fixture
 def said():
     handler = Said()
-    logger = logging.getLogger("aiotedge.nodes.session")
+    logger = logging.getLogger("aiotedge.nodes.mqtt.session")
     logger.addHandler(handler)
     level = logger.level
     logger.setLevel(logging.INFO)

@@ -25,8 +25,8 @@ from aiotedge.contracts.manifest import Manifest, Preprocessing, SourceModel, St
 from aiotedge.contracts.tensors import TensorSpec
 from aiotedge.contracts.topics import BROKER_DROPPED
 from aiotedge.contracts.wire import Frame, decode_activation, encode_frame
-from aiotedge.nodes.stage import StageNode
-from aiotedge.nodes.transport import (
+from aiotedge.nodes.daemons.stage import StageNode
+from aiotedge.nodes.mqtt.transport import (
     MessageHandler,
     PublishCallback,
     Received,
@@ -449,7 +449,7 @@ def test_a_replica_warns_at_start_unless_the_broker_is_said_to_check_subscriptio
                         stats=StatsConfig(interval=0))
     split = manifest()
     node = StageNode(config, split, FakeSession(), FakeSegment(split.stages[1]))
-    with caplog.at_level(logging.WARNING, logger="aiotedge.nodes.stage"):
+    with caplog.at_level(logging.WARNING, logger="aiotedge.nodes.daemons.stage"):
         node.start()
         node.serve()
         node.stop()

@@ -14,15 +14,15 @@ import pytest
 from aiotedge.contracts.events import NodeInfo
 from aiotedge.contracts.tensors import TensorSpec
 from aiotedge.contracts.topics import OFFLINE, ONLINE, Topics
-from aiotedge.nodes.health import PipelineView
-from aiotedge.nodes.session import MqttSession
-from aiotedge.nodes.status import (
+from aiotedge.nodes.daemons.status import (
     collect_status,
     format_status,
     read_pipeline,
     status_exit,
     watch_status,
 )
+from aiotedge.nodes.mqtt.session import MqttSession
+from aiotedge.nodes.observe.health import PipelineView
 
 TOPICS = Topics("shelf")
 SPEC = TensorSpec("t", (1, 4), "uint8", 0.5, 0)

@@ -29,7 +29,7 @@ import pytest
 from aiotedge.contracts.manifest import Manifest
 from aiotedge.contracts.topics import Topics
 from aiotedge.contracts.wire import Frame, decode_activation, decode_photo, encode_frame
-from aiotedge.nodes.session import MqttSession
+from aiotedge.nodes.mqtt.session import MqttSession
 from tests.conftest import REPO, SHARED_IMAGES, SHARED_LABELS, SHARED_MODEL
 
 UNITS = REPO / "systemd"
@@ -315,7 +315,7 @@ def test_without_systemd_python_notify_sends_the_datagram_itself(tmp_path, monke
                                                                  abstract):
     """A board's plain `pip install .` has no systemd-python: the states still reach
     $NOTIFY_SOCKET, a path or (a leading '@') a name in the abstract namespace."""
-    from aiotedge.nodes import systemd
+    from aiotedge.nodes.observe import systemd
 
     monkeypatch.setattr(systemd, "_sd_daemon", None)
     if abstract:

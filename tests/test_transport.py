@@ -1,4 +1,4 @@
-"""The nodes' seam to MQTT (aiotedge.nodes.transport): the session and the unit tests' fake
+"""The nodes' seam to MQTT (aiotedge.nodes.mqtt.transport): the session and the unit tests' fake
 sessions all have the shape the nodes use, as a type checker sees it."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from tests.conftest import REPO
 
 #: each assignment is a claim a type checker verifies: this one does for that
 SHAPES = """
-from aiotedge.nodes.session import MqttSession
-from aiotedge.nodes.transport import Messaging, Session
+from aiotedge.nodes.mqtt.session import MqttSession
+from aiotedge.nodes.mqtt.transport import Messaging, Session
 from tests import test_availability, test_chain_watch, test_homeassistant, test_stage_node
 
 def shapes(real: MqttSession) -> None:

@@ -1,6 +1,6 @@
 """The profile format: what each piece of a model costs on one board, for the planner.
 
-`aiotedge profile` writes it on a board (aiotedge.nodes.profiling measures); the converter's
+`aiotedge profile` writes it on a board (aiotedge.nodes.daemons.profiling measures); the converter's
 planner reads it on the workstation. A stage is always a run of consecutive pieces (the
 operators between two neighbouring cut points): it costs the sum of its pieces' invoke times
 plus one input copy and one output copy at its two ends.

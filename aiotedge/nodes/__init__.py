@@ -1,2 +1,3 @@
-"""The daemons and what they run on: the MQTT session, the stage, the camera, the watcher,
-status, metrics, systemd and Home Assistant. Each daemon's life is one `run_*` function."""
+"""The daemons and what they stand on, in three floors that only point down:
+`mqtt` (the broker connection), `observe` (what a node counts, follows and reports) and
+`daemons` (stage, camera, watcher, status, ...; each daemon's life is one `run_*` function)."""

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from aiotedge.config.sections import BrokerConfig, CameraConfig
-from aiotedge.nodes.broker import free_port
+from aiotedge.nodes.mqtt.broker import free_port
 from bench.cluster.boards import Board, CpuStats, Link, LinkBytes, wake_lateness
 from bench.cluster.layouts import Layout
 from bench.reliability.harness import Broker

@@ -21,7 +21,10 @@ from bench.reliability.suite import SCENARIOS, run_scenario, scenario
 from bench.reliability.workload import FAST, FULL, Workload
 
 #: libraries whose routine messages (reconnects, frames given up on) would drown the report
-QUIET_LOGGERS = ("paho", "aiotedge.nodes.session", "aiotedge.nodes.camera", "aiotedge.nodes.broker")
+QUIET_LOGGERS = (
+    "paho", "aiotedge.nodes.mqtt.session", "aiotedge.nodes.daemons.camera",
+    "aiotedge.nodes.mqtt.broker",
+)
 
 
 def main(argv: list[str] | None = None) -> int:

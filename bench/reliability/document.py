@@ -9,7 +9,7 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from aiotedge.nodes.broker import mosquitto_binary
+from aiotedge.nodes.mqtt.broker import mosquitto_binary
 from bench.benchdoc import command_line, machine, table
 from bench.reliability.results import Row
 from bench.reliability.scenarios import SOAK_CURVE

@@ -33,10 +33,10 @@ from aiotedge.contracts.events import Prediction, Score
 from aiotedge.contracts.manifest import Manifest
 from aiotedge.contracts.topics import ONLINE, Topics
 from aiotedge.media.sources import Stills
-from aiotedge.nodes.broker import LocalBroker
-from aiotedge.nodes.camera import Camera
-from aiotedge.nodes.session import MqttSession
-from aiotedge.nodes.status import collect_status
+from aiotedge.nodes.daemons.camera import Camera
+from aiotedge.nodes.daemons.status import collect_status
+from aiotedge.nodes.mqtt.broker import LocalBroker
+from aiotedge.nodes.mqtt.session import MqttSession
 from bench.reliability.procfs import ProcSampler, Usage
 from bench.reliability.secure import Credentials
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from aiotedge.config.sections import MAX_IN_FLIGHT
 from aiotedge.contracts.manifest import Manifest
 from aiotedge.contracts.wire import encode_frame
-from aiotedge.nodes.broker import free_port
+from aiotedge.nodes.mqtt.broker import free_port
 from bench.reliability import faults, storm
 from bench.reliability.context import Context
 from bench.reliability.curve import growth

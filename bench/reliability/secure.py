@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aiotedge.config.sections import BrokerConfig
-from aiotedge.nodes.broker import free_port
+from aiotedge.nodes.mqtt.broker import free_port
 from tests.conftest import REPO
 from tests.security import acl_users, dynsec_conf, secure_conf, write_pki
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from aiotedge.contracts.events import NodeInfo
 from aiotedge.contracts.topics import BROKER_DROPPED, OFFLINE, ONLINE, Topics, broker_count
-from aiotedge.nodes.transport import Messaging, Received
+from aiotedge.nodes.mqtt.transport import Messaging, Received
 
 log = logging.getLogger(__name__)
 

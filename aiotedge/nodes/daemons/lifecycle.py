@@ -9,8 +9,8 @@ import threading
 from collections.abc import Callable
 
 from aiotedge.contracts.errors import AiotedgeError, BrokerError
-from aiotedge.nodes import systemd
-from aiotedge.nodes.transport import Session
+from aiotedge.nodes.mqtt.transport import Session
+from aiotedge.nodes.observe import systemd
 
 log = logging.getLogger(__name__)
 

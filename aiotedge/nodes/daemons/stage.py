@@ -39,22 +39,22 @@ from aiotedge.contracts.manifest import Manifest
 from aiotedge.contracts.topics import BROKER_DROPPED, broker_count
 from aiotedge.contracts.wire import Frame, Hop, decode_activation, decode_photo, encode_frame
 from aiotedge.media.image import decode_image, preprocess
-from aiotedge.nodes import systemd
-from aiotedge.nodes.chain import ChainWatch, check_chain
-from aiotedge.nodes.dedup import RecentIds
-from aiotedge.nodes.gaps import SequenceGaps
-from aiotedge.nodes.health import PipelineAvailability
-from aiotedge.nodes.homeassistant import HomeAssistantBridge
-from aiotedge.nodes.lifecycle import stop_on_signals, wait_for_broker
-from aiotedge.nodes.metrics import (
+from aiotedge.nodes.daemons.lifecycle import stop_on_signals, wait_for_broker
+from aiotedge.nodes.mqtt.session import MqttSession, wait_settled
+from aiotedge.nodes.mqtt.transport import Received, Session
+from aiotedge.nodes.observe import systemd
+from aiotedge.nodes.observe.chain import ChainWatch, check_chain
+from aiotedge.nodes.observe.dedup import RecentIds
+from aiotedge.nodes.observe.gaps import SequenceGaps
+from aiotedge.nodes.observe.health import PipelineAvailability
+from aiotedge.nodes.observe.homeassistant import HomeAssistantBridge
+from aiotedge.nodes.observe.metrics import (
     Metric,
     NodeStats,
     StatsReporter,
     serve_prometheus,
     stage_metrics,
 )
-from aiotedge.nodes.session import MqttSession, wait_settled
-from aiotedge.nodes.transport import Received, Session
 from aiotedge.tflite.runtime import Segment, open_segment
 
 log = logging.getLogger(__name__)

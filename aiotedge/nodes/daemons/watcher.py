@@ -9,10 +9,10 @@ from collections.abc import Callable
 
 from aiotedge.config.loader import NodeConfig
 from aiotedge.contracts.events import Prediction
-from aiotedge.nodes.dedup import RecentIds
-from aiotedge.nodes.lifecycle import connect_once, stop_on_signals
-from aiotedge.nodes.session import MqttSession
-from aiotedge.nodes.transport import Received
+from aiotedge.nodes.daemons.lifecycle import connect_once, stop_on_signals
+from aiotedge.nodes.mqtt.session import MqttSession
+from aiotedge.nodes.mqtt.transport import Received
+from aiotedge.nodes.observe.dedup import RecentIds
 
 
 def run_watch(config: NodeConfig, write: Callable[[str], None], *, count: int | None = None,

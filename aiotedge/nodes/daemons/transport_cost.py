@@ -23,9 +23,9 @@ from typing import Any
 from aiotedge.config.sections import BrokerConfig
 from aiotedge.contracts.errors import BrokerError
 from aiotedge.contracts.profile import Transport, TransportSample
-from aiotedge.nodes.broker import LocalBroker
-from aiotedge.nodes.session import CLIENT_LIBRARY, MqttSession
-from aiotedge.nodes.transport import Received
+from aiotedge.nodes.mqtt.broker import LocalBroker
+from aiotedge.nodes.mqtt.session import CLIENT_LIBRARY, MqttSession
+from aiotedge.nodes.mqtt.transport import Received
 
 log = logging.getLogger(__name__)
 

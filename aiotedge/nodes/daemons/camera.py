@@ -40,9 +40,11 @@ from aiotedge.media.prepare import ModelInput, prepare, snapshot_jpeg
 from aiotedge.media.sources import FrameSource, open_source
 from aiotedge.media.sources.base import CapturedFrame
 from aiotedge.media.sources.live import LiveReader
-from aiotedge.nodes import systemd
-from aiotedge.nodes.lifecycle import connect_once, stop_on_signals, wait_for_broker
-from aiotedge.nodes.metrics import (
+from aiotedge.nodes.daemons.lifecycle import connect_once, stop_on_signals, wait_for_broker
+from aiotedge.nodes.mqtt.session import MqttSession
+from aiotedge.nodes.mqtt.transport import Received, Session
+from aiotedge.nodes.observe import systemd
+from aiotedge.nodes.observe.metrics import (
     CAMERA_COUNTERS,
     Metric,
     NodeStats,
@@ -50,8 +52,6 @@ from aiotedge.nodes.metrics import (
     camera_metrics,
     serve_prometheus,
 )
-from aiotedge.nodes.session import MqttSession
-from aiotedge.nodes.transport import Received, Session
 
 log = logging.getLogger(__name__)
 

@@ -16,10 +16,10 @@ from aiotedge.config.sections import BrokerConfig
 from aiotedge.contracts.errors import BrokerError
 from aiotedge.contracts.extras import import_extra
 from aiotedge.contracts.topics import BROKER_DROPPED, Topics
-from aiotedge.nodes.health import NodeView, PipelineView
-from aiotedge.nodes.lifecycle import connect_once, stop_on_signals
-from aiotedge.nodes.session import MqttSession, RetainedRefusedError, read_retained
-from aiotedge.nodes.transport import MessageHandler, Received
+from aiotedge.nodes.daemons.lifecycle import connect_once, stop_on_signals
+from aiotedge.nodes.mqtt.session import MqttSession, RetainedRefusedError, read_retained
+from aiotedge.nodes.mqtt.transport import MessageHandler, Received
+from aiotedge.nodes.observe.health import NodeView, PipelineView
 
 #: short headers, so that a pipeline fits 80 columns; the model is said once, in the summary
 HEADER = ("node", "state", "stage", "fps", "latency", "infer", "queue", "in", "out", "rej",

@@ -1,6 +1,6 @@
 """What the nodes know of their MQTT connection: a received message and the session's interface.
 
-The nodes speak to the broker through these types only; `MqttSession` (aiotedge.nodes.session)
+The nodes speak to the broker through these types only; `MqttSession` (aiotedge.nodes.mqtt.session)
 is the one implementation, and the one module that knows the MQTT client library. A unit test
 gives a node a fake that has the same shape. Home Assistant's MQTT integration keeps its own
 received-message type the same way.

@@ -17,10 +17,10 @@ from pathlib import Path
 
 from aiotedge.config.loader import FLAGS, NodeConfig
 from aiotedge.contracts.errors import ConfigError
-from aiotedge.nodes.health import NodeView, PipelineView
-from aiotedge.nodes.homeassistant import discovery_filter
-from aiotedge.nodes.lifecycle import connect_once
-from aiotedge.nodes.session import MqttSession, read_retained
+from aiotedge.nodes.daemons.lifecycle import connect_once
+from aiotedge.nodes.mqtt.session import MqttSession, read_retained
+from aiotedge.nodes.observe.health import NodeView, PipelineView
+from aiotedge.nodes.observe.homeassistant import discovery_filter
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from aiotedge import __version__
 from aiotedge.contracts.events import Prediction
 from aiotedge.contracts.manifest import Manifest
 from aiotedge.contracts.topics import ONLINE, Topics
-from aiotedge.nodes.transport import Messaging, Received
+from aiotedge.nodes.mqtt.transport import Messaging, Received
 
 log = logging.getLogger(__name__)
 

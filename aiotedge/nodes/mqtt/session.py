@@ -30,7 +30,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from aiotedge.config.sections import BrokerConfig
 from aiotedge.contracts.errors import BrokerError
 from aiotedge.contracts.topics import OFFLINE, ONLINE
-from aiotedge.nodes.transport import (
+from aiotedge.nodes.mqtt.transport import (
     MessageHandler,
     PublishCallback,
     Received,

@@ -44,15 +44,15 @@ from aiotedge.contracts.plan import PLAN_BOARDS
 from aiotedge.contracts.topics import ONLINE
 from aiotedge.media.prepare import ModelInput
 from aiotedge.media.sources import FrameSource, Stills
-from aiotedge.nodes import systemd
-from aiotedge.nodes.broker import LocalBroker
-from aiotedge.nodes.camera import Camera
-from aiotedge.nodes.dedup import RecentIds
-from aiotedge.nodes.lifecycle import connect_once, exit_status
-from aiotedge.nodes.metrics import StatsReporter
-from aiotedge.nodes.session import MqttSession
-from aiotedge.nodes.stage import run_stage
-from aiotedge.nodes.transport import Received
+from aiotedge.nodes.daemons.camera import Camera
+from aiotedge.nodes.daemons.lifecycle import connect_once, exit_status
+from aiotedge.nodes.daemons.stage import run_stage
+from aiotedge.nodes.mqtt.broker import LocalBroker
+from aiotedge.nodes.mqtt.session import MqttSession
+from aiotedge.nodes.mqtt.transport import Received
+from aiotedge.nodes.observe import systemd
+from aiotedge.nodes.observe.dedup import RecentIds
+from aiotedge.nodes.observe.metrics import StatsReporter
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ from collections.abc import Iterable
 
 from aiotedge.contracts.events import ErrorEvent, NodeInfo
 from aiotedge.contracts.topics import Topics
-from aiotedge.nodes.health import PipelineView
-from aiotedge.nodes.metrics import Counters
-from aiotedge.nodes.transport import Messaging
+from aiotedge.nodes.mqtt.transport import Messaging
+from aiotedge.nodes.observe.health import PipelineView
+from aiotedge.nodes.observe.metrics import Counters
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ What a frame costs a stage besides its segment is measured on the same real acti
 taking stage 0's input in (a camera-size photo, a model-size JPEG or the tensor), encoding
 each piece's output as a frame with and without each codec, and decoding it as the next stage
 does. Moving a message through MQTT is measured by a `transport` function the caller passes in
-(aiotedge.nodes.transport_cost: a real paho client against a private mosquitto), at a few
+(aiotedge.nodes.daemons.transport_cost: a real paho client against a private mosquitto), at a few
 message sizes from the smallest to the largest the model sends.
 """
 
@@ -68,7 +68,7 @@ DEFAULT_PHOTO_SIZE = (640, 480)
 JPEG_QUALITY = 90
 #: message sizes the transport is measured at, spread from the smallest to the largest
 TRANSPORT_SIZES = 8
-#: measures the MQTT costs of messages of the given sizes (aiotedge.nodes.transport_cost)
+#: measures the MQTT costs of messages of the given sizes (aiotedge.nodes.daemons.transport_cost)
 TransportProbe = Callable[[Sequence[int]], Transport]
 
 
