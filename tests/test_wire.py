@@ -123,7 +123,7 @@ def test_activation_travels_as_one_byte_per_value():
         (message(trace=[[0, 1.0, 2.0]] * 65), "65 exceeds max_array_len(64)"),
         (message(tensor_shape=[1] * 65), "65 exceeds max_array_len(64)"),
         (message(frame_id="f" * 513), "513 exceeds max_str_len(512)"),
-        (message(unknown=1, name="n"), "10 exceeds max_map_len(9)"),
+        (message(unknown=1, name="n", view=[8, 8, 0, 0, 8, 8, 0, 0]), "11 exceeds max_map_len(10)"),
         (message(name=""), "field 'name' must be 1 to 128 characters"),
         (message(name="n" * 129), "field 'name' must be 1 to 128 characters"),
         (message(name=7), "field 'name' must be str, got int"),

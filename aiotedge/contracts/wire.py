@@ -18,6 +18,7 @@ import numpy as np
 
 from aiotedge.contracts.codec import check_codec, compress, decompress
 from aiotedge.contracts.errors import WireError
+from aiotedge.contracts.geometry import View
 from aiotedge.contracts.tensors import WIRE_DTYPES, TensorSpec
 
 WIRE_VERSION = 1
@@ -35,14 +36,14 @@ MAX_QUOTE_LENGTH = 80
 _LENGTH_UNITS: dict[type, str] = {str: "characters", bytes: "bytes", list: "items", dict: "entries"}
 
 _MESSAGE_FIELDS = frozenset(
-    {"version", "frame_id", "source", "seq", "attempt", "captured_at", "name", "trace", "image",
-     "tensor"}
+    {"version", "frame_id", "source", "seq", "attempt", "captured_at", "name", "view", "trace",
+     "image", "tensor"}
 )
 #: a camera sends a frame again when its result is overdue; more than this is a broken sender
 MAX_ATTEMPTS = 100
 _TENSOR_FIELDS = frozenset({"dtype", "shape", "scale", "zero_point", "codec", "data"})
 #: msgpack applies each limit to every container and string at every depth, so each is what the
-#: largest one of a valid frame needs: `trace` is the longest array, the message (8 fields and
+#: largest one of a valid frame needs: `trace` is the longest array, the message (9 fields and
 #: `image` or `tensor`) the largest map, an id or a name the longest string (128 characters of
 #: up to 4 bytes in UTF-8); no field is an extension type. Nothing is allocated for a longer one.
 _UNPACK_LIMITS = {
@@ -51,10 +52,10 @@ _UNPACK_LIMITS = {
     "max_str_len": 4 * MAX_ID_LENGTH,
     "max_ext_len": 0,
 }
-#: the arrays and maps of a valid frame: the message, `trace` and its entries, `tensor` and its
-#: `shape`. The length limits bound each container, not how many a message nests: 8 MB of
+#: the arrays and maps of a valid frame: the message, `view`, `trace` and its entries, `tensor`
+#: and its `shape`. The length limits bound each container, not how many a message nests: 8 MB of
 #: empty maps in arrays of 64 would still be 8 million dicts.
-MAX_CONTAINERS = MAX_TRACE_HOPS + 4
+MAX_CONTAINERS = MAX_TRACE_HOPS + 5
 #: a dtype's name as the wire writes it (numpy works `dtype.name` out anew on every call)
 _DTYPE_NAMES = {np.dtype(name): name for name in WIRE_DTYPES}
 
@@ -82,6 +83,8 @@ class Frame:
     image: bytes | None = None
     #: which picture: the photo's file name, or the stream it came from (None: not said)
     name: str | None = None
+    #: where the sent picture lies in the camera's frame (crop, turn, mirror); None: not said
+    view: View | None = None
     tensor: np.ndarray | None = None
     scale: float = 0.0
     zero_point: int = 0
@@ -112,6 +115,8 @@ def encode_frame(frame: Frame, codec: str | None = None) -> bytes:
     }
     if frame.name is not None:
         message["name"] = frame.name
+    if frame.view is not None:
+        message["view"] = frame.view.to_wire()
     if frame.image is not None:
         message["image"] = frame.image
     elif frame.tensor is not None:
@@ -283,6 +288,7 @@ def _parse(message: dict[str, Any], expected: TensorSpec | None, photo: bool) ->
     name = _field(message, "name", str) if "name" in message else None
     if name is not None and not 0 < len(name) <= MAX_NAME_LENGTH:
         raise WireError(f"field 'name' must be 1 to {MAX_NAME_LENGTH} characters")
+    view = _parse_view(_field(message, "view", list)) if "view" in message else None
     frame = Frame(
         frame_id=frame_id,
         source=source,
@@ -290,6 +296,7 @@ def _parse(message: dict[str, Any], expected: TensorSpec | None, photo: bool) ->
         captured_at=captured_at,
         attempt=attempt,
         name=name,
+        view=view,
         trace=_parse_trace(_field(message, "trace", list)),
     )
     if photo and expected is not None and "tensor" in message and "image" in message:
@@ -305,6 +312,13 @@ def _parse(message: dict[str, Any], expected: TensorSpec | None, photo: bool) ->
 
 def _is_timestamp(value: float) -> bool:
     return math.isfinite(value) and abs(value) < MAX_TIMESTAMP
+
+
+def _parse_view(values: list[Any]) -> View:
+    try:
+        return View.from_wire(values)
+    except ValueError as exc:
+        raise WireError(f"field 'view' {_quote(values)}: {exc}") from None
 
 
 def _parse_trace(trace: list[Any]) -> list[Hop]:
