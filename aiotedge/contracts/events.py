@@ -20,6 +20,7 @@ import numpy as np
 
 from aiotedge import __version__
 from aiotedge.contracts.errors import ManifestError
+from aiotedge.contracts.geometry import Box
 from aiotedge.contracts.manifest import Manifest, Preprocessing
 from aiotedge.contracts.tensors import TensorSpec
 from aiotedge.contracts.wire import Frame, Hop
@@ -96,6 +97,54 @@ class Score:
 
 
 @dataclass(frozen=True)
+class DetectedObject:
+    """One object a detection model found."""
+
+    index: int
+    label: str
+    score: float
+    #: normalised (0..1) in the picture stage 0 received
+    box: Box
+    #: in the pixels of the camera's own frame, mapped back through its view (crop, turn,
+    #: mirror; contracts.geometry); None when the frame said no view and was a tensor
+    box_px: Box | None = None
+
+    @property
+    def name(self) -> str:
+        return self.label.split(",")[0].strip()
+
+
+@dataclass(frozen=True)
+class Keypoint:
+    """One named body point of a pose model: normalised x, y (and in frame pixels)."""
+
+    name: str
+    x: float
+    y: float
+    score: float
+    x_px: float | None = None
+    y_px: float | None = None
+
+
+@dataclass(frozen=True)
+class ClassShare:
+    """The share (0..1) of a segmented frame's pixels given to one class."""
+
+    index: int
+    label: str
+    share: float
+
+
+#: what the last stage's output means; the manifest says which (docs/models.md)
+KINDS = ("classification", "detection", "pose", "segmentation")
+#: the prediction JSON's version (docs/topics.md): 2 added `kind` and the per-kind results
+PREDICTION_SCHEMA = 2
+#: each kind's result field in a prediction; a prediction carries its own kind's field only
+RESULT_FIELDS = {"classification": "top", "detection": "objects", "pose": "keypoints",
+                 "segmentation": "classes"}
+
+
+@dataclass(frozen=True)
 class StageTiming:
     stage: int
     #: from the previous node's publish (or the capture) to this stage receiving it
@@ -115,11 +164,24 @@ class Prediction:
     stages: list[StageTiming]
     #: which picture: the photo's file name, or the stream it came from (null: not said)
     name: str | None = None
+    kind: str = "classification"
+    objects: list[DetectedObject] = field(default_factory=list)
+    keypoints: list[Keypoint] = field(default_factory=list)
+    classes: list[ClassShare] = field(default_factory=list)
+    schema: int = PREDICTION_SCHEMA
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown kind {self.kind!r}: one of {', '.join(KINDS)}")
 
     def to_json(self) -> str:
         """Raises ValueError on a NaN or infinite number: JSON has none, and subscribers'
-        parsers would refuse the whole message."""
-        return json.dumps(asdict(self), separators=(",", ":"), allow_nan=False)
+        parsers would refuse the whole message. Carries only its own kind's results."""
+        data = asdict(self)
+        for kind, name in RESULT_FIELDS.items():
+            if kind != self.kind:
+                del data[name]
+        return json.dumps(data, separators=(",", ":"), allow_nan=False)
 
     @classmethod
     def parse(cls, payload: bytes) -> Prediction | None:
@@ -138,16 +200,27 @@ class Prediction:
             source=data["source"],
             seq=data["seq"],
             captured_at=data["captured_at"],
-            top=[Score(**s) for s in data["top"]],
+            top=[Score(**s) for s in data.get("top", [])],
             latency_ms=data["latency_ms"],
             stages=[StageTiming(**t) for t in data["stages"]],
             name=data["name"] if isinstance(data.get("name"), str) else None,
+            kind=data.get("kind", "classification"),
+            objects=[_detected_object(o) for o in data.get("objects", [])],
+            keypoints=[Keypoint(**k) for k in data.get("keypoints", [])],
+            classes=[ClassShare(**c) for c in data.get("classes", [])],
+            schema=int(data.get("schema", 1)),
         )
 
     def summary(self) -> str:
         """One line for a terminal: `cam0#3 macaw 0.973 41.2 ms` (first name of the label)."""
         best = self.top[0]
         return f"{self.source}#{self.seq} {best.name} {best.score:.3f} {self.latency_ms:.1f} ms"
+
+
+def _detected_object(data: dict[str, Any]) -> DetectedObject:
+    pixels = data.get("box_px")
+    return DetectedObject(index=data["index"], label=data["label"], score=data["score"],
+                          box=Box(**data["box"]), box_px=Box(**pixels) if pixels else None)
 
 
 def top_k(output: np.ndarray, spec: TensorSpec, manifest: Manifest, k: int) -> list[Score]:
