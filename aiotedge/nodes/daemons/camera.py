@@ -23,7 +23,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import closing
+from contextlib import ExitStack, closing
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -457,22 +457,23 @@ def run_camera(config: NodeConfig, stop: threading.Event | None = None) -> int:
     if config.stats.prometheus_port:
         serve_prometheus(config.stats, config.source, {"pipeline": config.pipeline.name,
                                                        "node": cam.name}, camera.metrics)
-    if one_shot:
-        connect_once(session)
-    else:
-        session.start()
-        if not wait_for_broker(session, stop):
-            session.stop()
+    with ExitStack() as running:  # undone in reverse, however the camera ends
+        if one_shot:
+            connect_once(session)
+        else:
+            session.start()
+        # the broker drops the session of a camera that is gone: nothing waits for it
+        running.callback(session.stop, end_session=True)
+        if not one_shot and not wait_for_broker(session, stop):
             return 0
-    session.set_online()
-    if cam.preprocess != "none" and model is None:
-        camera.wait_for_model(MODEL_WAIT)
-    reporter = StatsReporter(camera.report_stats, config.stats.interval)
-    reporter.start()
-    systemd.notify(f"READY=1\nSTATUS=camera {cam.name} reading {source.name}")
-    log.info("camera %s: reading %s", cam.name, source.name)
-    sent = camera.run(source, frames=cam.frames, stop=stop)
-    systemd.notify("STOPPING=1")
-    reporter.stop()
-    session.stop(end_session=True)
+        session.set_online()
+        if cam.preprocess != "none" and model is None:
+            camera.wait_for_model(MODEL_WAIT)
+        reporter = StatsReporter(camera.report_stats, config.stats.interval)
+        reporter.start()
+        running.callback(reporter.stop)
+        systemd.notify(f"READY=1\nSTATUS=camera {cam.name} reading {source.name}")
+        running.callback(systemd.notify, "STOPPING=1")
+        log.info("camera %s: reading %s", cam.name, source.name)
+        sent = camera.run(source, frames=cam.frames, stop=stop)
     return camera.outcome(sent)

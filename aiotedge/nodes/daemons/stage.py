@@ -21,6 +21,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable
+from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
 
@@ -519,27 +520,26 @@ def run_stage(config: NodeConfig, stop: threading.Event | None = None) -> int:
         bridge = HomeAssistantBridge(node.session, config.topics, manifest, node.node,
                                      config.homeassistant.prefix,
                                      replicated=bool(config.stage.share_group))
-    node.start()
-    if not wait_for_broker(node.session, stop):
-        node.stop()
-        return 0
-    wait_settled(node.session, config.topics.probe(node.session.client_id))
-    fits, previous = check_chain(pipeline.view(), node.info)
-    if not fits:
-        node.stop()
-        return 2
-    if previous is not None and previous.share_group != config.stage.share_group:
-        node.forget_subscription(previous.share_group)
-    # the check above saw only the neighbours online already: the watch follows them on
-    pipeline.follow(ChainWatch(node.session, config.topics, node.info, node.counters,
-                               config.pipeline.qos).check)
-    node.serve()
-    node.announce_online()
-    if bridge is not None:
-        bridge.start()
-    systemd.notify(f"READY=1\nSTATUS=stage {node.index} serving {node.input_topic}")
-    stop.wait()
-    systemd.notify("STOPPING=1")
-    pipeline.leaving()
-    node.stop()
+    with ExitStack() as running:  # undone in reverse, however the daemon ends
+        node.start()
+        running.callback(node.stop)
+        if not wait_for_broker(node.session, stop):
+            return 0
+        wait_settled(node.session, config.topics.probe(node.session.client_id))
+        fits, previous = check_chain(pipeline.view(), node.info)
+        if not fits:
+            return 2
+        if previous is not None and previous.share_group != config.stage.share_group:
+            node.forget_subscription(previous.share_group)
+        # the check above saw only the neighbours online already: the watch follows them on
+        pipeline.follow(ChainWatch(node.session, config.topics, node.info, node.counters,
+                                   config.pipeline.qos).check)
+        node.serve()
+        node.announce_online()
+        running.callback(pipeline.leaving)
+        if bridge is not None:
+            bridge.start()
+        systemd.notify(f"READY=1\nSTATUS=stage {node.index} serving {node.input_topic}")
+        running.callback(systemd.notify, "STOPPING=1")
+        stop.wait()
     return 0
