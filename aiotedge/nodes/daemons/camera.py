@@ -33,10 +33,11 @@ from aiotedge.config.loader import NodeConfig
 from aiotedge.config.sections import CameraConfig
 from aiotedge.contracts.errors import ConfigError, ImageError
 from aiotedge.contracts.events import ErrorEvent, NodeInfo, Prediction
+from aiotedge.contracts.geometry import View
 from aiotedge.contracts.manifest import Manifest
 from aiotedge.contracts.topics import Topics
 from aiotedge.contracts.wire import Frame, encode_frame
-from aiotedge.media.prepare import ModelInput, prepare, snapshot_jpeg
+from aiotedge.media.prepare import CropError, Geometry, ModelInput, prepare, snapshot_jpeg
 from aiotedge.media.sources import FrameSource, open_source
 from aiotedge.media.sources.base import CapturedFrame
 from aiotedge.media.sources.live import LiveReader
@@ -72,8 +73,10 @@ class _InFlight:
     #: kept only at QoS 1, to send the frame again
     frame: Frame | None
     sent_at: float
-    #: kept only for the snapshot
+    #: kept only for the snapshots
     picture: CapturedFrame | None
+    #: where the sent picture lies in the frame
+    view: View | None = None
     attempts: int = 1
 
 
@@ -112,6 +115,8 @@ class Camera:
         self._rejected_in_a_row = 0
         self._last_snapshot = 0.0
         self._said_model_unknown = False
+        crop = tuple(options.crop) if options.crop is not None else None
+        self.geometry = Geometry(crop, options.rotate, options.flip)
         session.subscribe(topics.predictions, self._on_prediction, qos=1)
         session.subscribe(topics.errors, self._on_error, qos=1)
         if model is None:  # stage 0 says its preprocessing: needed for decoded frames too
@@ -231,14 +236,19 @@ class Camera:
                     "until it is")
             self._said_model_unknown = True
         try:
-            payload = prepare(captured, self.options.preprocess, model, self.options.jpeg_quality)
+            payload, view = prepare(captured, self.options.preprocess, model,
+                                    self.options.jpeg_quality, self.geometry)
         except ImageError as exc:
             self.counters.add("unusable")
+            if isinstance(exc, CropError) and not self.published:
+                # the first frame: the crop never fits this camera's frames (a mistake to fix)
+                raise ConfigError(f"camera {self.options.name}: key 'camera.crop': {exc}") \
+                    from None
             log.warning("%s not sent: %s", captured.name, exc)
             return None
         frame_id = self.frame_id(seq)
         frame = Frame(frame_id=frame_id, source=self.options.name, seq=seq,
-                      captured_at=captured.captured_at, name=captured.name)
+                      captured_at=captured.captured_at, name=captured.name, view=view)
         if isinstance(payload, np.ndarray):
             assert model is not None  # a tensor is made for a known model only
             frame = replace(frame, tensor=payload, scale=model.spec.scale,
@@ -246,7 +256,7 @@ class Camera:
         else:
             frame = replace(frame, image=payload)
         entry = _InFlight(seq, frame if self.qos > 0 else None, sent_at=time.monotonic(),
-                          picture=captured if self.options.snapshot else None)
+                          picture=captured if self.options.snapshot else None, view=view)
         with self._changed:
             self._in_flight[frame_id] = entry
         self._send(frame_id, entry, frame)
@@ -471,8 +481,10 @@ def run_camera(config: NodeConfig, stop: threading.Event | None = None) -> int:
     reporter.start()
     systemd.notify(f"READY=1\nSTATUS=camera {cam.name} reading {source.name}")
     log.info("camera %s: reading %s", cam.name, source.name)
-    sent = camera.run(source, frames=cam.frames, stop=stop)
-    systemd.notify("STOPPING=1")
-    reporter.stop()
-    session.stop(end_session=True)
+    try:  # a crop outside the first frame stops the camera (ConfigError): stopped cleanly
+        sent = camera.run(source, frames=cam.frames, stop=stop)
+    finally:
+        systemd.notify("STOPPING=1")
+        reporter.stop()
+        session.stop(end_session=True)
     return camera.outcome(sent)
