@@ -8,6 +8,7 @@ docs/config.md is the reference.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 import socket
@@ -212,12 +213,13 @@ PREPROCESSING = ("none", "jpeg", "tensor")
 CROP = "[x, y, width, height] in the frame's pixels (x, y: the top left corner)"
 
 
-def parse_crop(text: str) -> dict[str, Any]:
-    """`--crop X,Y,WIDTH,HEIGHT` as the `crop` key's list (checked as the file's key)."""
+def crop_flag(text: str) -> list[int]:
+    """`--crop X,Y,WIDTH,HEIGHT` as the `crop` key's list (then checked as the file's key)."""
     parts = [part.strip() for part in text.split(",")]
     if len(parts) != 4 or not all(part.isdigit() for part in parts):
-        raise ConfigError("expected X,Y,WIDTH,HEIGHT in pixels, e.g. 0,120,640,360")
-    return {"crop": [int(part) for part in parts]}
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected X,Y,WIDTH,HEIGHT in pixels, e.g. 0,120,640,360")
+    return [int(part) for part in parts]
 
 
 @dataclass(frozen=True)
@@ -367,8 +369,8 @@ class CameraConfig:
     #: the region of interest sent, turned clockwise, then mirrored left to right (a camera
     #: mounted sideways or upside down); boxes are mapped back into the frame's pixels
     crop: list[int] | None = field(default=None, metadata=flag(
-        "--crop", help="send only this region of the frame (pixels)", parse=parse_crop,
-        type=str, metavar="X,Y,WIDTH,HEIGHT", shown_default="the whole frame"))
+        "--crop", help="send only this region of the frame (pixels)", type=crop_flag,
+        metavar="X,Y,WIDTH,HEIGHT", shown_default="the whole frame"))
     rotate: int = field(default=0, metadata=flag(
         "--rotate", help="turn the frame clockwise by this many degrees (after the crop)",
         choices=ROTATIONS))
