@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from aiotedge.config.loader import NodeConfig
-from aiotedge.config.sections import CameraConfig
+from aiotedge.config.sections import CameraConfig, EventsConfig
 from aiotedge.contracts.errors import ConfigError, ImageError
 from aiotedge.contracts.events import ErrorEvent, NodeInfo, Prediction
 from aiotedge.contracts.geometry import View
@@ -45,6 +45,7 @@ from aiotedge.nodes.daemons.lifecycle import connect_once, stop_on_signals, wait
 from aiotedge.nodes.mqtt.session import MqttSession
 from aiotedge.nodes.mqtt.transport import Received, Session
 from aiotedge.nodes.observe import systemd
+from aiotedge.nodes.observe.event_publisher import EventPublisher
 from aiotedge.nodes.observe.metrics import (
     CAMERA_COUNTERS,
     Metric,
@@ -89,7 +90,8 @@ class Camera:
     """
 
     def __init__(self, session: Session, topics: Topics, options: CameraConfig,
-                 qos: int = 1, model: ModelInput | None = None) -> None:
+                 qos: int = 1, model: ModelInput | None = None, *,
+                 events: EventsConfig | None = None) -> None:
         self.session = session
         self.topics = topics
         self.options = options
@@ -117,6 +119,12 @@ class Camera:
         self._said_model_unknown = False
         crop = tuple(options.crop) if options.crop is not None else None
         self.geometry = Geometry(crop, options.rotate, options.flip)
+        #: the tracked labels' events, counts and snapshots (`[events] labels`)
+        self.events: EventPublisher | None = None
+        if events is not None and events.labels:
+            self.events = EventPublisher(session, topics, options.name, events,
+                                         jpeg_quality=options.jpeg_quality)
+            self.events.start()
         session.subscribe(topics.predictions, self._on_prediction, qos=1)
         session.subscribe(topics.errors, self._on_error, qos=1)
         if model is None:  # stage 0 says its preprocessing: needed for decoded frames too
@@ -256,7 +264,8 @@ class Camera:
         else:
             frame = replace(frame, image=payload)
         entry = _InFlight(seq, frame if self.qos > 0 else None, sent_at=time.monotonic(),
-                          picture=captured if self.options.snapshot else None, view=view)
+                          picture=captured if self.options.snapshot or self.events else None,
+                          view=view)
         with self._changed:
             self._in_flight[frame_id] = entry
         self._send(frame_id, entry, frame)
@@ -350,8 +359,11 @@ class Camera:
             return
         self._rejected_in_a_row = 0
         self.stats.latency.add(prediction.latency_ms / 1000)
+        if self.events is not None:
+            self.events.observe(prediction, entry.picture, entry.view)
         now = time.monotonic()
-        if entry.picture is not None and now - self._last_snapshot >= SNAPSHOT_PERIOD:
+        if self.options.snapshot and entry.picture is not None \
+                and now - self._last_snapshot >= SNAPSHOT_PERIOD:
             self._last_snapshot = now
             self._publish_snapshot(entry.picture)
 
@@ -463,7 +475,8 @@ def run_camera(config: NodeConfig, stop: threading.Event | None = None) -> int:
     one_shot = cam.frames is not None or not (source.live or cam.loop or cam.watch)
     session = MqttSession(config.broker, f"camera-{cam.name}", topics.availability(cam.name),
                           session_expiry=config.pipeline.session_expiry, one_shot=one_shot)
-    camera = Camera(session, topics, cam, config.pipeline.qos, model)
+    camera = Camera(session, topics, cam, config.pipeline.qos, model,
+                    events=config.events)
     if config.stats.prometheus_port:
         serve_prometheus(config.stats, config.source, {"pipeline": config.pipeline.name,
                                                        "node": cam.name}, camera.metrics)
