@@ -25,10 +25,10 @@ class Mark:
 
 def draw_marks(picture: Image.Image, marks: Sequence[Mark]) -> Image.Image:
     """A copy of the picture in RGB with each mark drawn: lines a 200th of its longer side
-    thick (at least 2 pixels), a caption above each box."""
+    thick (at least 3 pixels), a caption above each box."""
     drawn = picture.convert("RGB")  # always a copy: the caller's picture stays as it was
     pen = ImageDraw.Draw(drawn)
-    width = max(2, round(max(drawn.size) / 200))
+    width = max(3, round(max(drawn.size) / 200))
     for mark in marks:
         for x, y in mark.points:
             pen.ellipse((x - 2 * width, y - 2 * width, x + 2 * width, y + 2 * width),

@@ -16,7 +16,7 @@ from aiotedge.contracts.events import Prediction
 from aiotedge.contracts.geometry import Box, View
 from aiotedge.contracts.topics import Topics
 from aiotedge.media.draw import Mark, draw_marks
-from aiotedge.media.prepare import encode_jpeg
+from aiotedge.media.prepare import SUBSAMPLING_444, encode_jpeg
 from aiotedge.media.sources.base import CapturedFrame
 from aiotedge.nodes.mqtt.transport import Messaging
 from aiotedge.nodes.observe.events import GONE, ObjectEvent, Sighting, Tracker
@@ -71,7 +71,8 @@ class EventPublisher:
             return
         view = view or View(*image.size)
         marks = [_mark(sighting, view) for sighting in event.objects]
-        jpeg = encode_jpeg(draw_marks(image, marks), self._quality)
+        # colour at full resolution: 4:2:0 would smear the thin coloured lines into the scene
+        jpeg = encode_jpeg(draw_marks(image, marks), self._quality, SUBSAMPLING_444)
         self._session.publish(self._topics.event_snapshot(self._camera, event.label), jpeg,
                               qos=0, retain=True)
 
