@@ -46,6 +46,7 @@ from aiotedge.nodes.mqtt.session import MqttSession
 from aiotedge.nodes.mqtt.transport import Received, Session
 from aiotedge.nodes.observe import systemd
 from aiotedge.nodes.observe.event_publisher import EventPublisher
+from aiotedge.nodes.observe.homeassistant import CameraDiscovery
 from aiotedge.nodes.observe.metrics import (
     CAMERA_COUNTERS,
     Metric,
@@ -477,6 +478,9 @@ def run_camera(config: NodeConfig, stop: threading.Event | None = None) -> int:
                           session_expiry=config.pipeline.session_expiry, one_shot=one_shot)
     camera = Camera(session, topics, cam, config.pipeline.qos, model,
                     events=config.events)
+    if config.homeassistant.discovery and config.events.labels:  # its own device's entities
+        CameraDiscovery(session, topics, cam.name, config.events.labels,
+                        config.homeassistant.prefix).start()
     if config.stats.prometheus_port:
         serve_prometheus(config.stats, config.source, {"pipeline": config.pipeline.name,
                                                        "node": cam.name}, camera.metrics)
