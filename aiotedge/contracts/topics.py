@@ -57,6 +57,9 @@ class Topics:
         """Retained: the frame of a camera's latest event of a label, its objects drawn."""
         return f"{self.frames_base}/event-snapshot/{camera}/{label}"
 
+    def camera_event_snapshots(self, camera: str) -> str:
+        return f"{self.frames_base}/event-snapshot/{camera}/+"
+
     @property
     def events(self) -> str:
         """An object of a tracked label appeared, is still there, is gone (JSON)."""
