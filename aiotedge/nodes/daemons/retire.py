@@ -17,12 +17,10 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
-
 from aiotedge.config.loader import FLAGS, NodeConfig
 from aiotedge.contracts.errors import ConfigError
 from aiotedge.nodes.daemons.lifecycle import connect_once
-from aiotedge.nodes.mqtt.session import MqttSession, read_retained
+from aiotedge.nodes.mqtt.session import MqttSession, read_retained, topic_matches
 from aiotedge.nodes.observe.health import NodeView, PipelineView
 from aiotedge.nodes.observe.homeassistant import discovery_filter
 
@@ -65,7 +63,7 @@ def retire(config: NodeConfig, node: str) -> Retired:
         done = Retired(node)
         own = {topics.availability(node), topics.info(node), topics.stats(node)}
         own |= {topic for topic in retained
-                if any(mqtt.topic_matches_sub(own_filter, topic) for own_filter in camera_own)}
+                if any(topic_matches(own_filter, topic) for own_filter in camera_own)}
         info = me.info
         if info is not None and info.stage == info.stages - 1 and not view.serving(info.stage):
             done.pipeline = True
