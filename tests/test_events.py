@@ -70,7 +70,7 @@ def test_what_counts_is_a_tracked_label_of_enough_score_and_area():
     found = sightings(detection(0, PERSON, tiny, unsure, dog, cat), OPTIONS)
     assert {label: [s.score for s in seen] for label, seen in found.items()} == {
         "person": [0.9], "cat": [0.7]}
-    assert found["person"][0].area == 0.4 * 0.7
+    assert found["person"][0].area == 0.28
     tracker = Tracker("cam0", OPTIONS)
     assert run(tracker, [(0.0, detection(0, tiny, unsure, dog))]) == []
 

@@ -66,7 +66,7 @@ def sightings(prediction: Prediction, options: EventsConfig) -> dict[str, list[S
 
 
 def _area(box: Box) -> float:
-    return max(0.0, box.width) * max(0.0, box.height)
+    return round(max(0.0, box.width) * max(0.0, box.height), 6)
 
 
 def _bounds(points: list[tuple[float, float]]) -> Box:
