@@ -290,8 +290,10 @@ class CameraDiscovery:
 
 def discovery_filter(topics: Topics, prefix: str = "homeassistant",
                      camera: str | None = None) -> str:
-    """Every discovery topic of the pipeline's device, or of a camera's (for `retire`)."""
-    return f"{prefix}/+/{node_id(topics, camera)}/+/config"
+    """Every discovery topic of the pipeline's device (sensors only), or of a camera's (for
+    `retire` and the owner's own watch for a deleted device)."""
+    component = "sensor" if camera is None else "+"
+    return f"{prefix}/{component}/{node_id(topics, camera)}/+/config"
 
 
 def _slug(text: str) -> str:
