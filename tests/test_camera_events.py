@@ -139,3 +139,33 @@ def read_retained_one(broker, topic: str) -> bytes:
     finally:
         session.stop()
     return got[0]
+
+
+def test_a_camera_daemon_with_discovery_announces_its_own_device(broker, tmp_path):
+    """`aiotedge camera` with `[events] labels` and discovery: the camera's device is on the
+    broker, retained, beside its counts, every message as Home Assistant documents it."""
+    from aiotedge.cli import main
+    from aiotedge.nodes.observe.homeassistant import event_entities
+    from tests.conftest import retained_now
+    from tests.homeassistant_schema import problems
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for index, picture in enumerate(clip_pictures()[2:6]):
+        picture.save(folder / f"{index}.png")
+    config = tmp_path / "camera.toml"
+    config.write_text(f'[broker]\nhost = "127.0.0.1"\nport = {broker.port}\n'
+                      '[pipeline]\nname = "door"\n'
+                      f'[camera]\nname = "porch"\nsource = "{folder}"\n'
+                      '[events]\nlabels = ["person"]\n[homeassistant]\ndiscovery = true\n')
+    stage = AnsweringStage(broker, "door", answer=detect)
+    try:
+        assert main(["camera", "--config", str(config)]) == 0
+    finally:
+        stage.stop()
+    retained = retained_now(broker, stage.topics)
+    announced = event_entities(stage.topics, "porch", "person")
+    for topic, config_sent in announced:
+        assert problems(topic, json.loads(retained[topic])) == []
+        assert json.loads(retained[topic]) == config_sent
+    assert json.loads(retained[stage.topics.count("porch", "person")]) == {"count": 1}
