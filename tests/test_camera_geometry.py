@@ -42,9 +42,11 @@ def as_view_says(sent: np.ndarray, pixels: np.ndarray, view) -> None:
     """Each pixel of the sent picture is the frame's pixel the view maps its centre to."""
     rows, columns = sent.shape[:2]
     assert (columns, rows) == view.sent_size
+    expected = np.empty_like(sent)
     for row, column in itertools.product(range(rows), range(columns)):
         x, y = view.point_to_source((column + 0.5) / columns, (row + 0.5) / rows)
-        np.testing.assert_array_equal(sent[row, column], pixels[int(y), int(x)])
+        expected[row, column] = pixels[int(y), int(x)]
+    np.testing.assert_array_equal(sent, expected)
 
 
 GEOMETRIES = [Geometry(crop, rotate, flip) for crop, rotate, flip in itertools.product(
