@@ -258,13 +258,15 @@ def probes(secure_broker, pki, passwords) -> Iterator[Callable[[str], Probe]]:
 class AnsweringStage:
     """A stand-in for a whole pipeline: answers every frame sent to stage 0 with a prediction,
     for camera tests that are about what the camera sends (it waits for its frames' results).
-    `frames` holds the payloads it took, in order."""
+    `frames` holds the payloads it took, in order; `answer` makes a frame's prediction (a
+    fake last stage of another kind), else every frame is class 0 "answer"."""
 
-    def __init__(self, broker, pipeline: str) -> None:
+    def __init__(self, broker, pipeline: str, answer=None) -> None:
         from aiotedge.contracts.topics import Topics
         from aiotedge.nodes.mqtt.session import MqttSession
 
         self.topics = Topics(pipeline)
+        self.answer = answer
         self.frames: list[bytes] = []
         self._received = threading.Condition()
         self.session = MqttSession(broker.address, f"answering-{pipeline}")
@@ -280,8 +282,9 @@ class AnsweringStage:
             self.frames.append(message.payload)
             self._received.notify_all()
         frame = decode_photo(message.payload)
-        prediction = Prediction(frame.frame_id, frame.source, frame.seq, frame.captured_at,
-                                [Score(0, "answer", 1.0)], 1.0, [])
+        prediction = self.answer(frame) if self.answer else Prediction(
+            frame.frame_id, frame.source, frame.seq, frame.captured_at,
+            [Score(0, "answer", 1.0)], 1.0, [])
         self.session.publish(self.topics.predictions, prediction.to_json(), qos=1)
 
     def wait_frames(self, count: int, timeout: float = 60.0) -> list[bytes]:

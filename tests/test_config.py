@@ -397,6 +397,8 @@ def sample(action: argparse.Action) -> tuple[list[str], object]:
         return [action.option_strings[0]], True
     if action.choices:
         value = next(iter(action.choices))
+    elif action.dest == "camera.crop":
+        return [action.option_strings[0], "0,8,64,48"], [0, 8, 64, 48]
     else:
         value = {int: 2, float: 2.5}.get(action.type, "640x480" if "size" in action.dest
                                            else "x")

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from aiotedge.contracts.errors import ImageError
+from aiotedge.contracts.geometry import View
 from aiotedge.contracts.manifest import Preprocessing
 from aiotedge.contracts.tensors import TensorSpec
 from aiotedge.media.image import (
@@ -226,14 +227,15 @@ CAMERA_MODEL = ModelInput(Preprocessing(24, 16, mean=127.5, std=127.5),
 def test_a_camera_preprocesses_a_turned_photo_as_stage_zero_would(orientation, image_format):
     photo = tagged(gradient(), orientation, image_format)
     frame = CapturedFrame(1.0, "turned", encoded=photo)
-    tensor = prepare(frame, "tensor", CAMERA_MODEL, 90)
+    tensor, view = prepare(frame, "tensor", CAMERA_MODEL, 90)
+    assert view == View(*decode_image(photo).size)  # the upright frame, whole
     np.testing.assert_array_equal(tensor, preprocess(
         decode_image(photo), CAMERA_MODEL.preprocessing, CAMERA_MODEL.spec))
     # EXIF counted: not the tensor of the pixels as the sensor stored them
     stored = Image.open(io.BytesIO(photo))
     assert not np.array_equal(
         tensor, preprocess(stored, CAMERA_MODEL.preprocessing, CAMERA_MODEL.spec))
-    small = Image.open(io.BytesIO(prepare(frame, "jpeg", CAMERA_MODEL, 95)))
+    small = Image.open(io.BytesIO(prepare(frame, "jpeg", CAMERA_MODEL, 95)[0]))
     assert (small.format, small.size) == ("JPEG", (24, 16))
     upright = np.asarray(model_size(decode_image(photo), CAMERA_MODEL.preprocessing), dtype=int)
     np.testing.assert_allclose(np.asarray(small, dtype=int), upright, atol=24)
@@ -241,17 +243,18 @@ def test_a_camera_preprocesses_a_turned_photo_as_stage_zero_would(orientation, i
 
 def test_a_camera_sends_a_photo_untouched_and_decoded_frames_exactly():
     photo = png()
-    assert prepare(CapturedFrame(1.0, "p", encoded=photo), "none", CAMERA_MODEL, 90) is photo
+    as_is, view = prepare(CapturedFrame(1.0, "p", encoded=photo), "none", CAMERA_MODEL, 90)
+    assert as_is is photo and view == View(*Image.open(io.BytesIO(photo)).size)
     # until stage 0's preprocessing is known, frames go as they are
-    assert prepare(CapturedFrame(1.0, "p", encoded=photo), "tensor", None, 90) is photo
+    assert prepare(CapturedFrame(1.0, "p", encoded=photo), "tensor", None, 90)[0] is photo
     # a decoded frame has no bytes of its own: its exact pixels, as a PNG until the model is
     # known, then as the tensor stage 0 would make of them
     decoded = CapturedFrame(1.0, "d", pixels=gradient)
     for mode in ("none", "jpeg", "tensor"):
-        lossless = Image.open(io.BytesIO(prepare(decoded, mode, None, 90)))
+        lossless = Image.open(io.BytesIO(prepare(decoded, mode, None, 90)[0]))
         assert lossless.format == "PNG"
         np.testing.assert_array_equal(np.asarray(lossless), gradient())
-    np.testing.assert_array_equal(prepare(decoded, "none", CAMERA_MODEL, 90), preprocess(
+    np.testing.assert_array_equal(prepare(decoded, "none", CAMERA_MODEL, 90)[0], preprocess(
         Image.fromarray(gradient()), CAMERA_MODEL.preprocessing, CAMERA_MODEL.spec))
     assert Image.open(io.BytesIO(snapshot_jpeg(decoded, 90))).format == "JPEG"
     assert Image.open(io.BytesIO(snapshot_jpeg(CapturedFrame(1.0, "p", encoded=photo),

@@ -107,6 +107,22 @@ def decode_image(data: bytes) -> Image.Image:
     return eight_bit(image)
 
 
+#: EXIF orientations whose picture is stored on its side (upright, its sides swap)
+_SIDEWAYS_ORIENTATIONS = frozenset({5, 6, 7, 8})
+_ORIENTATION_TAG = 0x0112
+
+
+def upright_size(data: bytes) -> tuple[int, int]:
+    """The width and height `decode_image` gives the photo, read from its header alone (a
+    camera passing its JPEGs on as they are must not decode each to say its size)."""
+    with _refused_as("broken image"):
+        image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+    with _refused_as("broken EXIF"):
+        sideways = image.getexif().get(_ORIENTATION_TAG) in _SIDEWAYS_ORIENTATIONS
+    width, height = image.size
+    return (height, width) if sideways else (width, height)
+
+
 def eight_bit(image: Image.Image) -> Image.Image:
     """The image in a mode `preprocess` converts to RGB exactly, or an ImageError saying why not.
 
