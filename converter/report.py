@@ -57,10 +57,11 @@ class LayerView:
         return f"{start}..{self.done[last_op]}"
 
 
-def analyze_report(graph: Graph, layers: LayerView | None = None) -> str:
+def analyze_report(graph: Graph, layers: LayerView | None = None,
+                   kind: str = "classification") -> str:
     points = graph.cut_points
     header = (
-        f"{graph.path.name if graph.path else 'model'}: {len(graph.ops)} operators, "
+        f"{graph.path.name if graph.path else 'model'} ({kind}): {len(graph.ops)} operators, "
         f"{human(graph.total_macs)} MACs, {len(points)} valid cut points "
         "(cut after op; the tensor is all that crosses)"
     )

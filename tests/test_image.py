@@ -16,8 +16,8 @@ from aiotedge.contracts.manifest import Preprocessing
 from aiotedge.contracts.tensors import TensorSpec
 from aiotedge.media.image import (
     MAX_PIXELS,
-    default_preprocessing,
     decode_image,
+    default_preprocessing,
     eight_bit,
     list_images,
     model_size,
