@@ -39,7 +39,7 @@ from aiotedge_converter.verify import ImageResult, verify
 from aiotedge import __version__
 from aiotedge.config.sections import BrokerConfig
 from aiotedge.contracts.errors import AiotedgeError
-from aiotedge.contracts.manifest import KINDS, MANIFEST_NAME
+from aiotedge.contracts.manifest import KINDS, MANIFEST_NAME, RESIZES
 from aiotedge.contracts.plan import PLAN_BOARDS, PLAN_NAME
 from aiotedge.contracts.profile import INPUT_KINDS, Profile
 from aiotedge.tflite.graph import Graph, load_graph
@@ -207,6 +207,7 @@ def cmd_split(args: argparse.Namespace) -> int:
         kind=kind,
         mean=args.mean,
         std=args.std,
+        resize=args.resize,
         copy_source=args.copy_source,
         num_threads=args.threads,
     )
@@ -447,6 +448,11 @@ def _add_split_parser(sub: argparse._SubParsersAction) -> None:
         help="preprocessing std (default: recorded by import, else 1/scale if quantized, "
         "else 127.5)",
     )
+    split.add_argument(
+        "--resize", choices=RESIZES, default="antialiased",
+        help="how stage 0 resizes a photo: antialiased (Pillow's bilinear) or sampled (2x2 "
+        "bilinear, as TensorFlow and TFLite Support resize; docs/models.md) "
+        "(default: %(default)s)")
     split.add_argument(
         "--no-copy-source",
         dest="copy_source",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from aiotedge_converter.errors import ConverterError
@@ -36,6 +36,8 @@ class SplitOptions:
     kind: str = "classification"
     mean: float | None = None
     std: float | None = None
+    #: Preprocessing.resize
+    resize: str = "antialiased"
     copy_source: bool = True
     num_threads: int | None = None
 
@@ -87,7 +89,8 @@ def split_model(graph: Graph, plan: Plan, out_dir: Path, options: SplitOptions,
     if info is not None:  # the normalisation the Keras model was trained with
         mean = info.mean if mean is None else mean
         std = info.std if std is None else std
-    preprocessing = default_preprocessing(whole.input_spec, mean, std)
+    preprocessing = replace(default_preprocessing(whole.input_spec, mean, std),
+                            resize=options.resize)
     if options.copy_source:
         target = out_dir / source_path.name
         if not target.exists() or not target.samefile(source_path):

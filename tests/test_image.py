@@ -281,3 +281,14 @@ def test_an_unquantized_int8_input_is_refused_with_the_flags_that_fix_it():
     with pytest.raises(ModelError, match=r"int8 with no quantization.*--mean M --std S"):
         default_preprocessing(spec, None, None)
     assert default_preprocessing(spec, 128.0, 1.0).mean == 128.0
+
+
+def test_sampled_resizing_interpolates_the_2x2_pixels_nearest_each_centre():
+    """As TFLite Support (libyuv) and tf.image.resize do; Pillow's own bilinear widens its
+    filter when shrinking and mixes in the farther pixels."""
+    row = np.array([[[0] * 3, [100] * 3, [200] * 3, [250] * 3]], dtype=np.uint8)
+    photo = Image.fromarray(row)
+    sampled = model_size(photo, Preprocessing(2, 1, resize="sampled"))
+    assert np.asarray(sampled)[0, :, 0].tolist() == [50, 225]
+    antialiased = model_size(photo, Preprocessing(2, 1))
+    assert np.asarray(antialiased)[0, :, 0].tolist() != [50, 225]

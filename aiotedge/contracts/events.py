@@ -357,7 +357,8 @@ def _preprocessing(data: Any) -> Preprocessing | None:
     if data is None:
         return None
     prep = Preprocessing(width=int(data["width"]), height=int(data["height"]),
-                         mean=float(data["mean"]), std=float(data["std"]))
+                         mean=float(data["mean"]), std=float(data["std"]),
+                         resize=str(data.get("resize", "antialiased")))
     sides_ok = all(1 <= side <= MAX_INPUT_SIDE for side in (prep.width, prep.height))
     if not (sides_ok and math.isfinite(prep.mean) and math.isfinite(prep.std) and prep.std):
         raise ValueError(f"unusable preprocessing {prep}")

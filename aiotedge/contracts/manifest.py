@@ -23,6 +23,8 @@ MANIFEST_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 #: what the last stage's output means (docs/models.md); a manifest without `kind` classifies
 KINDS = ("classification", "detection", "pose", "segmentation")
+#: how stage 0 resizes a photo (Preprocessing.resize); a manifest without one: "antialiased"
+RESIZES = ("antialiased", "sampled")
 
 
 def _outputs_to_dict(extra: tuple[TensorSpec, ...]) -> dict[str, Any]:
@@ -51,6 +53,15 @@ class Preprocessing:
     height: int
     mean: float = 127.5
     std: float = 127.5
+    #: "antialiased": Pillow's bilinear, which widens its filter to the scale when shrinking
+    #: (every source pixel counts); "sampled": bilinear interpolation of the 2x2 pixels nearest
+    #: each output pixel's centre, as TensorFlow's tf.image.resize, TFLite Support (libyuv) and
+    #: OpenCV's INTER_LINEAR do (what models trained in TensorFlow saw)
+    resize: str = "antialiased"
+
+    def __post_init__(self) -> None:
+        if self.resize not in RESIZES:
+            raise ManifestError(f"unknown resize {self.resize!r} (known: {', '.join(RESIZES)})")
 
 
 @dataclass(frozen=True)

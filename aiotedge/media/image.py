@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL.PngImagePlugin import PngInfo
 
 from aiotedge.contracts.errors import ImageError, ModelError
 from aiotedge.contracts.manifest import Preprocessing
@@ -129,9 +130,26 @@ def eight_bit(image: Image.Image) -> Image.Image:
     return Image.fromarray((values >> (bits - 8)).astype(np.uint8))
 
 
+def mask_png(mask: np.ndarray, frame_id: str) -> bytes:
+    """A class mask (the class index of each pixel) as a grey PNG, the frame's id in its
+    `frame_id` text chunk: any image tool opens it, a program reads the classes back exactly."""
+    info = PngInfo()
+    info.add_text("frame_id", frame_id)
+    out = io.BytesIO()
+    Image.fromarray(mask).save(out, format="PNG", pnginfo=info)
+    return out.getvalue()
+
+
 def model_size(image: Image.Image, prep: Preprocessing) -> Image.Image:
-    """The photo in RGB at the model's input size (bilinear): what `preprocess` normalises."""
-    return image.convert("RGB").resize((prep.width, prep.height), Image.Resampling.BILINEAR)
+    """The photo in RGB at the model's input size (bilinear, as `prep.resize` says): what
+    `preprocess` normalises. Pillow's affine transform samples the 2x2 nearest pixels of each
+    output pixel's centre without widening its filter: "sampled" bilinear."""
+    rgb = image.convert("RGB")
+    size = (prep.width, prep.height)
+    if prep.resize == "sampled":
+        scale = (rgb.width / prep.width, 0, 0, 0, rgb.height / prep.height, 0)
+        return rgb.transform(size, Image.Transform.AFFINE, scale, Image.Resampling.BILINEAR)
+    return rgb.resize(size, Image.Resampling.BILINEAR)
 
 
 def preprocess(image: Image.Image, prep: Preprocessing, spec: TensorSpec) -> np.ndarray:
