@@ -141,6 +141,9 @@ def _check_type(value: Any, expected: Any, where: str) -> Any:
             return _finite(value, where)
         if option is int and isinstance(value, bool):
             continue
+        if typing.get_origin(option) is tuple and isinstance(value, list | tuple) \
+                and all(isinstance(item, str) for item in value):
+            return tuple(value)  # a list of strings (the only list a setting takes)
         if isinstance(option, type) and option is not type(None) and isinstance(value, option):
             return value
     names = " or ".join(getattr(a, "__name__", str(a)) for a in allowed if a is not type(None))

@@ -53,6 +53,11 @@ class Topics:
         """Retained: the camera's latest JPEG that got a prediction (dashboards, Home Assistant)."""
         return f"{self.frames_base}/snapshot/{camera}"
 
+    def mask(self, source: str) -> str:
+        """Retained: a segmentation model's latest class mask of a source's frame, as a PNG
+        (one byte a pixel: the class index; its `frame_id` in a text chunk)."""
+        return f"{self.frames_base}/mask/{source}"
+
     @property
     def predictions(self) -> str:
         return f"{self.base}/predictions"
