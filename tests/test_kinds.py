@@ -163,3 +163,19 @@ def test_shared_models_of_every_kind_split_and_verify_bit_identical(kind, stages
                                 str(stages), *(["--labels", str(labels)] if labels else []))
     assert manifest.kind == kind
     assert len(manifest.stages) == stages
+
+
+def test_profile_and_plan_work_on_a_detection_model(tiny, tmp_path, photos):
+    """The post-processing op is measured with the last piece: plan's stages include it."""
+    from tests.test_profile import profile_command
+
+    profile = tmp_path / "profile.json"
+    assert profile_command(str(tiny["detection"]), "--out", str(profile), "--threads", "1",
+                           "--runs", "2", "--warmup", "1", "--rounds", "1", "--no-mqtt") == 0
+    assert convert(["plan", str(tiny["detection"]), "--boards", "2", "--profile", str(profile),
+                    "--max-stages", "2", "--labels", str(photos / "labels.txt"),
+                    "--out", str(tmp_path / "plan")]) == 0
+    manifest = Manifest.load(tmp_path / "plan")
+    assert manifest.kind == "detection"
+    assert len(manifest.stages[-1].outputs) == 4
+    assert manifest.labels == DETECTION_LABELS
