@@ -179,3 +179,19 @@ def test_profile_and_plan_work_on_a_detection_model(tiny, tmp_path, photos):
     assert manifest.kind == "detection"
     assert len(manifest.stages[-1].outputs) == 4
     assert manifest.labels == DETECTION_LABELS
+
+
+def test_a_manifest_refuses_an_int64_between_stages_and_extra_outputs_before_the_last(tiny,
+                                                                                     tmp_path,
+                                                                                     photos):
+    from dataclasses import replace
+
+    from aiotedge.contracts.errors import ManifestError
+
+    manifest = split_and_verify(tiny["detection"], tmp_path, photos, "--stages", "2")
+    first, last = manifest.stages
+    wide = replace(first.output, dtype="int64")
+    with pytest.raises(ManifestError, match="unsupported dtype 'int64'"):
+        replace(manifest, stages=(replace(first, output=wide), replace(last, input=wide)))
+    with pytest.raises(ManifestError, match="stage 0 has several outputs: only the last"):
+        replace(manifest, stages=(replace(first, extra_outputs=last.extra_outputs), last))
