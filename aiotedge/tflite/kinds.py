@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from ai_edge_litert import schema_py_generated as schema
 from flatbuffers import flexbuffers
 
 from aiotedge.contracts.errors import ModelError
@@ -36,7 +37,7 @@ def _producer(graph: Graph, tensor_index: int) -> str | None:
     return None
 
 
-def _detection_op(graph: Graph):  # type: ignore[no-untyped-def]  # schema.OperatorT
+def _detection_op(graph: Graph) -> schema.OperatorT | None:
     for op, info in zip(graph.subgraph.operators, graph.ops, strict=True):
         if info.kind == DETECTION_POSTPROCESS:
             return op
