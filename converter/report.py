@@ -139,10 +139,12 @@ def plan_report(
             row += [basis.profiles[index].label] if heterogeneous else []
         last = stage.last_op == len(graph.ops) - 1
         tensor = graph.tensor(graph.boundary_tensor(stage.last_op))
-        row += [
-            f"{shape_text(tensor.shape)} {tensor.dtype}",
-            str(tensor.nbytes) + (" (result)" if last else ""),
-        ]
+        outputs = len(graph.boundary_tensors(stage.last_op))
+        if outputs > 1:  # a detection model's last stage: its four outputs are the result
+            row += [f"{outputs} outputs", "(result)"]
+        else:
+            row += [f"{shape_text(tensor.shape)} {tensor.dtype}",
+                    str(tensor.nbytes) + (" (result)" if last else "")]
         rows.append(row)
     cuts = f"cuts after ops {','.join(map(str, plan.cuts))}" if plan.cuts else "no cut"
     return "\n".join(
