@@ -235,7 +235,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         raise ConverterError(f"--boards must be at least 1, got {args.boards}")
     if args.out:
         toml_writer()  # refused before the planning, not after the segments are written
-    kind = model_kind(graph)
+    kind = model_kind(graph, args.kind)
     labels = read_labels(args.labels, graph, kind) if args.labels else None
     links = Links(args.link_mbps, args.broker_link_mbps)
     cluster = cluster_from_profiles(graph, _load_profiles(args.profile or []), args.boards,
@@ -248,7 +248,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         title = f"{graph.path.name if graph.path else 'model'} on {plural(args.boards, 'board')}"
         print(f"plot: {plot_cluster(cluster, strategies, title, args.plot)}")
     if args.out:
-        options = SplitOptions(labels=labels, kind=kind, num_threads=args.threads)
+        options = SplitOptions(labels=labels, kind=kind, mean=args.mean, std=args.std,
+                               resize=args.resize, num_threads=args.threads)
         configs = write_deployment(graph, strategies, cluster, args.out, options=options,
                                    pipeline=args.pipeline, broker=_broker(args.broker),
                                    discovery=args.homeassistant)
@@ -294,6 +295,7 @@ def _add_plan_parser(sub: argparse._SubParsersAction) -> None:
                       "(default: only print the plan)")
     plan.add_argument("--plot", type=Path, metavar="PLAN.png", help=PLOT_HELP)
     plan.add_argument("--labels", type=Path, metavar="FILE", help=LABELS_HELP)
+    _add_model_options(plan)
     plan.add_argument("--pipeline", default="greenhouse",
                       help="pipeline name in the board configs (default: %(default)s)")
     plan.add_argument("--broker", default="broker.lan:8883", metavar="HOST[:PORT]",
@@ -398,6 +400,24 @@ def _add_import_parser(sub: argparse._SubParsersAction) -> None:
     imp.set_defaults(func=cmd_import)
 
 
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    """What the model's graph may not tell: its kind and how stage 0 makes its input."""
+    parser.add_argument("--kind", choices=KINDS, help=KIND_HELP)
+    parser.add_argument(
+        "--mean", type=float,
+        help="preprocessing mean (default: recorded by import, else from the input tensor: zero "
+        "point if quantized, 0 for unquantized uint8, 127.5 for float; docs/manifest.md)")
+    parser.add_argument(
+        "--std", type=float,
+        help="preprocessing std (default: recorded by import, else from the input tensor: "
+        "1/scale if quantized, 1 for unquantized uint8, 127.5 for float)")
+    parser.add_argument(
+        "--resize", choices=RESIZES, default="antialiased",
+        help="how stage 0 resizes a photo: antialiased (Pillow's bilinear) or sampled (2x2 "
+        "bilinear, as TensorFlow and TFLite Support resize; docs/models.md) "
+        "(default: %(default)s)")
+
+
 def _add_split_parser(sub: argparse._SubParsersAction) -> None:
     split = sub.add_parser("split", help="plan the stages, write segments and manifest.json")
     split.add_argument("model", type=Path, metavar="MODEL.tflite")
@@ -435,24 +455,7 @@ def _add_split_parser(sub: argparse._SubParsersAction) -> None:
     )
     split.add_argument("--plot", type=Path, metavar="PLAN.png", help=PLOT_HELP)
     split.add_argument("--labels", type=Path, metavar="FILE", help=LABELS_HELP)
-    split.add_argument("--kind", choices=KINDS, help=KIND_HELP)
-    split.add_argument(
-        "--mean",
-        type=float,
-        help="preprocessing mean (default: recorded by import, else zero point if quantized, "
-        "else 127.5)",
-    )
-    split.add_argument(
-        "--std",
-        type=float,
-        help="preprocessing std (default: recorded by import, else 1/scale if quantized, "
-        "else 127.5)",
-    )
-    split.add_argument(
-        "--resize", choices=RESIZES, default="antialiased",
-        help="how stage 0 resizes a photo: antialiased (Pillow's bilinear) or sampled (2x2 "
-        "bilinear, as TensorFlow and TFLite Support resize; docs/models.md) "
-        "(default: %(default)s)")
+    _add_model_options(split)
     split.add_argument(
         "--no-copy-source",
         dest="copy_source",

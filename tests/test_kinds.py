@@ -195,3 +195,18 @@ def test_a_manifest_refuses_an_int64_between_stages_and_extra_outputs_before_the
         replace(manifest, stages=(replace(first, output=wide), replace(last, input=wide)))
     with pytest.raises(ManifestError, match="stage 0 has several outputs: only the last"):
         replace(manifest, stages=(replace(first, extra_outputs=last.extra_outputs), last))
+
+
+def test_plan_takes_the_model_options_split_takes(tiny, tmp_path, photos):
+    from tests.test_profile import profile_command
+
+    profile = tmp_path / "profile.json"
+    assert profile_command(str(tiny["pose"]), "--out", str(profile), "--threads", "1",
+                           "--runs", "2", "--warmup", "1", "--rounds", "1", "--no-mqtt") == 0
+    assert convert(["plan", str(tiny["pose"]), "--boards", "1", "--profile", str(profile),
+                    "--kind", "classification", "--mean", "0", "--std", "255", "--resize",
+                    "sampled", "--out", str(tmp_path / "plan")]) == 0
+    manifest = Manifest.load(tmp_path / "plan")
+    assert manifest.kind == "classification"
+    assert (manifest.preprocessing.mean, manifest.preprocessing.std) == (0.0, 255.0)
+    assert manifest.preprocessing.resize == "sampled"

@@ -190,7 +190,7 @@ def default_preprocessing(spec: TensorSpec, mean: float | None, std: float | Non
     elif mean is None or std is None:
         raise ModelError(
             f"input {spec.name!r} is {spec.dtype} with no quantization: which values it wants "
-            "for a pixel cannot be told from the model; give them (aiotedge-convert split "
+            "for a pixel cannot be told from the model; give them (aiotedge-convert split or plan "
             "--mean M --std S: input = (pixel - M) / S)")
     else:
         default_mean, default_std = mean, std
