@@ -146,8 +146,14 @@ def _check_type(value: Any, expected: Any, where: str) -> Any:
             return tuple(value)  # a list of strings (the only list a setting takes)
         if isinstance(option, type) and option is not type(None) and isinstance(value, option):
             return value
-    names = " or ".join(getattr(a, "__name__", str(a)) for a in allowed if a is not type(None))
+    names = " or ".join(_type_name(a) for a in allowed if a is not type(None))
     raise ConfigError(f"{where} must be {names}, got {type(value).__name__} {value!r}")
+
+
+def _type_name(expected: Any) -> str:
+    if typing.get_origin(expected) is tuple:
+        return "a list of strings"
+    return getattr(expected, "__name__", str(expected))
 
 
 def _finite(value: float, where: str) -> float:
