@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from aiotedge.contracts.errors import ImageError
+from aiotedge.contracts.errors import ImageError, ModelError
 from aiotedge.contracts.geometry import View
 from aiotedge.contracts.manifest import Preprocessing
 from aiotedge.contracts.tensors import TensorSpec
 from aiotedge.media.image import (
     MAX_PIXELS,
     decode_image,
+    default_preprocessing,
     eight_bit,
     list_images,
     model_size,
@@ -261,3 +262,36 @@ def test_a_camera_sends_a_photo_untouched_and_decoded_frames_exactly():
                                                90))).format == "JPEG"
     with pytest.raises(ImageError):
         prepare(CapturedFrame(1.0, "bad", encoded=b"plain text"), "jpeg", CAMERA_MODEL, 90)
+
+
+def test_an_unquantized_uint8_input_gets_raw_pixels_not_the_float_range():
+    """MoveNet takes uint8 pixels with no quantization: (pixel - 127.5) / 127.5 would make
+    every pixel 0 or 1 (and 0 of 17 keypoints found on a photo of a person)."""
+    spec = TensorSpec("pixels", (1, 2, 2, 3), "uint8")
+    prep = default_preprocessing(spec, None, None)
+    assert (prep.mean, prep.std) == (0.0, 1.0)
+    photo = Image.fromarray(np.array([[[0, 100, 255], [7, 8, 9]]] * 2, dtype=np.uint8))
+    np.testing.assert_array_equal(preprocess(photo, prep, spec)[0], np.asarray(photo))
+
+
+def test_a_float_input_gets_the_range_minus_one_to_one():
+    prep = default_preprocessing(TensorSpec("x", (1, 4, 4, 3), "float32"), None, None)
+    assert (prep.mean, prep.std) == (127.5, 127.5)
+
+
+def test_an_unquantized_int8_input_is_refused_with_the_flags_that_fix_it():
+    spec = TensorSpec("x", (1, 4, 4, 3), "int8")
+    with pytest.raises(ModelError, match=r"int8 with no quantization.*--mean M --std S"):
+        default_preprocessing(spec, None, None)
+    assert default_preprocessing(spec, 128.0, 1.0).mean == 128.0
+
+
+def test_sampled_resizing_interpolates_the_2x2_pixels_nearest_each_centre():
+    """As TFLite Support (libyuv) and tf.image.resize do; Pillow's own bilinear widens its
+    filter when shrinking and mixes in the farther pixels."""
+    row = np.array([[[0] * 3, [100] * 3, [200] * 3, [250] * 3]], dtype=np.uint8)
+    photo = Image.fromarray(row)
+    sampled = model_size(photo, Preprocessing(2, 1, resize="sampled"))
+    assert np.asarray(sampled)[0, :, 0].tolist() == [50, 225]
+    antialiased = model_size(photo, Preprocessing(2, 1))
+    assert np.asarray(antialiased)[0, :, 0].tolist() != [50, 225]

@@ -146,10 +146,19 @@ def _check_type(value: Any, expected: Any, where: str) -> Any:
         if typing.get_origin(option) is list and isinstance(value, list):  # e.g. list[int]
             item = typing.get_args(option)[0]
             return [_check_type(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+        if typing.get_origin(option) is tuple and isinstance(value, list | tuple) \
+                and all(isinstance(item, str) for item in value):
+            return tuple(value)  # a list of strings (the only list a setting takes)
         if isinstance(option, type) and option is not type(None) and isinstance(value, option):
             return value
-    names = " or ".join(getattr(a, "__name__", str(a)) for a in allowed if a is not type(None))
+    names = " or ".join(_type_name(a) for a in allowed if a is not type(None))
     raise ConfigError(f"{where} must be {names}, got {type(value).__name__} {value!r}")
+
+
+def _type_name(expected: Any) -> str:
+    if typing.get_origin(expected) is tuple:
+        return "a list of strings"
+    return getattr(expected, "__name__", str(expected))
 
 
 def _finite(value: float, where: str) -> float:

@@ -255,6 +255,11 @@ class StageConfig:
     queue_size: int = field(default=4, metadata=flag(
         "--queue-size", help="frames waiting for inference at most"))
     top_k: int = 5
+    #: the last stage: results with a lower score (for segmentation: share of the frame) are
+    #: left out of predictions, for every kind; None: none is
+    min_score: float | None = None
+    #: the last stage: only these labels (or keypoint names) are kept; empty: every one
+    labels: tuple[str, ...] = ()
     max_message_bytes: int = field(default=8 * 1024 * 1024, metadata=flag(
         "--max-message-bytes", help="refuse larger messages before decoding them"))
     #: replicas of a stage with the same group share its frames (MQTT v5 shared subscription)
@@ -279,6 +284,8 @@ class StageConfig:
         # the broker's Receive Maximum: two bytes, 0 is a protocol error (MQTT 5 §3.1.2.11.3)
         require_range("queue_size", self.queue_size, 1, 65535)
         require_range("top_k", self.top_k, 1)
+        if self.min_score is not None:
+            require_range("min_score", self.min_score, 0.0)
         # no MQTT packet is larger (MQTT 5 §1.5.5, Remaining Length)
         require_range("max_message_bytes", self.max_message_bytes, 1, 268435455)
         if self.share_group:

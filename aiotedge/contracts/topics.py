@@ -71,6 +71,10 @@ class Topics:
 
     def camera_counts(self, camera: str) -> str:
         return f"{self.base}/count/{camera}/+"
+    def mask(self, source: str) -> str:
+        """Retained: a segmentation model's latest class mask of a source's frame, as a PNG
+        (one byte a pixel: the class index; its `frame_id` in a text chunk)."""
+        return f"{self.frames_base}/mask/{source}"
 
     @property
     def predictions(self) -> str:
