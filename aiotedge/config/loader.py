@@ -143,12 +143,10 @@ def _check_type(value: Any, expected: Any, where: str) -> Any:
             return _finite(value, where)
         if option is int and isinstance(value, bool):
             continue
-        if typing.get_origin(option) is list and isinstance(value, list):  # e.g. list[int]
+        origin = typing.get_origin(option)  # list[int], tuple[str, ...]: each item checked
+        if origin in (list, tuple) and isinstance(value, list | tuple):
             item = typing.get_args(option)[0]
-            return [_check_type(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
-        if typing.get_origin(option) is tuple and isinstance(value, list | tuple) \
-                and all(isinstance(item, str) for item in value):
-            return tuple(value)  # a list of strings (the only list a setting takes)
+            return origin(_check_type(v, item, f"{where}[{i}]") for i, v in enumerate(value))
         if isinstance(option, type) and option is not type(None) and isinstance(value, option):
             return value
     names = " or ".join(_type_name(a) for a in allowed if a is not type(None))
@@ -156,8 +154,8 @@ def _check_type(value: Any, expected: Any, where: str) -> Any:
 
 
 def _type_name(expected: Any) -> str:
-    if typing.get_origin(expected) is tuple:
-        return "a list of strings"
+    if typing.get_origin(expected) in (list, tuple):
+        return f"a list of {_type_name(typing.get_args(expected)[0])}"
     return getattr(expected, "__name__", str(expected))
 
 
