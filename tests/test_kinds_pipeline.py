@@ -5,6 +5,7 @@ tests expect of them (../shared/README.md)."""
 from __future__ import annotations
 
 import io
+import json
 import queue
 
 import numpy as np
@@ -12,12 +13,17 @@ import pytest
 from aiotedge_converter.cli import main as convert
 from PIL import Image
 
-from aiotedge.config.sections import StageConfig
+from aiotedge.config.sections import CameraConfig, EventsConfig, StageConfig
 from aiotedge.contracts.manifest import Manifest
+from aiotedge.media.draw import MARK_COLOUR
 from aiotedge.media.image import read_photo
+from aiotedge.media.sources import open_source
+from aiotedge.nodes.daemons.camera import Camera
 from aiotedge.nodes.daemons.local import LocalPipeline
 from aiotedge.nodes.mqtt.session import MqttSession
 from tests.conftest import SHARED_DATA
+from tests.media import write_video
+from tests.test_camera_events import Recorder, read_retained_one
 
 #: tflite-support's expected detections of cats_and_dogs.jpg: label, score, (x, y, w, h) px
 EXPECTED_OBJECTS = [("cat", 0.64, (54, 396, 393, 196)), ("cat", 0.61, (602, 157, 394, 447)),
@@ -99,3 +105,48 @@ def test_deeplab_s_mask_matches_the_expected_one(broker, tmp_path):
     shares = {c.label: c.share for c in prediction.classes}
     assert set(shares) == {"background", "person", "horse"}
     assert sum(shares.values()) == pytest.approx(1.0)
+
+
+def test_a_person_in_a_clip_through_the_real_detector_is_one_appeared_one_gone_and_a_snapshot(
+        broker, tmp_path):
+    """The camera owner's question end to end: a clip made here (an empty room, a person, the
+    empty room again) through a camera and the SSD model split in 3 stages, with events for
+    people: one "appeared", one "gone", the retained count 0 -> 1 -> 0, and the event's
+    snapshot with the person's box drawn where the person stands in the camera's frame."""
+    manifest = split(shared("detection/coco_ssd_mobilenet_v1_1.0_quant.tflite"), tmp_path,
+                     "--labels", str(shared("detection/coco_labels.txt")), "--resize", "sampled")
+    room = Image.new("RGB", (640, 480), (90, 110, 100))
+    person = room.copy()
+    person.paste(Image.open(shared("pose/girl.jpg")).convert("RGB").resize((384, 384)), (200, 60))
+    video = write_video(tmp_path / "hall.mkv", [room] * 3 + [person] * 4 + [room] * 4,
+                        lossless=True)
+    options = CameraConfig(source=str(video), name="hall", in_flight=1)
+    events = EventsConfig(labels=["person"], min_score=0.6, gone_after=2, cooldown=3600)
+    with LocalPipeline(manifest, broker=broker.address) as pipeline:
+        topics = pipeline.topics
+        recorder = Recorder(broker, [topics.events, topics.count("hall", "person")])
+        session = MqttSession(broker.address, "camera-hall")
+        session.start()
+        assert session.wait_connected(10)
+        camera = Camera(session, topics, options, events=events)
+        try:
+            assert camera.run(open_source(options, "source")) == 11
+            messages = recorder.wait_for(lambda got: any(b'"gone"' in p for _, p in got))
+        finally:
+            session.stop()
+            recorder.session.stop()
+        snapshot = read_retained_one(broker, topics.event_snapshot("hall", "person"))
+
+    said = [json.loads(p) for t, p in messages if t == topics.events]
+    assert [(e["type"], e["label"], e["count"]) for e in said] == [
+        ("appeared", "person", 1), ("gone", "person", 0)]
+    assert [json.loads(p)["count"] for t, p in messages if t != topics.events] == [0, 1, 0]
+    box = said[0]["objects"][0]["box_px"]
+    # the person stands in (200, 60) - (584, 444) of the frame; the model's box lies within it
+    assert 190 <= box["xmin"] < box["xmax"] <= 594 and 50 <= box["ymin"] < box["ymax"] <= 454
+    drawn = np.asarray(Image.open(io.BytesIO(snapshot)).convert("RGB"), dtype=int)
+    assert drawn.shape == (480, 640, 3)
+    marked = np.all(np.abs(drawn - MARK_COLOUR) < 60, axis=-1)
+    left, top, bottom = round(box["xmin"]), round(box["ymin"]), round(box["ymax"])
+    assert marked[top + 10:bottom - 10, max(left - 3, 0):left + 3].any(axis=1).all()
+    assert not marked[:, :150].any()  # nothing drawn far from the person
