@@ -147,12 +147,6 @@ def test_labels_for_a_pose_model_are_refused(tiny, tmp_path, capsys):
     assert "a pose model's results have no labels" in capsys.readouterr().err
 
 
-def test_a_manifest_without_kind_reads_as_a_classification(split3, tmp_path):
-    data = split3.to_dict()
-    del data["kind"]
-    assert Manifest.from_dict(data, split3.directory).kind == "classification"
-
-
 @pytest.mark.parametrize("stages", range(2, 6))
 @pytest.mark.parametrize("kind", sorted(SHARED))
 def test_shared_models_of_every_kind_split_and_verify_bit_identical(kind, stages, tmp_path):
@@ -210,3 +204,14 @@ def test_plan_takes_the_model_options_split_takes(tiny, tmp_path, photos):
     assert manifest.kind == "classification"
     assert (manifest.preprocessing.mean, manifest.preprocessing.std) == (0.0, 255.0)
     assert manifest.preprocessing.resize == "sampled"
+
+
+def test_a_classifier_s_manifest_written_before_kinds_keeps_its_fingerprint(split3):
+    """Boards are upgraded one at a time: a manifest of the format before kinds and resizers
+    (no `kind`, no `resize`) must read back to the same dict, hence the same fingerprint, or an
+    upgraded stage would refuse its neighbours as another split."""
+    written = json.loads((split3.directory / "manifest.json").read_text())
+    assert "kind" not in written and "resize" not in written["preprocessing"]
+    again = Manifest.from_dict(written, split3.directory)
+    assert again.kind == "classification"
+    assert again.to_dict() == written

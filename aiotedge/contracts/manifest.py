@@ -198,11 +198,16 @@ class Manifest:
         return str(class_index)
 
     def to_dict(self) -> dict[str, Any]:
+        """A classifier resized as before writes no `kind` and no `resize`: its manifest reads
+        as it did, with the same fingerprint, so boards can be upgraded one at a time."""
+        preprocessing = asdict(self.preprocessing)
+        if self.preprocessing.resize == Preprocessing.resize:
+            del preprocessing["resize"]
         return {
             "format_version": self.format_version,
-            "kind": self.kind,
+            **({"kind": self.kind} if self.kind != "classification" else {}),
             "source": self.source.to_dict(),
-            "preprocessing": asdict(self.preprocessing),
+            "preprocessing": preprocessing,
             "labels": list(self.labels) if self.labels is not None else None,
             "stages": [stage.to_dict() for stage in self.stages],
         }
