@@ -169,6 +169,8 @@ class Prediction:
     keypoints: list[Keypoint] = field(default_factory=list)
     classes: list[ClassShare] = field(default_factory=list)
     schema: int = PREDICTION_SCHEMA
+    #: the release that computed it (a node daemon's stage, docs/fleet.md); absent otherwise
+    release: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -181,6 +183,8 @@ class Prediction:
         for kind, name in RESULT_FIELDS.items():
             if kind != self.kind:
                 del data[name]
+        if self.release is None:
+            del data["release"]
         return json.dumps(data, separators=(",", ":"), allow_nan=False)
 
     @classmethod
@@ -209,6 +213,7 @@ class Prediction:
             keypoints=[Keypoint(**k) for k in data.get("keypoints", [])],
             classes=[ClassShare(**c) for c in data.get("classes", [])],
             schema=int(data.get("schema", 1)),
+            release=data["release"] if isinstance(data.get("release"), str) else None,
         )
 
     def summary(self) -> str:

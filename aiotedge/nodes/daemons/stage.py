@@ -22,6 +22,7 @@ import time
 import zlib
 from collections.abc import Callable
 from contextlib import ExitStack
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -421,7 +422,10 @@ class StageNode:
             if not all(math.isfinite(score.score) for score in top):
                 raise UnusableOutputError("the model's output is not finite (NaN or infinity): "
                                           "no prediction can be made of it")
-            payload = build_prediction(frame, top, hop).to_json().encode()
+            prediction = build_prediction(frame, top, hop)
+            if self.config.release:  # a node daemon's stage: which release answered
+                prediction = replace(prediction, release=self.config.release)
+            payload = prediction.to_json().encode()
             self._answered.seen(frame.frame_id)
         else:
             payload = encode_frame(frame.with_tensor(output, self.spec.output, hop),
