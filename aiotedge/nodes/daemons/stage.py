@@ -499,8 +499,13 @@ def stage_session(config: NodeConfig) -> MqttSession:
     )
 
 
-def run_stage(config: NodeConfig, stop: threading.Event | None = None) -> int:
+def run_stage(config: NodeConfig, stop: threading.Event | None = None, *,
+              on_serving: Callable[[StageNode], None] | None = None,
+              notify_systemd: bool = True) -> int:
     """A stage daemon from start to stop: 0 when stopped, 2 when it does not fit the chain.
+
+    A node daemon (nodes/daemons/node.py) runs it in a thread per release it serves: it
+    hears when the stage serves (`on_serving`), and speaks to systemd itself.
 
     `stop` defaults to SIGTERM/SIGINT (systemctl stop, Ctrl-C). Whether the stage fits its
     online neighbours is checked on its own connection, once the broker has sent it the
@@ -543,7 +548,10 @@ def run_stage(config: NodeConfig, stop: threading.Event | None = None) -> int:
         running.callback(pipeline.leaving)
         if bridge is not None:
             bridge.start()
-        systemd.notify(f"READY=1\nSTATUS=stage {node.index} serving {node.input_topic}")
-        running.callback(systemd.notify, "STOPPING=1")
+        if on_serving is not None:
+            on_serving(node)
+        if notify_systemd:
+            systemd.notify(f"READY=1\nSTATUS=stage {node.index} serving {node.input_topic}")
+            running.callback(systemd.notify, "STOPPING=1")
         stop.wait()
     return 0

@@ -1,0 +1,253 @@
+"""`aiotedge-convert deploy`: a model onto the node daemons online, as a release (docs/fleet.md).
+
+Plans for the nodes that announce themselves (MACs over each node's speed profile: the exact
+min-max cut of planner.py, one stage per node, the fastest nodes first; nodes left over
+become replicas of the stage that then costs most per replica), splits the model here to
+learn each segment's sha256 (the same cut every node makes), publishes the model's chunks and
+then the release, retained, and waits until every node of the release serves its stage. Only
+then does the live pointer move to it: the release before keeps serving until that moment,
+and drains afterwards. A node refusing the release, or a timeout, withdraws it (the live
+release stays) and names what each node said.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiotedge_converter.errors import ConverterError
+from aiotedge_converter.planner import CostModel, Plan, plan_pipeline
+from aiotedge_converter.split import SplitOptions, split_model
+
+from aiotedge.config.loader import NodeConfig
+from aiotedge.contracts.errors import ReleaseError
+from aiotedge.contracts.release import (
+    CHUNK_BYTES,
+    LiveRelease,
+    NodeReport,
+    Release,
+    sha256_hex,
+    split_chunks,
+)
+from aiotedge.contracts.topics import ONLINE, Topics
+from aiotedge.nodes.daemons.lifecycle import connect_once
+from aiotedge.nodes.mqtt.session import MqttSession, read_retained
+from aiotedge.nodes.mqtt.transport import Received
+from aiotedge.tflite.graph import Graph, decode_name
+
+log = logging.getLogger(__name__)
+
+#: seconds to wait for every node of a release to serve it
+DEFAULT_TIMEOUT = 300.0
+#: seconds to wait for the broker to take each retained message
+PUBLISH_TIMEOUT = 30.0
+
+
+class DeployError(ConverterError):
+    """A release that did not go live: the reason, and what each node said."""
+
+
+@dataclass(frozen=True)
+class Deployed:
+    release: Release
+    reports: dict[str, NodeReport]
+    #: the release that served before (draining now), if any
+    previous: str | None
+
+
+def assign_stages(graph: Graph, nodes: Sequence[NodeReport], stages: int | None = None
+                  ) -> tuple[Plan, tuple[tuple[str, ...], ...]]:
+    """The cuts and, per stage, its nodes: the min-max plan of MACs over each node's speed."""
+    if not nodes:
+        raise DeployError("no node online: start `aiotedge node` on the boards first")
+    cut_points = [point.op_index for point in graph.cut_points]
+    count = min(stages or len(nodes), len(nodes), len(cut_points) + 1)
+    if count < 1:
+        raise DeployError(f"--stages must be at least 1, got {stages}")
+    fastest = sorted(nodes, key=lambda n: (-n.mmacs_per_s, n.node))
+    chosen = sorted(fastest[:count], key=lambda n: n.node)
+    boards = [CostModel([macs / node.mmacs_per_s for macs in graph.op_macs]) for node in chosen]
+    plan = plan_pipeline(boards, cut_points)
+    assignments = [[node.node] for node in chosen]
+    costs = [stage.cost for stage in plan.stages]
+    for spare in fastest[count:]:  # each to the stage that costs most per replica
+        busiest = max(range(count), key=lambda k: costs[k] / len(assignments[k]))
+        assignments[busiest].append(spare.node)
+    return plan, tuple(tuple(stage) for stage in assignments)
+
+
+def min_runtime(graph: Graph) -> str | None:
+    """The model's `min_runtime_version` metadata (what the converter that made it says)."""
+    for entry in graph.model.metadata or []:
+        if decode_name(entry.name) == "min_runtime_version":
+            data = bytes(graph.model.buffers[entry.buffer].data or b"")
+            version = data.split(b"\0", 1)[0].decode("ascii", "replace").strip()
+            return version or None
+    return None
+
+
+def build_release(graph: Graph, release_id: str, nodes: Sequence[NodeReport], *,
+                  labels: tuple[str, ...] | None, kind: str, stages: int | None = None,
+                  chunk_bytes: int = CHUNK_BYTES) -> tuple[Release, list[bytes]]:
+    """The release and the model's chunks: planned, and split here for the segments' hashes."""
+    assert graph.path is not None
+    plan, assignments = assign_stages(graph, nodes, stages)
+    model = graph.path.read_bytes()
+    with tempfile.TemporaryDirectory(prefix="aiotedge-release-") as scratch:
+        manifest = split_model(graph, plan, Path(scratch),
+                               SplitOptions(labels=labels, copy_source=False))
+    chunks = split_chunks(model, chunk_bytes)
+    release = Release(
+        release=release_id, kind=kind, model_file=graph.path.name,
+        model_sha256=sha256_hex(model), model_bytes=len(model), chunk_bytes=chunk_bytes,
+        chunks=tuple(sha256_hex(chunk) for chunk in chunks), manifest=manifest.to_dict(),
+        assignments=assignments, min_runtime=min_runtime(graph))
+    return release, chunks
+
+
+class Deployer:
+    """One connection to the broker as the deployer's user: reads the nodes, publishes."""
+
+    def __init__(self, config: NodeConfig, client_id: str = "aiotedge-deploy") -> None:
+        self.config = config
+        self.topics: Topics = config.topics
+        self.session = MqttSession(config.broker, client_id, one_shot=True)
+        self._changed = threading.Condition()
+        self._reports: dict[str, NodeReport] = {}
+        self._online: dict[str, bool] = {}
+        self._releases: dict[str, Release | None] = {}
+        self._live: str | None = None
+
+    def __enter__(self) -> Deployer:
+        connect_once(self.session)
+        read_retained(self.session, [self.topics.all_info, self.topics.all_availability,
+                                     f"{self.topics.release_plan}/+", self.topics.live_release],
+                      self.topics.probe(self.session.client_id), follow=self._on_message)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.session.stop()
+
+    def _on_message(self, message: Received) -> None:
+        topic, name = message.topic, message.topic.rsplit("/", 1)[-1]
+        with self._changed:
+            if topic == self.topics.live_release:
+                live = LiveRelease.parse(message.payload) if message.payload else None
+                self._live = live.release if live else None
+            elif topic.startswith(self.topics.release_plan + "/"):
+                try:
+                    self._releases[name] = Release.parse(message.payload) \
+                        if message.payload else None
+                except ReleaseError:
+                    self._releases[name] = None
+            elif topic == self.topics.availability(name):
+                self._online[name] = message.payload == ONLINE.encode()
+            elif topic == self.topics.info(name):
+                report = NodeReport.parse(message.payload)
+                if report is not None:
+                    self._reports[name] = report
+            self._changed.notify_all()
+
+    def online_nodes(self) -> list[NodeReport]:
+        with self._changed:
+            return [r for name, r in sorted(self._reports.items()) if self._online.get(name)]
+
+    @property
+    def live(self) -> str | None:
+        return self._live
+
+    def _publish(self, topic: str, payload: bytes | str, what: str) -> None:
+        """Retained at QoS 1, once the broker took it; refused: the user may not deploy."""
+        answered = threading.Event()
+        refused: list[bool] = []
+
+        def confirmed(was_refused: bool) -> None:
+            refused.append(was_refused)
+            answered.set()
+
+        self.session.publish_confirmed(topic, payload, 1, confirmed, retain=True)
+        if not answered.wait(PUBLISH_TIMEOUT):
+            raise DeployError(f"the broker did not take {what} within {PUBLISH_TIMEOUT:.0f} s")
+        if refused[0]:
+            raise DeployError(f"the broker refused {what} on {topic}: may user "
+                              f"{self.config.broker.username or '(none)'} publish releases? "
+                              "(docs/fleet.md, security)")
+
+    def publish_release(self, release: Release, chunks: Sequence[bytes]) -> None:
+        """The chunks first, then the release that names them: a node that sees the release
+        finds every chunk."""
+        for index, chunk in enumerate(chunks):
+            self._publish(self.topics.model_chunk(release.chunks[index]), chunk,
+                          f"chunk {index + 1} of {len(chunks)}")
+        self._publish(f"{self.topics.release_plan}/{release.release}", release.to_json(),
+                      "the release")
+
+    def wait_ready(self, release: Release, timeout: float) -> dict[str, NodeReport]:
+        """Every node of the release ready; DeployError naming what each said otherwise."""
+        deadline = time.monotonic() + timeout
+
+        def states() -> dict[str, NodeReport | None]:
+            return {node: (r if (r := self._reports.get(node)) and r.release == release.release
+                           else None) for node in release.nodes}
+
+        with self._changed:
+            while True:
+                now = states()
+                refused = {n: r for n, r in now.items() if r and r.state == "refused"}
+                if refused:
+                    raise DeployError("; ".join(f"{n} refused it: {r.reason}"
+                                                for n, r in refused.items()))
+                if all(r and r.state == "ready" for r in now.values()):
+                    return {n: r for n, r in now.items() if r}
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    said = "; ".join(f"{n}: {r.state if r else 'nothing yet'}"
+                                     for n, r in now.items())
+                    raise DeployError(f"not every node ready within {timeout:.0f} s ({said})")
+                self._changed.wait(remaining)
+
+    def go_live(self, release: Release) -> None:
+        self._publish(self.topics.live_release, LiveRelease(release.release).to_json(),
+                      "the live pointer")
+
+    def withdraw(self, release_id: str) -> None:
+        self._publish(f"{self.topics.release_plan}/{release_id}", b"", "the withdrawal")
+
+    def forget_old(self, keep: set[str]) -> None:
+        """Releases other than `keep` (the live one and the one draining) and the chunks only
+        they named: cleared from the broker."""
+        with self._changed:
+            releases = dict(self._releases)
+        kept_chunks = {c for rid in keep if (r := releases.get(rid)) for c in r.chunks}
+        for rid, old in releases.items():
+            if rid in keep or old is None:
+                continue
+            self.withdraw(rid)
+            for digest in set(old.chunks) - kept_chunks:
+                self._publish(self.topics.model_chunk(digest), b"", "a chunk's removal")
+
+
+def deploy(config: NodeConfig, graph: Graph, release_id: str, *,
+           labels: tuple[str, ...] | None, kind: str = "classification",
+           stages: int | None = None, timeout: float = DEFAULT_TIMEOUT) -> Deployed:
+    """Plan, publish, wait for the nodes, go live (module docstring)."""
+    with Deployer(config) as deployer:
+        nodes = deployer.online_nodes()
+        release, chunks = build_release(graph, release_id, nodes, labels=labels, kind=kind,
+                                        stages=stages)
+        previous = deployer.live
+        log.info("release %s: %s", release.release, release.assignments)
+        deployer.publish_release(release, chunks)
+        try:
+            reports = deployer.wait_ready(release, timeout)
+        except DeployError:
+            deployer.withdraw(release.release)
+            raise
+        deployer.go_live(release)
+        deployer.forget_old({release.release, *([previous] if previous else [])})
+    return Deployed(release, reports, previous)
