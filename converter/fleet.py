@@ -85,7 +85,8 @@ def min_runtime(graph: Graph) -> str | None:
     """The model's `min_runtime_version` metadata (what the converter that made it says)."""
     for entry in graph.model.metadata or []:
         if decode_name(entry.name) == "min_runtime_version":
-            data = bytes(graph.model.buffers[entry.buffer].data or b"")
+            data = graph.model.buffers[entry.buffer].data
+            data = b"" if data is None else bytes(data)
             version = data.split(b"\0", 1)[0].decode("ascii", "replace").strip()
             return version or None
     return None

@@ -313,7 +313,7 @@ class NodeDaemon:
     def _fetch(self, release: Release, model: Path) -> None:
         topics = [self.topics.model_chunk(digest) for digest in release.chunks]
         probe = self.topics.probe(f"{self.name}.fetch")
-        log.info("release %s: fetching %d chunks (%d bytes)", release.release,
+        log.info("release %s: fetching the model: %d chunk(s), %d bytes", release.release,
                  len(release.chunks), release.model_bytes)
         try:
             retained = read_retained(self.session, sorted(set(topics)), probe, FETCH_TIMEOUT)
