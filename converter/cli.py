@@ -330,7 +330,7 @@ def _add_deploy_parser(sub: argparse._SubParsersAction) -> None:
     deploy_cmd.add_argument("model", type=Path, metavar="MODEL.tflite")
     deploy_cmd.add_argument("--labels", type=Path, metavar="FILE", help=LABELS_HELP)
     deploy_cmd.add_argument("--config", help="a config file with [broker] and [pipeline] "
-                            "(the deployer's login); flags override it")
+                            "(the deployer's login); flags override it (default: none)")
     add_section_flags(deploy_cmd, BrokerConfig, ("host", "username", "password_file", "tls",
                                                  "ca_file", "cert_file", "key_file"))
     add_section_flags(deploy_cmd, PipelineConfig, ("name",))

@@ -37,9 +37,6 @@ from aiotedge.nodes.daemons.stage import StageNode, run_stage
 from aiotedge.nodes.mqtt.session import MqttSession, read_retained
 from aiotedge.nodes.mqtt.transport import Received
 from aiotedge.nodes.observe import systemd
-from aiotedge.tflite.flatbuffer import pack_model
-from aiotedge.tflite.graph import load_graph
-from aiotedge.tflite.segments import extract_segment
 
 log = logging.getLogger(__name__)
 
@@ -275,7 +272,14 @@ class NodeDaemon:
 
     def prepare(self, release: Release, stage: int) -> Path:
         """The release's folder for this stage (manifest.json and the segment this board cut
-        itself), after every check; ReleaseError saying why the board cannot serve it."""
+        itself), after every check; ReleaseError saying why the board cannot serve it.
+
+        The flatbuffer schema that cuts a model (about 6 MB resident) is loaded here, when a
+        release comes, not by every daemon that imports this module."""
+        from aiotedge.tflite.flatbuffer import pack_model
+        from aiotedge.tflite.graph import load_graph
+        from aiotedge.tflite.segments import extract_segment
+
         self.check_runnable(release)
         model = self.cache / "models" / f"{release.model_sha256}.tflite"
         if not model.is_file():
