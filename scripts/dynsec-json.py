@@ -4,7 +4,7 @@
     sudo python3 scripts/dynsec-json.py --pipeline greenhouse --stages 5 \
         --password-file /etc/mosquitto/aiotedge.passwd --out aiotedge-dynsec.json \
         [--replica stage2b:2]... [--camera cam0]... [--watcher watcher]...
-        [--homeassistant homeassistant]
+        [--homeassistant homeassistant] [--deployer deployer]
 
 Why: mosquitto's acl_file never refuses a SUBSCRIBE, so any broker user can join a replicated
 stage's share group `$share/<group>/aiotedge-frames/<pipeline>/stage/<k>` and take its round-robin
@@ -31,7 +31,9 @@ rights (dynsec 2.0 has no %u or %c, so the rights naming a user are a role of th
   last stage   also reads and writes predictions, label/+ and its Home Assistant discovery
                topics; reads homeassistant/status
   camera       writes stage/0, errors and its own snapshot (aiotedge-frames/<pipeline>/snapshot/
-               <user>); subscribes to and receives predictions and errors
+               <user>); subscribes to and receives predictions, errors and fleet/live
+  deployer     the only one to write releases, the model's chunks and the live pointer
+               (fleet/#, aiotedge-frames/<pipeline>/chunk/+), and reads them back
   watcher      subscribes to and receives aiotedge/<pipeline>/# (no share group), the
                cameras' snapshots and the broker's count of dropped messages ($SYS)
   homeassistant  subscribes to and receives homeassistant/#, aiotedge/<pipeline>/# and the
@@ -141,7 +143,10 @@ def build(pipeline: str, stages: int, duties: dict[str, str],
                           + acls("s", f"{base}/errors") + grants))
     roles.append(role(f"{pipeline}-camera", "cameras",
                       acls("s", stage_input(0), f"{base}/errors")
-                      + acls("rl", f"{base}/predictions", f"{base}/errors")))
+                      + acls("rl", f"{base}/predictions", f"{base}/errors",
+                             f"{base}/fleet/live")))
+    roles.append(role(f"{pipeline}-deployer", "the deployer of releases (docs/fleet.md)",
+                      acls("srp", f"{base}/fleet/#", f"{PREFIX}-frames/{pipeline}/chunk/+")))
     snapshots = f"{PREFIX}-frames/{pipeline}/snapshot/+"
     roles.append(role(f"{pipeline}-watcher", "read-only tools",
                       acls("rp", f"{base}/#", snapshots, BROKER_DROPPED)))
@@ -205,6 +210,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="a read-only tool's user (default: watcher)")
     parser.add_argument("--homeassistant", action="append", type=topic_level, default=[],
                         help="Home Assistant's user (none by default)")
+    parser.add_argument("--deployer", action="append", type=topic_level, default=[],
+                        help="the user of `aiotedge-convert deploy`, the only one who may "
+                        "publish releases (none by default)")
     args = parser.parse_args(argv)
     if args.stages < 1:
         parser.error("--stages must be at least 1")
@@ -221,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     users += [(user, "camera") for user in args.camera or ["cam0"]]
     users += [(user, "watcher") for user in args.watcher or ["watcher"]]
     users += [(user, "homeassistant") for user in args.homeassistant]
+    users += [(user, "deployer") for user in args.deployer]
     duties = dict(users)
     try:
         if len(duties) != len(users):
@@ -231,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
                           f"sudo mosquitto_passwd {args.password_file} USER")
         if idle := [user for user in passwords if user not in duties]:
             raise UsageError(f"{', '.join(idle)} in {args.password_file} would have no rights: say "
-                          "what it does (--replica, --camera, --watcher, --homeassistant) "
+                          "what it does (--replica, --camera, --watcher, --homeassistant, "
+                          "--deployer) "
                           "or remove it "
                           "(mosquitto_passwd -D)")
     except UsageError as exc:
