@@ -310,7 +310,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     config = override_from_flags(NodeConfig.load(args.config), args)
     config.check_files()
     deployed = deploy(config, graph, args.release or new_release_id(args.model), labels=labels,
-                      kind=args.kind, stages=args.stages, timeout=args.timeout)
+                      kind=args.kind, stages=args.stages, nodes=args.nodes,
+                      timeout=args.timeout)
     release = deployed.release
     print(f"release {release.release}: {graph.path.name if graph.path else 'model'} in "
           f"{plural(len(release.chunks), 'chunk')} on {plural(len(release.nodes), 'node')}")
@@ -341,6 +342,9 @@ def _add_deploy_parser(sub: argparse._SubParsersAction) -> None:
     deploy_cmd.add_argument("--stages", type=int, metavar="S",
                             help="at most S stages; the other nodes become replicas "
                             "(default: one stage per node)")
+    deploy_cmd.add_argument("--nodes", type=int, default=1, metavar="N",
+                            help="wait until N nodes are online, then plan for those online "
+                            "(default: %(default)s)")
     deploy_cmd.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="S",
                             help="seconds to wait for every node (default: %(default)s)")
     deploy_cmd.set_defaults(func=cmd_deploy)

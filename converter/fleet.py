@@ -158,6 +158,14 @@ class Deployer:
         with self._changed:
             return [r for name, r in sorted(self._reports.items()) if self._online.get(name)]
 
+    def wait_nodes(self, count: int, timeout: float) -> list[NodeReport]:
+        """The nodes online, once there are at least `count` of them."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: len(self.online_nodes()) >= count, timeout):
+                online = ", ".join(n.node for n in self.online_nodes()) or "none"
+                raise DeployError(f"{count} nodes wanted, online after {timeout:.0f} s: {online}")
+            return self.online_nodes()
+
     @property
     def live(self) -> str | None:
         return self._live
@@ -235,11 +243,13 @@ class Deployer:
 
 def deploy(config: NodeConfig, graph: Graph, release_id: str, *,
            labels: tuple[str, ...] | None, kind: str = "classification",
-           stages: int | None = None, timeout: float = DEFAULT_TIMEOUT) -> Deployed:
-    """Plan, publish, wait for the nodes, go live (module docstring)."""
+           stages: int | None = None, nodes: int = 1,
+           timeout: float = DEFAULT_TIMEOUT) -> Deployed:
+    """Plan for the nodes online (waiting for `nodes` of them), publish, wait until they
+    serve, go live (module docstring)."""
     with Deployer(config) as deployer:
-        nodes = deployer.online_nodes()
-        release, chunks = build_release(graph, release_id, nodes, labels=labels, kind=kind,
+        online = deployer.wait_nodes(nodes, timeout)
+        release, chunks = build_release(graph, release_id, online, labels=labels, kind=kind,
                                         stages=stages)
         previous = deployer.live
         log.info("release %s: %s", release.release, release.assignments)
