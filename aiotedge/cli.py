@@ -44,6 +44,7 @@ from aiotedge.nodes.daemons.stage import run_stage
 from aiotedge.nodes.daemons.status import (
     format_status,
     nodes_json,
+    read_fleet,
     read_pipeline,
     status_exit,
     watch_status,
@@ -252,11 +253,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
     config = _node_config(args)
     if args.watch:
         return watch_status(config.broker, config.topics, args.interval)
-    view = read_pipeline(config.broker, config.topics)
+    fleet = read_fleet(config.broker, config.topics)  # node daemons: the live release's stages
+    view = read_pipeline(config.broker, fleet.topics(config.topics))
     if args.json:
         print(json.dumps(nodes_json(view), indent=2, sort_keys=True))
     else:
-        print(format_status(view, config.pipeline.name))
+        print("\n".join([format_status(view, config.pipeline.name), *fleet.lines()]))
     return status_exit(view)
 
 

@@ -153,6 +153,15 @@ def test_deploy_serves_the_whole_models_answers_and_a_restarted_node_resumes_its
         assert by_seq[seq].release == "v1"
         assert by_seq[seq].top[0].name == expected_top1(model, release, photo)
 
+    status = subprocess.run(
+        [sys.executable, "-m", "aiotedge", "status", "--broker", str(broker.address),
+         "--pipeline", PIPELINE], capture_output=True, text=True, timeout=60, check=False)
+    assert status.returncode == 0, status.stdout + status.stderr  # v1's 3 stages serve
+    assert "live release: v1" in status.stdout
+    for node in NODES:
+        stage = release.role(node)
+        assert f"node {node}: release v1 ready (stage {stage}, serving v1)" in status.stdout
+
     # a node killed mid-release comes back to its role from the retained release
     middle = release.assignments[1][0]
     fleet.processes[middle].send_signal(signal.SIGKILL)
