@@ -262,3 +262,22 @@ def test_chunks_and_release_are_retained_under_the_pipeline(fleet, broker, test_
     model = release.assemble({t.rsplit("/", 1)[-1]: p for t, p in chunks.items()})
     assert model == test_models["int8"].read_bytes()
     assert os.path.getsize(test_models["int8"]) == release.model_bytes
+
+
+def test_a_node_refuses_a_release_whose_chunk_has_a_bad_hash(fleet, broker, test_models):
+    from aiotedge_converter.fleet import build_release
+
+    graph = load_graph(test_models["int8"])
+    release, _chunks = build_release(graph, "tampered", [fleet.reports[n] for n in NODES],
+                                     labels=LABELS, kind="classification")
+    forger = MqttSession(broker.address, "forger")
+    forger.start()
+    assert forger.wait_connected(10)
+    topics = fleet.topics
+    forger.publish(topics.model_chunk(release.chunks[0]), b"not the model", 1,
+                   retain=True).wait_for_publish(10)
+    forger.publish(f"{topics.release_plan}/tampered", release.to_json(), 1,
+                   retain=True).wait_for_publish(10)
+    forger.stop()
+    fleet.wait(lambda r: all(r[n].release == "tampered" and r[n].state == "refused"
+                             and "bad hash" in r[n].reason for n in NODES), "refused")
