@@ -218,6 +218,11 @@ def test_a_rolling_update_loses_no_frame_and_mixes_no_release(
 
     # v1 drains, then its stages stop: the nodes serve v2 alone
     fleet.wait(lambda r: all(r[n].serving == ("v2",) for n in NODES), "v1 stopped")
+    from tests.conftest import retained_now
+
+    v1_topics = v1.topics(fleet.topics)
+    left = {t for t in retained_now(broker, v1_topics) if t.startswith(v1_topics.base)}
+    assert left <= {v1_topics.pipeline_availability}, left  # its stages' messages cleared
     session.stop()
     results.session.stop()
 

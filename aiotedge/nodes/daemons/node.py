@@ -180,6 +180,8 @@ class NodeDaemon:
                 del self._serving[release_id]
                 if serving.failure is not None:
                     self._refused[release_id] = serving.failure
+                elif serving.unwanted_since is not None:
+                    self._forget(serving)
             elif release_id not in wanted:
                 self._drain(serving)
             else:
@@ -267,6 +269,14 @@ class NodeDaemon:
             log.info("release %s drained: stopping stage %d (%d frames taken)",
                      serving.release.release, serving.stage, taken)
             serving.stop.set()
+
+    def _forget(self, serving: _Serving) -> None:
+        """A drained stage's retained info, stats and availability go with its release."""
+        topics = serving.release.topics(self.topics)
+        name = f"{self.name}.{serving.release.release}"
+        self.session.unsubscribe(topics.all_availability)
+        for topic in (topics.info(name), topics.stats(name), topics.availability(name)):
+            self.session.publish(topic, b"", qos=1, retain=True)
 
     # -- a release's files ------------------------------------------------------------------
 
