@@ -120,7 +120,7 @@ class NodeDaemon:
                     self._releases[release_id] = release
                 except ReleaseError as exc:
                     log.error("release %s refused: %s", release_id, exc)
-                    self._refused[release_id] = str(exc)
+                    self._refused[release_id] = str(exc)  # under the lock already
             self._changed.notify_all()
 
     def _on_live(self, message: Received) -> None:
@@ -151,16 +151,16 @@ class NodeDaemon:
                 if serving.thread is not None:
                     serving.thread.join()
 
-    def wanted(self) -> dict[str, int]:
-        """Release id -> the stage this node serves in it: the live release's role and that of
-        the newest release after it (being rolled out)."""
+    def wanted(self) -> dict[str, tuple[Release, int]]:
+        """Release id -> the release and the stage this node serves in it: the live release's
+        role and that of the newest release after it (being rolled out)."""
         with self._changed:
             releases, live_id = dict(self._releases), self._live
         live = releases.get(live_id) if live_id else None
         newer = [r for r in releases.values()
                  if r is not live and (live is None or r.created_at > live.created_at)]
         chosen = [live, max(newer, key=lambda r: r.created_at) if newer else None]
-        return {r.release: role for r in chosen
+        return {r.release: (r, role) for r in chosen
                 if r is not None and (role := r.role(self.name)) is not None}
 
     def newest(self) -> str | None:
@@ -179,25 +179,29 @@ class NodeDaemon:
             if serving.ended:
                 del self._serving[release_id]
                 if serving.failure is not None:
-                    self._refused[release_id] = serving.failure
+                    self._refuse(release_id, serving.failure)
                 elif serving.unwanted_since is not None:
                     self._forget(serving)
             elif release_id not in wanted:
                 self._drain(serving)
             else:
                 serving.unwanted_since = None
-        for release_id, stage in wanted.items():
+        for release_id, (release, stage) in wanted.items():
             if release_id not in self._serving and release_id not in self._refused:
-                self._start(self._releases[release_id], stage)
+                self._start(release, stage)
         self._report()
+
+    def _refuse(self, release_id: str, reason: str) -> None:
+        log.error("release %s refused: %s", release_id, reason)
+        with self._changed:
+            self._refused[release_id] = reason
 
     def _start(self, release: Release, stage: int) -> None:
         self._say(release.release, "fetching", stage)
         try:
             directory = self.prepare(release, stage)
         except AiotedgeError as exc:
-            log.error("release %s refused: %s", release.release, exc)
-            self._refused[release.release] = str(exc)
+            self._refuse(release.release, str(exc))
             return
         config = self.stage_config(release, stage, directory)
         topics = config.topics
@@ -362,13 +366,17 @@ class NodeDaemon:
 
     def _report(self) -> None:
         newest = self.newest()
-        if newest is None:
+        with self._changed:
+            refusal = self._refused.get(newest) if newest else None
+            release = self._releases.get(newest) if newest else None
+        if newest is None or (refusal is None and release is None):
             self._say(None, "standby", None)
             return
-        if newest in self._refused:
-            self._say(newest, "refused", None, self._refused[newest])
+        if refusal is not None:
+            self._say(newest, "refused", None, refusal)
             return
-        stage = self._releases[newest].role(self.name)
+        assert release is not None
+        stage = release.role(self.name)
         serving = self._serving.get(newest)
         if stage is None:
             self._say(newest, "standby", None)
