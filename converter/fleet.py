@@ -1,13 +1,13 @@
 """`aiotedge-convert deploy`: a model onto the node daemons online, as a release (docs/fleet.md).
 
 Plans for the nodes that announce themselves (MACs over each node's speed profile: the exact
-min-max cut of planner.py, one stage per node, the fastest nodes first; nodes left over
-become replicas of the stage that then costs most per replica), splits the model here to
-learn each segment's sha256 (the same cut every node makes), publishes the model's chunks and
-then the release, retained, and waits until every node of the release serves its stage. Only
-then does the live pointer move to it: the release before keeps serving until that moment,
-and drains afterwards. A node refusing the release, or a timeout, withdraws it (the live
-release stays) and names what each node said.
+min-max cut of planner.py, one stage per node, the fastest nodes first; a node left over
+becomes a replica of the slowest stage where that speeds it up, else stands by), splits the
+model here to learn each segment's sha256 (the same cut every node makes), publishes the
+model's chunks and then the release, retained, and waits until every node of the release
+serves its stage. Only then does the live pointer move to it: the release before keeps
+serving until that moment, and drains afterwards. A node refusing the release, or a timeout,
+withdraws it (the live release stays) and names what each node said.
 """
 
 from __future__ import annotations
@@ -65,20 +65,28 @@ def assign_stages(graph: Graph, nodes: Sequence[NodeReport], stages: int | None 
     """The cuts and, per stage, its nodes: the min-max plan of MACs over each node's speed."""
     if not nodes:
         raise DeployError("no node online: start `aiotedge node` on the boards first")
+    if stages is not None and stages < 1:
+        raise DeployError(f"--stages must be at least 1, got {stages}")
     cut_points = [point.op_index for point in graph.cut_points]
     count = min(stages or len(nodes), len(nodes), len(cut_points) + 1)
-    if count < 1:
-        raise DeployError(f"--stages must be at least 1, got {stages}")
     fastest = sorted(nodes, key=lambda n: (-n.mmacs_per_s, n.node))
     chosen = sorted(fastest[:count], key=lambda n: n.node)
     boards = [CostModel([macs / node.mmacs_per_s for macs in graph.op_macs]) for node in chosen]
     plan = plan_pipeline(boards, cut_points)
-    assignments = [[node.node] for node in chosen]
-    costs = [stage.cost for stage in plan.stages]
-    for spare in fastest[count:]:  # each to the stage that costs most per replica
-        busiest = max(range(count), key=lambda k: costs[k] / len(assignments[k]))
-        assignments[busiest].append(spare.node)
-    return plan, tuple(tuple(stage) for stage in assignments)
+    groups = [[node] for node in chosen]
+    macs = [graph.macs_between(stage.first_op, stage.last_op) for stage in plan.stages]
+
+    def rate(k: int, members: list[NodeReport]) -> float:
+        """Frames per MAC-second of stage k's replicas: they take turns, the slowest sets
+        the pace (aiotedge_converter.cluster)."""
+        slowest = max(macs[k] / member.mmacs_per_s for member in members)
+        return len(members) / slowest if slowest else float("inf")
+
+    for spare in fastest[count:]:  # a replica of the slowest stage, where it speeds it up
+        k = min(range(count), key=lambda k: rate(k, groups[k]))
+        if rate(k, [*groups[k], spare]) > rate(k, groups[k]):
+            groups[k].append(spare)
+    return plan, tuple(tuple(node.node for node in group) for group in groups)
 
 
 def min_runtime(graph: Graph) -> str | None:

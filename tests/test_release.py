@@ -110,3 +110,29 @@ def test_the_live_pointer_and_a_nodes_report_read_back():
     ("unknown", "1.0", False), ("1.15.0", "", True)])
 def test_a_runtime_version_is_compared_number_by_number(have, need, ok):
     assert runtime_at_least(have, need) is ok
+
+
+def node(name: str, speed: float) -> NodeReport:
+    return NodeReport(name, "aarch64", "ai_edge_litert", "2.3.0", 4000, 3000, speed, 4, "0.1.0")
+
+
+def test_the_deployer_gives_each_node_a_stage_and_spare_nodes_become_replicas(test_models):
+    from aiotedge_converter.fleet import DeployError, assign_stages
+
+    from aiotedge.tflite.graph import load_graph
+
+    graph = load_graph(test_models["int8"])
+    nodes = [node("b", 100.0), node("a", 100.0), node("c", 100.0), node("slow", 1.0)]
+    plan, assignments = assign_stages(graph, nodes[:3])
+    assert assignments == (("a",), ("b",), ("c",)) and len(plan.stages) == 3
+    # the fastest two, then a replica; the slow one would slow any stage down: it stands by
+    plan, assignments = assign_stages(graph, nodes, stages=2)
+    assert sorted(n for stage in assignments for n in stage) == ["a", "b", "c"]
+    assert [stage[0] for stage in assignments] == ["a", "b"]
+    with pytest.raises(DeployError, match="no node online"):
+        assign_stages(graph, [])
+    with pytest.raises(DeployError, match="at least 1"):
+        assign_stages(graph, nodes, stages=0)
+    report = json.loads(node("x", 1.0).to_json())
+    report["mmacs_per_s"] = 0
+    assert NodeReport.parse(json.dumps(report).encode()) is None  # nothing to divide by

@@ -277,12 +277,15 @@ class NodeReport:
             data = json.loads(payload)
             if data.get("kind") != "node" or data.get("state") not in STATES:
                 return None
+            speed = float(data["mmacs_per_s"])
+            if not (math.isfinite(speed) and speed > 0):  # the planner divides by it
+                return None
             stage = data.get("stage")
             return cls(
                 node=str(data["node"]), architecture=str(data["architecture"]),
                 runtime=str(data["runtime"]), runtime_version=str(data["runtime_version"]),
                 memory_mb=int(data["memory_mb"]), available_mb=int(data["available_mb"]),
-                mmacs_per_s=float(data["mmacs_per_s"]), cpus=int(data["cpus"]),
+                mmacs_per_s=speed, cpus=int(data["cpus"]),
                 version=str(data["version"]),
                 release=data["release"] if isinstance(data.get("release"), str) else None,
                 state=data["state"], stage=stage if isinstance(stage, int) else None,
