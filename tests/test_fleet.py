@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from aiotedge.contracts.release import NodeReport, Release
 from aiotedge.contracts.topics import Topics
 from aiotedge.media.sources import Stills
 from aiotedge.nodes.daemons.camera import Camera
+from aiotedge.nodes.daemons.speed import SPEED_FILE
 from aiotedge.nodes.mqtt.session import MqttSession, wait_settled
 from aiotedge.tflite.graph import load_graph
 from tests.conftest import whole_model_top
@@ -53,8 +55,13 @@ class Fleet:
                 self.changed.notify_all()
 
     def start(self, node: str) -> None:
+        """A node process; its speed profile written into its cache beforehand, as measured
+        once on equal boards (measured here, on a busy machine, they would differ by chance)."""
         with self.changed:
             self.reports.pop(node, None)
+        (self.cache / node).mkdir(exist_ok=True)
+        (self.cache / node / SPEED_FILE).write_text(json.dumps(
+            {"mmacs_per_s": 1000.0, "machine": platform.machine()}))
         self.processes[node] = subprocess.Popen(
             [sys.executable, "-m", "aiotedge", "node", "--broker", str(self.broker.address),
              "--pipeline", PIPELINE, "--node", node, "--cache", str(self.cache / node),
@@ -286,3 +293,26 @@ def test_a_node_refuses_a_release_whose_chunk_has_a_bad_hash(fleet, broker, test
     forger.stop()
     fleet.wait(lambda r: all(r[n].release == "tampered" and r[n].state == "refused"
                              and "bad hash" in r[n].reason for n in NODES), "refused")
+
+
+def test_a_node_left_over_serves_as_a_replica_of_a_stage(fleet, broker, test_models,
+                                                          generated_frames):
+    fleet.start("n4")
+    fleet.wait(lambda r: "n4" in r, "n4 announced")
+    model = test_models["int8"]
+    release = deploy(deployer(broker), load_graph(model), "v1", labels=LABELS, stages=3,
+                     nodes=4, timeout=120).release
+    replicated = [k for k, nodes in enumerate(release.assignments) if len(nodes) == 2]
+    assert len(replicated) == 1 and sorted(release.nodes) == [*NODES, "n4"]
+    results = Results(broker, fleet.topics)
+    camera, session = camera_for(broker, "cam", in_flight=8)
+    photos = generated_frames * 4
+    assert camera.run(Stills(photos)) == len(photos)
+    results.wait_for(lambda p: len(p) >= len(photos))
+    assert len({p.frame_id for p in results.predictions}) == len(photos)
+    for prediction in results.predictions:
+        assert prediction.top[0].name == expected_top1(model, release,
+                                                       photos[prediction.seq][1])
+    assert not results.errors
+    session.stop()
+    results.session.stop()

@@ -136,3 +136,15 @@ def test_the_deployer_gives_each_node_a_stage_and_spare_nodes_become_replicas(te
     report = json.loads(node("x", 1.0).to_json())
     report["mmacs_per_s"] = 0
     assert NodeReport.parse(json.dumps(report).encode()) is None  # nothing to divide by
+
+
+def test_a_nodes_speed_is_measured_once_and_kept(tmp_path):
+    from aiotedge.nodes.daemons.speed import SPEED_FILE, cached_speed
+
+    first = cached_speed(tmp_path)
+    assert first > 0
+    kept = json.loads((tmp_path / SPEED_FILE).read_text())
+    (tmp_path / SPEED_FILE).write_text(json.dumps({**kept, "mmacs_per_s": 1234.5}))
+    assert cached_speed(tmp_path) == 1234.5  # read, not measured again
+    (tmp_path / SPEED_FILE).write_text(json.dumps({**kept, "machine": "another-board"}))
+    assert cached_speed(tmp_path) != 1234.5  # a card moved to another kind of board
