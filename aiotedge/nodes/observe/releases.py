@@ -26,12 +26,12 @@ def live_stage0(topics: Topics, live: LiveRelease | None) -> str:
 
 def follow_live_release(session: Session, topics: Topics,
                         send_to: Callable[[str], None]) -> None:
-    """Call `send_to(topic)` with stage 0's topic now and whenever the live release changes."""
+    """Call `send_to(topic)` with stage 0's topic whenever the live release is said (the
+    retained pointer on connecting, then each change)."""
     def take(message: Received) -> None:
         live = LiveRelease.parse(message.payload) if message.payload else None
         topic = live_stage0(topics, live)
         log.info("frames go to %s (live release: %s)", topic, live.release if live else "none")
         send_to(topic)
 
-    send_to(topics.stage_input(0))
     session.subscribe(topics.live_release, take, qos=1)
