@@ -148,3 +148,21 @@ def test_a_nodes_speed_is_measured_once_and_kept(tmp_path):
     assert cached_speed(tmp_path) == 1234.5  # read, not measured again
     (tmp_path / SPEED_FILE).write_text(json.dumps({**kept, "machine": "another-board"}))
     assert cached_speed(tmp_path) != 1234.5  # a card moved to another kind of board
+
+
+def test_a_node_refuses_a_release_it_has_not_the_memory_or_runtime_for(split3, tmp_path,
+                                                                        monkeypatch):
+    from aiotedge.config.loader import NodeConfig
+    from aiotedge.nodes.daemons import node as node_module
+    from aiotedge.nodes.daemons.speed import BoardFacts
+
+    daemon = node_module.NodeDaemon(NodeConfig(), tmp_path, BoardFacts(
+        "aarch64", "ai_edge_litert", "2.3.0", 1024, 4, 1000.0))
+    release = release_of(split3, min_runtime="2.1.0")
+    monkeypatch.setattr(node_module, "memory_mb", lambda: (1024, 300))
+    daemon.check_runnable(release)  # 1280 bytes fit in 300 MB
+    monkeypatch.setattr(node_module, "memory_mb", lambda: (1024, 50))
+    with pytest.raises(ReleaseError, match=r"not enough memory: .* 50 MB are available"):
+        daemon.check_runnable(release)
+    with pytest.raises(ReleaseError, match=r"runtime too old: the model needs 2\.14"):
+        daemon.check_runnable(release_of(split3, min_runtime="2.14"))
