@@ -305,15 +305,22 @@ def _add_plan_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    graph = load_graph(args.model)
-    labels = read_labels(args.labels, graph) if args.labels else None
+    model: Graph | Path = args.model
+    labels = None
+    if args.model.is_dir():  # a split or plan folder: its cuts, codecs and labels
+        if args.labels or args.stages:
+            raise ConverterError(f"{args.model} is a split or plan folder: its labels and "
+                                 "stages are its own (no --labels, --stages)")
+    else:
+        model = load_graph(args.model)
+        labels = read_labels(args.labels, model) if args.labels else None
     config = override_from_flags(NodeConfig.load(args.config), args)
     config.check_files()
-    deployed = deploy(config, graph, args.release or new_release_id(args.model), labels=labels,
+    deployed = deploy(config, model, args.release or new_release_id(args.model), labels=labels,
                       kind=args.kind, stages=args.stages, nodes=args.nodes,
                       timeout=args.timeout)
     release = deployed.release
-    print(f"release {release.release}: {graph.path.name if graph.path else 'model'} in "
+    print(f"release {release.release}: {release.model_file} in "
           f"{plural(len(release.chunks), 'chunk')} on {plural(len(release.nodes), 'node')}")
     for stage, nodes in enumerate(release.assignments):
         print(f"  stage {stage}: {', '.join(nodes)}")
@@ -328,7 +335,9 @@ def _add_deploy_parser(sub: argparse._SubParsersAction) -> None:
         "the model's chunks and the release over the broker, waits until every node serves "
         "its stage, then makes it the live release (the one before drains). See "
         "docs/fleet.md.")
-    deploy_cmd.add_argument("model", type=Path, metavar="MODEL.tflite")
+    deploy_cmd.add_argument("model", type=Path, metavar="MODEL.tflite|DIR",
+                            help="a model, or a folder of `split` or `plan --out` (its cuts, "
+                            "replicas and labels kept)")
     deploy_cmd.add_argument("--labels", type=Path, metavar="FILE", help=LABELS_HELP)
     deploy_cmd.add_argument("--config", help="a config file with [broker] and [pipeline] "
                             "(the deployer's login); flags override it (default: none)")

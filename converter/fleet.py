@@ -26,6 +26,8 @@ from aiotedge_converter.split import SplitOptions, split_model
 
 from aiotedge.config.loader import NodeConfig
 from aiotedge.contracts.errors import ReleaseError
+from aiotedge.contracts.manifest import Manifest
+from aiotedge.contracts.plan import PLAN_BOARDS
 from aiotedge.contracts.release import (
     CHUNK_BYTES,
     LiveRelease,
@@ -36,9 +38,10 @@ from aiotedge.contracts.release import (
 )
 from aiotedge.contracts.topics import ONLINE, Topics
 from aiotedge.nodes.daemons.lifecycle import connect_once
+from aiotedge.nodes.daemons.local import plan_replicas
 from aiotedge.nodes.mqtt.session import MqttSession, read_retained
 from aiotedge.nodes.mqtt.transport import Received
-from aiotedge.tflite.graph import Graph, decode_name
+from aiotedge.tflite.graph import Graph, decode_name, load_graph
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +119,32 @@ def build_release(graph: Graph, release_id: str, nodes: Sequence[NodeReport], *,
         model_sha256=sha256_hex(model), model_bytes=len(model), chunk_bytes=chunk_bytes,
         chunks=tuple(sha256_hex(chunk) for chunk in chunks), manifest=manifest.to_dict(),
         assignments=assignments, min_runtime=min_runtime(graph))
+    return release, chunks
+
+
+def folder_release(folder: Path, release_id: str, nodes: Sequence[NodeReport], *, kind: str,
+                   chunk_bytes: int = CHUNK_BYTES) -> tuple[Release, list[bytes]]:
+    """The release of a split or plan folder (`aiotedge-convert split` or `plan --out`): its
+    cuts, codecs and labels as they are, each stage given as many nodes as the plan has boards
+    for it (one without a plan), the fastest first."""
+    manifest = Manifest.load(folder)
+    model_path = manifest.directory / manifest.source.file
+    if not model_path.is_file():
+        raise DeployError(f"{folder}: the whole model {manifest.source.file} is not there "
+                          "(split and plan keep it unless --no-copy-source)")
+    counts = plan_replicas(folder) if (folder / PLAN_BOARDS).is_dir() else {}
+    wanted = [counts.get(index, 1) for index in range(len(manifest.stages))]
+    if len(nodes) < sum(wanted):
+        raise DeployError(f"{folder} needs {sum(wanted)} nodes, {len(nodes)} online")
+    fastest = iter(sorted(nodes, key=lambda n: (-n.mmacs_per_s, n.node)))
+    assignments = tuple(tuple(next(fastest).node for _ in range(count)) for count in wanted)
+    model = model_path.read_bytes()
+    chunks = split_chunks(model, chunk_bytes)
+    release = Release(
+        release=release_id, kind=kind, model_file=manifest.source.file,
+        model_sha256=sha256_hex(model), model_bytes=len(model), chunk_bytes=chunk_bytes,
+        chunks=tuple(sha256_hex(chunk) for chunk in chunks), manifest=manifest.to_dict(),
+        assignments=assignments, min_runtime=min_runtime(load_graph(model_path)))
     return release, chunks
 
 
@@ -249,16 +278,20 @@ class Deployer:
                 self._publish(self.topics.model_chunk(digest), b"", "a chunk's removal")
 
 
-def deploy(config: NodeConfig, graph: Graph, release_id: str, *,
-           labels: tuple[str, ...] | None, kind: str = "classification",
+def deploy(config: NodeConfig, model: Graph | Path, release_id: str, *,
+           labels: tuple[str, ...] | None = None, kind: str = "classification",
            stages: int | None = None, nodes: int = 1,
            timeout: float = DEFAULT_TIMEOUT) -> Deployed:
     """Plan for the nodes online (waiting for `nodes` of them), publish, wait until they
-    serve, go live (module docstring)."""
+    serve, go live (module docstring). `model`: a model's graph, or a split or plan folder
+    whose cuts are kept."""
     with Deployer(config) as deployer:
         online = deployer.wait_nodes(nodes, timeout)
-        release, chunks = build_release(graph, release_id, online, labels=labels, kind=kind,
-                                        stages=stages)
+        if isinstance(model, Path):
+            release, chunks = folder_release(model, release_id, online, kind=kind)
+        else:
+            release, chunks = build_release(model, release_id, online, labels=labels,
+                                            kind=kind, stages=stages)
         previous = deployer.live
         log.info("release %s: %s", release.release, release.assignments)
         deployer.publish_release(release, chunks)

@@ -254,11 +254,15 @@ def test_a_node_refuses_a_release_it_cannot_run_and_the_live_one_stays(
                "back on v1")
 
 
-def test_chunks_and_release_are_retained_under_the_pipeline(fleet, broker, test_models):
+def test_a_split_folder_deploys_as_it_is_and_its_chunks_stay_under_the_pipeline(
+        fleet, broker, test_models, split3):
     from tests.conftest import retained_now
 
-    deploy(deployer(broker), load_graph(test_models["int8"]), "v1", labels=LABELS,
-           timeout=120)
+    done = deploy(deployer(broker), split3.directory, "v1", nodes=3, timeout=120)
+    # every node cut the segment the split wrote (its sha256) and serves it
+    assert done.release.split().stages == split3.stages
+    assert done.release.split().labels == LABELS == split3.labels
+    assert all(len(nodes) == 1 for nodes in done.release.assignments)
     topics = fleet.topics
     retained = retained_now(broker, topics)
     release = Release.parse(retained[f"{topics.release_plan}/v1"])
