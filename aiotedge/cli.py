@@ -251,9 +251,9 @@ def _cmd_watch(args: argparse.Namespace) -> int:
 
 def _cmd_status(args: argparse.Namespace) -> int:
     config = _node_config(args)
-    if args.watch:
-        return watch_status(config.broker, config.topics, args.interval)
     fleet = read_fleet(config.broker, config.topics)  # node daemons: the live release's stages
+    if args.watch:  # the release live when it started
+        return watch_status(config.broker, fleet.topics(config.topics), args.interval)
     view = read_pipeline(config.broker, fleet.topics(config.topics))
     if args.json:
         print(json.dumps(nodes_json(view), indent=2, sort_keys=True))
