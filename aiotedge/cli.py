@@ -236,7 +236,12 @@ def _cmd_node(args: argparse.Namespace) -> int:
     config = _node_config(args)
     if not config.stage.node:
         config = config.override("stage", node=socket.gethostname())
-    args.cache.mkdir(parents=True, exist_ok=True)
+    try:
+        args.cache.mkdir(parents=True, exist_ok=True)
+        (args.cache / ".writable").touch()
+    except OSError as exc:
+        raise ConfigError(f"--cache {args.cache}: cannot write there: "
+                          f"{exc.strerror or exc}") from None
     return run_node(config, args.cache)
 
 

@@ -166,3 +166,18 @@ def test_a_node_refuses_a_release_it_has_not_the_memory_or_runtime_for(split3, t
         daemon.check_runnable(release)
     with pytest.raises(ReleaseError, match=r"runtime too old: the model needs 2\.14"):
         daemon.check_runnable(release_of(split3, min_runtime="2.14"))
+
+
+def test_a_node_whose_cache_cannot_be_written_says_so_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    done = subprocess.run([sys.executable, "-m", "aiotedge", "node", "--node", "n1",
+                           "--cache", str(blocked / "cache")],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].endswith(f"--cache {blocked / 'cache'}: cannot write there: Not a directory")

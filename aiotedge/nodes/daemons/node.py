@@ -362,7 +362,8 @@ class NodeDaemon:
         if text != self._said:
             self._said = text
             self.session.announce(self.topics.info(self.name), text)
-            log.info("release %s: %s%s", release_id, state, f" ({reason})" if reason else "")
+            log.info("%s: %s%s", f"release {release_id}" if release_id else "no release",
+                     state, f" ({reason})" if reason else "")
 
     def _report(self) -> None:
         newest = self.newest()
