@@ -252,8 +252,9 @@ class Deployer:
                     return {n: r for n, r in now.items() if r}
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    said = "; ".join(f"{n}: {r.state if r else 'nothing yet'}"
-                                     for n, r in now.items())
+                    said = "; ".join(
+                        f"{n}: {r.state if r else 'nothing yet'}"
+                        + ("" if self._online.get(n) else " (offline)") for n, r in now.items())
                     raise DeployError(f"not every node ready within {timeout:.0f} s ({said})")
                 self._changed.wait(remaining)
 
