@@ -17,6 +17,7 @@ from aiotedge_converter.cluster import Links, cluster_from_profiles
 from aiotedge_converter.costs import cost_basis
 from aiotedge_converter.deploy import toml_writer, write_deployment
 from aiotedge_converter.errors import ConverterError
+from aiotedge_converter.fleet import DEFAULT_TIMEOUT, deploy
 from aiotedge_converter.keras_layers import cuts_for_layer_counts, layers_done, parse_layer_counts
 from aiotedge_converter.metadata import ImportInfo, read_import_info
 from aiotedge_converter.planner import Plan, check_cuts, evaluate_plan, plan_pipeline
@@ -37,11 +38,14 @@ from aiotedge_converter.split import SplitOptions, read_labels, split_model
 from aiotedge_converter.verify import ImageResult, verify
 
 from aiotedge import __version__
-from aiotedge.config.sections import BrokerConfig
+from aiotedge.config.flags import add_section_flags, override_from_flags
+from aiotedge.config.loader import NodeConfig
+from aiotedge.config.sections import BrokerConfig, PipelineConfig
 from aiotedge.contracts.errors import AiotedgeError
 from aiotedge.contracts.manifest import KINDS, MANIFEST_NAME, RESIZES
 from aiotedge.contracts.plan import PLAN_BOARDS, PLAN_NAME
 from aiotedge.contracts.profile import INPUT_KINDS, Profile
+from aiotedge.contracts.release import new_release_id
 from aiotedge.tflite.graph import Graph, load_graph
 from aiotedge.tflite.kinds import model_kind
 
@@ -306,6 +310,64 @@ def _add_plan_parser(sub: argparse._SubParsersAction) -> None:
     plan.set_defaults(func=cmd_plan)
 
 
+# --- deploy -------------------------------------------------------------------------------
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    model: Graph | Path = args.model
+    labels = None
+    if args.model.is_dir():  # a split or plan folder: its cuts, codecs and labels
+        if args.labels or args.stages:
+            raise ConverterError(f"{args.model} is a split or plan folder: its labels and "
+                                 "stages are its own (no --labels, --stages)")
+    else:
+        model = load_graph(args.model)
+        labels = read_labels(args.labels, model) if args.labels else None
+    config = override_from_flags(NodeConfig.load(args.config), args)
+    config.check_files()
+    deployed = deploy(config, model, args.release or new_release_id(args.model), labels=labels,
+                      kind=args.kind, stages=args.stages, nodes=args.nodes,
+                      timeout=args.timeout)
+    release = deployed.release
+    print(f"release {release.release}: {release.model_file} in "
+          f"{plural(len(release.chunks), 'chunk')} on {plural(len(release.nodes), 'node')}")
+    for stage, nodes in enumerate(release.assignments):
+        print(f"  stage {stage}: {', '.join(nodes)}")
+    print(f"live (before: {deployed.previous or 'none'}, which drains)")
+    return 0
+
+
+def _add_deploy_parser(sub: argparse._SubParsersAction) -> None:
+    deploy_cmd = sub.add_parser(
+        "deploy", help="put a model on the `aiotedge node` daemons online, as a release",
+        description="Plans for the nodes online (MACs over their speed profiles), publishes "
+        "the model's chunks and the release over the broker, waits until every node serves "
+        "its stage, then makes it the live release (the one before drains). See "
+        "docs/fleet.md.")
+    deploy_cmd.add_argument("model", type=Path, metavar="MODEL.tflite|DIR",
+                            help="a model, or a folder of `split` or `plan --out` (its cuts, "
+                            "replicas and labels kept)")
+    deploy_cmd.add_argument("--labels", type=Path, metavar="FILE", help=LABELS_HELP)
+    deploy_cmd.add_argument("--config", help="a config file with [broker] and [pipeline] "
+                            "(the deployer's login); flags override it (default: none)")
+    add_section_flags(deploy_cmd, BrokerConfig, ("host", "username", "password_file", "tls",
+                                                 "ca_file", "cert_file", "key_file"))
+    add_section_flags(deploy_cmd, PipelineConfig, ("name",))
+    deploy_cmd.add_argument("--release", metavar="ID", help="the release id (default: the "
+                            "model's name and the UTC time)")
+    deploy_cmd.add_argument("--kind", default="classification", choices=KINDS,
+                            help="what the model's output means (default: %(default)s)")
+    deploy_cmd.add_argument("--stages", type=int, metavar="S",
+                            help="at most S stages; the other nodes become replicas "
+                            "(default: one stage per node)")
+    deploy_cmd.add_argument("--nodes", type=int, default=1, metavar="N",
+                            help="wait until N nodes are online, then plan for those online "
+                            "(default: %(default)s)")
+    deploy_cmd.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="S",
+                            help="seconds to wait for every node (default: %(default)s)")
+    deploy_cmd.set_defaults(func=cmd_deploy)
+
+
 # --- verify -------------------------------------------------------------------------------
 
 
@@ -488,6 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_import_parser(sub)
     _add_split_parser(sub)
     _add_plan_parser(sub)
+    _add_deploy_parser(sub)
 
     check = sub.add_parser(
         "verify", help="run the chain of stages against the whole model",

@@ -4,7 +4,7 @@
     sudo python3 scripts/dynsec-json.py --pipeline greenhouse --stages 5 \
         --password-file /etc/mosquitto/aiotedge.passwd --out aiotedge-dynsec.json \
         [--replica stage2b:2]... [--camera cam0]... [--watcher watcher]...
-        [--homeassistant homeassistant]
+        [--homeassistant homeassistant] [--deployer deployer]
 
 Why: mosquitto's acl_file never refuses a SUBSCRIBE, so any broker user can join a replicated
 stage's share group `$share/<group>/aiotedge-frames/<pipeline>/stage/<k>` and take its round-robin
@@ -34,7 +34,9 @@ rights (dynsec 2.0 has no %u or %c, so the rights naming a user are a role of th
                snapshot/<user>); subscribes to and receives predictions, errors and
                homeassistant/status; reads and writes its own counts (count/<user>/+), its
                events' snapshots (aiotedge-frames/<pipeline>/event-snapshot/<user>/+) and its
-               Home Assistant device's discovery topics
+               Home Assistant device's discovery topics; receives fleet/live
+  deployer     the only one to write releases, the model's chunks and the live pointer
+               (fleet/#, aiotedge-frames/<pipeline>/chunk/+), and reads them back
   watcher      subscribes to and receives aiotedge/<pipeline>/# (no share group), the
                cameras' snapshots and their events' snapshots, and the broker's count of
                dropped messages ($SYS)
@@ -221,6 +223,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="a read-only tool's user (default: watcher)")
     parser.add_argument("--homeassistant", action="append", type=topic_level, default=[],
                         help="Home Assistant's user (none by default)")
+    parser.add_argument("--deployer", action="append", type=topic_level, default=[],
+                        help="the user of `aiotedge-convert deploy`, the only one who may "
+                        "publish releases (none by default)")
     args = parser.parse_args(argv)
     if args.stages < 1:
         parser.error("--stages must be at least 1")
@@ -237,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     users += [(user, "camera") for user in args.camera or ["cam0"]]
     users += [(user, "watcher") for user in args.watcher or ["watcher"]]
     users += [(user, "homeassistant") for user in args.homeassistant]
+    users += [(user, "deployer") for user in args.deployer]
     duties = dict(users)
     try:
         if len(duties) != len(users):
@@ -247,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
                           f"sudo mosquitto_passwd {args.password_file} USER")
         if idle := [user for user in passwords if user not in duties]:
             raise UsageError(f"{', '.join(idle)} in {args.password_file} would have no rights: say "
-                          "what it does (--replica, --camera, --watcher, --homeassistant) "
+                          "what it does (--replica, --camera, --watcher, --homeassistant, "
+                          "--deployer) "
                           "or remove it "
                           "(mosquitto_passwd -D)")
     except UsageError as exc:

@@ -698,3 +698,23 @@ def theft(broker: LocalBroker, pki: Path, passwords: dict[str, Path], replicas: 
         thief.close()
         upstream.close()
 
+
+
+def check_only_the_deployer_publishes_releases(probes: Callable[[str], Probe]) -> None:
+    """A release, a model chunk or the live pointer from any user but the deployer is refused
+    by the broker; the nodes (the watcher, reading everything) see the deployer's alone."""
+    topics = Topics("greenhouse")
+    targets = [f"{topics.release_plan}/forged", topics.live_release,
+               topics.model_chunk("0" * 64)]
+    for user in ("stage1", "cam0", "watcher"):
+        probe = probes(user)
+        for topic in targets:
+            code = probe.publish(topic, f"from {user}", retain=True)
+            assert code.value == NOT_AUTHORIZED, (user, topic, code)
+    deployer = probes("deployer")
+    for topic in targets:
+        assert not deployer.publish(topic, "from deployer", retain=True).is_failure, topic
+    reader = probes("watcher")
+    reader.subscribe(f"{topics.release_plan}/forged")
+    assert next_item(reader.messages, "watcher") == (f"{topics.release_plan}/forged",
+                                                      "from deployer")

@@ -364,6 +364,7 @@ PLAIN_FLAGS = {
     "profile": {"--out", "--threads", "--runs", "--rounds", "--warmup", "--photo",
                 "--photo-size", "--no-mqtt"},
     "run": {"--manifest", "--plan", "--json", "--log-file"},
+    "node": {"--cache"},
 }
 
 

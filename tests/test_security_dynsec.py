@@ -37,6 +37,7 @@ from tests.security import (
     check_home_assistant,
     check_logins,
     check_one_connection_per_user,
+    check_only_the_deployer_publishes_releases,
     check_publish_rights,
     check_status_tool,
     conf_settings,
@@ -58,7 +59,7 @@ def write_dynsec_file(passwords: dict[str, Path], out: Path,
     return subprocess.run(
         [sys.executable, str(SCRIPT), "--pipeline", "greenhouse", "--stages", str(STAGES),
          "--password-file", str(passwords[""]), "--out", str(out),
-         "--homeassistant", "homeassistant", *extra],
+         "--homeassistant", "homeassistant", "--deployer", "deployer", *extra],
         capture_output=True, text=True, check=False,
     )
 
@@ -197,6 +198,10 @@ def needed_filters(config: NodeConfig | str) -> list[str]:
         own += [TOPICS.predictions, TOPICS.all_labels, "homeassistant/status",
                 "homeassistant/sensor/aiotedge_greenhouse/#"]
     return own
+
+
+def test_only_the_deployer_may_publish_releases(probes):
+    check_only_the_deployer_publishes_releases(probes)
 
 
 def test_a_node_receives_only_its_own_input(probes):

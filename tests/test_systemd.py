@@ -33,7 +33,8 @@ from aiotedge.nodes.mqtt.session import MqttSession
 from tests.conftest import REPO, SHARED_IMAGES, SHARED_LABELS, SHARED_MODEL
 
 UNITS = REPO / "systemd"
-UNIT_FILES = ("aiotedge-stage@.service", "aiotedge-camera@.service", "aiotedge.target")
+UNIT_FILES = ("aiotedge-stage@.service", "aiotedge-camera@.service", "aiotedge-node.service",
+              "aiotedge.target")
 INSTALLED_BINARY = "/opt/aiotedge/venv/bin/aiotedge"
 #: upper bound for one awaited event; never a synchronisation
 TIMEOUT = 30.0

@@ -30,6 +30,7 @@ from aiotedge.config.sections import (
     key_flag,
 )
 from aiotedge.contracts.errors import ConfigError
+from aiotedge.contracts.release import ReleaseTopics
 from aiotedge.contracts.topics import Topics
 
 #: the source of settings given on the command line (messages name flags, not keys)
@@ -50,9 +51,13 @@ class NodeConfig:
     #: the sections and `section.key`s the file set (flags are not counted)
     keys_given: frozenset[str] = field(default=frozenset(), compare=False,
                                        metadata={"toml": False})
+    #: the release a node daemon runs this stage for (docs/fleet.md): its own chain of topics
+    release: str = field(default="", metadata={"toml": False})
 
     @property
     def topics(self) -> Topics:
+        if self.release:
+            return ReleaseTopics(self.pipeline.name, self.pipeline.prefix, release=self.release)
         return Topics(self.pipeline.name, self.pipeline.prefix)
 
     @classmethod

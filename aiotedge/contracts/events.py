@@ -167,6 +167,8 @@ class Prediction:
     keypoints: list[Keypoint] = field(default_factory=list)
     classes: list[ClassShare] = field(default_factory=list)
     schema: int = PREDICTION_SCHEMA
+    #: the release that computed it (a node daemon's stage, docs/fleet.md); absent otherwise
+    release: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -179,6 +181,8 @@ class Prediction:
         for kind, name in RESULT_FIELDS.items():
             if kind != self.kind:
                 del data[name]
+        if self.release is None:
+            del data["release"]
         return json.dumps(data, separators=(",", ":"), allow_nan=False)
 
     @classmethod
@@ -207,6 +211,7 @@ class Prediction:
             keypoints=[Keypoint(**k) for k in data.get("keypoints", [])],
             classes=[ClassShare(**c) for c in data.get("classes", [])],
             schema=int(data.get("schema", 1)),
+            release=data["release"] if isinstance(data.get("release"), str) else None,
         )
 
     def summary(self) -> str:
@@ -260,8 +265,10 @@ def top_k(output: np.ndarray, spec: TensorSpec, manifest: Manifest, k: int) -> l
 def build_prediction(frame: Frame, top: list[Score], last_hop: Hop, *,
                      kind: str = "classification", objects: list[DetectedObject] | None = None,
                      keypoints: list[Keypoint] | None = None,
-                     classes: list[ClassShare] | None = None) -> Prediction:
-    """The prediction for a frame: its timings, and the results of its kind."""
+                     classes: list[ClassShare] | None = None,
+                     release: str | None = None) -> Prediction:
+    """The prediction for a frame: its timings, the results of its kind, and the release that
+    computed it (a node daemon's stage)."""
     hops = [*frame.trace, last_hop]
     timings = []
     previous_done = frame.captured_at
@@ -287,6 +294,7 @@ def build_prediction(frame: Frame, top: list[Score], last_hop: Hop, *,
         objects=objects or [],
         keypoints=keypoints or [],
         classes=classes or [],
+        release=release,
     )
 
 

@@ -122,3 +122,19 @@ class Topics:
     @property
     def all_stats(self) -> str:
         return f"{self.base}/stats/+"
+
+    # -- releases (contracts/release.py, docs/fleet.md) --------------------------------------
+
+    @property
+    def release_plan(self) -> str:
+        """Retained: the newest release, published by the deployer alone."""
+        return f"{self.base}/fleet/release"
+
+    @property
+    def live_release(self) -> str:
+        """Retained: which release the cameras send to, switched by the deployer."""
+        return f"{self.base}/fleet/live"
+
+    def model_chunk(self, sha256: str) -> str:
+        """Retained: a piece of a release's model, named by its sha256 (binary: frames branch)."""
+        return f"{self.frames_base}/chunk/{sha256}"

@@ -42,7 +42,7 @@ from aiotedge.media.sources import FrameSource, open_source
 from aiotedge.media.sources.base import CapturedFrame
 from aiotedge.media.sources.live import LiveReader
 from aiotedge.nodes.daemons.lifecycle import connect_once, stop_on_signals, wait_for_broker
-from aiotedge.nodes.mqtt.session import MqttSession
+from aiotedge.nodes.mqtt.session import MqttSession, wait_settled
 from aiotedge.nodes.mqtt.transport import Received, Session
 from aiotedge.nodes.observe import systemd
 from aiotedge.nodes.observe.event_publisher import EventPublisher
@@ -55,6 +55,7 @@ from aiotedge.nodes.observe.metrics import (
     camera_metrics,
     serve_prometheus,
 )
+from aiotedge.nodes.observe.releases import follow_live_release
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +127,9 @@ class Camera:
             self.events = EventPublisher(session, topics, options.name, events,
                                          jpeg_quality=options.jpeg_quality)
             self.events.start()
+        #: stage 0's topic: the live release's (docs/fleet.md), else the pipeline's own
+        self.frames_topic = topics.stage_input(0)
+        follow_live_release(session, topics, self._send_to)
         session.subscribe(topics.predictions, self._on_prediction, qos=1)
         session.subscribe(topics.errors, self._on_error, qos=1)
         if model is None:  # stage 0 says its preprocessing: needed for decoded frames too
@@ -274,9 +278,12 @@ class Camera:
         log.debug("published %s (%s)", frame_id, captured.name)
         return frame_id
 
+    def _send_to(self, topic: str) -> None:
+        self.frames_topic = topic
+
     def _send(self, frame_id: str, entry: _InFlight, frame: Frame) -> None:
         self.session.publish_confirmed(
-            self.topics.stage_input(0), encode_frame(replace(frame, attempt=entry.attempts)),
+            self.frames_topic, encode_frame(replace(frame, attempt=entry.attempts)),
             self.qos, lambda refused: self._on_confirmed(frame_id, refused),
         )
 
@@ -493,6 +500,7 @@ def run_camera(config: NodeConfig, stop: threading.Event | None = None) -> int:
         running.callback(session.stop, end_session=True)
         if not one_shot and not wait_for_broker(session, stop):
             return 0
+        wait_settled(session, topics.probe(session.client_id))  # the live release is in
         session.set_online()
         if cam.preprocess != "none" and model is None:
             camera.wait_for_model(MODEL_WAIT)

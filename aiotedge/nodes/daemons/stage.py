@@ -439,7 +439,8 @@ class StageNode:
                                  mask_png(results.mask, frame.frame_id), qos=0, retain=True)
         return build_prediction(frame, results.top, hop, kind=results.kind,
                                 objects=results.objects, keypoints=results.keypoints,
-                                classes=results.classes).to_json().encode()
+                                classes=results.classes,
+                                release=self.config.release or None).to_json().encode()
 
     def _input_tensor(self, frame: Frame) -> tuple[Frame, np.ndarray]:
         """The frame's tensor; a photo's frame gains the photo's view when it came without one
@@ -505,8 +506,13 @@ def stage_session(config: NodeConfig) -> MqttSession:
     )
 
 
-def run_stage(config: NodeConfig, stop: threading.Event | None = None) -> int:
+def run_stage(config: NodeConfig, stop: threading.Event | None = None, *,
+              on_serving: Callable[[StageNode], None] | None = None,
+              notify_systemd: bool = True) -> int:
     """A stage daemon from start to stop: 0 when stopped, 2 when it does not fit the chain.
+
+    A node daemon (nodes/daemons/node.py) runs it in a thread per release it serves: it
+    hears when the stage serves (`on_serving`), and speaks to systemd itself.
 
     `stop` defaults to SIGTERM/SIGINT (systemctl stop, Ctrl-C). Whether the stage fits its
     online neighbours is checked on its own connection, once the broker has sent it the
@@ -549,7 +555,10 @@ def run_stage(config: NodeConfig, stop: threading.Event | None = None) -> int:
         running.callback(pipeline.leaving)
         if bridge is not None:
             bridge.start()
-        systemd.notify(f"READY=1\nSTATUS=stage {node.index} serving {node.input_topic}")
-        running.callback(systemd.notify, "STOPPING=1")
+        if on_serving is not None:
+            on_serving(node)
+        if notify_systemd:
+            systemd.notify(f"READY=1\nSTATUS=stage {node.index} serving {node.input_topic}")
+            running.callback(systemd.notify, "STOPPING=1")
         stop.wait()
     return 0
