@@ -155,7 +155,9 @@ def build(pipeline: str, stages: int, duties: dict[str, str],
     roles.append(role(f"{pipeline}-camera", "cameras",
                       acls("s", stage_input(0), f"{base}/errors", f"{base}/events")
                       + acls("rl", f"{base}/predictions", f"{base}/errors",
-                             f"{HOMEASSISTANT_PREFIX}/status")))
+                             f"{HOMEASSISTANT_PREFIX}/status", f"{base}/fleet/live")))
+    roles.append(role(f"{pipeline}-deployer", "the deployer of releases (docs/fleet.md)",
+                      acls("srp", f"{base}/fleet/#", f"{frames}/chunk/+")))
     snapshots = [f"{frames}/snapshot/+", f"{frames}/event-snapshot/+/+"]
     roles.append(role(f"{pipeline}-watcher", "read-only tools",
                       acls("rp", f"{base}/#", *snapshots, BROKER_DROPPED)))
