@@ -84,20 +84,26 @@ class ErrorEvent:
 # -- predictions ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Score:
-    index: int
+class Labelled:
+    """A result of one class: `name` is its label's first name, `hotdog` of `hotdog, hot dog,
+    red hot` (ImageNet's labels list synonyms), what events and summaries call it."""
+
     label: str
-    score: float
 
     @property
     def name(self) -> str:
-        """The label's first name: `hotdog` of `hotdog, hot dog, red hot`."""
         return self.label.split(",")[0].strip()
 
 
 @dataclass(frozen=True)
-class DetectedObject:
+class Score(Labelled):
+    index: int
+    label: str
+    score: float
+
+
+@dataclass(frozen=True)
+class DetectedObject(Labelled):
     """One object a detection model found."""
 
     index: int
@@ -108,10 +114,6 @@ class DetectedObject:
     #: in the pixels of the camera's own frame, mapped back through its view (crop, turn,
     #: mirror; contracts.geometry); None when the frame said no view and was a tensor
     box_px: Box | None = None
-
-    @property
-    def name(self) -> str:
-        return self.label.split(",")[0].strip()
 
 
 @dataclass(frozen=True)
@@ -127,7 +129,7 @@ class Keypoint:
 
 
 @dataclass(frozen=True)
-class ClassShare:
+class ClassShare(Labelled):
     """The share (0..1) of a segmented frame's pixels given to one class."""
 
     index: int

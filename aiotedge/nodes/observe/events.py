@@ -52,7 +52,7 @@ def sightings(prediction: Prediction, options: EventsConfig) -> dict[str, list[S
     elif prediction.kind == "pose" and prediction.keypoints:
         found = [_body(prediction.keypoints, options.min_score)]
     elif prediction.kind == "segmentation":
-        found = [Sighting(c.label.split(",")[0].strip(), 1.0, c.share)
+        found = [Sighting(c.name, 1.0, c.share)
                  for c in prediction.classes if c.share > 0]
     elif prediction.top:
         best = prediction.top[0]
