@@ -26,7 +26,7 @@ from aiotedge.nodes.mqtt.broker import LocalBroker
 from aiotedge.nodes.mqtt.session import MqttSession
 from aiotedge.nodes.observe.metrics import resident_bytes
 from bench.benchdoc import table, write_section
-from tests.conftest import SHARED_MODEL
+from support.paths import SHARED_MODEL
 
 
 def rss_mb(pid: int) -> float:

@@ -41,7 +41,7 @@ from aiotedge.nodes.mqtt.broker import LocalBroker
 from aiotedge.nodes.mqtt.session import MqttSession
 from bench.benchdoc import table, write_section
 from bench.stagerun import Daemon, StageRun
-from tests.conftest import SHARED_IMAGES, SHARED_MODEL
+from support.paths import SHARED_IMAGES, SHARED_MODEL
 
 log = logging.getLogger(__name__)
 _PROCESSES = multiprocessing.get_context("spawn")

@@ -31,7 +31,7 @@ from bench.cluster.measure import process_cpu_seconds
 from bench.reliability.harness import child_env
 from bench.reliability.procfs import sample
 from bench.stagerun import Daemon, StageRun
-from tests.conftest import SHARED_IMAGES, SHARED_MODEL
+from support.paths import SHARED_IMAGES, SHARED_MODEL
 
 #: what `aiotedge stage` imports, in the order the table adds them
 IMPORTS = (

@@ -24,7 +24,8 @@ from aiotedge.nodes.daemons.local import LOCAL_CAMERA, LocalPipeline
 from aiotedge.nodes.daemons.status import collect_status, format_status, read_pipeline
 from aiotedge.nodes.mqtt.broker import LocalBroker
 from aiotedge.nodes.mqtt.session import MqttSession
-from tests.conftest import wait_all_online, whole_model_top
+from support.reference import whole_model_top
+from support.watch import wait_all_online
 
 #: frames without a result are sent again after 5 s, not the default 30
 QUICK_RESENDS = dataclasses.replace(LOCAL_CAMERA, frame_timeout=5.0)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from support.paths import REPO
 
 #: package prefix -> layer; a module may import from its own layer and the ones below (the
 #: longest prefix that matches a module decides its layer)

@@ -40,7 +40,7 @@ from aiotedge.media.image import list_images, read_photo
 from bench.benchdoc import BENCHMARKS, command_line, machine, write_section
 from bench.cluster import boards, layouts, report
 from bench.cluster.measure import Cluster, Phases, RunResult
-from tests.conftest import SHARED_IMAGES, SHARED_MODEL
+from support.paths import SHARED_IMAGES, SHARED_MODEL
 
 log = logging.getLogger("bench.cluster")
 HEADING = "Emulated cluster: pipeline, replicas and the planner's plan on 1 to N boards"

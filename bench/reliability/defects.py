@@ -31,7 +31,7 @@ from bench.reliability.results import Row, bounded_memory, fill, tally
 from bench.reliability.scenarios import MAX_EVENT_BYTES, OVERLOAD_FPS, STEADY_FPS, finish
 from bench.reliability.secure import credentials
 from bench.reliability.workload import Photos
-from tests.conftest import whole_model_top
+from support.reference import whole_model_top
 
 log = logging.getLogger(__name__)
 
