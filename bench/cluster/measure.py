@@ -31,8 +31,9 @@ from pathlib import Path
 
 from aiotedge.config.sections import BrokerConfig, CameraConfig
 from aiotedge.nodes.mqtt.broker import free_port
-from bench.cluster.boards import Board, CpuStats, Link, LinkBytes, wake_lateness
+from bench.cluster.boards import Board, CpuStats, Link, LinkBytes
 from bench.cluster.layouts import Layout
+from bench.cluster.timing import wake_lateness
 from bench.stagerun import Arrival, StageRun
 from support.broker import Broker
 from support.daemons import StageLaunch
