@@ -140,7 +140,7 @@ def render(entries: list[Entry], artifacts: Path) -> str:
         "Real stage daemons (`python -m aiotedge stage`) against a real mosquitto on loopback, "
         "under faults. Every scenario starts its own broker and daemons, injects its faults, "
         "counts what came out, and stops everything it started, also when it fails; each has a "
-        "hard timeout. `tests/test_reliability.py` runs the same scenarios with the `--fast` "
+        "hard timeout. `bench/tests/test_reliability.py` runs the same scenarios with the `--fast` "
         "counts as part of `make test` and asserts 0 lost frames (beyond those counted as "
         "dropped by design), 0 duplicates, 0 crashes, memory bounded relative to each daemon's "
         "start, and no problems found; the rows that measure a defect of an issue are marked "

@@ -1,7 +1,7 @@
-"""Emulated boards (bench.cluster.boards): a board's process is in its cgroup and its netns, the
-quota file holds what was asked, and nothing is left once a board closes or a dead run's
-leftovers are cleaned. Skipped with the module's reason where the machine does not permit it;
-no timing checks."""
+"""Emulated boards (bench.cluster: boards, leftovers, timing): a board's process is in its
+cgroup and its netns, the quota file holds what was asked, and nothing is left once a board
+closes or a dead run's leftovers are cleaned. Skipped with the module's reason where the machine
+does not permit it; no timing checks."""
 
 from __future__ import annotations
 
