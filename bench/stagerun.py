@@ -98,7 +98,7 @@ class StageRun:
             stack.callback(self.session.stop)
             stack.callback(self.stop_daemons)
             for daemon in self.daemons:
-                self.stages.spawn(daemon.stage, daemon)
+                self.stages.spawn(daemon)
             self.wait(lambda: {d.node for d in self.daemons} <= self._seen.online,
                       "every stage online")
             self._exit = stack.pop_all()

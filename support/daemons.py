@@ -47,7 +47,7 @@ def stage_command(program: Sequence[str], *flags: str, manifest: Path | str, ind
 
 @dataclass(frozen=True)
 class StageLaunch:
-    """How to start one stage daemon; what is left out, the harness decides.
+    """How to start one stage daemon: which stage, and what the harness does not decide.
 
     `wrap` turns its argv into the one to run (inside a board: a cgroup and a netns; `ip netns
     exec NS`); `broker` is then the broker's address as seen from there. `flags` come last, so
@@ -69,7 +69,6 @@ class StageProcess:
 
     index: int
     node: str
-    command: list[str]
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
     #: set before the harness stops it, so its exit does not count as a crash
@@ -105,17 +104,17 @@ class StageDaemons:
         self.env = {**child_env(), **(env or {})}
         self.stages: dict[str, StageProcess] = {}
 
-    def spawn(self, index: int, launch: StageLaunch = StageLaunch()) -> StageProcess:
-        """Start stage `index` as `launch` says; under its node name (by default the one
-        `aiotedge run` gives it), again if it ran before."""
+    def spawn(self, launch: StageLaunch) -> StageProcess:
+        """Start a stage daemon as `launch` says; under its node name (by default the one
+        `aiotedge run` gives its stage), again if it ran before."""
+        index = launch.stage
         node = launch.node or stage_node_name(self.pipeline, index)
         argv = stage_command(
             self.command(node), *self.settings,
             *(("--share-group", launch.share_group) if launch.share_group else ()),
             *launch.flags, manifest=launch.manifest or self.manifest_dir, index=index, node=node,
             broker=launch.broker or self.broker, pipeline=self.pipeline)
-        daemon = self.stages.get(node) or StageProcess(index, node, argv,
-                                                       self.workdir / f"{node}.log")
+        daemon = self.stages.get(node) or StageProcess(index, node, self.workdir / f"{node}.log")
         self.stages[node] = daemon
         daemon.stop_requested = False
         with open(daemon.log_path, "ab") as out:

@@ -16,6 +16,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 
 from aiotedge.config.sections import BrokerConfig, CameraConfig
@@ -154,7 +155,8 @@ class Run:
     def spawn(self, index: int, launch: StageLaunch | None = None) -> StageProcess:
         """Start stage `index` as the harness launches it, or as `launch` says (a replica: its
         own node name)."""
-        return self.daemons.spawn(index, launch or self.launches.get(index, StageLaunch()))
+        return self.daemons.spawn(replace(launch or self.launches.get(index, StageLaunch()),
+                                          stage=index))
 
     def stop_stage(self, node: str, kill: bool = False, timeout: float = 30.0) -> int | None:
         """SIGKILL or SIGTERM one stage and wait for it; its exit is not a crash."""
