@@ -89,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "a folder of photos; docs/cameras.md)")
     _add_node_flags(camera)
     add_section_flags(camera, CameraConfig, (*SOURCE_KEYS, "name", "fps", "in_flight", "frames",
-                                             "size", "preprocess", "manifest", "snapshot"))
+                                             "size", "crop", "rotate", "flip", "preprocess",
+                                             "manifest", "snapshot"))
     add_section_flags(camera, StatsConfig, ("interval",))
     camera.set_defaults(handler=_cmd_camera)
 

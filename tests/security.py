@@ -32,7 +32,12 @@ from aiotedge.nodes.mqtt.session import MqttSession, wait_settled
 from aiotedge.nodes.mqtt.transport import Received
 from aiotedge.nodes.observe.chain import check_chain
 from aiotedge.nodes.observe.health import PipelineAvailability
-from aiotedge.nodes.observe.homeassistant import HomeAssistantBridge, health_sensors, label_sensor
+from aiotedge.nodes.observe.homeassistant import (
+    HomeAssistantBridge,
+    event_entities,
+    health_sensors,
+    label_sensor,
+)
 from support.paths import REPO
 from support.security import ACL, TIMEOUT, Probe, refused
 
@@ -85,6 +90,15 @@ def next_item(inbox: queue.Queue[T], name: str) -> T:
 MODEL = SimpleNamespace(source=SimpleNamespace(file="model.tflite"))
 #: the camera whose Home Assistant sensor the checks look for
 CAMERA = "cam0"
+#: a label a camera tracks ([events] labels): its rights do not depend on which
+LABEL = "person"
+
+
+def camera_event_topics(topics: Topics, camera: str, prefix: str = "homeassistant") -> set[str]:
+    """What a camera that tracks a label writes about it: the events, its count, its events'
+    snapshot, its own Home Assistant device."""
+    return {topics.events, topics.count(camera, LABEL), topics.event_snapshot(camera, LABEL),
+            *(topic for topic, _ in event_entities(topics, camera, LABEL, prefix))}
 
 
 def home_assistant_topics(config: NodeConfig) -> set[str]:
@@ -103,7 +117,8 @@ def allowed_writes(config: NodeConfig) -> set[str]:
     name = node_name(config)
     own = {topics.errors, topics.availability(name), topics.info(name), topics.stats(name)}
     if is_camera(config):
-        return own | {topics.stage_input(0), topics.snapshot(name)}
+        return own | {topics.stage_input(0), topics.snapshot(name)} | camera_event_topics(
+            topics, name, config.homeassistant.prefix)
     own.add(topics.pipeline_availability)
     index = config.stage.index
     if index < STAGES - 1:
@@ -139,7 +154,7 @@ def candidate_topics(configs: dict[str, NodeConfig]) -> list[str]:
                    "homeassistant/sensor/other/config", "$SYS/broker/uptime"}
     for name in names:
         candidates |= {topics.availability(name), topics.info(name), topics.stats(name),
-                       topics.snapshot(name)}
+                       topics.snapshot(name), *camera_event_topics(topics, name)}
     for config in configs.values():
         candidates |= allowed_writes(config)
     return sorted(candidates)
@@ -402,7 +417,8 @@ def check_publish_rights(probes: Callable[[str], Probe], config: NodeConfig,
     while (message := next_item(watcher.messages, "the watcher")) != (marker, "marker"):
         seen.append(message[0])
     # the watcher may read the JSON branch and the cameras' snapshots, not the frames
-    readable = ("aiotedge/", Topics("greenhouse").snapshot(""))
+    readable = ("aiotedge/", Topics("greenhouse").snapshot(""),
+                f"{Topics('greenhouse').frames_base}/event-snapshot/")
     assert set(seen) == {t for t in allowed
                          if t.startswith(readable) and mqtt.topic_matches_sub(watcher_filter, t)}
 

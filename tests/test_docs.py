@@ -107,6 +107,9 @@ FILES: dict[str, Provide] = {
     "dog_breed_mobilenetv2.h5": lambda fixture: fixture("keras_h5"),
     "clip.mp4": lambda fixture: fixture("camera_clip"),
     "split/": lambda fixture: fixture("split3").directory,
+    "detection/": lambda fixture: fixture("shared_data") / "detection",
+    "pose/": lambda fixture: fixture("shared_data") / "pose",
+    "segmentation/": lambda fixture: fixture("shared_data") / "segmentation",
     "pki/": lambda fixture: fixture("pki"),
 }  # fmt: skip
 

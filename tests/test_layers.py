@@ -19,6 +19,7 @@ docs/architecture.md draws it.
 from __future__ import annotations
 
 import ast
+import graphlib
 import subprocess
 import sys
 from pathlib import Path
@@ -165,6 +166,19 @@ def test_what_a_benchmark_runs_does_not_import_pytest(path):
     """A benchmark runs where pytest is not installed; a missing tool is support.unavailable's
     (a skip under pytest, an error otherwise)."""
     assert "pytest" not in {folder(name) for name in imported_modules(path)}
+
+
+def test_no_modules_import_each_other_in_a_circle():
+    """A circle (even one a type checker's import closes) makes two modules one: neither can be
+    read, tested or moved without the other. config/files.py once imported the sections that
+    read passwords with it."""
+    ours = {module_name(path): path for path in SOURCES}
+    graph = {name: {found for found in imported_modules(path) if found in ours and found != name}
+             for name, path in ours.items()}
+    try:
+        graphlib.TopologicalSorter(graph).prepare()
+    except graphlib.CycleError as circle:
+        pytest.fail(f"modules import each other in a circle: {' -> '.join(circle.args[1])}")
 
 
 #: the one module that speaks to the MQTT client library; the rest see aiotedge.nodes.mqtt.transport

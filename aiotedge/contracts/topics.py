@@ -53,6 +53,29 @@ class Topics:
         """Retained: the camera's latest JPEG that got a prediction (dashboards, Home Assistant)."""
         return f"{self.frames_base}/snapshot/{camera}"
 
+    def event_snapshot(self, camera: str, label: str) -> str:
+        """Retained: the frame of a camera's latest event of a label, its objects drawn."""
+        return f"{self.frames_base}/event-snapshot/{camera}/{label}"
+
+    def camera_event_snapshots(self, camera: str) -> str:
+        return f"{self.frames_base}/event-snapshot/{camera}/+"
+
+    @property
+    def events(self) -> str:
+        """An object of a tracked label appeared, is still there, is gone (JSON)."""
+        return f"{self.base}/events"
+
+    def count(self, camera: str, label: str) -> str:
+        """Retained: how many objects of a tracked label a camera sees now (JSON)."""
+        return f"{self.base}/count/{camera}/{label}"
+
+    def camera_counts(self, camera: str) -> str:
+        return f"{self.base}/count/{camera}/+"
+    def mask(self, source: str) -> str:
+        """Retained: a segmentation model's latest class mask of a source's frame, as a PNG
+        (one byte a pixel: the class index; its `frame_id` in a text chunk)."""
+        return f"{self.frames_base}/mask/{source}"
+
     @property
     def predictions(self) -> str:
         return f"{self.base}/predictions"

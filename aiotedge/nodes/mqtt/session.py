@@ -551,6 +551,11 @@ def wait_settled(session: Session, probe_topic: str, timeout: float = 10.0) -> N
         raise BrokerError(f"the broker at {session.url} did not answer within {timeout:.0f} s")
 
 
+def topic_matches(topic_filter: str, topic: str) -> bool:
+    """Whether a topic matches a filter (+ and # wildcards) as the broker decides it."""
+    return mqtt.topic_matches_sub(topic_filter, topic)
+
+
 def read_retained(
     session: MqttSession, filters: Sequence[str], probe_topic: str, timeout: float = 10.0,
     follow: MessageHandler | None = None,
