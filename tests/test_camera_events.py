@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import io
 import json
-import threading
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from aiotedge.config.sections import CameraConfig, EventsConfig
@@ -23,8 +21,9 @@ from aiotedge.media.image import decode_image
 from aiotedge.media.sources import open_source
 from aiotedge.nodes.daemons.camera import Camera
 from aiotedge.nodes.mqtt.session import MqttSession
-from tests.conftest import AnsweringStage
-from tests.media import write_video
+from support.media import write_video
+from support.stages import AnsweringStage
+from support.watch import Recorder, read_retained_one
 
 WIDTH, HEIGHT = 320, 240
 #: where the person stands in the camera's frame (x0, y0, x1, y1)
@@ -56,30 +55,6 @@ def detect(frame: Frame) -> Prediction:
         objects.append(DetectedObject(0, "person", 0.88, box, frame.view.box_to_source(box)))
     return Prediction(frame.frame_id, frame.source, frame.seq, frame.captured_at, [], 5.0, [],
                       kind="detection", objects=objects)
-
-
-class Recorder:
-    """Every message on some topics, in order, and a wait for the one that ends a test."""
-
-    def __init__(self, broker, topic_filters: list[str]) -> None:
-        self.messages: list[tuple[str, bytes]] = []
-        self._changed = threading.Condition()
-        self.session = MqttSession(broker.address, "recorder")
-        for topic_filter in topic_filters:
-            self.session.subscribe(topic_filter, self._take)
-        self.session.start()
-        assert self.session.wait_connected(10)
-
-    def _take(self, message) -> None:
-        with self._changed:
-            self.messages.append((message.topic, message.payload))
-            self._changed.notify_all()
-
-    def wait_for(self, found, timeout: float = 30.0) -> list[tuple[str, bytes]]:
-        with self._changed:
-            if not self._changed.wait_for(lambda: found(self.messages), timeout):
-                pytest.fail(f"not found in {self.messages}")
-            return list(self.messages)
 
 
 def test_a_person_walking_through_a_clip_is_one_appeared_one_gone_a_count_and_a_snapshot(
@@ -122,31 +97,12 @@ def test_a_person_walking_through_a_clip_is_one_appeared_one_gone_a_count_and_a_
     assert not marked[:, :x0 - 4].any()  # nothing drawn far from it
 
 
-def read_retained_one(broker, topic: str) -> bytes:
-    """The message the broker retains on a topic (it sends it on subscribing)."""
-    got: list[bytes] = []
-    arrived = threading.Event()
-    session = MqttSession(broker.address, "snapshot-reader")
-
-    def take(message) -> None:
-        got.append(message.payload)
-        arrived.set()
-
-    session.subscribe(topic, take)
-    session.start()
-    try:
-        assert arrived.wait(30), f"nothing retained on {topic}"
-    finally:
-        session.stop()
-    return got[0]
-
-
 def test_a_camera_daemon_with_discovery_announces_its_own_device(broker, tmp_path):
     """`aiotedge camera` with `[events] labels` and discovery: the camera's device is on the
     broker, retained, beside its counts, every message as Home Assistant documents it."""
     from aiotedge.cli import main
     from aiotedge.nodes.observe.homeassistant import event_entities
-    from tests.conftest import retained_now
+    from support.watch import retained_now
     from tests.homeassistant_schema import problems
 
     folder = tmp_path / "photos"

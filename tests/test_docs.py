@@ -52,7 +52,7 @@ import pytest
 from sybil import Document, Example, Sybil
 from sybil.parsers.markdown import CodeBlockParser, SkipParser
 
-from tests.conftest import REPO
+from support.paths import REPO
 
 SHELL_LANGUAGES = ("sh", "bash", "console", "shell")
 DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -374,7 +374,7 @@ def keras_h5(tmp_path_factory) -> Path:
     """The float test CNN saved by Keras as legacy .h5 (dog_breed_mobilenetv2.h5's stand-in)."""
     import numpy as np
 
-    from tests.models import HEIGHT, WIDTH, build_keras_sources
+    from support.models import HEIGHT, WIDTH, build_keras_sources
 
     inputs = np.zeros((1, HEIGHT, WIDTH, 3), np.float32)
     return build_keras_sources(tmp_path_factory.mktemp("keras"), inputs)["h5"]
@@ -383,7 +383,7 @@ def keras_h5(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def camera_clip(tmp_path_factory) -> Path:
     """A 1 s 640x480 H.264 clip at 10 frames/s, as a camera records it."""
-    from tests.media import moving_pattern
+    from support.media import moving_pattern
 
     return moving_pattern(tmp_path_factory.mktemp("clip") / "clip.mp4", seconds=1, fps=10)
 

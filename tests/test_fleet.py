@@ -25,8 +25,8 @@ from aiotedge.nodes.daemons.camera import Camera
 from aiotedge.nodes.daemons.speed import SPEED_FILE
 from aiotedge.nodes.mqtt.session import MqttSession, wait_settled
 from aiotedge.tflite.graph import load_graph
-from tests.conftest import whole_model_top
-from tests.models import LABELS
+from support.models import LABELS
+from support.reference import whole_model_top
 
 PIPELINE = "yard"
 NODES = ("n1", "n2", "n3")
@@ -225,7 +225,7 @@ def test_a_rolling_update_loses_no_frame_and_mixes_no_release(
 
     # v1 drains, then its stages stop: the nodes serve v2 alone
     fleet.wait(lambda r: all(r[n].serving == ("v2",) for n in NODES), "v1 stopped")
-    from tests.conftest import retained_now
+    from support.watch import retained_now
 
     v1_topics = v1.topics(fleet.topics)
     left = {t for t in retained_now(broker, v1_topics) if t.startswith(v1_topics.base)}
@@ -256,7 +256,7 @@ def test_a_node_refuses_a_release_it_cannot_run_and_the_live_one_stays(
 
 def test_a_split_folder_deploys_as_it_is_and_its_chunks_stay_under_the_pipeline(
         fleet, broker, test_models, split3):
-    from tests.conftest import retained_now
+    from support.watch import retained_now
 
     done = deploy(deployer(broker), split3.directory, "v1", nodes=3, timeout=120)
     # every node cut the segment the split wrote (its sha256) and serves it

@@ -27,7 +27,7 @@ from aiotedge.media.image import (
 from aiotedge.media.prepare import ModelInput, prepare, snapshot_jpeg
 from aiotedge.media.sources.base import CapturedFrame
 from aiotedge.tflite.runtime import Segment
-from tests.conftest import SHARED_IMAGES, SHARED_MODEL
+from support.paths import SHARED_IMAGES, SHARED_MODEL
 
 #: EXIF orientation -> how a camera stores the upright picture under that tag, from the EXIF
 #: definition (where the stored first row and column belong in the upright picture); numpy

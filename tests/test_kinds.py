@@ -17,7 +17,7 @@ from aiotedge.contracts.manifest import Manifest
 from aiotedge.tflite.graph import load_graph
 from aiotedge.tflite.kinds import model_kind, recognise_kind
 from aiotedge.tflite.runtime import Segment
-from tests.conftest import SHARED_DATA
+from support.paths import SHARED_DATA
 from tests.kind_models import (
     DETECTION_LABELS,
     PREFIX_OPS,

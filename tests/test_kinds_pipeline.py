@@ -21,9 +21,9 @@ from aiotedge.media.sources import open_source
 from aiotedge.nodes.daemons.camera import Camera
 from aiotedge.nodes.daemons.local import LocalPipeline
 from aiotedge.nodes.mqtt.session import MqttSession
-from tests.conftest import SHARED_DATA
-from tests.media import write_video
-from tests.test_camera_events import Recorder, read_retained_one
+from support.media import write_video
+from support.paths import SHARED_DATA
+from support.watch import Recorder, read_retained_one
 
 #: tflite-support's expected detections of cats_and_dogs.jpg: label, score, (x, y, w, h) px
 EXPECTED_OBJECTS = [("cat", 0.64, (54, 396, 393, 196)), ("cat", 0.61, (602, 157, 394, 447)),

@@ -15,7 +15,7 @@ from aiotedge.contracts.events import NodeInfo
 from aiotedge.contracts.tensors import TensorSpec
 from aiotedge.contracts.topics import Topics
 from aiotedge.nodes.mqtt.session import MqttSession, read_retained
-from tests.conftest import retained_now
+from support.watch import retained_now
 from tests.test_cli import assert_one_line_error
 
 TOPICS = Topics("shelf")

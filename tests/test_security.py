@@ -23,17 +23,23 @@ from aiotedge.contracts.errors import ConfigError
 from aiotedge.nodes.mqtt.broker import LocalBroker, free_port
 from aiotedge.nodes.mqtt.session import MqttSession
 from aiotedge.nodes.mqtt.transport import Received
-from tests.security import (
-    CLUSTER,
+from support.security import (
     DYNSEC_CONF,
-    FRAMES,
     PLAIN_CONF,
-    REPLICA,
     SECURE_CONF,
-    STAGES,
     TIMEOUT,
     Probe,
     acl_users,
+    conf_settings,
+    issue,
+    refused,
+    secure_conf,
+)
+from tests.security import (
+    CLUSTER,
+    FRAMES,
+    REPLICA,
+    STAGES,
     check_client_id_takeover,
     check_cluster_logins,
     check_deliveries,
@@ -44,13 +50,9 @@ from tests.security import (
     check_only_the_deployer_publishes_releases,
     check_publish_rights,
     check_status_tool,
-    conf_settings,
     is_camera,
-    issue,
     load_cluster,
     node_name,
-    refused,
-    secure_conf,
     theft,
     write_acl_with_replica,
 )

@@ -21,15 +21,13 @@ import pytest
 from aiotedge.config.loader import NodeConfig
 from aiotedge.contracts.topics import Topics
 from aiotedge.nodes.observe.homeassistant import discovery_filter
-from tests.conftest import REPO
+from support.paths import REPO
+from support.security import DYNSEC_CONF, SECURE_CONF, acl_users, conf_settings, dynsec_conf
 from tests.security import (
-    DYNSEC_CONF,
     FRAMES,
     NOT_AUTHORIZED,
     REPLICA,
-    SECURE_CONF,
     STAGES,
-    acl_users,
     check_client_id_takeover,
     check_cluster_logins,
     check_deliveries,
@@ -40,8 +38,6 @@ from tests.security import (
     check_only_the_deployer_publishes_releases,
     check_publish_rights,
     check_status_tool,
-    conf_settings,
-    dynsec_conf,
     is_camera,
     load_cluster,
     theft,
