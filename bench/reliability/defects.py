@@ -26,8 +26,8 @@ from PIL import Image, ImageOps
 
 from bench.reliability import faults, storm
 from bench.reliability.context import Context
-from bench.reliability.feeds import Injector
 from bench.reliability.harness import Run
+from bench.reliability.injector import Injector
 from bench.reliability.observer import frame_id_of
 from bench.reliability.results import Row, bounded_memory, fill, tally
 from bench.reliability.scenarios import MAX_EVENT_BYTES, OVERLOAD_FPS, STEADY_FPS, finish

@@ -19,8 +19,9 @@ from bench.reliability.context import Context
 from bench.reliability.curve import growth
 from bench.reliability.curve import plot as plot_curve
 from bench.reliability.curve import save as save_curve
-from bench.reliability.feeds import Feed, Injector
+from bench.reliability.feeds import Feed
 from bench.reliability.harness import BROKER_NODE, Run
+from bench.reliability.injector import Injector
 from bench.reliability.results import Row, Tally, bounded_memory, fill, tally
 from bench.reliability.workload import Photos, stage_inputs
 from support.daemons import StageLaunch
