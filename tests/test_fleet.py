@@ -148,8 +148,9 @@ def test_deploy_serves_the_whole_models_answers_and_a_restarted_node_resumes_its
     done = deploy(deployer(broker), load_graph(model), "v1", labels=LABELS, timeout=120)
     release = done.release
     assert sorted(release.nodes) == sorted(NODES) and len(release.assignments) == 3
-    assert {r.node: (r.release, r.state) for r in fleet.reports.values()} == {
-        node: ("v1", "ready") for node in NODES}
+    # the deployer heard every node ready; this test's own subscriber hears it a moment later
+    fleet.wait(lambda reports: {r.node: (r.release, r.state) for r in reports.values()} == {
+        node: ("v1", "ready") for node in NODES}, "every node ready for v1")
 
     results = Results(broker, fleet.topics)
     camera, session = camera_for(broker, "cam")

@@ -552,13 +552,23 @@ class RetainedRefusedError(BrokerError):
 def wait_settled(session: Session, probe_topic: str, timeout: float = 10.0) -> None:
     """Return once the broker has sent what it held for the session's subscriptions when it
     connected (their retained messages): a message of our own published after them comes
-    back after them. QoS 0 both ways, so it suits a session that acknowledges QoS 1 messages
-    by hand (a stage's)."""
+    back after them. Received at QoS 0, so it suits a session that acknowledges QoS 1
+    messages by hand (a stage's); published at QoS 1, so that a broker refusing it (its ACL:
+    a pipeline name the user has no rights on) says so rather than leaving us to wait."""
     back = threading.Event()
+    refused: list[str] = []
+
+    def published(denied: bool) -> None:
+        if denied:
+            refused.append(f"the publish to {probe_topic} (Not authorized)")
+            back.set()
+
     session.subscribe(probe_topic, lambda _message: back.set(), qos=0)
-    session.publish(probe_topic, b"", qos=0)
+    session.publish_confirmed(probe_topic, b"", 1, published)
     if not back.wait(timeout):
         raise BrokerError(f"the broker at {session.url} did not answer within {timeout:.0f} s")
+    if refused:
+        raise RetainedRefusedError(refused, {}, reading=False)
 
 
 def topic_matches(topic_filter: str, topic: str) -> bool:
