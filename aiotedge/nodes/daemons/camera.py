@@ -44,6 +44,7 @@ from aiotedge.nodes.daemons.lifecycle import connect_once, stop_on_signals, wait
 from aiotedge.nodes.mqtt.session import MqttSession
 from aiotedge.nodes.mqtt.transport import Received, Session
 from aiotedge.nodes.observe import systemd
+from aiotedge.nodes.observe.dispatch import Dispatcher
 from aiotedge.nodes.observe.metrics import (
     CAMERA_COUNTERS,
     Metric,
@@ -116,6 +117,8 @@ class Camera:
         session.subscribe(topics.errors, self._on_error, qos=1)
         if model is None:  # stage 0 says its preprocessing: needed for decoded frames too
             session.subscribe(topics.all_info, self._on_info, qos=1)
+        #: stage 0's replica with room for a frame, if any offers it
+        self._dispatch = Dispatcher(session, topics, 0, session.client_id)
 
     @property
     def published(self) -> int:
@@ -256,7 +259,7 @@ class Camera:
 
     def _send(self, frame_id: str, entry: _InFlight, frame: Frame) -> None:
         self.session.publish_confirmed(
-            self.topics.stage_input(0), encode_frame(replace(frame, attempt=entry.attempts)),
+            self._dispatch.topic(), encode_frame(replace(frame, attempt=entry.attempts)),
             self.qos, lambda refused: self._on_confirmed(frame_id, refused),
         )
 
