@@ -118,7 +118,7 @@ class Camera:
         if model is None:  # stage 0 says its preprocessing: needed for decoded frames too
             session.subscribe(topics.all_info, self._on_info, qos=1)
         #: stage 0's replica with room for a frame, if any offers it
-        self._dispatch = Dispatcher(session, topics, 0, session.client_id)
+        self.dispatch = Dispatcher(session, topics, 0, session.client_id)
 
     @property
     def published(self) -> int:
@@ -259,7 +259,7 @@ class Camera:
 
     def _send(self, frame_id: str, entry: _InFlight, frame: Frame) -> None:
         self.session.publish_confirmed(
-            self._dispatch.topic(), encode_frame(replace(frame, attempt=entry.attempts)),
+            self.dispatch.topic(), encode_frame(replace(frame, attempt=entry.attempts)),
             self.qos, lambda refused: self._on_confirmed(frame_id, refused),
         )
 

@@ -5,10 +5,11 @@ load: a member whose Receive Maximum is full gets its turn's messages queued all
 (checked with 2.0.11), so a slow or busy board holds frames a free one could compute now.
 Here each replica says how many more frames it takes (`RoomKeeper`, on `room/<k>/<node>`) and
 a sender (a camera, the stage before) gives each frame to the replica with the most room, on
-that replica's own topic (`Dispatcher`). With no replica offering room (none speaks, all are
-full, or all went silent) the frame goes to the stage's topic as before, where the broker
-deals it: publishers that know nothing of this keep working. A replica that dies stops
-speaking: its offer expires (`ROOM_TTL`), or goes at once with its Last Will.
+that replica's own topic (`Dispatcher`); when all are full, to the least overcommitted, where
+it waits at the broker. With no replica speaking the frame goes to the stage's topic as
+before, where the broker deals it: publishers that know nothing of this keep working. A
+replica that dies stops speaking: its offer expires (`ROOM_TTL`), or goes at once with its
+Last Will.
 docs/architecture.md, section Dispatch.
 """
 
@@ -77,8 +78,9 @@ class RoomKeeper:
 
     def room(self) -> Room:
         with self._lock:
-            free = 0 if self._closed else max(0, self.capacity - self._busy)
-            return Room(free, self.capacity, dict(self._received))
+            if self._closed:
+                return Room(0, 0, dict(self._received))
+            return Room(max(0, self.capacity - self._busy), self.capacity, dict(self._received))
 
     def say(self) -> None:
         self._say(self.room())
@@ -89,7 +91,8 @@ class RoomKeeper:
         self._thread.start()
 
     def close(self) -> None:
-        """Offer no more room (stopping): senders turn to the other replicas at once."""
+        """Take no more frames (stopping): said as capacity 0, senders turn to the other
+        replicas at once."""
         with self._lock:
             self._closed = True
         self._stop.set()
@@ -106,15 +109,18 @@ class _Offer:
     heard_at: float
     #: frames this sender sent to the replica so far
     sent: int = 0
-    #: when this sender last chose it (ties go to the one chosen longest ago)
-    chosen_at: float = 0.0
+    #: this sender's choice that last chose it (ties go to the one chosen longest ago)
+    chosen_at: int = 0
 
 
 class RoomBook:
-    """A sender's view of a stage's replicas: who offers how much room, and who gets a frame.
+    """A sender's view of a stage's replicas: who serves, how much room each has, who gets a
+    frame.
 
     A replica's room for this sender is what it offered minus the frames sent to it that it
-    had not received when it spoke. Offers older than `ttl` count as none.
+    had not received when it spoke; below zero when frames wait for it. A replica serves while
+    it speaks (an offer older than `ttl` counts as none) and has not said it stops (capacity 0)
+    or gone offline.
     """
 
     def __init__(self, sender: str, ttl: float = ROOM_TTL,
@@ -124,6 +130,7 @@ class RoomBook:
         self._clock = clock
         self._lock = threading.Condition()
         self._offers: dict[str, _Offer] = {}
+        self._choices = 0
 
     def offered(self, node: str, room: Room) -> None:
         with self._lock:
@@ -134,21 +141,6 @@ class RoomBook:
                 offer.room, offer.heard_at = room, self._clock()
             self._lock.notify_all()
 
-    def offering(self) -> set[str]:
-        """The replicas that offer room now."""
-        with self._lock:
-            return self._offering_locked()
-
-    def wait_offering(self, nodes: set[str], timeout: float) -> bool:
-        """Wait until exactly `nodes` offer room (a bench or a test starting on a known
-        dispatch); False if they did not within `timeout`."""
-        with self._lock:
-            return self._lock.wait_for(lambda: self._offering_locked() == nodes, timeout)
-
-    def _offering_locked(self) -> set[str]:
-        now = self._clock()
-        return {node for node, offer in self._offers.items() if self._free(offer, now) > 0}
-
     def gone(self, node: str) -> None:
         """The replica went offline: no frame for it until it offers room again."""
         with self._lock:
@@ -158,28 +150,44 @@ class RoomBook:
     def free(self, node: str) -> int:
         with self._lock:
             offer = self._offers.get(node)
-            return 0 if offer is None else self._free(offer, self._clock())
+            return 0 if offer is None else self._free(offer)
+
+    def serving(self) -> set[str]:
+        """The replicas that take frames now."""
+        with self._lock:
+            return set(self._serving())
+
+    def wait_serving(self, nodes: set[str], timeout: float) -> bool:
+        """Wait until exactly `nodes` take frames (a bench or a test starting on a known
+        dispatch); False if they did not within `timeout`."""
+        with self._lock:
+            return self._lock.wait_for(lambda: set(self._serving()) == nodes, timeout)
 
     def choose(self) -> str | None:
-        """The replica with the most room (counted as taken), or None if none has any."""
-        now = self._clock()
+        """The serving replica with the most room (counted as taken), ties to the one chosen
+        longest ago; None if none serves.
+
+        When every one is full the frame still goes to one that serves, where it waits at
+        the broker (QoS 1): on the stage's topic it could be dealt to a replica that stopped
+        and kept its session.
+        """
         with self._lock:
-            best, best_key = None, None
-            for node, offer in self._offers.items():
-                free = self._free(offer, now)
-                key = (free, -offer.chosen_at)
-                if free > 0 and (best_key is None or key > best_key):
-                    best, best_key = node, key
-            if best is None:
+            serving = self._serving()
+            if not serving:
                 return None
-            offer = self._offers[best]
-            offer.sent += 1
-            offer.chosen_at = now
+            best = max(serving, key=lambda node: (self._free(serving[node]),
+                                                  -serving[node].chosen_at))
+            self._choices += 1
+            serving[best].sent += 1
+            serving[best].chosen_at = self._choices
             return best
 
-    def _free(self, offer: _Offer, now: float) -> int:
-        if now - offer.heard_at > self._ttl:
-            return 0
+    def _serving(self) -> dict[str, _Offer]:
+        now = self._clock()
+        return {node: offer for node, offer in self._offers.items()
+                if now - offer.heard_at <= self._ttl and offer.room.capacity > 0}
+
+    def _free(self, offer: _Offer) -> int:
         in_transit = max(0, offer.sent - offer.room.received.get(self.sender, 0))
         return offer.room.free - in_transit
 
