@@ -230,6 +230,21 @@ def test_a_replica_takes_frames_on_its_own_topic_and_says_its_room_when_it_frees
     assert said[0] == Room(2, 2) and said[-1] == Room(2, 2, {"s0.ab": 1})
 
 
+def test_a_duplicate_gives_its_room_back():
+    config = NodeConfig(pipeline=PipelineConfig(name="unit"),
+                        stage=StageConfig(index=1, node="r1", queue_size=2, share_group="g"),
+                        stats=StatsConfig(interval=0))
+    node = StageNode(config, manifest(), FakeSession(), FakeSegment(manifest().stages[1]))
+    node.start()
+    node.serve()
+    own = TOPICS.replica_input(1, "r1", "s0.ab")
+    for _ in range(2):  # the second one: a redelivery
+        node.session.handlers[TOPICS.replica_inputs(1, "r1")](message(own, activation("d-1")))
+    room = node._room.room()
+    node.stop()
+    assert (room.free, node.counters.get("duplicates")) == (2, 1)
+
+
 def test_a_result_goes_to_the_next_stages_replica_that_offers_room():
     node, session, _segment = node_for(0)
     session.handlers[TOPICS.stage_rooms(1)](message(TOPICS.room(1, "r1"),

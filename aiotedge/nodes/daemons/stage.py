@@ -399,9 +399,10 @@ class StageNode:
         except Exception as exc:  # the daemon outlives any single frame
             log.exception("frame %s failed", frame_id)
             self._reject(message, f"internal error: {exc!r}", frame_id)
+        finally:  # a duplicate too: done with, whichever way
+            if self._room is not None:
+                self._room.finished()
         self.stats.service.add(time.perf_counter() - taken)
-        if self._room is not None:
-            self._room.finished()
 
     def _is_duplicate(self, message: Received, frame: Frame) -> bool:
         """A copy of an attempt taken before (a redelivery), or a frame the last stage, or a
