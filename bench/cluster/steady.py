@@ -22,7 +22,6 @@ docs/benchmarks.md whose figures all come from that JSON (bench/cluster/steady_r
 from __future__ import annotations
 
 import argparse
-import itertools
 import logging
 import os
 import random
@@ -77,6 +76,9 @@ class BoardIdle:
     idle: float
     #: idle share per SAMPLE_EVERY over warm-up and window, from the run's start
     idle_over_time: list[float]
+    #: the share of its quota the board got no CPU for at all (its idle loop included): the
+    #: machine was busy elsewhere. Part of `idle`; the rest the daemon waited for frames
+    starved: float
 
 
 @dataclass
@@ -192,14 +194,21 @@ def _measure(run: StageRun, made: list[Board], cpus: list[float], *, dispatch: b
     sender = threading.Thread(target=run.camera.run, args=(Stills(order, loop=True), None, stop),
                               name="camera", daemon=True)
     samples: list[tuple[float, dict[str, float]]] = []
+    used: list[dict[str, float]] = []  # each board's cgroup CPU seconds, its idle loop's too
+
+    def sample() -> None:
+        samples.append((time.monotonic(), {node: process_cpu_seconds(pid)
+                                           for node, pid in pids.items()}))
+        used.append({node: board.cpu_stats().usage_usec / 1e6
+                     for node, board in zip(nodes, made, strict=True)})
+
     started = time.monotonic()
     sender.start()
     end = started + settings.warmup + settings.window
     while (now := time.monotonic()) < end:
-        samples.append((now, {node: process_cpu_seconds(pid) for node, pid in pids.items()}))
+        sample()
         time.sleep(min(SAMPLE_EVERY, max(0.0, end - now)))
-    samples.append((time.monotonic(), {node: process_cpu_seconds(pid)
-                                       for node, pid in pids.items()}))
+    sample()
     stop.set()
     sender.join()
     run.wait(lambda: run.camera.waiting == 0, "every frame in flight answered", DRAIN_SECONDS)
@@ -220,19 +229,26 @@ def _measure(run: StageRun, made: list[Board], cpus: list[float], *, dispatch: b
         top1_checked=len(checked),
         top1_wrong=sum(expected[name] != top for name, top in checked),
         load=os.getloadavg()[0],
-        boards=[_idle(node, cpu, samples, window_start) for node, cpu in zip(nodes, cpus,
-                                                                              strict=True)])
+        boards=[_idle(node, cpu, samples, used, window_start)
+                for node, cpu in zip(nodes, cpus, strict=True)])
 
 
 def _idle(node: str, cpu: float, samples: list[tuple[float, dict[str, float]]],
-          window_start: float) -> BoardIdle:
-    """What the daemon left of its quota: over the window, and per sample from the start."""
-    over_time = [max(0.0, 1 - (b[node] - a[node]) / (cpu * (tb - ta)))
-                 for (ta, a), (tb, b) in itertools.pairwise(samples) if tb > ta]
-    inside = [(at, cpu_s) for at, cpu_s in samples if at >= window_start] or samples[-2:]
-    (ta, a), (tb, b) = inside[0], inside[-1]
-    idle = max(0.0, 1 - (b[node] - a[node]) / (cpu * (tb - ta))) if tb > ta else 0.0
-    return BoardIdle(node, cpu, round(idle, 4), [round(share, 3) for share in over_time])
+          used: list[dict[str, float]], window_start: float) -> BoardIdle:
+    """What the daemon left of its quota, over the window and per sample from the start; and
+    what the board as a whole did not get over the window."""
+    def unused(first: int, last: int, seconds: list[dict[str, float]]) -> float:
+        span = samples[last][0] - samples[first][0]
+        spent = seconds[last][node] - seconds[first][node]
+        return max(0.0, 1 - spent / (cpu * span)) if span > 0 else 0.0
+
+    daemon = [cpu_s for _, cpu_s in samples]
+    over_time = [unused(n, n + 1, daemon) for n in range(len(samples) - 1)]
+    inside = [n for n, (at, _) in enumerate(samples) if at >= window_start] or [0]
+    first, last = inside[0], len(samples) - 1
+    return BoardIdle(node, cpu, round(unused(first, last, daemon), 4),
+                     [round(share, 3) for share in over_time],
+                     round(unused(first, last, used), 4))
 
 
 def _stop(process) -> None:

@@ -3,12 +3,15 @@ all from the JSON the bench writes, so that a re-run cannot leave a figure stale
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import statistics
+import sys
 from pathlib import Path
 from typing import Any
 
-from bench.benchdoc import table
+from bench.benchdoc import BENCHMARKS, table, write_section
 from bench.cluster.report import Spread
 
 HEADING = "Emulated cluster, steady state: replicas with the dispatch and in turn"
@@ -52,6 +55,8 @@ def summarise(data: dict[str, Any]) -> list[dict[str, Any]]:
             "held_to_fps": statistics.median(held_to),
             "idle": [statistics.median(r["boards"][n]["idle"] for r in same)
                      for n in range(len(run["cpus"]))],
+            "starved": [statistics.median(r["boards"][n].get("starved", 0.0) for r in same)
+                        for n in range(len(run["cpus"]))],
         })
     return rows
 
@@ -61,6 +66,11 @@ def checks(data: dict[str, Any]) -> dict[str, int]:
     return {key: sum(run[key] for run in runs)
             for key in ("published", "answered", "duplicates", "missing", "top1_checked",
                         "top1_wrong")}
+
+
+def _loads(data: dict[str, Any]) -> str:
+    loads = [run["load"] for runs in data["rounds"] for run in runs]
+    return f"{min(loads):.1f} to {max(loads):.1f} at the runs' ends"
 
 
 def _dealing(dispatch: bool) -> str:
@@ -76,14 +86,15 @@ def markdown(data: dict[str, Any], plot: str) -> str:
     base = Spread.of(alone_fps(runs, header["cpu"]) for runs in data["rounds"])
     lines = [table(
         ("layout", "boards (cores)", "dealing", "frames/s", "x what it is held to",
-         "idle share per board"),
+         "idle share per board", "of it, starved"),
         [(row["kind"], _cpus(row["cpus"]), _dealing(row["dispatch"]),
           Spread(**row["fps"]).text(2), Spread(**row["ratio"]).text(3, "x"),
-          " ".join(f"{idle:.0%}" for idle in row["idle"])) for row in rows])]
+          " ".join(f"{idle:.0%}" for idle in row["idle"]),
+          " ".join(f"{starved:.0%}" for starved in row["starved"])) for row in rows])]
     count = checks(data)
     n = header["boards"]
     prose = [
-        f"Each run: {header['warmup_s']:g} s of warm-up, then a window of "
+        f"`{header['command']}`. Each run: {header['warmup_s']:g} s of warm-up, then a window of "
         f"{header['window_s']:g} s in which predictions are counted, the camera keeping "
         f"{header['in_flight_per_board']} frames in flight per board; "
         f"{len(data['rounds'])} round(s), {header['minutes']:g} minutes in all, on "
@@ -96,6 +107,10 @@ def markdown(data: dict[str, Any], plot: str) -> str:
         f"answered, {count['duplicates']} predictions twice, {count['missing']} missing; "
         f"top-1 of {count['top1_checked']} predictions of the sampled photos against the whole "
         f"model: {count['top1_wrong']} differ.",
+        "`idle share`: the share of its quota a board's daemon did not use over the window; "
+        "`of it, starved`: the share the board got no CPU for at all, its idle loop included "
+        f"(the machine, {header['machine']}, was busy elsewhere: load average "
+        f"{_loads(data)}). The rest of the idle share the daemon waited for frames.",
     ]
     for kind in dict.fromkeys(row["kind"] for row in rows):
         turn = next((r for r in rows if r["kind"] == kind and not r["dispatch"]), None)
@@ -117,6 +132,23 @@ def markdown(data: dict[str, Any], plot: str) -> str:
                      "nothing.")
     prose.append(f"![idle share of each board over time]({plot})")
     return "\n\n".join([lines[0], *prose]) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write the doc's section again from a JSON the bench wrote (after a change of prose)."""
+    parser = argparse.ArgumentParser(prog="python -m bench.cluster.steady_report",
+                                     description=main.__doc__)
+    parser.add_argument("json", type=Path)
+    parser.add_argument("--write-docs", action="store_true")
+    args = parser.parse_args(argv)
+    data = json.loads(args.json.read_text())
+    plot = args.json.with_name("idle-quick.png" if data["header"].get("quick") else "idle.png")
+    plot_idle(plot, data)
+    body = markdown(data, os.path.relpath(plot, BENCHMARKS.parent))
+    print(body)
+    if args.write_docs:
+        write_section(HEADING, body)
+    return 0
 
 
 def plot_idle(path: Path, data: dict[str, Any]) -> None:
@@ -153,3 +185,7 @@ def plot_idle(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)
     plt.close(figure)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
