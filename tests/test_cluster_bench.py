@@ -107,8 +107,8 @@ def steady_run(kind: str, cpus: list[float], fps: float, dispatch: bool = True,
 
 
 def steady_data(rounds: list[list[dict]]) -> dict:
-    return {"header": {"cpu": 0.2, "boards": 2, "warmup_s": 1.0, "window_s": 2.0,
-                       "in_flight_per_board": 4, "minutes": 1.0, "machine": "m",
+    return {"header": {"command": "bench", "cpu": 0.2, "boards": 2, "warmup_s": 1.0,
+                       "window_s": 2.0, "in_flight_per_board": 4, "minutes": 1.0, "machine": "m",
                        "sample_s": 1.0, "quick": False}, "rounds": rounds}
 
 

@@ -68,6 +68,11 @@ def checks(data: dict[str, Any]) -> dict[str, int]:
                         "top1_wrong")}
 
 
+def _waiting(row: dict[str, Any]) -> str:
+    return " ".join(f"{max(0.0, idle - starved):.0%}"
+                    for idle, starved in zip(row["idle"], row["starved"], strict=True))
+
+
 def _loads(data: dict[str, Any]) -> str:
     loads = [run["load"] for runs in data["rounds"] for run in runs]
     return f"{min(loads):.1f} to {max(loads):.1f} at the runs' ends"
@@ -109,8 +114,8 @@ def markdown(data: dict[str, Any], plot: str) -> str:
         f"model: {count['top1_wrong']} differ.",
         "`idle share`: the share of its quota a board's daemon did not use over the window; "
         "`of it, starved`: the share the board got no CPU for at all, its idle loop included "
-        f"(the machine, {header['machine']}, was busy elsewhere: load average "
-        f"{_loads(data)}). The rest of the idle share the daemon waited for frames.",
+        f"(the machine was busy elsewhere: load average {_loads(data)}). The rest of the idle "
+        "share the daemon waited for frames.",
     ]
     for kind in dict.fromkeys(row["kind"] for row in rows):
         turn = next((r for r in rows if r["kind"] == kind and not r["dispatch"]), None)
@@ -126,7 +131,8 @@ def markdown(data: dict[str, Any], plot: str) -> str:
             f"dealt in turn {Spread(**turn['fps']).median:.2f}, "
             f"{Spread(**turn['ratio']).median:.3f}. Idle share per board in turn "
             f"{' '.join(f'{i:.0%}' for i in turn['idle'])}, with the dispatch "
-            f"{' '.join(f'{i:.0%}' for i in dispatch['idle'])}.")
+            f"{' '.join(f'{i:.0%}' for i in dispatch['idle'])}; of it waiting for frames (idle "
+            f"less starved) in turn {_waiting(turn)}, with the dispatch {_waiting(dispatch)}.")
     if header.get("quick"):
         prose.append("A `--quick` run: it checks that the bench works; its figures measure "
                      "nothing.")
