@@ -48,13 +48,16 @@ reliability: deps-test $(VENV)/.test-installed
 # The emulated Raspberry Pi cluster (root: cgroup CPU quotas and network namespaces; where they
 # are not permitted it says why and skips): pipeline, replicas and the planner's plan on 1 to 5
 # boards; then a stage hop against the raw broker, and where a daemon's memory goes. Writes
-# docs/cluster/ and sections of docs/benchmarks.md (about 25 minutes; on a quiet machine).
+# docs/cluster/ and sections of docs/benchmarks.md (about 45 minutes; on a quiet machine): the
+# steady state (bench.cluster.steady: 60 s windows, the dispatch beside the dealing in turn)
+# takes about 12 minutes a round.
 # BENCH_CLUSTER_ARGS adds options, e.g. BENCH_CLUSTER_ARGS="--cpu 0.2 --link-mbps 100".
 BENCH_APT := iproute2 ethtool
 BENCH_CLUSTER_ARGS ?=
 bench-cluster: deps-test deps-bench $(VENV)/.test-installed
 	$(BIN)/python -m bench.cluster --model "$(MODEL)" --images "$(IMAGES)" --write-docs \
 	  $(BENCH_CLUSTER_ARGS)
+	$(BIN)/python -m bench.cluster.steady --model "$(MODEL)" --images "$(IMAGES)" --write-docs
 	$(BIN)/python -m bench.hop --model "$(MODEL)" --images "$(IMAGES)" --write-docs
 	$(BIN)/python -m bench.memory --model "$(MODEL)" --images "$(IMAGES)" --write-docs
 

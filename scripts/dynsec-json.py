@@ -27,14 +27,17 @@ rights (dynsec 2.0 has no %u or %c, so the rights naming a user are a role of th
                info/+; reads and writes probe/+, as in aiotedge.acl (a client's id is its
                user name, use_username_as_clientid, which it is not told)
   stage k      subscribes to stage/<k> and `$share/<any group>/.../stage/<k>`, receives it;
-               writes stage/<k+1>, errors; reads and writes the pipeline's availability
+               and its replicas' own stage/<k>/to/+/+, writes room/<k>/+; writes stage/<k+1>,
+               stage/<k+1>/to/+/+, errors, reads room/<k+1>/+ (docs/architecture.md,
+               Dispatch); reads and writes the pipeline's availability
   last stage   also reads and writes predictions, label/+ and its Home Assistant discovery
                topics; reads homeassistant/status
-  camera       writes stage/0, errors, events and its own snapshot (aiotedge-frames/<pipeline>/
-               snapshot/<user>); subscribes to and receives predictions, errors and
-               homeassistant/status; reads and writes its own counts (count/<user>/+), its
-               events' snapshots (aiotedge-frames/<pipeline>/event-snapshot/<user>/+) and its
-               Home Assistant device's discovery topics; receives fleet/live
+  camera       writes stage/0, stage/0/to/+/+, errors, events and its own snapshot
+               (aiotedge-frames/<pipeline>/snapshot/<user>); subscribes to and receives
+               predictions, errors, homeassistant/status, room/0/+ and fleet/live; reads and
+               writes its own counts (count/<user>/+), its events' snapshots
+               (aiotedge-frames/<pipeline>/event-snapshot/<user>/+) and its Home Assistant
+               device's discovery topics
   deployer     the only one to write releases, the model's chunks and the live pointer
                (fleet/#, aiotedge-frames/<pipeline>/chunk/+), and reads them back
   watcher      subscribes to and receives aiotedge/<pipeline>/# (no share group), the
@@ -137,6 +140,12 @@ def build(pipeline: str, stages: int, duties: dict[str, str],
     def stage_input(index: int) -> str:  # frames have a branch of their own (docs/topics.md)
         return f"{PREFIX}-frames/{pipeline}/stage/{index}"
 
+    def replica_inputs(index: int) -> str:  # each replica's own, by sender
+        return f"{stage_input(index)}/to/+/+"
+
+    def rooms(index: int) -> str:
+        return f"{base}/room/{index}/+"
+
     roles = [role(f"{pipeline}-node", "every user: who is online and what it runs; probes",
                   acls("rp", f"{base}/availability/+", f"{base}/info/+")
                   + acls("srp", f"{base}/probe/+"))]
@@ -147,15 +156,19 @@ def build(pipeline: str, stages: int, duties: dict[str, str],
                       + acls("srp", f"{base}/label/+", discovery)
                       + acls("rl", f"{HOMEASSISTANT_PREFIX}/status"))
         else:
-            grants = acls("s", stage_input(index + 1)) + acls("srl", f"{base}/availability")
+            grants = (acls("s", stage_input(index + 1), replica_inputs(index + 1))
+                      + acls("rp", rooms(index + 1)) + acls("srl", f"{base}/availability"))
         roles.append(role(f"{pipeline}-stage{index}", f"stage {index} and its replicas",
                           acls("rl", stage_input(index))
                           + acls("p", f"$share/+/{stage_input(index)}")
+                          + acls("rp", replica_inputs(index)) + acls("s", rooms(index))
                           + acls("s", f"{base}/errors") + grants))
     roles.append(role(f"{pipeline}-camera", "cameras",
-                      acls("s", stage_input(0), f"{base}/errors", f"{base}/events")
+                      acls("s", stage_input(0), replica_inputs(0), f"{base}/errors",
+                           f"{base}/events")
                       + acls("rl", f"{base}/predictions", f"{base}/errors",
-                             f"{HOMEASSISTANT_PREFIX}/status", f"{base}/fleet/live")))
+                             f"{HOMEASSISTANT_PREFIX}/status", f"{base}/fleet/live")
+                      + acls("rp", rooms(0))))
     roles.append(role(f"{pipeline}-deployer", "the deployer of releases (docs/fleet.md)",
                       acls("srp", f"{base}/fleet/#", f"{frames}/chunk/+")))
     snapshots = [f"{frames}/snapshot/+", f"{frames}/event-snapshot/+/+"]

@@ -23,8 +23,9 @@ from aiotedge.config.sections import BrokerConfig, PipelineConfig, StageConfig, 
 from aiotedge.contracts.events import ErrorEvent, NodeInfo, Prediction
 from aiotedge.contracts.geometry import View
 from aiotedge.contracts.manifest import Manifest, Preprocessing, SourceModel, StageSpec
+from aiotedge.contracts.room import Room
 from aiotedge.contracts.tensors import TensorSpec
-from aiotedge.contracts.topics import BROKER_DROPPED
+from aiotedge.contracts.topics import BROKER_DROPPED, Topics
 from aiotedge.contracts.wire import Frame, decode_activation, encode_frame
 from aiotedge.nodes.daemons.stage import StageNode
 from aiotedge.nodes.mqtt.transport import (
@@ -39,6 +40,7 @@ TIMEOUT = 10.0
 PHOTO = TensorSpec("photo", (1, 4, 4, 3), "uint8", 1.0, 0)
 HIDDEN = TensorSpec("hidden", (1, 4), "uint8", 0.5, 3)
 SCORES = TensorSpec("scores", (1, 3), "uint8", 1 / 256, 0)
+TOPICS = Topics("unit")
 
 
 def manifest() -> Manifest:
@@ -210,7 +212,58 @@ def test_a_photo_is_preprocessed_run_and_forwarded_to_the_next_stage_acknowledgi
     assert frame.frame_id == "p-1" and [hop.stage for hop in frame.trace] == [0]
     np.testing.assert_array_equal(frame.tensor, segment.output)
     assert segment.inputs[0][0, 0, 0].tolist() == [200, 10, 10]  # mean 0, std 1: raw pixels
-    assert session.subscriptions == [("aiotedge-frames/unit/stage/0", 1, None)]
+    assert session.subscriptions[0] == ("aiotedge-frames/unit/stage/0", 1, None)
+
+
+def test_a_replica_takes_frames_on_its_own_topic_and_says_its_room_when_it_frees_up():
+    config = NodeConfig(pipeline=PipelineConfig(name="unit"),
+                        stage=StageConfig(index=1, node="r1", queue_size=2, share_group="g"),
+                        stats=StatsConfig(interval=0))
+    session, segment = FakeSession(), FakeSegment(manifest().stages[1])
+    node = StageNode(config, manifest(), session, segment)
+    node.start()
+    node.serve()
+    node.announce_online()
+    own = TOPICS.replica_input(1, "r1", "s0.ab")
+    assert (TOPICS.replica_inputs(1, "r1"), 1, None) in session.subscriptions
+    session.handlers[TOPICS.replica_inputs(1, "r1")](message(own, activation("o-1")))
+    session.forwarded.get(timeout=TIMEOUT)
+    said = [Room.parse(payload) for topic, payload in drain(session.published)
+            if topic == TOPICS.room(1, "r1")]
+    node.stop()
+    assert said[0] == Room(2, 2) and said[-1] == Room(2, 2, {"s0.ab": 1})
+
+
+def test_a_duplicate_gives_its_room_back():
+    config = NodeConfig(pipeline=PipelineConfig(name="unit"),
+                        stage=StageConfig(index=1, node="r1", queue_size=2, share_group="g"),
+                        stats=StatsConfig(interval=0))
+    node = StageNode(config, manifest(), FakeSession(), FakeSegment(manifest().stages[1]))
+    node.start()
+    node.serve()
+    own = TOPICS.replica_input(1, "r1", "s0.ab")
+    for _ in range(2):  # the second one: a redelivery
+        node.session.handlers[TOPICS.replica_inputs(1, "r1")](message(own, activation("d-1")))
+    room = node._room.room()
+    node.stop()
+    assert (room.free, node.counters.get("duplicates")) == (2, 1)
+
+
+def test_a_result_goes_to_the_next_stages_replica_that_offers_room():
+    node, session, _segment = node_for(0)
+    session.handlers[TOPICS.stage_rooms(1)](message(TOPICS.room(1, "r1"),
+                                                    Room(1, 4).to_json().encode()))
+    session.handler(message(TOPICS.stage_input(0), photo_frame("n-1")))
+    topic, _payload, _answered = session.forwarded.get(timeout=TIMEOUT)
+    node.stop()
+    assert topic.startswith(TOPICS.stage_input(1) + "/to/r1/stage0.")
+
+
+def drain(messages: queue.Queue) -> list:
+    taken = []
+    while not messages.empty():
+        taken.append(messages.get_nowait())
+    return taken
 
 
 def unserved_node(index: int) -> tuple[StageNode, FakeSession, FakeSegment]:

@@ -265,6 +265,9 @@ class StageConfig:
     #: replicas of a stage with the same group share its frames (MQTT v5 shared subscription)
     share_group: str = field(default="", metadata=flag(
         "--share-group", help="replicas with the same group share frames"))
+    #: a replica says how much room it has, and senders give frames to the one with the most
+    #: (docs/architecture.md, Dispatch); false: the broker deals them in turn
+    dispatch: bool = True
 
     @property
     def node_name(self) -> str:

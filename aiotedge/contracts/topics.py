@@ -45,6 +45,15 @@ class Topics:
         """Where stage `index` takes its frames from (stage 0: photos from cameras)."""
         return f"{self.frames_base}/stage/{index}"
 
+    def replica_input(self, index: int, node: str, sender: str) -> str:
+        """A replica's own input: frames a sender gives it because it said it has room
+        (docs/architecture.md, Dispatch); the sender's name is the last level."""
+        return f"{self.frames_base}/stage/{index}/to/{node}/{sender}"
+
+    def replica_inputs(self, index: int, node: str) -> str:
+        """What a replica subscribes to for its own input, whoever sends."""
+        return f"{self.frames_base}/stage/{index}/to/{node}/+"
+
     @property
     def all_stage_inputs(self) -> str:
         return f"{self.frames_base}/stage/+"
@@ -111,6 +120,13 @@ class Topics:
     @property
     def all_info(self) -> str:
         return f"{self.base}/info/+"
+
+    def room(self, index: int, node: str) -> str:
+        """A replica of stage `index` says how many more frames it has room for."""
+        return f"{self.base}/room/{index}/{node}"
+
+    def stage_rooms(self, index: int) -> str:
+        return f"{self.base}/room/{index}/+"
 
     def probe(self, client_id: str) -> str:
         """A client's own topic, to learn that the retained messages it asked for are all in."""

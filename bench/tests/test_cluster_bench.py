@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from aiotedge.contracts.manifest import Manifest
-from bench.cluster import layouts, report
+from bench.cluster import boards, layouts, report, steady_report
 from bench.cluster.measure import RunResult
 
 
@@ -95,3 +95,58 @@ def test_the_planners_pipeline_and_replicas_are_run_at_its_cuts_with_its_forecas
     assert replicas.describe() == "1 stage, boards per stage 3"
     assert replicas.predicted_fps == record["replicas"]["frames_per_s"]
     assert layouts.from_plan(layouts.PLAN, plan).predicted_fps == record["chosen"]["frames_per_s"]
+
+
+def steady_run(kind: str, cpus: list[float], fps: float, dispatch: bool = True,
+               idle: float = 0.0) -> dict:
+    return {"kind": kind, "dispatch": dispatch, "cpus": cpus, "fps": fps,
+            "frames_in_window": 0, "published": 10, "answered": 10, "duplicates": 0,
+            "missing": 0, "top1_checked": 4, "top1_wrong": 0, "load": 0.0,
+            "boards": [{"node": f"board{n}", "cpu": cpu, "idle": idle, "idle_over_time": [idle]}
+                       for n, cpu in enumerate(cpus)]}
+
+
+def steady_data(rounds: list[list[dict]]) -> dict:
+    return {"header": {"command": "bench", "cpu": 0.2, "boards": 2, "warmup_s": 1.0,
+                       "window_s": 2.0, "in_flight_per_board": 4, "minutes": 1.0, "machine": "m",
+                       "sample_s": 1.0, "quick": False}, "rounds": rounds}
+
+
+def test_the_steady_bench_holds_n_boards_to_n_times_one_and_mixed_ones_to_their_sum_alone():
+    rounds = [[steady_run(steady_report.ONE, [0.2], 10.0),
+               steady_run("2 boards", [0.2, 0.2], 15.0, dispatch=False, idle=0.25),
+               steady_run("2 boards", [0.2, 0.2], 19.0),
+               steady_run(steady_report.ALONE, [0.1], 4.0),
+               steady_run(steady_report.MIXED, [0.2, 0.1], 12.0)],
+              [steady_run(steady_report.ONE, [0.2], 5.0),  # a slow round: its own base
+               steady_run("2 boards", [0.2, 0.2], 7.5, dispatch=False, idle=0.35),
+               steady_run("2 boards", [0.2, 0.2], 9.5),
+               steady_run(steady_report.ALONE, [0.1], 2.0),
+               steady_run(steady_report.MIXED, [0.2, 0.1], 7.0)]]
+    rows = {(row["kind"], row["dispatch"]): row
+            for row in steady_report.summarise(steady_data(rounds))}
+    assert rows[("2 boards", True)]["ratio"]["median"] == pytest.approx(0.95)
+    assert rows[("2 boards", False)]["ratio"]["low"] == pytest.approx(0.75)
+    assert rows[("2 boards", False)]["idle"] == [pytest.approx(0.3)] * 2
+    mixed = rows[(steady_report.MIXED, True)]["ratio"]  # against 10 + 4, then 5 + 2
+    assert (mixed["low"], mixed["high"]) == pytest.approx((12 / 14, 1.0))
+    text = steady_report.markdown(steady_data(rounds), "idle.png")
+    assert "0.950x" in text and "with the dispatch 14.25 frames/s" in text
+    assert steady_report.checks(steady_data(rounds))["published"] == 100
+
+
+def test_the_steady_bench_runs_quick_on_emulated_boards(shared_data, tmp_path):
+    """The bench itself, with its --quick settings: every check it makes holds."""
+    from bench.cluster import steady
+
+    if reason := boards.detect().why_not("cpu"):
+        pytest.skip(f"this machine does not permit it: {reason}")
+    assert steady.main(["--quick", "--check", "5", "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "steady-quick.json").read_text())
+    assert steady_report.checks(data)["duplicates"] == 0
+    assert steady_report.checks(data)["missing"] == 0
+    assert steady_report.checks(data)["top1_wrong"] == 0
+    assert steady_report.checks(data)["top1_checked"] > 0
+    assert {(run["kind"], run["dispatch"]) for run in data["rounds"][0]} >= {
+        ("2 boards", False), ("2 boards", True), ("mixed", False), ("mixed", True)}
+    assert (tmp_path / "idle-quick.png").stat().st_size > 0

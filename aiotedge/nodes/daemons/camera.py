@@ -45,6 +45,7 @@ from aiotedge.nodes.daemons.lifecycle import connect_once, stop_on_signals, wait
 from aiotedge.nodes.mqtt.session import MqttSession, wait_settled
 from aiotedge.nodes.mqtt.transport import Received, Session
 from aiotedge.nodes.observe import systemd
+from aiotedge.nodes.observe.dispatch import Dispatcher
 from aiotedge.nodes.observe.event_publisher import EventPublisher
 from aiotedge.nodes.observe.homeassistant import CameraDiscovery
 from aiotedge.nodes.observe.metrics import (
@@ -127,8 +128,11 @@ class Camera:
             self.events = EventPublisher(session, topics, options.name, events,
                                          jpeg_quality=options.jpeg_quality)
             self.events.start()
-        #: stage 0's topic: the live release's (docs/fleet.md), else the pipeline's own
-        self.frames_topic = topics.stage_input(0)
+        #: where the next frame goes (a replica of stage 0 with room, docs/architecture.md,
+        #: Dispatch), in the live release's chain (docs/fleet.md), else the pipeline's own
+        self._dispatchers: dict[str, Dispatcher] = {}
+        self.dispatch: Dispatcher
+        self._send_to(topics)
         follow_live_release(session, topics, self._send_to)
         session.subscribe(topics.predictions, self._on_prediction, qos=1)
         session.subscribe(topics.errors, self._on_error, qos=1)
@@ -278,12 +282,16 @@ class Camera:
         log.debug("published %s (%s)", frame_id, captured.name)
         return frame_id
 
-    def _send_to(self, topic: str) -> None:
-        self.frames_topic = topic
+    def _send_to(self, chain: Topics) -> None:
+        """Frames go to stage 0 of `chain` from now on; each chain's replicas followed once."""
+        where = chain.stage_input(0)
+        if where not in self._dispatchers:
+            self._dispatchers[where] = Dispatcher(self.session, chain, 0, self.session.client_id)
+        self.dispatch = self._dispatchers[where]
 
     def _send(self, frame_id: str, entry: _InFlight, frame: Frame) -> None:
         self.session.publish_confirmed(
-            self.frames_topic, encode_frame(replace(frame, attempt=entry.attempts)),
+            self.dispatch.topic(), encode_frame(replace(frame, attempt=entry.attempts)),
             self.qos, lambda refused: self._on_confirmed(frame_id, refused),
         )
 

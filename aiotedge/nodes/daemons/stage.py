@@ -37,6 +37,7 @@ from aiotedge.contracts.events import (
 )
 from aiotedge.contracts.geometry import View
 from aiotedge.contracts.manifest import Manifest
+from aiotedge.contracts.room import Room
 from aiotedge.contracts.topics import BROKER_DROPPED, broker_count
 from aiotedge.contracts.wire import Frame, Hop, decode_activation, decode_photo, encode_frame
 from aiotedge.media.image import decode_image, mask_png, preprocess
@@ -46,6 +47,7 @@ from aiotedge.nodes.mqtt.transport import Received, Session
 from aiotedge.nodes.observe import systemd
 from aiotedge.nodes.observe.chain import ChainWatch, check_chain
 from aiotedge.nodes.observe.dedup import RecentIds
+from aiotedge.nodes.observe.dispatch import Dispatcher, RoomKeeper
 from aiotedge.nodes.observe.gaps import SequenceGaps
 from aiotedge.nodes.observe.health import PipelineAvailability
 from aiotedge.nodes.observe.homeassistant import HomeAssistantBridge
@@ -128,6 +130,11 @@ class StageNode:
         self._reporter = StatsReporter(self.publish_stats, config.stats.interval)
         #: the broker's count of dropped messages, where followed (follow_broker_drops)
         self.broker_dropped: int | None = None
+        #: a replica's room, offered to the senders once it serves (None: not a replica)
+        self._room = (RoomKeeper(self.settings.queue_size, self._say_room)
+                      if self.settings.share_group and self.settings.dispatch else None)
+        #: which replica of the next stage gets a result (made in start())
+        self._next: Dispatcher | None = None
 
     def forget_subscription(self, share_group: str) -> None:
         """Drop the input subscription of an earlier run with another share group.
@@ -154,8 +161,14 @@ class StageNode:
             share_group=self.settings.share_group or None,
             retained=False,  # a frame published retained is computed once, not at every start
         )
+        if self._room is not None:
+            self.session.subscribe(self.topics.replica_inputs(self.index, self.node),
+                                   self._on_message, self.qos, retained=False,
+                                   on_refused=self._room_refused)
         if self.is_last and self.settings.share_group:
             self.session.subscribe(self.topics.predictions, self._on_sibling_prediction, qos=0)
+        if not self.is_last:
+            self._next = Dispatcher(self.session, self.topics, self.index + 1, self.node)
         self.session.start()
         self._reporter.start()
 
@@ -170,6 +183,8 @@ class StageNode:
     def announce_online(self) -> None:
         self.session.announce(self.topics.info(self.node), self.info.to_json())
         self.session.set_online()
+        if self._room is not None:
+            self._room.start()
         log.info(
             "stage %d ready: %s -> %s (%s)",
             self.index, self.input_topic, self.output_topic, self.segment.path.name,
@@ -183,6 +198,8 @@ class StageNode:
         them for this node's next start (or, for a replica, its next connection).
         """
         self._stopping.set()
+        if self._room is not None:
+            self._room.close()
         if not self._serving.is_set():  # the frames held stay unacknowledged, with the broker
             self._worker.join(timeout)
             self._reporter.stop(timeout)
@@ -236,6 +253,17 @@ class StageNode:
         payload = json.dumps(self.stats_snapshot())
         self.session.publish(self.topics.stats(self.node), payload, qos=0, retain=True)
 
+    def _say_room(self, room: Room) -> None:
+        self.session.publish(self.topics.room(self.index, self.node), room.to_json(), qos=0)
+
+    def _room_refused(self, reason: str) -> None:
+        """The broker's ACL refuses this replica its own topic: frames can reach it only
+        through the stage's, so it offers no room (senders would lose what they send)."""
+        log.error("no own input topic (%s): this replica takes the frames the broker deals "
+                  "it, and offers no room (docs/deploy-pi-cluster.md, the ACL)", reason)
+        if self._room is not None:
+            self._room.close()
+
     # -- network thread -------------------------------------------------------------------
 
     def _on_message(self, message: Received) -> None:
@@ -251,6 +279,9 @@ class StageNode:
                 f"{self.settings.max_message_bytes}",
             )
             return
+        if self._room is not None:
+            self._room.took(None if message.topic == self.input_topic
+                            else message.topic.rsplit("/", 1)[-1])
         if not self._serving.is_set():
             with self._held_lock:
                 if not self._serving.is_set():
@@ -289,6 +320,8 @@ class StageNode:
             self._queue.put_nowait(None)
             return
         message, _ = oldest
+        if self._room is not None:
+            self._room.finished()
         self.counters.add("dropped")
         log.warning("queue full: dropped the oldest frame (%d dropped so far)",
                     self.counters.get("dropped"))
@@ -366,6 +399,9 @@ class StageNode:
         except Exception as exc:  # the daemon outlives any single frame
             log.exception("frame %s failed", frame_id)
             self._reject(message, f"internal error: {exc!r}", frame_id)
+        finally:  # a duplicate too: done with, whichever way
+            if self._room is not None:
+                self._room.finished()
         self.stats.service.add(time.perf_counter() - taken)
 
     def _is_duplicate(self, message: Received, frame: Frame) -> bool:
@@ -427,7 +463,8 @@ class StageNode:
         self.counters.add("bytes_out", len(payload))
         # last: a frame computed on the network thread goes out once this thread is back in
         # paho's loop
-        self.session.forward(self.output_topic, payload, self.qos, message)
+        self.session.forward(self._next.topic() if self._next else self.output_topic,
+                             payload, self.qos, message)
 
     def _prediction(self, frame: Frame, outputs: tuple[np.ndarray, ...], hop: Hop) -> bytes:
         """The prediction's JSON (tflite.results reads the model's kind); a segmentation's

@@ -17,21 +17,22 @@ from aiotedge.nodes.mqtt.transport import Received, Session
 log = logging.getLogger(__name__)
 
 
-def live_stage0(topics: Topics, live: LiveRelease | None) -> str:
-    """Where frames go: the live release's stage 0, or the pipeline's own without one."""
+def live_topics(topics: Topics, live: LiveRelease | None) -> Topics:
+    """Where frames go: the live release's own chain, or the pipeline's without one."""
     if live is None:
-        return topics.stage_input(0)
-    return ReleaseTopics(topics.pipeline, topics.prefix, release=live.release).stage_input(0)
+        return topics
+    return ReleaseTopics(topics.pipeline, topics.prefix, release=live.release)
 
 
 def follow_live_release(session: Session, topics: Topics,
-                        send_to: Callable[[str], None]) -> None:
-    """Call `send_to(topic)` with stage 0's topic whenever the live release is said (the
-    retained pointer on connecting, then each change)."""
+                        send_to: Callable[[Topics], None]) -> None:
+    """Call `send_to(chain)` with the live release's topics whenever the live release is said
+    (the retained pointer on connecting, then each change)."""
     def take(message: Received) -> None:
         live = LiveRelease.parse(message.payload) if message.payload else None
-        topic = live_stage0(topics, live)
-        log.info("frames go to %s (live release: %s)", topic, live.release if live else "none")
-        send_to(topic)
+        chain = live_topics(topics, live)
+        log.info("frames go to %s (live release: %s)", chain.stage_input(0),
+                 live.release if live else "none")
+        send_to(chain)
 
     session.subscribe(topics.live_release, take, qos=1)
