@@ -1,12 +1,25 @@
-"""Fixtures of both test folders, tests/ and bench/tests/: the small test models (built once a
-session), generated photos, their labels, and their splits. What they build with is in
-support/models.py; the rest of the fixtures are in tests/conftest.py."""
+"""Fixtures of both test folders, tests/ and bench/tests/: the real data in ../shared, the small
+test models (built once a session), generated photos, their labels, and their splits. What they
+build with is in support/models.py; the rest of the fixtures are in tests/conftest.py."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+
+from support.paths import SHARED_DATA, SHARED_IMAGES, SHARED_MODEL
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data (real ImageNet model and photos); skips the test when it is absent."""
+    if not SHARED_MODEL.is_file() or not SHARED_IMAGES.is_dir():
+        pytest.skip(
+            f"real model and photos not found at {SHARED_DATA} "
+            "(set AIOTEDGE_SHARED_DATA to the folder holding models/ and images/)"
+        )
+    return SHARED_DATA
 
 
 @pytest.fixture(scope="session")

@@ -14,23 +14,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from support.paths import SHARED_DATA, SHARED_IMAGES, SHARED_MODEL
-
 if TYPE_CHECKING:
     from aiotedge.nodes.mqtt.broker import LocalBroker
     from support.security import Probe
-
-
-
-@pytest.fixture(scope="session")
-def shared_data() -> Path:
-    """../shared/data (real ImageNet model and photos); skips the test when it is absent."""
-    if not SHARED_MODEL.is_file() or not SHARED_IMAGES.is_dir():
-        pytest.skip(
-            f"real model and photos not found at {SHARED_DATA} "
-            "(set AIOTEDGE_SHARED_DATA to the folder holding models/ and images/)"
-        )
-    return SHARED_DATA
 
 
 @pytest.fixture

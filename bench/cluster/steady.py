@@ -43,12 +43,14 @@ from aiotedge.media.sources import Stills
 from aiotedge.nodes.mqtt.broker import free_port
 from aiotedge.nodes.mqtt.transport import Received
 from bench.benchdoc import BENCHMARKS, command_line, machine, write_section
-from bench.cluster import boards, layouts, steady_report
+from bench.cluster import boards, layouts, leftovers, steady_report
 from bench.cluster.boards import Board, Link
 from bench.cluster.measure import process_cpu_seconds
-from bench.reliability.harness import Broker
-from bench.stagerun import Daemon, StageRun
-from tests.conftest import SHARED_IMAGES, SHARED_MODEL, whole_model_top
+from bench.stagerun import StageRun
+from support.broker import Broker
+from support.daemons import StageLaunch
+from support.paths import SHARED_IMAGES, SHARED_MODEL
+from support.reference import whole_model_top
 
 log = logging.getLogger("bench.cluster.steady")
 PROGRAM = "python -m bench.cluster.steady"
@@ -155,9 +157,10 @@ def run_replicas(split: Path, cpus: list[float], *, dispatch: bool,
         stack.callback(broker.close)
         broker.start()
         group = "stage0" if len(made) > 1 else ""
-        daemons = [Daemon(f"board{n}", 0, group, _wrap(board, None if dispatch else no_dispatch),
-                          BrokerConfig(board.broker_address, broker.port)
-                          if board.broker_address else None)
+        daemons = [StageLaunch(f"board{n}", 0, group,
+                               _wrap(board, None if dispatch else no_dispatch),
+                               BrokerConfig(board.broker_address, broker.port)
+                               if board.broker_address else None)
                    for n, board in enumerate(made)]
         camera = NodeConfig().override("camera", source="bench", loop=True).camera
         run = stack.enter_context(StageRun(split, daemons, broker.address, camera=camera))
@@ -296,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     if reason := boards.detect().why_not("cpu", *(boards.NET_FEATURES if link else ())):
         print(f"bench-cluster-steady skipped: {reason}")
         return 0
-    boards.cleanup_leftovers()
+    leftovers.cleanup_leftovers()
     photos = [(path.name, read_photo(path)) for path in list_images(args.images)]
     settings = Settings(args.warmup, args.window, args.in_flight_per_board, link)
     started = time.monotonic()
