@@ -41,6 +41,16 @@ class Preprocessing:
 
 
 @dataclass(frozen=True)
+class StageReference:
+    """A stage's reference: a file beside its segment (`stageK.reference.npz`: `input`, and
+    the `output` the workstation computed from it), which a board runs to prove its segment
+    (aiotedge.tflite.selfcheck)."""
+
+    file: str
+    sha256: str
+
+
+@dataclass(frozen=True)
 class StageSpec:
     """One segment: which file, which tensors cross its two boundaries, what it costs."""
 
@@ -54,6 +64,8 @@ class StageSpec:
     last_op: int
     #: the lossless codec its output travels in (contracts.codec), None for raw bytes
     output_codec: str | None = None
+    #: its reference input and output; None in a manifest written before references were
+    reference: StageReference | None = None
 
     def __post_init__(self) -> None:
         if self.output_codec is not None and self.output_codec not in CODECS:
@@ -66,6 +78,8 @@ class StageSpec:
         out["output"] = self.output.to_dict()
         if self.output_codec is None:  # a raw split's manifest reads as before
             del out["output_codec"]
+        if self.reference is None:
+            del out["reference"]
         return out
 
     @classmethod
@@ -80,6 +94,9 @@ class StageSpec:
             first_op=int(data["first_op"]),
             last_op=int(data["last_op"]),
             output_codec=data.get("output_codec"),
+            reference=(StageReference(file=str(data["reference"]["file"]),
+                                      sha256=str(data["reference"]["sha256"]))
+                       if data.get("reference") is not None else None),
         )
 
 
