@@ -277,6 +277,23 @@ def test_an_arm64_stage_daemon_computes_its_segment(broker, demo, tmp_path):
                  f"steps per photo): {steps}\n")
 
 
+@pytest.mark.timeout(600)
+def test_aiotedge_verify_on_arm64_keeps_every_stage_within_its_tolerance(demo):
+    """The board's `aiotedge verify` (its venv, no TensorFlow) on the split's references,
+    computed on x86_64: every stage within the tolerance, as every stage's start requires."""
+    result = subprocess.run(
+        in_root(f"{BOARD_VENV}/bin/aiotedge", "verify", "--manifest", MODELS,
+                binds={demo.manifest.directory: MODELS}),
+        capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    rows = result.stdout.splitlines()[1:]
+    assert [row.split()[0] for row in rows] == ["0", "1", "2", "3", "4"]
+    assert all(row.split()[-1] in ("identical", "yes") for row in rows), result.stdout
+    write_report(f"\naiotedge verify on arm64 (the references computed on x86_64):\n\n"
+                 f"{result.stdout}\n")
+
+
 def write_report(text: str) -> None:
     if REPORT:
         with open(REPORT, "a") as report:
