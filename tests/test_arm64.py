@@ -103,6 +103,11 @@ def test_the_root_is_arm64_and_runs_the_board_install():
 
 @pytest.mark.timeout(1800)  # emulated: several times slower than on the host
 def test_board_side_tests_pass_on_arm64():
+    run_board_tests(NOT_ON_BOARD)
+
+
+def run_board_tests(deselected: list[str]) -> None:
+    """BOARD_TESTS in the root but `deselected`, with the tests' python."""
     # -P and --import-mode=append: the tests import the aiotedge install-board.sh installed,
     # not the copy of the repository they run from
     binds = {SHARED_DATA: SHARED_IN_ROOT} if SHARED_MODEL.is_file() else {}
@@ -110,7 +115,7 @@ def test_board_side_tests_pass_on_arm64():
         in_root("env", "-C", BOARD_CHECKOUT, f"AIOTEDGE_SHARED_DATA={SHARED_IN_ROOT}",
                 TEST_PYTHON, "-P", "-m", "pytest", "-q", "-p", "no:cacheprovider",
                 "--import-mode=append", *BOARD_TESTS,
-                *(f"--deselect={test}" for test in NOT_ON_BOARD), binds=binds),
+                *(f"--deselect={test}" for test in deselected), binds=binds),
         check=False, capture_output=True, text=True, timeout=1800,
     )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
