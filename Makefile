@@ -41,7 +41,7 @@ test: deps-test $(VENV)/.test-installed
 
 # The reliability suite: real daemons and a real mosquitto under faults (about 1.5 hours, an
 # hour of it the soak; `--only NAME` re-runs one row);
-# writes docs/reliability.md. `make test` runs its fast variant (tests/test_reliability.py).
+# writes docs/reliability.md. `make test` runs its fast variant (bench/tests/test_reliability.py).
 reliability: deps-test $(VENV)/.test-installed
 	$(BIN)/python -m bench.reliability
 

@@ -1,4 +1,4 @@
-"""`aiotedge` command line: stage, camera, watch, status, retire, profile, verify, run.
+"""`aiotedge` command line: stage, node, camera, watch, status, retire, profile, verify, run.
 
 Only flags and config files are read here; each daemon's life is in its `run_*` function in
 aiotedge.nodes.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -29,6 +30,7 @@ from aiotedge.media.image import read_photo
 from aiotedge.media.sources import open_source
 from aiotedge.nodes.daemons.camera import run_camera
 from aiotedge.nodes.daemons.lifecycle import exit_status, stop_on_signals
+from aiotedge.nodes.daemons.node import DEFAULT_NODE_CACHE, run_node
 from aiotedge.nodes.daemons.profiling import (
     DEFAULT_PHOTO_SIZE,
     DEFAULT_ROUNDS,
@@ -42,6 +44,7 @@ from aiotedge.nodes.daemons.stage import run_stage
 from aiotedge.nodes.daemons.status import (
     format_status,
     nodes_json,
+    read_fleet,
     read_pipeline,
     status_exit,
     watch_status,
@@ -85,12 +88,26 @@ def build_parser() -> argparse.ArgumentParser:
     add_section_flags(stage, StatsConfig, ("interval",))
     stage.set_defaults(handler=_cmd_stage)
 
+    node = commands.add_parser(
+        "node", help="a board daemon without a fixed role: serves what the releases of "
+                     "`aiotedge-convert deploy` give it (docs/fleet.md)")
+    _add_node_flags(node)
+    add_section_flags(node, StageConfig, ("node", "threads", "queue_size", "max_message_bytes"),
+                      helps={"node": "the board's name (its broker user on a secure broker)"},
+                      shown_defaults={"node": "the host name"})
+    add_section_flags(node, StatsConfig, ("interval",))
+    node.add_argument("--cache", type=Path, default=Path(DEFAULT_NODE_CACHE), metavar="DIR",
+                      help="where the node keeps models, its segments and its speed profile "
+                      "(default: %(default)s)")
+    node.set_defaults(handler=_cmd_node)
+
     camera = commands.add_parser(
         "camera", help="publish a camera's frames into stage 0 (a device, a stream, a video, "
                        "a folder of photos; docs/cameras.md)")
     _add_node_flags(camera)
     add_section_flags(camera, CameraConfig, (*SOURCE_KEYS, "name", "fps", "in_flight", "frames",
-                                             "size", "preprocess", "manifest", "snapshot"))
+                                             "size", "crop", "rotate", "flip", "preprocess",
+                                             "manifest", "snapshot"))
     add_section_flags(camera, StatsConfig, ("interval",))
     camera.set_defaults(handler=_cmd_camera)
 
@@ -230,6 +247,19 @@ def _cmd_stage(args: argparse.Namespace) -> int:
     return run_stage(_node_config(args))
 
 
+def _cmd_node(args: argparse.Namespace) -> int:
+    config = _node_config(args)
+    if not config.stage.node:
+        config = config.override("stage", node=socket.gethostname())
+    try:
+        args.cache.mkdir(parents=True, exist_ok=True)
+        (args.cache / ".writable").touch()
+    except OSError as exc:
+        raise ConfigError(f"--cache {args.cache}: cannot write there: "
+                          f"{exc.strerror or exc}") from None
+    return run_node(config, args.cache)
+
+
 def _cmd_camera(args: argparse.Namespace) -> int:
     return run_camera(_node_config(args))
 
@@ -241,13 +271,14 @@ def _cmd_watch(args: argparse.Namespace) -> int:
 
 def _cmd_status(args: argparse.Namespace) -> int:
     config = _node_config(args)
-    if args.watch:
-        return watch_status(config.broker, config.topics, args.interval)
-    view = read_pipeline(config.broker, config.topics)
+    fleet = read_fleet(config.broker, config.topics)  # node daemons: the live release's stages
+    if args.watch:  # the release live when it started
+        return watch_status(config.broker, fleet.topics(config.topics), args.interval)
+    view = read_pipeline(config.broker, fleet.topics(config.topics))
     if args.json:
         print(json.dumps(nodes_json(view), indent=2, sort_keys=True))
     else:
-        print(format_status(view, config.pipeline.name))
+        print("\n".join([format_status(view, config.pipeline.name), *fleet.lines()]))
     return status_exit(view)
 
 

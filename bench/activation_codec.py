@@ -31,7 +31,7 @@ from aiotedge.tflite.graph import load_graph
 from aiotedge.tflite.runtime import Segment
 from aiotedge.tflite.segments import extract_segment
 from bench.benchdoc import table, write_section
-from tests.conftest import SHARED_IMAGES, SHARED_MODEL
+from support.paths import SHARED_IMAGES, SHARED_MODEL
 
 try:
     import lz4.block as lz4_block

@@ -52,8 +52,9 @@ from aiotedge.nodes.daemons.status import collect_status
 from aiotedge.nodes.mqtt.broker import LocalBroker, free_port
 from aiotedge.tflite.runtime import Segment
 from bench.benchdoc import table, write_section
-from tests.conftest import SHARED_IMAGES, SHARED_LABELS, SHARED_MODEL, AnsweringStage
-from tests.media import MjpegCamera, moving_pattern
+from support.media import MjpegCamera, moving_pattern
+from support.paths import SHARED_IMAGES, SHARED_LABELS, SHARED_MODEL
+from support.stages import AnsweringStage
 
 HEADING = "Camera node"
 CLOCK_TICKS = 100  # os.sysconf("SC_CLK_TCK") on Linux

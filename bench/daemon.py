@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -26,7 +25,8 @@ from aiotedge.nodes.mqtt.broker import LocalBroker
 from aiotedge.nodes.mqtt.session import MqttSession
 from aiotedge.nodes.observe.metrics import resident_bytes
 from bench.benchdoc import table, write_section
-from tests.conftest import SHARED_MODEL
+from support.daemons import aiotedge_command, stage_command
+from support.paths import SHARED_MODEL
 
 
 def rss_mb(pid: int) -> float:
@@ -42,9 +42,8 @@ def start_once(manifest_dir: Path, index: int, broker, watcher_events) -> tuple[
     online.clear()
     started = time.perf_counter()
     process = subprocess.Popen(
-        [sys.executable, "-m", "aiotedge", "stage", "--manifest", str(manifest_dir),
-         "--stage", str(index), "--node", node, "--broker", str(broker.address),
-         "--pipeline", "bench", "--threads", "1"],
+        stage_command(aiotedge_command(node), "--threads", "1", manifest=manifest_dir,
+                      index=index, node=node, broker=broker.address, pipeline="bench"),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     if not online.wait(30):

@@ -40,8 +40,9 @@ from aiotedge.media.image import list_images, read_photo
 from aiotedge.nodes.mqtt.broker import LocalBroker
 from aiotedge.nodes.mqtt.session import MqttSession
 from bench.benchdoc import table, write_section
-from bench.stagerun import Daemon, StageRun
-from tests.conftest import SHARED_IMAGES, SHARED_MODEL
+from bench.stagerun import StageRun
+from support.daemons import StageLaunch
+from support.paths import SHARED_IMAGES, SHARED_MODEL
 
 log = logging.getLogger(__name__)
 _PROCESSES = multiprocessing.get_context("spawn")
@@ -81,7 +82,7 @@ def measure_hops(manifest: Manifest, photos: list[tuple[str, bytes]], broker: Br
         def traced(node: str) -> list[str]:
             return [sys.executable, "-m", "bench.tracedstage", f"{traces}/{node}.json"]
 
-        daemons = [Daemon(f"stage{k}", k) for k in range(stages)]
+        daemons = [StageLaunch(f"stage{k}", k) for k in range(stages)]
         with StageRun(manifest.directory, daemons, broker, command=traced,
                       stats_interval=0) as run:
             arrivals = run.feed(photos, warmup + frames, in_flight=1)

@@ -28,10 +28,10 @@ from aiotedge.nodes.mqtt.broker import LocalBroker
 from bench.benchdoc import table, write_section
 from bench.cluster.layouts import split_model
 from bench.cluster.measure import process_cpu_seconds
-from bench.reliability.harness import child_env
-from bench.reliability.procfs import sample
-from bench.stagerun import Daemon, StageRun
-from tests.conftest import SHARED_IMAGES, SHARED_MODEL
+from bench.stagerun import StageRun
+from support.daemons import StageLaunch, child_env
+from support.paths import SHARED_IMAGES, SHARED_MODEL
+from support.procfs import sample
 
 #: what `aiotedge stage` imports, in the order the table adds them
 IMPORTS = (
@@ -104,7 +104,7 @@ def measure_daemons(split: Path, photos: list[tuple[str, bytes]], broker, frames
     manifest = Manifest.load(split)
     stages = len(manifest.stages)
     model_files = {str((split / stage.file).resolve()) for stage in manifest.stages}
-    daemons = [Daemon(f"stage{k}", k) for k in range(stages)]
+    daemons = [StageLaunch(f"stage{k}", k) for k in range(stages)]
     frames = frames_per_stage * stages
     with StageRun(split, daemons, broker.address, env=env) as run:
         pids = {node: process.pid for node, process in run.processes.items()}

@@ -32,7 +32,7 @@ from aiotedge.nodes.mqtt.broker import LocalBroker
 from aiotedge.nodes.mqtt.session import MqttSession
 from aiotedge.tflite.runtime import Segment
 from bench.benchdoc import table, write_section
-from tests.conftest import SHARED_IMAGES, SHARED_MODEL
+from support.paths import SHARED_IMAGES, SHARED_MODEL
 
 
 def single_process(manifest: Manifest, photos: list[bytes], frames: int) -> dict[str, float]:

@@ -36,7 +36,7 @@ from aiotedge.nodes.daemons.profiling import DEFAULT_PHOTO_SIZE, measure_profile
 from aiotedge.nodes.daemons.transport_cost import measure_mqtt
 from aiotedge.tflite.graph import load_graph
 from bench.benchdoc import table, write_section
-from tests.conftest import SHARED_IMAGES, SHARED_MODEL
+from support.paths import SHARED_IMAGES, SHARED_MODEL
 
 
 def camera_photos(folder: Path) -> list[tuple[str, bytes]]:

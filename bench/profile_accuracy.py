@@ -36,7 +36,7 @@ from aiotedge.nodes.daemons.profiling import measure_profile, sample_input
 from aiotedge.tflite.graph import load_graph
 from aiotedge.tflite.runtime import Segment
 from bench.benchdoc import write_section
-from tests.conftest import REPO, SHARED_MODEL
+from support.paths import REPO, SHARED_MODEL
 
 HEADING = "Planner: predicted vs measured stage times"
 #: what the section says first

@@ -1,9 +1,10 @@
 """Stage daemons against one broker, fed by aiotedge's Camera: one bounded run, for the benches.
 
-`StageRun` starts one `aiotedge stage` process per daemon (each may be wrapped, e.g. to run
-inside an emulated board, and may reach the broker at its own address), follows their
-availability, retained stats and the predictions, and feeds photos with the project's own
-Camera, pacing itself by the results in flight. Every wait is bounded; leaving the `with`
+`StageRun` starts one `aiotedge stage` process per daemon with the shared harness
+(support/daemons.py: each may be wrapped, e.g. to run inside an emulated board, and may reach
+the broker at its own address), follows their availability, retained stats and the
+predictions, and feeds photos with the project's own Camera, pacing itself by the results in
+flight. Every wait is bounded; leaving the `with`
 block stops every process it started and removes its folder.
 """
 
@@ -12,9 +13,7 @@ from __future__ import annotations
 import logging
 import secrets
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -34,7 +33,7 @@ from aiotedge.media.sources.stills import Stills
 from aiotedge.nodes.daemons.camera import Camera
 from aiotedge.nodes.mqtt.session import MqttSession
 from aiotedge.nodes.observe.health import PipelineView
-from bench.reliability.harness import child_env
+from support.daemons import StageDaemons, StageLaunch, aiotedge_command
 
 log = logging.getLogger(__name__)
 
@@ -44,24 +43,6 @@ WAIT_SECONDS = 120.0
 
 class RunError(RuntimeError):
     """A daemon died or something awaited did not come in time; the message says which."""
-
-
-def aiotedge_command(_node: str) -> list[str]:
-    return [sys.executable, "-m", "aiotedge"]
-
-
-@dataclass(frozen=True)
-class Daemon:
-    """One stage daemon to start: which stage, in which share group, how and where.
-
-    `wrap` turns its argv into the one to run (inside a board: a cgroup and netns); `broker`
-    is the broker's address as seen from where it runs."""
-
-    node: str
-    stage: int
-    share_group: str = ""
-    wrap: Callable[[list[str]], list[str]] = list
-    broker: BrokerConfig | None = None
 
 
 @dataclass
@@ -90,7 +71,7 @@ class _Seen:
 class StageRun:
     """A broker's worth of stage daemons and a camera; a context manager that cleans up."""
 
-    def __init__(self, manifest_dir: Path, daemons: Sequence[Daemon], broker: BrokerConfig, *,
+    def __init__(self, manifest_dir: Path, daemons: Sequence[StageLaunch], broker: BrokerConfig, *,
                  qos: int = 1, stats_interval: float = 1.0, threads: int = 1,
                  command: Callable[[str], list[str]] = aiotedge_command,
                  camera: CameraConfig | None = None, env: dict[str, str] | None = None) -> None:
@@ -98,18 +79,15 @@ class StageRun:
         self.daemons = list(daemons)
         self.broker = broker
         self.qos = qos
-        self.stats_interval = stats_interval
-        self.threads = threads
-        self.command = command
-        self.env = env
         self.camera_options = camera or CameraConfig(source="bench", loop=True)
         self.topics = Topics(f"bench{secrets.token_hex(3)}")
         self.workdir = Path(tempfile.mkdtemp(prefix="aiotedge-bench-run-"))
-        self.processes: dict[str, subprocess.Popen] = {}
+        self.stages = StageDaemons(self.workdir, manifest_dir, self.topics.pipeline, broker,
+                                   qos=qos, threads=threads, stats_interval=stats_interval,
+                                   command=command, env=env)
         self._exit = ExitStack()
         self._changed = threading.Condition()
         self._seen = _Seen()
-        self._stopping = False
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -120,7 +98,7 @@ class StageRun:
             stack.callback(self.session.stop)
             stack.callback(self.stop_daemons)
             for daemon in self.daemons:
-                self._spawn(daemon)
+                self.stages.spawn(daemon)
             self.wait(lambda: {d.node for d in self.daemons} <= self._seen.online,
                       "every stage online")
             self._exit = stack.pop_all()
@@ -141,48 +119,18 @@ class StageRun:
         if not self.session.wait_connected(10):
             raise RunError(f"cannot reach the broker at {self.broker}")
 
-    def _spawn(self, daemon: Daemon) -> None:
-        argv = [
-            *self.command(daemon.node), "stage",
-            "--manifest", str(self.manifest_dir),
-            "--stage", str(daemon.stage),
-            "--node", daemon.node,
-            "--broker", str(daemon.broker or self.broker),
-            "--pipeline", self.topics.pipeline,
-            "--qos", str(self.qos),
-            "--threads", str(self.threads),
-            "--stats-interval", f"{self.stats_interval:g}",
-            *(["--share-group", daemon.share_group] if daemon.share_group else []),
-        ]
-        with open(self.log_path(daemon.node), "ab") as out:
-            self.processes[daemon.node] = subprocess.Popen(
-                daemon.wrap(argv), stdout=out, stderr=subprocess.STDOUT,
-                env={**child_env(), **(self.env or {})})
-
-    def log_path(self, node: str) -> Path:
-        return self.workdir / f"{node}.log"
+    @property
+    def processes(self) -> dict[str, subprocess.Popen]:
+        """Node -> its running process."""
+        return self.stages.running()
 
     def stop_daemons(self, timeout: float = 20.0) -> None:
         """SIGTERM every daemon (they finish their frames), SIGKILL those that outstay it."""
-        self._stopping = True
-        for process in self.processes.values():
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for node, process in self.processes.items():
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                log.warning("%s did not stop within %.0f s of SIGTERM; killing it", node, timeout)
-                process.kill()
-                process.wait()
+        self.stages.stop_all(timeout)
 
     def check_alive(self) -> None:
-        if self._stopping:
-            return
-        for node, process in self.processes.items():
-            if process.poll() is not None:
-                tail = self.log_path(node).read_text(errors="replace")[-1500:]
-                raise RunError(f"{node} exited with {process.returncode}:\n{tail}")
+        if crashed := self.stages.check_alive(tail_chars=1500):
+            raise RunError(crashed[0])
 
     def wait(self, condition: Callable[[], bool], what: str,
              timeout: float = WAIT_SECONDS) -> None:

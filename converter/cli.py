@@ -17,6 +17,7 @@ from aiotedge_converter.cluster import Links, cluster_from_profiles
 from aiotedge_converter.costs import cost_basis
 from aiotedge_converter.deploy import toml_writer, write_deployment
 from aiotedge_converter.errors import ConverterError
+from aiotedge_converter.fleet import DEFAULT_TIMEOUT, deploy
 from aiotedge_converter.keras_layers import cuts_for_layer_counts, layers_done, parse_layer_counts
 from aiotedge_converter.metadata import ImportInfo, read_import_info
 from aiotedge_converter.planner import Plan, check_cuts, evaluate_plan, plan_pipeline
@@ -37,12 +38,16 @@ from aiotedge_converter.split import SplitOptions, read_labels, split_model
 from aiotedge_converter.verify import ImageResult, verify
 
 from aiotedge import __version__
-from aiotedge.config.sections import BrokerConfig
+from aiotedge.config.flags import add_section_flags, override_from_flags
+from aiotedge.config.loader import NodeConfig
+from aiotedge.config.sections import BrokerConfig, PipelineConfig
 from aiotedge.contracts.errors import AiotedgeError
-from aiotedge.contracts.manifest import MANIFEST_NAME
+from aiotedge.contracts.manifest import KINDS, MANIFEST_NAME, RESIZES
 from aiotedge.contracts.plan import PLAN_BOARDS, PLAN_NAME
 from aiotedge.contracts.profile import INPUT_KINDS, Profile
+from aiotedge.contracts.release import new_release_id
 from aiotedge.tflite.graph import Graph, load_graph
+from aiotedge.tflite.kinds import model_kind
 
 PROG = "aiotedge-convert"
 EXIT_DIFFERENT = 1
@@ -52,6 +57,8 @@ BALANCED = "balanced"
 LAYERS_PREFIX = "layers:"
 PLOT_HELP = "draw the plan (default: none)"
 LABELS_HELP = "class names, one a line (default: none)"
+KIND_HELP = ("what the outputs mean, for a model the recognition gets wrong (default: recognised "
+             "from the outputs; see docs/models.md)")
 
 
 def _parse_cuts(text: str) -> list[int]:
@@ -76,7 +83,8 @@ def _layer_view(graph: Graph, info: ImportInfo | None) -> LayerView | None:
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     graph = load_graph(args.model)
-    print(analyze_report(graph, _layer_view(graph, read_import_info(graph.model))))
+    kind = model_kind(graph, args.kind)
+    print(analyze_report(graph, _layer_view(graph, read_import_info(graph.model)), kind))
     return 0
 
 
@@ -164,7 +172,8 @@ def _stage_count(args: argparse.Namespace, counts: list[int] | None, profiles: i
 
 def cmd_split(args: argparse.Namespace) -> int:
     graph = load_graph(args.model)
-    labels = read_labels(args.labels, graph) if args.labels else None
+    kind = model_kind(graph, args.kind)
+    labels = read_labels(args.labels, graph, kind) if args.labels else None
     info = read_import_info(graph.model)
     counts = None
     if args.strategy.startswith(LAYERS_PREFIX):
@@ -199,8 +208,10 @@ def cmd_split(args: argparse.Namespace) -> int:
 
     options = SplitOptions(
         labels=labels,
+        kind=kind,
         mean=args.mean,
         std=args.std,
+        resize=args.resize,
         copy_source=args.copy_source,
         num_threads=args.threads,
     )
@@ -228,7 +239,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         raise ConverterError(f"--boards must be at least 1, got {args.boards}")
     if args.out:
         toml_writer()  # refused before the planning, not after the segments are written
-    labels = read_labels(args.labels, graph) if args.labels else None
+    kind = model_kind(graph, args.kind)
+    labels = read_labels(args.labels, graph, kind) if args.labels else None
     links = Links(args.link_mbps, args.broker_link_mbps)
     cluster = cluster_from_profiles(graph, _load_profiles(args.profile or []), args.boards,
                                     links, args.stage0_input)
@@ -240,7 +252,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         title = f"{graph.path.name if graph.path else 'model'} on {plural(args.boards, 'board')}"
         print(f"plot: {plot_cluster(cluster, strategies, title, args.plot)}")
     if args.out:
-        options = SplitOptions(labels=labels, num_threads=args.threads)
+        options = SplitOptions(labels=labels, kind=kind, mean=args.mean, std=args.std,
+                               resize=args.resize, num_threads=args.threads)
         configs = write_deployment(graph, strategies, cluster, args.out, options=options,
                                    pipeline=args.pipeline, broker=_broker(args.broker),
                                    discovery=args.homeassistant)
@@ -286,6 +299,7 @@ def _add_plan_parser(sub: argparse._SubParsersAction) -> None:
                       "(default: only print the plan)")
     plan.add_argument("--plot", type=Path, metavar="PLAN.png", help=PLOT_HELP)
     plan.add_argument("--labels", type=Path, metavar="FILE", help=LABELS_HELP)
+    _add_model_options(plan)
     plan.add_argument("--pipeline", default="greenhouse",
                       help="pipeline name in the board configs (default: %(default)s)")
     plan.add_argument("--broker", default="broker.lan:8883", metavar="HOST[:PORT]",
@@ -294,6 +308,64 @@ def _add_plan_parser(sub: argparse._SubParsersAction) -> None:
                       help="the last stage's boards announce the pipeline to Home Assistant "
                       "([homeassistant] discovery = true in their configs; default: yes)")
     plan.set_defaults(func=cmd_plan)
+
+
+# --- deploy -------------------------------------------------------------------------------
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    model: Graph | Path = args.model
+    labels = None
+    if args.model.is_dir():  # a split or plan folder: its cuts, codecs and labels
+        if args.labels or args.stages:
+            raise ConverterError(f"{args.model} is a split or plan folder: its labels and "
+                                 "stages are its own (no --labels, --stages)")
+    else:
+        model = load_graph(args.model)
+        labels = read_labels(args.labels, model) if args.labels else None
+    config = override_from_flags(NodeConfig.load(args.config), args)
+    config.check_files()
+    deployed = deploy(config, model, args.release or new_release_id(args.model), labels=labels,
+                      kind=args.kind, stages=args.stages, nodes=args.nodes,
+                      timeout=args.timeout)
+    release = deployed.release
+    print(f"release {release.release}: {release.model_file} in "
+          f"{plural(len(release.chunks), 'chunk')} on {plural(len(release.nodes), 'node')}")
+    for stage, nodes in enumerate(release.assignments):
+        print(f"  stage {stage}: {', '.join(nodes)}")
+    print(f"live (before: {deployed.previous or 'none'}, which drains)")
+    return 0
+
+
+def _add_deploy_parser(sub: argparse._SubParsersAction) -> None:
+    deploy_cmd = sub.add_parser(
+        "deploy", help="put a model on the `aiotedge node` daemons online, as a release",
+        description="Plans for the nodes online (MACs over their speed profiles), publishes "
+        "the model's chunks and the release over the broker, waits until every node serves "
+        "its stage, then makes it the live release (the one before drains). See "
+        "docs/fleet.md.")
+    deploy_cmd.add_argument("model", type=Path, metavar="MODEL.tflite|DIR",
+                            help="a model, or a folder of `split` or `plan --out` (its cuts, "
+                            "replicas and labels kept)")
+    deploy_cmd.add_argument("--labels", type=Path, metavar="FILE", help=LABELS_HELP)
+    deploy_cmd.add_argument("--config", help="a config file with [broker] and [pipeline] "
+                            "(the deployer's login); flags override it (default: none)")
+    add_section_flags(deploy_cmd, BrokerConfig, ("host", "username", "password_file", "tls",
+                                                 "ca_file", "cert_file", "key_file"))
+    add_section_flags(deploy_cmd, PipelineConfig, ("name",))
+    deploy_cmd.add_argument("--release", metavar="ID", help="the release id (default: the "
+                            "model's name and the UTC time)")
+    deploy_cmd.add_argument("--kind", default="classification", choices=KINDS,
+                            help="what the model's output means (default: %(default)s)")
+    deploy_cmd.add_argument("--stages", type=int, metavar="S",
+                            help="at most S stages; the other nodes become replicas "
+                            "(default: one stage per node)")
+    deploy_cmd.add_argument("--nodes", type=int, default=1, metavar="N",
+                            help="wait until N nodes are online, then plan for those online "
+                            "(default: %(default)s)")
+    deploy_cmd.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="S",
+                            help="seconds to wait for every node (default: %(default)s)")
+    deploy_cmd.set_defaults(func=cmd_deploy)
 
 
 # --- verify -------------------------------------------------------------------------------
@@ -311,7 +383,7 @@ def _verify_row(result: ImageResult) -> list[str]:
             "agrees" if ref.agrees else f"reference top-1 {ref.top1}: {ref.label}",
             f"{ref.probability_diff:.4f}",
         ]
-    return [*row, f"top-1 {result.top1}: {result.label}"]
+    return [*row, result.result]
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -390,6 +462,24 @@ def _add_import_parser(sub: argparse._SubParsersAction) -> None:
     imp.set_defaults(func=cmd_import)
 
 
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    """What the model's graph may not tell: its kind and how stage 0 makes its input."""
+    parser.add_argument("--kind", choices=KINDS, help=KIND_HELP)
+    parser.add_argument(
+        "--mean", type=float,
+        help="preprocessing mean (default: recorded by import, else from the input tensor: zero "
+        "point if quantized, 0 for unquantized uint8, 127.5 for float; docs/manifest.md)")
+    parser.add_argument(
+        "--std", type=float,
+        help="preprocessing std (default: recorded by import, else from the input tensor: "
+        "1/scale if quantized, 1 for unquantized uint8, 127.5 for float)")
+    parser.add_argument(
+        "--resize", choices=RESIZES, default="antialiased",
+        help="how stage 0 resizes a photo: antialiased (Pillow's bilinear) or sampled (2x2 "
+        "bilinear, as TensorFlow and TFLite Support resize; docs/models.md) "
+        "(default: %(default)s)")
+
+
 def _add_split_parser(sub: argparse._SubParsersAction) -> None:
     split = sub.add_parser("split", help="plan the stages, write segments and manifest.json")
     split.add_argument("model", type=Path, metavar="MODEL.tflite")
@@ -427,18 +517,7 @@ def _add_split_parser(sub: argparse._SubParsersAction) -> None:
     )
     split.add_argument("--plot", type=Path, metavar="PLAN.png", help=PLOT_HELP)
     split.add_argument("--labels", type=Path, metavar="FILE", help=LABELS_HELP)
-    split.add_argument(
-        "--mean",
-        type=float,
-        help="preprocessing mean (default: recorded by import, else zero point if quantized, "
-        "else 127.5)",
-    )
-    split.add_argument(
-        "--std",
-        type=float,
-        help="preprocessing std (default: recorded by import, else 1/scale if quantized, "
-        "else 127.5)",
-    )
+    _add_model_options(split)
     split.add_argument(
         "--no-copy-source",
         dest="copy_source",
@@ -465,11 +544,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     analyze = sub.add_parser("analyze", help="print the valid cut points of a model")
     analyze.add_argument("model", type=Path, metavar="MODEL.tflite")
+    analyze.add_argument("--kind", choices=KINDS, help=KIND_HELP)
     analyze.set_defaults(func=cmd_analyze)
 
     _add_import_parser(sub)
     _add_split_parser(sub)
     _add_plan_parser(sub)
+    _add_deploy_parser(sub)
 
     check = sub.add_parser(
         "verify", help="run the chain of stages against the whole model",

@@ -57,10 +57,11 @@ class LayerView:
         return f"{start}..{self.done[last_op]}"
 
 
-def analyze_report(graph: Graph, layers: LayerView | None = None) -> str:
+def analyze_report(graph: Graph, layers: LayerView | None = None,
+                   kind: str = "classification") -> str:
     points = graph.cut_points
     header = (
-        f"{graph.path.name if graph.path else 'model'}: {len(graph.ops)} operators, "
+        f"{graph.path.name if graph.path else 'model'} ({kind}): {len(graph.ops)} operators, "
         f"{human(graph.total_macs)} MACs, {len(points)} valid cut points "
         "(cut after op; the tensor is all that crosses)"
     )
@@ -138,10 +139,12 @@ def plan_report(
             row += [basis.profiles[index].label] if heterogeneous else []
         last = stage.last_op == len(graph.ops) - 1
         tensor = graph.tensor(graph.boundary_tensor(stage.last_op))
-        row += [
-            f"{shape_text(tensor.shape)} {tensor.dtype}",
-            str(tensor.nbytes) + (" (result)" if last else ""),
-        ]
+        outputs = len(graph.boundary_tensors(stage.last_op))
+        if outputs > 1:  # a detection model's last stage: its four outputs are the result
+            row += [f"{outputs} outputs", "(result)"]
+        else:
+            row += [f"{shape_text(tensor.shape)} {tensor.dtype}",
+                    str(tensor.nbytes) + (" (result)" if last else "")]
         rows.append(row)
     cuts = f"cuts after ops {','.join(map(str, plan.cuts))}" if plan.cuts else "no cut"
     return "\n".join(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,7 @@ from aiotedge.contracts.manifest import Manifest, SourceModel, StageSpec, sha256
 from aiotedge.media.image import default_preprocessing, preprocess
 from aiotedge.tflite.flatbuffer import pack_model
 from aiotedge.tflite.graph import Graph
+from aiotedge.tflite.kinds import class_count
 from aiotedge.tflite.runtime import Segment
 from aiotedge.tflite.segments import extract_segment
 from aiotedge.tflite.selfcheck import write_reference
@@ -36,26 +37,45 @@ class SplitOptions:
     """What the user may choose beyond the cuts; None means the documented default."""
 
     labels: tuple[str, ...] | None = None
+    #: what the outputs mean (aiotedge.tflite.kinds.model_kind): recognised or declared
+    kind: str = "classification"
     mean: float | None = None
     std: float | None = None
+    #: Preprocessing.resize
+    resize: str = "antialiased"
     copy_source: bool = True
     num_threads: int | None = None
 
 
-def read_labels(path: Path | str, graph: Graph) -> tuple[str, ...]:
+#: the first line of a label map that counts the background as class 0 (TensorFlow's object
+#: detection label maps): the post-processing op numbers classes from the first real one
+BACKGROUND_LABELS = frozenset({"???", "background"})
+
+
+def read_labels(path: Path | str, graph: Graph, kind: str = "classification") -> tuple[str, ...]:
     """One class name a line, in class order: as many lines as the model has classes (a file
     for another model, or with a header or a background class too many, would put every
-    prediction under the wrong name)."""
+    prediction under the wrong name). A detection model's map may start with the background
+    (`???`), which its post-processing op does not count: that line is dropped."""
     try:
         labels = tuple(Path(path).read_text(encoding="utf-8").splitlines())
     except (OSError, UnicodeDecodeError) as exc:
         raise ConverterError(f"{path}: cannot read labels: {exc}") from exc
-    output = graph.tensor(graph.output_index)
-    classes = int(np.prod(output.shape))
-    if len(labels) != classes:
+    classes = class_count(graph, kind)
+    if classes == 0:
+        raise ConverterError(f"{path}: a {kind} model's results have no labels (its keypoints "
+                             "are named by the model's convention): give no --labels")
+    if (kind == "detection" and classes is not None and len(labels) == classes + 1
+            and labels[0].strip() in BACKGROUND_LABELS):
+        log.info("%s: the first line %r is the background, which the model does not count",
+                 path, labels[0])
+        labels = labels[1:]
+    if classes is not None and len(labels) != classes:
+        output = graph.tensor(graph.output_index)
         raise ConverterError(
-            f"{path} has {len(labels)} lines, but the model has {classes} classes (its output "
-            f"is {'x'.join(map(str, output.shape))}): give one label a line, in class order")
+            f"{path} has {len(labels)} lines, but the model has {classes} classes (its "
+            f"output is {'x'.join(map(str, output.shape))}): give one label a line, in class "
+            "order")
     return labels
 
 
@@ -84,7 +104,8 @@ def split_model(graph: Graph, plan: Plan, out_dir: Path, options: SplitOptions,
     if info is not None:  # the normalisation the Keras model was trained with
         mean = info.mean if mean is None else mean
         std = info.std if std is None else std
-    preprocessing = default_preprocessing(whole.input_spec, mean, std)
+    preprocessing = replace(default_preprocessing(whole.input_spec, mean, std),
+                            resize=options.resize)
     if options.copy_source:
         target = out_dir / source_path.name
         if not target.exists() or not target.samefile(source_path):
@@ -109,6 +130,7 @@ def split_model(graph: Graph, plan: Plan, out_dir: Path, options: SplitOptions,
                 sha256=sha256_file(path),
                 input=segment.input_spec,
                 output=segment.output_spec,
+                extra_outputs=segment.output_specs[1:],
                 macs=graph.macs_between(stage.first_op, stage.last_op),
                 first_op=stage.first_op,
                 last_op=stage.last_op,
@@ -122,11 +144,13 @@ def split_model(graph: Graph, plan: Plan, out_dir: Path, options: SplitOptions,
             sha256=sha256_file(source_path),
             input=whole.input_spec,
             output=whole.output_spec,
+            extra_outputs=whole.output_specs[1:],
             macs=graph.total_macs,
         ),
         preprocessing=preprocessing,
         stages=tuple(stages),
         labels=options.labels,
+        kind=options.kind,
         directory=out_dir,
     )
     manifest.save(out_dir)

@@ -3,7 +3,8 @@
 Each photo is preprocessed once, exactly as stage 0 will (aiotedge.media.image), then fed to the
 source model and to the chain of segments. Integer outputs must be identical; float outputs may
 differ by FLOAT_TOLERANCE (the interpreter may fuse or order float work differently across
-segment boundaries).
+segment boundaries). Every output counts (a detection model's four), and the whole model's
+results are shown as the last stage would publish them (aiotedge.tflite.results).
 
 With a reference model (typically the float32 import of the model whose quantized version was
 split), each photo also goes through the reference, preprocessed to the same real values, and
@@ -15,7 +16,7 @@ reported, not judged.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
@@ -26,7 +27,9 @@ from PIL import Image
 
 from aiotedge.contracts.errors import ImageError
 from aiotedge.contracts.manifest import Manifest, sha256_file
+from aiotedge.contracts.tensors import TensorSpec
 from aiotedge.media.image import decode_image, list_images, preprocess
+from aiotedge.tflite.results import ResultFilter, read_results
 from aiotedge.tflite.runtime import Segment, open_segment
 
 log = logging.getLogger(__name__)
@@ -49,8 +52,8 @@ class ImageResult:
     image: str
     max_abs_diff: float
     tolerance: float
-    top1: int
-    label: str
+    #: the whole model's results in a few words (`top-1 18: horse`, `3 objects: cat 0.64, ...`)
+    result: str
     reference: ReferenceResult | None = None
 
     @property
@@ -90,18 +93,37 @@ def load_chain(manifest: Manifest, num_threads: int | None = None) -> list[Segme
         for a, b in pairwise(stages)
     ]
     edges.append(
-        ("the last stage output and the source output", stages[-1].output, manifest.source.output)
+        ("the last stage outputs and the source outputs", stages[-1].outputs,
+         manifest.source.outputs)
     )
     for what, left, right in edges:
-        if not left.matches(right):
-            raise ConverterError(f"{what} differ: {left} vs {right}")
+        if not _all_match(left, right):
+            raise ConverterError(f"{what} differ: {_text(left)} vs {_text(right)}")
     return segments
 
 
-def run_chain(segments: Iterable[Segment], tensor: np.ndarray) -> np.ndarray:
-    for segment in segments:
+def _all_match(left: TensorSpec | tuple[TensorSpec, ...],
+               right: TensorSpec | tuple[TensorSpec, ...]) -> bool:
+    lefts = left if isinstance(left, tuple) else (left,)
+    rights = right if isinstance(right, tuple) else (right,)
+    return len(lefts) == len(rights) and all(a.matches(b) for a, b in zip(lefts, rights,
+                                                                          strict=True))
+
+
+def _text(specs: TensorSpec | tuple[TensorSpec, ...]) -> str:
+    return ", ".join(map(str, specs)) if isinstance(specs, tuple) else str(specs)
+
+
+def run_chain_all(segments: Sequence[Segment], tensor: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Every output of the last segment, the tensor passed on from each segment before."""
+    for segment in segments[:-1]:
         tensor = segment.run(tensor)
-    return tensor
+    return segments[-1].run_all(tensor)
+
+
+def run_chain(segments: Sequence[Segment], tensor: np.ndarray) -> np.ndarray:
+    """The chain's (first) output."""
+    return run_chain_all(segments, tensor)[0]
 
 
 def open_reference(manifest: Manifest, path: Path, num_threads: int | None) -> Segment:
@@ -137,6 +159,23 @@ def compare_reference(
     )
 
 
+def _max_abs_diff(expected: np.ndarray, actual: np.ndarray) -> float:
+    if expected.shape != actual.shape:
+        return float("inf")
+    diff = np.abs(expected.astype(np.float64) - actual.astype(np.float64))
+    return float(diff.max()) if diff.size else 0.0
+
+
+def _result_text(manifest: Manifest, outputs: tuple[np.ndarray, ...]) -> str:
+    """The whole model's results: the top class of a classifier, else as a prediction says."""
+    if manifest.kind == "classification":
+        top1 = int(np.argmax(outputs[0]))
+        return f"top-1 {top1}: {manifest.label(top1)}"
+    results = read_results(outputs, manifest.source.outputs, manifest, None, top=1,
+                           keep=ResultFilter())
+    return results.summary()
+
+
 def verify(
     directory: Path,
     images: Path,
@@ -146,11 +185,14 @@ def verify(
 ) -> list[ImageResult]:
     """Compare the whole model with the chain of segments on every photo in `images`."""
     manifest = Manifest.load(directory)
+    if reference is not None and manifest.kind != "classification":
+        raise ConverterError(f"--reference compares a classifier's top-1 class; this split is "
+                             f"a {manifest.kind} model")
     whole = Segment(find_source(manifest, model), num_threads)
     chain = load_chain(manifest, num_threads)
     baseline = open_reference(manifest, reference, num_threads) if reference else None
-    spec = manifest.source.output
-    tolerance = FLOAT_TOLERANCE if np.dtype(spec.dtype).kind == "f" else 0.0
+    floats = any(np.dtype(spec.dtype).kind == "f" for spec in manifest.source.outputs)
+    tolerance = FLOAT_TOLERANCE if floats else 0.0
     results = []
     for path in list_images(images):
         try:
@@ -158,18 +200,15 @@ def verify(
         except (OSError, ImageError) as exc:
             raise ConverterError(f"{path}: {exc}") from exc
         tensor = preprocess(photo, manifest.preprocessing, whole.input_spec)
-        expected = whole.run(tensor)
-        actual = run_chain(chain, tensor)
-        diff = np.abs(expected.astype(np.float64) - actual.astype(np.float64))
-        top1 = int(np.argmax(expected))
+        expected = whole.run_all(tensor)
+        actual = run_chain_all(chain, tensor)
         result = ImageResult(
             image=path.name,
-            max_abs_diff=float(diff.max()) if diff.size else 0.0,
+            max_abs_diff=max(_max_abs_diff(e, a) for e, a in zip(expected, actual, strict=True)),
             tolerance=tolerance,
-            top1=top1,
-            label=manifest.label(top1),
+            result=_result_text(manifest, expected),
             reference=(
-                compare_reference(manifest, baseline, photo, actual) if baseline else None
+                compare_reference(manifest, baseline, photo, actual[0]) if baseline else None
             ),
         )
         log.debug("%s: %s", path.name, result)

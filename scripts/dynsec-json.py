@@ -4,7 +4,7 @@
     sudo python3 scripts/dynsec-json.py --pipeline greenhouse --stages 5 \
         --password-file /etc/mosquitto/aiotedge.passwd --out aiotedge-dynsec.json \
         [--replica stage2b:2]... [--camera cam0]... [--watcher watcher]...
-        [--homeassistant homeassistant]
+        [--homeassistant homeassistant] [--deployer deployer]
 
 Why: mosquitto's acl_file never refuses a SUBSCRIBE, so any broker user can join a replicated
 stage's share group `$share/<group>/aiotedge-frames/<pipeline>/stage/<k>` and take its round-robin
@@ -30,14 +30,20 @@ rights (dynsec 2.0 has no %u or %c, so the rights naming a user are a role of th
                writes stage/<k+1>, errors; reads and writes the pipeline's availability
   last stage   also reads and writes predictions, label/+ and its Home Assistant discovery
                topics; reads homeassistant/status
-  camera       writes stage/0, errors and its own snapshot (aiotedge-frames/<pipeline>/snapshot/
-               <user>); subscribes to and receives predictions and errors
+  camera       writes stage/0, errors, events and its own snapshot (aiotedge-frames/<pipeline>/
+               snapshot/<user>); subscribes to and receives predictions, errors and
+               homeassistant/status; reads and writes its own counts (count/<user>/+), its
+               events' snapshots (aiotedge-frames/<pipeline>/event-snapshot/<user>/+) and its
+               Home Assistant device's discovery topics; receives fleet/live
+  deployer     the only one to write releases, the model's chunks and the live pointer
+               (fleet/#, aiotedge-frames/<pipeline>/chunk/+), and reads them back
   watcher      subscribes to and receives aiotedge/<pipeline>/# (no share group), the
-               cameras' snapshots and the broker's count of dropped messages ($SYS)
+               cameras' snapshots and their events' snapshots, and the broker's count of
+               dropped messages ($SYS)
   homeassistant  subscribes to and receives homeassistant/#, aiotedge/<pipeline>/# and the
-               cameras' snapshots; writes homeassistant/status (its birth and Last Will)
-               and the pipeline's discovery topics (.../+/config: deleting the device
-               clears them)
+               cameras' snapshots and events' snapshots; writes homeassistant/status (its
+               birth and Last Will), the pipeline's discovery topics and each camera's
+               (.../+/config: deleting a device clears them)
 Anything else is refused (defaultACLAccess false; unsubscribing stays allowed).
 
 Standard library only: it runs on the broker host without aiotedge installed.
@@ -117,9 +123,16 @@ def build(pipeline: str, stages: int, duties: dict[str, str],
     of that name).
     """
     base = f"{PREFIX}/{pipeline}"
-    # aiotedge/nodes/observe/homeassistant.py: node_id()
-    discovery = (f"{HOMEASSISTANT_PREFIX}/sensor/aiotedge_"
-                 f"{re.sub(r'[^a-z0-9_]', '_', pipeline.lower())}/#")
+    frames = f"{PREFIX}-frames/{pipeline}"
+
+    def node_id(name: str) -> str:  # aiotedge/nodes/observe/homeassistant.py: node_id()
+        return re.sub(r"[^a-z0-9_]", "_", name.lower())
+
+    discovery = f"{HOMEASSISTANT_PREFIX}/sensor/aiotedge_{node_id(pipeline)}/#"
+    cameras = [user for user, duty in duties.items() if duty == "camera"]
+
+    def camera_discovery(camera: str) -> str:
+        return f"{HOMEASSISTANT_PREFIX}/+/aiotedge_{node_id(pipeline)}_{node_id(camera)}/+/config"
 
     def stage_input(index: int) -> str:  # frames have a branch of their own (docs/topics.md)
         return f"{PREFIX}-frames/{pipeline}/stage/{index}"
@@ -140,24 +153,31 @@ def build(pipeline: str, stages: int, duties: dict[str, str],
                           + acls("p", f"$share/+/{stage_input(index)}")
                           + acls("s", f"{base}/errors") + grants))
     roles.append(role(f"{pipeline}-camera", "cameras",
-                      acls("s", stage_input(0), f"{base}/errors")
-                      + acls("rl", f"{base}/predictions", f"{base}/errors")))
-    snapshots = f"{PREFIX}-frames/{pipeline}/snapshot/+"
+                      acls("s", stage_input(0), f"{base}/errors", f"{base}/events")
+                      + acls("rl", f"{base}/predictions", f"{base}/errors",
+                             f"{HOMEASSISTANT_PREFIX}/status", f"{base}/fleet/live")))
+    roles.append(role(f"{pipeline}-deployer", "the deployer of releases (docs/fleet.md)",
+                      acls("srp", f"{base}/fleet/#", f"{frames}/chunk/+")))
+    snapshots = [f"{frames}/snapshot/+", f"{frames}/event-snapshot/+/+"]
     roles.append(role(f"{pipeline}-watcher", "read-only tools",
-                      acls("rp", f"{base}/#", snapshots, BROKER_DROPPED)))
-    # deleting the device in Home Assistant clears its discovery messages
-    discovery_configs = discovery.removesuffix("#") + "+/config"
+                      acls("rp", f"{base}/#", *snapshots, BROKER_DROPPED)))
+    # deleting a device in Home Assistant clears its discovery messages
+    discovery_configs = [discovery.removesuffix("#") + "+/config",
+                         *map(camera_discovery, cameras)]
     roles.append(role(f"{pipeline}-homeassistant", "Home Assistant",
-                      acls("rp", f"{HOMEASSISTANT_PREFIX}/#", f"{base}/#", snapshots)
-                      + acls("s", f"{HOMEASSISTANT_PREFIX}/status", discovery_configs)))
+                      acls("rp", f"{HOMEASSISTANT_PREFIX}/#", f"{base}/#", *snapshots)
+                      + acls("s", f"{HOMEASSISTANT_PREFIX}/status", *discovery_configs)))
 
     clients = []
     for user, duty in duties.items():
         own = f"{pipeline}-own-{user}"
-        snapshot = [f"{PREFIX}-frames/{pipeline}/snapshot/{user}"] if duty == "camera" else []
+        camera = duty == "camera"
+        snapshot = [f"{frames}/snapshot/{user}"] if camera else []
+        events = acls("srp", f"{base}/count/{user}/+", f"{frames}/event-snapshot/{user}/+",
+                      camera_discovery(user)) if camera else []
         roles.append(role(own, f"{user}'s own topics", acls(
             "s", f"{base}/availability/{user}", f"{base}/info/{user}", f"{base}/stats/{user}",
-            *snapshot)))
+            *snapshot) + events))
         clients.append({"username": user, "textname": f"aiotedge {pipeline}: {user}",
                         **passwords[user],
                         "roles": [{"rolename": name}
@@ -205,6 +225,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="a read-only tool's user (default: watcher)")
     parser.add_argument("--homeassistant", action="append", type=topic_level, default=[],
                         help="Home Assistant's user (none by default)")
+    parser.add_argument("--deployer", action="append", type=topic_level, default=[],
+                        help="the user of `aiotedge-convert deploy`, the only one who may "
+                        "publish releases (none by default)")
     args = parser.parse_args(argv)
     if args.stages < 1:
         parser.error("--stages must be at least 1")
@@ -221,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     users += [(user, "camera") for user in args.camera or ["cam0"]]
     users += [(user, "watcher") for user in args.watcher or ["watcher"]]
     users += [(user, "homeassistant") for user in args.homeassistant]
+    users += [(user, "deployer") for user in args.deployer]
     duties = dict(users)
     try:
         if len(duties) != len(users):
@@ -231,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
                           f"sudo mosquitto_passwd {args.password_file} USER")
         if idle := [user for user in passwords if user not in duties]:
             raise UsageError(f"{', '.join(idle)} in {args.password_file} would have no rights: say "
-                          "what it does (--replica, --camera, --watcher, --homeassistant) "
+                          "what it does (--replica, --camera, --watcher, --homeassistant, "
+                          "--deployer) "
                           "or remove it "
                           "(mosquitto_passwd -D)")
     except UsageError as exc:

@@ -26,7 +26,8 @@
 #   - /etc/aiotedge/            node configs (NAME.toml) and broker passwords (NAME.password);
 #                               root:aiotedge, mode 750
 #   - /var/lib/aiotedge/images  photos for a camera node
-#   - /etc/systemd/system/      aiotedge-stage@.service, aiotedge-camera@.service, aiotedge.target
+#   - /etc/systemd/system/      aiotedge-stage@.service, aiotedge-camera@.service,
+#                               aiotedge-node.service, aiotedge.target
 #   - --node NAME: /etc/aiotedge/NAME.toml from configs/cluster/NAME.toml, unless it exists
 #
 # It does not start anything: write the config and the password, copy the split folder, then
@@ -49,7 +50,7 @@ DRY_RUN=0
 CAMERA=0
 NODES=()
 APT_PACKAGES=(python3 python3-venv python3-dev gcc pkg-config libsystemd-dev mosquitto-clients)
-UNITS=(aiotedge-stage@.service aiotedge-camera@.service aiotedge.target)
+UNITS=(aiotedge-stage@.service aiotedge-camera@.service aiotedge-node.service aiotedge.target)
 
 usage() {
     sed -n '2,/^$/s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
@@ -198,7 +199,11 @@ done
 
 cat <<DONE
 
-aiotedge is installed in $PREFIX/venv. Next, for each node NAME of this board:
+aiotedge is installed in $PREFIX/venv. A board that takes its role from the releases of
+\`aiotedge-convert deploy\` (docs/fleet.md):
+  config:          $CONFIG_DIR/node.toml ([broker], [pipeline], [stage] node = its name)
+  then:            sudo systemctl enable --now aiotedge-node
+Or, a role pinned by hand, for each node NAME of this board:
   config:          $CONFIG_DIR/NAME.toml (examples: configs/cluster/, keys: docs/config.md)
   broker password: $CONFIG_DIR/NAME.password, mode 640, owner root:$SERVICE_USER
   split folder:    $PREFIX/models/<pipeline>/ (manifest.json + stage*.tflite)

@@ -1,12 +1,14 @@
-"""Home Assistant's documented MQTT discovery schema for a sensor, as the tests check payloads
-against it: every key the payload uses must be documented, of the documented type, and the
-required ones present. And what Home Assistant's MQTT sensor makes of a state message
-(`sensor_state`), its availability list (`available`).
+"""Home Assistant's documented MQTT discovery schema for a sensor, a binary sensor and an image,
+as the tests check payloads against it: every key the payload uses must be documented, of the
+documented type, and the required ones present. And what Home Assistant's MQTT sensor and binary
+sensor make of a state message (`sensor_state`, `binary_sensor_state`), its availability list
+(`available`).
 
-From the MQTT sensor page (home-assistant.io/integrations/sensor.mqtt, its "Configuration
-Variables") and the discovery section of the MQTT page (home-assistant.io/integrations/mqtt:
-the `origin` block, the availability list). `default_entity_id` replaced `object_id` in Home
-Assistant 2025.10 (`object_id` stops working in 2026.4): it is listed here, `object_id` is not.
+From the MQTT sensor, binary sensor and image pages (home-assistant.io/integrations/sensor.mqtt,
+binary_sensor.mqtt, image.mqtt, their "Configuration Variables") and the discovery section of
+the MQTT page (home-assistant.io/integrations/mqtt: the `origin` block, the availability list).
+`default_entity_id` replaced `object_id` in Home Assistant 2025.10 (`object_id` stops working in
+2026.4): it is listed here, `object_id` is not.
 """
 
 from __future__ import annotations
@@ -34,6 +36,25 @@ SENSOR_KEYS = {
     "unit_of_measurement": "string", "value_template": "template",
 }
 SENSOR_REQUIRED = {"state_topic"}
+_COMMON = {key: SENSOR_KEYS[key] for key in (
+    "availability", "availability_mode", "availability_template", "availability_topic",
+    "default_entity_id", "device", "enabled_by_default", "entity_category", "entity_picture",
+    "json_attributes_template", "json_attributes_topic", "name", "origin", "payload_available",
+    "payload_not_available", "unique_id")}
+BINARY_SENSOR_KEYS = {
+    **_COMMON, "device_class": "string", "encoding": "string", "expire_after": "integer",
+    "force_update": "boolean", "icon": "icon", "off_delay": "integer", "payload_off": "string",
+    "payload_on": "string", "qos": "integer", "state_topic": "string",
+    "value_template": "template",
+}
+IMAGE_KEYS = {
+    **_COMMON, "content_type": "string", "image_encoding": "string", "image_topic": "string",
+    "url_template": "template", "url_topic": "string",
+}
+#: component -> (its documented keys, the keys it requires)
+COMPONENTS = {"sensor": (SENSOR_KEYS, SENSOR_REQUIRED),
+              "binary_sensor": (BINARY_SENSOR_KEYS, {"state_topic"}),
+              "image": (IMAGE_KEYS, set())}
 AVAILABILITY_KEYS = {"topic": "string", "payload_available": "string",
                      "payload_not_available": "string", "value_template": "template"}
 DEVICE_KEYS = {
@@ -47,15 +68,22 @@ AVAILABILITY_MODES = {"all", "any", "latest"}
 STATE_CLASSES = {"measurement", "measurement_angle", "total", "total_increasing"}
 ENTITY_CATEGORIES = {"diagnostic"}  # the only one a sensor may have
 #: a discovery topic: <prefix>/<component>/[<node_id>/]<object_id>/config
-TOPIC = re.compile(r"^[^/#+]+/sensor/(?:[a-zA-Z0-9_-]+/)?[a-zA-Z0-9_-]+/config$")
-ENTITY_ID = re.compile(r"^sensor\.[a-z0-9_]+$")
+TOPIC = re.compile(r"^[^/#+]+/(sensor|binary_sensor|image)/(?:[a-zA-Z0-9_-]+/)?"
+                   r"[a-zA-Z0-9_-]+/config$")
 
 
 def problems(topic: str, config: dict[str, Any]) -> list[str]:
-    """What Home Assistant's documentation says is wrong with a sensor's discovery message."""
-    found = [] if TOPIC.match(topic) else [f"topic {topic!r} is not a sensor discovery topic"]
-    found += _typed(config, SENSOR_KEYS, "")
-    found += [f"{key!r} is required" for key in SENSOR_REQUIRED - config.keys()]
+    """What Home Assistant's documentation says is wrong with a discovery message of a sensor,
+    a binary sensor or an image (which the topic says)."""
+    matched = TOPIC.match(topic)
+    if not matched:
+        return [f"topic {topic!r} is not a sensor, binary_sensor or image discovery topic"]
+    component = matched.group(1)
+    documented, required = COMPONENTS[component]
+    found = _typed(config, documented, "")
+    found += [f"{key!r} is required" for key in required - config.keys()]
+    if component == "image" and ("image_topic" in config) == ("url_topic" in config):
+        found.append("an image needs 'image_topic' or 'url_topic', not both")
     if "availability" in config and "availability_topic" in config:
         found.append("'availability' and 'availability_topic' exclude each other")
     for index, item in enumerate(config.get("availability", [])):
@@ -75,8 +103,10 @@ def problems(topic: str, config: dict[str, Any]) -> list[str]:
         found += _typed(config["origin"], ORIGIN_KEYS, "origin.")
         if "name" not in config["origin"]:
             found.append("origin needs 'name'")
-    if "default_entity_id" in config and not ENTITY_ID.match(config["default_entity_id"]):
-        found.append(f"default_entity_id {config['default_entity_id']!r} is not sensor.<slug>")
+    entity_id = re.compile(rf"^{component}\.[a-z0-9_]+$")
+    if "default_entity_id" in config and not entity_id.match(config["default_entity_id"]):
+        found.append(f"default_entity_id {config['default_entity_id']!r} is not "
+                     f"{component}.<slug>")
     if config.get("state_class", "measurement") not in STATE_CLASSES:
         found.append(f"state_class {config['state_class']!r} is unknown")
     if config.get("entity_category", "diagnostic") not in ENTITY_CATEGORIES:
@@ -147,6 +177,15 @@ def sensor_state(config: dict[str, Any], payload: bytes) -> Any:
         raise ValueError(f"Sensor {config.get('default_entity_id')} has a unit or state class, "
                          f"thus indicating it has a numeric value; however, it has the "
                          f"non-numeric value: {value!r}") from None
+
+
+def binary_sensor_state(config: dict[str, Any], payload: bytes) -> Any:
+    """The state Home Assistant's MQTT binary sensor takes from a message: True for
+    `payload_on`, False for `payload_off` (ON and OFF unless said), else the message is
+    ignored with a warning (IGNORED)."""
+    value = render(config.get("value_template", "{{ value }}"), payload)
+    return {config.get("payload_on", "ON"): True, config.get("payload_off", "OFF"): False}.get(
+        value, IGNORED)
 
 
 def available(config: dict[str, Any], retained: dict[str, bytes]) -> bool:

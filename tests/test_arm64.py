@@ -36,7 +36,8 @@ from aiotedge.nodes.daemons.camera import Camera
 from aiotedge.nodes.mqtt.broker import LocalBroker
 from aiotedge.nodes.mqtt.session import MqttSession
 from aiotedge.tflite.runtime import open_segment
-from tests.conftest import REPO, SHARED_DATA, SHARED_LABELS, SHARED_MODEL, wait_all_online
+from support.paths import REPO, SHARED_DATA, SHARED_LABELS, SHARED_MODEL
+from support.watch import wait_all_online
 
 ROOT = Path(os.environ.get("AIOTEDGE_ARM64_ROOT", "/nonexistent"))
 SCRIPT = REPO / "scripts" / "arm64-root.sh"

@@ -21,7 +21,7 @@ from aiotedge.nodes.daemons.stage import run_stage
 from aiotedge.nodes.mqtt.session import MqttSession
 from aiotedge.nodes.mqtt.transport import MessageHandler, Received, RefusalHandler
 from aiotedge.nodes.observe.health import PipelineAvailability
-from tests.conftest import retained_now
+from support.watch import retained_now
 from tests.homeassistant_schema import available
 
 TOPICS = Topics("shelf")

@@ -14,7 +14,7 @@ from aiotedge.contracts.wire import decode_photo
 from aiotedge.media.sources import Stills
 from aiotedge.nodes.daemons.camera import Camera
 from aiotedge.nodes.mqtt.session import MqttSession
-from tests.conftest import AnsweringStage
+from support.stages import AnsweringStage
 
 
 def connected(broker, client_id: str) -> MqttSession:

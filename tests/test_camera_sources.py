@@ -34,14 +34,7 @@ from aiotedge.nodes.daemons.local import LocalPipeline
 from aiotedge.nodes.daemons.status import collect_status
 from aiotedge.nodes.mqtt.broker import free_port
 from aiotedge.nodes.mqtt.session import MqttSession
-from tests.conftest import (
-    SHARED_IMAGES,
-    SHARED_LABELS,
-    SHARED_MODEL,
-    AnsweringStage,
-    whole_model_top,
-)
-from tests.media import (
+from support.media import (
     FreezingMjpegCamera,
     MjpegCamera,
     RtspCamera,
@@ -49,6 +42,9 @@ from tests.media import (
     moving_pattern,
     write_video,
 )
+from support.paths import SHARED_IMAGES, SHARED_LABELS, SHARED_MODEL
+from support.reference import whole_model_top
+from support.stages import AnsweringStage
 
 #: bound for one awaited event; never a synchronisation
 TIMEOUT = 60.0

@@ -112,6 +112,9 @@ def test_an_int_is_accepted_where_a_float_is_expected(tmp_path):
         ("[stage]\nqueue_size = 0\n", "[stage] key 'queue_size' must be 1 to 65535, got 0"),
         ("[stage]\nqueue_size = 65536\n", "[stage] key 'queue_size' must be 1 to 65535, got 65536"),
         ("[stage]\ntop_k = 0\n", "[stage] key 'top_k' must be 1 or more, got 0"),
+        ("[stage]\nmin_score = -0.5\n", "[stage] key 'min_score' must be 0.0 or more, got -0.5"),
+        ('[stage]\nlabels = "cat"\n', "key 'stage.labels' must be a list of str, got str"),
+        ('[stage]\nlabels = ["cat", 3]\n', "key 'stage.labels'[1] must be str, got int 3"),
         ("[stage]\nmax_message_bytes = 0\n", "key 'max_message_bytes' must be 1 to 268435455"),
         ("[stage]\nmax_message_bytes = 268435456\n",
          "[stage] key 'max_message_bytes' must be 1 to 268435455, got 268435456"),
@@ -361,6 +364,7 @@ PLAIN_FLAGS = {
     "profile": {"--out", "--threads", "--runs", "--rounds", "--warmup", "--photo",
                 "--photo-size", "--no-mqtt"},
     "run": {"--manifest", "--plan", "--json", "--log-file"},
+    "node": {"--cache"},
     "verify": {"--manifest", "--threads"},
 }
 
@@ -398,6 +402,8 @@ def sample(action: argparse.Action) -> tuple[list[str], object]:
         return [action.option_strings[0]], True
     if action.choices:
         value = next(iter(action.choices))
+    elif action.dest == "camera.crop":
+        return [action.option_strings[0], "0,8,64,48"], [0, 8, 64, 48]
     else:
         value = {int: 2, float: 2.5}.get(action.type, "640x480" if "size" in action.dest
                                            else "x")
@@ -447,3 +453,11 @@ def test_the_help_shows_the_keys_defaults():
                 shown = ("none" if default is None or default == "" else
                          "off" if default is False else str(default))
             assert action.help.endswith(f"(default: {shown})"), (name, action.dest, action.help)
+
+
+def test_the_last_stage_s_filter_reads_from_the_file(tmp_path):
+    path = tmp_path / "stage.toml"
+    path.write_text('[stage]\nmin_score = 0.5\nlabels = ["cat", "dog"]\n')
+    stage = NodeConfig.load(path).stage
+    assert (stage.min_score, stage.labels) == (0.5, ("cat", "dog"))
+    assert (NodeConfig.load(None).stage.min_score, NodeConfig.load(None).stage.labels) == (None, ())

@@ -19,8 +19,8 @@ from aiotedge.media.image import decode_image, preprocess
 from aiotedge.tflite.flatbuffer import BUFFER_ALIGNMENT, pack_model
 from aiotedge.tflite.graph import load_graph, load_model
 from aiotedge.tflite.runtime import Segment
-from tests.conftest import REPO
-from tests.models import LABELS
+from support.models import LABELS
+from support.paths import REPO
 
 KINDS = ("float", "int8")
 

@@ -11,7 +11,7 @@ from aiotedge.contracts.manifest import Manifest
 from aiotedge.media.image import decode_image, list_images, preprocess
 from aiotedge.tflite.graph import load_graph
 from aiotedge.tflite.runtime import Segment
-from tests.conftest import SHARED_IMAGES, SHARED_LABELS, SHARED_MODEL
+from support.paths import SHARED_IMAGES, SHARED_LABELS, SHARED_MODEL
 
 pytestmark = pytest.mark.shared_data
 

@@ -15,7 +15,8 @@ from aiotedge.contracts.wire import Frame, encode_frame
 from aiotedge.nodes.daemons.local import LocalPipeline
 from aiotedge.nodes.daemons.status import collect_status
 from aiotedge.nodes.mqtt.session import MqttSession
-from tests.conftest import wait_all_online, whole_model_top
+from support.reference import whole_model_top
+from support.watch import wait_all_online
 
 FRAMES = 24
 

@@ -20,7 +20,8 @@ fails fails the suite. How a block meets the machine it runs on, all of it defin
 * **Its programs**: PATH starts with this venv's bin, so ``aiotedge`` and ``aiotedge-convert``
   are the project's; ``pip install`` is a no-op (this venv is the install; the install profiles
   are tested apart).
-* **Commands that run until stopped** (``LONG_RUNNING``: ``aiotedge stage``, ``aiotedge watch``,
+* **Commands that run until stopped** (``LONG_RUNNING``: ``aiotedge stage``, ``aiotedge node``,
+  ``aiotedge watch``,
   ``status --watch``, a looping or watching camera, ``mosquitto_sub`` without ``-C``) run in
   the background. A stage is a board: it runs until the end of the document (a later block
   watches the pipeline an earlier one started), and the block that starts it ends when
@@ -51,7 +52,7 @@ import pytest
 from sybil import Document, Example, Sybil
 from sybil.parsers.markdown import CodeBlockParser, SkipParser
 
-from tests.conftest import REPO
+from support.paths import REPO
 
 SHELL_LANGUAGES = ("sh", "bash", "console", "shell")
 DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -62,6 +63,7 @@ BLOCK_TIMEOUT_S = 240
 LONG_RUNNING = re.compile(
     r"""^(?:\w+=\S+\s+)*(?:
         aiotedge\s+stage\b
+      | aiotedge\s+node\b
       | aiotedge\s+watch\b(?!.*--count)
       | aiotedge\s+status\b.*--watch\b
       | aiotedge\s+camera\b.*--(?:loop|watch)\b
@@ -107,6 +109,9 @@ FILES: dict[str, Provide] = {
     "dog_breed_mobilenetv2.h5": lambda fixture: fixture("keras_h5"),
     "clip.mp4": lambda fixture: fixture("camera_clip"),
     "split/": lambda fixture: fixture("split3").directory,
+    "detection/": lambda fixture: fixture("shared_data") / "detection",
+    "pose/": lambda fixture: fixture("shared_data") / "pose",
+    "segmentation/": lambda fixture: fixture("shared_data") / "segmentation",
     "pki/": lambda fixture: fixture("pki"),
 }  # fmt: skip
 
@@ -369,7 +374,7 @@ def keras_h5(tmp_path_factory) -> Path:
     """The float test CNN saved by Keras as legacy .h5 (dog_breed_mobilenetv2.h5's stand-in)."""
     import numpy as np
 
-    from tests.models import HEIGHT, WIDTH, build_keras_sources
+    from support.models import HEIGHT, WIDTH, build_keras_sources
 
     inputs = np.zeros((1, HEIGHT, WIDTH, 3), np.float32)
     return build_keras_sources(tmp_path_factory.mktemp("keras"), inputs)["h5"]
@@ -378,7 +383,7 @@ def keras_h5(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def camera_clip(tmp_path_factory) -> Path:
     """A 1 s 640x480 H.264 clip at 10 frames/s, as a camera records it."""
-    from tests.media import moving_pattern
+    from support.media import moving_pattern
 
     return moving_pattern(tmp_path_factory.mktemp("clip") / "clip.mp4", seconds=1, fps=10)
 

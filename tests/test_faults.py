@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import queue
 import subprocess
-import sys
 import threading
 import time
 
@@ -24,7 +23,9 @@ from aiotedge.nodes.daemons.local import LOCAL_CAMERA, LocalPipeline
 from aiotedge.nodes.daemons.status import collect_status, format_status, read_pipeline
 from aiotedge.nodes.mqtt.broker import LocalBroker
 from aiotedge.nodes.mqtt.session import MqttSession
-from tests.conftest import wait_all_online, whole_model_top
+from support.daemons import aiotedge_command, stage_command
+from support.reference import whole_model_top
+from support.watch import wait_all_online
 
 #: frames without a result are sent again after 5 s, not the default 30
 QUICK_RESENDS = dataclasses.replace(LOCAL_CAMERA, frame_timeout=5.0)
@@ -106,9 +107,8 @@ class StageProcess:
 
     def __init__(self, broker, manifest: Manifest, index: int, node: str, *flags: str) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "aiotedge", "stage", "--manifest", str(manifest.directory),
-             "--stage", str(index), "--node", node, "--broker", str(broker.address),
-             "--pipeline", "chain", *flags],
+            stage_command(aiotedge_command(node), *flags, manifest=manifest.directory,
+                          index=index, node=node, broker=broker.address, pipeline="chain"),
             stderr=subprocess.PIPE, text=True,
         )
         self.lines: queue.Queue[str] = queue.Queue()

@@ -12,22 +12,7 @@ from PIL import Image
 from aiotedge.contracts.errors import WireError
 from aiotedge.contracts.geometry import Box, View
 from aiotedge.contracts.wire import Frame, decode_photo, encode_frame
-
-#: how Pillow turns a picture clockwise
-CLOCKWISE = {90: Image.Transpose.ROTATE_270, 180: Image.Transpose.ROTATE_180,
-             270: Image.Transpose.ROTATE_90}
-
-
-def sent_picture(frame: Image.Image, view: View) -> Image.Image:
-    """What a camera sends for `frame` under `view`, done with Pillow, independently of the
-    mapping under test."""
-    x, y, w, h = view.region
-    picture = frame.crop((x, y, x + w, y + h))
-    if view.rotate:
-        picture = picture.transpose(CLOCKWISE[view.rotate])
-    if view.flip:
-        picture = picture.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    return picture
+from aiotedge.media.prepare import apply_view
 
 
 def marked_frame(width: int, height: int, at: tuple[int, int]) -> Image.Image:
@@ -40,9 +25,11 @@ def marked_frame(width: int, height: int, at: tuple[int, int]) -> Image.Image:
     (0, 90, 180, 270), (False, True), (None, (10, 20, 50, 30)))))
 def test_a_pixel_found_in_the_sent_picture_maps_back_to_where_it_was_in_the_frame(
         rotate, flip, crop):
+    """The camera's transform (Pillow's crop and transposes) and the mapping back are
+    inverses, pixel for pixel."""
     view = View(80, 60, crop, rotate, flip)
     mark = (37, 41)
-    sent = np.asarray(sent_picture(marked_frame(80, 60, mark), view))
+    sent = np.asarray(apply_view(marked_frame(80, 60, mark), view))
     assert sent.shape[::-1] == view.sent_size
     row, column = np.argwhere(sent == 255)[0]
     # the pixel's centre, normalised in the sent picture

@@ -14,13 +14,17 @@ import pytest
 from aiotedge.contracts.events import Prediction, Score
 from aiotedge.contracts.topics import Topics
 from aiotedge.nodes.mqtt.transport import MessageHandler, Received, RefusalHandler
+from aiotedge.nodes.observe.event_publisher import count_state
 from aiotedge.nodes.observe.homeassistant import (
+    CameraDiscovery,
     HomeAssistantBridge,
+    discovery_filter,
+    event_entities,
     health_sensors,
     label_sensor,
     label_state,
 )
-from tests.homeassistant_schema import IGNORED, problems, sensor_state
+from tests.homeassistant_schema import IGNORED, binary_sensor_state, problems, sensor_state
 from tests.homeassistant_schema import render as render_payload
 
 TOPICS = Topics("garden")
@@ -220,3 +224,58 @@ def test_a_device_deleted_in_home_assistant_is_not_announced_again_while_the_sta
     session.deliver(TOPICS.predictions, prediction("cam1", "hotdog").to_json().encode())
     session.deliver(TOPICS.predictions, prediction("cam0", "hotdog").to_json().encode())
     assert session.topics() == [TOPICS.label("cam1"), TOPICS.label("cam0")]  # labels only
+
+
+# -- a camera's own device: its tracked labels ----------------------------------------------------
+
+
+def test_a_cameras_tracked_label_is_an_occupancy_a_count_and_a_snapshot_of_its_own_device():
+    announced = dict(event_entities(TOPICS, "front door", "person"))
+    node = "aiotedge_garden_front_door"
+    assert sorted(announced) == [f"homeassistant/binary_sensor/{node}/person_occupancy/config",
+                                 f"homeassistant/image/{node}/person_snapshot/config",
+                                 f"homeassistant/sensor/{node}/person_count/config"]
+    for topic, config in announced.items():
+        assert problems(topic, json.loads(json.dumps(config))) == [], topic
+        assert config["device"]["identifiers"] == [node]
+        assert config["device"]["via_device"] == "aiotedge_garden"  # the pipeline's device
+        assert config["availability"] == [{"topic": TOPICS.pipeline_availability},
+                                          {"topic": TOPICS.availability("front door")}]
+        # one owner each: the camera's topics are not the pipeline's, which the stage keeps
+        assert not mqtt.topic_matches_sub(discovery_filter(TOPICS), topic)
+        assert mqtt.topic_matches_sub(discovery_filter(TOPICS, camera="front door"), topic)
+    occupancy, image, count = (announced[t] for t in sorted(announced))
+    assert occupancy["device_class"] == "occupancy"
+    assert occupancy["state_topic"] == count["state_topic"] == TOPICS.count("front door",
+                                                                             "person")
+    assert (image["image_topic"], image["content_type"]) == (
+        TOPICS.event_snapshot("front door", "person"), "image/jpeg")
+
+
+def test_home_assistant_reads_the_count_as_occupancy_and_as_a_number():
+    pytest.importorskip("jinja2", reason="jinja2 is in the test extra")
+    announced = dict(event_entities(TOPICS, "cam0", "cat"))
+    occupancy = announced["homeassistant/binary_sensor/aiotedge_garden_cam0/cat_occupancy/config"]
+    count = announced["homeassistant/sensor/aiotedge_garden_cam0/cat_count/config"]
+    for number, occupied in ((0, False), (1, True), (3, True)):
+        assert binary_sensor_state(occupancy, count_state(number).encode()) is occupied
+        assert sensor_state(count, count_state(number).encode()) == float(number)
+
+
+def test_the_cameras_device_is_said_again_when_home_assistant_is_back_and_stays_deleted():
+    session = FakeSession()
+    CameraDiscovery(session, TOPICS, "cam0", ["person", "cat"], prefix="ha").start()
+    announced = sorted(session.topics())
+    assert len(announced) == 6 and session.announced == set(announced)
+    session.published.clear()
+    session.deliver("ha/status", b"online")
+    assert sorted(session.topics()) == announced
+    session.published.clear()
+    # the pipeline's device deleted: not the camera's
+    session.deliver("ha/sensor/aiotedge_garden/fps/config", b"")
+    assert session.announced == set(announced)
+    for topic in announced:  # the camera's device deleted, as Home Assistant does it
+        session.deliver(topic, b"")
+    assert session.announced == set()
+    session.deliver("ha/status", b"online")
+    assert session.published == []

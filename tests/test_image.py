@@ -11,12 +11,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from aiotedge.contracts.errors import ImageError
+from aiotedge.contracts.errors import ImageError, ModelError
+from aiotedge.contracts.geometry import View
 from aiotedge.contracts.manifest import Preprocessing
 from aiotedge.contracts.tensors import TensorSpec
 from aiotedge.media.image import (
     MAX_PIXELS,
     decode_image,
+    default_preprocessing,
     eight_bit,
     list_images,
     model_size,
@@ -25,7 +27,7 @@ from aiotedge.media.image import (
 from aiotedge.media.prepare import ModelInput, prepare, snapshot_jpeg
 from aiotedge.media.sources.base import CapturedFrame
 from aiotedge.tflite.runtime import Segment
-from tests.conftest import SHARED_IMAGES, SHARED_MODEL
+from support.paths import SHARED_IMAGES, SHARED_MODEL
 
 #: EXIF orientation -> how a camera stores the upright picture under that tag, from the EXIF
 #: definition (where the stored first row and column belong in the upright picture); numpy
@@ -226,14 +228,15 @@ CAMERA_MODEL = ModelInput(Preprocessing(24, 16, mean=127.5, std=127.5),
 def test_a_camera_preprocesses_a_turned_photo_as_stage_zero_would(orientation, image_format):
     photo = tagged(gradient(), orientation, image_format)
     frame = CapturedFrame(1.0, "turned", encoded=photo)
-    tensor = prepare(frame, "tensor", CAMERA_MODEL, 90)
+    tensor, view = prepare(frame, "tensor", CAMERA_MODEL, 90)
+    assert view == View(*decode_image(photo).size)  # the upright frame, whole
     np.testing.assert_array_equal(tensor, preprocess(
         decode_image(photo), CAMERA_MODEL.preprocessing, CAMERA_MODEL.spec))
     # EXIF counted: not the tensor of the pixels as the sensor stored them
     stored = Image.open(io.BytesIO(photo))
     assert not np.array_equal(
         tensor, preprocess(stored, CAMERA_MODEL.preprocessing, CAMERA_MODEL.spec))
-    small = Image.open(io.BytesIO(prepare(frame, "jpeg", CAMERA_MODEL, 95)))
+    small = Image.open(io.BytesIO(prepare(frame, "jpeg", CAMERA_MODEL, 95)[0]))
     assert (small.format, small.size) == ("JPEG", (24, 16))
     upright = np.asarray(model_size(decode_image(photo), CAMERA_MODEL.preprocessing), dtype=int)
     np.testing.assert_allclose(np.asarray(small, dtype=int), upright, atol=24)
@@ -241,20 +244,54 @@ def test_a_camera_preprocesses_a_turned_photo_as_stage_zero_would(orientation, i
 
 def test_a_camera_sends_a_photo_untouched_and_decoded_frames_exactly():
     photo = png()
-    assert prepare(CapturedFrame(1.0, "p", encoded=photo), "none", CAMERA_MODEL, 90) is photo
+    as_is, view = prepare(CapturedFrame(1.0, "p", encoded=photo), "none", CAMERA_MODEL, 90)
+    assert as_is is photo and view == View(*Image.open(io.BytesIO(photo)).size)
     # until stage 0's preprocessing is known, frames go as they are
-    assert prepare(CapturedFrame(1.0, "p", encoded=photo), "tensor", None, 90) is photo
+    assert prepare(CapturedFrame(1.0, "p", encoded=photo), "tensor", None, 90)[0] is photo
     # a decoded frame has no bytes of its own: its exact pixels, as a PNG until the model is
     # known, then as the tensor stage 0 would make of them
     decoded = CapturedFrame(1.0, "d", pixels=gradient)
     for mode in ("none", "jpeg", "tensor"):
-        lossless = Image.open(io.BytesIO(prepare(decoded, mode, None, 90)))
+        lossless = Image.open(io.BytesIO(prepare(decoded, mode, None, 90)[0]))
         assert lossless.format == "PNG"
         np.testing.assert_array_equal(np.asarray(lossless), gradient())
-    np.testing.assert_array_equal(prepare(decoded, "none", CAMERA_MODEL, 90), preprocess(
+    np.testing.assert_array_equal(prepare(decoded, "none", CAMERA_MODEL, 90)[0], preprocess(
         Image.fromarray(gradient()), CAMERA_MODEL.preprocessing, CAMERA_MODEL.spec))
     assert Image.open(io.BytesIO(snapshot_jpeg(decoded, 90))).format == "JPEG"
     assert Image.open(io.BytesIO(snapshot_jpeg(CapturedFrame(1.0, "p", encoded=photo),
                                                90))).format == "JPEG"
     with pytest.raises(ImageError):
         prepare(CapturedFrame(1.0, "bad", encoded=b"plain text"), "jpeg", CAMERA_MODEL, 90)
+
+
+def test_an_unquantized_uint8_input_gets_raw_pixels_not_the_float_range():
+    """MoveNet takes uint8 pixels with no quantization: (pixel - 127.5) / 127.5 would make
+    every pixel 0 or 1 (and 0 of 17 keypoints found on a photo of a person)."""
+    spec = TensorSpec("pixels", (1, 2, 2, 3), "uint8")
+    prep = default_preprocessing(spec, None, None)
+    assert (prep.mean, prep.std) == (0.0, 1.0)
+    photo = Image.fromarray(np.array([[[0, 100, 255], [7, 8, 9]]] * 2, dtype=np.uint8))
+    np.testing.assert_array_equal(preprocess(photo, prep, spec)[0], np.asarray(photo))
+
+
+def test_a_float_input_gets_the_range_minus_one_to_one():
+    prep = default_preprocessing(TensorSpec("x", (1, 4, 4, 3), "float32"), None, None)
+    assert (prep.mean, prep.std) == (127.5, 127.5)
+
+
+def test_an_unquantized_int8_input_is_refused_with_the_flags_that_fix_it():
+    spec = TensorSpec("x", (1, 4, 4, 3), "int8")
+    with pytest.raises(ModelError, match=r"int8 with no quantization.*--mean M --std S"):
+        default_preprocessing(spec, None, None)
+    assert default_preprocessing(spec, 128.0, 1.0).mean == 128.0
+
+
+def test_sampled_resizing_interpolates_the_2x2_pixels_nearest_each_centre():
+    """As TFLite Support (libyuv) and tf.image.resize do; Pillow's own bilinear widens its
+    filter when shrinking and mixes in the farther pixels."""
+    row = np.array([[[0] * 3, [100] * 3, [200] * 3, [250] * 3]], dtype=np.uint8)
+    photo = Image.fromarray(row)
+    sampled = model_size(photo, Preprocessing(2, 1, resize="sampled"))
+    assert np.asarray(sampled)[0, :, 0].tolist() == [50, 225]
+    antialiased = model_size(photo, Preprocessing(2, 1))
+    assert np.asarray(antialiased)[0, :, 0].tolist() != [50, 225]

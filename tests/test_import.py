@@ -21,8 +21,8 @@ from aiotedge.contracts.manifest import Manifest
 from aiotedge.media.image import decode_image, list_images, preprocess
 from aiotedge.tflite.graph import load_graph
 from aiotedge.tflite.runtime import Segment
-from tests.conftest import import_model, photo_inputs
-from tests.models import ARCH, HEIGHT, WIDTH, build_keras_sources
+from support.models import ARCH, HEIGHT, WIDTH, build_keras_sources, import_model
+from support.reference import photo_inputs
 
 #: The small CNN's flattened Keras layers (input, conv/bn/relu ..., add, pooling, dense).
 SMALL_LAYERS = 20

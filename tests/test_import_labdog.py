@@ -20,8 +20,9 @@ from aiotedge_converter.verify import FLOAT_TOLERANCE, load_chain, run_chain
 
 from aiotedge.contracts.manifest import Manifest
 from aiotedge.media.image import decode_image, list_images, preprocess
-from tests.conftest import SHARED_IMAGES, import_model, photo_inputs
-from tests.models import keras_predict
+from support.models import import_model, keras_predict
+from support.paths import SHARED_IMAGES
+from support.reference import photo_inputs
 
 pytestmark = pytest.mark.shared_data
 

@@ -15,7 +15,7 @@ from aiotedge_converter.metadata import read_import_info
 
 from aiotedge.contracts.manifest import Manifest
 from aiotedge.tflite.graph import load_graph
-from tests.conftest import import_model
+from support.models import import_model
 
 SEED_SPLIT = "layers:27,27,36,53,14"
 #: The Add layers that end each of the seed paper's first four parts.

@@ -35,7 +35,8 @@ import pytest
 from aiotedge.contracts.manifest import Manifest
 from aiotedge.contracts.topics import Topics
 from aiotedge.contracts.wire import Frame, decode_activation, encode_frame
-from tests.conftest import REPO, AnsweringStage
+from support.paths import REPO
+from support.stages import AnsweringStage
 from tests.test_systemd import (
     INSTALLED_BINARY,
     TIMEOUT,
@@ -374,7 +375,7 @@ def test_a_feature_whose_extra_is_missing_says_which_to_install(board_venv, brok
 
 
 def test_a_camera_node_reads_a_video(camera_venv, broker, tmp_path):
-    from tests.media import moving_pattern
+    from support.media import moving_pattern
 
     venv = camera_venv
     video = moving_pattern(tmp_path / "clip.mp4", seconds=1, size="160x120", fps=10)

@@ -9,19 +9,24 @@ reporting) <- daemons.
 tflite and media, one layer, do not import each other; relative imports and
 importlib.import_module of a written-out name count as imports.
 
+Beside the product: tests/ and bench/ use the product and support/ (what both share), never each
+other; support/ imports neither; the product imports none of the three. What a benchmark runs
+(bench/ outside its own tests, support/) does without pytest.
+
 docs/architecture.md draws it.
 """
 
 from __future__ import annotations
 
 import ast
+import graphlib
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from support.paths import REPO
 
 #: package prefix -> layer; a module may import from its own layer and the ones below (the
 #: longest prefix that matches a module decides its layer)
@@ -119,6 +124,61 @@ def test_relative_and_importlib_imports_are_seen():
         source.unlink()
     assert {"aiotedge.nodes", "aiotedge.nodes.stage", "aiotedge.media.image",
             "aiotedge.cli"} <= found
+
+
+#: the folders beside the product (the root conftest.py holds the fixtures of both test folders)
+#: -> which of them it may import; the product (aiotedge, the converter) uses them all and is
+#: installed without them, so it may import none of them
+BESIDE = {
+    "tests": {"tests", "support"},
+    "bench": {"bench", "support"},
+    "support": {"support"},
+    "conftest": {"support"},
+    "aiotedge": set(),
+    "aiotedge_converter": set(),
+}
+BESIDE_SOURCES = sorted([*(REPO / "tests").rglob("*.py"), *(REPO / "bench").rglob("*.py"),
+                         *(REPO / "support").rglob("*.py"), REPO / "conftest.py"])
+
+
+def folder(module: str) -> str:
+    return module.split(".", maxsplit=1)[0]
+
+
+@pytest.mark.parametrize("path", [*SOURCES, *BESIDE_SOURCES],
+                         ids=lambda p: str(p.relative_to(REPO)))
+def test_tests_and_benchmarks_share_support_and_never_import_each_other(path):
+    own = folder(module_name(path))
+    forbidden = BESIDE.keys() - {"aiotedge", "aiotedge_converter"} - BESIDE[own]
+    crossing = sorted(name for name in imported_modules(path) if folder(name) in forbidden)
+    allowed = sorted(BESIDE[own]) or "none of tests, bench, support"
+    assert crossing == [], f"{module_name(path)} imports {crossing} (it may import {allowed})"
+
+
+#: what a benchmark runs: bench/ but for its own tests, and support/
+WITHOUT_PYTEST = [path for path in BESIDE_SOURCES
+                  if folder(module_name(path)) in ("bench", "support")
+                  and not module_name(path).startswith("bench.tests")]
+
+
+@pytest.mark.parametrize("path", WITHOUT_PYTEST, ids=lambda p: str(p.relative_to(REPO)))
+def test_what_a_benchmark_runs_does_not_import_pytest(path):
+    """A benchmark runs where pytest is not installed; a missing tool is support.unavailable's
+    (a skip under pytest, an error otherwise)."""
+    assert "pytest" not in {folder(name) for name in imported_modules(path)}
+
+
+def test_no_modules_import_each_other_in_a_circle():
+    """A circle (even one a type checker's import closes) makes two modules one: neither can be
+    read, tested or moved without the other. config/files.py once imported the sections that
+    read passwords with it."""
+    ours = {module_name(path): path for path in [*SOURCES, *BESIDE_SOURCES]}
+    graph = {name: {found for found in imported_modules(path) if found in ours and found != name}
+             for name, path in ours.items()}
+    try:
+        graphlib.TopologicalSorter(graph).prepare()
+    except graphlib.CycleError as circle:
+        pytest.fail(f"modules import each other in a circle: {' -> '.join(circle.args[1])}")
 
 
 #: the one module that speaks to the MQTT client library; the rest see aiotedge.nodes.mqtt.transport

@@ -15,8 +15,8 @@ import pytest
 from aiotedge.contracts.errors import ImageError
 from aiotedge.contracts.wire import decode_photo
 from aiotedge.media.image import list_images
-from tests.conftest import AnsweringStage
-from tests.models import write_test_images
+from support.models import write_test_images
+from support.stages import AnsweringStage
 
 #: what write_test_images writes, in the order a folder lists it
 PHOTOS = ["checker.bmp", "gradient.png", "noise.jpg", "tall.png"]

@@ -15,7 +15,8 @@ from aiotedge.contracts.wire import Frame, encode_frame
 from aiotedge.media.image import list_images, read_photo
 from aiotedge.nodes.daemons.local import LocalPipeline
 from aiotedge.nodes.mqtt.session import MqttSession
-from tests.conftest import SHARED_LABELS, SHARED_MODEL, whole_model_top
+from support.paths import SHARED_LABELS, SHARED_MODEL
+from support.reference import whole_model_top
 
 #: above the largest photo (a 512x600 BMP, 900 KB) and activation; refused before decoding
 MAX_MESSAGE_BYTES = 1_000_000

@@ -28,7 +28,7 @@ from aiotedge.contracts.profile import Profile
 from aiotedge.nodes.daemons.local import LocalPipeline, plan_replicas
 from aiotedge.nodes.daemons.profiling import measure_profile
 from aiotedge.tflite.graph import load_graph
-from tests.conftest import whole_model_top
+from support.reference import whole_model_top
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

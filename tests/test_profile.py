@@ -20,7 +20,7 @@ from aiotedge.contracts.manifest import Manifest, sha256_file
 from aiotedge.contracts.profile import Profile, Transport, TransportSample
 from aiotedge.nodes.daemons.lifecycle import exit_status
 from aiotedge.tflite.graph import load_graph
-from tests.conftest import REPO
+from support.paths import REPO
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -14,8 +14,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from aiotedge.contracts.events import NodeInfo
 from aiotedge.contracts.tensors import TensorSpec
 from aiotedge.contracts.topics import Topics
-from aiotedge.nodes.mqtt.session import MqttSession
-from tests.conftest import retained_now
+from aiotedge.nodes.mqtt.session import MqttSession, read_retained
+from support.watch import retained_now
 from tests.test_cli import assert_one_line_error
 
 TOPICS = Topics("shelf")
@@ -75,6 +75,34 @@ def test_retiring_the_last_stage_retires_the_pipelines_home_assistant_entities(b
     assert sorted(left) == [TOPICS.availability("s1"), TOPICS.info("s1"), TOPICS.stats("s1")]
     assert not session_present(broker, "s2")
     assert session_present(broker, "s1")
+
+
+def test_a_retired_camera_takes_its_counts_snapshots_and_home_assistant_device_along(broker):
+    camera_device = "homeassistant/binary_sensor/aiotedge_shelf_cam0/person_occupancy/config"
+    kept = {DISCOVERY: "{}", TOPICS.count("cam1", "person"): '{"count": 0}',
+            TOPICS.availability("cam1"): "online"}
+    gone = {TOPICS.availability("cam0"): "offline", TOPICS.count("cam0", "person"): '{"count": 1}',
+            TOPICS.count("cam0", "cat"): '{"count": 0}', camera_device: "{}",
+            TOPICS.event_snapshot("cam0", "person"): b"\xff\xd8 a jpeg"}
+    session = MqttSession(broker.address, "leaving")
+    session.start()
+    assert session.wait_connected(10)
+    for topic, payload in {**kept, **gone}.items():
+        session.publish(topic, payload, qos=1, retain=True).wait_for_publish(10)
+    session.stop()
+    done = retire(broker, "cam0")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["retired cam0: its session and 7 retained messages"]
+    left = retained_now(broker, TOPICS)
+    assert sorted(left) == sorted(kept)
+    reader = MqttSession(broker.address, "reader")
+    reader.start()
+    assert reader.wait_connected(10)
+    try:
+        assert read_retained(reader, [TOPICS.camera_event_snapshots("cam0")],
+                             TOPICS.probe("reader")) == {}
+    finally:
+        reader.stop()
 
 
 def test_an_online_node_is_not_retired(broker):

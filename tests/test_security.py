@@ -23,17 +23,23 @@ from aiotedge.contracts.errors import ConfigError
 from aiotedge.nodes.mqtt.broker import LocalBroker, free_port
 from aiotedge.nodes.mqtt.session import MqttSession
 from aiotedge.nodes.mqtt.transport import Received
-from tests.security import (
-    CLUSTER,
+from support.security import (
     DYNSEC_CONF,
-    FRAMES,
     PLAIN_CONF,
-    REPLICA,
     SECURE_CONF,
-    STAGES,
     TIMEOUT,
     Probe,
     acl_users,
+    conf_settings,
+    issue,
+    refused,
+    secure_conf,
+)
+from tests.security import (
+    CLUSTER,
+    FRAMES,
+    REPLICA,
+    STAGES,
     check_client_id_takeover,
     check_cluster_logins,
     check_deliveries,
@@ -41,15 +47,12 @@ from tests.security import (
     check_home_assistant,
     check_logins,
     check_one_connection_per_user,
+    check_only_the_deployer_publishes_releases,
     check_publish_rights,
     check_status_tool,
-    conf_settings,
     is_camera,
-    issue,
     load_cluster,
     node_name,
-    refused,
-    secure_conf,
     theft,
     write_acl_with_replica,
 )
@@ -89,7 +92,7 @@ def test_the_cluster_configs_are_five_stages_and_a_camera_of_one_pipeline():
         if not is_camera(config):
             assert (name, config.stage.index) == (f"stage{config.stage.index}", config.stage.index)
     assert sorted(acl_users()) == sorted([node_name(c) for c in configs.values()]
-                                         + ["watcher", "homeassistant"])
+                                         + ["watcher", "homeassistant", "deployer"])
 
 
 def test_a_password_cannot_be_written_inline(tmp_path):
@@ -153,6 +156,10 @@ def test_frames_sent_while_a_stage_is_away_wait_for_it(secure_broker, pki, passw
 def test_a_node_may_publish_only_to_its_own_topics(probes, node):
     # the ACL lets the watcher see aiotedge/# whatever it asks for
     check_publish_rights(probes, load_cluster()[node], watcher_filter="#")
+
+
+def test_only_the_deployer_may_publish_releases(probes):
+    check_only_the_deployer_publishes_releases(probes)
 
 
 def test_a_node_receives_only_its_own_input_whatever_it_subscribes_to(probes):

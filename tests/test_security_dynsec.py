@@ -20,15 +20,14 @@ import pytest
 
 from aiotedge.config.loader import NodeConfig
 from aiotedge.contracts.topics import Topics
-from tests.conftest import REPO
+from aiotedge.nodes.observe.homeassistant import discovery_filter
+from support.paths import REPO
+from support.security import DYNSEC_CONF, SECURE_CONF, acl_users, conf_settings, dynsec_conf
 from tests.security import (
-    DYNSEC_CONF,
     FRAMES,
     NOT_AUTHORIZED,
     REPLICA,
-    SECURE_CONF,
     STAGES,
-    acl_users,
     check_client_id_takeover,
     check_cluster_logins,
     check_deliveries,
@@ -36,10 +35,9 @@ from tests.security import (
     check_home_assistant,
     check_logins,
     check_one_connection_per_user,
+    check_only_the_deployer_publishes_releases,
     check_publish_rights,
     check_status_tool,
-    conf_settings,
-    dynsec_conf,
     is_camera,
     load_cluster,
     theft,
@@ -47,6 +45,8 @@ from tests.security import (
 
 SCRIPT = REPO / "scripts" / "dynsec-json.py"
 TOPICS = Topics("greenhouse")
+#: the cameras' snapshots and their events' snapshots
+SNAPSHOTS = [TOPICS.snapshot("+"), TOPICS.camera_event_snapshots("+")]
 
 
 def write_dynsec_file(passwords: dict[str, Path], out: Path,
@@ -55,7 +55,7 @@ def write_dynsec_file(passwords: dict[str, Path], out: Path,
     return subprocess.run(
         [sys.executable, str(SCRIPT), "--pipeline", "greenhouse", "--stages", str(STAGES),
          "--password-file", str(passwords[""]), "--out", str(out),
-         "--homeassistant", "homeassistant", *extra],
+         "--homeassistant", "homeassistant", "--deployer", "deployer", *extra],
         capture_output=True, text=True, check=False,
     )
 
@@ -179,18 +179,25 @@ def test_a_node_may_publish_only_to_its_own_topics(probes, node):
 def needed_filters(config: NodeConfig | str) -> list[str]:
     """What a user subscribes to for its work (a stage without replicas: plainly)."""
     if config == "watcher":
-        return [f"{TOPICS.base}/#", TOPICS.snapshot("+")]
+        return [f"{TOPICS.base}/#", *SNAPSHOTS]
     if config == "homeassistant":
-        return ["homeassistant/#", f"{TOPICS.base}/#", TOPICS.snapshot("+")]
+        return ["homeassistant/#", f"{TOPICS.base}/#", *SNAPSHOTS]
     assert isinstance(config, NodeConfig)
     common = [TOPICS.all_availability, TOPICS.all_info]
-    if is_camera(config):
-        return [*common, TOPICS.predictions, TOPICS.errors]
+    if is_camera(config):  # with [events] labels: Home Assistant's status, `retire`
+        name = config.camera.name
+        return [*common, TOPICS.predictions, TOPICS.errors, "homeassistant/status",
+                discovery_filter(TOPICS, camera=name), TOPICS.camera_counts(name),
+                TOPICS.camera_event_snapshots(name)]
     own = [*common, TOPICS.pipeline_availability, TOPICS.stage_input(config.stage.index)]
     if config.stage.index == STAGES - 1:  # the Home Assistant bridge; `retire`
         own += [TOPICS.predictions, TOPICS.all_labels, "homeassistant/status",
                 "homeassistant/sensor/aiotedge_greenhouse/#"]
     return own
+
+
+def test_only_the_deployer_may_publish_releases(probes):
+    check_only_the_deployer_publishes_releases(probes)
 
 
 def test_a_node_receives_only_its_own_input(probes):
@@ -219,17 +226,19 @@ def candidate_filters(own_probe: str) -> list[str]:
 
 
 def subscribable(config: NodeConfig | str, candidates: list[str], own_probe: str) -> set[str]:
-    """The watcher: anything of the pipeline and the cameras' snapshots, no share group; Home
-    Assistant: that and its own topics. A node: who is online and what they run, its probe, its
-    inputs; a stage's input in any share group too."""
+    """The watcher: anything of the pipeline, the cameras' snapshots and their events'
+    snapshots, no share group; Home Assistant: that and its own topics. A node: who is online
+    and what they run, its probe, its inputs; a stage's input in any share group too; a camera
+    its own counts, events' snapshots and Home Assistant device."""
     if isinstance(config, str):
         return {f for f in candidates
-                if f.startswith(f"{TOPICS.base}/") or f == TOPICS.snapshot("+")
+                if f.startswith((f"{TOPICS.base}/", f"{TOPICS.frames_base}/event-snapshot/"))
+                or f == TOPICS.snapshot("+")
                 or (config == "homeassistant" and f.startswith("homeassistant/"))}
     granted = {TOPICS.all_availability, TOPICS.availability("stage1"), TOPICS.all_info,
                own_probe}
     if is_camera(config):
-        return granted | {TOPICS.predictions, TOPICS.errors}
+        return granted | set(needed_filters(config))
     stage_input = TOPICS.stage_input(config.stage.index)
     return granted | set(needed_filters(config)) | {
         f for f in candidates

@@ -28,7 +28,7 @@ from aiotedge.tflite.selfcheck import (
     self_check,
     write_reference,
 )
-from tests.conftest import retained_now, wait_all_online
+from support.watch import retained_now, wait_all_online
 
 
 @pytest.fixture

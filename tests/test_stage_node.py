@@ -21,6 +21,7 @@ from PIL import Image
 from aiotedge.config.loader import NodeConfig
 from aiotedge.config.sections import BrokerConfig, PipelineConfig, StageConfig, StatsConfig
 from aiotedge.contracts.events import ErrorEvent, NodeInfo, Prediction
+from aiotedge.contracts.geometry import View
 from aiotedge.contracts.manifest import Manifest, Preprocessing, SourceModel, StageSpec
 from aiotedge.contracts.tensors import TensorSpec
 from aiotedge.contracts.topics import BROKER_DROPPED
@@ -75,6 +76,9 @@ class FakeSegment:
         self.running.release()
         assert self._gate.wait(TIMEOUT)
         return self.output
+
+    def run_all(self, tensor: np.ndarray) -> tuple[np.ndarray, ...]:
+        return (self.run(tensor),)
 
 
 class FakeSession:
@@ -533,3 +537,14 @@ def test_stage_zero_exports_the_brokers_count_of_dropped_messages_where_it_follo
     node.stop()
     exported = {m.name: m.value for m in node.metrics()}
     assert exported["aiotedge_broker_dropped_messages"] == 1899
+
+
+def test_stage_0_gives_a_photo_without_a_view_the_photo_s_own_so_boxes_map_to_its_pixels():
+    node, session, _ = node_for(0)
+    out = io.BytesIO()
+    Image.new("RGB", (12, 6), (9, 9, 9)).save(out, format="PNG")
+    photo = encode_frame(Frame("v-1", "cam", 0, 1.0, image=out.getvalue()))
+    session.handler(message("aiotedge-frames/unit/stage/0", photo))
+    payload = session.forwarded.get(timeout=TIMEOUT)[1]
+    node.stop()
+    assert decode_activation(payload, HIDDEN).view == View(12, 6)

@@ -30,10 +30,11 @@ from aiotedge.contracts.manifest import Manifest
 from aiotedge.contracts.topics import Topics
 from aiotedge.contracts.wire import Frame, decode_activation, decode_photo, encode_frame
 from aiotedge.nodes.mqtt.session import MqttSession
-from tests.conftest import REPO, SHARED_IMAGES, SHARED_LABELS, SHARED_MODEL
+from support.paths import REPO, SHARED_IMAGES, SHARED_LABELS, SHARED_MODEL
 
 UNITS = REPO / "systemd"
-UNIT_FILES = ("aiotedge-stage@.service", "aiotedge-camera@.service", "aiotedge.target")
+UNIT_FILES = ("aiotedge-stage@.service", "aiotedge-camera@.service", "aiotedge-node.service",
+              "aiotedge.target")
 INSTALLED_BINARY = "/opt/aiotedge/venv/bin/aiotedge"
 #: upper bound for one awaited event; never a synchronisation
 TIMEOUT = 30.0
@@ -581,8 +582,8 @@ def test_a_stage_serves_frames_inside_the_units_sandbox(broker, two_stages, tmp_
 
 def test_a_camera_reads_a_video_inside_the_units_sandbox(broker, tmp_path):
     """PyAV (FFmpeg's decoders) under W^X and the system call filter, as the camera unit runs."""
-    from tests.conftest import AnsweringStage
-    from tests.media import moving_pattern
+    from support.media import moving_pattern
+    from support.stages import AnsweringStage
 
     video = moving_pattern(tmp_path / "clip.mp4", seconds=1, size="160x120", fps=10)
     config = camera_config(tmp_path / "camera.toml", broker, video, "cam-sandbox", "frames = 5")

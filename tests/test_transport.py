@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
+from support.paths import REPO
 
 #: each assignment is a claim a type checker verifies: this one does for that
 SHAPES = """

@@ -5,12 +5,25 @@ from __future__ import annotations
 
 import ssl
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from aiotedge.contracts.errors import ConfigError
 
-if TYPE_CHECKING:
-    from aiotedge.config.sections import BrokerConfig
+
+class BrokerFiles(Protocol):
+    """The [broker] keys that name files (sections.BrokerConfig has them); a protocol, so that
+    the sections, which read passwords with this module, are not imported back."""
+
+    @property
+    def tls(self) -> bool: ...
+    @property
+    def password_file(self) -> str | None: ...
+    @property
+    def ca_file(self) -> str | None: ...
+    @property
+    def cert_file(self) -> str | None: ...
+    @property
+    def key_file(self) -> str | None: ...
 
 
 def read_secret_file(filename: str, where: str) -> str:
@@ -23,7 +36,7 @@ def read_secret_file(filename: str, where: str) -> str:
         raise ConfigError(f"{where} is not UTF-8 text") from exc
 
 
-def check_broker_files(broker: BrokerConfig, source: str) -> None:
+def check_broker_files(broker: BrokerFiles, source: str) -> None:
     """Open the files the [broker] keys name as paho will, each problem named with its key."""
     for key in ("password_file", "ca_file", "cert_file", "key_file"):
         filename = getattr(broker, key)
@@ -53,7 +66,7 @@ def _refuse_passphrase() -> bytes:
     raise _EncryptedKeyError
 
 
-def _check_certificates(broker: BrokerConfig, source: str) -> None:
+def _check_certificates(broker: BrokerFiles, source: str) -> None:
     """Load the CA, the client certificate and its key as paho's tls_set() will."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     # a certificate (chain) file loads as CA certificates: the check that it holds one

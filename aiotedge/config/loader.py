@@ -22,6 +22,7 @@ from aiotedge.config.files import check_broker_files
 from aiotedge.config.sections import (
     BrokerConfig,
     CameraConfig,
+    EventsConfig,
     HomeAssistantConfig,
     PipelineConfig,
     StageConfig,
@@ -29,6 +30,7 @@ from aiotedge.config.sections import (
     key_flag,
 )
 from aiotedge.contracts.errors import ConfigError
+from aiotedge.contracts.release import ReleaseTopics
 from aiotedge.contracts.topics import Topics
 
 #: the source of settings given on the command line (messages name flags, not keys)
@@ -43,14 +45,19 @@ class NodeConfig:
     camera: CameraConfig = field(default_factory=CameraConfig)
     stats: StatsConfig = field(default_factory=StatsConfig)
     homeassistant: HomeAssistantConfig = field(default_factory=HomeAssistantConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
     #: where the settings came from, for messages: the file, or "flags"
     source: str = field(default=FLAGS, compare=False, metadata={"toml": False})
     #: the sections and `section.key`s the file set (flags are not counted)
     keys_given: frozenset[str] = field(default=frozenset(), compare=False,
                                        metadata={"toml": False})
+    #: the release a node daemon runs this stage for (docs/fleet.md): its own chain of topics
+    release: str = field(default="", metadata={"toml": False})
 
     @property
     def topics(self) -> Topics:
+        if self.release:
+            return ReleaseTopics(self.pipeline.name, self.pipeline.prefix, release=self.release)
         return Topics(self.pipeline.name, self.pipeline.prefix)
 
     @classmethod
@@ -141,10 +148,20 @@ def _check_type(value: Any, expected: Any, where: str) -> Any:
             return _finite(value, where)
         if option is int and isinstance(value, bool):
             continue
+        origin = typing.get_origin(option)  # list[int], tuple[str, ...]: each item checked
+        if origin in (list, tuple) and isinstance(value, list | tuple):
+            item = typing.get_args(option)[0]
+            return origin(_check_type(v, item, f"{where}[{i}]") for i, v in enumerate(value))
         if isinstance(option, type) and option is not type(None) and isinstance(value, option):
             return value
-    names = " or ".join(getattr(a, "__name__", str(a)) for a in allowed if a is not type(None))
+    names = " or ".join(_type_name(a) for a in allowed if a is not type(None))
     raise ConfigError(f"{where} must be {names}, got {type(value).__name__} {value!r}")
+
+
+def _type_name(expected: Any) -> str:
+    if typing.get_origin(expected) in (list, tuple):
+        return f"a list of {_type_name(typing.get_args(expected)[0])}"
+    return getattr(expected, "__name__", str(expected))
 
 
 def _finite(value: float, where: str) -> float:

@@ -8,6 +8,7 @@ docs/config.md is the reference.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 import socket
@@ -31,6 +32,7 @@ from aiotedge.config.checks import (
 )
 from aiotedge.config.files import read_secret_file
 from aiotedge.contracts.errors import ConfigError
+from aiotedge.contracts.geometry import ROTATIONS
 from aiotedge.contracts.topics import DEFAULT_PREFIX
 from aiotedge.contracts.wire import MAX_ATTEMPTS
 
@@ -208,6 +210,16 @@ _MAX_PERIOD = 86400
 MAX_IN_FLIGHT = 256
 #: what a camera sends: frames as they are, or in stage 0's input size, or as its input
 PREPROCESSING = ("none", "jpeg", "tensor")
+CROP = "[x, y, width, height] in the frame's pixels (x, y: the top left corner)"
+
+
+def crop_flag(text: str) -> list[int]:
+    """`--crop X,Y,WIDTH,HEIGHT` as the `crop` key's list (then checked as the file's key)."""
+    parts = [part.strip() for part in text.split(",")]
+    if len(parts) != 4 or not all(part.isdigit() for part in parts):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected X,Y,WIDTH,HEIGHT in pixels, e.g. 0,120,640,360")
+    return [int(part) for part in parts]
 
 
 @dataclass(frozen=True)
@@ -243,6 +255,11 @@ class StageConfig:
     queue_size: int = field(default=4, metadata=flag(
         "--queue-size", help="frames waiting for inference at most"))
     top_k: int = 5
+    #: the last stage: results with a lower score (for segmentation: share of the frame) are
+    #: left out of predictions, for every kind; None: none is
+    min_score: float | None = None
+    #: the last stage: only these labels (or keypoint names) are kept; empty: every one
+    labels: tuple[str, ...] = ()
     max_message_bytes: int = field(default=8 * 1024 * 1024, metadata=flag(
         "--max-message-bytes", help="refuse larger messages before decoding them"))
     #: replicas of a stage with the same group share its frames (MQTT v5 shared subscription)
@@ -267,6 +284,8 @@ class StageConfig:
         # the broker's Receive Maximum: two bytes, 0 is a protocol error (MQTT 5 §3.1.2.11.3)
         require_range("queue_size", self.queue_size, 1, 65535)
         require_range("top_k", self.top_k, 1)
+        if self.min_score is not None:
+            require_range("min_score", self.min_score, 0.0)
         # no MQTT packet is larger (MQTT 5 §1.5.5, Remaining Length)
         require_range("max_message_bytes", self.max_message_bytes, 1, 268435455)
         if self.share_group:
@@ -354,6 +373,16 @@ class CameraConfig:
     frame_timeout: float = 30.0
     #: QoS 1: times a frame without a result is sent again
     resends: int = 1
+    #: the region of interest sent, turned clockwise, then mirrored left to right (a camera
+    #: mounted sideways or upside down); boxes are mapped back into the frame's pixels
+    crop: list[int] | None = field(default=None, metadata=flag(
+        "--crop", help="send only this region of the frame (pixels)", type=crop_flag,
+        metavar="X,Y,WIDTH,HEIGHT", shown_default="the whole frame"))
+    rotate: int = field(default=0, metadata=flag(
+        "--rotate", help="turn the frame clockwise by this many degrees (after the crop)",
+        choices=ROTATIONS))
+    flip: bool = field(default=False, metadata=flag(
+        "--flip", help="mirror the frame left to right (after the turn)"))
 
     def __post_init__(self) -> None:
         for key in ("source", "manifest", "source_password_file"):
@@ -383,6 +412,11 @@ class CameraConfig:
             require_range("frames", self.frames, 1)
         require_range("frame_timeout", self.frame_timeout, 0.1, _MAX_PERIOD)
         require_range("resends", self.resends, 0, MAX_ATTEMPTS - 1)
+        if self.crop is not None:
+            x_y_ok = len(self.crop) == 4 and min(self.crop[:2]) >= 0
+            require("crop", x_y_ok and min(self.crop[2:]) > 0, f"{CROP}, got {self.crop}")
+        require("rotate", self.rotate in ROTATIONS,
+                f"one of {', '.join(map(str, ROTATIONS))}, got {self.rotate}")
 
     @property
     def picture_size(self) -> tuple[int, int] | None:
@@ -397,3 +431,29 @@ class CameraConfig:
             return None
         return read_secret_file(self.source_password_file,
                                 f"the stream password file {self.source_password_file}")
+
+
+@dataclass(frozen=True)
+class EventsConfig:
+    """What a camera reports about the objects its frames show (docs/cameras.md, Events): an
+    object of a tracked label appears, is still there, is gone; and how many there are."""
+
+    #: labels to follow (a label's first name: `person`, `cat`); none: no events
+    labels: list[str] = field(default_factory=list)
+    #: an object counts from this score on
+    min_score: float = 0.5
+    #: ... and when its box covers this share of the picture the model saw (0..1)
+    min_area: float = 0.0
+    #: seconds between two "still there" events of a label at most once
+    cooldown: float = 30.0
+    #: frames in a row without the label after which it is gone
+    gone_after: int = 5
+
+    def __post_init__(self) -> None:
+        for label in self.labels:
+            require("labels", isinstance(label, str) and topic_level(label),
+                    f"a list of labels, each {TOPIC_LEVEL}, got {label!r}")
+        require_range("min_score", self.min_score, 0, 1)
+        require_range("min_area", self.min_area, 0, 1)
+        require_range("cooldown", self.cooldown, 0, _MAX_PERIOD)
+        require_range("gone_after", self.gone_after, 1, 1_000_000)

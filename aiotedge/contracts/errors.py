@@ -57,3 +57,8 @@ class MissingExtraError(AiotedgeError):
         super().__init__(f"{feature} needs the '{extra}' extra ({reason}): "
                          f"pip install 'aiotedge[{extra}]'")
         self.extra = extra
+
+
+class ReleaseError(AiotedgeError):
+    """A release (contracts/release.py) that cannot be used: malformed, a bad hash, or one
+    this board cannot run; the message is the reason a node reports."""

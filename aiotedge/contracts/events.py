@@ -20,7 +20,8 @@ import numpy as np
 
 from aiotedge import __version__
 from aiotedge.contracts.errors import ManifestError
-from aiotedge.contracts.manifest import Manifest, Preprocessing
+from aiotedge.contracts.geometry import Box
+from aiotedge.contracts.manifest import KINDS, Manifest, Preprocessing
 from aiotedge.contracts.tensors import TensorSpec
 from aiotedge.contracts.wire import Frame, Hop
 
@@ -83,16 +84,64 @@ class ErrorEvent:
 # -- predictions ---------------------------------------------------------------------------
 
 
+class Labelled:
+    """A result of one class: `name` is its label's first name, `hotdog` of `hotdog, hot dog,
+    red hot` (ImageNet's labels list synonyms), what events and summaries call it."""
+
+    label: str
+
+    @property
+    def name(self) -> str:
+        return self.label.split(",")[0].strip()
+
+
 @dataclass(frozen=True)
-class Score:
+class Score(Labelled):
     index: int
     label: str
     score: float
 
-    @property
-    def name(self) -> str:
-        """The label's first name: `hotdog` of `hotdog, hot dog, red hot`."""
-        return self.label.split(",")[0].strip()
+
+@dataclass(frozen=True)
+class DetectedObject(Labelled):
+    """One object a detection model found."""
+
+    index: int
+    label: str
+    score: float
+    #: normalised (0..1) in the picture stage 0 received
+    box: Box
+    #: in the pixels of the camera's own frame, mapped back through its view (crop, turn,
+    #: mirror; contracts.geometry); None when the frame said no view and was a tensor
+    box_px: Box | None = None
+
+
+@dataclass(frozen=True)
+class Keypoint:
+    """One named body point of a pose model: normalised x, y (and in frame pixels)."""
+
+    name: str
+    x: float
+    y: float
+    score: float
+    x_px: float | None = None
+    y_px: float | None = None
+
+
+@dataclass(frozen=True)
+class ClassShare(Labelled):
+    """The share (0..1) of a segmented frame's pixels given to one class."""
+
+    index: int
+    label: str
+    share: float
+
+
+#: the prediction JSON's version (docs/topics.md): 2 added `kind` and the per-kind results
+PREDICTION_SCHEMA = 2
+#: each kind's result field in a prediction; a prediction carries its own kind's field only
+RESULT_FIELDS = {"classification": "top", "detection": "objects", "pose": "keypoints",
+                 "segmentation": "classes"}
 
 
 @dataclass(frozen=True)
@@ -115,11 +164,28 @@ class Prediction:
     stages: list[StageTiming]
     #: which picture: the photo's file name, or the stream it came from (null: not said)
     name: str | None = None
+    kind: str = "classification"
+    objects: list[DetectedObject] = field(default_factory=list)
+    keypoints: list[Keypoint] = field(default_factory=list)
+    classes: list[ClassShare] = field(default_factory=list)
+    schema: int = PREDICTION_SCHEMA
+    #: the release that computed it (a node daemon's stage, docs/fleet.md); absent otherwise
+    release: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown kind {self.kind!r}: one of {', '.join(KINDS)}")
 
     def to_json(self) -> str:
         """Raises ValueError on a NaN or infinite number: JSON has none, and subscribers'
-        parsers would refuse the whole message."""
-        return json.dumps(asdict(self), separators=(",", ":"), allow_nan=False)
+        parsers would refuse the whole message. Carries only its own kind's results."""
+        data = asdict(self)
+        for kind, name in RESULT_FIELDS.items():
+            if kind != self.kind:
+                del data[name]
+        if self.release is None:
+            del data["release"]
+        return json.dumps(data, separators=(",", ":"), allow_nan=False)
 
     @classmethod
     def parse(cls, payload: bytes) -> Prediction | None:
@@ -138,16 +204,55 @@ class Prediction:
             source=data["source"],
             seq=data["seq"],
             captured_at=data["captured_at"],
-            top=[Score(**s) for s in data["top"]],
+            top=[Score(**s) for s in data.get("top", [])],
             latency_ms=data["latency_ms"],
             stages=[StageTiming(**t) for t in data["stages"]],
             name=data["name"] if isinstance(data.get("name"), str) else None,
+            kind=data.get("kind", "classification"),
+            objects=[_detected_object(o) for o in data.get("objects", [])],
+            keypoints=[Keypoint(**k) for k in data.get("keypoints", [])],
+            classes=[ClassShare(**c) for c in data.get("classes", [])],
+            schema=int(data.get("schema", 1)),
+            release=data["release"] if isinstance(data.get("release"), str) else None,
         )
 
     def summary(self) -> str:
-        """One line for a terminal: `cam0#3 macaw 0.973 41.2 ms` (first name of the label)."""
-        best = self.top[0]
-        return f"{self.source}#{self.seq} {best.name} {best.score:.3f} {self.latency_ms:.1f} ms"
+        """One line for a terminal: `cam0#3 macaw 0.973 41.2 ms` (first name of the label);
+        a detection's objects, a pose's keypoints, a segmentation's largest classes."""
+        return (f"{self.source}#{self.seq} "
+                f"{results_text(self.kind, self.top, self.objects, self.keypoints, self.classes)}"
+                f" {self.latency_ms:.1f} ms")
+
+
+#: results a prediction's one-line summary names at most
+SUMMARY_ITEMS = 3
+
+
+def results_text(kind: str, top: list[Score], objects: list[DetectedObject],
+                 keypoints: list[Keypoint], classes: list[ClassShare]) -> str:
+    """A kind's results in a few words: `macaw 0.973`, `2 objects: cat 0.64, dog 0.50`,
+    `17 keypoints (mean score 0.62)`, `background 0.80, person 0.20`."""
+    if kind == "detection":
+        named = ", ".join(f"{o.name} {o.score:.2f}" for o in objects[:SUMMARY_ITEMS])
+        more = ", ..." if len(objects) > SUMMARY_ITEMS else ""
+        return f"{len(objects)} objects" + (f": {named}{more}" if named else "")
+    if kind == "pose":
+        if not keypoints:
+            return "no keypoints"
+        mean = sum(k.score for k in keypoints) / len(keypoints)
+        return f"{len(keypoints)} keypoints (mean score {mean:.2f})"
+    if kind == "segmentation":
+        return ", ".join(f"{c.label} {c.share:.2f}" for c in classes[:SUMMARY_ITEMS]) \
+            or "no class"
+    if not top:
+        return "no class"
+    return f"{top[0].name} {top[0].score:.3f}"
+
+
+def _detected_object(data: dict[str, Any]) -> DetectedObject:
+    pixels = data.get("box_px")
+    return DetectedObject(index=data["index"], label=data["label"], score=data["score"],
+                          box=Box(**data["box"]), box_px=Box(**pixels) if pixels else None)
 
 
 def top_k(output: np.ndarray, spec: TensorSpec, manifest: Manifest, k: int) -> list[Score]:
@@ -159,7 +264,13 @@ def top_k(output: np.ndarray, spec: TensorSpec, manifest: Manifest, k: int) -> l
     return [Score(int(i), manifest.label(int(i)), round(float(scores[i]), 6)) for i in best]
 
 
-def build_prediction(frame: Frame, top: list[Score], last_hop: Hop) -> Prediction:
+def build_prediction(frame: Frame, top: list[Score], last_hop: Hop, *,
+                     kind: str = "classification", objects: list[DetectedObject] | None = None,
+                     keypoints: list[Keypoint] | None = None,
+                     classes: list[ClassShare] | None = None,
+                     release: str | None = None) -> Prediction:
+    """The prediction for a frame: its timings, the results of its kind, and the release that
+    computed it (a node daemon's stage)."""
     hops = [*frame.trace, last_hop]
     timings = []
     previous_done = frame.captured_at
@@ -181,6 +292,11 @@ def build_prediction(frame: Frame, top: list[Score], last_hop: Hop) -> Predictio
         latency_ms=round((last_hop.done - frame.captured_at) * 1000, 3),
         stages=timings,
         name=frame.name,
+        kind=kind,
+        objects=objects or [],
+        keypoints=keypoints or [],
+        classes=classes or [],
+        release=release,
     )
 
 
@@ -256,7 +372,8 @@ def _preprocessing(data: Any) -> Preprocessing | None:
     if data is None:
         return None
     prep = Preprocessing(width=int(data["width"]), height=int(data["height"]),
-                         mean=float(data["mean"]), std=float(data["std"]))
+                         mean=float(data["mean"]), std=float(data["std"]),
+                         resize=str(data.get("resize", "antialiased")))
     sides_ok = all(1 <= side <= MAX_INPUT_SIDE for side in (prep.width, prep.height))
     if not (sides_ok and math.isfinite(prep.mean) and math.isfinite(prep.std) and prep.std):
         raise ValueError(f"unusable preprocessing {prep}")

@@ -21,6 +21,19 @@ from aiotedge.contracts.tensors import TensorSpec
 
 MANIFEST_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+#: what the last stage's output means (docs/models.md); a manifest without `kind` classifies
+KINDS = ("classification", "detection", "pose", "segmentation")
+#: how stage 0 resizes a photo (Preprocessing.resize); a manifest without one: "antialiased"
+RESIZES = ("antialiased", "sampled")
+
+
+def _outputs_to_dict(extra: tuple[TensorSpec, ...]) -> dict[str, Any]:
+    """`extra_outputs` when there are some: a single-output split's manifest reads as before."""
+    return {"extra_outputs": [spec.to_dict() for spec in extra]} if extra else {}
+
+
+def _outputs_from_dict(data: dict[str, Any]) -> tuple[TensorSpec, ...]:
+    return tuple(TensorSpec.from_dict(spec) for spec in data.get("extra_outputs", ()))
 
 
 @dataclass(frozen=True)
@@ -31,13 +44,24 @@ class Preprocessing:
     ``(pixel - mean) / std`` and are then quantized with the input's scale and zero point when
     the input is an integer tensor. This is the convention of TFLite model metadata
     (NormalizationOptions); for a uint8 model with mean = zero point and std = 1/scale it is the
-    identity, so raw pixels are fed unchanged.
+    identity, so raw pixels are fed unchanged, as they are to an unquantized uint8 input with
+    mean 0 and std 1 (MoveNet). The converter derives them from the model's input tensor
+    (media.image.default_preprocessing).
     """
 
     width: int
     height: int
     mean: float = 127.5
     std: float = 127.5
+    #: "antialiased": Pillow's bilinear, which widens its filter to the scale when shrinking
+    #: (every source pixel counts); "sampled": bilinear interpolation of the 2x2 pixels nearest
+    #: each output pixel's centre, as TensorFlow's tf.image.resize, TFLite Support (libyuv) and
+    #: OpenCV's INTER_LINEAR do (what models trained in TensorFlow saw)
+    resize: str = "antialiased"
+
+    def __post_init__(self) -> None:
+        if self.resize not in RESIZES:
+            raise ManifestError(f"unknown resize {self.resize!r} (known: {', '.join(RESIZES)})")
 
 
 @dataclass(frozen=True)
@@ -64,8 +88,15 @@ class StageSpec:
     last_op: int
     #: the lossless codec its output travels in (contracts.codec), None for raw bytes
     output_codec: str | None = None
+    #: the last stage only: the model's outputs after `output` (a detection model's classes,
+    #: scores and count); they are read into the prediction, never sent on
+    extra_outputs: tuple[TensorSpec, ...] = ()
     #: its reference input and output; None in a manifest written before references were
     reference: StageReference | None = None
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        return (self.output, *self.extra_outputs)
 
     def __post_init__(self) -> None:
         if self.output_codec is not None and self.output_codec not in CODECS:
@@ -80,7 +111,8 @@ class StageSpec:
             del out["output_codec"]
         if self.reference is None:
             del out["reference"]
-        return out
+        del out["extra_outputs"]
+        return {**out, **_outputs_to_dict(self.extra_outputs)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StageSpec:
@@ -94,6 +126,7 @@ class StageSpec:
             first_op=int(data["first_op"]),
             last_op=int(data["last_op"]),
             output_codec=data.get("output_codec"),
+            extra_outputs=_outputs_from_dict(data),
             reference=(StageReference(file=str(data["reference"]["file"]),
                                       sha256=str(data["reference"]["sha256"]))
                        if data.get("reference") is not None else None),
@@ -107,6 +140,26 @@ class SourceModel:
     input: TensorSpec
     output: TensorSpec
     macs: int
+    #: the model's outputs after `output`, as StageSpec.extra_outputs
+    extra_outputs: tuple[TensorSpec, ...] = ()
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        return (self.output, *self.extra_outputs)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["input"] = self.input.to_dict()
+        out["output"] = self.output.to_dict()
+        del out["extra_outputs"]
+        return {**out, **_outputs_to_dict(self.extra_outputs)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SourceModel:
+        return cls(file=str(data["file"]), sha256=str(data["sha256"]),
+                   input=TensorSpec.from_dict(data["input"]),
+                   output=TensorSpec.from_dict(data["output"]), macs=int(data["macs"]),
+                   extra_outputs=_outputs_from_dict(data))
 
 
 @dataclass(frozen=True)
@@ -115,15 +168,25 @@ class Manifest:
     preprocessing: Preprocessing
     stages: tuple[StageSpec, ...]
     labels: tuple[str, ...] | None = None
+    #: what the model's outputs mean (KINDS): how the last stage reads them
+    kind: str = "classification"
     format_version: int = MANIFEST_VERSION
     #: directory the manifest was read from; segment files are resolved against it.
     directory: Path = field(default=Path("."), compare=False)
 
     def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ManifestError(f"unknown kind {self.kind!r} (known: {', '.join(KINDS)})")
         if self.stages and self.stages[-1].output_codec is not None:
             raise ManifestError("the last stage sends a prediction, not a tensor: it has no "
                                 "output_codec")
+        for stage in self.stages:
+            stage.input.check_wire_dtype()
+            if stage.extra_outputs and stage is not self.stages[-1]:
+                raise ManifestError(f"stage {stage.index} has several outputs: only the last "
+                                    "stage may")
         for before, after in pairwise(self.stages):
+            before.output.check_wire_dtype()
             if not before.output.matches(after.input):
                 raise ManifestError(
                     f"stage {after.index} takes {after.input}, but stage {before.index} "
@@ -152,13 +215,16 @@ class Manifest:
         return str(class_index)
 
     def to_dict(self) -> dict[str, Any]:
-        source = asdict(self.source)
-        source["input"] = self.source.input.to_dict()
-        source["output"] = self.source.output.to_dict()
+        """A classifier resized as before writes no `kind` and no `resize`: its manifest reads
+        as it did, with the same fingerprint, so boards can be upgraded one at a time."""
+        preprocessing = asdict(self.preprocessing)
+        if self.preprocessing.resize == Preprocessing.resize:
+            del preprocessing["resize"]
         return {
             "format_version": self.format_version,
-            "source": source,
-            "preprocessing": asdict(self.preprocessing),
+            **({"kind": self.kind} if self.kind != "classification" else {}),
+            "source": self.source.to_dict(),
+            "preprocessing": preprocessing,
             "labels": list(self.labels) if self.labels is not None else None,
             "stages": [stage.to_dict() for stage in self.stages],
         }
@@ -176,19 +242,13 @@ class Manifest:
                 f"manifest format_version {version!r} is not supported "
                 f"(this aiotedge reads version {MANIFEST_VERSION})"
             )
-        source = data["source"]
         labels = data.get("labels")
         return cls(
-            source=SourceModel(
-                file=str(source["file"]),
-                sha256=str(source["sha256"]),
-                input=TensorSpec.from_dict(source["input"]),
-                output=TensorSpec.from_dict(source["output"]),
-                macs=int(source["macs"]),
-            ),
+            source=SourceModel.from_dict(data["source"]),
             preprocessing=Preprocessing(**data["preprocessing"]),
             stages=tuple(StageSpec.from_dict(s) for s in data["stages"]),
             labels=tuple(labels) if labels is not None else None,
+            kind=str(data.get("kind", "classification")),
             format_version=version,
             directory=directory,
         )

@@ -10,8 +10,12 @@ import numpy as np
 
 from aiotedge.contracts.errors import ManifestError
 
-#: dtypes a tensor may have on the wire; a manifest naming another is refused when read.
+#: dtypes a tensor may have on the wire; a manifest naming another between two stages is
+#: refused when read. A model's own outputs may have others (a segmentation model's int64
+#: ArgMax): the last stage turns them into a prediction, they never travel.
 WIRE_DTYPES = frozenset({"uint8", "int8", "int16", "int32", "float16", "float32"})
+#: dtypes a model's final output may have besides (read by the last stage, never sent)
+RESULT_DTYPES = WIRE_DTYPES | {"int64", "float64", "uint16", "uint32", "uint64", "bool"}
 
 
 @dataclass(frozen=True)
@@ -75,16 +79,24 @@ class TensorSpec:
         out["shape"] = list(self.shape)
         return out
 
+    def check_result_dtype(self) -> TensorSpec:
+        """This spec, once its dtype is one the last stage can read a result from."""
+        if self.dtype not in RESULT_DTYPES:
+            raise ManifestError(f"tensor {self.name!r}: unsupported dtype {self.dtype!r} "
+                                f"(a model may give {', '.join(sorted(RESULT_DTYPES))})")
+        return self
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TensorSpec:
-        """A spec read from a manifest or a node's info: one that travels between stages."""
+        """A spec read from a manifest or a node's info (whoever sends it checks it is one
+        that travels: `check_wire_dtype`)."""
         return cls(
             name=str(data["name"]),
             shape=tuple(data["shape"]),
             dtype=str(data["dtype"]),
             scale=float(data.get("scale", 0.0)),
             zero_point=int(data.get("zero_point", 0)),
-        ).check_wire_dtype()
+        ).check_result_dtype()
 
     @classmethod
     def from_tflite_detail(cls, detail: dict[str, Any]) -> TensorSpec:
@@ -96,4 +108,4 @@ class TensorSpec:
             dtype=np.dtype(detail["dtype"]).name,
             scale=float(scale),
             zero_point=int(zero_point),
-        ).check_wire_dtype()
+        ).check_result_dtype()

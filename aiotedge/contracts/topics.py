@@ -53,6 +53,29 @@ class Topics:
         """Retained: the camera's latest JPEG that got a prediction (dashboards, Home Assistant)."""
         return f"{self.frames_base}/snapshot/{camera}"
 
+    def event_snapshot(self, camera: str, label: str) -> str:
+        """Retained: the frame of a camera's latest event of a label, its objects drawn."""
+        return f"{self.frames_base}/event-snapshot/{camera}/{label}"
+
+    def camera_event_snapshots(self, camera: str) -> str:
+        return f"{self.frames_base}/event-snapshot/{camera}/+"
+
+    @property
+    def events(self) -> str:
+        """An object of a tracked label appeared, is still there, is gone (JSON)."""
+        return f"{self.base}/events"
+
+    def count(self, camera: str, label: str) -> str:
+        """Retained: how many objects of a tracked label a camera sees now (JSON)."""
+        return f"{self.base}/count/{camera}/{label}"
+
+    def camera_counts(self, camera: str) -> str:
+        return f"{self.base}/count/{camera}/+"
+    def mask(self, source: str) -> str:
+        """Retained: a segmentation model's latest class mask of a source's frame, as a PNG
+        (one byte a pixel: the class index; its `frame_id` in a text chunk)."""
+        return f"{self.frames_base}/mask/{source}"
+
     @property
     def predictions(self) -> str:
         return f"{self.base}/predictions"
@@ -99,3 +122,19 @@ class Topics:
     @property
     def all_stats(self) -> str:
         return f"{self.base}/stats/+"
+
+    # -- releases (contracts/release.py, docs/fleet.md) --------------------------------------
+
+    @property
+    def release_plan(self) -> str:
+        """Retained: the newest release, published by the deployer alone."""
+        return f"{self.base}/fleet/release"
+
+    @property
+    def live_release(self) -> str:
+        """Retained: which release the cameras send to, switched by the deployer."""
+        return f"{self.base}/fleet/live"
+
+    def model_chunk(self, sha256: str) -> str:
+        """Retained: a piece of a release's model, named by its sha256 (binary: frames branch)."""
+        return f"{self.frames_base}/chunk/{sha256}"

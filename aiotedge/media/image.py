@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL.PngImagePlugin import PngInfo
 
 from aiotedge.contracts.errors import ImageError, ModelError
 from aiotedge.contracts.manifest import Preprocessing
@@ -121,6 +122,22 @@ def _upright(image: Image.Image) -> Image.Image:
     return image
 
 
+#: EXIF orientations whose picture is stored on its side (upright, its sides swap)
+_SIDEWAYS_ORIENTATIONS = frozenset({5, 6, 7, 8})
+_ORIENTATION_TAG = 0x0112
+
+
+def upright_size(data: bytes) -> tuple[int, int]:
+    """The width and height `decode_image` gives the photo, read from its header alone (a
+    camera passing its JPEGs on as they are must not decode each to say its size)."""
+    with _refused_as("broken image"):
+        image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+    with _refused_as("broken EXIF"):
+        sideways = image.getexif().get(_ORIENTATION_TAG) in _SIDEWAYS_ORIENTATIONS
+    width, height = image.size
+    return (height, width) if sideways else (width, height)
+
+
 def eight_bit(image: Image.Image) -> Image.Image:
     """The image in a mode `preprocess` converts to RGB exactly, or an ImageError saying why not.
 
@@ -143,9 +160,26 @@ def eight_bit(image: Image.Image) -> Image.Image:
     return Image.fromarray((values >> (bits - 8)).astype(np.uint8))
 
 
+def mask_png(mask: np.ndarray, frame_id: str) -> bytes:
+    """A class mask (the class index of each pixel) as a grey PNG, the frame's id in its
+    `frame_id` text chunk: any image tool opens it, a program reads the classes back exactly."""
+    info = PngInfo()
+    info.add_text("frame_id", frame_id)
+    out = io.BytesIO()
+    Image.fromarray(mask).save(out, format="PNG", pnginfo=info)
+    return out.getvalue()
+
+
 def model_size(image: Image.Image, prep: Preprocessing) -> Image.Image:
-    """The photo in RGB at the model's input size (bilinear): what `preprocess` normalises."""
-    return image.convert("RGB").resize((prep.width, prep.height), Image.Resampling.BILINEAR)
+    """The photo in RGB at the model's input size (bilinear, as `prep.resize` says): what
+    `preprocess` normalises. Pillow's affine transform samples the 2x2 nearest pixels of each
+    output pixel's centre without widening its filter: "sampled" bilinear."""
+    rgb = image.convert("RGB")
+    size = (prep.width, prep.height)
+    if prep.resize == "sampled":
+        scale = (rgb.width / prep.width, 0, 0, 0, rgb.height / prep.height, 0)
+        return rgb.transform(size, Image.Transform.AFFINE, scale, Image.Resampling.BILINEAR)
+    return rgb.resize(size, Image.Resampling.BILINEAR)
 
 
 def preprocess(image: Image.Image, prep: Preprocessing, spec: TensorSpec) -> np.ndarray:
@@ -162,8 +196,13 @@ def preprocess(image: Image.Image, prep: Preprocessing, spec: TensorSpec) -> np.
 
 
 def default_preprocessing(spec: TensorSpec, mean: float | None, std: float | None) -> Preprocessing:
-    """Raw pixels for a quantized input (mean = zero point, std = 1/scale); [-1, 1] for float.
+    """What the model's input tensor says it wants, where `mean` and `std` are not given.
 
+    - a quantized integer input: raw pixels (mean = zero point, std = 1/scale), the convention
+      of quantized image models, whose input quantization maps 0..255 onto the real range;
+    - uint8 with no quantization (MoveNet): raw pixels 0..255 (mean 0, std 1);
+    - float: [-1, 1] (mean 127.5, std 127.5), the range of MobileNet and DeepLab;
+    - any other integer input without quantization: no convention, refused unless both given.
     `split_model` passes the normalisation recorded by `import` instead, when there is one.
     """
     if len(spec.shape) != 4 or spec.shape[3] != 3:
@@ -171,10 +210,20 @@ def default_preprocessing(spec: TensorSpec, mean: float | None, std: float | Non
             f"input {spec.name!r} has shape {list(spec.shape)}; an NHWC RGB image input "
             "(1, height, width, 3) is needed to preprocess photos"
         )
+    dtype = np.dtype(spec.dtype)
     if spec.quantized:
         default_mean, default_std = float(spec.zero_point), 1.0 / spec.scale
-    else:
+    elif dtype == np.uint8:
+        default_mean, default_std = 0.0, 1.0
+    elif dtype.kind == "f":
         default_mean, default_std = 127.5, 127.5
+    elif mean is None or std is None:
+        raise ModelError(
+            f"input {spec.name!r} is {spec.dtype} with no quantization: which values it wants "
+            "for a pixel cannot be told from the model; give them (aiotedge-convert split or plan "
+            "--mean M --std S: input = (pixel - M) / S)")
+    else:
+        default_mean, default_std = mean, std
     return Preprocessing(
         width=spec.shape[2],
         height=spec.shape[1],

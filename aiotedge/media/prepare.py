@@ -14,9 +14,11 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from aiotedge.contracts.errors import ImageError
+from aiotedge.contracts.geometry import View
 from aiotedge.contracts.manifest import Preprocessing
 from aiotedge.contracts.tensors import TensorSpec
-from aiotedge.media.image import model_size, preprocess
+from aiotedge.media.image import model_size, preprocess, upright_size
 from aiotedge.media.sources.base import CapturedFrame
 
 #: what `[camera] preprocess` may say
@@ -30,6 +32,49 @@ class ModelInput:
 
     preprocessing: Preprocessing
     spec: TensorSpec
+
+
+class CropError(ImageError):
+    """The camera's crop does not lie in a frame (docs/cameras.md: the camera stops when it
+    does not fit its first frame, and skips a later frame of another size)."""
+
+
+#: how Pillow turns a picture clockwise (its ROTATE_n turn counter-clockwise)
+_CLOCKWISE = {90: Image.Transpose.ROTATE_270, 180: Image.Transpose.ROTATE_180,
+              270: Image.Transpose.ROTATE_90}
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """What a camera does to each frame before it sends it (`[camera] crop, rotate, flip`):
+    a `View` once a frame's size is known."""
+
+    crop: tuple[int, int, int, int] | None = None
+    rotate: int = 0
+    flip: bool = False
+
+    @property
+    def identity(self) -> bool:
+        return self.crop is None and not self.rotate and not self.flip
+
+    def view(self, width: int, height: int) -> View:
+        """The view of a frame of this size; CropError when the crop does not lie in it."""
+        try:
+            return View(width, height, self.crop, self.rotate, self.flip)
+        except ValueError as exc:
+            raise CropError(str(exc)) from None
+
+
+def apply_view(picture: Image.Image, view: View) -> Image.Image:
+    """The picture as the view says it is sent: cropped, turned clockwise, mirrored."""
+    if view.crop is not None:
+        x, y, w, h = view.crop
+        picture = picture.crop((x, y, x + w, y + h))
+    if view.rotate:
+        picture = picture.transpose(_CLOCKWISE[view.rotate])
+    if view.flip:
+        picture = picture.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return picture
 
 
 #: JPEG chroma subsampling: 4:2:0 (Pillow's default) halves the colour's resolution both ways
@@ -50,9 +95,10 @@ def encode_png(image: Image.Image) -> bytes:
     return out.getvalue()
 
 
-def prepare(frame: CapturedFrame, mode: str, model: ModelInput | None,
-            quality: int) -> bytes | np.ndarray:
-    """The frame's payload: image bytes, or the model's input tensor.
+def prepare(frame: CapturedFrame, mode: str, model: ModelInput | None, quality: int,
+            geometry: Geometry = Geometry()) -> tuple[bytes | np.ndarray, View]:
+    """The frame's payload (image bytes, or the model's input tensor) and its view: where the
+    payload's picture lies in the frame (`geometry` applied the same way on every path).
 
     "none" sends what the source has: a photo's bytes, an MJPEG camera's JPEG. A decoded frame
     (H.264 from a file or a camera) has no bytes of its own to pass on, and a lossy copy of it
@@ -61,17 +107,20 @@ def prepare(frame: CapturedFrame, mode: str, model: ModelInput | None,
     known, as a PNG (lossless) until then, so stage 0 sees exactly the decoded pixels.
     "jpeg" sends the picture resized to the model's input, with colour at full resolution (at
     224 pixels, 4:2:0 subsampling changed more top-1 classes than the quality did); "tensor" the
-    input tensor; either as "none" until the model is known. Raises ImageError for a picture
-    stage 0 could not use either.
+    input tensor; either as "none" until the model is known. A crop, turn or mirror makes a
+    picture of its own, which goes as a decoded frame does. Raises ImageError for a picture
+    stage 0 could not use either, CropError for a crop outside the frame.
     """
-    if frame.encoded is not None and (mode == "none" or model is None):
-        return frame.encoded
+    if frame.encoded is not None and geometry.identity and (mode == "none" or model is None):
+        return frame.encoded, geometry.view(*upright_size(frame.encoded))
     picture = frame.picture()
+    view = geometry.view(*picture.size)
+    picture = apply_view(picture, view)
     if model is None:
-        return encode_png(picture)
+        return encode_png(picture), view
     if mode in ("none", "tensor"):
-        return preprocess(picture, model.preprocessing, model.spec)
-    return encode_jpeg(model_size(picture, model.preprocessing), quality, SUBSAMPLING_444)
+        return preprocess(picture, model.preprocessing, model.spec), view
+    return encode_jpeg(model_size(picture, model.preprocessing), quality, SUBSAMPLING_444), view
 
 
 def snapshot_jpeg(frame: CapturedFrame, quality: int) -> bytes:

@@ -132,10 +132,10 @@ class Graph:
         self.path = path
         self.subgraph: schema.SubGraphT = model.subgraphs[0]
         inputs, outputs = tensor_list(self.subgraph.inputs), tensor_list(self.subgraph.outputs)
-        if len(inputs) != 1 or len(outputs) != 1:
+        if len(inputs) != 1 or not outputs:
             raise ModelError(
                 f"{label}: has {len(inputs)} inputs and {len(outputs)} outputs, "
-                "only single-input single-output models can be split"
+                "only models with one input (a picture) and at least one output can be split"
             )
         for buffer in model.buffers or []:
             if buffer.offset > 1:
@@ -144,7 +144,10 @@ class Graph:
                     "models) are not supported"
                 )
         self.input_index = int(inputs[0])
-        self.output_index = int(outputs[0])
+        #: the model's outputs, in order; the last stage gives them all (SSD's four), every
+        #: other stage exactly one tensor
+        self.output_indices = tuple(int(t) for t in outputs)
+        self.output_index = self.output_indices[0]
         if not self.subgraph.operators:
             raise ModelError(f"{label}: has no operators")
 
@@ -274,7 +277,8 @@ class Graph:
                 needed[t] = op.index
             for t in op.outputs:
                 defined.setdefault(t, op.index)
-        needed[self.output_index] = last
+        for t in self.output_indices:
+            needed[t] = last
         return {t: (d, needed[t]) for t, d in defined.items() if t in needed}
 
     def crossing_tensors(self, op_index: int) -> list[int]:
@@ -283,7 +287,8 @@ class Graph:
 
     @cached_property
     def cut_points(self) -> tuple[CutPoint, ...]:
-        """Every valid cut, in operator order; the cut after the last operator is not one."""
+        """Every valid cut, in operator order; the cut after the last operator is not one, nor
+        one whose tensor no message can carry (an int64 or bool in a post-processing tail)."""
         total = self.total_macs
         cumulative = np.cumsum(self.op_macs, dtype=np.int64)
         points = []
@@ -293,17 +298,23 @@ class Graph:
             crossing = self.crossing_tensors(p)
             if len(crossing) != 1 or crossing[0] == self.input_index:
                 continue
-            points.append(CutPoint(p, crossing[0], self.tensor(crossing[0]), int(cumulative[p]),
-                                   total))
+            tensor = self.tensor(crossing[0])
+            if tensor.on_the_wire:
+                points.append(CutPoint(p, crossing[0], tensor, int(cumulative[p]), total))
         return tuple(points)
 
-    def boundary_tensor(self, op_index: int) -> int:
-        """The one tensor leaving ops [0..op_index]: graph input for -1, output for the last."""
+    def boundary_tensors(self, op_index: int) -> tuple[int, ...]:
+        """The tensors leaving ops [0..op_index]: the graph input for -1, the model's outputs
+        for the last op, else the one tensor crossing the cut."""
         if op_index == -1:
-            return self.input_index
+            return (self.input_index,)
         if op_index == len(self.ops) - 1:
-            return self.output_index
-        return self.cut_point(op_index).tensor_index
+            return self.output_indices
+        return (self.cut_point(op_index).tensor_index,)
+
+    def boundary_tensor(self, op_index: int) -> int:
+        """The first (for a cut, the one) tensor leaving ops [0..op_index]."""
+        return self.boundary_tensors(op_index)[0]
 
     def cut_point(self, op_index: int) -> CutPoint:
         for point in self.cut_points:

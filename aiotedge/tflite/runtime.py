@@ -81,7 +81,8 @@ def runtime_output_logged() -> Iterator[None]:
 
 
 class Segment:
-    """One single-input, single-output TFLite model, ready to invoke.
+    """One single-input TFLite model, ready to invoke: one output, or several for a last
+    segment (a detection model's boxes, classes, scores and count).
 
     Not thread-safe: a stage owns one Segment and calls it from its inference worker only.
     """
@@ -99,21 +100,29 @@ class Segment:
                 from exc
         inputs = self._interpreter.get_input_details()
         outputs = self._interpreter.get_output_details()
-        if len(inputs) != 1 or len(outputs) != 1:
+        if len(inputs) != 1 or not outputs:
             raise ModelError(
-                f"{self.path}: a segment has exactly one input and one output, "
+                f"{self.path}: a segment has exactly one input and at least one output, "
                 f"this model has {len(inputs)} and {len(outputs)}"
             )
-        self.input_spec = TensorSpec.from_tflite_detail(inputs[0])
-        self.output_spec = TensorSpec.from_tflite_detail(outputs[0])
+        try:
+            self.input_spec = TensorSpec.from_tflite_detail(inputs[0]).check_wire_dtype()
+            self.output_specs = tuple(TensorSpec.from_tflite_detail(o) for o in outputs)
+        except ManifestError as exc:
+            raise ModelError(f"{self.path}: {exc}") from None
+        self.output_spec = self.output_specs[0]
         self._input_index = inputs[0]["index"]
-        self._output_index = outputs[0]["index"]
+        self._output_indices = tuple(o["index"] for o in outputs)
 
     def run(self, tensor: np.ndarray) -> np.ndarray:
-        """Invoke the segment; the result is a copy, safe to keep after the next call."""
+        """Invoke the segment; its (first) output, a copy, safe to keep after the next call."""
+        return self.run_all(tensor)[0]
+
+    def run_all(self, tensor: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Invoke the segment; every output, in the model's order (copies)."""
         self._interpreter.set_tensor(self._input_index, tensor)
         self._interpreter.invoke()
-        return self._interpreter.get_tensor(self._output_index)
+        return tuple(self._interpreter.get_tensor(i) for i in self._output_indices)
 
 
 def open_segment(manifest: Manifest, index: int, num_threads: int | None = None) -> Segment:
@@ -121,9 +130,13 @@ def open_segment(manifest: Manifest, index: int, num_threads: int | None = None)
     the file's sha256, and the tensors it takes and gives."""
     spec = manifest.stage(index)
     segment = Segment(manifest.check_segment(index), num_threads)
+    if len(segment.output_specs) != len(spec.outputs):
+        raise ManifestError(f"stage {index} has {len(segment.output_specs)} outputs, the "
+                            f"manifest promises {len(spec.outputs)}")
     for side, actual, promised in (
         ("input", segment.input_spec, spec.input),
-        ("output", segment.output_spec, spec.output),
+        *(("output", mine, theirs) for mine, theirs in zip(segment.output_specs, spec.outputs,
+                                                            strict=True)),
     ):
         if not actual.matches(promised):
             raise ManifestError(

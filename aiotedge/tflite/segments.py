@@ -2,8 +2,10 @@
 
 Each segment is a new flatbuffer model holding a consecutive run of the source's operators,
 only the tensors, buffers and operator codes they use (renumbered), and the crossing tensors as
-its single input and output. Tensor quantization parameters are kept as they are, so a uint8 or
-int8 activation crosses the network as one byte per element and the chain of segments computes
+its single input and output (the last segment: the model's outputs, several for a detection
+model whose post-processing op gives boxes, classes, scores and count). Tensor quantization
+parameters are kept as they are, so a uint8 or int8 activation crosses the network as one
+byte per element and the chain of segments computes
 exactly what the whole model computes. Weight ops (a float16 model's DEQUANTIZE of its
 weights, see `Graph.weight_ops`) go with the segments whose operators read their output.
 Used by the converter's split and by `aiotedge profile` on a board (flatbuffers only).
@@ -25,11 +27,12 @@ KEPT_METADATA = frozenset({"min_runtime_version"})
 
 
 def extract_segment(graph: Graph, first_op: int, last_op: int) -> schema.ModelT:
-    """A new model running ops [first_op..last_op] of `graph`, from one tensor to one tensor."""
+    """A new model running ops [first_op..last_op] of `graph`, from one tensor to one tensor
+    (to the model's outputs, for the last segment)."""
     source = graph.model
     input_index = graph.boundary_tensor(first_op - 1)
-    output_index = graph.boundary_tensor(last_op)
-    if input_index == output_index:
+    output_indices = graph.boundary_tensors(last_op)
+    if output_indices == (input_index,):
         raise ModelError(f"ops {first_op}..{last_op} do not compute anything that is used")
 
     tensor_map: dict[int, int] = {}
@@ -77,7 +80,7 @@ def extract_segment(graph: Graph, first_op: int, last_op: int) -> schema.ModelT:
     subgraph.tensors = tensors
     subgraph.operators = operators
     subgraph.inputs = [tensor_map[input_index]]
-    subgraph.outputs = [tensor_map[output_index]]
+    subgraph.outputs = [tensor_map[t] for t in output_indices]
     subgraph.name = graph.subgraph.name
 
     model = schema.ModelT()

@@ -13,7 +13,7 @@ one emulated board, and the planner's pure pipeline (one board per stage) and pu
 whole model on N boards in one share group), each against the planner's forecast; a round
 runs every layout once, in order of N, and ratios are to the one-board run of the same round.
 Writes docs/cluster/cluster.json, the plots there, and (--write-docs) a section of
-docs/benchmarks.md. Everything it made is removed at the end; `python -m bench.cluster.boards
+docs/benchmarks.md. Everything it made is removed at the end; `python -m bench.cluster.selftest
 --cleanup` removes what a killed run left.
 """
 
@@ -38,9 +38,9 @@ from aiotedge.config.sections import CameraConfig
 from aiotedge.contracts.errors import AiotedgeError
 from aiotedge.media.image import list_images, read_photo
 from bench.benchdoc import BENCHMARKS, command_line, machine, write_section
-from bench.cluster import boards, layouts, report
+from bench.cluster import boards, layouts, leftovers, report, timing
 from bench.cluster.measure import Cluster, Phases, RunResult
-from tests.conftest import SHARED_IMAGES, SHARED_MODEL
+from support.paths import SHARED_IMAGES, SHARED_MODEL
 
 log = logging.getLogger("bench.cluster")
 HEADING = "Emulated cluster: pipeline, replicas and the planner's plan on 1 to N boards"
@@ -191,7 +191,7 @@ def slowed(data: Any, factor: float) -> Any:
 def calibrate(args: argparse.Namespace) -> tuple[float, str]:
     if args.cpu:
         return args.cpu, f"{args.cpu:g} core per board, as given (--cpu)"
-    found = boards.calibrate(
+    found = timing.calibrate(
         [sys.executable, "-m", "bench.cluster.probe", str(args.model), "--frames", "20"],
         args.target_ms / 1000, period_us=args.period_us)
     return found.fraction, (
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     if reason := why_not(link is not None):
         print(f"bench-cluster skipped: {reason}")
         return 0
-    boards.cleanup_leftovers()
+    leftovers.cleanup_leftovers()
     photos = [(path.name, read_photo(path)) for path in list_images(args.images)]
     phases = Phases(lone_frames=args.lone_frames, frames_per_board=args.frames_per_board,
                     in_flight_per_board=args.in_flight_per_board)

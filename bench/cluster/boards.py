@@ -3,17 +3,16 @@
 A cluster bench runs each stage daemon as if on its own Raspberry-Pi-class board: in a cgroup
 whose CPU quota is a fraction of one core and, optionally, in a network namespace joined to the
 broker's (root) namespace by a veth pair shaped with tbf on both ends. `detect()` says what this
-machine permits and, for what it does not, why; `Board` creates all that and removes it again;
-`cleanup_leftovers()` removes what a crashed run left; `calibrate()` finds the quota at which a
-command takes a target time per frame.
+machine permits and, for what it does not, why; `Board` creates all that and removes it again.
+What a crashed run left is removed by leftovers.py; calibrate.py finds the quota at which a
+command takes a target time per frame; selftest.py shows them at work:
 
-    python -m bench.cluster.boards --selftest    # show quotas and link rates as measured
-    python -m bench.cluster.boards --cleanup     # remove what crashed runs left behind
+    python -m bench.cluster.selftest             # show quotas and link rates as measured
+    python -m bench.cluster.selftest --cleanup   # only remove what crashed runs left behind
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import errno
 import fcntl
@@ -26,7 +25,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -48,8 +46,8 @@ MIN_PERIOD_US = 1_000  # and shorter periods
 NET_FEATURES = ("netns", "veth", "tbf", "ethtool")
 NET_DEVICES = Path("/sys/class/net")
 
-_RUN_NAME = re.compile(rf"^{PREFIX}-(\d+)(?:-.+)?$")
-_VETH_NAME = re.compile(rf"^{VETH_PREFIX}(\d+)-")
+RUN_NAME = re.compile(rf"^{PREFIX}-(\d+)(?:-.+)?$")
+VETH_NAME = re.compile(rf"^{VETH_PREFIX}(\d+)-")
 # The wrapper that puts a process in its cgroup: `sh -c _ENTER sh N FILE... ARGV...` writes the
 # shell's own pid into the N cgroup.procs files, then execs ARGV under the same pid.
 _ENTER = (
@@ -139,7 +137,7 @@ class Cgroups:
                         int(cpu["throttled_time"]) // 1000)
 
     def pids(self, rel: str) -> set[int]:
-        return set().union(*(_read_pids(directory) for directory in self.dirs(rel)))
+        return set().union(*(read_pids(directory) for directory in self.dirs(rel)))
 
     def remove(self, rel: str) -> None:
         for directory in self.dirs(rel):
@@ -186,26 +184,6 @@ class Link:
         burst = max(round(self.rate_mbit * 1e6 / 8 / 1000), 2 * 1514)
         return ["tbf", "rate", f"{self.rate_mbit:g}mbit", "burst", str(burst),
                 "latency", f"{self.latency_ms:g}ms"]
-
-
-@dataclass(frozen=True)
-class Leftover:
-    """A run cgroup, netns or veth this module names, and the pid of the run that made it."""
-
-    kind: str
-    name: str
-    pid: int
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """The quota at which a command takes the target time per frame, and the runs that found it."""
-
-    fraction: float
-    target_seconds: float
-    probe_fraction: float
-    probe_seconds: float
-    check_seconds: float
 
 
 def shortest_period_us(cpu: float) -> int:
@@ -281,10 +259,11 @@ class Board:
 
     def _make_link(self, link: Link) -> None:
         netns = f"{self.run}-{self.name}"
-        _run(["ip", "netns", "add", netns])
+        run_setup(["ip", "netns", "add", netns])
         self.netns = netns
         veth = f"{VETH_PREFIX}{os.getpid()}-{next(_serials)}"
-        _run(["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", netns])
+        run_setup(["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0",
+                   "netns", netns])
         self.veth = veth
         number = _claim_subnet(veth)
         self.broker_address, self.address = f"{SUBNET}.{number}.1", f"{SUBNET}.{number}.2"
@@ -298,7 +277,7 @@ class Board:
             ["tc", "qdisc", "add", "dev", veth, "root", *link.tbf_args()],
             ["tc", "-n", netns, "qdisc", "add", "dev", "eth0", "root", *link.tbf_args()],
         ):
-            _run(argv)
+            run_setup(argv)
 
     def command(self, argv: Sequence[str]) -> list[str]:
         """argv wrapped to run inside this board under one pid: a shell writes its own pid into
@@ -308,7 +287,7 @@ class Board:
         with threads (a bench's MQTT clients)."""
         pin = ["taskset", "-c", str(self.on_cpu)] if self.on_cpu is not None else []
         netns = ["ip", "netns", "exec", self.netns] if self.netns else []
-        return _enter_argv(self._set_up().procs_files(self.cgroup), [*pin, *netns, *argv])
+        return enter_argv(self._set_up().procs_files(self.cgroup), [*pin, *netns, *argv])
 
     def popen(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen:
         """Start argv inside this board (subprocess.Popen's keywords apply); it is killed when
@@ -354,16 +333,16 @@ class Board:
         with _interrupts_deferred():
             if cgroups:
                 attempt("kill its processes",
-                        lambda: _kill_all(lambda: cgroups.pids(self.cgroup), self._reap))
+                        lambda: kill_all(lambda: cgroups.pids(self.cgroup), self._reap))
             if netns:
                 attempt("kill processes in its netns",
-                        lambda: _kill_all(lambda: _netns_pids(netns), self._reap))
+                        lambda: kill_all(lambda: netns_pids(netns), self._reap))
             for proc in self._procs:
                 attempt(f"reap pid {proc.pid}", lambda proc=proc: proc.wait(timeout=10))
             if veth and (NET_DEVICES / veth).exists():
-                attempt("remove veth", lambda: _run(["ip", "link", "del", veth]))
+                attempt("remove veth", lambda: run_setup(["ip", "link", "del", veth]))
             if netns:
-                attempt("remove netns", lambda: _run(["ip", "netns", "del", netns]))
+                attempt("remove netns", lambda: run_setup(["ip", "netns", "del", netns]))
             if cgroups:
                 attempt("remove cgroup", lambda: cgroups.remove(self.cgroup))
                 attempt("remove run cgroup", lambda: cgroups.remove_run(self.run))
@@ -394,7 +373,7 @@ def detect() -> Support:
     """Probe this machine once: a scratch cgroup with a quota and a process put in it, a scratch
     netns with a veth pair, tbf and TSO/GSO off. Each failure is kept as its reason."""
     missing: dict[str, str] = {}
-    cgroups, reasons = _detect_cgroups(_cgroup_mounts())
+    cgroups, reasons = _detect_cgroups(cgroup_mounts())
     missing.update(reasons)
     missing.update(_probe_network())
     for feature, reason in missing.items():
@@ -402,7 +381,7 @@ def detect() -> Support:
     return Support(cgroups, missing)
 
 
-def _cgroup_mounts() -> list[tuple[str, Path, set[str]]]:
+def cgroup_mounts() -> list[tuple[str, Path, set[str]]]:
     """(file system type, mount point, super options) of every cgroup mount we can see."""
     mounts = []
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
@@ -465,7 +444,7 @@ def _probe_cgroups(cgroups: Cgroups) -> str:
         if cgroups.quota(rel) != (20_000, 100_000):
             return f"a quota of 20000/100000 µs reads back as {cgroups.quota(rel)}"
         cgroups.stats(rel)
-        done = subprocess.run(_enter_argv(cgroups.procs_files(rel), ["true"]),
+        done = subprocess.run(enter_argv(cgroups.procs_files(rel), ["true"]),
                               capture_output=True, text=True, check=False)
         if done.returncode:
             return f"putting a process in {cgroups.cpu_root / rel} failed: {done.stderr.strip()}"
@@ -501,7 +480,7 @@ def _probe_network() -> dict[str, str]:
             if feature in missing:
                 continue
             try:
-                _run(argv)
+                run_setup(argv)
             except BoardError as exc:
                 missing[feature] = str(exc)
                 if feature in ("netns", "veth"):
@@ -511,13 +490,13 @@ def _probe_network() -> dict[str, str]:
     finally:
         with contextlib.suppress(BoardError):  # a leftover then, for cleanup_leftovers
             if (NET_DEVICES / veth).exists():
-                _run(["ip", "link", "del", veth])
+                run_setup(["ip", "link", "del", veth])
             if "netns" not in missing:
-                _run(["ip", "netns", "del", netns])
+                run_setup(["ip", "netns", "del", netns])
     return missing
 
 
-def _run(argv: Sequence[str]) -> str:
+def run_setup(argv: Sequence[str]) -> str:
     """Run a setup command; BoardError with the command's own error message when it fails."""
     done = subprocess.run(argv, capture_output=True, text=True, check=False)
     if done.returncode:
@@ -526,7 +505,7 @@ def _run(argv: Sequence[str]) -> str:
     return done.stdout
 
 
-def _enter_argv(procs_files: Sequence[Path], argv: Sequence[str]) -> list[str]:
+def enter_argv(procs_files: Sequence[Path], argv: Sequence[str]) -> list[str]:
     return ["sh", "-c", _ENTER, "sh", str(len(procs_files)), *map(str, procs_files), *argv]
 
 
@@ -535,27 +514,27 @@ def _claim_subnet(veth: str) -> int:
     lock file keeps two runs starting together from taking the same N."""
     with open(Path(tempfile.gettempdir()) / f"{PREFIX}-subnets.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        listing = _run(["ip", "-o", "-4", "addr", "show"])
+        listing = run_setup(["ip", "-o", "-4", "addr", "show"])
         used = {int(n) for n in re.findall(rf"inet {re.escape(SUBNET)}\.(\d+)\.", listing)}
         number = next((n for n in range(1, 255) if n not in used), None)
         if number is None:
             raise BoardError(f"every {SUBNET}.N.0/30 (N 1-254) is in use")
-        _run(["ip", "addr", "add", f"{SUBNET}.{number}.1/30", "dev", veth])
+        run_setup(["ip", "addr", "add", f"{SUBNET}.{number}.1/30", "dev", veth])
         return number
 
 
-def _read_pids(cgroup_dir: Path) -> set[int]:
+def read_pids(cgroup_dir: Path) -> set[int]:
     try:
         return {int(pid) for pid in (cgroup_dir / "cgroup.procs").read_text().split()}
     except FileNotFoundError:
         return set()
 
 
-def _netns_pids(netns: str) -> set[int]:
-    return {int(pid) for pid in _run(["ip", "netns", "pids", netns]).split()}
+def netns_pids(netns: str) -> set[int]:
+    return {int(pid) for pid in run_setup(["ip", "netns", "pids", netns]).split()}
 
 
-def _kill_all(pids: Callable[[], set[int]], reap: Callable[[], None] = lambda: None) -> None:
+def kill_all(pids: Callable[[], set[int]], reap: Callable[[], None] = lambda: None) -> None:
     """SIGKILL every pid listed until none is left (a fork may race a pass); reap lets our own
     children's zombies go."""
     deadline = time.monotonic() + 10
@@ -585,114 +564,6 @@ def _interrupts_deferred() -> Iterator[None]:
             raise KeyboardInterrupt
 
 
-def find_leftovers() -> list[Leftover]:
-    """Every run cgroup, netns and veth named by this module, of any run, ours included."""
-    found = []
-    roots = dict.fromkeys(path for fstype, path, opts in _cgroup_mounts()
-                          if fstype == "cgroup2" or opts & {"cpu", "cpuacct"})
-    for root in roots:
-        for path in sorted(root.iterdir()):
-            if path.is_dir() and (match := _RUN_NAME.match(path.name)):
-                found.append(Leftover("cgroup", str(path), int(match[1])))
-    if shutil.which("ip"):
-        for line in _run(["ip", "netns", "list"]).splitlines():
-            name = line.split()[0]
-            if match := _RUN_NAME.match(name):
-                found.append(Leftover("netns", name, int(match[1])))
-        for device in sorted(NET_DEVICES.iterdir()):
-            if match := _VETH_NAME.match(device.name):
-                found.append(Leftover("veth", device.name, int(match[1])))
-    return found
-
-
-def cleanup_leftovers() -> list[Leftover]:
-    """Remove what runs no longer alive left behind (a crash, SIGKILL); live runs are spared,
-    so a bench running beside this one keeps its boards."""
-    removed = []
-    for item in find_leftovers():
-        if _alive(item.pid):
-            continue
-        try:
-            _remove_leftover(item)
-        except (OSError, BoardError) as exc:
-            log.warning("could not remove leftover %s %s: %s", item.kind, item.name, exc)
-        else:
-            log.info("removed leftover %s %s", item.kind, item.name)
-            removed.append(item)
-    return removed
-
-
-def _remove_leftover(item: Leftover) -> None:
-    if item.kind == "cgroup":
-        run = Path(item.name)
-        for board in [path for path in run.iterdir() if path.is_dir()]:
-            _kill_all(lambda board=board: _read_pids(board))
-            board.rmdir()
-        run.rmdir()
-    elif item.kind == "netns":
-        _kill_all(lambda: _netns_pids(item.name))
-        _run(["ip", "netns", "del", item.name])
-    elif (NET_DEVICES / item.name).exists():  # gone already if its peer's netns was removed
-        _run(["ip", "link", "del", item.name])
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def calibrate(argv: Sequence[str], target_seconds: float, *, probe_fraction: float = 0.5,
-              period_us: int | None = None, timeout: float = 600.0, tolerance: float = 0.05,
-              checks: int = 3) -> Calibration:
-    """The quota at which argv takes target_seconds per frame. argv prints its seconds per frame
-    as the last word of its output. CPU-bound work slows in proportion to the quota, so one run
-    at probe_fraction gives the fraction; a run at that fraction checks it, and while the check
-    is more than `tolerance` off (the shared machine's speed moved between the runs) the
-    fraction is corrected by it and checked again, up to `checks` runs in all."""
-    probe = seconds_per_frame(argv, probe_fraction, period_us=period_us, timeout=timeout)
-    fraction = probe_fraction * probe / target_seconds
-    check = seconds_per_frame(argv, fraction, period_us=period_us, timeout=timeout)
-    for _ in range(checks - 1):
-        if abs(check / target_seconds - 1) <= tolerance:
-            break
-        log.info("calibration: %.1f ms per frame at %.3f core, %.0f%% off the target; "
-                 "correcting", check * 1000, fraction, (check / target_seconds - 1) * 100)
-        fraction *= check / target_seconds
-        check = seconds_per_frame(argv, fraction, period_us=period_us, timeout=timeout)
-    return Calibration(fraction, target_seconds, probe_fraction, probe, check)
-
-
-def seconds_per_frame(argv: Sequence[str], fraction: float, *,
-                      period_us: int | None = None, timeout: float = 600.0) -> float:
-    """Run argv on a board of `fraction` core; the last word it prints, as seconds per frame."""
-    with Board("calibrate", fraction, period_us=period_us) as board:
-        return float(output_of(board, argv, timeout).split()[-1])
-
-
-def wake_lateness(board: Board, samples: int = 200, *, timeout: float = 60.0) -> list[float]:
-    """How late (ms) a process on the board wakes from a sleep, with whatever else runs there
-    (its idle loop): the wait a frame's message meets at every hop, besides the board's pace."""
-    output = output_of(board, [sys.executable, "-c", _WAKE, str(samples)], timeout)
-    return [float(word) for word in output.split()]
-
-
-def output_of(board: Board, argv: Sequence[str], timeout: float) -> str:
-    """What argv, run on the board to its end, printed; BoardError if it failed."""
-    proc = board.popen(argv, stdout=subprocess.PIPE, text=True)
-    output, _ = proc.communicate(timeout=timeout)
-    if proc.returncode:
-        raise BoardError(f"`{shlex.join(argv)}` on {board.name} exited with status "
-                         f"{proc.returncode}")
-    return output
-
-
-# The self-test's workloads, run by the board's Python (`python -c CODE ARGS`).
-_SPIN = "while True: pass"
 # The idle loop yields about every 50 µs: the kernel charges a task's time to the quota when it
 # switches or at its tick (4 ms at HZ=250), so a loop that never yields overruns the quota by
 # up to a tick, and the board then sits throttled for periods to pay it back: a daemon woken
@@ -704,167 +575,3 @@ while True:
         pass
     os.sched_yield()
 """
-# How late a sleeper wakes: sleeps of 5 to 30 ms at random, each one's oversleep in ms.
-_WAKE = """import random, sys, time
-late = []
-for _ in range(int(sys.argv[1])):
-    wanted = random.uniform(0.005, 0.03)
-    started = time.perf_counter()
-    time.sleep(wanted)
-    late.append((time.perf_counter() - started - wanted) * 1000)
-print(*late)
-"""
-_FRAMES = """import sys, time
-def frame():
-    total = 0
-    for i in range(400_000):
-        total += i
-frame()
-frames = int(sys.argv[1])
-started = time.perf_counter()
-for _ in range(frames):
-    frame()
-print((time.perf_counter() - started) / frames)
-"""
-_SEND = """import socket, sys, time
-with socket.create_connection((sys.argv[1], int(sys.argv[2]))) as sock:
-    chunk, end = bytes(1 << 16), time.monotonic() + float(sys.argv[3])
-    while time.monotonic() < end:
-        sock.sendall(chunk)
-"""
-_RECEIVE = """import socket, sys, time
-with socket.create_connection((sys.argv[1], int(sys.argv[2]))) as sock:
-    size, first = 0, None
-    while data := sock.recv(1 << 16):
-        first = first or time.monotonic()
-        size += len(data)
-print(size, time.monotonic() - first)
-"""
-_TARGET_SECONDS = 0.1  # the self-test's calibration target per frame
-
-
-def selftest(seconds: float = 3.0) -> int:
-    """Two boards (0.2 and 0.5 core, the second with a 100 Mbit/s link): CPU rate against the
-    quota, TCP rate against tbf's, the cgroup counters, a calibration; then nothing may be left."""
-    cleanup_leftovers()
-    support = detect()
-    cgroups = support.cgroups
-    print("What this machine permits:")
-    if cgroups:
-        roots = dict.fromkeys([str(cgroups.cpu_root), str(cgroups.acct_root)])
-        print(f"  cpu quotas: cgroup v{cgroups.version} ({', '.join(roots)})")
-    for feature in ("cpu", "cgroup v2", *NET_FEATURES):
-        if feature in support.missing:
-            print(f"  {feature}: NOT permitted: {support.missing[feature]}")
-        elif feature in NET_FEATURES:
-            print(f"  {feature}: yes")
-    if reason := support.why_not("cpu"):
-        print(f"No board can be emulated: {reason}")
-        return 1
-    link = None if support.why_not(*NET_FEATURES) else Link(100)
-    with Board("selftest-a", 0.2) as small, Board("selftest-b", 0.5, link) as large:
-        _show_cpu([small, large], seconds)
-        if large.netns:
-            _show_link(large, seconds)
-    found = calibrate([sys.executable, "-c", _FRAMES, "20"], _TARGET_SECONDS)
-    print(f"\nCalibration of a 20-frame loop to {_TARGET_SECONDS * 1000:g} ms per frame: "
-          f"{found.probe_seconds * 1000:.1f} ms at {found.probe_fraction:g} core -> "
-          f"{found.fraction:.3f} core, checked: {found.check_seconds * 1000:.1f} ms per frame "
-          f"({found.check_seconds / _TARGET_SECONDS:.2f} of the target)")
-    left = [item for item in find_leftovers() if item.pid == os.getpid()]
-    print("\nAfter the boards closed:",
-          "nothing left" if not left else ", ".join(f"{i.kind} {i.name}" for i in left))
-    return 1 if left else 0
-
-
-def _show_cpu(boards: list[Board], seconds: float) -> None:
-    procs = [board.popen([sys.executable, "-c", _SPIN]) for board in boards]
-    time.sleep(0.5)  # past the interpreters' start
-    before = [board.cpu_stats() for board in boards]
-    started = time.monotonic()
-    time.sleep(seconds)
-    after = [board.cpu_stats() for board in boards]
-    wall = time.monotonic() - started
-    for proc in procs:
-        proc.kill()
-        proc.wait()
-    load = os.getloadavg()[0]
-    print(f"\nA busy loop on each board for {wall:.1f} s (load average {load:.1f} on "
-          f"{os.cpu_count()} cores: a ratio under 1 with few throttled periods means other work "
-          f"took the CPU, not the quota):")
-    print(f"  {'board':<11} {'quota file':>12} {'core':>5} {'CPU s/s':>8} {'ratio':>6} "
-          f"{'periods':>8} {'throttled':>9} {'throttled s':>11}")
-    for board, first, last in zip(boards, before, after, strict=True):
-        delta = last - first
-        rate = delta.usage_usec / 1e6 / wall
-        quota, period = board.quota()
-        print(f"  {board.name:<11} {f'{quota} {period}':>12} {board.cpu:5.2f} {rate:8.3f} "
-              f"{rate / board.cpu:6.2f} {delta.nr_periods:8d} {delta.nr_throttled:9d} "
-              f"{delta.throttled_usec / 1e6:11.2f}")
-
-
-def _show_link(board: Board, seconds: float) -> None:
-    assert board.link and board.broker_address
-    rate = board.link.rate_mbit
-    print(f"\nTCP over {board.name}'s link ({board.address} <-> {board.broker_address}, "
-          f"tbf {rate:g} Mbit/s each way), {seconds:g} s each way:")
-    with socket.create_server((board.broker_address, 0)) as server:
-        server.settimeout(10)
-        for direction, transfer in (("board -> broker side", _upload),
-                                    ("broker side -> board", _download)):
-            before = board.link_bytes()
-            size, elapsed = transfer(board, server, seconds)
-            on_link = board.link_bytes() - before
-            on_veth = on_link.from_board if transfer is _upload else on_link.to_board
-            payload, frames = size * 8 / elapsed / 1e6, on_veth * 8 / elapsed / 1e6
-            print(f"  {direction}: {payload:6.1f} Mbit/s of TCP payload ({payload / rate:.2f} of "
-                  f"the rate), {frames:6.1f} Mbit/s of frames on the veth ({frames / rate:.2f})")
-
-
-def _upload(board: Board, server: socket.socket, seconds: float) -> tuple[int, float]:
-    """(bytes, seconds from the first to the last) the root side received from the board."""
-    address, port = server.getsockname()[:2]
-    sender = board.popen([sys.executable, "-c", _SEND, address, str(port), str(seconds)])
-    conn, _ = server.accept()
-    with conn:
-        size, first = 0, time.monotonic()
-        while data := conn.recv(1 << 16):
-            first = first if size else time.monotonic()
-            size += len(data)
-        elapsed = time.monotonic() - first
-    sender.wait(timeout=30)
-    return size, elapsed
-
-
-def _download(board: Board, server: socket.socket, seconds: float) -> tuple[int, float]:
-    """(bytes, seconds from the first to the last) the board received from the root side."""
-    address, port = server.getsockname()[:2]
-    receiver = board.popen([sys.executable, "-c", _RECEIVE, address, str(port)],
-                           stdout=subprocess.PIPE, text=True)
-    conn, _ = server.accept()
-    with conn:
-        chunk, end = bytes(1 << 16), time.monotonic() + seconds
-        while time.monotonic() < end:
-            conn.sendall(chunk)
-    output, _ = receiver.communicate(timeout=30)
-    size, elapsed = output.split()
-    return int(size), float(elapsed)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    action = parser.add_mutually_exclusive_group(required=True)
-    action.add_argument("--selftest", action="store_true",
-                        help="measure two boards' CPU rate and link rate, then clean up")
-    action.add_argument("--cleanup", action="store_true",
-                        help="remove cgroups, netns and veths that crashed runs left")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if args.cleanup:
-        cleanup_leftovers()
-        return 0
-    return selftest()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

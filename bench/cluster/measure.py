@@ -31,11 +31,13 @@ from pathlib import Path
 
 from aiotedge.config.sections import BrokerConfig, CameraConfig
 from aiotedge.nodes.mqtt.broker import free_port
-from bench.cluster.boards import Board, CpuStats, Link, LinkBytes, wake_lateness
+from bench.cluster.boards import Board, CpuStats, Link, LinkBytes
 from bench.cluster.layouts import Layout
-from bench.reliability.harness import Broker
-from bench.reliability.procfs import sample
-from bench.stagerun import Arrival, Daemon, StageRun
+from bench.cluster.timing import wake_lateness
+from bench.stagerun import Arrival, StageRun
+from support.broker import Broker
+from support.daemons import StageLaunch
+from support.procfs import sample
 
 log = logging.getLogger(__name__)
 
@@ -188,9 +190,9 @@ class Cluster:
             stack.callback(broker.close)
             broker.start()
             daemons = [
-                Daemon(f"board{number}", role.stage, role.share_group, board.command,
-                       BrokerConfig(board.broker_address, broker.port)
-                       if board.broker_address else None)
+                StageLaunch(f"board{number}", role.stage, role.share_group, board.command,
+                            BrokerConfig(board.broker_address, broker.port)
+                            if board.broker_address else None)
                 for number, (board, role) in enumerate(zip(boards, layout.roles, strict=True))
             ]
             run = stack.enter_context(StageRun(layout.split, daemons, broker.address,

@@ -3,7 +3,7 @@
     python -m bench.cluster.probe MODEL.tflite [--frames 20] [--threads 1]
 
 Invokes the model on one fixed input (after a few untimed runs) and prints the mean seconds
-per invoke as its last word, as `boards.calibrate` expects: under a CPU quota single invokes
+per invoke as its last word, as `timing.calibrate` expects: under a CPU quota single invokes
 take more or less than the mean depending on where in the quota's period they fall.
 """
 

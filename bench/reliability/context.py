@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from aiotedge.contracts.manifest import Manifest
-from bench.reliability.harness import Deadline, Run
+from bench.reliability.deadline import Deadline
+from bench.reliability.harness import Run
 from bench.reliability.workload import Mode, Workload
 
 

@@ -26,12 +26,15 @@ from PIL import Image, ImageOps
 
 from bench.reliability import faults, storm
 from bench.reliability.context import Context
-from bench.reliability.harness import Injector, Run, StageLaunch, child_env, frame_id_of
+from bench.reliability.harness import Run
+from bench.reliability.injector import Injector
+from bench.reliability.observer import frame_id_of
 from bench.reliability.results import Row, bounded_memory, fill, tally
 from bench.reliability.scenarios import MAX_EVENT_BYTES, OVERLOAD_FPS, STEADY_FPS, finish
 from bench.reliability.secure import credentials
 from bench.reliability.workload import Photos
-from tests.conftest import whole_model_top
+from support.daemons import StageLaunch, child_env
+from support.reference import whole_model_top
 
 log = logging.getLogger(__name__)
 

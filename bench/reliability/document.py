@@ -15,7 +15,7 @@ from bench.reliability.results import Row
 from bench.reliability.scenarios import SOAK_CURVE
 from bench.reliability.suite import SCENARIOS, Scenario, scenario
 from bench.reliability.workload import Mode, Workload
-from tests.conftest import REPO, SHARED_DATA
+from support.paths import REPO, SHARED_DATA
 
 DOCUMENT = REPO / "docs" / "reliability.md"
 PROGRAM = "python -m bench.reliability"
@@ -140,7 +140,7 @@ def render(entries: list[Entry], artifacts: Path) -> str:
         "Real stage daemons (`python -m aiotedge stage`) against a real mosquitto on loopback, "
         "under faults. Every scenario starts its own broker and daemons, injects its faults, "
         "counts what came out, and stops everything it started, also when it fails; each has a "
-        "hard timeout. `tests/test_reliability.py` runs the same scenarios with the `--fast` "
+        "hard timeout. `bench/tests/test_reliability.py` runs the same scenarios with the `--fast` "
         "counts as part of `make test` and asserts 0 lost frames (beyond those counted as "
         "dropped by design), 0 duplicates, 0 crashes, memory bounded relative to each daemon's "
         "start, and no problems found; the rows that measure a defect of an issue are marked "
@@ -149,7 +149,7 @@ def render(entries: list[Entry], artifacts: Path) -> str:
         f"`{PROGRAM} --fast` the small one, `--only NAME` one scenario, whose row replaces its "
         "row here and keeps the others):",
         "\n".join(_run_line(first[run], names) for run, names in runs.items()),
-        "The small test CNNs of tests/models.py (int8 in 3 and 5 stages, float32 in 3) run "
+        "The small test CNNs of support/models.py (int8 in 3 and 5 stages, float32 in 3) run "
         "where a scenario needs them.",
         "## Results",
         rows_table(rows),

@@ -89,9 +89,9 @@ class Namespace:
     host_address: str
     inside_address: str
 
-    def exec_prefix(self) -> tuple[str, ...]:
-        """What to put before a command to run it inside the namespace."""
-        return ("ip", "netns", "exec", self.name)
+    def wrap(self, argv: list[str]) -> list[str]:
+        """A command run inside the namespace."""
+        return ["ip", "netns", "exec", self.name, *argv]
 
     def set_link(self, up: bool) -> None:
         """The partition itself: the host side of the veth goes down, or up again."""

@@ -25,7 +25,7 @@ from aiotedge.contracts.tensors import TensorSpec
 from aiotedge.contracts.wire import Frame, decode_activation, decode_photo, encode_frame
 from aiotedge.media.image import decode_image
 from bench.reliability.context import Context
-from bench.reliability.harness import Injector
+from bench.reliability.injector import Injector
 from bench.reliability.results import Row, fill, tally
 
 log = logging.getLogger(__name__)

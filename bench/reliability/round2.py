@@ -30,10 +30,10 @@ from aiotedge.contracts.wire import Frame, encode_frame
 from bench.reliability import faults
 from bench.reliability.context import Context
 from bench.reliability.defects import OVERLOAD_PERCENT
-from bench.reliability.harness import StageLaunch
 from bench.reliability.results import Row, fill, tally
 from bench.reliability.secure import OBSERVER, SECURE_SETUPS, SecureSetupError, shipped_setup
-from tests.security import Probe, refused
+from support.daemons import StageLaunch
+from support.security import Probe, refused
 
 log = logging.getLogger(__name__)
 

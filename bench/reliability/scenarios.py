@@ -19,9 +19,12 @@ from bench.reliability.context import Context
 from bench.reliability.curve import growth
 from bench.reliability.curve import plot as plot_curve
 from bench.reliability.curve import save as save_curve
-from bench.reliability.harness import BROKER_NODE, Feed, Injector, Run, StageLaunch
+from bench.reliability.feeds import Feed
+from bench.reliability.harness import BROKER_NODE, Run
+from bench.reliability.injector import Injector
 from bench.reliability.results import Row, Tally, bounded_memory, fill, tally
 from bench.reliability.workload import Photos, stage_inputs
+from support.daemons import StageLaunch
 
 log = logging.getLogger(__name__)
 
@@ -416,7 +419,7 @@ def partition(ctx: Context) -> Row:
         return row
     try:
         port = free_port()
-        launch = StageLaunch(prefix=space.exec_prefix(), broker=f"{space.host_address}:{port}")
+        launch = StageLaunch(wrap=space.wrap, broker=f"{space.host_address}:{port}")
         with ctx.run("partition", extra=f"listener {port} {space.host_address}\n",
                      launches={1: launch}) as run:
             run.start_stages()

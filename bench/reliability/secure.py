@@ -18,8 +18,8 @@ from pathlib import Path
 
 from aiotedge.config.sections import BrokerConfig
 from aiotedge.nodes.mqtt.broker import free_port
-from tests.conftest import REPO
-from tests.security import acl_users, dynsec_conf, secure_conf, write_pki
+from support.paths import REPO
+from support.security import acl_users, dynsec_conf, secure_conf, write_pki
 
 ACL = REPO / "configs" / "mosquitto" / "aiotedge.acl"
 SHIPPED_PIPELINE = "greenhouse"

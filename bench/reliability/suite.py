@@ -12,7 +12,7 @@ from pathlib import Path
 
 from bench.reliability import defects, fuzz, round2, scenarios
 from bench.reliability.context import Context
-from bench.reliability.harness import Deadline, watchdog
+from bench.reliability.deadline import Deadline, watchdog
 from bench.reliability.results import Row
 from bench.reliability.workload import Mode, Workload
 

@@ -1,6 +1,6 @@
 """What the scenarios feed the pipeline: models split into stages, photos, expected answers.
 
-The small CNNs of tests/models.py (built with TensorFlow in a subprocess) and their generated
+The small CNNs of support/models.py (built with TensorFlow in a subprocess) and their generated
 photos always exist; the real ImageNet MobileNetV2 and photos of ../shared are used for the
 main pipeline of the full run when present. `fast` and `full` only change counts.
 """
@@ -18,8 +18,9 @@ from aiotedge.contracts.events import Score
 from aiotedge.contracts.manifest import Manifest
 from aiotedge.media.image import decode_image, list_images, preprocess, read_photo
 from aiotedge.tflite.runtime import Segment
-from tests.conftest import SHARED_IMAGES, SHARED_LABELS, SHARED_MODEL, whole_model_top
-from tests.models import build_test_models, write_labels, write_test_images
+from support.models import build_test_models, write_labels, write_test_images
+from support.paths import SHARED_IMAGES, SHARED_LABELS, SHARED_MODEL
+from support.reference import whole_model_top
 
 log = logging.getLogger(__name__)
 

@@ -23,27 +23,30 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import closing
+from contextlib import ExitStack, closing
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from aiotedge.config.loader import NodeConfig
-from aiotedge.config.sections import CameraConfig
+from aiotedge.config.sections import CameraConfig, EventsConfig
 from aiotedge.contracts.errors import ConfigError, ImageError
 from aiotedge.contracts.events import ErrorEvent, NodeInfo, Prediction
+from aiotedge.contracts.geometry import View
 from aiotedge.contracts.manifest import Manifest
 from aiotedge.contracts.topics import Topics
 from aiotedge.contracts.wire import Frame, encode_frame
-from aiotedge.media.prepare import ModelInput, prepare, snapshot_jpeg
+from aiotedge.media.prepare import CropError, Geometry, ModelInput, prepare, snapshot_jpeg
 from aiotedge.media.sources import FrameSource, open_source
 from aiotedge.media.sources.base import CapturedFrame
 from aiotedge.media.sources.live import LiveReader
 from aiotedge.nodes.daemons.lifecycle import connect_once, stop_on_signals, wait_for_broker
-from aiotedge.nodes.mqtt.session import MqttSession
+from aiotedge.nodes.mqtt.session import MqttSession, wait_settled
 from aiotedge.nodes.mqtt.transport import Received, Session
 from aiotedge.nodes.observe import systemd
+from aiotedge.nodes.observe.event_publisher import EventPublisher
+from aiotedge.nodes.observe.homeassistant import CameraDiscovery
 from aiotedge.nodes.observe.metrics import (
     CAMERA_COUNTERS,
     Metric,
@@ -52,6 +55,7 @@ from aiotedge.nodes.observe.metrics import (
     camera_metrics,
     serve_prometheus,
 )
+from aiotedge.nodes.observe.releases import follow_live_release
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +76,10 @@ class _InFlight:
     #: kept only at QoS 1, to send the frame again
     frame: Frame | None
     sent_at: float
-    #: kept only for the snapshot
+    #: kept only for the snapshots
     picture: CapturedFrame | None
+    #: where the sent picture lies in the frame
+    view: View | None = None
     attempts: int = 1
 
 
@@ -86,7 +92,8 @@ class Camera:
     """
 
     def __init__(self, session: Session, topics: Topics, options: CameraConfig,
-                 qos: int = 1, model: ModelInput | None = None) -> None:
+                 qos: int = 1, model: ModelInput | None = None, *,
+                 events: EventsConfig | None = None) -> None:
         self.session = session
         self.topics = topics
         self.options = options
@@ -112,6 +119,17 @@ class Camera:
         self._rejected_in_a_row = 0
         self._last_snapshot = 0.0
         self._said_model_unknown = False
+        crop = tuple(options.crop) if options.crop is not None else None
+        self.geometry = Geometry(crop, options.rotate, options.flip)
+        #: the tracked labels' events, counts and snapshots (`[events] labels`)
+        self.events: EventPublisher | None = None
+        if events is not None and events.labels:
+            self.events = EventPublisher(session, topics, options.name, events,
+                                         jpeg_quality=options.jpeg_quality)
+            self.events.start()
+        #: stage 0's topic: the live release's (docs/fleet.md), else the pipeline's own
+        self.frames_topic = topics.stage_input(0)
+        follow_live_release(session, topics, self._send_to)
         session.subscribe(topics.predictions, self._on_prediction, qos=1)
         session.subscribe(topics.errors, self._on_error, qos=1)
         if model is None:  # stage 0 says its preprocessing: needed for decoded frames too
@@ -232,14 +250,19 @@ class Camera:
                     "until it is")
             self._said_model_unknown = True
         try:
-            payload = prepare(captured, self.options.preprocess, model, self.options.jpeg_quality)
+            payload, view = prepare(captured, self.options.preprocess, model,
+                                    self.options.jpeg_quality, self.geometry)
         except ImageError as exc:
             self.counters.add("unusable")
+            if isinstance(exc, CropError) and not self.published:
+                # the first frame: the crop never fits this camera's frames (a mistake to fix)
+                raise ConfigError(f"camera {self.options.name}: key 'camera.crop': {exc}") \
+                    from None
             log.warning("%s not sent: %s", captured.name, exc)
             return None
         frame_id = self.frame_id(seq)
         frame = Frame(frame_id=frame_id, source=self.options.name, seq=seq,
-                      captured_at=captured.captured_at, name=captured.name)
+                      captured_at=captured.captured_at, name=captured.name, view=view)
         if isinstance(payload, np.ndarray):
             assert model is not None  # a tensor is made for a known model only
             frame = replace(frame, tensor=payload, scale=model.spec.scale,
@@ -247,7 +270,8 @@ class Camera:
         else:
             frame = replace(frame, image=payload)
         entry = _InFlight(seq, frame if self.qos > 0 else None, sent_at=time.monotonic(),
-                          picture=captured if self.options.snapshot else None)
+                          picture=captured if self.options.snapshot or self.events else None,
+                          view=view)
         with self._changed:
             self._in_flight[frame_id] = entry
         self._send(frame_id, entry, frame)
@@ -255,9 +279,12 @@ class Camera:
         log.debug("published %s (%s)", frame_id, captured.name)
         return frame_id
 
+    def _send_to(self, topic: str) -> None:
+        self.frames_topic = topic
+
     def _send(self, frame_id: str, entry: _InFlight, frame: Frame) -> None:
         self.session.publish_confirmed(
-            self.topics.stage_input(0), encode_frame(replace(frame, attempt=entry.attempts)),
+            self.frames_topic, encode_frame(replace(frame, attempt=entry.attempts)),
             self.qos, lambda refused: self._on_confirmed(frame_id, refused),
         )
 
@@ -341,8 +368,11 @@ class Camera:
             return
         self._rejected_in_a_row = 0
         self.stats.latency.add(prediction.latency_ms / 1000)
+        if self.events is not None:
+            self.events.observe(prediction, entry.picture, entry.view)
         now = time.monotonic()
-        if entry.picture is not None and now - self._last_snapshot >= SNAPSHOT_PERIOD:
+        if self.options.snapshot and entry.picture is not None \
+                and now - self._last_snapshot >= SNAPSHOT_PERIOD:
             self._last_snapshot = now
             self._publish_snapshot(entry.picture)
 
@@ -454,26 +484,33 @@ def run_camera(config: NodeConfig, stop: threading.Event | None = None) -> int:
     one_shot = cam.frames is not None or not (source.live or cam.loop or cam.watch)
     session = MqttSession(config.broker, f"camera-{cam.name}", topics.availability(cam.name),
                           session_expiry=config.pipeline.session_expiry, one_shot=one_shot)
-    camera = Camera(session, topics, cam, config.pipeline.qos, model)
+    camera = Camera(session, topics, cam, config.pipeline.qos, model,
+                    events=config.events)
+    if config.homeassistant.discovery and config.events.labels:  # its own device's entities
+        CameraDiscovery(session, topics, cam.name, config.events.labels,
+                        config.homeassistant.prefix).start()
     if config.stats.prometheus_port:
         serve_prometheus(config.stats, config.source, {"pipeline": config.pipeline.name,
                                                        "node": cam.name}, camera.metrics)
-    if one_shot:
-        connect_once(session)
-    else:
-        session.start()
-        if not wait_for_broker(session, stop):
-            session.stop()
+    with ExitStack() as running:  # undone in reverse, however the camera ends
+        if one_shot:
+            connect_once(session)
+        else:
+            session.start()
+        # the broker drops the session of a camera that is gone: nothing waits for it
+        running.callback(session.stop, end_session=True)
+        if not one_shot and not wait_for_broker(session, stop):
             return 0
-    session.set_online()
-    if cam.preprocess != "none" and model is None:
-        camera.wait_for_model(MODEL_WAIT)
-    reporter = StatsReporter(camera.report_stats, config.stats.interval)
-    reporter.start()
-    systemd.notify(f"READY=1\nSTATUS=camera {cam.name} reading {source.name}")
-    log.info("camera %s: reading %s", cam.name, source.name)
-    sent = camera.run(source, frames=cam.frames, stop=stop)
-    systemd.notify("STOPPING=1")
-    reporter.stop()
-    session.stop(end_session=True)
+        wait_settled(session, topics.probe(session.client_id))  # the live release is in
+        session.set_online()
+        if cam.preprocess != "none" and model is None:
+            camera.wait_for_model(MODEL_WAIT)
+        reporter = StatsReporter(camera.report_stats, config.stats.interval)
+        reporter.start()
+        running.callback(reporter.stop)
+        systemd.notify(f"READY=1\nSTATUS=camera {cam.name} reading {source.name}")
+        running.callback(systemd.notify, "STOPPING=1")
+        log.info("camera %s: reading %s", cam.name, source.name)
+        # a crop outside the first frame stops the camera (ConfigError): stopped cleanly
+        sent = camera.run(source, frames=cam.frames, stop=stop)
     return camera.outcome(sent)

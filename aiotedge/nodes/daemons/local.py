@@ -86,6 +86,11 @@ def plan_replicas(plan_dir: Path | str) -> dict[int, int]:
     return replicas
 
 
+def stage_node_name(pipeline: str, index: int, replica: int | None = None) -> str:
+    """The node name of a stage process on this machine (`replica` where a stage has several)."""
+    return f"{pipeline}-stage{index}" + (f"-r{replica}" if replica is not None else "")
+
+
 def log_to_file(path: Path) -> None:
     """Every log line into `path`, and only warnings and errors on the terminal as well:
     `aiotedge run` prints predictions there, which its daemons' connecting, subscribed and
@@ -218,8 +223,8 @@ class LocalPipeline:
             if copies > 1:
                 self._replicated.add(index)
             for replica in range(copies):
-                suffix = f"-r{replica}" if copies > 1 else ""
-                self._spawn_stage(index, f"{self.topics.pipeline}-stage{index}{suffix}")
+                self._spawn_stage(index, stage_node_name(self.topics.pipeline, index,
+                                                         replica if copies > 1 else None))
         self._wait_online()
 
     @property

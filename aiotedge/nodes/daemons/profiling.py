@@ -257,7 +257,7 @@ def _measure_transport(probe: TransportProbe | None, sizes: Sequence[int]) -> Tr
         return None
 
 
-def _interpreter_name() -> str:
+def interpreter_name() -> str:
     module = interpreter_class().__module__.split(".")[0]
     distribution = {"ai_edge_litert": "ai-edge-litert", "tflite_runtime": "tflite-runtime"}
     try:
@@ -344,7 +344,7 @@ def measure_profile(
         op_count=len(graph.ops),
         machine=socket.gethostname(),
         platform=f"{platform.system()} {platform.machine()} {platform.processor()}".strip(),
-        interpreter=_interpreter_name(),
+        interpreter=interpreter_name(),
         threads=threads,
         runs=runs,
         warmup=warmup,

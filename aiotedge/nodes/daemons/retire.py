@@ -4,8 +4,10 @@ A node that is only stopped leaves its persistent session on the broker (frames 
 for `session_expiry`) and retained messages that `aiotedge status` and Home Assistant go on
 showing: its availability, info and stats. Retiring removes them. When the node is the last
 stage and no other node serves that stage, the pipeline itself is retired with it: its Home
-Assistant entities, its cameras' labels and its availability go too. Done with the node's own
-login, which has the rights on all of these; refused while the node is online.
+Assistant entities, its cameras' labels and its availability go too. A camera that tracked
+labels takes its counts, its events' snapshots and its own Home Assistant device with it.
+Done with the node's own login, which has the rights on all of these; refused while the node
+is online.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 from aiotedge.config.loader import FLAGS, NodeConfig
 from aiotedge.contracts.errors import ConfigError
 from aiotedge.nodes.daemons.lifecycle import connect_once
-from aiotedge.nodes.mqtt.session import MqttSession, read_retained
+from aiotedge.nodes.mqtt.session import MqttSession, read_retained, topic_matches
 from aiotedge.nodes.observe.health import NodeView, PipelineView
 from aiotedge.nodes.observe.homeassistant import discovery_filter
 
@@ -42,10 +44,13 @@ def retire(config: NodeConfig, node: str) -> Retired:
     session = MqttSession(config.broker, f"{node}-retire-{secrets.token_hex(3)}", one_shot=True)
     connect_once(session)
     try:
+        # a camera's events: its Home Assistant device, its counts and its events' snapshots
+        camera_own = [discovery_filter(topics, prefix, node), topics.camera_counts(node),
+                      topics.camera_event_snapshots(node)]
         retained = read_retained(
             session, [topics.all_availability, topics.all_info, topics.all_stats,
                       topics.all_labels, topics.pipeline_availability,
-                      discovery_filter(topics, prefix)],
+                      discovery_filter(topics, prefix), *camera_own],
             topics.probe(session.client_id), TIMEOUT)
         view = PipelineView.from_retained(retained, topics)
         me = view.nodes.get(node)
@@ -57,6 +62,8 @@ def retire(config: NodeConfig, node: str) -> Retired:
                               "then retire it")
         done = Retired(node)
         own = {topics.availability(node), topics.info(node), topics.stats(node)}
+        own |= {topic for topic in retained
+                if any(topic_matches(own_filter, topic) for own_filter in camera_own)}
         info = me.info
         if info is not None and info.stage == info.stages - 1 and not view.serving(info.stage):
             done.pipeline = True

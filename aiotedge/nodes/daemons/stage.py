@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import queue
 import threading
 import time
 import zlib
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -34,12 +34,12 @@ from aiotedge.contracts.events import (
     NodeInfo,
     Prediction,
     build_prediction,
-    top_k,
 )
+from aiotedge.contracts.geometry import View
 from aiotedge.contracts.manifest import Manifest
 from aiotedge.contracts.topics import BROKER_DROPPED, broker_count
 from aiotedge.contracts.wire import Frame, Hop, decode_activation, decode_photo, encode_frame
-from aiotedge.media.image import decode_image, preprocess
+from aiotedge.media.image import decode_image, mask_png, preprocess
 from aiotedge.nodes.daemons.lifecycle import stop_on_signals, wait_for_broker
 from aiotedge.nodes.mqtt.session import MqttSession, wait_settled
 from aiotedge.nodes.mqtt.transport import Received, Session
@@ -56,6 +56,7 @@ from aiotedge.nodes.observe.metrics import (
     serve_prometheus,
     stage_metrics,
 )
+from aiotedge.tflite.results import ResultFilter, UnusableOutputError, read_results
 from aiotedge.tflite.runtime import Segment, open_segment
 from aiotedge.tflite.selfcheck import require_reference
 
@@ -64,10 +65,6 @@ log = logging.getLogger(__name__)
 _QueuedMessage = tuple[Received, float]
 #: seconds between two warnings about missed frames at most (their count is in the stats)
 SAY_MISSED_EVERY = 10.0
-
-
-class UnusableOutputError(ValueError):
-    """The segment ran but its output cannot be passed on (JSON has no NaN)."""
 
 
 class StageNode:
@@ -86,6 +83,8 @@ class StageNode:
         self.segment = segment
         self.spec = manifest.stage(self.index)
         self.is_last = self.index == len(manifest.stages) - 1
+        #: the last stage: which results its predictions keep
+        self.keep = ResultFilter.of(self.settings.min_score, self.settings.labels)
         # stage 0 takes photos from cameras (or its input tensor, from a camera that
         # preprocesses), the others the previous stage's activation
         self._decode: Callable[[bytes], Frame] = (
@@ -412,20 +411,16 @@ class StageNode:
             self._answered.seen(prediction.frame_id)
 
     def _handle(self, message: Received, frame: Frame, received: float) -> None:
-        tensor = self._input_tensor(frame)
+        frame, tensor = self._input_tensor(frame)
         started = time.perf_counter()
-        output = self.segment.run(tensor)
+        outputs = self.segment.run_all(tensor) if self.is_last else (self.segment.run(tensor),)
         inference = time.perf_counter() - started
         hop = Hop(self.index, received, time.time())
         if self.is_last:
-            top = top_k(output, self.spec.output, self.manifest, self.settings.top_k)
-            if not all(math.isfinite(score.score) for score in top):
-                raise UnusableOutputError("the model's output is not finite (NaN or infinity): "
-                                          "no prediction can be made of it")
-            payload = build_prediction(frame, top, hop).to_json().encode()
+            payload = self._prediction(frame, outputs, hop)
             self._answered.seen(frame.frame_id)
         else:
-            payload = encode_frame(frame.with_tensor(output, self.spec.output, hop),
+            payload = encode_frame(frame.with_tensor(outputs[0], self.spec.output, hop),
                                    self.spec.output_codec)
         self.stats.inference.add(inference)
         self.stats.latency.add(max(0.0, hop.done - frame.captured_at))
@@ -435,13 +430,29 @@ class StageNode:
         # paho's loop
         self.session.forward(self.output_topic, payload, self.qos, message)
 
-    def _input_tensor(self, frame: Frame) -> np.ndarray:
+    def _prediction(self, frame: Frame, outputs: tuple[np.ndarray, ...], hop: Hop) -> bytes:
+        """The prediction's JSON (tflite.results reads the model's kind); a segmentation's
+        mask goes out beside it, on its own topic."""
+        results = read_results(outputs, self.spec.outputs, self.manifest, frame.view,
+                               top=self.settings.top_k, keep=self.keep)
+        if results.mask is not None:
+            self.session.publish(self.topics.mask(frame.source),
+                                 mask_png(results.mask, frame.frame_id), qos=0, retain=True)
+        return build_prediction(frame, results.top, hop, kind=results.kind,
+                                objects=results.objects, keypoints=results.keypoints,
+                                classes=results.classes,
+                                release=self.config.release or None).to_json().encode()
+
+    def _input_tensor(self, frame: Frame) -> tuple[Frame, np.ndarray]:
+        """The frame's tensor; a photo's frame gains the photo's view when it came without one
+        (the last stage maps boxes back through it)."""
         if frame.image is not None:
-            return preprocess(
-                decode_image(frame.image), self.manifest.preprocessing, self.spec.input
-            )
+            photo = decode_image(frame.image)
+            if frame.view is None:
+                frame = replace(frame, view=View(*photo.size))
+            return frame, preprocess(photo, self.manifest.preprocessing, self.spec.input)
         assert frame.tensor is not None  # a frame carries one or the other
-        return frame.tensor
+        return frame, frame.tensor
 
     def _reject(self, message: Received, reason: str, frame_id: str | None = None) -> None:
         """Count it, tell the errors topic, acknowledge it so it is not redelivered.
@@ -496,8 +507,13 @@ def stage_session(config: NodeConfig) -> MqttSession:
     )
 
 
-def run_stage(config: NodeConfig, stop: threading.Event | None = None) -> int:
+def run_stage(config: NodeConfig, stop: threading.Event | None = None, *,
+              on_serving: Callable[[StageNode], None] | None = None,
+              notify_systemd: bool = True) -> int:
     """A stage daemon from start to stop: 0 when stopped, 2 when it does not fit the chain.
+
+    A node daemon (nodes/daemons/node.py) runs it in a thread per release it serves: it
+    hears when the stage serves (`on_serving`), and speaks to systemd itself.
 
     `stop` defaults to SIGTERM/SIGINT (systemctl stop, Ctrl-C). Whether the stage fits its
     online neighbours is checked on its own connection, once the broker has sent it the
@@ -524,27 +540,29 @@ def run_stage(config: NodeConfig, stop: threading.Event | None = None) -> int:
         bridge = HomeAssistantBridge(node.session, config.topics, manifest, node.node,
                                      config.homeassistant.prefix,
                                      replicated=bool(config.stage.share_group))
-    node.start()
-    if not wait_for_broker(node.session, stop):
-        node.stop()
-        return 0
-    wait_settled(node.session, config.topics.probe(node.session.client_id))
-    fits, previous = check_chain(pipeline.view(), node.info)
-    if not fits:
-        node.stop()
-        return 2
-    if previous is not None and previous.share_group != config.stage.share_group:
-        node.forget_subscription(previous.share_group)
-    # the check above saw only the neighbours online already: the watch follows them on
-    pipeline.follow(ChainWatch(node.session, config.topics, node.info, node.counters,
-                               config.pipeline.qos).check)
-    node.serve()
-    node.announce_online()
-    if bridge is not None:
-        bridge.start()
-    systemd.notify(f"READY=1\nSTATUS=stage {node.index} serving {node.input_topic}")
-    stop.wait()
-    systemd.notify("STOPPING=1")
-    pipeline.leaving()
-    node.stop()
+    with ExitStack() as running:  # undone in reverse, however the daemon ends
+        node.start()
+        running.callback(node.stop)
+        if not wait_for_broker(node.session, stop):
+            return 0
+        wait_settled(node.session, config.topics.probe(node.session.client_id))
+        fits, previous = check_chain(pipeline.view(), node.info)
+        if not fits:
+            return 2
+        if previous is not None and previous.share_group != config.stage.share_group:
+            node.forget_subscription(previous.share_group)
+        # the check above saw only the neighbours online already: the watch follows them on
+        pipeline.follow(ChainWatch(node.session, config.topics, node.info, node.counters,
+                                   config.pipeline.qos).check)
+        node.serve()
+        node.announce_online()
+        running.callback(pipeline.leaving)
+        if bridge is not None:
+            bridge.start()
+        if on_serving is not None:
+            on_serving(node)
+        if notify_systemd:
+            systemd.notify(f"READY=1\nSTATUS=stage {node.index} serving {node.input_topic}")
+            running.callback(systemd.notify, "STOPPING=1")
+        stop.wait()
     return 0

@@ -10,11 +10,13 @@ from __future__ import annotations
 import secrets
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from aiotedge.config.sections import BrokerConfig
 from aiotedge.contracts.errors import BrokerError
 from aiotedge.contracts.extras import import_extra
+from aiotedge.contracts.release import LiveRelease, NodeReport, ReleaseTopics
 from aiotedge.contracts.topics import BROKER_DROPPED, Topics
 from aiotedge.nodes.daemons.lifecycle import connect_once, stop_on_signals
 from aiotedge.nodes.mqtt.session import MqttSession, RetainedRefusedError, read_retained
@@ -263,3 +265,49 @@ def _age(timestamp: float, now: float) -> str:
         if age >= seconds:
             return f"{age / seconds:.0f} {unit}"
     return f"{age:.0f} s"
+
+
+# -- releases (docs/fleet.md) ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FleetView:
+    """The live release, and what each node daemon says it does."""
+
+    live: str | None
+    nodes: tuple[NodeReport, ...]
+
+    def topics(self, topics: Topics) -> Topics:
+        """The live release's chain, where its stages report; the pipeline's without one."""
+        if self.live is None:
+            return topics
+        return ReleaseTopics(topics.pipeline, topics.prefix, release=self.live)
+
+    def lines(self) -> list[str]:
+        if self.live is None and not self.nodes:
+            return []
+        lines = [f"live release: {self.live or 'none'}"]
+        for node in self.nodes:
+            role = "standby" if node.stage is None else f"stage {node.stage}"
+            serving = f", serving {', '.join(node.serving)}" if node.serving else ""
+            reason = f": {node.reason}" if node.reason else ""
+            lines.append(f"node {node.node}: release {node.release or '-'} {node.state} "
+                         f"({role}{serving}){reason}")
+        return lines
+
+
+def read_fleet(broker: BrokerConfig, topics: Topics, timeout: float = 10.0) -> FleetView:
+    """The live pointer and the node daemons' reports, as retained now."""
+    session = MqttSession(broker, f"status-{secrets.token_hex(4)}", one_shot=True)
+    connect_once(session, timeout)
+    try:
+        retained = read_retained(session, [topics.live_release, topics.all_info],
+                                 topics.probe(session.client_id), timeout)
+    except RetainedRefusedError:
+        retained = {}
+    finally:
+        session.stop()
+    live = LiveRelease.parse(retained.get(topics.live_release, b""))
+    reports = [r for payload in retained.values() if (r := NodeReport.parse(payload))]
+    return FleetView(live.release if live else None,
+                     tuple(sorted(reports, key=lambda r: r.node)))

@@ -184,6 +184,15 @@ class MqttSession:
         if self._connected.is_set():
             self._subscribe(subscription, options)
 
+    def unsubscribe(self, topic: str) -> None:
+        """Undo `subscribe(topic, ...)` (without share group): no handler, no subscription."""
+        self._handlers.pop(topic, None)
+        self._subscriptions.pop(topic, None)
+        self._refusal_handlers.pop(topic, None)
+        self._client.message_callback_remove(topic)
+        if self._connected.is_set():
+            self._client.unsubscribe(topic)
+
     def unsubscribe_on_connect(self, topic_filter: str) -> None:
         """Remove a subscription the broker may hold from an earlier run (no handler here)."""
         self._stale_subscriptions.append(topic_filter)
@@ -221,7 +230,8 @@ class MqttSession:
             self._client.ack(message.packet_id, message.qos)
 
     def publish_confirmed(
-        self, topic: str, payload: bytes | str, qos: int, on_confirmed: PublishCallback
+        self, topic: str, payload: bytes | str, qos: int, on_confirmed: PublishCallback,
+        retain: bool = False,
     ) -> None:
         """Publish; call `on_confirmed(refused)` once the broker has answered (at QoS 0: now).
 
@@ -229,12 +239,12 @@ class MqttSession:
         `on_confirmed` runs on the network thread, or on this one if the answer was quick.
         """
         if qos == 0:
-            self.publish(topic, payload, 0)
+            self.publish(topic, payload, 0, retain)
             on_confirmed(False)
             return
         # Not under our lock: paho calls on_publish holding its own, which would deadlock.
         started = time.monotonic()
-        info = self.publish(topic, payload, qos)
+        info = self.publish(topic, payload, qos, retain)
         with self._pending_lock:
             early = self._published_early.pop(info.mid, None)
             if early is None or early[0] < started:
@@ -549,6 +559,11 @@ def wait_settled(session: Session, probe_topic: str, timeout: float = 10.0) -> N
     session.publish(probe_topic, b"", qos=0)
     if not back.wait(timeout):
         raise BrokerError(f"the broker at {session.url} did not answer within {timeout:.0f} s")
+
+
+def topic_matches(topic_filter: str, topic: str) -> bool:
+    """Whether a topic matches a filter (+ and # wildcards) as the broker decides it."""
+    return mqtt.topic_matches_sub(topic_filter, topic)
 
 
 def read_retained(

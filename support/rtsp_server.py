@@ -1,6 +1,6 @@
 """An RTSP camera on loopback for the camera tests, from Debian's GStreamer packages only.
 
-    /usr/bin/python3 tests/rtsp_server.py VIDEO.mp4 PORT [--user USER:PASSWORD] [--freeze-after N]
+    /usr/bin/python3 support/rtsp_server.py VIDEO.mp4 PORT [--user USER:PASSWORD] [--freeze-after N]
 
 Run by the system interpreter, which has the GObject bindings (python3-gi,
 gir1.2-gst-rtsp-server-1.0, gstreamer1.0-rtsp, gstreamer1.0-plugins-base/good/bad): it serves

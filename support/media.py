@@ -3,7 +3,7 @@
 Videos come from ffmpeg (Debian package ffmpeg); an HTTP MJPEG camera is ffmpeg's own HTTP
 server (`-listen 1`: it serves one client, then exits, like a camera that reboots when the
 test restarts it); HLS is ffmpeg writing a live playlist that Python's http.server serves; an
-RTSP camera is tests/rtsp_server.py under the system interpreter (GStreamer's RTSP server).
+RTSP camera is support/rtsp_server.py under the system interpreter (GStreamer's RTSP server).
 """
 
 from __future__ import annotations
@@ -20,13 +20,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
-from tests.conftest import REPO
+from support.unavailable import unavailable
 
 SYSTEM_PYTHON = "/usr/bin/python3"
-RTSP_SERVER = REPO / "tests" / "rtsp_server.py"
+RTSP_SERVER = Path(__file__).with_name("rtsp_server.py")
 #: bound for a server to come up; never a synchronisation
 TIMEOUT = 30.0
 
@@ -34,7 +33,7 @@ TIMEOUT = 30.0
 def ffmpeg() -> str:
     path = shutil.which("ffmpeg")
     if path is None:
-        pytest.skip("ffmpeg is not installed (Debian package ffmpeg; `make test` installs it)")
+        unavailable("ffmpeg is not installed (Debian package ffmpeg; `make test` installs it)")
     return path
 
 
@@ -103,7 +102,7 @@ class MjpegCamera:
 
 
 class RtspCamera:
-    """An RTSP camera on 127.0.0.1 (tests/rtsp_server.py), with a login if given one; with
+    """An RTSP camera on 127.0.0.1 (support/rtsp_server.py), with a login if given one; with
     `freeze_after`, each client's stream stops after that many frames, its connection kept."""
 
     def __init__(self, video: Path, port: int, login: str | None = None,
@@ -111,7 +110,7 @@ class RtspCamera:
         if not Path(SYSTEM_PYTHON).is_file() or subprocess.run(
             [SYSTEM_PYTHON, str(RTSP_SERVER), "--check"], capture_output=True, check=False
         ).returncode != 0:
-            pytest.skip("GStreamer's RTSP server cannot be imported by /usr/bin/python3 "
+            unavailable("GStreamer's RTSP server cannot be imported by /usr/bin/python3 "
                         "(Debian packages python3-gi gir1.2-gst-rtsp-server-1.0 "
                         "gstreamer1.0-rtsp gstreamer1.0-plugins-good gstreamer1.0-plugins-bad)")
         self.command = [SYSTEM_PYTHON, str(RTSP_SERVER), str(video), str(port),

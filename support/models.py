@@ -17,9 +17,9 @@ legacy ``.h5`` and a SavedModel directory), with Keras's own outputs for given i
 import can be checked against Keras without TensorFlow in the test process; and so is a
 weights file for a small instance of the converter's built-in MobileNetV2 (``ARCH``).
 
-    python tests/models.py OUT_DIR                        # writes the MODEL_FILES
-    python tests/models.py --keras-sources OUT_DIR IN.npy # KERAS_FILES and Keras's outputs
-    python tests/models.py --keras-predict MODEL IN.npy OUT.npy
+    python support/models.py OUT_DIR                        # writes the MODEL_FILES
+    python support/models.py --keras-sources OUT_DIR IN.npy # KERAS_FILES and Keras's outputs
+    python support/models.py --keras-predict MODEL IN.npy OUT.npy
 """
 
 from __future__ import annotations
@@ -54,10 +54,11 @@ SEED = 7
 
 def run_with_tensorflow(args: list[str], what: str) -> subprocess.CompletedProcess[str]:
     """Run a command that imports TensorFlow in its own process; skip when TF is absent."""
-    import pytest
+    # here, not at the top: this file also runs as a script, where `support` is not importable
+    from support.unavailable import unavailable
 
     if importlib.util.find_spec("tensorflow") is None:
-        pytest.skip(
+        unavailable(
             f"TensorFlow is not installed, so {what} cannot run "
             "(pip install tensorflow-cpu, the converter extra)"
         )
@@ -138,6 +139,16 @@ def write_test_images(directory: Path) -> list[Path]:
         image.save(path)
         paths.append(path)
     return paths
+
+
+def import_model(source: Path | None, out: Path, *args: str) -> str:
+    """Run `aiotedge-convert import` in its own process; its stdout."""
+    command = [sys.executable, "-m", "aiotedge_converter", "import"]
+    command += [str(source)] if source is not None else []
+    done = run_with_tensorflow(
+        [*command, "--out", str(out), *args], f"importing {source or args[:2]}"
+    )
+    return done.stdout
 
 
 # --- below: runs in the subprocess only, with TensorFlow --------------------------------------

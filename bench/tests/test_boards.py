@@ -1,7 +1,7 @@
-"""Emulated boards (bench.cluster.boards): a board's process is in its cgroup and its netns, the
-quota file holds what was asked, and nothing is left once a board closes or a dead run's
-leftovers are cleaned. Skipped with the module's reason where the machine does not permit it;
-no timing checks."""
+"""Emulated boards (bench.cluster: boards, leftovers, timing): a board's process is in its
+cgroup and its netns, the quota file holds what was asked, and nothing is left once a board
+closes or a dead run's leftovers are cleaned. Skipped with the module's reason where the machine
+does not permit it; no timing checks."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.cluster import boards
+from bench.cluster import boards, leftovers, timing
 
 NET = ("cpu", *boards.NET_FEATURES)
 # Tries each address given at the port given; prints {address: "connected" or the error's name}.
@@ -124,7 +124,7 @@ def test_wake_lateness_is_measured_inside_the_board_beside_its_idle_loop():
     need("cpu")
     with boards.Board("t-wake", 0.3, on_cpu=0) as board:
         filler = board.fill_idle()
-        late = boards.wake_lateness(board, samples=20)
+        late = timing.wake_lateness(board, samples=20)
         assert filler.poll() is None  # the idle loop ran throughout
     assert len(late) == 20
     assert all(value >= 0 for value in late)  # time.sleep never returns early
@@ -200,7 +200,7 @@ def test_cleanup_leftovers_removes_a_dead_runs_and_spares_a_live_one():
                     "netns", netns], check=True)
 
     with boards.Board("t-alive", 0.3, boards.Link(100)) as alive:
-        removed = boards.cleanup_leftovers()
+        removed = leftovers.cleanup_leftovers()
         stray.wait(timeout=10)
         assert {(item.kind, item.pid) for item in removed} >= {
             ("cgroup", dead_pid), ("netns", dead_pid)}
@@ -217,7 +217,7 @@ def test_cleanup_leftovers_removes_a_dead_runs_and_spares_a_live_one():
 def test_calibrate_runs_the_command_on_a_board_and_reads_its_time_per_frame():
     need("cpu")
     # frames of 100 ms at 0.5 core: the 100 ms target needs 0.5 core, which the check confirms
-    found = boards.calibrate([sys.executable, "-c", "print(0.1)"], 0.1, probe_fraction=0.5)
+    found = timing.calibrate([sys.executable, "-c", "print(0.1)"], 0.1, probe_fraction=0.5)
     assert found.fraction == pytest.approx(0.5)
     assert (found.probe_seconds, found.check_seconds) == (0.1, 0.1)
 
@@ -230,8 +230,8 @@ def test_calibrate_runs_the_command_on_a_board_and_reads_its_time_per_frame():
 def test_calibrate_corrects_the_quota_while_the_check_misses_the_target(
         monkeypatch, times, fraction, checked):
     runs = iter(times)
-    monkeypatch.setattr(boards, "seconds_per_frame", lambda *_args, **_kw: next(runs))
-    found = boards.calibrate(["frames"], 0.1, probe_fraction=0.5)
+    monkeypatch.setattr(timing, "seconds_per_frame", lambda *_args, **_kw: next(runs))
+    found = timing.calibrate(["frames"], 0.1, probe_fraction=0.5)
     assert (found.fraction, found.check_seconds) == pytest.approx((fraction, checked))
     assert next(runs, None) is None  # every run used, none more
 

@@ -1,0 +1,306 @@
+"""`aiotedge-convert deploy`: a model onto the node daemons online, as a release (docs/fleet.md).
+
+Plans for the nodes that announce themselves (MACs over each node's speed profile: the exact
+min-max cut of planner.py, one stage per node, the fastest nodes first; a node left over
+becomes a replica of the slowest stage where that speeds it up, else stands by), splits the
+model here to learn each segment's sha256 (the same cut every node makes), publishes the
+model's chunks and then the release, retained, and waits until every node of the release
+serves its stage. Only then does the live pointer move to it: the release before keeps
+serving until that moment, and drains afterwards. A node refusing the release, or a timeout,
+withdraws it (the live release stays) and names what each node said.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiotedge_converter.errors import ConverterError
+from aiotedge_converter.planner import CostModel, Plan, plan_pipeline
+from aiotedge_converter.split import SplitOptions, split_model
+
+from aiotedge.config.loader import NodeConfig
+from aiotedge.contracts.errors import ReleaseError
+from aiotedge.contracts.manifest import Manifest
+from aiotedge.contracts.plan import PLAN_BOARDS
+from aiotedge.contracts.release import (
+    CHUNK_BYTES,
+    LiveRelease,
+    NodeReport,
+    Release,
+    sha256_hex,
+    split_chunks,
+)
+from aiotedge.contracts.topics import ONLINE, Topics
+from aiotedge.nodes.daemons.lifecycle import connect_once
+from aiotedge.nodes.daemons.local import plan_replicas
+from aiotedge.nodes.mqtt.session import MqttSession, read_retained
+from aiotedge.nodes.mqtt.transport import Received
+from aiotedge.tflite.graph import Graph, decode_name, load_graph
+
+log = logging.getLogger(__name__)
+
+#: seconds to wait for every node of a release to serve it
+DEFAULT_TIMEOUT = 300.0
+#: seconds to wait for the broker to take each retained message
+PUBLISH_TIMEOUT = 30.0
+
+
+class DeployError(ConverterError):
+    """A release that did not go live: the reason, and what each node said."""
+
+
+@dataclass(frozen=True)
+class Deployed:
+    release: Release
+    reports: dict[str, NodeReport]
+    #: the release that served before (draining now), if any
+    previous: str | None
+
+
+def assign_stages(graph: Graph, nodes: Sequence[NodeReport], stages: int | None = None
+                  ) -> tuple[Plan, tuple[tuple[str, ...], ...]]:
+    """The cuts and, per stage, its nodes: the min-max plan of MACs over each node's speed."""
+    if not nodes:
+        raise DeployError("no node online: start `aiotedge node` on the boards first")
+    if stages is not None and stages < 1:
+        raise DeployError(f"--stages must be at least 1, got {stages}")
+    cut_points = [point.op_index for point in graph.cut_points]
+    count = min(stages or len(nodes), len(nodes), len(cut_points) + 1)
+    fastest = sorted(nodes, key=lambda n: (-n.mmacs_per_s, n.node))
+    chosen = sorted(fastest[:count], key=lambda n: n.node)
+    boards = [CostModel([macs / node.mmacs_per_s for macs in graph.op_macs]) for node in chosen]
+    plan = plan_pipeline(boards, cut_points)
+    groups = [[node] for node in chosen]
+    macs = [graph.macs_between(stage.first_op, stage.last_op) for stage in plan.stages]
+
+    def rate(k: int, members: list[NodeReport]) -> float:
+        """Frames per MAC-second of stage k's replicas: they take turns, the slowest sets
+        the pace (aiotedge_converter.cluster)."""
+        slowest = max(macs[k] / member.mmacs_per_s for member in members)
+        return len(members) / slowest if slowest else float("inf")
+
+    for spare in fastest[count:]:  # a replica of the slowest stage, where it speeds it up
+        k = min(range(count), key=lambda k: rate(k, groups[k]))
+        if rate(k, [*groups[k], spare]) > rate(k, groups[k]):
+            groups[k].append(spare)
+    return plan, tuple(tuple(node.node for node in group) for group in groups)
+
+
+def min_runtime(graph: Graph) -> str | None:
+    """The model's `min_runtime_version` metadata (what the converter that made it says)."""
+    for entry in graph.model.metadata or []:
+        if decode_name(entry.name) == "min_runtime_version":
+            data = graph.model.buffers[entry.buffer].data
+            data = b"" if data is None else bytes(data)
+            version = data.split(b"\0", 1)[0].decode("ascii", "replace").strip()
+            return version or None
+    return None
+
+
+def build_release(graph: Graph, release_id: str, nodes: Sequence[NodeReport], *,
+                  labels: tuple[str, ...] | None, kind: str, stages: int | None = None,
+                  chunk_bytes: int = CHUNK_BYTES) -> tuple[Release, list[bytes]]:
+    """The release and the model's chunks: planned, and split here for the segments' hashes."""
+    assert graph.path is not None
+    plan, assignments = assign_stages(graph, nodes, stages)
+    model = graph.path.read_bytes()
+    with tempfile.TemporaryDirectory(prefix="aiotedge-release-") as scratch:
+        manifest = split_model(graph, plan, Path(scratch),
+                               SplitOptions(labels=labels, copy_source=False))
+    chunks = split_chunks(model, chunk_bytes)
+    release = Release(
+        release=release_id, kind=kind, model_file=graph.path.name,
+        model_sha256=sha256_hex(model), model_bytes=len(model), chunk_bytes=chunk_bytes,
+        chunks=tuple(sha256_hex(chunk) for chunk in chunks), manifest=manifest.to_dict(),
+        assignments=assignments, min_runtime=min_runtime(graph))
+    return release, chunks
+
+
+def folder_release(folder: Path, release_id: str, nodes: Sequence[NodeReport], *, kind: str,
+                   chunk_bytes: int = CHUNK_BYTES) -> tuple[Release, list[bytes]]:
+    """The release of a split or plan folder (`aiotedge-convert split` or `plan --out`): its
+    cuts, codecs and labels as they are, each stage given as many nodes as the plan has boards
+    for it (one without a plan), the fastest first."""
+    manifest = Manifest.load(folder)
+    model_path = manifest.directory / manifest.source.file
+    if not model_path.is_file():
+        raise DeployError(f"{folder}: the whole model {manifest.source.file} is not there "
+                          "(split and plan keep it unless --no-copy-source)")
+    counts = plan_replicas(folder) if (folder / PLAN_BOARDS).is_dir() else {}
+    wanted = [counts.get(index, 1) for index in range(len(manifest.stages))]
+    if len(nodes) < sum(wanted):
+        raise DeployError(f"{folder} needs {sum(wanted)} nodes, {len(nodes)} online")
+    fastest = iter(sorted(nodes, key=lambda n: (-n.mmacs_per_s, n.node)))
+    assignments = tuple(tuple(next(fastest).node for _ in range(count)) for count in wanted)
+    model = model_path.read_bytes()
+    chunks = split_chunks(model, chunk_bytes)
+    release = Release(
+        release=release_id, kind=kind, model_file=manifest.source.file,
+        model_sha256=sha256_hex(model), model_bytes=len(model), chunk_bytes=chunk_bytes,
+        chunks=tuple(sha256_hex(chunk) for chunk in chunks), manifest=manifest.to_dict(),
+        assignments=assignments, min_runtime=min_runtime(load_graph(model_path)))
+    return release, chunks
+
+
+class Deployer:
+    """One connection to the broker as the deployer's user: reads the nodes, publishes."""
+
+    def __init__(self, config: NodeConfig, client_id: str = "aiotedge-deploy") -> None:
+        self.config = config
+        self.topics: Topics = config.topics
+        self.session = MqttSession(config.broker, client_id, one_shot=True)
+        self._changed = threading.Condition()
+        self._reports: dict[str, NodeReport] = {}
+        self._online: dict[str, bool] = {}
+        self._releases: dict[str, Release | None] = {}
+        self._live: str | None = None
+
+    def __enter__(self) -> Deployer:
+        connect_once(self.session)
+        read_retained(self.session, [self.topics.all_info, self.topics.all_availability,
+                                     f"{self.topics.release_plan}/+", self.topics.live_release],
+                      self.topics.probe(self.session.client_id), follow=self._on_message)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.session.stop()
+
+    def _on_message(self, message: Received) -> None:
+        topic, name = message.topic, message.topic.rsplit("/", 1)[-1]
+        with self._changed:
+            if topic == self.topics.live_release:
+                live = LiveRelease.parse(message.payload) if message.payload else None
+                self._live = live.release if live else None
+            elif topic.startswith(self.topics.release_plan + "/"):
+                try:
+                    self._releases[name] = Release.parse(message.payload) \
+                        if message.payload else None
+                except ReleaseError:
+                    self._releases[name] = None
+            elif topic == self.topics.availability(name):
+                self._online[name] = message.payload == ONLINE.encode()
+            elif topic == self.topics.info(name):
+                report = NodeReport.parse(message.payload)
+                if report is not None:
+                    self._reports[name] = report
+            self._changed.notify_all()
+
+    def online_nodes(self) -> list[NodeReport]:
+        with self._changed:
+            return [r for name, r in sorted(self._reports.items()) if self._online.get(name)]
+
+    def wait_nodes(self, count: int, timeout: float) -> list[NodeReport]:
+        """The nodes online, once there are at least `count` of them."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: len(self.online_nodes()) >= count, timeout):
+                online = ", ".join(n.node for n in self.online_nodes()) or "none"
+                raise DeployError(f"{count} nodes wanted, online after {timeout:.0f} s: {online}")
+            return self.online_nodes()
+
+    @property
+    def live(self) -> str | None:
+        return self._live
+
+    def _publish(self, topic: str, payload: bytes | str, what: str) -> None:
+        """Retained at QoS 1, once the broker took it; refused: the user may not deploy."""
+        answered = threading.Event()
+        refused: list[bool] = []
+
+        def confirmed(was_refused: bool) -> None:
+            refused.append(was_refused)
+            answered.set()
+
+        self.session.publish_confirmed(topic, payload, 1, confirmed, retain=True)
+        if not answered.wait(PUBLISH_TIMEOUT):
+            raise DeployError(f"the broker did not take {what} within {PUBLISH_TIMEOUT:.0f} s")
+        if refused[0]:
+            raise DeployError(f"the broker refused {what} on {topic}: may user "
+                              f"{self.config.broker.username or '(none)'} publish releases? "
+                              "(docs/fleet.md, security)")
+
+    def publish_release(self, release: Release, chunks: Sequence[bytes]) -> None:
+        """The chunks first, then the release that names them: a node that sees the release
+        finds every chunk."""
+        for index, chunk in enumerate(chunks):
+            self._publish(self.topics.model_chunk(release.chunks[index]), chunk,
+                          f"chunk {index + 1} of {len(chunks)}")
+        self._publish(f"{self.topics.release_plan}/{release.release}", release.to_json(),
+                      "the release")
+
+    def wait_ready(self, release: Release, timeout: float) -> dict[str, NodeReport]:
+        """Every node of the release ready; DeployError naming what each said otherwise."""
+        deadline = time.monotonic() + timeout
+
+        def states() -> dict[str, NodeReport | None]:
+            return {node: (r if (r := self._reports.get(node)) and r.release == release.release
+                           else None) for node in release.nodes}
+
+        with self._changed:
+            while True:
+                now = states()
+                refused = {n: r for n, r in now.items() if r and r.state == "refused"}
+                if refused:
+                    raise DeployError("; ".join(f"{n} refused it: {r.reason}"
+                                                for n, r in refused.items()))
+                if all(r and r.state == "ready" for r in now.values()):
+                    return {n: r for n, r in now.items() if r}
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    said = "; ".join(
+                        f"{n}: {r.state if r else 'nothing yet'}"
+                        + ("" if self._online.get(n) else " (offline)") for n, r in now.items())
+                    raise DeployError(f"not every node ready within {timeout:.0f} s ({said})")
+                self._changed.wait(remaining)
+
+    def go_live(self, release: Release) -> None:
+        self._publish(self.topics.live_release, LiveRelease(release.release).to_json(),
+                      "the live pointer")
+
+    def withdraw(self, release_id: str) -> None:
+        self._publish(f"{self.topics.release_plan}/{release_id}", b"", "the withdrawal")
+
+    def forget_old(self, keep: set[str]) -> None:
+        """Releases other than `keep` (the live one and the one draining) and the chunks only
+        they named: cleared from the broker."""
+        with self._changed:
+            releases = dict(self._releases)
+        kept_chunks = {c for rid in keep if (r := releases.get(rid)) for c in r.chunks}
+        for rid, old in releases.items():
+            if rid in keep or old is None:
+                continue
+            self.withdraw(rid)
+            for digest in set(old.chunks) - kept_chunks:
+                self._publish(self.topics.model_chunk(digest), b"", "a chunk's removal")
+
+
+def deploy(config: NodeConfig, model: Graph | Path, release_id: str, *,
+           labels: tuple[str, ...] | None = None, kind: str = "classification",
+           stages: int | None = None, nodes: int = 1,
+           timeout: float = DEFAULT_TIMEOUT) -> Deployed:
+    """Plan for the nodes online (waiting for `nodes` of them), publish, wait until they
+    serve, go live (module docstring). `model`: a model's graph, or a split or plan folder
+    whose cuts are kept."""
+    with Deployer(config) as deployer:
+        online = deployer.wait_nodes(nodes, timeout)
+        if isinstance(model, Path):
+            release, chunks = folder_release(model, release_id, online, kind=kind)
+        else:
+            release, chunks = build_release(model, release_id, online, labels=labels,
+                                            kind=kind, stages=stages)
+        previous = deployer.live
+        log.info("release %s: %s", release.release, release.assignments)
+        deployer.publish_release(release, chunks)
+        try:
+            reports = deployer.wait_ready(release, timeout)
+        except DeployError:
+            deployer.withdraw(release.release)
+            raise
+        deployer.go_live(release)
+        deployer.forget_old({release.release, *([previous] if previous else [])})
+    return Deployed(release, reports, previous)
