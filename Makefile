@@ -70,6 +70,13 @@ bench-cluster: deps-test deps-bench $(VENV)/.test-installed
 test-arm64: deps-test $(VENV)/.test-installed
 	scripts/arm64-root.sh test $(BIN)/python $(PYTEST_ARGS)
 
+# 32-bit ARM, as on a Raspberry Pi with the 32-bit OS: the same with a Debian 12 armhf root
+# (cached beside the arm64 one), install-board.sh's 32-bit path (tflite-runtime, Debian's
+# python3-* packages), then tests/test_armhf.py. As root; not in `make test`.
+.PHONY: test-armhf
+test-armhf: deps-test $(VENV)/.test-installed
+	AIOTEDGE_ROOT_ARCH=armhf scripts/arm64-root.sh test $(BIN)/python $(PYTEST_ARGS)
+
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check .
 

@@ -1,4 +1,4 @@
-"""`aiotedge` command line: stage, node, camera, watch, status, retire, profile, run.
+"""`aiotedge` command line: stage, node, camera, watch, status, retire, profile, verify, run.
 
 Only flags and config files are read here; each daemon's life is in its `run_*` function in
 aiotedge.nodes.
@@ -51,6 +51,7 @@ from aiotedge.nodes.daemons.status import (
 )
 from aiotedge.nodes.daemons.watcher import run_watch
 from aiotedge.nodes.observe import systemd
+from aiotedge.tflite.selfcheck import verify_board, verify_table
 
 log = logging.getLogger("aiotedge")
 
@@ -140,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     retire.set_defaults(handler=_cmd_retire)
 
     _add_profile_parser(commands)
+    _add_verify_parser(commands)
 
     run = commands.add_parser(
         "run", help="run a whole pipeline on this machine (a private broker unless one is given)")
@@ -164,6 +166,18 @@ def build_parser() -> argparse.ArgumentParser:
                           "<pipeline>.log in the temporary folder; with -v: the terminal)")
     run.set_defaults(handler=_cmd_run)
     return parser
+
+
+def _add_verify_parser(commands: argparse._SubParsersAction) -> None:
+    verify = commands.add_parser(
+        "verify", help="run each stage this board has on its reference: does this board "
+                       "compute what the workstation did?")
+    verify.add_argument("--manifest", type=Path, required=True, metavar="DIR",
+                        help="the split folder: manifest.json and this board's stage "
+                             "files (required)")
+    verify.add_argument("--threads", type=int,
+                        help="interpreter threads (default: the runtime's choice)")
+    verify.set_defaults(handler=_cmd_verify)
 
 
 def _add_profile_parser(commands: argparse._SubParsersAction) -> None:
@@ -297,6 +311,14 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     print(profile_report(profile))
     print(f"wrote {args.out}")
     return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    """0 when every stage here is within its tolerance, 1 when one is not."""
+    manifest = Manifest.load(args.manifest)
+    checks = verify_board(manifest, args.threads)
+    print(verify_table(manifest, checks))
+    return 0 if all(check is None or check.ok for check in checks.values()) else 1
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

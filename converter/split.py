@@ -2,7 +2,9 @@
 
 The segments are cut out by aiotedge.tflite.segments (quantization kept, so the chain computes
 exactly what the whole model computes); each is loaded back with the interpreter, and what it
-takes and gives, its sha256 and its MACs go into `manifest.json`.
+takes and gives, its sha256, its MACs and its reference (the input it gets from a fixed
+picture and the output computed here, which a board checks itself against:
+aiotedge.tflite.selfcheck) go into `manifest.json`.
 """
 
 from __future__ import annotations
@@ -13,17 +15,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 from aiotedge_converter.errors import ConverterError
 from aiotedge_converter.metadata import read_import_info
 from aiotedge_converter.planner import Plan
+from PIL import Image
 
 from aiotedge.contracts.manifest import Manifest, SourceModel, StageSpec, sha256_file
-from aiotedge.media.image import default_preprocessing
+from aiotedge.media.image import default_preprocessing, preprocess
 from aiotedge.tflite.flatbuffer import pack_model
 from aiotedge.tflite.graph import Graph
 from aiotedge.tflite.kinds import class_count
 from aiotedge.tflite.runtime import Segment
 from aiotedge.tflite.segments import extract_segment
+from aiotedge.tflite.selfcheck import write_reference
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +79,16 @@ def read_labels(path: Path | str, graph: Graph, kind: str = "classification") ->
     return labels
 
 
+def reference_picture(width: int, height: int) -> Image.Image:
+    """The picture every stage's reference starts from: fixed, made of what a CNN responds to
+    (two gradients and a checkerboard of edges), so no photo has to travel with the split."""
+    y, x = np.mgrid[0:height, 0:width]
+    red = x * 255 // max(1, width - 1)
+    green = y * 255 // max(1, height - 1)
+    blue = ((x // 16 + y // 16) % 2) * 255
+    return Image.fromarray(np.stack([red, green, blue], axis=-1).astype(np.uint8), "RGB")
+
+
 def split_model(graph: Graph, plan: Plan, out_dir: Path, options: SplitOptions,
                 output_codecs: Sequence[str | None] = ()) -> Manifest:
     """Write the segment files, (optionally) the source model and manifest.json into out_dir;
@@ -96,12 +111,18 @@ def split_model(graph: Graph, plan: Plan, out_dir: Path, options: SplitOptions,
         if not target.exists() or not target.samefile(source_path):
             shutil.copyfile(source_path, target)
 
+    # each stage's reference input is what the stage before computed here
+    tensor = preprocess(reference_picture(preprocessing.width, preprocessing.height),
+                        preprocessing, whole.input_spec)
     stages = []
     for index, stage in enumerate(plan.stages):
         path = out_dir / f"stage{index}.tflite"
         path.write_bytes(pack_model(extract_segment(graph, stage.first_op, stage.last_op)))
         segment = Segment(path, options.num_threads)
         log.info("stage %d: ops %d..%d -> %s", index, stage.first_op, stage.last_op, path.name)
+        output = segment.run(tensor)
+        reference = write_reference(out_dir, index, tensor, output)
+        tensor = output
         stages.append(
             StageSpec(
                 index=index,
@@ -114,6 +135,7 @@ def split_model(graph: Graph, plan: Plan, out_dir: Path, options: SplitOptions,
                 first_op=stage.first_op,
                 last_op=stage.last_op,
                 output_codec=output_codecs[index] if output_codecs else None,
+                reference=reference,
             )
         )
     manifest = Manifest(

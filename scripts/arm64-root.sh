@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # A Debian 12 (bookworm) arm64 root, run under qemu-user emulation: the board side as it runs on
 # a Raspberry Pi with 64-bit Raspberry Pi OS (bookworm), on an x86_64 machine. As root.
+# With AIOTEDGE_ROOT_ARCH=armhf, the same for 32-bit Raspberry Pi OS: a Debian 12 armhf root
+# (make test-armhf), where install-board.sh takes its 32-bit path (tflite-runtime, Debian's
+# python3-* packages) and tests/test_armhf.py runs.
 #
 #   scripts/arm64-root.sh build      build the root unless the cached one is up to date
 #   scripts/arm64-root.sh install    install this checkout in the root as a stage board, as
@@ -24,7 +27,13 @@ set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE="${AIOTEDGE_ARM64_CACHE:-/var/cache/aiotedge}"
-ROOT="$CACHE/arm64-bookworm"
+ARCH="${AIOTEDGE_ROOT_ARCH:-arm64}"
+case "$ARCH" in
+    arm64) QEMU=qemu-aarch64 ;;
+    armhf) QEMU=qemu-arm ;;
+    *) echo "arm64-root.sh: AIOTEDGE_ROOT_ARCH is arm64 or armhf, not $ARCH" >&2; exit 1 ;;
+esac
+ROOT="$CACHE/$ARCH-bookworm"
 SUITE=bookworm
 MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 # A 64-bit Raspberry Pi OS Lite has these (install-board.sh's `systemctl enable` needs systemd);
@@ -52,7 +61,8 @@ log() {
 inputs_key() {
     {
         declare -f build copy_checkout ensure_emulation
-        declare -p SUITE MIRROR ROOT_PACKAGES BOARD_CHECKOUT TEST_VENV TEST_PACKAGES BOARD_VENV
+        declare -p ARCH SUITE MIRROR ROOT_PACKAGES BOARD_CHECKOUT TEST_VENV TEST_PACKAGES \
+            BOARD_VENV
         cat "$HERE/scripts/install-board.sh"
     } | sha256sum | cut -d' ' -f1
 }
@@ -66,11 +76,11 @@ ensure_emulation() {
         mount binfmt_misc -t binfmt_misc /proc/sys/fs/binfmt_misc \
             || fail "cannot mount binfmt_misc: this machine cannot run arm64 binaries"
     fi
-    if [ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]; then
-        update-binfmts --enable qemu-aarch64 || fail "update-binfmts --enable qemu-aarch64 failed"
+    if [ ! -e "/proc/sys/fs/binfmt_misc/$QEMU" ]; then
+        update-binfmts --enable "$QEMU" || fail "update-binfmts --enable $QEMU failed"
     fi
-    grep -qx enabled /proc/sys/fs/binfmt_misc/qemu-aarch64 \
-        || fail "binfmt_misc's qemu-aarch64 is disabled: update-binfmts --enable qemu-aarch64"
+    grep -qx enabled "/proc/sys/fs/binfmt_misc/$QEMU" \
+        || fail "binfmt_misc's $QEMU is disabled: update-binfmts --enable $QEMU"
 }
 
 # Run a command in a root: private mounts (gone when it exits), the host's network namespace.
@@ -112,8 +122,8 @@ build() {
     local new="$ROOT.new"
     rm -rf "$new"
     mkdir -p "$CACHE"
-    log "building $new (debootstrap $SUITE arm64, emulated: several minutes)"
-    debootstrap --arch=arm64 --variant=minbase --include="$ROOT_PACKAGES" \
+    log "building $new (debootstrap $SUITE $ARCH, emulated: several minutes)"
+    debootstrap --arch="$ARCH" --variant=minbase --include="$ROOT_PACKAGES" \
         "$SUITE" "$new" "$MIRROR"
     # pip and apt in the root trust what the host trusts (a proxy's CA, for one)
     install -m 644 /etc/ssl/certs/ca-certificates.crt \
@@ -123,7 +133,8 @@ build() {
     # a board's own packages: install-board.sh's apt-get step, run in full once here
     copy_checkout "$new"
     in_root "$new" sh -c "cd /home/pi && aiotedge/scripts/install-board.sh"
-    in_root "$new" python3 -m venv "$TEST_VENV"
+    # it sees the system's packages too: on armhf, the board's NumPy and Pillow are Debian's
+    in_root "$new" python3 -m venv --system-site-packages "$TEST_VENV"
     echo "$BOARD_VENV/lib/python3.11/site-packages" \
         > "$new$TEST_VENV/lib/python3.11/site-packages/aiotedge-board.pth"
     in_root "$new" "$TEST_VENV/bin/python" -m pip install --quiet "${TEST_PACKAGES[@]}"
@@ -170,14 +181,14 @@ case "$command" in
         start=$SECONDS
         mkdir -p "$CACHE"
         # one user of the root at a time (another checkout would install itself into it)
-        exec 9>"$CACHE/arm64-bookworm.lock"
+        exec 9>"$CACHE/$ARCH-bookworm.lock"
         flock 9
         build
         install_board
         report="$(mktemp)"
         status=0
         AIOTEDGE_ARM64_ROOT="$ROOT" AIOTEDGE_ARM64_REPORT="$report" \
-            "$python" -m pytest "$HERE/tests/test_arm64.py" "$@" || status=$?
+            "$python" -m pytest "$HERE/tests/test_$ARCH.py" "$@" || status=$?
         cat "$report" >&2
         rm -f "$report"
         log "took $(( (SECONDS - start) / 60 )) min $(( (SECONDS - start) % 60 )) s"

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install aiotedge on a board (Raspberry Pi OS / Debian, 64-bit) as systemd services.
+# Install aiotedge on a board (Raspberry Pi OS / Debian: 64-bit, or 32-bit armv7l) as systemd
+# services.
 #
 #   sudo scripts/install-board.sh [--camera] [--node NAME]... [--source PATH] [--no-apt]
 #                                 [--dry-run]
@@ -8,6 +9,11 @@
 # It is safe to run again, e.g. to upgrade: it never overwrites a node config or a password.
 #
 #   - Debian packages: python3-venv, and what building systemd-python needs
+#   - the TFLite runtime by the system's architecture (dpkg --print-architecture, or
+#     $AIOTEDGE_DEB_ARCH): ai-edge-litert from PyPI on arm64 and amd64; on 32-bit ARM (armhf)
+#     tflite-runtime, the one on PyPI with armv7l wheels, and NumPy, Pillow, msgpack,
+#     zstandard and systemd's bindings from Debian's python3-* packages, which PyPI has no
+#     armv7l wheels of (docs/deploy-pi-cluster.md)
 #   - a system user and group `aiotedge` (no login, no home) that the daemons run as
 #   - /opt/aiotedge/venv        aiotedge with its `systemd` (journald fields;
 #                               sd_notify works without it) and `metrics`
@@ -84,16 +90,29 @@ for unit in "${UNITS[@]}"; do
     [ -f "$HERE/systemd/$unit" ] || fail "$HERE/systemd/$unit is missing"
 done
 [ -e "$SOURCE" ] || fail "--source $SOURCE does not exist"
-case "$(uname -m)" in
-    aarch64|x86_64) ;;
-    *) echo "warning: $(uname -m): the TFLite runtime (ai-edge-litert) has wheels for 64-bit" \
-            "systems only; install a 64-bit OS if pip fails below" >&2 ;;
-esac
-
 EXTRAS=systemd,metrics
 VENV_OPTIONS=()
+# The system's architecture, not the kernel's: a 32-bit Raspberry Pi OS on a Pi 4 runs a 64-bit
+# kernel (uname -m says aarch64) under its 32-bit userland. 32-bit ARM (armhf): what PyPI has no
+# armv7l wheel of comes from Debian, seen by the venv.
+ARMHF=0
+ARCH="${AIOTEDGE_DEB_ARCH:-$(dpkg --print-architecture 2>/dev/null || uname -m)}"
+case "$ARCH" in
+    arm64|amd64|aarch64|x86_64) ;;
+    armhf)
+        ARMHF=1
+        VENV_OPTIONS=(--system-site-packages)
+        APT_PACKAGES+=(python3-numpy python3-pil python3-msgpack python3-zstandard
+                       python3-systemd)
+        ;;
+    *) echo "warning: $ARCH: no TFLite runtime has wheels for it (ai-edge-litert: 64-bit" \
+            "only; tflite-runtime: also 32-bit armv7l); install a 64-bit OS if pip fails" \
+            "below" >&2 ;;
+esac
 if [ "$CAMERA" = 1 ]; then
     EXTRAS=systemd,metrics,video,watch
+    [ "$ARMHF" = 0 ] || fail "--camera: a camera node needs a 64-bit OS (PyAV, the video extra," \
+        "has no armv7l wheels); a 32-bit board runs stages"
     # Picamera2 needs libcamera's Python bindings, which only Raspberry Pi OS's apt has; the
     # venv sees the apt packages (its own still come first).
     VENV_OPTIONS=(--system-site-packages)
@@ -138,7 +157,15 @@ elif [ "$CAMERA" = 1 ]; then  # made for a stage before: let it see the system's
         "$PREFIX/venv/pyvenv.cfg"
 fi
 run "$PREFIX/venv/bin/python" -m pip install --quiet --upgrade pip
-if [ -d "$SOURCE" ]; then
+if [ "$ARMHF" = 1 ]; then
+    # tflite-runtime 2.14 is built against NumPy 1.x: Debian 12's 1.24 (a NumPy 2 would not
+    # load it). aiotedge's other needs: Debian's packages above, paho-mqtt and
+    # prometheus-client (pure Python) from PyPI; aiotedge itself without resolving its
+    # requirements again (they name the 64-bit wheels' versions).
+    run "$PREFIX/venv/bin/python" -m pip install --quiet --upgrade "tflite-runtime>=2.14,<2.15" \
+        "paho-mqtt>=2.1,<3" "prometheus-client>=0.17"
+    run "$PREFIX/venv/bin/python" -m pip install --quiet --upgrade --no-deps "$SOURCE"
+elif [ -d "$SOURCE" ]; then
     run "$PREFIX/venv/bin/python" -m pip install --quiet --upgrade "${SOURCE}[$EXTRAS]"
 else
     run "$PREFIX/venv/bin/python" -m pip install --quiet --upgrade "aiotedge[$EXTRAS] @ file://$(realpath "$SOURCE")"

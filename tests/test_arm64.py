@@ -104,6 +104,11 @@ def test_the_root_is_arm64_and_runs_the_board_install():
 
 @pytest.mark.timeout(1800)  # emulated: several times slower than on the host
 def test_board_side_tests_pass_on_arm64():
+    run_board_tests(NOT_ON_BOARD)
+
+
+def run_board_tests(deselected: list[str]) -> None:
+    """BOARD_TESTS in the root but `deselected`, with the tests' python."""
     # -P and --import-mode=append: the tests import the aiotedge install-board.sh installed,
     # not the copy of the repository they run from
     binds = {SHARED_DATA: SHARED_IN_ROOT} if SHARED_MODEL.is_file() else {}
@@ -111,7 +116,7 @@ def test_board_side_tests_pass_on_arm64():
         in_root("env", "-C", BOARD_CHECKOUT, f"AIOTEDGE_SHARED_DATA={SHARED_IN_ROOT}",
                 TEST_PYTHON, "-P", "-m", "pytest", "-q", "-p", "no:cacheprovider",
                 "--import-mode=append", *BOARD_TESTS,
-                *(f"--deselect={test}" for test in NOT_ON_BOARD), binds=binds),
+                *(f"--deselect={test}" for test in deselected), binds=binds),
         check=False, capture_output=True, text=True, timeout=1800,
     )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
@@ -276,6 +281,23 @@ def test_an_arm64_stage_daemon_computes_its_segment(broker, demo, tmp_path):
              for name in expected}
     write_report("stage 2 alone on arm64 (its output, max |difference| in quantization "
                  f"steps per photo): {steps}\n")
+
+
+@pytest.mark.timeout(600)
+def test_aiotedge_verify_on_arm64_keeps_every_stage_within_its_tolerance(demo):
+    """The board's `aiotedge verify` (its venv, no TensorFlow) on the split's references,
+    computed on x86_64: every stage within the tolerance, as every stage's start requires."""
+    result = subprocess.run(
+        in_root(f"{BOARD_VENV}/bin/aiotedge", "verify", "--manifest", MODELS,
+                binds={demo.manifest.directory: MODELS}),
+        capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    rows = result.stdout.splitlines()[1:]
+    assert [row.split()[0] for row in rows] == ["0", "1", "2", "3", "4"]
+    assert all(row.split()[-1] in ("identical", "yes") for row in rows), result.stdout
+    write_report(f"\naiotedge verify on arm64 (the references computed on x86_64):\n\n"
+                 f"{result.stdout}\n")
 
 
 def write_report(text: str) -> None:

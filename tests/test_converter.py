@@ -178,11 +178,14 @@ def test_mean_and_std_can_be_overridden(test_models, tmp_path):
     assert (manifest.preprocessing.mean, manifest.preprocessing.std) == (0.0, 255.0)
 
 
-def test_no_copy_source_leaves_only_segments_and_manifest(test_models, tmp_path):
+def test_no_copy_source_leaves_only_segments_their_references_and_manifest(test_models,
+                                                                           tmp_path):
     split(test_models["float"], tmp_path, "--stages", "2", "--no-copy-source")
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "manifest.json",
+        "stage0.reference.npz",
         "stage0.tflite",
+        "stage1.reference.npz",
         "stage1.tflite",
     ]
 

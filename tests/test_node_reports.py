@@ -21,6 +21,7 @@ from aiotedge.nodes.observe.metrics import (
     serve_prometheus,
     stage_metrics,
 )
+from aiotedge.nodes.observe.thermal import ThermalReading
 
 
 def test_the_stats_published_at_stop_are_the_last_ones():
@@ -143,7 +144,7 @@ def test_camera_metrics_follow_prometheus_conventions():
     serve_prometheus(StatsConfig(prometheus_port=port), "test",
                      {"pipeline": "garden", "node": "cam0"},
                      lambda: camera_metrics(counters, in_flight=1, connected=False,
-                                            reconnects=0))
+                                            reconnects=0, thermal=ThermalReading(None, None)))
     text = scrape(port)
     assert promtool_problems(text) == ""
     assert 'aiotedge_camera_answered_frames_total{node="cam0",pipeline="garden"} 4.0' in text

@@ -149,10 +149,12 @@ def test_the_camera_unit_may_open_video_devices_and_keeps_the_rest_of_the_sandbo
 INSTALL = REPO / "scripts" / "install-board.sh"
 
 
-def dry_run_output(*flags: str) -> str:
-    """All install-board.sh --dry-run --no-apt printed: its commands are the lines `+ ...`."""
+def dry_run_output(*flags: str, arch: str | None = None) -> str:
+    """All install-board.sh --dry-run --no-apt printed: its commands are the lines `+ ...`;
+    `arch`: the Debian architecture it is told it runs on."""
+    env = {**os.environ, "AIOTEDGE_DEB_ARCH": arch} if arch else None
     result = subprocess.run(["bash", str(INSTALL), "--dry-run", "--no-apt", *flags],
-                            capture_output=True, text=True, check=False)
+                            capture_output=True, text=True, check=False, env=env)
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -198,6 +200,25 @@ def test_install_board_makes_a_camera_node_that_sees_the_systems_picamera2():
     stage, _ = dry_run("--node", "stage2")  # a stage board installs no camera library
     assert f"/usr/bin/python3 -m venv {venv}" in stage
     assert not any("video" in c or "simplejpeg" in c for c in stage), stage
+
+
+def test_install_board_on_32_bit_arm_takes_tflite_runtime_and_debians_packages():
+    """armhf (32-bit Raspberry Pi OS): no ai-edge-litert, NumPy or Pillow wheels on PyPI."""
+    venv = str(Path(INSTALLED_BINARY).parents[1])
+    commands = [" ".join(argv) for argv in
+                (shlex.split(line[2:]) for line in
+                 dry_run_output("--node", "stage2", arch="armhf").splitlines()
+                 if line.startswith("+ "))]
+    assert f"/usr/bin/python3 -m venv --system-site-packages {venv}" in commands
+    assert (f"{venv}/bin/python -m pip install --quiet --upgrade tflite-runtime>=2.14,<2.15 "
+            "paho-mqtt>=2.1,<3 prometheus-client>=0.17") in commands
+    assert f"{venv}/bin/python -m pip install --quiet --upgrade --no-deps {REPO}" in commands
+    assert not any("ai-edge-litert" in c or "[systemd,metrics]" in c for c in commands)
+    camera = subprocess.run(["bash", str(INSTALL), "--dry-run", "--no-apt", "--camera"],
+                            capture_output=True, text=True, check=False,
+                            env={**os.environ, "AIOTEDGE_DEB_ARCH": "armhf"})
+    assert camera.returncode == 1
+    assert "--camera: a camera node needs a 64-bit OS" in camera.stderr
 
 
 def test_a_venv_with_system_site_packages_imports_apt_packages(tmp_path):

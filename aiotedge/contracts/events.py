@@ -317,6 +317,9 @@ class NodeInfo:
     version: str = __version__
     #: stage 0 only: how it turns a photo into its input, for cameras that do it for it
     preprocessing: Preprocessing | None = None
+    #: its segment's self-check on its reference at start (aiotedge.tflite.selfcheck):
+    #: `identical`, or the difference and the tolerance; "" when not checked
+    self_check: str = ""
 
     @classmethod
     def for_stage(cls, manifest: Manifest, index: int, node: str, share_group: str) -> NodeInfo:
@@ -333,6 +336,7 @@ class NodeInfo:
             "input": self.input.to_dict(), "output": self.output.to_dict(),
             "share_group": self.share_group,
             **({"preprocessing": asdict(self.preprocessing)} if self.preprocessing else {}),
+            **({"self_check": self.self_check} if self.self_check else {}),
         }
 
     def to_json(self) -> str:
@@ -351,7 +355,8 @@ class NodeInfo:
                        output=TensorSpec.from_dict(data["output"]),
                        share_group=str(data.get("share_group", "")),
                        version=str(data.get("version", "")),
-                       preprocessing=_preprocessing(data.get("preprocessing")))
+                       preprocessing=_preprocessing(data.get("preprocessing")),
+                       self_check=str(data.get("self_check", "")))
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError,
                 ManifestError) as exc:
             log.debug("ignored a message that is not node info: %r", exc)

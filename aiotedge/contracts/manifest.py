@@ -65,6 +65,16 @@ class Preprocessing:
 
 
 @dataclass(frozen=True)
+class StageReference:
+    """A stage's reference: a file beside its segment (`stageK.reference.npz`: `input`, and
+    the `output` the workstation computed from it), which a board runs to prove its segment
+    (aiotedge.tflite.selfcheck)."""
+
+    file: str
+    sha256: str
+
+
+@dataclass(frozen=True)
 class StageSpec:
     """One segment: which file, which tensors cross its two boundaries, what it costs."""
 
@@ -81,6 +91,8 @@ class StageSpec:
     #: the last stage only: the model's outputs after `output` (a detection model's classes,
     #: scores and count); they are read into the prediction, never sent on
     extra_outputs: tuple[TensorSpec, ...] = ()
+    #: its reference input and output; None in a manifest written before references were
+    reference: StageReference | None = None
 
     @property
     def outputs(self) -> tuple[TensorSpec, ...]:
@@ -97,6 +109,8 @@ class StageSpec:
         out["output"] = self.output.to_dict()
         if self.output_codec is None:  # a raw split's manifest reads as before
             del out["output_codec"]
+        if self.reference is None:
+            del out["reference"]
         del out["extra_outputs"]
         return {**out, **_outputs_to_dict(self.extra_outputs)}
 
@@ -113,6 +127,9 @@ class StageSpec:
             last_op=int(data["last_op"]),
             output_codec=data.get("output_codec"),
             extra_outputs=_outputs_from_dict(data),
+            reference=(StageReference(file=str(data["reference"]["file"]),
+                                      sha256=str(data["reference"]["sha256"]))
+                       if data.get("reference") is not None else None),
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import io
 import logging
 import stat
@@ -104,8 +105,21 @@ def decode_image(data: bytes) -> Image.Image:
     with _refused_as("broken image"):  # a known format, but broken
         image.load()
     with _refused_as("broken EXIF"):  # which way is up is unknown
-        ImageOps.exif_transpose(image, in_place=True)
+        image = _upright(image)
     return eight_bit(image)
+
+
+#: Pillow 9.5 and later turn an image upright in place; Debian 12's Pillow 9.4 (what a 32-bit
+#: board runs, docs/deploy-pi-cluster.md) returns an upright copy
+_UPRIGHT_IN_PLACE = "in_place" in inspect.signature(ImageOps.exif_transpose).parameters
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """The image turned as its EXIF orientation says, without a copy where Pillow can."""
+    if not _UPRIGHT_IN_PLACE:
+        return ImageOps.exif_transpose(image)
+    ImageOps.exif_transpose(image, in_place=True)
+    return image
 
 
 #: EXIF orientations whose picture is stored on its side (upright, its sides swap)

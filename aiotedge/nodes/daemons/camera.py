@@ -153,7 +153,8 @@ class Camera:
         """The camera's Prometheus view (read only)."""
         return camera_metrics(self.counters.snapshot(), in_flight=self.waiting,
                               connected=self.session.connected,
-                              reconnects=self.session.reconnects)
+                              reconnects=self.session.reconnects,
+                              thermal=self.stats.thermal.read())
 
     def outcome(self, sent: int) -> int:
         """Log what became of the frames; 1 when none could get through (a config to fix)."""

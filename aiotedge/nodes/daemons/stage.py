@@ -60,6 +60,7 @@ from aiotedge.nodes.observe.metrics import (
 )
 from aiotedge.tflite.results import ResultFilter, UnusableOutputError, read_results
 from aiotedge.tflite.runtime import Segment, open_segment
+from aiotedge.tflite.selfcheck import require_reference
 
 log = logging.getLogger(__name__)
 
@@ -560,7 +561,10 @@ def run_stage(config: NodeConfig, stop: threading.Event | None = None, *,
     stop = stop or stop_on_signals()
     manifest = load_stage_manifest(config)
     segment = open_segment(manifest, config.stage.index, config.stage.threads)
+    checked = require_reference(manifest, config.stage.index, segment)
     node = StageNode(config, manifest, stage_session(config), segment)
+    if checked is not None:  # said in its info
+        node.info = replace(node.info, self_check=checked.describe())
     if config.stats.prometheus_port:
         serve_prometheus(config.stats, config.source,
                          {"pipeline": config.pipeline.name, "stage": str(node.index),

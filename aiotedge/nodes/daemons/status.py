@@ -118,6 +118,7 @@ def status_lines(view: PipelineView, pipeline: str, now: float | None = None
         notes.append("gone: " + ", ".join(
             f"{n.name} ({_seen(n.last_seen, now)})" for n in gone))
     notes += [f"problem: {problem}" for problem in view.problems()]
+    notes += _board_notes(listed)
     if view.broker_dropped:
         notes.append(f"broker: {view.broker_dropped} messages dropped at its queue limits since "
                      "it started (frames among them count as missed at stage 0)")
@@ -215,6 +216,21 @@ def _row(node: NodeView, view: PipelineView, now: float) -> tuple[str, ...]:
         *(_count(node.figure(key)) for key in ("frames_in", "frames_out", "rejected", "dropped")),
         _age(node.last_seen, now) if node.last_seen else "",
     )
+
+
+def _board_notes(nodes: list[NodeView]) -> list[str]:
+    """What the boards say of their CPU (notes, as the table has no room left at 80 columns):
+    its temperature, and the firmware's throttling now or since boot, where they report it."""
+    temperatures = [f"{node.name} {value:.0f} °C" for node in nodes
+                    if (value := node.figure("cpu_temp_c")) is not None]
+    notes = [f"CPU temperature: {', '.join(temperatures)}"] if temperatures else []
+    for key, when in (("throttled_now", "THROTTLED now"), ("throttled_since_boot",
+                                                         "throttled since boot")):
+        said = [f"{node.name} ({', '.join(map(str, conditions))})" for node in nodes
+                if isinstance(conditions := node.stats.get(key), list) and conditions]
+        if said:
+            notes.append(f"{when}: {'; '.join(said)}")
+    return notes
 
 
 def _pair(node: NodeView, key: str) -> str:

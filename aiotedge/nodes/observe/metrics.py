@@ -24,6 +24,7 @@ import numpy as np
 from aiotedge.config.sections import StatsConfig
 from aiotedge.contracts.errors import ConfigError
 from aiotedge.contracts.extras import import_extra
+from aiotedge.nodes.observe.thermal import Thermal, ThermalReading
 
 log = logging.getLogger(__name__)
 
@@ -157,8 +158,11 @@ def resident_bytes() -> int:
 class NodeStats:
     """Everything a node reports (a stage's counters by default, a camera its own)."""
 
-    def __init__(self, counter_names: tuple[str, ...] = COUNTER_NAMES) -> None:
+    def __init__(self, counter_names: tuple[str, ...] = COUNTER_NAMES,
+                 thermal: Thermal | None = None) -> None:
         self.counters = Counters(counter_names)
+        #: the board's CPU temperature and throttling, where it says them
+        self.thermal = thermal or Thermal()
         #: the segment's interpreter, per frame
         self.inference = Timing()
         #: the inference worker's whole time per frame (decode, inference, encode, publish):
@@ -181,6 +185,7 @@ class NodeStats:
             "service_ms": self.service.window.percentiles(),
             "latency_ms": self.latency.window.percentiles(),
             **self._usage.sample(),
+            **self.thermal.read().stats(),
             "uptime_s": round(time.time() - self._started, 1),
             "timestamp": time.time(),
         }
@@ -312,18 +317,38 @@ def stage_metrics(stats: NodeStats, info: Mapping[str, str], *, queued: int, con
     ]
     metrics += [Metric(name, "histogram", text, getattr(stats, attribute).histogram())
                 for attribute, (name, text) in STAGE_TIMINGS.items()]
-    return metrics + broker_metrics(connected, reconnects, broker_dropped)
+    return (metrics + broker_metrics(connected, reconnects, broker_dropped)
+            + thermal_metrics(stats.thermal.read()))
 
 
 def camera_metrics(counters: Mapping[str, int], *, in_flight: int, connected: bool,
-                   reconnects: int) -> list[Metric]:
+                   reconnects: int, thermal: ThermalReading) -> list[Metric]:
     """A camera's metric families, from its Camera.counters."""
     return [
         *counter_metrics(counters, CAMERA_COUNTERS),
         Metric("aiotedge_camera_in_flight_frames", "gauge",
                "Frames published and still waiting for their result.", in_flight),
         *broker_metrics(connected, reconnects),
+        *thermal_metrics(thermal),
     ]
+
+
+def thermal_metrics(reading: ThermalReading) -> list[Metric]:
+    """The board's CPU temperature and the firmware's throttling, those this machine has."""
+    metrics = []
+    if reading.cpu_temp_c is not None:
+        metrics.append(Metric("aiotedge_board_cpu_temperature_celsius", "gauge",
+                              "The CPU's temperature (the kernel's thermal zone of the CPU).",
+                              reading.cpu_temp_c))
+    for since_boot, name, text in (
+        (False, "aiotedge_board_throttled", "1 while the firmware reports the condition now "
+                                             "(Raspberry Pi: get_throttled), else 0."),
+        (True, "aiotedge_board_throttled_since_boot",
+         "1 when the firmware has reported the condition since the board booted, else 0."),
+    ):
+        metrics += [Metric(name, "gauge", text, int(on), (("condition", condition),))
+                    for condition, on in reading.conditions(since_boot).items()]
+    return metrics
 
 
 def broker_metrics(connected: bool, reconnects: int,
@@ -362,6 +387,7 @@ def serve_prometheus(stats: StatsConfig, source: str, labels: Mapping[str, str],
 
     class _Collector:
         def collect(self):
+            families = {}  # metrics of one name (a label apart) are one family
             for metric in collect():
                 names = [*labels, *(name for name, _ in metric.labels)]
                 values = [*labels.values(), *(value for _, value in metric.labels)]
@@ -372,9 +398,11 @@ def serve_prometheus(stats: StatsConfig, source: str, labels: Mapping[str, str],
                         metric.value.total)
                 else:
                     kind = CounterMetricFamily if metric.kind == "counter" else GaugeMetricFamily
-                    family = kind(metric.name, metric.help, labels=names)
+                    family = families.get(metric.name) or kind(metric.name, metric.help,
+                                                               labels=names)
                     family.add_metric(values, metric.value)
-                yield family
+                families[metric.name] = family
+            yield from families.values()
 
     registry = CollectorRegistry()
     ProcessCollector(registry=registry)
