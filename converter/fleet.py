@@ -17,7 +17,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from aiotedge_converter.errors import ConverterError
@@ -113,13 +113,8 @@ def build_release(graph: Graph, release_id: str, nodes: Sequence[NodeReport], *,
     with tempfile.TemporaryDirectory(prefix="aiotedge-release-") as scratch:
         manifest = split_model(graph, plan, Path(scratch),
                                SplitOptions(labels=labels, copy_source=False))
-    chunks = split_chunks(model, chunk_bytes)
-    release = Release(
-        release=release_id, kind=kind, model_file=graph.path.name,
-        model_sha256=sha256_hex(model), model_bytes=len(model), chunk_bytes=chunk_bytes,
-        chunks=tuple(sha256_hex(chunk) for chunk in chunks), manifest=manifest.to_dict(),
-        assignments=assignments, min_runtime=min_runtime(graph))
-    return release, chunks
+    return _release(release_id, kind, graph.path.name, model, manifest,
+                    assignments=assignments, runtime=min_runtime(graph), chunk_bytes=chunk_bytes)
 
 
 def folder_release(folder: Path, release_id: str, nodes: Sequence[NodeReport], *, kind: str,
@@ -138,13 +133,25 @@ def folder_release(folder: Path, release_id: str, nodes: Sequence[NodeReport], *
         raise DeployError(f"{folder} needs {sum(wanted)} nodes, {len(nodes)} online")
     fastest = iter(sorted(nodes, key=lambda n: (-n.mmacs_per_s, n.node)))
     assignments = tuple(tuple(next(fastest).node for _ in range(count)) for count in wanted)
-    model = model_path.read_bytes()
+    return _release(release_id, kind, manifest.source.file, model_path.read_bytes(), manifest,
+                    assignments=assignments, runtime=min_runtime(load_graph(model_path)),
+                    chunk_bytes=chunk_bytes)
+
+
+def _release(release_id: str, kind: str, model_file: str, model: bytes, manifest: Manifest, *,
+             assignments: tuple[tuple[str, ...], ...], runtime: str | None,
+             chunk_bytes: int) -> tuple[Release, list[bytes]]:
+    """The release and the model's chunks. The stages' references stay behind: a node cuts its
+    segment itself and has no reference file to check it against (they do not travel yet), so
+    its stage starts unchecked, saying so."""
     chunks = split_chunks(model, chunk_bytes)
+    unreferenced = replace(manifest, stages=tuple(replace(stage, reference=None)
+                                                  for stage in manifest.stages))
     release = Release(
-        release=release_id, kind=kind, model_file=manifest.source.file,
+        release=release_id, kind=kind, model_file=model_file,
         model_sha256=sha256_hex(model), model_bytes=len(model), chunk_bytes=chunk_bytes,
-        chunks=tuple(sha256_hex(chunk) for chunk in chunks), manifest=manifest.to_dict(),
-        assignments=assignments, min_runtime=min_runtime(load_graph(model_path)))
+        chunks=tuple(sha256_hex(chunk) for chunk in chunks), manifest=unreferenced.to_dict(),
+        assignments=assignments, min_runtime=runtime)
     return release, chunks
 
 

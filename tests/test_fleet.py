@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -260,8 +261,10 @@ def test_a_split_folder_deploys_as_it_is_and_its_chunks_stay_under_the_pipeline(
     from support.watch import retained_now
 
     done = deploy(deployer(broker), split3.directory, "v1", nodes=3, timeout=120)
-    # every node cut the segment the split wrote (its sha256) and serves it
-    assert done.release.split().stages == split3.stages
+    # every node cut the segment the split wrote (its sha256) and serves it; the references
+    # stay behind (a node has no file to check against, docs/fleet.md)
+    assert done.release.split().stages == tuple(replace(stage, reference=None)
+                                                for stage in split3.stages)
     assert done.release.split().labels == LABELS == split3.labels
     assert all(len(nodes) == 1 for nodes in done.release.assignments)
     topics = fleet.topics
