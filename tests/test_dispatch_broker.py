@@ -18,7 +18,7 @@ from aiotedge.contracts.wire import Frame, encode_frame
 from aiotedge.media.sources import Stills
 from aiotedge.nodes.daemons.camera import Camera
 from aiotedge.nodes.daemons.stage import StageNode, stage_session
-from aiotedge.nodes.mqtt.session import MqttSession
+from aiotedge.nodes.mqtt.session import MqttSession, wait_settled
 from aiotedge.tflite.runtime import Segment, open_segment
 from tests.test_faults import StageProcess
 
@@ -140,6 +140,22 @@ def test_a_board_that_stops_or_dies_gets_no_more_frames_and_one_that_joins_gets_
     assert camera.run(Stills(photos)) == len(photos)
     assert frames_in(joined) >= 1 and frames_in(first) + frames_in(joined) == 2 * len(photos)
     assert camera.counters.get("answered") == 2 * len(photos)
+
+
+def test_a_sender_that_starts_after_the_replicas_knows_their_room_at_once(broker, cluster):
+    """A stage or camera that starts later must not send everything to the first replica it
+    hears from until the others speak again: the room is retained."""
+    cluster.start("a", 0, "g")
+    cluster.start("b", 0, "g")
+    session = MqttSession(broker.address, "camera-late")
+    late = Camera(session, TOPICS, CameraConfig(name="late"))
+    session.start()
+    assert session.wait_connected(TIMEOUT)
+    try:
+        wait_settled(session, TOPICS.probe("camera-late"))  # its retained messages are in
+        assert late.dispatch.book.serving() == {"a", "b"}
+    finally:
+        session.stop()
 
 
 def test_frames_a_foreign_client_publishes_to_stage_0_still_go_through(

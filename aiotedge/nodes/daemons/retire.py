@@ -65,6 +65,8 @@ def retire(config: NodeConfig, node: str) -> Retired:
         own |= {topic for topic in retained
                 if any(topic_matches(own_filter, topic) for own_filter in camera_own)}
         info = me.info
+        if info is not None and info.share_group:  # a replica's room, retained for the dispatch
+            own.add(topics.room(info.stage, node))
         if info is not None and info.stage == info.stages - 1 and not view.serving(info.stage):
             done.pipeline = True
             own |= {topic for topic in retained if topic.startswith(

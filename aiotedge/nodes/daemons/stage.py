@@ -255,7 +255,10 @@ class StageNode:
         self.session.publish(self.topics.stats(self.node), payload, qos=0, retain=True)
 
     def _say_room(self, room: Room) -> None:
-        self.session.publish(self.topics.room(self.index, self.node), room.to_json(), qos=0)
+        # retained: a sender that starts later knows every replica's room at once, instead of
+        # sending everything to the first one it hears for up to a second
+        self.session.publish(self.topics.room(self.index, self.node), room.to_json(), qos=0,
+                             retain=True)
 
     def _room_refused(self, reason: str) -> None:
         """The broker's ACL refuses this replica its own topic: frames can reach it only
