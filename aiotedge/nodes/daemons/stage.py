@@ -564,16 +564,16 @@ def run_stage(config: NodeConfig, stop: threading.Event | None = None, *,
     stop = stop or stop_on_signals()
     manifest = load_stage_manifest(config)
     segment = open_segment(manifest, config.stage.index, config.stage.threads)
-    checked = require_reference(manifest, config.stage.index, segment)
     node = StageNode(config, manifest, stage_session(config), segment)
-    if checked is not None:  # said in its info
-        node.info = replace(node.info, self_check=checked.describe())
-    if config.stats.prometheus_port:
+    if config.stats.prometheus_port:  # a missing extra is said before any work
         serve_prometheus(config.stats, config.source,
                          {"pipeline": config.pipeline.name, "stage": str(node.index),
                           "node": node.node}, node.metrics)
         if node.index == 0:  # where the frames of any publisher are lost at the broker
             node.follow_broker_drops()
+    checked = require_reference(manifest, config.stage.index, segment)
+    if checked is not None:  # said in its info
+        node.info = replace(node.info, self_check=checked.describe())
     pipeline = PipelineAvailability(node.session, config.topics, node.node)
     bridge = None
     if config.homeassistant.discovery and node.is_last:
