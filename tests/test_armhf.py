@@ -17,10 +17,10 @@ import pytest
 
 from tests.test_arm64 import (
     BOARD_VENV,
-    MODELS,
     NOT_ON_BOARD,
     ROOT,
     TEST_PYTHON,
+    board_verify,
     demo,  # noqa: F401  (a fixture)
     in_root,
     predict,
@@ -56,16 +56,9 @@ def test_the_root_is_32_bit_arm_with_tflite_runtime_and_debians_numpy():
 
 @pytest.mark.timeout(600)
 def test_aiotedge_verify_on_armhf_keeps_every_stage_within_its_tolerance(demo):  # noqa: F811
-    result = subprocess.run(
-        in_root(f"{BOARD_VENV}/bin/aiotedge", "verify", "--manifest", MODELS,
-                binds={demo.manifest.directory: MODELS}),
-        capture_output=True, text=True, timeout=600, check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
-    rows = result.stdout.splitlines()[1:]
-    assert all(row.split()[-1] in ("identical", "yes") for row in rows), result.stdout
+    table = board_verify(demo)
     write_report(f"\naiotedge verify on armhf (tflite-runtime; the references computed on "
-                 f"x86_64 with ai-edge-litert):\n\n{result.stdout}\n")
+                 f"x86_64 with ai-edge-litert):\n\n{table}\n")
 
 
 @pytest.mark.timeout(1200)
