@@ -3,9 +3,10 @@
     python -m bench.tracedstage TRACE.json stage --manifest DIR --stage K ...
 
 Runs the stage daemon of the `aiotedge` command unchanged but for one wrapper around its
-segment's `run`: the Unix time at which each call starts (the input decoded and about to be
-set) is kept in memory and written to TRACE.json, a list of seconds, when the daemon exits.
-With frames sent one at a time, the n-th entry belongs to the n-th frame.
+segment's `run_all` (which `run` calls): the Unix time at which each call starts (the input
+decoded and about to be set) is kept in memory and written to TRACE.json, a list of seconds,
+when the daemon exits. With frames sent one at a time, the n-th entry belongs to the n-th
+frame, after the stage's self-check at start where its manifest has a reference.
 """
 
 from __future__ import annotations
@@ -28,13 +29,14 @@ def trace_segments(entries: list[float]) -> None:
 
     def traced(*args, **kwargs) -> Segment:
         segment = open_segment(*args, **kwargs)
-        run = segment.run
+        # every invoke goes through run_all (run calls it; the last stage calls it itself)
+        run_all = segment.run_all
 
-        def timed_run(tensor: np.ndarray) -> np.ndarray:
+        def timed_run(tensor: np.ndarray) -> tuple[np.ndarray, ...]:
             entries.append(time.time())
-            return run(tensor)
+            return run_all(tensor)
 
-        segment.run = timed_run  # type: ignore[method-assign]
+        segment.run_all = timed_run  # type: ignore[method-assign]
         return segment
 
     stage.open_segment = traced
