@@ -38,7 +38,7 @@ from aiotedge.config.sections import CameraConfig
 from aiotedge.contracts.errors import AiotedgeError
 from aiotedge.media.image import list_images, read_photo
 from bench.benchdoc import BENCHMARKS, command_line, machine, write_section
-from bench.cluster import boards, layouts, leftovers, report, timing
+from bench.cluster import boards, layouts, report, start, timing
 from bench.cluster.measure import Cluster, Phases, RunResult
 from support.paths import SHARED_IMAGES, SHARED_MODEL
 
@@ -94,12 +94,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--write-docs", action="store_true",
                         help="write the section of docs/benchmarks.md")
     return parser.parse_args(argv)
-
-
-def why_not(link: bool) -> str | None:
-    if os.geteuid() != 0:
-        return "it needs root (cgroup CPU quotas and network namespaces)"
-    return boards.detect().why_not("cpu", *(boards.NET_FEATURES if link else ()))
 
 
 def camera_config(text: str) -> CameraConfig:
@@ -205,14 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if not args.model.is_file():
         raise SystemExit(f"bench-cluster: no model at {args.model} (give --model)")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    for noisy in ("aiotedge", "bench.stagerun"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
     link = boards.Link(args.link_mbps) if args.link_mbps > 0 else None
-    if reason := why_not(link is not None):
-        print(f"bench-cluster skipped: {reason}")
+    if not start.ready("bench-cluster", link):
         return 0
-    leftovers.cleanup_leftovers()
     photos = [(path.name, read_photo(path)) for path in list_images(args.images)]
     phases = Phases(lone_frames=args.lone_frames, frames_per_board=args.frames_per_board,
                     in_flight_per_board=args.in_flight_per_board)

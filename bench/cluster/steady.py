@@ -43,7 +43,7 @@ from aiotedge.media.sources import Stills
 from aiotedge.nodes.mqtt.broker import free_port
 from aiotedge.nodes.mqtt.transport import Received
 from bench.benchdoc import BENCHMARKS, command_line, machine, write_section
-from bench.cluster import boards, layouts, leftovers, steady_report
+from bench.cluster import boards, layouts, start, steady_report
 from bench.cluster.boards import Board, Link
 from bench.cluster.measure import process_cpu_seconds
 from bench.stagerun import StageRun
@@ -289,17 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if not args.model.is_file():
         raise SystemExit(f"bench-cluster-steady: no model at {args.model} (give --model)")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    for noisy in ("aiotedge", "bench.stagerun"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
     link = Link(args.link_mbps) if args.link_mbps > 0 else None
-    if os.geteuid() != 0:
-        print("bench-cluster-steady skipped: it needs root (cgroup CPU quotas)")
+    if not start.ready("bench-cluster-steady", link):
         return 0
-    if reason := boards.detect().why_not("cpu", *(boards.NET_FEATURES if link else ())):
-        print(f"bench-cluster-steady skipped: {reason}")
-        return 0
-    leftovers.cleanup_leftovers()
     photos = [(path.name, read_photo(path)) for path in list_images(args.images)]
     settings = Settings(args.warmup, args.window, args.in_flight_per_board, link)
     started = time.monotonic()
