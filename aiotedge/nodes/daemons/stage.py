@@ -67,6 +67,9 @@ log = logging.getLogger(__name__)
 _QueuedMessage = tuple[Received, float]
 #: seconds between two warnings about missed frames at most (their count is in the stats)
 SAY_MISSED_EVERY = 10.0
+#: seconds after a reconnection within which the camera and other subscribers are back too
+#: (their reconnect delay is 1 s): an answer given before may have reached no one
+RESUBSCRIBED_WITHIN = 10.0
 
 
 class StageNode:
@@ -103,10 +106,11 @@ class StageNode:
         self.counters = self.stats.counters
         self._recent = RecentIds()
         #: the last stage: frames answered already, by this node or (seen on the predictions
-        #: topic) by a replica of it
+        #: topic) by a replica of it, each with the connection (the session's count of
+        #: reconnects) and the time (Unix) of the answer
         self._answered = RecentIds()
-        #: the connection (the session's count of reconnects) those answers went out on
-        self._answered_connection = 0
+        #: the session's count of reconnects, and when this stage first saw it (Unix)
+        self._connection: tuple[int, float] = (0, 0.0)
         #: stage 0 alone (a replica sees only its share of the frames): gaps in each source's
         #: frame numbers
         self._gaps = (SequenceGaps() if self.index == 0 and not self.settings.share_group
@@ -388,7 +392,7 @@ class StageNode:
         try:
             frame = self._decode(message.payload)
             frame_id = frame.frame_id
-            if self._is_duplicate(message, frame):
+            if self._is_duplicate(message, frame, received):
                 self.counters.add("duplicates")
                 log.info("dropped a duplicate of %s", frame_id)
                 self.session.ack(message)
@@ -408,7 +412,7 @@ class StageNode:
                 self._room.finished()
         self.stats.service.add(time.perf_counter() - taken)
 
-    def _is_duplicate(self, message: Received, frame: Frame) -> bool:
+    def _is_duplicate(self, message: Received, frame: Frame, received: float) -> bool:
         """A copy of an attempt taken before (a redelivery), or a frame the last stage, or a
         replica of it, has answered already (a camera's resend of a late, not lost, frame):
         at-least-once inside the pipeline, once for the predictions' subscribers.
@@ -422,11 +426,29 @@ class StageNode:
         if earlier is not None and earlier != content:
             raise WireError(f"frame id {frame.frame_id!r} (attempt {frame.attempt}) was taken "
                             "already with other content", frame.frame_id)
-        if self.is_last and self.session.reconnects != self._answered_connection:
-            # the broker may have lost answers it had taken (killed before it saved them): a
-            # frame sent again since is answered again rather than perhaps never
-            self._answered, self._answered_connection = RecentIds(), self.session.reconnects
-        return earlier is not None or (self.is_last and frame.frame_id in self._answered)
+        return earlier is not None or (self.is_last and self._answered_before(frame, received))
+
+    def _answered_before(self, frame: Frame, received: float) -> bool:
+        """Whether an answer given already surely reached the camera, which sent the frame
+        again. Not when the broker was restarted since (killed before it saved the answer, it
+        lost it), nor when the answer went out in the first seconds after that, before the
+        camera had subscribed again, and before this attempt entered the pipeline: such a
+        frame is answered again rather than perhaps never."""
+        reconnects = self.session.reconnects
+        if reconnects != self._connection[0]:
+            self._connection = (reconnects, time.time())
+        answer = self._answered.get(frame.frame_id)
+        if answer is None:
+            return False
+        connection, answered_at = answer  # type: ignore[misc]
+        if connection != reconnects:
+            return False
+        entered = frame.trace[0].received if frame.trace else received
+        settled = reconnects == 0 or answered_at >= self._connection[1] + RESUBSCRIBED_WITHIN
+        return bool(settled or answered_at >= entered)
+
+    def _remember_answer(self, frame_id: str, answered_at: float) -> None:
+        self._answered.put(frame_id, (self.session.reconnects, answered_at))
 
     def _follow_numbers(self, frame: Frame) -> None:
         """Count the frames of a source that never reached this stage 0 (any publisher's)."""
@@ -447,7 +469,7 @@ class StageNode:
         """A replica of the last stage answered a frame: this one need not answer it again."""
         prediction = Prediction.parse(message.payload)
         if prediction is not None:
-            self._answered.seen(prediction.frame_id)
+            self._remember_answer(prediction.frame_id, time.time())
 
     def _handle(self, message: Received, frame: Frame, received: float) -> None:
         frame, tensor = self._input_tensor(frame)
@@ -457,7 +479,7 @@ class StageNode:
         hop = Hop(self.index, received, time.time())
         if self.is_last:
             payload = self._prediction(frame, outputs, hop)
-            self._answered.seen(frame.frame_id)
+            self._remember_answer(frame.frame_id, hop.done)
         else:
             payload = encode_frame(frame.with_tensor(outputs[0], self.spec.output, hop),
                                    self.spec.output_codec)

@@ -21,14 +21,26 @@ class RecentIds:
         with self._lock:
             return frame_id in self._ids
 
+    def get(self, frame_id: str) -> Hashable | None:
+        """The value `frame_id` was remembered with; None when it was not seen."""
+        with self._lock:
+            return self._ids.get(frame_id)
+
+    def put(self, frame_id: str, value: Hashable) -> None:
+        """Remember `frame_id` with `value`, in place of any value it had."""
+        with self._lock:
+            self._store(frame_id, value)
+
     def seen(self, frame_id: str, value: Hashable = True) -> Hashable | None:
         """The value `frame_id` was remembered with; None when it was not seen (it is
         remembered now, with `value`)."""
         with self._lock:
-            if frame_id in self._ids:
-                self._ids.move_to_end(frame_id)
-                return self._ids[frame_id]
-            self._ids[frame_id] = value
-            if len(self._ids) > self._size:
-                self._ids.popitem(last=False)
-            return None
+            earlier = self._ids.get(frame_id)
+            self._store(frame_id, value if earlier is None else earlier)
+            return earlier
+
+    def _store(self, frame_id: str, value: Hashable) -> None:
+        self._ids[frame_id] = value
+        self._ids.move_to_end(frame_id)
+        if len(self._ids) > self._size:
+            self._ids.popitem(last=False)
