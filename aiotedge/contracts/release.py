@@ -226,9 +226,14 @@ class LiveRelease:
 
     release: str
     since: float = field(default_factory=time.time)
+    #: the release before was abandoned, not drained (a board of it was lost): its stages
+    #: stopped before this pointer moved, so cameras send every frame still unanswered to this
+    #: release at once
+    resend: bool = False
 
     def to_json(self) -> str:
-        return json.dumps({"release": self.release, "since": self.since})
+        return json.dumps({"release": self.release, "since": self.since,
+                           **({"resend": True} if self.resend else {})})
 
     @classmethod
     def parse(cls, payload: bytes) -> LiveRelease | None:
@@ -238,7 +243,7 @@ class LiveRelease:
             release = data["release"]
             if not isinstance(release, str) or not RELEASE_ID.fullmatch(release):
                 return None
-            return cls(release, float(data.get("since", 0.0)))
+            return cls(release, float(data.get("since", 0.0)), data.get("resend") is True)
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
             return None
 

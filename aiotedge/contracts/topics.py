@@ -151,6 +151,15 @@ class Topics:
         """Retained: which release the cameras send to, switched by the deployer."""
         return f"{self.base}/fleet/live"
 
+    def coordinator(self, name: str) -> str:
+        """Retained while a self-healing coordinator runs (Last Will: cleared): the oldest
+        one present decides (docs/fleet.md, self-healing)."""
+        return f"{self.base}/fleet/coordinator/{name}"
+
+    @property
+    def all_coordinators(self) -> str:
+        return f"{self.base}/fleet/coordinator/+"
+
     def model_chunk(self, sha256: str) -> str:
         """Retained: a piece of a release's model, named by its sha256 (binary: frames branch)."""
         return f"{self.frames_base}/chunk/{sha256}"
