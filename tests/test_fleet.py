@@ -1,5 +1,6 @@
 """Releases over the broker: `aiotedge node` daemons (real processes), `deploy`, a rolling
-update under a camera at QoS 1, a node restarted mid-release (docs/fleet.md)."""
+update under a camera at QoS 1, a node restarted mid-release, a release withdrawn
+(docs/fleet.md)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from aiotedge_converter.fleet import deploy
+from aiotedge_converter.fleet import Deployer, deploy
 
 from aiotedge.config.loader import NodeConfig
 from aiotedge.config.sections import CameraConfig, PipelineConfig
@@ -28,6 +29,7 @@ from aiotedge.nodes.mqtt.session import MqttSession, wait_settled
 from aiotedge.tflite.graph import load_graph
 from support.models import LABELS
 from support.reference import whole_model_top
+from support.watch import retained_now
 
 PIPELINE = "yard"
 NODES = ("n1", "n2", "n3")
@@ -227,8 +229,6 @@ def test_a_rolling_update_loses_no_frame_and_mixes_no_release(
 
     # v1 drains, then its stages stop: the nodes serve v2 alone
     fleet.wait(lambda r: all(r[n].serving == ("v2",) for n in NODES), "v1 stopped")
-    from support.watch import retained_now
-
     v1_topics = v1.topics(fleet.topics)
     left = {t for t in retained_now(broker, v1_topics) if t.startswith(v1_topics.base)}
     assert left <= {v1_topics.pipeline_availability}, left  # its stages' messages cleared
@@ -258,8 +258,6 @@ def test_a_node_refuses_a_release_it_cannot_run_and_the_live_one_stays(
 
 def test_a_split_folder_deploys_as_it_is_and_its_chunks_stay_under_the_pipeline(
         fleet, broker, test_models, split3):
-    from support.watch import retained_now
-
     done = deploy(deployer(broker), split3.directory, "v1", nodes=3, timeout=120)
     # every node cut the segment the split wrote (its sha256) and serves it; the references
     # stay behind (a node has no file to check against, docs/fleet.md)
@@ -324,3 +322,48 @@ def test_a_node_left_over_serves_as_a_replica_of_a_stage(fleet, broker, test_mod
     assert not results.errors
     session.stop()
     results.session.stop()
+
+
+def feed(camera: Camera, photos: list[tuple[str, bytes]]) -> tuple[threading.Thread,
+                                                                   threading.Event]:
+    """The camera sending the photos in a loop until the event is set."""
+    stop = threading.Event()
+    feeding = threading.Thread(target=camera.run, args=(Stills(photos, loop=True),),
+                               kwargs={"stop": stop})
+    feeding.start()
+    return feeding, stop
+
+
+def test_a_withdrawn_release_stops_at_once_under_a_steady_camera(
+        fleet, broker, test_models, generated_frames):
+    """A drain waits for the frames to stop coming, which they never do while the pointer
+    stays: withdrawn, the release stops at once, and what is sent to it then is left alone."""
+    v1 = deploy(deployer(broker), load_graph(test_models["int8"]), "v1", labels=LABELS,
+                timeout=120).release
+    results = Results(broker, fleet.topics)
+    camera, session = camera_for(broker, "cam", fps=20, in_flight=4, frame_timeout=3600)
+    feeding, stop = feed(camera, generated_frames)
+    results.wait_for(lambda p: len(p) >= 3)  # v1 serves the camera
+
+    with Deployer(deployer(broker), "withdrawer") as withdrawer:
+        withdrawer.withdraw("v1")
+    fleet.wait(lambda r: all("v1" not in r[n].serving for n in NODES), "v1 stopped at once",
+               timeout=60)
+    stop.set()
+    feeding.join(60)
+    wait_settled(results.session, fleet.topics.probe("results"))  # v1's last answers are in
+    answered = {p.frame_id for p in results.predictions}
+    seq = camera.counters.get("published")
+    late = camera.publish(seq, next(Stills(generated_frames).frames(threading.Event())))
+    wait_settled(results.session, fleet.topics.probe("results"))
+    assert late not in {p.frame_id for p in results.predictions}
+    assert {p.frame_id for p in results.predictions} == answered
+    assert camera.waiting >= 1  # the camera's to send again, to the release after
+    assert camera.counters.get("resent") == 0
+
+    v1_topics = v1.topics(fleet.topics)
+    left = {t for t in retained_now(broker, v1_topics) if t.startswith(v1_topics.base)}
+    assert left <= {v1_topics.pipeline_availability}, left  # its stages' messages cleared
+    session.stop()
+    results.session.stop()
+
