@@ -1,6 +1,6 @@
 """Releases over the broker: `aiotedge node` daemons (real processes), `deploy`, a rolling
-update under a camera at QoS 1, a node restarted mid-release, a release withdrawn
-(docs/fleet.md)."""
+update under a camera at QoS 1, a node restarted mid-release, a release withdrawn and one that
+lost a board replaced by hand as a self-healing coordinator does it (docs/fleet.md)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,13 @@ import signal
 import subprocess
 import sys
 import threading
+import time
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from aiotedge_converter.fleet import Deployer, deploy
+from aiotedge_converter.fleet import Deployer, build_release, deploy
 
 from aiotedge.config.loader import NodeConfig
 from aiotedge.config.sections import CameraConfig, PipelineConfig
@@ -367,3 +369,54 @@ def test_a_withdrawn_release_stops_at_once_under_a_steady_camera(
     session.stop()
     results.session.stop()
 
+
+def test_a_release_that_lost_a_board_is_replaced_and_the_camera_resends_at_once(
+        fleet, broker, test_models, generated_frames):
+    """The switch a self-healing coordinator makes, by hand: a release for the nodes left,
+    ready; the old one withdrawn and stopped on every node left; then the pointer, with
+    `resend`. The camera's timeout is far beyond this test's waits: its frames come back
+    because the pointer said so, each answered once, none lost."""
+    model = test_models["int8"]
+    v1 = deploy(deployer(broker), load_graph(model), "v1", labels=LABELS, timeout=120).release
+    results = Results(broker, fleet.topics)
+    camera, session = camera_for(broker, "cam", fps=20, in_flight=6, frame_timeout=3600)
+    feeding, stop = feed(camera, generated_frames)
+    results.wait_for(lambda p: len(p) >= 5)  # v1 serves the camera
+
+    lost = v1.assignments[1][0]
+    fleet.processes[lost].send_signal(signal.SIGKILL)
+    fleet.processes[lost].wait(30)
+    killed_at = time.monotonic()
+    left = [node for node in NODES if node != lost]
+    with Deployer(deployer(broker), "healer") as healer:
+        v2, chunks = build_release(load_graph(model), "v2", [fleet.reports[n] for n in left],
+                                   labels=LABELS, kind="classification")
+        healer.publish_release(v2, chunks)
+        healer.wait_ready(v2, 120)
+        healer.withdraw(v1.release)
+        fleet.wait(lambda r: all(v1.release not in r[n].serving for n in left),
+                   "v1 stopped on the nodes left", timeout=60)
+        healer.go_live(v2, resend=True)
+    results.wait_for(lambda p: any(x.release == "v2" for x in p))
+    switch = time.monotonic() - killed_at
+    results.wait_for(lambda p: sum(x.release == "v2" for x in p) >= 10)
+    stop.set()
+    feeding.join(60)
+
+    published = camera.counters.get("published")
+    expected = {camera.frame_id(seq) for seq in range(published)}
+    results.wait_for(lambda p: expected <= {x.frame_id for x in p})  # 0 lost
+    wait_settled(results.session, fleet.topics.probe("results"))
+    answers = Counter(p.frame_id for p in results.predictions)
+    assert set(answers) == expected and set(answers.values()) == {1}  # each answered once
+    releases = {"v1": v1, "v2": v2}
+    photos = [photo for _, photo in generated_frames]
+    for prediction in results.predictions:
+        photo = photos[prediction.seq % len(photos)]
+        assert prediction.top[0].name == expected_top1(model, releases[prediction.release],
+                                                       photo), prediction
+    assert camera.counters.get("resent") > 0  # at once: its timeout is an hour
+    assert camera.counters.get("unanswered") == 0
+    print(f"switch: {switch:.2f} s from the SIGKILL to v2's first answer")
+    session.stop()
+    results.session.stop()
