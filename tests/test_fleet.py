@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -386,7 +385,6 @@ def test_a_release_that_lost_a_board_is_replaced_and_the_camera_resends_at_once(
     lost = v1.assignments[1][0]
     fleet.processes[lost].send_signal(signal.SIGKILL)
     fleet.processes[lost].wait(30)
-    killed_at = time.monotonic()
     left = [node for node in NODES if node != lost]
     with Deployer(deployer(broker), "healer") as healer:
         v2, chunks = build_release(load_graph(model), "v2", [fleet.reports[n] for n in left],
@@ -397,8 +395,6 @@ def test_a_release_that_lost_a_board_is_replaced_and_the_camera_resends_at_once(
         fleet.wait(lambda r: all(v1.release not in r[n].serving for n in left),
                    "v1 stopped on the nodes left", timeout=60)
         healer.go_live(v2, resend=True)
-    results.wait_for(lambda p: any(x.release == "v2" for x in p))
-    switch = time.monotonic() - killed_at
     results.wait_for(lambda p: sum(x.release == "v2" for x in p) >= 10)
     stop.set()
     feeding.join(60)
@@ -417,6 +413,5 @@ def test_a_release_that_lost_a_board_is_replaced_and_the_camera_resends_at_once(
                                                        photo), prediction
     assert camera.counters.get("resent") > 0  # at once: its timeout is an hour
     assert camera.counters.get("unanswered") == 0
-    print(f"switch: {switch:.2f} s from the SIGKILL to v2's first answer")
     session.stop()
     results.session.stop()
