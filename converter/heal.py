@@ -149,7 +149,7 @@ def settled_joiners(live: Release, members: Mapping[str, Member], now: float,
 def worth_it(current: float, proposed: float, min_gain: float) -> bool:
     """Whether a plan forecast at `proposed` frames/s gains at least `min_gain` (a fraction)
     over `current`."""
-    return proposed >= current * (1.0 + min_gain) if current > 0 else proposed > 0
+    return proposed - current >= current * min_gain if current > 0 else proposed > 0
 
 
 # -- the coordinator ------------------------------------------------------------------------
