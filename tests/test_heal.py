@@ -3,13 +3,11 @@ then coordinators as processes with real `aiotedge node` daemons on a real mosqu
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
 import threading
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import pytest
 from aiotedge_converter.fleet import Member, build_release, deploy
@@ -186,3 +184,175 @@ def test_a_bounce_within_the_grace_and_a_join_without_gain_change_nothing(fake, 
     fake.members["n5"] = member(True, 120.0, speed=4000.0, node="n5")  # a fast one
     coordinator.step(121.0)
     assert [(how, "n5" in r.nodes) for how, r in fake.done] == [("roll", True)]
+
+
+# -- coordinators as processes, real nodes, a real broker ------------------------------------
+
+
+class HealProcess:
+    """`aiotedge-convert heal` as a process; its log lines, as they come."""
+
+    def __init__(self, broker, name: str, *options: str) -> None:
+        self.name = name
+        self.lines: list[str] = []
+        self.changed = threading.Condition()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "aiotedge_converter", "heal", "--broker",
+             str(broker.address), "--pipeline", PIPELINE, "--name", name, "--timeout", "60",
+             *options], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            with self.changed:
+                self.lines.append(line.rstrip())
+                self.changed.notify_all()
+        with self.changed:
+            self.lines.append("<exited>")
+            self.changed.notify_all()
+
+    def wait_line(self, text: str, timeout: float = 120.0) -> str:
+        with self.changed:
+            assert self.changed.wait_for(lambda: any(text in line for line in self.lines),
+                                         timeout), (text, self.lines)
+            return next(line for line in self.lines if text in line)
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        status = self.process.wait(60)
+        self.reader.join(10)
+        return status
+
+
+@pytest.fixture
+def coordinators(broker):
+    started: list[HealProcess] = []
+
+    def start(name: str, *options: str) -> HealProcess:
+        started.append(HealProcess(broker, name, *options))
+        return started[-1]
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+def live_serves(fleet, release_id: str | None = None) -> bool:
+    """Whether the live release (`release_id`, or any but v1) is served by all its nodes."""
+    live = fleet.live
+    if live is None or live.release == "v1" or (release_id and live.release != release_id):
+        return False
+    release = fleet.releases.get(live.release)
+    return release is not None and all(
+        (r := fleet.reports.get(n)) and r.release == live.release and r.state == "ready"
+        for n in release.nodes)
+
+
+def deploy_v1(fleet, broker, test_models) -> Release:
+    return deploy(deployer(broker), load_graph(test_models["int8"]), "v1", labels=LABELS,
+                  nodes=len(NODES), timeout=120).release
+
+
+def test_a_lost_sole_stage_node_is_replaced_by_a_release_on_the_nodes_left(
+        fleet, broker, coordinators, test_models, generated_frames):
+    v1 = deploy_v1(fleet, broker, test_models)
+    heal = coordinators("c1")
+    heal.wait_line("coordinator c1: deciding")
+    lost = v1.assignments[1][0]
+    fleet.kill(lost)
+    fleet.wait_fleet(lambda: live_serves(fleet, "v1.r1"), "v1.r1 live")
+    assert fleet.live.resend  # v1 was abandoned: cameras resend what it held
+    healed = fleet.releases["v1.r1"]
+    assert sorted(healed.nodes) == sorted(set(NODES) - {lost})
+    assert "v1" not in fleet.releases  # withdrawn
+    line = heal.wait_line(f"lost {lost}: v1 -> v1.r1 (abandon)")
+    assert "forecast" in line
+
+    results = Results(broker, fleet.topics)
+    camera, session = camera_for(broker, "cam")
+    assert camera.run(Stills(generated_frames)) == len(generated_frames)
+    results.wait_for(lambda p: len(p) >= len(generated_frames))
+    for prediction in results.predictions:  # the whole model's answers, by the nodes left
+        assert prediction.release == "v1.r1"
+        assert prediction.top[0].name == expected_top1(
+            test_models["int8"], healed, generated_frames[prediction.seq][1])
+    session.stop()
+    results.session.stop()
+    assert heal.stop() == 0
+    from support.watch import retained_now
+
+    assert fleet.topics.coordinator("c1") not in retained_now(broker, fleet.topics)
+
+
+def test_a_node_joining_is_put_to_work_once_it_settled(fleet, broker, coordinators,
+                                                       test_models):
+    deploy_v1(fleet, broker, test_models)
+    heal = coordinators("c1", "--join-settle", "1")
+    heal.wait_line("coordinator c1: deciding")
+    fleet.start("n4", speed=4000.0)  # fast: the forecast gains
+    fleet.wait_fleet(lambda: live_serves(fleet, "v1.r1"), "v1.r1 live")
+    assert "n4" in fleet.releases["v1.r1"].nodes
+    assert not fleet.live.resend  # a rolling update: v1 drains
+    heal.wait_line("joined n4: v1 -> v1.r1 (rolling)")
+
+
+def test_a_node_bouncing_within_the_grace_causes_no_replan(fleet, broker, coordinators,
+                                                           test_models):
+    deploy_v1(fleet, broker, test_models)
+    heal = coordinators("c1", "--loss-grace", "60")
+    heal.wait_line("coordinator c1: deciding")
+    fleet.kill("n2")
+    fleet.start("n2")
+    heal.wait_line("n2 back within the loss grace: no re-plan of v1")
+    fleet.wait(lambda r: "n2" in r and r["n2"].serving == ("v1",), "n2 serves v1 again")
+    with fleet.changed:
+        assert sorted(fleet.releases) == ["v1"] and fleet.live.release == "v1"
+
+
+def test_the_deciding_coordinator_killed_during_a_replan_the_other_finishes_it(
+        fleet, broker, coordinators, test_models):
+    deploy_v1(fleet, broker, test_models)
+    elder = coordinators("a")
+    elder.wait_line("coordinator a: deciding")
+    younger = coordinators("b")
+    younger.wait_line("coordinator b: standing by (a decides)")
+    fleet.kill("n2")
+    fleet.wait_fleet(lambda: "v1.r1" in fleet.releases, "a publishes its re-plan")
+    elder.process.kill()  # during the re-plan: its Last Will clears its presence
+    younger.wait_line("coordinator b: deciding")
+    younger.wait_line("withdrawing release v1.r1 (unfinished)")
+    fleet.wait_fleet(lambda: live_serves(fleet, "v1.r2"), "b's re-plan live")
+    assert sorted(fleet.releases["v1.r2"].nodes) == ["n1", "n3"]
+    assert "v1.r1" not in fleet.releases
+
+
+def test_a_node_lost_under_a_camera_loses_no_frame(fleet, broker, coordinators, test_models,
+                                                   generated_frames):
+    """Needs the nodes to stop a withdrawn release at once and the cameras to resend on
+    `resend` (node.py, camera.py)."""
+    v1 = deploy_v1(fleet, broker, test_models)
+    heal = coordinators("c1", "--timeout", "20")
+    heal.wait_line("coordinator c1: deciding")
+    results = Results(broker, fleet.topics)
+    camera, session = camera_for(broker, "cam", fps=20)
+    stop = threading.Event()
+    feeding = threading.Thread(target=camera.run,
+                               args=(Stills(generated_frames, loop=True),), kwargs={"stop": stop})
+    feeding.start()
+    try:
+        results.wait_for(lambda p: len(p) >= 5)
+        fleet.kill(v1.assignments[1][0])
+        results.wait_for(lambda p: sum(x.release == "v1.r1" for x in p) >= 5, timeout=60)
+    finally:  # the camera stops, even when the test fails
+        stop.set()
+        feeding.join(60)
+    published = camera.counters.get("published")
+    expected = {camera.frame_id(seq) for seq in range(published)}
+    results.wait_for(lambda p: expected <= {x.frame_id for x in p}, timeout=60)  # 0 lost
+    frame_ids = [p.frame_id for p in results.predictions]
+    assert len(frame_ids) == len(set(frame_ids))  # each answered once
+    session.stop()
+    results.session.stop()
