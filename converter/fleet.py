@@ -370,10 +370,15 @@ class Deployer:
     def publish_release(self, release: Release, chunks: Sequence[bytes]) -> None:
         """The chunks first (the model's and the references', each on the topic of its
         sha256), then the release that names them: a node that sees the release finds every
-        chunk."""
+        chunk. A chunk a release retained on the broker names is there already: a re-plan of
+        the same model (heal.py) or a second deploy of it uploads only what is new."""
+        with self._changed:
+            retained = {digest for r in self._releases.values() if r is not None
+                        for digest in (*r.chunks, *r.reference_chunks)}
         for index, chunk in enumerate(chunks):
-            self._publish(self.topics.model_chunk(sha256_hex(chunk)), chunk,
-                          f"chunk {index + 1} of {len(chunks)}")
+            if (digest := sha256_hex(chunk)) not in retained:
+                self._publish(self.topics.model_chunk(digest), chunk,
+                              f"chunk {index + 1} of {len(chunks)}")
         self._publish(f"{self.topics.release_plan}/{release.release}", release.to_json(),
                       "the release")
 

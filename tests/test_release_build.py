@@ -13,7 +13,7 @@ from aiotedge.config.loader import NodeConfig
 from aiotedge.config.sections import PipelineConfig
 from aiotedge.contracts.release import NodeReport, Release, sha256_hex
 from aiotedge.contracts.topics import Topics
-from aiotedge.nodes.mqtt.session import MqttSession, read_retained
+from aiotedge.nodes.mqtt.session import MqttSession, read_retained, wait_settled
 from aiotedge.tflite.graph import load_graph
 from support.models import LABELS
 
@@ -94,3 +94,37 @@ def test_forget_old_clears_the_reference_chunks_only_the_old_release_used(broker
     assert {chunk(digest) for digest in (*new.chunks, *new.reference_chunks)} <= set(retained)
     assert f"{topics.release_plan}/v1" not in retained
 
+
+
+def test_a_release_of_the_same_model_publishes_only_the_chunks_not_on_the_broker(
+        broker, test_models):
+    """A re-plan or a second deploy of a model sent the whole model again (the broker read
+    3.65 MB per deploy of MobileNetV2 onto nodes that had every chunk)."""
+    graph = load_graph(test_models["int8"])
+    old, old_chunks = build_release(graph, "v1", NODES, labels=LABELS,
+                                    kind="classification", stages=3)
+    new, new_chunks = build_release(graph, "v2", NODES, labels=LABELS,
+                                    kind="classification", stages=2)
+    topics = Topics(PIPELINE)
+    config = NodeConfig(broker=broker.address, pipeline=PipelineConfig(name=PIPELINE))
+    sent: list[str] = []
+    listener = MqttSession(broker.address, "listener")
+    listener.subscribe(topics.model_chunk("+"), lambda m: sent.append(m.topic.rsplit("/", 1)[1]))
+    listener.start()
+    assert listener.wait_connected(10)
+    try:
+        with Deployer(config) as deployer:
+            deployer.publish_release(old, old_chunks)
+            with deployer._changed:
+                assert deployer._changed.wait_for(lambda: "v1" in deployer._releases, 30)
+            deployer.publish_release(new, new_chunks)
+            with deployer._changed:
+                assert deployer._changed.wait_for(lambda: "v2" in deployer._releases, 30)
+        wait_settled(listener, topics.probe("listener"))
+    finally:
+        listener.stop()
+    first = len(old_chunks)
+    assert sent[:first] == [sha256_hex(chunk) for chunk in old_chunks]
+    assert sent[first:] == [digest for digest in (sha256_hex(c) for c in new_chunks)
+                            if digest not in set(sent[:first])]
+    assert set(new.chunks) <= set(sent[:first])  # the model went once
