@@ -347,6 +347,16 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_deployer_flags(command: argparse.ArgumentParser) -> None:
+    """The broker login and pipeline of the deployer's user, whom alone the broker lets
+    publish releases (`deploy` and `heal`)."""
+    command.add_argument("--config", help="a config file with [broker] and [pipeline] "
+                         "(the deployer's login); flags override it (default: none)")
+    add_section_flags(command, BrokerConfig, ("host", "username", "password_file", "tls",
+                                              "ca_file", "cert_file", "key_file"))
+    add_section_flags(command, PipelineConfig, ("name",))
+
+
 def _add_deploy_parser(sub: argparse._SubParsersAction) -> None:
     deploy_cmd = sub.add_parser(
         "deploy", help="put a model on the `aiotedge node` daemons online, as a release",
@@ -358,11 +368,7 @@ def _add_deploy_parser(sub: argparse._SubParsersAction) -> None:
                             help="a model, or a folder of `split` or `plan --out` (its cuts, "
                             "replicas and labels kept)")
     deploy_cmd.add_argument("--labels", type=Path, metavar="FILE", help=LABELS_HELP)
-    deploy_cmd.add_argument("--config", help="a config file with [broker] and [pipeline] "
-                            "(the deployer's login); flags override it (default: none)")
-    add_section_flags(deploy_cmd, BrokerConfig, ("host", "username", "password_file", "tls",
-                                                 "ca_file", "cert_file", "key_file"))
-    add_section_flags(deploy_cmd, PipelineConfig, ("name",))
+    _add_deployer_flags(deploy_cmd)
     deploy_cmd.add_argument("--release", metavar="ID", help="the release id (default: the "
                             "model's name and the UTC time)")
     deploy_cmd.add_argument("--kind", default="classification", choices=KINDS,
@@ -400,11 +406,7 @@ def _add_heal_parser(sub: argparse._SubParsersAction) -> None:
         "release using it, rolled out if the forecast gains --min-gain. The oldest "
         "coordinator present decides, the others stand by. Runs until SIGTERM or Ctrl-C. "
         "See docs/fleet.md.")
-    heal_cmd.add_argument("--config", help="a config file with [broker] and [pipeline] "
-                          "(the deployer's login); flags override it (default: none)")
-    add_section_flags(heal_cmd, BrokerConfig, ("host", "username", "password_file", "tls",
-                                               "ca_file", "cert_file", "key_file"))
-    add_section_flags(heal_cmd, PipelineConfig, ("name",))
+    _add_deployer_flags(heal_cmd)
     heal_cmd.add_argument("--name", default=socket.gethostname(), metavar="ID",
                           help="this coordinator's name, one per coordinator (default: the "
                           "host name)")

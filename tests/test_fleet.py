@@ -37,6 +37,12 @@ def self_checks(broker, release: Release) -> dict[str, str]:
         "self_check", "") for node in release.nodes}
 
 
+def assert_stages_cleared(broker, topics: Topics) -> None:
+    """A release's stages gone, their retained info, stats and availability with them."""
+    left = {t for t in retained_now(broker, topics) if t.startswith(topics.base)}
+    assert left <= {topics.pipeline_availability}, left
+
+
 def test_deploy_serves_the_whole_models_answers_and_a_restarted_node_resumes_its_role(
         fleet, broker, test_models, generated_frames):
     model = test_models["int8"]
@@ -123,9 +129,7 @@ def test_a_rolling_update_loses_no_frame_and_mixes_no_release(
 
     # v1 drains, then its stages stop: the nodes serve v2 alone
     fleet.wait(lambda r: all(r[n].serving == ("v2",) for n in NODES), "v1 stopped")
-    v1_topics = v1.topics(fleet.topics)
-    left = {t for t in retained_now(broker, v1_topics) if t.startswith(v1_topics.base)}
-    assert left <= {v1_topics.pipeline_availability}, left  # its stages' messages cleared
+    assert_stages_cleared(broker, v1.topics(fleet.topics))
     session.stop()
     results.session.stop()
 
@@ -283,9 +287,7 @@ def test_a_withdrawn_release_stops_at_once_under_a_steady_camera(
     assert camera.waiting >= 1  # the camera's to send again, to the release after
     assert camera.counters.get("resent") == 0
 
-    v1_topics = v1.topics(fleet.topics)
-    left = {t for t in retained_now(broker, v1_topics) if t.startswith(v1_topics.base)}
-    assert left <= {v1_topics.pipeline_availability}, left  # its stages' messages cleared
+    assert_stages_cleared(broker, v1.topics(fleet.topics))
     session.stop()
     results.session.stop()
 
