@@ -30,7 +30,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,9 +52,10 @@ from aiotedge.contracts.release import LiveRelease, Release
 from aiotedge.contracts.topics import ONLINE, Topics
 from aiotedge.media.image import list_images, read_photo
 from aiotedge.media.sources import Stills
+from aiotedge.media.sources.base import CapturedFrame
 from aiotedge.nodes.daemons.camera import Camera
 from aiotedge.nodes.mqtt.broker import free_port
-from aiotedge.nodes.mqtt.session import MqttSession
+from aiotedge.nodes.mqtt.session import MqttSession, wait_settled
 from aiotedge.nodes.mqtt.transport import Received
 from aiotedge.tflite.graph import Graph, load_graph
 from bench.benchdoc import BENCHMARKS, command_line, machine
@@ -75,6 +76,22 @@ PROFILE_TIMEOUT = 900
 #: boards whose nodes are killed, and the one cut off (by position)
 KILLED = (1, 2)
 CUT = 3
+
+
+class Until(Stills):
+    """The photos over and over until `ended` is set; then the source ends, and the camera, as
+    at a folder's end, sends nothing new but follows its frames in flight to their results
+    (sending again what is overdue), which a stopped camera would not."""
+
+    def __init__(self, photos: list[tuple[str, bytes]], ended: threading.Event) -> None:
+        super().__init__(photos, loop=True)
+        self.ended = ended
+
+    def frames(self, stop: threading.Event) -> Iterator[CapturedFrame]:
+        for frame in super().frames(stop):
+            if self.ended.is_set():
+                return
+            yield frame
 
 
 class HealError(RuntimeError):
@@ -130,6 +147,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--quick", action="store_true",
                         help="short phases: checks that the bench works, measures nothing")
+    parser.add_argument("--logs", type=Path,
+                        help="keep the nodes' and the coordinator's logs here, a folder per "
+                             "run (else they go with the run)")
     parser.add_argument("--out", type=Path, default=BENCHMARKS.parent / "cluster")
     parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args(argv)
@@ -360,15 +380,22 @@ def run_once(args: argparse.Namespace, timeline: Timeline, graph: Graph, profile
         stack.callback(camera_session.stop)
         if not camera_session.wait_connected(10):
             raise HealError("the camera cannot reach the broker")
-        stop = threading.Event()
-        sender = threading.Thread(target=camera.run, args=(Stills(order, loop=True), None, stop),
+        # as `aiotedge camera` does: the retained live pointer in before the first frame
+        wait_settled(camera_session, topics.probe(camera_session.client_id))
+        ended, stop = threading.Event(), threading.Event()
+        sender = threading.Thread(target=camera.run, args=(Until(order, ended), None, stop),
                                   name="camera", daemon=True)
         started = time.monotonic()
         sender.start()
         events, end = _play(timeline, fleet, started)
-        stop.set()
-        sender.join()
-        drained = _drain(camera)
+        ended.set()
+        sender.join(WAIT_SECONDS)  # the camera follows its frames in flight until answered
+        drained = not sender.is_alive()
+        if not drained:
+            log.warning("%d frames still without a result after %.0f s", camera.waiting,
+                        WAIT_SECONDS)
+            stop.set()
+            sender.join()
         sent = [camera.frame_id(seq) for seq in range(camera.published)]
         with recorder.changed:
             arrivals = [{**a, "at": a["at"] - started} for a in recorder.arrivals]
@@ -421,17 +448,6 @@ def _play(timeline: Timeline, fleet: Fleet, started: float) -> tuple[list[dict[s
     t += timeline.final
     time.sleep(max(0.0, started + t - time.monotonic()))
     return events, round(time.monotonic() - started, 3)
-
-
-def _drain(camera: Camera) -> bool:
-    """Wait until every frame in flight has its result (or the camera gave it up)."""
-    deadline = time.monotonic() + WAIT_SECONDS
-    while camera.waiting and time.monotonic() < deadline:
-        time.sleep(0.2)  # the camera offers no event for an emptied window
-    if camera.waiting:
-        log.warning("%d frames still without a result after %.0f s", camera.waiting,
-                    WAIT_SECONDS)
-    return not camera.waiting
 
 
 def _tail(path: Path, lines: int = 200) -> list[str]:
@@ -490,8 +506,8 @@ def main(argv: list[str] | None = None) -> int:
         expected = expected_tops(split, photos, args.check)
         for number in range(args.runs):
             started = time.monotonic()
-            folder = Path(work) / f"run{number}"
-            folder.mkdir()
+            folder = (args.logs or Path(work)) / f"run{number}"
+            folder.mkdir(parents=True, exist_ok=True)
             run = run_once(args, timeline, graph, profile, photos=photos, expected=expected,
                            seed=number, work=folder)
             run["header"]["minutes"] = round((time.monotonic() - started) / 60, 1)
