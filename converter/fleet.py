@@ -265,9 +265,11 @@ class Deployer:
                     raise DeployError(f"not every node ready within {timeout:.0f} s ({said})")
                 self._changed.wait(remaining)
 
-    def go_live(self, release: Release) -> None:
-        self._publish(self.topics.live_release, LiveRelease(release.release).to_json(),
-                      "the live pointer")
+    def go_live(self, release: Release, resend: bool = False) -> None:
+        """`resend`: the release before was withdrawn, its stages stopped (cameras send their
+        frames without a result again at once)."""
+        self._publish(self.topics.live_release,
+                      LiveRelease(release.release, resend=resend).to_json(), "the live pointer")
 
     def withdraw(self, release_id: str) -> None:
         self._publish(f"{self.topics.release_plan}/{release_id}", b"", "the withdrawal")

@@ -14,10 +14,11 @@ from aiotedge.nodes.mqtt.session import MqttSession
 class AnsweringStage:
     """Answers every frame sent to stage 0 with a prediction (a camera waits for its frames'
     results). `frames` holds the payloads it took, in order; `answer` makes a frame's prediction
-    (a fake last stage of another kind), else every frame is class 0 "answer"."""
+    (a fake last stage of another kind), else every frame is class 0 "answer". `topics`: a
+    chain of the pipeline's other than its own (a release's)."""
 
-    def __init__(self, broker, pipeline: str, answer=None) -> None:
-        self.topics = Topics(pipeline)
+    def __init__(self, broker, pipeline: str, answer=None, topics: Topics | None = None) -> None:
+        self.topics = topics or Topics(pipeline)
         self.answer = answer
         self.frames: list[bytes] = []
         self._received = threading.Condition()

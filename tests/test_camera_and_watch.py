@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 
 import paho.mqtt.client as mqtt
 
 from aiotedge.config.sections import CameraConfig
 from aiotedge.contracts.events import Prediction, Score, StageTiming
+from aiotedge.contracts.release import LiveRelease, ReleaseTopics
 from aiotedge.contracts.topics import Topics
 from aiotedge.contracts.wire import decode_photo
 from aiotedge.media.sources import Stills
 from aiotedge.nodes.daemons.camera import Camera
-from aiotedge.nodes.mqtt.session import MqttSession
+from aiotedge.nodes.mqtt.session import MqttSession, wait_settled
 from support.stages import AnsweringStage
+from support.watch import Recorder
 
 
 def connected(broker, client_id: str) -> MqttSession:
@@ -112,3 +115,48 @@ def test_a_camera_that_exits_leaves_no_session_behind(broker, generated_photos):
     pipeline.stop()
     assert camera.returncode == 0, camera.stderr
     assert not session_kept(broker, "camera-porch")
+
+
+def moved_pointer(broker, generated_frames, resend: bool, stop: threading.Event
+                  ) -> tuple[Camera, AnsweringStage, threading.Thread]:
+    """A camera (an hour's timeout) with its 3 frames in flight to a chain that answers
+    nothing, when the live pointer moves to release r2, whose stage 0 answers."""
+    topics = Topics("moving")
+    silent = Recorder(broker, [topics.stage_input(0)])
+    r2 = AnsweringStage(broker, "moving", topics=ReleaseTopics("moving", release="r2"))
+    session = connected(broker, "camera-mover")
+    camera = Camera(session, topics, CameraConfig(name="mover", in_flight=3, frame_timeout=3600))
+    feeding = threading.Thread(target=camera.run, args=(Stills(generated_frames),),
+                               kwargs={"frames": 3, "stop": stop}, daemon=True)
+    feeding.start()
+    silent.wait_for(lambda messages: len(messages) == 3)
+    deployer = connected(broker, "deployer")
+    deployer.publish(topics.live_release, LiveRelease("r2", resend=resend).to_json(), qos=1,
+                     retain=True).wait_for_publish(10)
+    deployer.stop()
+    silent.session.stop()
+    return camera, r2, feeding
+
+
+def test_a_pointer_moving_with_resend_sends_the_frames_in_flight_again_at_once(
+        broker, generated_frames):
+    camera, r2, feeding = moved_pointer(broker, generated_frames, True, threading.Event())
+    feeding.join(60)  # each answered by r2, long before the timeout
+    assert not feeding.is_alive()
+    assert camera.counters.get("resent") == 3 and camera.counters.get("answered") == 3
+    assert sorted(decode_photo(p).attempt for p in r2.frames) == [2, 2, 2]
+    camera.session.stop()
+    r2.stop()
+
+
+def test_a_pointer_moving_without_resend_sends_nothing_again(broker, generated_frames):
+    """A rolling update: the release before drains, its answers are still to come."""
+    stop = threading.Event()
+    camera, r2, feeding = moved_pointer(broker, generated_frames, False, stop)
+    wait_settled(camera.session, Topics("moving").probe("camera-mover"))  # the pointer is in
+    assert camera.counters.get("resent") == 0 and camera.waiting == 3
+    stop.set()
+    feeding.join(60)
+    camera.session.stop()
+    r2.stop()
+    assert r2.frames == []

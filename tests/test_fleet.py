@@ -1,5 +1,6 @@
 """Releases over the broker: `aiotedge node` daemons (real processes), `deploy`, a rolling
-update under a camera at QoS 1, a node restarted mid-release (docs/fleet.md)."""
+update under a camera at QoS 1, a node restarted mid-release, a release withdrawn and one that
+lost a board replaced by hand as a self-healing coordinator does it (docs/fleet.md)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ import signal
 import subprocess
 import sys
 import threading
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from aiotedge_converter.fleet import deploy
+from aiotedge_converter.fleet import Deployer, build_release, deploy
 
 from aiotedge.config.loader import NodeConfig
 from aiotedge.config.sections import CameraConfig, PipelineConfig
@@ -28,6 +30,7 @@ from aiotedge.nodes.mqtt.session import MqttSession, wait_settled
 from aiotedge.tflite.graph import load_graph
 from support.models import LABELS
 from support.reference import whole_model_top
+from support.watch import retained_now
 
 PIPELINE = "yard"
 NODES = ("n1", "n2", "n3")
@@ -227,8 +230,6 @@ def test_a_rolling_update_loses_no_frame_and_mixes_no_release(
 
     # v1 drains, then its stages stop: the nodes serve v2 alone
     fleet.wait(lambda r: all(r[n].serving == ("v2",) for n in NODES), "v1 stopped")
-    from support.watch import retained_now
-
     v1_topics = v1.topics(fleet.topics)
     left = {t for t in retained_now(broker, v1_topics) if t.startswith(v1_topics.base)}
     assert left <= {v1_topics.pipeline_availability}, left  # its stages' messages cleared
@@ -258,8 +259,6 @@ def test_a_node_refuses_a_release_it_cannot_run_and_the_live_one_stays(
 
 def test_a_split_folder_deploys_as_it_is_and_its_chunks_stay_under_the_pipeline(
         fleet, broker, test_models, split3):
-    from support.watch import retained_now
-
     done = deploy(deployer(broker), split3.directory, "v1", nodes=3, timeout=120)
     # every node cut the segment the split wrote (its sha256) and serves it; the references
     # stay behind (a node has no file to check against, docs/fleet.md)
@@ -322,5 +321,97 @@ def test_a_node_left_over_serves_as_a_replica_of_a_stage(fleet, broker, test_mod
         assert prediction.top[0].name == expected_top1(model, release,
                                                        photos[prediction.seq][1])
     assert not results.errors
+    session.stop()
+    results.session.stop()
+
+
+def feed(camera: Camera, photos: list[tuple[str, bytes]]) -> tuple[threading.Thread,
+                                                                   threading.Event]:
+    """The camera sending the photos in a loop until the event is set."""
+    stop = threading.Event()
+    feeding = threading.Thread(target=camera.run, args=(Stills(photos, loop=True),),
+                               kwargs={"stop": stop})
+    feeding.start()
+    return feeding, stop
+
+
+def test_a_withdrawn_release_stops_at_once_under_a_steady_camera(
+        fleet, broker, test_models, generated_frames):
+    """A drain waits for the frames to stop coming, which they never do while the pointer
+    stays: withdrawn, the release stops at once, and what is sent to it then is left alone."""
+    v1 = deploy(deployer(broker), load_graph(test_models["int8"]), "v1", labels=LABELS,
+                timeout=120).release
+    results = Results(broker, fleet.topics)
+    camera, session = camera_for(broker, "cam", fps=20, in_flight=4, frame_timeout=3600)
+    feeding, stop = feed(camera, generated_frames)
+    results.wait_for(lambda p: len(p) >= 3)  # v1 serves the camera
+
+    with Deployer(deployer(broker), "withdrawer") as withdrawer:
+        withdrawer.withdraw("v1")
+    fleet.wait(lambda r: all("v1" not in r[n].serving for n in NODES), "v1 stopped at once",
+               timeout=60)
+    stop.set()
+    feeding.join(60)
+    wait_settled(results.session, fleet.topics.probe("results"))  # v1's last answers are in
+    answered = {p.frame_id for p in results.predictions}
+    seq = camera.counters.get("published")
+    late = camera.publish(seq, next(Stills(generated_frames).frames(threading.Event())))
+    wait_settled(results.session, fleet.topics.probe("results"))
+    assert late not in {p.frame_id for p in results.predictions}
+    assert {p.frame_id for p in results.predictions} == answered
+    assert camera.waiting >= 1  # the camera's to send again, to the release after
+    assert camera.counters.get("resent") == 0
+
+    v1_topics = v1.topics(fleet.topics)
+    left = {t for t in retained_now(broker, v1_topics) if t.startswith(v1_topics.base)}
+    assert left <= {v1_topics.pipeline_availability}, left  # its stages' messages cleared
+    session.stop()
+    results.session.stop()
+
+
+def test_a_release_that_lost_a_board_is_replaced_and_the_camera_resends_at_once(
+        fleet, broker, test_models, generated_frames):
+    """The switch a self-healing coordinator makes, by hand: a release for the nodes left,
+    ready; the old one withdrawn and stopped on every node left; then the pointer, with
+    `resend`. The camera's timeout is far beyond this test's waits: its frames come back
+    because the pointer said so, each answered once, none lost."""
+    model = test_models["int8"]
+    v1 = deploy(deployer(broker), load_graph(model), "v1", labels=LABELS, timeout=120).release
+    results = Results(broker, fleet.topics)
+    camera, session = camera_for(broker, "cam", fps=20, in_flight=6, frame_timeout=3600)
+    feeding, stop = feed(camera, generated_frames)
+    results.wait_for(lambda p: len(p) >= 5)  # v1 serves the camera
+
+    lost = v1.assignments[1][0]
+    fleet.processes[lost].send_signal(signal.SIGKILL)
+    fleet.processes[lost].wait(30)
+    left = [node for node in NODES if node != lost]
+    with Deployer(deployer(broker), "healer") as healer:
+        v2, chunks = build_release(load_graph(model), "v2", [fleet.reports[n] for n in left],
+                                   labels=LABELS, kind="classification")
+        healer.publish_release(v2, chunks)
+        healer.wait_ready(v2, 120)
+        healer.withdraw(v1.release)
+        fleet.wait(lambda r: all(v1.release not in r[n].serving for n in left),
+                   "v1 stopped on the nodes left", timeout=60)
+        healer.go_live(v2, resend=True)
+    results.wait_for(lambda p: sum(x.release == "v2" for x in p) >= 10)
+    stop.set()
+    feeding.join(60)
+
+    published = camera.counters.get("published")
+    expected = {camera.frame_id(seq) for seq in range(published)}
+    results.wait_for(lambda p: expected <= {x.frame_id for x in p})  # 0 lost
+    wait_settled(results.session, fleet.topics.probe("results"))
+    answers = Counter(p.frame_id for p in results.predictions)
+    assert set(answers) == expected and set(answers.values()) == {1}  # each answered once
+    releases = {"v1": v1, "v2": v2}
+    photos = [photo for _, photo in generated_frames]
+    for prediction in results.predictions:
+        photo = photos[prediction.seq % len(photos)]
+        assert prediction.top[0].name == expected_top1(model, releases[prediction.release],
+                                                       photo), prediction
+    assert camera.counters.get("resent") > 0  # at once: its timeout is an hour
+    assert camera.counters.get("unanswered") == 0
     session.stop()
     results.session.stop()

@@ -117,13 +117,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--link-mbps", type=float, default=0.0,
                         help="each board's link (tbf both ways); 0: loopback (0)")
     parser.add_argument("--quick", action="store_true",
-                        help="2 boards, mixed 0.2,0.1, 2 s warm-up, 4 s window: checks that "
+                        help="2 boards, mixed 0.2,0.1, 1 s warm-up, 3 s window: checks that "
                              "the bench works, measures nothing")
     parser.add_argument("--out", type=Path, default=BENCHMARKS.parent / "cluster")
     parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args(argv)
     if args.quick:
-        args.boards, args.mixed, args.warmup, args.window = 2, f"{args.cpu:g},0.1", 2.0, 4.0
+        args.boards, args.mixed, args.warmup, args.window = 2, f"{args.cpu:g},0.1", 1.0, 3.0
     return args
 
 

@@ -6,6 +6,9 @@ prediction or an error event) whatever its frame rate. Following every frame to 
 also what makes a loss visible wherever it happened, and, at QoS 1, repairable: a frame with
 no result in time is sent again under the same id (stages and sinks drop duplicates), which
 covers what the broker cannot keep, such as frames for replicas while a broker restarts.
+When the live release is abandoned (the pointer moves on with `resend`, docs/fleet.md), its
+stages have stopped already: every frame without a result is sent again to the new release at
+once, without waiting for the timeout.
 
 A live source (a device, a stream) is read in a thread of its own that keeps only the newest
 frame: the camera sends the newest one whenever the window has room (and the frame rate says
@@ -132,6 +135,8 @@ class Camera:
         #: Dispatch), in the live release's chain (docs/fleet.md), else the pipeline's own
         self._dispatchers: dict[str, Dispatcher] = {}
         self.dispatch: Dispatcher
+        #: the stage 0 input frames go to now (the live release's, or the pipeline's)
+        self._where: str | None = None
         self._send_to(topics)
         follow_live_release(session, topics, self._send_to)
         session.subscribe(topics.predictions, self._on_prediction, qos=1)
@@ -283,12 +288,38 @@ class Camera:
         log.debug("published %s (%s)", frame_id, captured.name)
         return frame_id
 
-    def _send_to(self, chain: Topics) -> None:
-        """Frames go to stage 0 of `chain` from now on; each chain's replicas followed once."""
+    def _send_to(self, chain: Topics, resend: bool = False) -> None:
+        """Frames go to stage 0 of `chain` from now on; each chain's replicas followed once.
+
+        `resend`: the chain before was abandoned, so the frames still in flight there are sent
+        again to this one now (the network thread may publish; never under the lock). The
+        same pointer said again (a reconnection) sends nothing again."""
         where = chain.stage_input(0)
+        moved, self._where = where != self._where, where
         if where not in self._dispatchers:
             self._dispatchers[where] = Dispatcher(self.session, chain, 0, self.session.client_id)
         self.dispatch = self._dispatchers[where]
+        if resend and moved:
+            abandoned = self._take_abandoned()
+            if abandoned:
+                log.warning("the release before was abandoned: sending its %d frame(s) without "
+                            "a result again to %s", len(abandoned), where)
+            for frame_id, entry in abandoned:
+                assert entry.frame is not None  # only kept frames are sent again
+                self._send(frame_id, entry, entry.frame)
+
+    def _take_abandoned(self) -> list[tuple[str, _InFlight]]:
+        """Every kept frame still without a result, as a new attempt from now: the release it
+        went to was abandoned, so no result can come from there any more."""
+        now = time.monotonic()
+        with self._changed:
+            abandoned = [(frame_id, entry) for frame_id, entry in self._in_flight.items()
+                         if entry.frame is not None]
+            for _frame_id, entry in abandoned:
+                entry.attempts += 1
+                entry.sent_at = now
+                self.counters.add("resent")
+        return abandoned
 
     def _send(self, frame_id: str, entry: _InFlight, frame: Frame) -> None:
         self.session.publish_confirmed(

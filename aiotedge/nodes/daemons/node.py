@@ -12,9 +12,14 @@ serves), refused (with the reason) or standby.
 A release that is no longer wanted (the live pointer moved on) is drained before its stage
 stops: stage 0 once no frame came for `DRAIN_QUIET` seconds since it stopped being wanted,
 stage K once every node of stage K-1 of that release is offline and it has computed every
-frame it took and none came for `DRAIN_QUIET` seconds. A restarted node finds the retained
-releases and the live pointer and serves again what they give it; its stage's session (a
-client id per release) gets the frames that waited for it.
+frame it took and none came for `DRAIN_QUIET` seconds. A release withdrawn (its retained
+release cleared, as a coordinator does with one that lost a board) is stopped at once, not
+drained: a drain could wait forever for a stage that is gone, and the frames it holds are the
+cameras' to send again to the release that replaces it. Either way the node reports again as
+soon as the stage has ended, without it in `serving`, and clears the stage's retained info,
+stats and availability. A restarted node finds the retained releases and the live pointer
+and serves again what they give it; its stage's session (a client id per release) gets the
+frames that waited for it.
 """
 
 from __future__ import annotations
@@ -173,7 +178,10 @@ class NodeDaemon:
         return max(created, key=lambda rid: created[rid])
 
     def reconcile(self) -> None:
-        """Start the stages wanted, drain and stop those no longer wanted, say the state."""
+        """Start the stages wanted, stop those withdrawn, drain and stop those no longer
+        wanted, say the state."""
+        with self._changed:
+            published = set(self._releases)
         wanted = self.wanted()
         for release_id, serving in list(self._serving.items()):
             if serving.ended:
@@ -182,6 +190,8 @@ class NodeDaemon:
                     self._refuse(release_id, serving.failure)
                 elif serving.unwanted_since is not None:
                     self._forget(serving)
+            elif release_id not in published:
+                self._stop_at_once(serving)
             elif release_id not in wanted:
                 self._drain(serving)
             else:
@@ -242,6 +252,16 @@ class NodeDaemon:
                 serving.ended = True
                 self._changed.notify_all()
 
+    def _stop_at_once(self, serving: _Serving) -> None:
+        """A withdrawn release's stage stops without draining (module docstring)."""
+        if serving.stop.is_set():
+            return
+        log.info("release %s withdrawn: stopping stage %d at once", serving.release.release,
+                 serving.stage)
+        if serving.unwanted_since is None:
+            serving.unwanted_since = time.monotonic()
+        serving.stop.set()
+
     def _drain(self, serving: _Serving) -> None:
         """Stop a release's stage once nothing more can come to it (module docstring)."""
         now = time.monotonic()
@@ -275,7 +295,7 @@ class NodeDaemon:
             serving.stop.set()
 
     def _forget(self, serving: _Serving) -> None:
-        """A drained stage's retained info, stats and availability go with its release."""
+        """A stopped stage's retained info, stats and availability go with its release."""
         topics = serving.release.topics(self.topics)
         name = f"{self.name}.{serving.release.release}"
         self.session.unsubscribe(topics.all_availability)

@@ -1,8 +1,10 @@
 """Which release the frames go to: the live pointer the deployer keeps (docs/fleet.md).
 
 A camera sends to the live release's own stage 0, so a frame is computed by one release from
-end to end; a camera's resend goes to the release live at that moment. With no live release
-(stages started by hand), frames go to the pipeline's own stage 0 as before.
+end to end; a camera's resend goes to the release live at that moment. A pointer that moves
+with `resend` says the release before was abandoned, its stages stopped: the camera sends its
+unanswered frames to the new one at once. With no live release (stages started by hand),
+frames go to the pipeline's own stage 0 as before.
 """
 
 from __future__ import annotations
@@ -25,14 +27,16 @@ def live_topics(topics: Topics, live: LiveRelease | None) -> Topics:
 
 
 def follow_live_release(session: Session, topics: Topics,
-                        send_to: Callable[[Topics], None]) -> None:
-    """Call `send_to(chain)` with the live release's topics whenever the live release is said
-    (the retained pointer on connecting, then each change)."""
+                        send_to: Callable[[Topics, bool], None]) -> None:
+    """Call `send_to(chain, resend)` with the live release's topics, and whether the pointer
+    says the release before was abandoned, whenever the live release is said (the retained
+    pointer on connecting, then each change; on the network thread)."""
     def take(message: Received) -> None:
         live = LiveRelease.parse(message.payload) if message.payload else None
         chain = live_topics(topics, live)
-        log.info("frames go to %s (live release: %s)", chain.stage_input(0),
-                 live.release if live else "none")
-        send_to(chain)
+        log.info("frames go to %s (live release: %s%s)", chain.stage_input(0),
+                 live.release if live else "none",
+                 ", the one before abandoned" if live and live.resend else "")
+        send_to(chain, live is not None and live.resend)
 
     session.subscribe(topics.live_release, take, qos=1)
