@@ -225,6 +225,7 @@ class Recorder:
         with self.changed:
             self.arrivals.append({"at": at, "frame_id": prediction.frame_id,
                                   "name": prediction.name, "release": prediction.release,
+                                  "latency_ms": round(prediction.latency_ms, 1),
                                   "top1": prediction.top[0].index if prediction.top else None})
 
     def _on_live(self, message: Received) -> None:

@@ -24,6 +24,7 @@ import argparse
 import json
 import math
 import os
+import statistics
 import sys
 from collections import Counter
 from collections.abc import Iterable
@@ -68,6 +69,8 @@ class Phase:
     #: live pointer's next move
     seen_s: float | None = None
     replanned_s: float | None = None
+    #: a frame's time from capture to its prediction, median over the settled seconds
+    latency_ms: float | None = None
 
     @property
     def of_forecast(self) -> float | None:
@@ -76,10 +79,30 @@ class Phase:
 
 def first_answers(arrivals: list[dict[str, Any]]) -> list[float]:
     """When each frame id got its first prediction (seconds from the run's start)."""
-    first: dict[str, float] = {}
+    return [arrival["at"] for arrival in first_arrivals(arrivals)]
+
+
+def first_arrivals(arrivals: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each frame id's first prediction, in order of arrival."""
+    first: dict[str, dict[str, Any]] = {}
     for arrival in arrivals:
-        first.setdefault(arrival["frame_id"], arrival["at"])
-    return sorted(first.values())
+        first.setdefault(arrival["frame_id"], arrival)
+    return sorted(first.values(), key=lambda arrival: arrival["at"])
+
+
+def settled_window(start: float, end: float) -> tuple[float, float]:
+    """The phase's last seconds, over which its settled rate is taken."""
+    seconds = max(1, min(SETTLED_SECONDS, math.floor(end - start) // 2))
+    return math.floor(end - start) + start - seconds, math.floor(end - start) + start
+
+
+def settled_latency(arrivals: list[dict[str, Any]], start: float,
+                    end: float) -> float | None:
+    """The median latency of the frames answered in the phase's settled seconds."""
+    low, high = settled_window(start, end)
+    latencies = [arrival["latency_ms"] for arrival in first_arrivals(arrivals)
+                 if low <= arrival["at"] < high and arrival.get("latency_ms") is not None]
+    return statistics.median(latencies) if latencies else None
 
 
 def per_second(times: list[float], start: float, end: float) -> list[int]:
@@ -94,9 +117,8 @@ def per_second(times: list[float], start: float, end: float) -> list[int]:
 
 def settled_rate(times: list[float], start: float, end: float) -> float:
     """Frames/s over the phase's last seconds: its rate once the plan of its end serves."""
-    bins = per_second(times, start, end)
-    tail = bins[-max(1, min(SETTLED_SECONDS, len(bins) // 2)):] if bins else [0]
-    return sum(tail) / len(tail)
+    low, high = settled_window(start, end)
+    return sum(low <= at < high for at in times) / (high - low)
 
 
 def recovery_seconds(times: list[float], event: float, end: float,
@@ -195,7 +217,8 @@ def phases(run: dict[str, Any]) -> list[Phase]:
             forecast_fps=record.get("forecast_fps"), settled_fps=settled,
             recovery_s=recovery_seconds(times, mark["at"], end, settled) if event else None,
             seen_s=seen_seconds(run, mark) if event else None,
-            replanned_s=replanned_seconds(run, mark, end) if event else None))
+            replanned_s=replanned_seconds(run, mark, end) if event else None,
+            latency_ms=settled_latency(run["arrivals"], mark["at"], end)))
     return out
 
 
@@ -215,6 +238,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "forecast_fps": Spread.of(p.forecast_fps for p in same).__dict__
             if all(p.forecast_fps for p in same) else None,
             "settled_fps": Spread.of(p.settled_fps for p in same).__dict__,
+            "latency_ms": _spread_of(p.latency_ms for p in same),
             "of_forecast": Spread.of(ratios).__dict__ if ratios else None,
             "recovery_s": Spread.of(recoveries).__dict__ if recoveries else None,
             "seen_s": _spread_of(p.seen_s for p in same),
@@ -276,13 +300,14 @@ def markdown(runs: list[dict[str, Any]], plot: str) -> str:
     many = len(runs) > 1
     lines = [table(
         ("phase (from its event)", "seconds", "release at its end", "boards it plans for",
-         "forecast frames/s", "settled frames/s", "x forecast", "seen", "re-planned",
-         "time to recover"),
+         "forecast frames/s", "settled frames/s", "x forecast", "latency ms", "seen",
+         "re-planned", "time to recover"),
         [(_event_text(row), _spread(row["seconds"], 0, "", len(runs)),
           " ".join(r or "none" for r in row["releases"]), len(row["planned"]),
           _spread(row["forecast_fps"], 2, "", len(runs)),
           _spread(row["settled_fps"], 1, "", len(runs)),
           _spread(row["of_forecast"], 2, "x", len(runs)),
+          _spread(row["latency_ms"], 0, "", len(runs)),
           *(("", "") if row["event"] == "steady" else
             (_spread(row["seen_s"], 1, " s", len(runs)),
              _spread(row["replanned_s"], 1, " s", len(runs)))),
@@ -316,7 +341,8 @@ def markdown(runs: list[dict[str, Any]], plot: str) -> str:
         "Goals of the issue: " + "; ".join(goals(summary)) + ".",
         f"How it is counted: a frame counts once, at its first prediction; a phase runs from "
         f"its event to the next; its settled rate is its frames/s over its last "
-        f"{SETTLED_SECONDS} s (half the phase at most); an event's time to recover is the "
+        f"{SETTLED_SECONDS} s (half the phase at most), its latency the median of those "
+        "seconds' frames from capture to prediction; an event's time to recover is the "
         f"start of the first {RECOVERED_SECONDS}-second window (sliding by 1 s from the "
         f"event) whose frames/s reach {RECOVERED_SHARE:.0%} of that phase's settled rate; "
         "seen: from the event to the broker saying the node offline (its Last Will) or, for "
