@@ -512,6 +512,7 @@ def main(argv: list[str] | None = None) -> int:
             run = run_once(args, timeline, graph, profile, photos=photos, expected=expected,
                            seed=number, work=folder)
             run["header"]["minutes"] = round((time.monotonic() - started) / 60, 1)
+            run["header"]["load"] = os.getloadavg()[0]
             run["header"]["profile"] = profile_note
             log.info("run %d: %s", number + 1, run["counts"])
             runs.append(run)

@@ -47,6 +47,8 @@ GOAL_RECOVERY_S = 5.0
 GOAL_FORECAST_SHARE = 0.10
 #: events after which the plan is held back on purpose (a bounced node waits), with why
 HELD_BACK = {"link-up": "a node back from a bounce is put to work only after it stayed 60 s"}
+#: what the JSON keeps of each prediction, a row each
+ARRIVAL_FIELDS = ("at", "frame_id", "name", "top1", "latency_ms", "release")
 #: events that bring nodes (back) in
 JOINS = ("link-up", "add")
 
@@ -272,6 +274,11 @@ def _event_text(row: dict[str, Any]) -> str:
             "add": f"{boards} started again"}.get(row["event"], f"{row['event']} {boards}")
 
 
+def _loads(runs: list[dict[str, Any]]) -> str:
+    loads = [run["header"].get("load", 0.0) for run in runs]
+    return f"{min(loads):.1f}" if len(runs) == 1 else f"{min(loads):.1f} to {max(loads):.1f}"
+
+
 def goals(summary: dict[str, Any]) -> list[str]:
     """Each goal of the issue, met or not, in the run's own figures."""
     rows, counts = summary["rows"], summary["counts"]
@@ -319,7 +326,8 @@ def markdown(runs: list[dict[str, Any]], plot: str) -> str:
     commands = sorted({run["header"]["command"] for run in runs})
     prose = [
         f"{'; '.join(f'`{c}`' for c in commands)}: {len(runs)} run(s) on {header['machine']}, "
-        f"{header['minutes']:g} minutes each or less; "
+        f"{max(run['header']['minutes'] for run in runs):g} minutes each or less, load "
+        f"average {_loads(runs)} at the end; "
         + ("medians of the runs (lowest to highest)." if many else "one run.")
         + f" Model `{header['model']}`, {header['photos']} photos looped by aiotedge's Camera "
         f"(QoS 1, {header['in_flight']} frames in flight) in this process; "
@@ -346,7 +354,10 @@ def markdown(runs: list[dict[str, Any]], plot: str) -> str:
         f"start of the first {RECOVERED_SECONDS}-second window (sliding by 1 s from the "
         f"event) whose frames/s reach {RECOVERED_SHARE:.0%} of that phase's settled rate; "
         "seen: from the event to the broker saying the node offline (its Last Will) or, for "
-        "a join, online; re-planned: from the event to the live pointer's next move. The "
+        "a join, online; re-planned: from the event to the live pointer's next move. A join "
+        "is re-planned only once the node has stayed online (its settle time, 60 s after a "
+        "bounce) and the old plan serves meanwhile, so its time to recover is 0 s when the "
+        "old plan's rate is already 90% of the new one's. The "
         "forecast is the planner's (`aiotedge-convert plan`'s cost model) for the cuts and "
         "replicas of the release live at the phase's end, from a board's profile: "
         f"{header.get('profile', 'not said')}. "
@@ -406,14 +417,25 @@ def plot_timeline(path: Path, run: dict[str, Any]) -> None:
 
 
 def write_json(path: Path, runs: list[dict[str, Any]]) -> None:
+    """The runs, each prediction as a row of ARRIVAL_FIELDS (thousands of them), their phases
+    and the summary, compact."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = {"runs": runs, "phases": [phase_dicts(run) for run in runs],
-            "summary": summarise(runs)}
-    path.write_text(json.dumps(data, indent=1) + "\n")
+    compact = [{**run, "arrivals": [[arrival.get(key) for key in ARRIVAL_FIELDS]
+                                    for arrival in run["arrivals"]]} for run in runs]
+    data = {"arrival_fields": ARRIVAL_FIELDS, "runs": compact,
+            "phases": [phase_dicts(run) for run in runs], "summary": summarise(runs)}
+    path.write_text(json.dumps(data, separators=(",", ":")) + "\n")
 
 
 def load_runs(paths: list[Path]) -> list[dict[str, Any]]:
-    return [run for path in paths for run in json.loads(path.read_text())["runs"]]
+    runs = []
+    for path in paths:
+        data = json.loads(path.read_text())
+        for run in data["runs"]:
+            run["arrivals"] = [dict(zip(data["arrival_fields"], row, strict=True))
+                               for row in run["arrivals"]]
+            runs.append(run)
+    return runs
 
 
 def publish(runs: list[dict[str, Any]], out: Path, *, write_docs: bool) -> str:

@@ -99,11 +99,23 @@ def test_the_docs_say_which_goals_are_missed_with_the_figures():
     record["header"] = {"command": "python -m bench.cluster.heal", "machine": "m",
                         "minutes": 2.0, "model": "m.tflite", "photos": 3, "in_flight": 20,
                         "boards": 5, "cpu": 0.2, "quota": "q", "link_mbps": 1000.0,
-                        "keepalive": 2, "coordinator": "", "timeline": "t", "profile": "p"}
+                        "keepalive": 2, "coordinator": "", "timeline": "t", "profile": "p",
+                        "load": 3.0}
     text = heal_report.markdown([record, record], "heal-timeline.png")
     assert "recovery within 5 s: not met, SIGKILL board1: 10 s;" in text
     assert "steady, 5 boards" in text and "SIGKILL board1: 0.75x" in text
     assert "frames lost: 6 (goal 0)" in text and "duplicates delivered: 2 (goal 0)" in text
+
+
+def test_the_json_keeps_each_prediction_as_a_row_and_gives_the_same_phases_back(tmp_path):
+    times = steady(20, 0, 40) + steady(15, 43, 80)
+    record = run(times, [{"at": 40.0, "kind": "kill", "boards": ["board1"]}],
+                 [{"at": 0.0, "release": "v1", "resend": False}],
+                 {"v1": {"assignments": [["a"]], "forecast_fps": 20.0}}, end=80.0)
+    heal_report.write_json(tmp_path / "heal.json", [record])
+    again = heal_report.load_runs([tmp_path / "heal.json"])
+    assert heal_report.phases(again[0]) == heal_report.phases(record)
+    assert again[0]["arrivals"][0] == {**record["arrivals"][0], "latency_ms": None}
 
 
 def test_a_document_rendered_whole_keeps_the_sections_other_benches_wrote_into_it():
