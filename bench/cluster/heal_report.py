@@ -3,7 +3,8 @@ phase's rate against the planner's forecast, frames lost and answered twice, the
 timeline plot, all from the JSON the bench writes (one or several runs), so that a re-run
 cannot leave a figure stale.
 
-    python -m bench.cluster.heal_report docs/cluster/heal.json [MORE.json] [--write-docs]
+    python -m bench.cluster.heal_report RUN.json [MORE.json] [--out docs/cluster/heal.json]
+                                        [--write-docs]
 
 Definitions (also in the prose the docs get):
 - a frame's **rate** counts each frame id once, at its first prediction, in one-second bins;
@@ -47,8 +48,8 @@ GOAL_RECOVERY_S = 5.0
 GOAL_FORECAST_SHARE = 0.10
 #: events after which the plan is held back on purpose (a bounced node waits), with why
 HELD_BACK = {"link-up": "a node back from a bounce is put to work only after it stayed 60 s"}
-#: what the JSON keeps of each prediction, a row each
-ARRIVAL_FIELDS = ("at", "frame_id", "name", "top1", "latency_ms", "release")
+#: what the JSON keeps of each prediction, a row each (its top-1 is checked in `counts`)
+ARRIVAL_FIELDS = ("at", "frame_id", "latency_ms")
 #: events that bring nodes (back) in
 JOINS = ("link-up", "add")
 
@@ -420,8 +421,9 @@ def write_json(path: Path, runs: list[dict[str, Any]]) -> None:
     """The runs, each prediction as a row of ARRIVAL_FIELDS (thousands of them), their phases
     and the summary, compact."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    compact = [{**run, "arrivals": [[arrival.get(key) for key in ARRIVAL_FIELDS]
-                                    for arrival in run["arrivals"]]} for run in runs]
+    compact = [{**run, "arrivals": [[round(arrival["at"], 3), arrival["frame_id"],
+                                     arrival.get("latency_ms")] for arrival in run["arrivals"]]}
+               for run in runs]
     data = {"arrival_fields": ARRIVAL_FIELDS, "runs": compact,
             "phases": [phase_dicts(run) for run in runs], "summary": summarise(runs)}
     path.write_text(json.dumps(data, separators=(",", ":")) + "\n")
@@ -451,14 +453,17 @@ def publish(runs: list[dict[str, Any]], out: Path, *, write_docs: bool) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Write the docs' sections again from JSON the bench wrote (several: their runs together)."""
+    """Write the docs' sections again from JSON the bench wrote; several files: their runs
+    together, kept as one JSON (--out) with the plot of the first beside it."""
     parser = argparse.ArgumentParser(prog="python -m bench.cluster.heal_report",
                                      description=main.__doc__)
     parser.add_argument("json", type=Path, nargs="+")
+    parser.add_argument("--out", type=Path, default=BENCHMARKS.parent / "cluster" / "heal.json")
     parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args(argv)
     runs = load_runs(args.json)
-    print(publish(runs, args.json[0], write_docs=args.write_docs))
+    write_json(args.out, runs)
+    print(publish(runs, args.out, write_docs=args.write_docs))
     return 0
 
 
