@@ -3,11 +3,12 @@
 Plans for the nodes that announce themselves (MACs over each node's speed profile: the exact
 min-max cut of planner.py, one stage per node, the fastest nodes first; a node left over
 becomes a replica of the slowest stage where that speeds it up, else stands by), splits the
-model here to learn each segment's sha256 (the same cut every node makes), publishes the
-model's chunks and then the release, retained, and waits until every node of the release
-serves its stage. Only then does the live pointer move to it: the release before keeps
-serving until that moment, and drains afterwards. A node refusing the release, or a timeout,
-withdraws it (the live release stays) and names what each node said.
+model here to learn each segment's sha256 (the same cut every node makes) and each stage's
+reference, publishes the model's and the references' chunks and then the release, retained,
+and waits until every node of the release serves its stage. Only then does the live pointer
+move to it: the release before keeps serving until that moment, and drains afterwards. A
+node refusing the release, or a timeout, withdraws it (the live release stays) and names what
+each node said.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from aiotedge_converter.errors import ConverterError
@@ -26,7 +27,7 @@ from aiotedge_converter.split import SplitOptions, split_model
 
 from aiotedge.config.loader import NodeConfig
 from aiotedge.contracts.errors import ReleaseError
-from aiotedge.contracts.manifest import Manifest
+from aiotedge.contracts.manifest import Manifest, StageSpec
 from aiotedge.contracts.plan import PLAN_BOARDS
 from aiotedge.contracts.release import (
     CHUNK_BYTES,
@@ -106,15 +107,17 @@ def min_runtime(graph: Graph) -> str | None:
 def build_release(graph: Graph, release_id: str, nodes: Sequence[NodeReport], *,
                   labels: tuple[str, ...] | None, kind: str, stages: int | None = None,
                   chunk_bytes: int = CHUNK_BYTES) -> tuple[Release, list[bytes]]:
-    """The release and the model's chunks: planned, and split here for the segments' hashes."""
+    """The release and its chunks: planned, and split here for the segments' hashes and the
+    stages' references."""
     assert graph.path is not None
     plan, assignments = assign_stages(graph, nodes, stages)
     model = graph.path.read_bytes()
     with tempfile.TemporaryDirectory(prefix="aiotedge-release-") as scratch:
         manifest = split_model(graph, plan, Path(scratch),
                                SplitOptions(labels=labels, copy_source=False))
-    return _release(release_id, kind, graph.path.name, model, manifest,
-                    assignments=assignments, runtime=min_runtime(graph), chunk_bytes=chunk_bytes)
+        return _release(release_id, kind, graph.path.name, model, manifest,
+                        assignments=assignments, runtime=min_runtime(graph),
+                        chunk_bytes=chunk_bytes)
 
 
 def folder_release(folder: Path, release_id: str, nodes: Sequence[NodeReport], *, kind: str,
@@ -141,18 +144,35 @@ def folder_release(folder: Path, release_id: str, nodes: Sequence[NodeReport], *
 def _release(release_id: str, kind: str, model_file: str, model: bytes, manifest: Manifest, *,
              assignments: tuple[tuple[str, ...], ...], runtime: str | None,
              chunk_bytes: int) -> tuple[Release, list[bytes]]:
-    """The release and the model's chunks. The stages' references stay behind: a node cuts its
-    segment itself and has no reference file to check it against (they do not travel yet), so
-    its stage starts unchecked, saying so."""
+    """The release and every chunk to publish: the model's, then each stage's reference file's
+    (read beside the manifest), so that a node checks the segment it cut, as `aiotedge stage`
+    does, before it serves."""
     chunks = split_chunks(model, chunk_bytes)
-    unreferenced = replace(manifest, stages=tuple(replace(stage, reference=None)
-                                                  for stage in manifest.stages))
+    references = [_reference_chunks(manifest, stage, chunk_bytes) for stage in manifest.stages]
     release = Release(
         release=release_id, kind=kind, model_file=model_file,
         model_sha256=sha256_hex(model), model_bytes=len(model), chunk_bytes=chunk_bytes,
-        chunks=tuple(sha256_hex(chunk) for chunk in chunks), manifest=unreferenced.to_dict(),
-        assignments=assignments, min_runtime=runtime)
-    return release, chunks
+        chunks=tuple(sha256_hex(chunk) for chunk in chunks), manifest=manifest.to_dict(),
+        assignments=assignments, min_runtime=runtime,
+        references=tuple(tuple(sha256_hex(chunk) for chunk in stage) for stage in references)
+        if any(references) else ())
+    return release, [*chunks, *(chunk for stage in references for chunk in stage)]
+
+
+def _reference_chunks(manifest: Manifest, stage: StageSpec, chunk_bytes: int) -> list[bytes]:
+    """A stage's reference file in chunks (none without one), checked against the manifest
+    first: a release every node would refuse is not published."""
+    if stage.reference is None:
+        return []
+    path = manifest.directory / stage.reference.file
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DeployError(f"stage {stage.index}'s reference {path}: {exc.strerror}") from exc
+    if sha256_hex(data) != stage.reference.sha256:
+        raise DeployError(f"stage {stage.index}'s reference {path} is not the one its manifest "
+                          "names (bad sha256): split again")
+    return split_chunks(data, chunk_bytes)
 
 
 class Deployer:
@@ -232,10 +252,11 @@ class Deployer:
                               "(docs/fleet.md, security)")
 
     def publish_release(self, release: Release, chunks: Sequence[bytes]) -> None:
-        """The chunks first, then the release that names them: a node that sees the release
-        finds every chunk."""
+        """The chunks first (the model's and the references', each on the topic of its
+        sha256), then the release that names them: a node that sees the release finds every
+        chunk."""
         for index, chunk in enumerate(chunks):
-            self._publish(self.topics.model_chunk(release.chunks[index]), chunk,
+            self._publish(self.topics.model_chunk(sha256_hex(chunk)), chunk,
                           f"chunk {index + 1} of {len(chunks)}")
         self._publish(f"{self.topics.release_plan}/{release.release}", release.to_json(),
                       "the release")
@@ -276,15 +297,16 @@ class Deployer:
 
     def forget_old(self, keep: set[str]) -> None:
         """Releases other than `keep` (the live one and the one draining) and the chunks only
-        they named: cleared from the broker."""
+        they named (the model's and the references'): cleared from the broker."""
         with self._changed:
             releases = dict(self._releases)
-        kept_chunks = {c for rid in keep if (r := releases.get(rid)) for c in r.chunks}
+        kept_chunks = {c for rid in keep if (r := releases.get(rid))
+                       for c in (*r.chunks, *r.reference_chunks)}
         for rid, old in releases.items():
             if rid in keep or old is None:
                 continue
             self.withdraw(rid)
-            for digest in set(old.chunks) - kept_chunks:
+            for digest in {*old.chunks, *old.reference_chunks} - kept_chunks:
                 self._publish(self.topics.model_chunk(digest), b"", "a chunk's removal")
 
 

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import threading
 from collections import Counter
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ from aiotedge_converter.fleet import Deployer, build_release, deploy
 from aiotedge.config.loader import NodeConfig
 from aiotedge.config.sections import CameraConfig, PipelineConfig
 from aiotedge.contracts.events import ErrorEvent, Prediction
-from aiotedge.contracts.release import NodeReport, Release
+from aiotedge.contracts.release import NodeReport, Release, sha256_hex
 from aiotedge.contracts.topics import Topics
 from aiotedge.media.sources import Stills
 from aiotedge.nodes.daemons.camera import Camera
@@ -133,6 +132,15 @@ class Results:
                 (len(self.predictions), self.errors)
 
 
+def self_checks(broker, release: Release) -> dict[str, str]:
+    """Node -> what its stage of `release` says, in its retained info, of its self-check on
+    its reference at start ("" for a stage that ran none)."""
+    topics = release.topics(Topics(PIPELINE))
+    retained = retained_now(broker, topics)
+    return {node: json.loads(retained[topics.info(f"{node}.{release.release}")]).get(
+        "self_check", "") for node in release.nodes}
+
+
 def camera_for(broker, name: str, **options) -> tuple[Camera, MqttSession]:
     session = MqttSession(broker.address, f"camera-{name}")
     camera = Camera(session, Topics(PIPELINE), CameraConfig(name=name, **options))
@@ -155,6 +163,8 @@ def test_deploy_serves_the_whole_models_answers_and_a_restarted_node_resumes_its
     # the deployer heard every node ready; this test's own subscriber hears it a moment later
     fleet.wait(lambda reports: {r.node: (r.release, r.state) for r in reports.values()} == {
         node: ("v1", "ready") for node in NODES}, "every node ready for v1")
+    # every stage checked the segment its node cut on the reference that came with the release
+    assert all(self_checks(broker, release).values()), self_checks(broker, release)
 
     results = Results(broker, fleet.topics)
     camera, session = camera_for(broker, "cam")
@@ -260,10 +270,10 @@ def test_a_node_refuses_a_release_it_cannot_run_and_the_live_one_stays(
 def test_a_split_folder_deploys_as_it_is_and_its_chunks_stay_under_the_pipeline(
         fleet, broker, test_models, split3):
     done = deploy(deployer(broker), split3.directory, "v1", nodes=3, timeout=120)
-    # every node cut the segment the split wrote (its sha256) and serves it; the references
-    # stay behind (a node has no file to check against, docs/fleet.md)
-    assert done.release.split().stages == tuple(replace(stage, reference=None)
-                                                for stage in split3.stages)
+    # every node cut the segment the split wrote (its sha256) and serves it, checked on the
+    # split's reference files, which came with the release
+    assert done.release.split().stages == split3.stages
+    assert all(self_checks(broker, done.release).values()), self_checks(broker, done.release)
     assert done.release.split().labels == LABELS == split3.labels
     assert all(len(nodes) == 1 for nodes in done.release.assignments)
     topics = fleet.topics
@@ -300,6 +310,34 @@ def test_a_node_refuses_a_release_whose_chunk_has_a_bad_hash(fleet, broker, test
     forger.stop()
     fleet.wait(lambda r: all(r[n].release == "tampered" and r[n].state == "refused"
                              and "bad hash" in r[n].reason for n in NODES), "refused")
+
+
+def test_a_node_refuses_a_release_whose_reference_chunk_has_a_bad_hash_and_the_live_one_stays(
+        fleet, broker, test_models):
+    v1 = deploy(deployer(broker), load_graph(test_models["int8"]), "v1", labels=LABELS,
+                timeout=120).release
+    v2, chunks = build_release(load_graph(test_models["float"]), "v2",
+                               [fleet.reports[n] for n in NODES], labels=LABELS,
+                               kind="classification")
+    assert v2.references and not set(v2.reference_chunks) & set(v1.reference_chunks)
+    forger = MqttSession(broker.address, "forger")
+    forger.start()
+    assert forger.wait_connected(10)
+    topics = fleet.topics
+    for chunk in chunks[:len(v2.chunks)]:  # the model's chunks as they are
+        forger.publish(topics.model_chunk(sha256_hex(chunk)), chunk, 1,
+                       retain=True).wait_for_publish(10)
+    for digest in v2.reference_chunks:
+        forger.publish(topics.model_chunk(digest), b"not the reference", 1,
+                       retain=True).wait_for_publish(10)
+    forger.publish(f"{topics.release_plan}/v2", v2.to_json(), 1,
+                   retain=True).wait_for_publish(10)
+    forger.stop()
+    fleet.wait(lambda r: all(
+        (r[n].release, r[n].state, r[n].serving) == ("v2", "refused", ("v1",))
+        and "reference" in r[n].reason and "bad hash" in r[n].reason for n in v2.nodes),
+        "v2 refused for its reference, v1 served still")
+    assert json.loads(retained_now(broker, topics)[topics.live_release])["release"] == "v1"
 
 
 def test_a_node_left_over_serves_as_a_replica_of_a_stage(fleet, broker, test_models,

@@ -4,6 +4,7 @@ network with every field checked; the chunks put back together with every hash c
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -23,14 +24,22 @@ from aiotedge.nodes.daemons.node import runtime_at_least
 MODEL = bytes(range(256)) * 5  # 1280 bytes
 
 
+def reference_chunks(manifest: Manifest) -> list[list[bytes]]:
+    """Each stage's reference file in chunks of 500 bytes."""
+    return [split_chunks((manifest.directory / stage.reference.file).read_bytes(), 500)
+            if stage.reference else [] for stage in manifest.stages]
+
+
 def release_of(manifest: Manifest, **changes) -> Release:
     data = {**manifest.to_dict()}
     data["source"] = {**data["source"], "sha256": sha256_hex(MODEL)}
     chunks = split_chunks(MODEL, 500)
+    references = tuple(tuple(sha256_hex(c) for c in stage)
+                       for stage in reference_chunks(manifest))
     fields = dict(release="v1", kind="classification", model_file="m.tflite",
                   model_sha256=sha256_hex(MODEL), model_bytes=len(MODEL), chunk_bytes=500,
                   chunks=tuple(sha256_hex(c) for c in chunks), manifest=data,
-                  assignments=(("a",), ("b", "c"), ("d",)))
+                  assignments=(("a",), ("b", "c"), ("d",)), references=references)
     return Release(**{**fields, **changes})
 
 
@@ -83,6 +92,42 @@ def test_the_model_comes_back_from_its_chunks_and_a_bad_one_is_named(split3):
     del bad[release.chunks[1]]
     with pytest.raises(ReleaseError, match=r"chunk 1 .* is missing"):
         release.assemble(bad)
+
+
+def test_a_stages_reference_comes_back_from_its_chunks_and_a_bad_one_is_named(split3):
+    release = release_of(split3)
+    files = reference_chunks(split3)
+    assert all(len(stage) > 1 for stage in files)  # a reference larger than a chunk is split
+    chunks = {sha256_hex(c): c for stage in files for c in stage}
+    for index, stage in enumerate(split3.stages):
+        data = release.reference(index, chunks)
+        assert data == (split3.directory / stage.reference.file).read_bytes()
+    bad = {**chunks, release.references[2][0]: b"other bytes"}
+    with pytest.raises(ReleaseError, match="stage 2's reference: chunk 0: bad hash"):
+        release.reference(2, bad)
+    forged = replace(split3.stages[1], reference=replace(split3.stages[1].reference,
+                                                         sha256="0" * 64))
+    lying = release_of(replace(split3, stages=(split3.stages[0], forged, split3.stages[2])))
+    with pytest.raises(ReleaseError, match=r"stage 1's reference put together .* bad hash"):
+        lying.reference(1, chunks)
+
+
+def test_a_release_from_a_deployer_before_references_travelled_still_reads(split3):
+    """Its manifest names no reference and it lists no reference chunks: its stages start
+    unchecked, as before."""
+    unreferenced = replace(split3, stages=tuple(replace(stage, reference=None)
+                                                for stage in split3.stages))
+    data = json.loads(release_of(unreferenced, references=()).to_json())
+    assert "references" not in data
+    old = Release.parse(json.dumps(data))
+    assert old.references == () and old.reference_chunks == ()
+    assert old.reference(1, {}) is None
+
+
+@pytest.mark.parametrize("references", [(), (("0" * 64,),) * 2, ((), ("0" * 64,), ())])
+def test_a_release_whose_reference_chunks_do_not_match_its_split_is_refused(split3, references):
+    with pytest.raises(ReleaseError, match="reference chunks do not match"):
+        release_of(split3, references=references)
 
 
 def test_a_release_has_a_chain_of_its_own_and_answers_on_the_pipelines_topics():

@@ -3,8 +3,10 @@
 The deployer publishes, retained, the model as content-addressed chunks (each on a topic named
 by its sha256, within the broker's message limit) and then the release: its id, the model's
 kind and sha256, the chunks' hashes, the split (the manifest, with each stage's cut points and
-segment sha256, so every node cuts the same segments), and which node serves which stage. A
-node fetches the chunks, checks every hash, cuts its own segment and serves it. The live
+segment sha256, so every node cuts the same segments, and each stage's reference), and which
+node serves which stage. Each stage's reference file travels as chunks of its own, on the same
+content-addressed topics. A node fetches the chunks, checks every hash, cuts its own segment,
+writes its stage's reference beside it and serves it (the stage's self-check runs on it). The live
 pointer says which release the cameras send to; a node's report says what it does.
 
 Everything here comes from the network: `parse` checks every field and refuses with a reason,
@@ -75,6 +77,9 @@ class Release:
     assignments: tuple[tuple[str, ...], ...]
     #: the runtime version the model needs (its `min_runtime_version` metadata), if it says
     min_runtime: str | None = None
+    #: per stage, the sha256 of each chunk of its reference file (none for a stage without
+    #: one); empty from a deployer before references travelled (its manifest has none)
+    references: tuple[tuple[str, ...], ...] = ()
     created_at: float = field(default_factory=time.time)
     version: int = RELEASE_VERSION
 
@@ -89,7 +94,7 @@ class Release:
             raise ReleaseError(f"unknown model kind {self.kind[:40]!r} (known: "
                                f"{', '.join(KINDS)})")
         if not _SHA256.fullmatch(self.model_sha256) or not all(
-                _SHA256.fullmatch(c) for c in self.chunks):
+                _SHA256.fullmatch(c) for c in (*self.chunks, *self.reference_chunks)):
             raise ReleaseError("a sha256 in the release is not 64 lowercase hex digits")
         if not 0 < self.model_bytes <= MAX_MODEL_BYTES:
             raise ReleaseError(f"model size {self.model_bytes} is out of range")
@@ -105,6 +110,11 @@ class Release:
         if len(self.assignments) != len(manifest.stages):
             raise ReleaseError(f"{len(self.assignments)} stage assignments for "
                                f"{len(manifest.stages)} stages")
+        referenced = tuple(stage.reference is not None for stage in manifest.stages)
+        if tuple(bool(chunks) for chunks in self.references) != referenced and (
+                self.references or any(referenced)):
+            raise ReleaseError("the stages' reference chunks do not match the references "
+                               "the release's split names")
         nodes = [node for stage in self.assignments for node in stage]
         if not all(self.assignments) or not all(_NODE.fullmatch(n) for n in nodes):
             raise ReleaseError("every stage needs nodes, each named as one topic level")
@@ -119,6 +129,11 @@ class Release:
             raise ReleaseError(f"the release's split: {exc}") from exc
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ReleaseError(f"the release's split is malformed: {exc!r}") from exc
+
+    @property
+    def reference_chunks(self) -> tuple[str, ...]:
+        """Every chunk of every stage's reference."""
+        return tuple(digest for stage in self.references for digest in stage)
 
     @property
     def nodes(self) -> tuple[str, ...]:
@@ -146,6 +161,8 @@ class Release:
             "chunks": list(self.chunks), "manifest": self.manifest,
             "assignments": [list(stage) for stage in self.assignments],
             "min_runtime": self.min_runtime, "created_at": self.created_at,
+            **({"references": [list(stage) for stage in self.references]}
+               if self.references else {}),
         }, separators=(",", ":"))
 
     @classmethod
@@ -171,6 +188,8 @@ class Release:
                                   for stage in _list(data["assignments"])),
                 min_runtime=_text(min_runtime) if min_runtime is not None else None,
                 created_at=float(data.get("created_at", 0.0)),
+                references=tuple(tuple(_text(c) for c in _list(stage))
+                                 for stage in _list(data.get("references", []))),
             )
         except ReleaseError:
             raise
@@ -179,21 +198,39 @@ class Release:
 
     def assemble(self, chunks: dict[str, bytes]) -> bytes:
         """The model from its chunks (by sha256), every hash checked."""
-        parts = []
-        for index, digest in enumerate(self.chunks):
-            data = chunks.get(digest)
-            if data is None:
-                raise ReleaseError(f"chunk {index} ({digest[:12]}...) is missing")
-            if sha256_hex(data) != digest:
-                raise ReleaseError(f"chunk {index}: bad hash ({sha256_hex(data)[:12]}..., the "
-                                   f"release says {digest[:12]}...)")
-            parts.append(data)
-        model = b"".join(parts)
-        if len(model) != self.model_bytes or sha256_hex(model) != self.model_sha256:
-            raise ReleaseError(f"the model put together from its chunks has a bad hash "
-                               f"({sha256_hex(model)[:12]}..., the release says "
-                               f"{self.model_sha256[:12]}...)")
+        model = _join("the model", self.chunks, chunks, self.model_sha256)
+        if len(model) != self.model_bytes:
+            raise ReleaseError(f"the model put together from its chunks is {len(model)} bytes, "
+                               f"the release says {self.model_bytes}")
         return model
+
+    def reference(self, stage: int, chunks: dict[str, bytes]) -> bytes | None:
+        """Stage `stage`'s reference file from its chunks (by sha256), every hash checked
+        against the release; None for a stage without one (or a release from a deployer
+        before references travelled)."""
+        spec = self.split().stage(stage)
+        if spec.reference is None:
+            return None
+        return _join(f"stage {stage}'s reference", self.references[stage], chunks,
+                     spec.reference.sha256)
+
+
+def _join(what: str, digests: tuple[str, ...], chunks: dict[str, bytes], sha256: str) -> bytes:
+    """`what` put together from its chunks, each chunk's hash and the whole's checked."""
+    parts = []
+    for index, digest in enumerate(digests):
+        data = chunks.get(digest)
+        if data is None:
+            raise ReleaseError(f"{what}: chunk {index} ({digest[:12]}...) is missing")
+        if sha256_hex(data) != digest:
+            raise ReleaseError(f"{what}: chunk {index}: bad hash ({sha256_hex(data)[:12]}..., "
+                               f"the release says {digest[:12]}...)")
+        parts.append(data)
+    whole = b"".join(parts)
+    if sha256_hex(whole) != sha256:
+        raise ReleaseError(f"{what} put together from its chunks has a bad hash "
+                           f"({sha256_hex(whole)[:12]}..., the release says {sha256[:12]}...)")
+    return whole
 
 
 def _text(value: Any) -> str:

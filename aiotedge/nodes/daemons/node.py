@@ -4,8 +4,9 @@ It connects (its availability and Last Will: the pipeline's membership), announc
 board is (retained info of kind "node": architecture, runtime, memory, a speed profile), and
 follows the retained releases and the live pointer. For each release that names it -- the
 live one, and a newer one being rolled out -- it fetches the model's chunks (every hash
-checked), cuts its own segment with the release's split, and runs that stage with the stage
-daemon's own code (`run_stage`, in a thread, on a session and chain of topics of that
+checked), cuts its own segment with the release's split, fetches its stage's reference
+beside it (every hash checked; the stage's self-check runs on it), and runs that stage with
+the stage daemon's own code (`run_stage`, in a thread, on a session and chain of topics of that
 release). It reports, in its info, the newest release's state: fetching, ready (its stage
 serves), refused (with the reason) or standby.
 
@@ -305,8 +306,10 @@ class NodeDaemon:
     # -- a release's files ------------------------------------------------------------------
 
     def prepare(self, release: Release, stage: int) -> Path:
-        """The release's folder for this stage (manifest.json and the segment this board cut
-        itself), after every check; ReleaseError saying why the board cannot serve it.
+        """The release's folder for this stage (manifest.json, the segment this board cut
+        itself and the stage's reference, if the release has one: the stage checks its
+        segment on it as it starts), after every check; ReleaseError saying why the board
+        cannot serve it.
 
         The flatbuffer schema that cuts a model (about 6 MB resident) is loaded here, when a
         release comes, not by every daemon that imports this module."""
@@ -322,9 +325,12 @@ class NodeDaemon:
         directory.mkdir(parents=True, exist_ok=True)
         manifest = release.split(directory)
         spec = manifest.stage(stage)
-        segment = directory / Path(spec.file).name
-        if segment.name != spec.file:
-            raise ReleaseError(f"stage {stage}'s file {spec.file!r} is not a plain file name")
+        segment = self._plain_file(directory, spec.file, f"stage {stage}'s file")
+        if spec.reference is not None:
+            reference = self._plain_file(directory, spec.reference.file,
+                                         f"stage {stage}'s reference")
+            reference.write_bytes(release.reference(stage, self._fetch_chunks(
+                release, release.references[stage], f"stage {stage}'s reference")))
         segment.write_bytes(pack_model(extract_segment(load_graph(model), spec.first_op,
                                                        spec.last_op)))
         manifest.save(directory)
@@ -348,20 +354,33 @@ class NodeDaemon:
             raise ReleaseError(f"not enough memory: the model needs about {need} MB, "
                                f"{available} MB are available")
 
-    def _fetch(self, release: Release, model: Path) -> None:
-        topics = [self.topics.model_chunk(digest) for digest in release.chunks]
+    @staticmethod
+    def _plain_file(directory: Path, name: str, what: str) -> Path:
+        """`name` in `directory`; ReleaseError for a name that would leave it."""
+        path = directory / Path(name).name
+        if path.name != name:
+            raise ReleaseError(f"{what} {name!r} is not a plain file name")
+        return path
+
+    def _fetch_chunks(self, release: Release, digests: tuple[str, ...],
+                      what: str) -> dict[str, bytes]:
+        """The retained chunks named by `digests`, by sha256 (their hashes are checked by
+        whoever puts them together)."""
+        topics = [self.topics.model_chunk(digest) for digest in digests]
         probe = self.topics.probe(f"{self.name}.fetch")
-        log.info("release %s: fetching the model: %d chunk(s), %d bytes", release.release,
-                 len(release.chunks), release.model_bytes)
+        log.info("release %s: fetching %s: %d chunk(s)", release.release, what, len(digests))
         try:
             retained = read_retained(self.session, sorted(set(topics)), probe, FETCH_TIMEOUT)
         except BrokerError as exc:
-            raise ReleaseError(f"cannot fetch the model: {exc}") from exc
+            raise ReleaseError(f"cannot fetch {what}: {exc}") from exc
         finally:
             for topic in {*topics, probe}:
                 self.session.unsubscribe(topic)
-        data = release.assemble({topic.rsplit("/", 1)[-1]: payload
-                                 for topic, payload in retained.items()})
+        return {topic.rsplit("/", 1)[-1]: payload for topic, payload in retained.items()}
+
+    def _fetch(self, release: Release, model: Path) -> None:
+        data = release.assemble(self._fetch_chunks(
+            release, release.chunks, f"the model ({release.model_bytes} bytes)"))
         partial_file = model.with_suffix(".part")
         partial_file.write_bytes(data)
         partial_file.replace(model)
