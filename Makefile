@@ -47,7 +47,8 @@ reliability: deps-test $(VENV)/.test-installed
 
 # The emulated Raspberry Pi cluster (root: cgroup CPU quotas and network namespaces; where they
 # are not permitted it says why and skips): pipeline, replicas and the planner's plan on 1 to 5
-# boards; then a stage hop against the raw broker, and where a daemon's memory goes. Writes
+# boards; then a stage hop against the raw broker, where a daemon's memory goes, and the time
+# from `aiotedge-convert deploy` to the first prediction of the new release. Writes
 # docs/cluster/ and sections of docs/benchmarks.md (about 45 minutes; on a quiet machine): the
 # steady state (bench.cluster.steady: 60 s windows, the dispatch beside the dealing in turn)
 # takes about 12 minutes a round.
@@ -60,6 +61,17 @@ bench-cluster: deps-test deps-bench $(VENV)/.test-installed
 	$(BIN)/python -m bench.cluster.steady --model "$(MODEL)" --images "$(IMAGES)" --write-docs
 	$(BIN)/python -m bench.hop --model "$(MODEL)" --images "$(IMAGES)" --write-docs
 	$(BIN)/python -m bench.memory --model "$(MODEL)" --images "$(IMAGES)" --write-docs
+	$(BIN)/python -m bench.cluster.deploy --model "$(MODEL)" --images "$(IMAGES)" --write-docs \
+	  $(if $(LABELS),--labels "$(LABELS)")
+
+# The SSD detector (docs/models.md) on the same boards: its replicas against the planner's plan
+# on 1 to 5 boards, in a section of docs/benchmarks.md and docs/cluster/detection/ of its own
+# (about 20 minutes on a busy machine).
+DETECTION_MODEL ?= $(SHARED)/detection/coco_ssd_mobilenet_v1_1.0_quant.tflite
+.PHONY: bench-cluster-detection
+bench-cluster-detection: deps-test deps-bench $(VENV)/.test-installed
+	$(BIN)/python -m bench.cluster --model "$(DETECTION_MODEL)" --images "$(IMAGES)" \
+	  --strategies replicas,plan --rounds 2 --cpu 0.2 --write-docs
 
 # The fleet heals itself (root, as bench-cluster; about 7 minutes): 5 emulated boards with a
 # node each under a steady camera, a self-healing coordinator; two nodes SIGKILLed, a third's

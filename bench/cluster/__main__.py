@@ -13,7 +13,9 @@ one emulated board, and the planner's pure pipeline (one board per stage) and pu
 whole model on N boards in one share group), each against the planner's forecast; a round
 runs every layout once, in order of N, and ratios are to the one-board run of the same round.
 Writes docs/cluster/cluster.json, the plots there, and (--write-docs) a section of
-docs/benchmarks.md. Everything it made is removed at the end; `python -m bench.cluster.selftest
+docs/benchmarks.md; a model of another kind than classification (detection, say) gets a folder
+docs/cluster/KIND and a section of its own, so its run leaves the classifier's figures as they
+were. Everything it made is removed at the end; `python -m bench.cluster.selftest
 --cleanup` removes what a killed run left.
 """
 
@@ -37,6 +39,8 @@ from aiotedge.config.loader import NodeConfig
 from aiotedge.config.sections import CameraConfig
 from aiotedge.contracts.errors import AiotedgeError
 from aiotedge.media.image import list_images, read_photo
+from aiotedge.tflite.graph import load_graph
+from aiotedge.tflite.kinds import recognise_kind
 from bench.benchdoc import BENCHMARKS, command_line, machine, write_section
 from bench.cluster import boards, layouts, report, start, timing
 from bench.cluster.measure import Cluster, Phases, RunResult
@@ -47,6 +51,7 @@ HEADING = "Emulated cluster: pipeline, replicas and the planner's plan on 1 to N
 PROGRAM = "python -m bench.cluster"
 #: seconds an `aiotedge profile` on one board may take
 PROFILE_TIMEOUT = 900
+CLUSTER_DOCS = BENCHMARKS.parent / "cluster"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -89,11 +94,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="frames without a result at most, per board")
     parser.add_argument("--camera", default="", metavar="TOML",
                         help="camera settings as TOML keys of [camera], e.g. 'fps = 0.0'")
-    parser.add_argument("--out", type=Path, default=BENCHMARKS.parent / "cluster",
-                        help="where the JSON and the plots go (docs/cluster)")
+    parser.add_argument("--out", type=Path,
+                        help="where the JSON and the plots go (docs/cluster, or docs/cluster/"
+                             "KIND for a model that does not classify)")
     parser.add_argument("--write-docs", action="store_true",
                         help="write the section of docs/benchmarks.md")
     return parser.parse_args(argv)
+
+
+def titled(kind: str, model: Path, out: Path | None) -> tuple[str, Path]:
+    """The section's heading and the results' folder for a model of `kind`: a classifier's
+    are the bench's own; another kind's are its own, so that one run does not replace the
+    other's figures."""
+    if kind == "classification":
+        return HEADING, out or CLUSTER_DOCS
+    return f"{HEADING}, {kind} ({model.name})", out or CLUSTER_DOCS / kind
 
 
 def camera_config(text: str) -> CameraConfig:
@@ -199,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if not args.model.is_file():
         raise SystemExit(f"bench-cluster: no model at {args.model} (give --model)")
+    heading, out = titled(recognise_kind(load_graph(args.model)), args.model, args.out)
     link = boards.Link(args.link_mbps) if args.link_mbps > 0 else None
     if not start.ready("bench-cluster", link):
         return 0
@@ -242,8 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     header = {"command": command_line(), "machine": machine(), "cpu": cpu,
               "calibration": calibration, "wake_lateness_ms": wake, "link_mbps": args.link_mbps,
               "phases": phases.__dict__, "minutes": minutes}
-    report.write_json(args.out / "cluster.json", header, rounds, summaries)
-    images = {"throughput": args.out / "throughput.png", "cpu": args.out / "cpu.png"}
+    report.write_json(out / "cluster.json", header, rounds, summaries)
+    images = {"throughput": out / "throughput.png", "cpu": out / "cpu.png"}
     report.plot_throughput(images["throughput"], summaries)
     report.plot_cpu(images["cpu"], summaries)
     notes = [describe_setup(args, calibration, count=count, cpu=cpu, loads=loads,
@@ -252,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     body = report.markdown(summaries, notes, relative)
     print(body)
     if args.write_docs:
-        write_section(HEADING, body)
+        write_section(heading, body)
     return 0
 
 

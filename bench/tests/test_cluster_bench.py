@@ -9,6 +9,7 @@ import shutil
 import pytest
 
 from aiotedge.contracts.manifest import Manifest
+from bench.cluster import __main__ as cluster_main
 from bench.cluster import boards, layouts, report, steady_report
 from bench.cluster.measure import RunResult
 
@@ -48,6 +49,17 @@ def test_boards_per_stage_given_by_hand_share_a_group_where_there_are_several(sp
     assert [role.share_group for role in layout.roles] == ["stage0", "stage0", "", ""]
     with pytest.raises(layouts.LayoutError, match="3 stages need"):
         layouts.with_replicas(name, folder, [2, 1])
+
+
+def test_a_model_that_does_not_classify_gets_a_section_and_a_folder_of_its_own(tmp_path):
+    """A detection model's run must not replace the classifier's figures."""
+    model = tmp_path / "ssd.tflite"
+    assert cluster_main.titled("classification", model, None) == (
+        cluster_main.HEADING, cluster_main.CLUSTER_DOCS)
+    heading, out = cluster_main.titled("detection", model, None)
+    assert heading != cluster_main.HEADING and "detection" in heading and "ssd.tflite" in heading
+    assert out == cluster_main.CLUSTER_DOCS / "detection"
+    assert cluster_main.titled("detection", model, tmp_path)[1] == tmp_path
 
 
 def run(layout: str, strategy: str, boards: int, fps: float, lone: float) -> RunResult:
