@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +19,14 @@ from aiotedge_converter.costs import cost_basis
 from aiotedge_converter.deploy import toml_writer, write_deployment
 from aiotedge_converter.errors import ConverterError
 from aiotedge_converter.fleet import DEFAULT_TIMEOUT, deploy
+from aiotedge_converter.heal import (
+    BOUNCE_WINDOW,
+    DEFAULT_JOIN_SETTLE,
+    DEFAULT_LOSS_GRACE,
+    DEFAULT_MIN_GAIN,
+    HealOptions,
+    heal,
+)
 from aiotedge_converter.keras_layers import cuts_for_layer_counts, layers_done, parse_layer_counts
 from aiotedge_converter.metadata import ImportInfo, read_import_info
 from aiotedge_converter.planner import Plan, check_cuts, evaluate_plan, plan_pipeline
@@ -46,6 +55,7 @@ from aiotedge.contracts.manifest import KINDS, MANIFEST_NAME, RESIZES
 from aiotedge.contracts.plan import PLAN_BOARDS, PLAN_NAME
 from aiotedge.contracts.profile import INPUT_KINDS, Profile
 from aiotedge.contracts.release import new_release_id
+from aiotedge.nodes.daemons.lifecycle import stop_on_signals
 from aiotedge.tflite.graph import Graph, load_graph
 from aiotedge.tflite.kinds import model_kind
 
@@ -368,6 +378,52 @@ def _add_deploy_parser(sub: argparse._SubParsersAction) -> None:
     deploy_cmd.set_defaults(func=cmd_deploy)
 
 
+# --- heal ---------------------------------------------------------------------------------
+
+
+def cmd_heal(args: argparse.Namespace) -> int:
+    options = HealOptions(loss_grace=args.loss_grace, join_settle=args.join_settle,
+                          min_gain=args.min_gain, timeout=args.timeout)
+    config = override_from_flags(NodeConfig.load(args.config), args)
+    config.check_files()
+    logging.getLogger("aiotedge_converter").setLevel(logging.INFO)  # a daemon: its decisions
+    heal(config, args.name, options, stop_on_signals())
+    return 0
+
+
+def _add_heal_parser(sub: argparse._SubParsersAction) -> None:
+    heal_cmd = sub.add_parser(
+        "heal", help="re-plan the live release when a node is lost or joins, until stopped",
+        description="A self-healing coordinator: a node of the live release offline for "
+        "--loss-grace seconds gets a release for the nodes left, switched to at once (cameras "
+        "resend the frames it held); a new node online for --join-settle seconds gets a "
+        "release using it, rolled out if the forecast gains --min-gain. The oldest "
+        "coordinator present decides, the others stand by. Runs until SIGTERM or Ctrl-C. "
+        "See docs/fleet.md.")
+    heal_cmd.add_argument("--config", help="a config file with [broker] and [pipeline] "
+                          "(the deployer's login); flags override it (default: none)")
+    add_section_flags(heal_cmd, BrokerConfig, ("host", "username", "password_file", "tls",
+                                               "ca_file", "cert_file", "key_file"))
+    add_section_flags(heal_cmd, PipelineConfig, ("name",))
+    heal_cmd.add_argument("--name", default=socket.gethostname(), metavar="ID",
+                          help="this coordinator's name, one per coordinator (default: the "
+                          "host name)")
+    heal_cmd.add_argument("--loss-grace", type=float, default=DEFAULT_LOSS_GRACE,
+                          metavar="SECONDS", help="a node of the live release offline this "
+                          "long is lost (default: %(default)s)")
+    heal_cmd.add_argument("--join-settle", type=float, default=DEFAULT_JOIN_SETTLE,
+                          metavar="SECONDS", help="a new node online this long is put to "
+                          "work; one seen going offline in the minute before waits "
+                          f"{BOUNCE_WINDOW:.0f} s (default: %(default)s)")
+    heal_cmd.add_argument("--min-gain", type=float, default=DEFAULT_MIN_GAIN,
+                          metavar="FRACTION", help="a new node is put to work if the "
+                          "forecast frames/s gain at least this (default: %(default)s)")
+    heal_cmd.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                          help="seconds to wait for the nodes of a new release (default: "
+                          "%(default)s)")
+    heal_cmd.set_defaults(func=cmd_heal)
+
+
 # --- verify -------------------------------------------------------------------------------
 
 
@@ -551,6 +607,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_split_parser(sub)
     _add_plan_parser(sub)
     _add_deploy_parser(sub)
+    _add_heal_parser(sub)
 
     check = sub.add_parser(
         "verify", help="run the chain of stages against the whole model",

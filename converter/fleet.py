@@ -17,7 +17,7 @@ import logging
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +56,10 @@ class DeployError(ConverterError):
     """A release that did not go live: the reason, and what each node said."""
 
 
+class DeployCancelledError(DeployError):
+    """The command was told to stop while it waited (`Deployer.cancel`)."""
+
+
 @dataclass(frozen=True)
 class Deployed:
     release: Release
@@ -81,16 +85,31 @@ def assign_stages(graph: Graph, nodes: Sequence[NodeReport], stages: int | None 
     macs = [graph.macs_between(stage.first_op, stage.last_op) for stage in plan.stages]
 
     def rate(k: int, members: list[NodeReport]) -> float:
-        """Frames per MAC-second of stage k's replicas: they take turns, the slowest sets
-        the pace (aiotedge_converter.cluster)."""
-        slowest = max(macs[k] / member.mmacs_per_s for member in members)
-        return len(members) / slowest if slowest else float("inf")
+        return stage_rate(macs[k], [member.mmacs_per_s for member in members])
 
     for spare in fastest[count:]:  # a replica of the slowest stage, where it speeds it up
         k = min(range(count), key=lambda k: rate(k, groups[k]))
         if rate(k, [*groups[k], spare]) > rate(k, groups[k]):
             groups[k].append(spare)
     return plan, tuple(tuple(node.node for node in group) for group in groups)
+
+
+def stage_rate(macs: int, speeds: Sequence[float]) -> float:
+    """Frames/s of a stage of `macs` on nodes of these speeds (millions of MACs/s): replicas
+    take turns, the slowest sets the pace (aiotedge_converter.cluster)."""
+    slowest = max(macs / (speed * 1e6) for speed in speeds) if speeds else float("inf")
+    return len(speeds) / slowest if slowest else float("inf")
+
+
+def forecast(graph: Graph, release: Release, speeds: dict[str, float]) -> float:
+    """The planner's frames/s for a release of this model: its slowest stage's, each stage's
+    MACs over its nodes' speeds (`speeds`: node -> millions of MACs/s; a node without one
+    counts as stopped)."""
+    rates = [stage_rate(graph.macs_between(stage.first_op, stage.last_op),
+                        [speeds[node] for node in nodes])
+             if all(node in speeds for node in nodes) else 0.0
+             for stage, nodes in zip(release.split().stages, release.assignments, strict=True)]
+    return min(rates, default=0.0)
 
 
 def min_runtime(graph: Graph) -> str | None:
@@ -175,24 +194,52 @@ def _reference_chunks(manifest: Manifest, stage: StageSpec, chunk_bytes: int) ->
     return split_chunks(data, chunk_bytes)
 
 
-class Deployer:
-    """One connection to the broker as the deployer's user: reads the nodes, publishes."""
+@dataclass(frozen=True)
+class Member:
+    """A node as the deployer sees it: whether it is online, since when (time.monotonic), when
+    it last went offline while watched (None: not seen to), and its report, if any."""
 
-    def __init__(self, config: NodeConfig, client_id: str = "aiotedge-deploy") -> None:
+    online: bool
+    since: float
+    went_offline: float | None
+    report: NodeReport | None
+
+
+class Deployer:
+    """One connection to the broker as the deployer's user: reads the nodes, publishes.
+
+    With `presence` (a self-healing coordinator's name, heal.py) its Last Will clears that
+    coordinator's retained presence, and it follows every coordinator's presence too."""
+
+    def __init__(self, config: NodeConfig, client_id: str = "aiotedge-deploy", *,
+                 presence: str | None = None) -> None:
         self.config = config
         self.topics: Topics = config.topics
         self.session = MqttSession(config.broker, client_id, one_shot=True)
+        self.presence = presence
+        if presence is not None:
+            self.session.client.will_set(self.topics.coordinator(presence), b"", qos=1,
+                                         retain=True)
         self._changed = threading.Condition()
         self._reports: dict[str, NodeReport] = {}
         self._online: dict[str, bool] = {}
+        #: node -> when its availability last changed, and when it last went offline
+        self._since: dict[str, float] = {}
+        self._went_offline: dict[str, float] = {}
         self._releases: dict[str, Release | None] = {}
         self._live: str | None = None
+        #: coordinator name -> its retained presence (JSON), while present
+        self._coordinators: dict[str, bytes] = {}
+        self._cancelled = False
 
     def __enter__(self) -> Deployer:
         connect_once(self.session)
-        read_retained(self.session, [self.topics.all_info, self.topics.all_availability,
-                                     f"{self.topics.release_plan}/+", self.topics.live_release],
-                      self.topics.probe(self.session.client_id), follow=self._on_message)
+        filters = [self.topics.all_info, self.topics.all_availability,
+                   f"{self.topics.release_plan}/+", self.topics.live_release]
+        if self.presence is not None:
+            filters.append(self.topics.all_coordinators)
+        read_retained(self.session, filters, self.topics.probe(self.session.client_id),
+                      follow=self._on_message)
         return self
 
     def __exit__(self, *_exc: object) -> None:
@@ -211,16 +258,69 @@ class Deployer:
                 except ReleaseError:
                     self._releases[name] = None
             elif topic == self.topics.availability(name):
-                self._online[name] = message.payload == ONLINE.encode()
+                self._on_availability(name, message.payload == ONLINE.encode())
             elif topic == self.topics.info(name):
                 report = NodeReport.parse(message.payload)
                 if report is not None:
                     self._reports[name] = report
+            elif topic == self.topics.coordinator(name):
+                if message.payload:
+                    self._coordinators[name] = message.payload
+                else:
+                    self._coordinators.pop(name, None)
             self._changed.notify_all()
+
+    def _on_availability(self, name: str, online: bool) -> None:
+        was = self._online.get(name)
+        if was == online:
+            return
+        now = time.monotonic()
+        self._online[name], self._since[name] = online, now
+        if was and not online:
+            self._went_offline[name] = now
 
     def online_nodes(self) -> list[NodeReport]:
         with self._changed:
             return [r for name, r in sorted(self._reports.items()) if self._online.get(name)]
+
+    def membership(self) -> dict[str, Member]:
+        """Every node whose availability was heard."""
+        with self._changed:
+            return {name: Member(online, self._since[name], self._went_offline.get(name),
+                                 self._reports.get(name))
+                    for name, online in sorted(self._online.items())}
+
+    def coordinators(self) -> dict[str, bytes]:
+        with self._changed:
+            return dict(self._coordinators)
+
+    def releases(self) -> dict[str, Release | None]:
+        """Every release id heard of, with its release (None: withdrawn or unreadable)."""
+        with self._changed:
+            return dict(self._releases)
+
+    def wait_change(self, timeout: float | None) -> None:
+        """Until anything the deployer follows changes, or `timeout` seconds."""
+        with self._changed:
+            if not self._cancelled:
+                self._changed.wait(timeout)
+
+    def cancel(self) -> None:
+        """Every wait ends now (DeployCancelledError): the command was told to stop."""
+        with self._changed:
+            self._cancelled = True
+            self._changed.notify_all()
+
+    def _wait(self, done: Callable[[], bool], deadline: float) -> bool:
+        """Under the lock: until `done()`, the deadline (False) or a cancel (DeployError)."""
+        while not done():
+            if self._cancelled:
+                raise DeployCancelledError("stopped")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._changed.wait(remaining)
+        return True
 
     def wait_nodes(self, count: int, timeout: float) -> list[NodeReport]:
         """The nodes online, once there are at least `count` of them."""
@@ -233,6 +333,10 @@ class Deployer:
     @property
     def live(self) -> str | None:
         return self._live
+
+    def live_release(self) -> Release | None:
+        with self._changed:
+            return self._releases.get(self._live) if self._live else None
 
     def _publish(self, topic: str, payload: bytes | str, what: str) -> None:
         """Retained at QoS 1, once the broker took it; refused: the user may not deploy."""
@@ -251,6 +355,18 @@ class Deployer:
                               f"{self.config.broker.username or '(none)'} publish releases? "
                               "(docs/fleet.md, security)")
 
+    def say_present(self, payload: str) -> None:
+        """The coordinator's retained presence, said again after every reconnect."""
+        assert self.presence is not None
+        self.session.announce(self.topics.coordinator(self.presence), payload)
+
+    def say_gone(self) -> None:
+        """The coordinator's presence cleared, as its Last Will would on a lost connection."""
+        assert self.presence is not None
+        topic = self.topics.coordinator(self.presence)
+        self.session.withdraw(topic)
+        self._publish(topic, b"", "the coordinator's departure")
+
     def publish_release(self, release: Release, chunks: Sequence[bytes]) -> None:
         """The chunks first (the model's and the references', each on the topic of its
         sha256), then the release that names them: a node that sees the release finds every
@@ -261,36 +377,106 @@ class Deployer:
         self._publish(f"{self.topics.release_plan}/{release.release}", release.to_json(),
                       "the release")
 
-    def wait_ready(self, release: Release, timeout: float) -> dict[str, NodeReport]:
-        """Every node of the release ready; DeployError naming what each said otherwise."""
+    def fetch_model(self, release: Release) -> bytes:
+        """The release's model from its chunks retained on the broker, every hash checked."""
+        topics = sorted({self.topics.model_chunk(digest) for digest in release.chunks})
+        probe = self.topics.probe(f"{self.session.client_id}.fetch")
+        try:
+            retained = read_retained(self.session, topics, probe, PUBLISH_TIMEOUT)
+        finally:
+            for topic in [*topics, probe]:
+                self.session.unsubscribe(topic)
+        return release.assemble({topic.rsplit("/", 1)[-1]: payload
+                                 for topic, payload in retained.items()})
+
+    def wait_ready(self, release: Release, timeout: float, *,
+                   lost_fails: bool = False) -> dict[str, NodeReport]:
+        """Every node of the release ready; DeployError naming what each said otherwise.
+        `lost_fails`: a node of it going offline fails it at once (a re-plan for the nodes
+        left is better than waiting for it)."""
         deadline = time.monotonic() + timeout
 
         def states() -> dict[str, NodeReport | None]:
             return {node: (r if (r := self._reports.get(node)) and r.release == release.release
                            else None) for node in release.nodes}
 
-        with self._changed:
-            while True:
-                now = states()
-                refused = {n: r for n, r in now.items() if r and r.state == "refused"}
-                if refused:
-                    raise DeployError("; ".join(f"{n} refused it: {r.reason}"
-                                                for n, r in refused.items()))
-                if all(r and r.state == "ready" for r in now.values()):
-                    return {n: r for n, r in now.items() if r}
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    said = "; ".join(
-                        f"{n}: {r.state if r else 'nothing yet'}"
-                        + ("" if self._online.get(n) else " (offline)") for n, r in now.items())
-                    raise DeployError(f"not every node ready within {timeout:.0f} s ({said})")
-                self._changed.wait(remaining)
+        def settled() -> bool:
+            now = states()
+            return (all(r and r.state == "ready" for r in now.values())
+                    or any(r and r.state == "refused" for r in now.values())
+                    or (lost_fails and not all(self._online.get(n) for n in now)))
 
-    def go_live(self, release: Release, resend: bool = False) -> None:
+        with self._changed:
+            in_time = self._wait(settled, deadline)
+            now = states()
+            refused = {n: r for n, r in now.items() if r and r.state == "refused"}
+            if refused:
+                raise DeployError("; ".join(f"{n} refused it: {r.reason}"
+                                            for n, r in refused.items()))
+            if all(r and r.state == "ready" for r in now.values()):
+                return {n: r for n, r in now.items() if r}
+            said = "; ".join(f"{n}: {r.state if r else 'nothing yet'}"
+                             + ("" if self._online.get(n) else " (offline)")
+                             for n, r in now.items())
+            if in_time:
+                raise DeployError(f"a node of release {release.release} went offline ({said})")
+            raise DeployError(f"not every node ready within {timeout:.0f} s ({said})")
+
+    def wait_stopped(self, release_id: str, timeout: float) -> bool:
+        """Until no node online serves `release_id` (its reports' `serving`); False after
+        `timeout` seconds, the nodes still serving it logged."""
+        def serving() -> list[str]:
+            return [name for name, r in self._reports.items()
+                    if self._online.get(name) and release_id in r.serving]
+
+        with self._changed:
+            if self._wait(lambda: not serving(), time.monotonic() + timeout):
+                return True
+            log.warning("release %s: still served after %.0f s by %s", release_id, timeout,
+                        ", ".join(serving()))
+            return False
+
+    def go_live(self, release: Release, *, resend: bool = False) -> None:
         """`resend`: the release before was withdrawn, its stages stopped (cameras send their
         frames without a result again at once)."""
         self._publish(self.topics.live_release,
                       LiveRelease(release.release, resend=resend).to_json(), "the live pointer")
+
+    def roll_out(self, release: Release, chunks: Sequence[bytes], timeout: float) -> Deployed:
+        """The rolling update: publish, wait until its nodes are ready, go live; the release
+        live before drains. A node refusing it, or the timeout: withdrawn, the live release
+        stays (DeployError)."""
+        previous = self.live
+        self.publish_release(release, chunks)
+        try:
+            reports = self.wait_ready(release, timeout)
+        except DeployError:
+            self.withdraw(release.release)
+            raise
+        self.go_live(release)
+        self.forget_old({release.release, *([previous] if previous else [])})
+        return Deployed(release, reports, previous)
+
+    def abandon_for(self, release: Release, chunks: Sequence[bytes], timeout: float) -> None:
+        """The switch when a node of the live release is lost: its frames would wait for the
+        lost node, so it is abandoned rather than drained. The new release is published and
+        its nodes made ready, the live one withdrawn (its stages stop at once) and, once no
+        node online serves it, the live pointer moved with `resend`: cameras send every frame
+        still unanswered to the new release. A node refusing the new release, losing another
+        node meanwhile, or the timeout: the new one withdrawn (DeployError), the live one
+        stays."""
+        previous = self.live
+        self.publish_release(release, chunks)
+        try:
+            self.wait_ready(release, timeout, lost_fails=True)
+        except DeployError:
+            self.withdraw(release.release)
+            raise
+        if previous is not None:
+            self.withdraw(previous)
+            self.wait_stopped(previous, timeout)  # late: go live anyway, duplicates are filtered
+        self.go_live(release, resend=True)
+        self.forget_old({release.release})
 
     def withdraw(self, release_id: str) -> None:
         self._publish(f"{self.topics.release_plan}/{release_id}", b"", "the withdrawal")
@@ -324,14 +510,5 @@ def deploy(config: NodeConfig, model: Graph | Path, release_id: str, *,
         else:
             release, chunks = build_release(model, release_id, online, labels=labels,
                                             kind=kind, stages=stages)
-        previous = deployer.live
         log.info("release %s: %s", release.release, release.assignments)
-        deployer.publish_release(release, chunks)
-        try:
-            reports = deployer.wait_ready(release, timeout)
-        except DeployError:
-            deployer.withdraw(release.release)
-            raise
-        deployer.go_live(release)
-        deployer.forget_old({release.release, *([previous] if previous else [])})
-    return Deployed(release, reports, previous)
+        return deployer.roll_out(release, chunks, timeout)

@@ -33,6 +33,19 @@ def broker():
     local.close()
 
 
+@pytest.fixture
+def fleet(broker, tmp_path):
+    """Three `aiotedge node` daemons (support/fleet.py's NODES) on the broker, announced."""
+    from support.fleet import NODES, Fleet
+
+    fleet = Fleet(broker, tmp_path)
+    for node in NODES:
+        fleet.start(node)
+    fleet.wait(lambda r: set(NODES) <= set(r), "every node announced")
+    yield fleet
+    fleet.stop()
+
+
 @pytest.fixture(scope="session")
 def generated_frames(generated_photos) -> list[tuple[str, bytes]]:
     """(name, bytes) of the generated photos, as a camera sends them."""

@@ -21,7 +21,7 @@ fails fails the suite. How a block meets the machine it runs on, all of it defin
   are the project's; ``pip install`` is a no-op (this venv is the install; the install profiles
   are tested apart).
 * **Commands that run until stopped** (``LONG_RUNNING``: ``aiotedge stage``, ``aiotedge node``,
-  ``aiotedge watch``,
+  ``aiotedge-convert heal``, ``aiotedge watch``,
   ``status --watch``, a looping or watching camera, ``mosquitto_sub`` without ``-C``) run in
   the background. A stage is a board: it runs until the end of the document (a later block
   watches the pipeline an earlier one started), and the block that starts it ends when
@@ -64,6 +64,7 @@ LONG_RUNNING = re.compile(
     r"""^(?:\w+=\S+\s+)*(?:
         aiotedge\s+stage\b
       | aiotedge\s+node\b
+      | aiotedge-convert\s+heal\b
       | aiotedge\s+watch\b(?!.*--count)
       | aiotedge\s+status\b.*--watch\b
       | aiotedge\s+camera\b.*--(?:loop|watch)\b

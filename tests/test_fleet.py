@@ -6,130 +6,26 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import signal
 import subprocess
 import sys
 import threading
 from collections import Counter
-from pathlib import Path
 
 import pytest
 from aiotedge_converter.fleet import Deployer, build_release, deploy
 
-from aiotedge.config.loader import NodeConfig
-from aiotedge.config.sections import CameraConfig, PipelineConfig
-from aiotedge.contracts.events import ErrorEvent, Prediction
-from aiotedge.contracts.release import NodeReport, Release, sha256_hex
+from aiotedge.contracts.release import Release, sha256_hex
 from aiotedge.contracts.topics import Topics
 from aiotedge.media.sources import Stills
 from aiotedge.nodes.daemons.camera import Camera
-from aiotedge.nodes.daemons.speed import SPEED_FILE
 from aiotedge.nodes.mqtt.session import MqttSession, wait_settled
 from aiotedge.tflite.graph import load_graph
+from support.fleet import NODES, PIPELINE, Results, camera_for, deployer, expected_top1
 from support.models import LABELS
-from support.reference import whole_model_top
 from support.watch import retained_now
 
-PIPELINE = "yard"
-NODES = ("n1", "n2", "n3")
 OTHER_LABELS = tuple(f"other-{label}" for label in reversed(LABELS))
-
-
-class Fleet:
-    """Node daemons as processes, and a view of what they report."""
-
-    def __init__(self, broker, cache: Path) -> None:
-        self.broker, self.cache = broker, cache
-        self.topics = Topics(PIPELINE)
-        self.processes: dict[str, subprocess.Popen] = {}
-        self.reports: dict[str, NodeReport] = {}
-        self.changed = threading.Condition()
-        self.watcher = MqttSession(broker.address, "fleet-watcher")
-        self.watcher.subscribe(self.topics.all_info, self._on_info)
-        self.watcher.start()
-        assert self.watcher.wait_connected(10)
-
-    def _on_info(self, message) -> None:
-        report = NodeReport.parse(message.payload)
-        if report is not None:
-            with self.changed:
-                self.reports[report.node] = report
-                self.changed.notify_all()
-
-    def start(self, node: str) -> None:
-        """A node process; its speed profile written into its cache beforehand, as measured
-        once on equal boards (measured here, on a busy machine, they would differ by chance)."""
-        with self.changed:
-            self.reports.pop(node, None)
-        (self.cache / node).mkdir(exist_ok=True)
-        (self.cache / node / SPEED_FILE).write_text(json.dumps(
-            {"mmacs_per_s": 1000.0, "machine": platform.machine()}))
-        self.processes[node] = subprocess.Popen(
-            [sys.executable, "-m", "aiotedge", "node", "--broker", str(self.broker.address),
-             "--pipeline", PIPELINE, "--node", node, "--cache", str(self.cache / node),
-             "--stats-interval", "0"],
-            stdout=subprocess.DEVNULL, stderr=open(self.cache / f"{node}.log", "a"))  # noqa: SIM115
-
-    def wait(self, condition, what: str, timeout: float = 120.0) -> None:
-        with self.changed:
-            assert self.changed.wait_for(lambda: condition(self.reports), timeout), \
-                (what, self.reports, self.logs())
-
-    def logs(self) -> str:
-        return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}"
-                         for p in sorted(self.cache.glob("*.log")))
-
-    def stop(self) -> None:
-        for process in self.processes.values():
-            process.terminate()
-        for process in self.processes.values():
-            process.wait(60)
-        self.watcher.stop()
-
-
-@pytest.fixture
-def fleet(broker, tmp_path):
-    fleet = Fleet(broker, tmp_path)
-    for node in NODES:
-        fleet.start(node)
-    fleet.wait(lambda r: set(NODES) <= set(r), "every node announced")
-    yield fleet
-    fleet.stop()
-
-
-def deployer(broker) -> NodeConfig:
-    return NodeConfig(broker=broker.address, pipeline=PipelineConfig(name=PIPELINE))
-
-
-class Results:
-    """Every prediction and error event of the pipeline, as a subscriber sees them."""
-
-    def __init__(self, broker, topics: Topics) -> None:
-        self.predictions: list[Prediction] = []
-        self.errors: list[ErrorEvent] = []
-        self.changed = threading.Condition()
-        self.session = MqttSession(broker.address, "results")
-        self.session.subscribe(topics.predictions, self._on_prediction)
-        self.session.subscribe(topics.errors, self._on_error)
-        self.session.start()
-        assert self.session.wait_connected(10)
-        wait_settled(self.session, topics.probe("results"))
-
-    def _on_prediction(self, message) -> None:
-        with self.changed:
-            self.predictions.append(Prediction.from_json(message.payload))
-            self.changed.notify_all()
-
-    def _on_error(self, message) -> None:
-        with self.changed:
-            self.errors.append(ErrorEvent.parse(message.payload))
-            self.changed.notify_all()
-
-    def wait_for(self, condition, timeout: float = 120.0) -> None:
-        with self.changed:
-            assert self.changed.wait_for(lambda: condition(self.predictions), timeout), \
-                (len(self.predictions), self.errors)
 
 
 def self_checks(broker, release: Release) -> dict[str, str]:
@@ -139,19 +35,6 @@ def self_checks(broker, release: Release) -> dict[str, str]:
     retained = retained_now(broker, topics)
     return {node: json.loads(retained[topics.info(f"{node}.{release.release}")]).get(
         "self_check", "") for node in release.nodes}
-
-
-def camera_for(broker, name: str, **options) -> tuple[Camera, MqttSession]:
-    session = MqttSession(broker.address, f"camera-{name}")
-    camera = Camera(session, Topics(PIPELINE), CameraConfig(name=name, **options))
-    session.start()
-    assert session.wait_connected(10)
-    wait_settled(session, Topics(PIPELINE).probe(f"camera-{name}"))  # the live pointer is in
-    return camera, session
-
-
-def expected_top1(model: Path, release: Release, photo: bytes) -> str:
-    return whole_model_top(release.split(model.parent), photo, 1)[0].name
 
 
 def test_deploy_serves_the_whole_models_answers_and_a_restarted_node_resumes_its_role(
