@@ -43,12 +43,13 @@ from aiotedge_converter.cluster import (
     cluster_from_profiles,
     predict,
 )
+from aiotedge_converter.fleet import forecast as coordinator_forecast
 
 from aiotedge.config.sections import BrokerConfig, CameraConfig
 from aiotedge.contracts.errors import AiotedgeError, ReleaseError
 from aiotedge.contracts.events import Prediction
 from aiotedge.contracts.profile import Profile
-from aiotedge.contracts.release import LiveRelease, Release
+from aiotedge.contracts.release import LiveRelease, NodeReport, Release
 from aiotedge.contracts.topics import ONLINE, Topics
 from aiotedge.media.image import list_images, read_photo
 from aiotedge.media.sources import Stills
@@ -202,13 +203,15 @@ def forecast_fps(graph: Graph, release: Release, profile: Profile,
 @dataclass
 class Recorder:
     """A subscriber of its own: every prediction as it came, the live pointer's moves, the
-    releases, the nodes' availability; times are monotonic seconds."""
+    releases, the nodes' availability and speeds; times are monotonic seconds."""
 
     topics: Topics
     arrivals: list[dict[str, Any]] = field(default_factory=list)
     live: list[dict[str, Any]] = field(default_factory=list)
     releases: dict[str, Release] = field(default_factory=dict)
     availability: list[dict[str, Any]] = field(default_factory=list)
+    #: each node's announced speed proxy (millions of MACs/s), which the coordinator plans by
+    speeds: dict[str, float] = field(default_factory=dict)
     changed: threading.Condition = field(default_factory=threading.Condition)
 
     def attach(self, session: MqttSession) -> None:
@@ -216,6 +219,7 @@ class Recorder:
         session.subscribe(self.topics.live_release, self._on_live, qos=1)
         session.subscribe(f"{self.topics.release_plan}/+", self._on_release, qos=1)
         session.subscribe(self.topics.all_availability, self._on_availability, qos=1)
+        session.subscribe(self.topics.all_info, self._on_info, qos=1)
 
     def _on_prediction(self, message: Received) -> None:
         at = time.monotonic()
@@ -252,6 +256,12 @@ class Recorder:
             self.availability.append({"at": time.monotonic(), "node": node,
                                       "online": message.payload == ONLINE.encode()})
             self.changed.notify_all()
+
+    def _on_info(self, message: Received) -> None:
+        report = NodeReport.parse(message.payload)
+        if report is not None:
+            with self.changed:
+                self.speeds[report.node] = report.mmacs_per_s
 
     def online(self) -> set[str]:
         state: dict[str, bool] = {}
@@ -403,13 +413,15 @@ def run_once(args: argparse.Namespace, timeline: Timeline, graph: Graph, profile
             live = [{**c, "at": c["at"] - started} for c in recorder.live]
             availability = [{**c, "at": c["at"] - started} for c in recorder.availability]
             releases = dict(recorder.releases)
+            speeds = dict(recorder.speeds)
         coordinator_lines = _tail(work / "coordinator.log")
     return {
         "header": _header(args, timeline, coordinator_argv),
         "steady_from": timeline.warmup, "end": end, "drained": drained, "events": events,
         "live": live, "availability": availability, "arrivals": arrivals,
         "releases": {rid: {"assignments": [list(stage) for stage in release.assignments],
-                           "forecast_fps": forecast_fps(graph, release, profile, links)}
+                           "forecast_fps": forecast_fps(graph, release, profile, links),
+                           "coordinator_fps": coordinator_forecast(graph, release, speeds)}
                      for rid, release in releases.items()},
         "counts": heal_report.frame_counts(sent, arrivals, expected),
         "coordinator_log": coordinator_lines,

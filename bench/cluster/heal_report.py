@@ -240,6 +240,9 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "seconds": Spread.of(p.end - p.start for p in same).__dict__,
             "forecast_fps": Spread.of(p.forecast_fps for p in same).__dict__
             if all(p.forecast_fps for p in same) else None,
+            "coordinator_fps": _spread_of(
+                run["releases"].get(p.release or "", {}).get("coordinator_fps")
+                for run, p in zip(runs, same, strict=False)),
             "settled_fps": Spread.of(p.settled_fps for p in same).__dict__,
             "latency_ms": _spread_of(p.latency_ms for p in same),
             "of_forecast": Spread.of(ratios).__dict__ if ratios else None,
@@ -365,6 +368,13 @@ def markdown(runs: list[dict[str, Any]], plot: str) -> str:
         + " ".join(f"After `{event}` the plan is held back on purpose: {why}."
                    for event, why in HELD_BACK.items()),
     ]
+    said = [f"{_event_text(row)} {Spread(**row['coordinator_fps']).median:.0f}"
+            for row in summary["rows"] if row.get("coordinator_fps")]
+    if said:
+        prose.append(
+            "The coordinator plans by its own forecast, each stage's MACs over its nodes' "
+            "announced speed proxy (a float32 matrix product's MAC/s), which is not frames/s: "
+            "for the same releases it said " + ", ".join(said) + " frames/s.")
     if header.get("notes"):
         prose.append(header["notes"])
     prose.append(f"![frames/s per second with the events marked]({plot})")
