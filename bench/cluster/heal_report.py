@@ -25,8 +25,10 @@ import argparse
 import json
 import math
 import os
+import re
 import statistics
 import sys
+import tempfile
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -327,7 +329,8 @@ def markdown(runs: list[dict[str, Any]], plot: str) -> str:
            + (f" ({row['recovered_in']} runs)" if many else "")))
          for row in summary["rows"]])]
     counts = summary["counts"]
-    commands = sorted({run["header"]["command"] for run in runs})
+    commands = sorted({re.sub(re.escape(tempfile.gettempdir()) + r"/\S+", "<tmp>",
+                              run["header"]["command"]) for run in runs})
     prose = [
         f"{'; '.join(f'`{c}`' for c in commands)}: {len(runs)} run(s) on {header['machine']}, "
         f"{max(run['header']['minutes'] for run in runs):g} minutes each or less, load "
