@@ -290,7 +290,8 @@ def goals(summary: dict[str, Any]) -> list[str]:
     rows, counts = summary["rows"], summary["counts"]
     recoveries = [(row, row["recovery_s"]) for row in rows if row["event"] != "steady"
                   and row["event"] not in HELD_BACK]
-    slow = [f"{_event_text(row)}: {_spread(value, 0, ' s')}" if value else
+    slow = [f"{_event_text(row)}: {_spread(value, 0, ' s', 1 + (value['low'] != value['high']))}"
+            if value else
             f"{_event_text(row)}: never within its phase" for row, value in recoveries
             if value is None or value["high"] > GOAL_RECOVERY_S]
     off = [f"{_event_text(row)}: {Spread(**row['of_forecast']).median:.2f}x"
