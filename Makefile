@@ -23,7 +23,7 @@ TEST_APT := mosquitto mosquitto-clients openssl libsystemd-dev pkg-config gcc py
 	ffmpeg python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-rtsp gstreamer1.0-plugins-base \
 	gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
 
-.PHONY: demo test lint deps-demo deps-test venv clean bench-cluster deps-bench
+.PHONY: demo test lint deps-demo deps-test venv clean bench-cluster bench-heal deps-bench
 
 demo: deps-demo $(VENV)/.demo-installed
 	@if [ ! -f "$(MODEL)" ]; then \
@@ -72,6 +72,14 @@ DETECTION_MODEL ?= $(SHARED)/detection/coco_ssd_mobilenet_v1_1.0_quant.tflite
 bench-cluster-detection: deps-test deps-bench $(VENV)/.test-installed
 	$(BIN)/python -m bench.cluster --model "$(DETECTION_MODEL)" --images "$(IMAGES)" \
 	  --strategies replicas,plan --rounds 2 --cpu 0.2 --write-docs
+
+# The fleet heals itself (root, as bench-cluster; about 7 minutes): 5 emulated boards with a
+# node each under a steady camera, a self-healing coordinator; two nodes SIGKILLed, a third's
+# link cut for 20 s, the two started again. Writes docs/cluster/heal.json, the timeline plot
+# docs/cluster/heal-timeline.png and sections of docs/benchmarks.md and docs/reliability.md.
+bench-heal: deps-test deps-bench $(VENV)/.test-installed
+	$(BIN)/python -m bench.cluster.heal --model "$(MODEL)" --images "$(IMAGES)" \
+	  --labels "$(LABELS)" --write-docs
 
 # arm64, as on a Raspberry Pi with the 64-bit OS: a Debian 12 arm64 root run by qemu-user
 # (cached in /var/cache/aiotedge, or AIOTEDGE_ARM64_CACHE), the board installed in it as

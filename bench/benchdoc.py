@@ -35,10 +35,10 @@ def command_line() -> str:
     return " ".join([program, *map(shlex.quote, sys.argv[1:])])
 
 
-def write_section(heading: str, body: str) -> None:
-    """Replace (or append) `## heading` in docs/benchmarks.md with `body`, after the command
-    that made it and the machine."""
-    text = BENCHMARKS.read_text() if BENCHMARKS.exists() else PREAMBLE
+def write_section(heading: str, body: str, document: Path = BENCHMARKS) -> None:
+    """Replace (or append) `## heading` in docs/benchmarks.md (or `document`) with `body`,
+    after the command that made it and the machine."""
+    text = document.read_text() if document.exists() else PREAMBLE
     section = (
         f"## {heading}\n\n`{command_line()}` on {machine()}\n\n{body.strip()}\n\n"
     )
@@ -47,7 +47,22 @@ def write_section(heading: str, body: str) -> None:
         text = pattern.sub(lambda _m: section, text)
     else:
         text = text.rstrip() + "\n\n" + section
-    BENCHMARKS.write_text(text.rstrip() + "\n")
+    document.write_text(text.rstrip() + "\n")
+
+
+def sections(text: str) -> dict[str, str]:
+    """Each `## heading` of a document and its section (heading line included)."""
+    pattern = re.compile(r"^## ([^\n]+)\n.*?(?=^## |\Z)", re.S | re.M)
+    return {match.group(1): match.group(0) for match in pattern.finditer(text)}
+
+
+def keep_others(old: str, new: str) -> str:
+    """`new`, a document a script renders whole, followed by the sections of `old` that
+    other scripts wrote into it (`write_section`), which `new` has no heading for."""
+    ours = sections(new)
+    kept = [section.strip() for heading, section in sections(old).items()
+            if heading not in ours]
+    return "\n\n".join([new.rstrip(), *kept]) + "\n"
 
 
 def table(header: tuple[str, ...], rows: list[tuple[object, ...]]) -> str:

@@ -305,6 +305,13 @@ class Board:
         is in /proc/PID/stat."""
         return self.popen([sys.executable, "-c", _FILL_IDLE])
 
+    def set_link(self, up: bool) -> None:
+        """Cut the board off (its veth's root end down: nothing passes either way, as an
+        unplugged cable), or plug it in again."""
+        if self.veth is None:
+            raise BoardError(f"board {self.name} has no link")
+        run_setup(["ip", "link", "set", self.veth, "up" if up else "down"])
+
     def cpu_stats(self) -> CpuStats:
         return self._set_up().stats(self.cgroup)
 

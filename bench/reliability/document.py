@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from aiotedge.nodes.mqtt.broker import mosquitto_binary
-from bench.benchdoc import command_line, machine, table
+from bench.benchdoc import command_line, keep_others, machine, table
 from bench.reliability.results import Row
 from bench.reliability.scenarios import SOAK_CURVE
 from bench.reliability.suite import SCENARIOS, Scenario, scenario
@@ -210,7 +210,8 @@ def save(entries: list[Entry], path: Path) -> None:
     """The rows file and the document rendered from it."""
     rows_path(path).write_text(
         scrub(json.dumps([entry.to_json() for entry in entries], indent=1)) + "\n")
-    path.write_text(render(entries, path.parent))
+    old = path.read_text() if path.is_file() else ""
+    path.write_text(keep_others(old, render(entries, path.parent)))
 
 
 if __name__ == "__main__":  # the document again from its rows file, nothing run
