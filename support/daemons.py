@@ -186,3 +186,13 @@ class StageDaemons:
 
     def crashes(self) -> list[str]:
         return [crash for daemon in self.stages.values() for crash in daemon.crashes]
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 30.0) -> None:
+    """SIGTERM, and SIGKILL when it has not ended within `timeout` seconds."""
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

@@ -57,7 +57,7 @@ from bench.cluster import boards, start
 from bench.cluster.measure import Cluster
 from bench.cluster.report import Spread
 from support.broker import Broker
-from support.daemons import child_env
+from support.daemons import child_env, stop_process
 from support.paths import SHARED_IMAGES, SHARED_LABELS, SHARED_MODEL
 
 log = logging.getLogger("bench.cluster.deploy")
@@ -258,15 +258,6 @@ def start_node(board: boards.Board, broker: BrokerConfig, name: str, cache: Path
             stdout=subprocess.DEVNULL, stderr=out, env=child_env())
 
 
-def _stop_process(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 def deploy_once(args: argparse.Namespace, watch: Watch, broker: BrokerConfig, *, count: int,
                 release: str, warm: bool, log_dir: Path) -> DeployResult:
     """One `aiotedge-convert deploy`, timed, its bytes counted."""
@@ -317,7 +308,7 @@ def fleet_run(args: argparse.Namespace, cluster: Cluster, *, count: int, number:
     result = FleetRun(count)
     with ExitStack() as stack:
         for board in made:  # a waiting board's quota in use, as in the cluster bench
-            stack.callback(_stop_process, board.fill_idle())
+            stack.callback(stop_process, board.fill_idle())
         port = free_port()
         broker = Broker(port, extra_config="sys_interval 1\n" + "".join(
             f"listener {port} {board.broker_address}\n" for board in made
@@ -330,7 +321,7 @@ def fleet_run(args: argparse.Namespace, cluster: Cluster, *, count: int, number:
         for name, board in zip(names, made, strict=True):
             seen_at = BrokerConfig(board.broker_address, port) if board.broker_address \
                 else broker.address
-            stack.callback(_stop_process,
+            stack.callback(stop_process,
                            start_node(board, seen_at, name, run_dir / "cache" / name, run_dir))
         watch.wait(lambda: set(names) <= set(watch.reports), "every node announced",
                    NODE_TIMEOUT)

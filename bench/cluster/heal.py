@@ -65,7 +65,7 @@ from bench.cluster.__main__ import slowed
 from bench.cluster.boards import Board, Link
 from bench.cluster.steady import expected_tops
 from support.broker import Broker
-from support.daemons import child_env
+from support.daemons import child_env, stop_process
 from support.paths import SHARED_IMAGES, SHARED_LABELS, SHARED_MODEL
 
 log = logging.getLogger("bench.cluster.heal")
@@ -380,7 +380,7 @@ def run_once(args: argparse.Namespace, timeline: Timeline, graph: Graph, profile
             coordinator = subprocess.Popen(
                 [sys.executable, "-m", "aiotedge_converter", *coordinator_argv],
                 stdout=coordinator_log, stderr=subprocess.STDOUT, env=child_env())
-            stack.callback(_terminate, coordinator)
+            stack.callback(stop_process, coordinator)
         else:
             log.warning("this checkout has no `aiotedge-convert heal`: nothing re-plans")
         camera_session = MqttSession(address, f"heal-camera-{secrets.token_hex(3)}")
@@ -492,15 +492,6 @@ def _header(args: argparse.Namespace, timeline: Timeline,
 def _stop(process: subprocess.Popen) -> None:
     process.kill()
     process.wait()
-
-
-def _terminate(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def main(argv: list[str] | None = None) -> int:
