@@ -40,6 +40,7 @@ from aiotedge_converter.fleet import (
     forecast,
 )
 
+from aiotedge.config.checks import TOPIC_LEVEL, topic_level
 from aiotedge.config.loader import NodeConfig
 from aiotedge.contracts.release import RELEASE_ID, Release
 from aiotedge.tflite.graph import Graph, load_graph
@@ -271,8 +272,8 @@ class Coordinator:
 
 def heal(config: NodeConfig, name: str, options: HealOptions, stop: threading.Event) -> None:
     """Coordinate until `stop`; then say this coordinator has gone."""
-    if not name or any(c in name for c in "/+#\0"):
-        raise HealError(f"coordinator name {name!r} must be one topic level")
+    if not topic_level(name):
+        raise HealError(f"coordinator name {name!r} must be {TOPIC_LEVEL}")
     deployer = Deployer(config, f"aiotedge-heal-{name}", presence=name)
     with deployer, tempfile.TemporaryDirectory(prefix="aiotedge-heal-") as scratch:
         threading.Thread(target=lambda: (stop.wait(), deployer.cancel()), daemon=True,

@@ -305,8 +305,7 @@ class Camera:
                 log.warning("the release before was abandoned: sending its %d frame(s) without "
                             "a result again to %s", len(abandoned), where)
             for frame_id, entry in abandoned:
-                assert entry.frame is not None  # only kept frames are sent again
-                self._send(frame_id, entry, entry.frame)
+                self._send_again(frame_id, entry)
 
     def _take_abandoned(self) -> list[tuple[str, _InFlight]]:
         """Every kept frame still without a result, as a new attempt from now: the release it
@@ -316,10 +315,18 @@ class Camera:
             abandoned = [(frame_id, entry) for frame_id, entry in self._in_flight.items()
                          if entry.frame is not None]
             for _frame_id, entry in abandoned:
-                entry.attempts += 1
-                entry.sent_at = now
-                self.counters.add("resent")
+                self._new_attempt(entry, now)
         return abandoned
+
+    def _new_attempt(self, entry: _InFlight, now: float) -> None:
+        """The frame counts as sent again from `now` (called under the lock)."""
+        entry.attempts += 1
+        entry.sent_at = now
+        self.counters.add("resent")
+
+    def _send_again(self, frame_id: str, entry: _InFlight) -> None:
+        assert entry.frame is not None  # only kept frames are sent again
+        self._send(frame_id, entry, entry.frame)
 
     def _send(self, frame_id: str, entry: _InFlight, frame: Frame) -> None:
         self.session.publish_confirmed(
@@ -343,8 +350,7 @@ class Camera:
             for frame_id, entry in resend:
                 log.warning("no result for %s after %.0f s; sending it again",
                             frame_id, self.options.frame_timeout)
-                assert entry.frame is not None  # only kept frames are sent again
-                self._send(frame_id, entry, entry.frame)
+                self._send_again(frame_id, entry)
             for frame_id, entry in given_up:
                 self._give_up(frame_id, entry)
 
@@ -366,9 +372,7 @@ class Camera:
             ):
                 continue
             if entry.frame is not None and entry.attempts <= self.options.resends:
-                entry.attempts += 1
-                entry.sent_at = now
-                self.counters.add("resent")
+                self._new_attempt(entry, now)
                 resend.append((frame_id, entry))
             else:
                 del self._in_flight[frame_id]
